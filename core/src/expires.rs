@@ -1,0 +1,1 @@
+//! `expires` (SPEC §4).

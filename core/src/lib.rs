@@ -1,0 +1,26 @@
+//! The I/O-free signing core of ixproxy.
+//!
+//! Everything both runtimes (the proxy-wasm Envoy filter and the native Pingora gateway) need to
+//! agree on lives here: imgix URL signature verification over the raw request target, Web Proxy
+//! origin URL decoding and validation, `expires`, origin authentication headers, the config model
+//! and the one [`decide`] entry point that turns a request into a forward or a rejection.
+//!
+//! The core never reads the clock, randomness, the environment or the network: callers pass the
+//! current time, 32 random bytes and a [`config::SecretResolver`] in. That keeps it usable from a
+//! Wasm VM and deterministic under test.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod auth;
+pub mod config;
+pub mod decide;
+pub mod expires;
+pub mod origin;
+pub mod secret;
+pub mod signature;
+pub mod signer;
+
+pub use config::{Config, ConfigError, Source, Sources};
+pub use decide::{decide, Decision, Forward, Outcome, Rejection, RequestInfo};
+pub use origin::{OriginError, OriginUrl, Scheme};
+pub use secret::Secret;

@@ -1,0 +1,1 @@
+//! imgix URL signature verification over the raw request target (SPEC §1).

@@ -1,0 +1,1 @@
+//! The js-core-compatible signer (SPEC §3).
