@@ -1,8 +1,13 @@
 //! The one decision both runtimes share: a request (method, Host, raw target) becomes either a
 //! [`Forward`] to an origin or a [`Rejection`] with the status of SPEC §6.
 
+use percent_encoding::percent_decode_str;
+
+use crate::addr::is_denied_ip;
 use crate::config::Sources;
-use crate::origin::OriginUrl;
+use crate::expires::{check_expires, ExpiresError};
+use crate::origin::{decode_origin, OriginUrl};
+use crate::signature;
 
 /// The parts of a client request the decision needs.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +136,84 @@ pub const DROPPED_RESPONSE_HEADERS: [&str; 1] = ["set-cookie"];
 /// signing id). Check order: method, host, signature, `expires`, then the origin URL and the
 /// source's origin policy, so an unsigned request learns nothing about the origin URL.
 pub fn decide(sources: &Sources, req: &RequestInfo<'_>, now: u64, random: &[u8; 32]) -> Decision {
-    let _ = (sources, req, now, random);
-    todo!()
+    match decide_inner(sources, req, now, random) {
+        Ok(forward) => Decision::Forward(Box::new(forward)),
+        Err(rejection) => Decision::Reject(rejection),
+    }
+}
+
+fn reject(status: u16, outcome: Outcome, reason: impl ToString) -> Rejection {
+    Rejection {
+        status,
+        outcome,
+        reason: reason.to_string(),
+        headers: Vec::new(),
+    }
+}
+
+fn decide_inner(
+    sources: &Sources,
+    req: &RequestInfo<'_>,
+    now: u64,
+    random: &[u8; 32],
+) -> Result<Forward, Rejection> {
+    if req.method != "GET" && req.method != "HEAD" {
+        let mut rejection = reject(405, Outcome::MethodNotAllowed, "method not allowed");
+        rejection.headers.push(("allow", "GET, HEAD"));
+        return Err(rejection);
+    }
+    let source = sources
+        .by_host(req.host)
+        .ok_or_else(|| reject(410, Outcome::UnknownHost, "no source serves this host"))?;
+    let signed = signature::verify(req.target, &source.tokens)
+        .map_err(|e| reject(403, Outcome::BadSignature, e))?;
+
+    let expires_values: Vec<String> = signed
+        .params()
+        .filter(|(key, _)| *key == "expires")
+        .map(|(_, value)| percent_decode_str(value).decode_utf8_lossy().into_owned())
+        .collect();
+    let max_age =
+        check_expires(expires_values.iter().map(String::as_str), now).map_err(|e| match e {
+            ExpiresError::Expired => reject(404, Outcome::Expired, e),
+            ExpiresError::NotInteger | ExpiresError::Duplicated => {
+                reject(400, Outcome::BadExpires, e)
+            }
+        })?;
+
+    let origin = decode_origin(signed.path).map_err(|e| reject(400, Outcome::BadOriginUrl, e))?;
+    if !source.origin_host_allowed(&origin.host) {
+        return Err(reject(
+            403,
+            Outcome::OriginDenied,
+            "origin host is not allowed for this source",
+        ));
+    }
+    if !source.allow_private_origins && is_private_host(&origin) {
+        return Err(reject(
+            403,
+            Outcome::OriginDenied,
+            "origin address is private, loopback or otherwise not public",
+        ));
+    }
+
+    Ok(Forward {
+        source: source.name.clone(),
+        set_headers: source.origin_auth.headers(&origin.host, now, random),
+        allow_private: source.allow_private_origins,
+        origin,
+        max_age,
+    })
+}
+
+/// Whether the origin host is known to be non-public before any DNS lookup: a denied IP literal
+/// or a `localhost` name.
+fn is_private_host(origin: &OriginUrl) -> bool {
+    match origin.ip() {
+        Some(ip) => is_denied_ip(ip),
+        None => {
+            let host = origin.host.trim_end_matches('.');
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
 }

@@ -1,1 +1,217 @@
 //! imgix URL signature verification over the raw request target (SPEC §1).
+//!
+//! The signature base is `token + path + ("?" + query_without_s if non-empty)` over the bytes as
+//! sent: nothing is decoded or re-encoded, so any client-side encoding difference shows up as a
+//! mismatch rather than being silently "fixed".
+
+use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
+
+use crate::secret::Secret;
+
+/// A request target split around its `s` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedTarget<'a> {
+    /// Raw path (before the first `?`).
+    pub path: &'a str,
+    /// Raw query without the trailing `s` parameter; empty when `s` was the only parameter.
+    pub query: &'a str,
+    /// The 32 lowercase hex characters of `s`.
+    pub signature: &'a str,
+}
+
+impl SignedTarget<'_> {
+    /// The string whose MD5 is the signature, given a token: `token + path + ["?" + query]`.
+    pub fn base(&self, token: &str) -> String {
+        let mut base = String::with_capacity(token.len() + self.path.len() + self.query.len() + 1);
+        base.push_str(token);
+        base.push_str(self.path);
+        if !self.query.is_empty() {
+            base.push('?');
+            base.push_str(self.query);
+        }
+        base
+    }
+
+    /// Raw `(key, value)` pairs of the signed query (no `s`), in order; a parameter without `=`
+    /// has an empty value.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    }
+}
+
+/// Why a request target's signature is not acceptable (all map to 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No `s` parameter.
+    #[error("missing signature parameter s")]
+    Missing,
+    /// More than one `s` parameter.
+    #[error("signature parameter s appears more than once")]
+    Duplicated,
+    /// `s` is not the last parameter.
+    #[error("signature parameter s must be the last parameter")]
+    NotLast,
+    /// `s` is not 32 lowercase hex characters.
+    #[error("signature parameter s must be 32 lowercase hex characters")]
+    Malformed,
+    /// Well-formed, but no token of the source produces it.
+    #[error("signature does not match")]
+    Mismatch,
+}
+
+/// Splits a raw request target into path, signed query and `s`, enforcing the form rules.
+///
+/// # Errors
+/// [`SignatureError::Missing`], [`SignatureError::Duplicated`], [`SignatureError::NotLast`] or
+/// [`SignatureError::Malformed`].
+pub fn split_target(target: &str) -> Result<SignedTarget<'_>, SignatureError> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut s_count = 0usize;
+    let mut last_s_start = None;
+    let mut offset = 0usize;
+    let mut last_param_start = 0usize;
+    for param in query.split('&') {
+        let key = param.split_once('=').map_or(param, |(k, _)| k);
+        if key == "s" {
+            s_count += 1;
+            last_s_start = Some(offset);
+        }
+        last_param_start = offset;
+        offset += param.len() + 1;
+    }
+    let s_start = match (s_count, last_s_start) {
+        (0, _) | (_, None) => return Err(SignatureError::Missing),
+        (1, Some(start)) => start,
+        _ => return Err(SignatureError::Duplicated),
+    };
+    if s_start != last_param_start {
+        return Err(SignatureError::NotLast);
+    }
+    let signature = query[s_start..].strip_prefix("s=").unwrap_or("");
+    if signature.len() != 32
+        || !signature
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(SignatureError::Malformed);
+    }
+    let signed_query = query[..s_start]
+        .strip_suffix('&')
+        .unwrap_or(&query[..s_start]);
+    Ok(SignedTarget {
+        path,
+        query: signed_query,
+        signature,
+    })
+}
+
+/// Lowercase hex MD5 of `base`.
+pub fn md5_hex(base: &str) -> String {
+    hex_lower(&Md5::digest(base.as_bytes()))
+}
+
+/// Verifies a raw request target against a source's tokens (any one may match).
+///
+/// The comparison is constant-time and every token is tried, so timing reveals neither the
+/// expected signature nor which token matched.
+///
+/// # Errors
+/// The form errors of [`split_target`], or [`SignatureError::Mismatch`].
+pub fn verify<'a>(target: &'a str, tokens: &[Secret]) -> Result<SignedTarget<'a>, SignatureError> {
+    let signed = split_target(target)?;
+    let mut matched = subtle::Choice::from(0);
+    for token in tokens {
+        let expected = md5_hex(&signed.base(token.expose()));
+        matched |= expected.as_bytes().ct_eq(signed.signature.as_bytes());
+    }
+    if bool::from(matched) {
+        Ok(signed)
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(t: &[&str]) -> Vec<Secret> {
+        t.iter().map(|t| Secret::new(*t)).collect()
+    }
+
+    #[test]
+    fn verifies_the_blueprint_example() {
+        let target =
+            "/http%3A%2F%2Favatars.com%2Fjohn-smith.png?s=493a52f008c91416351f8b33d4883135";
+        let signed = verify(target, &tokens(&["FOO123bar"])).expect("valid");
+        assert_eq!(signed.path, "/http%3A%2F%2Favatars.com%2Fjohn-smith.png");
+        assert_eq!(signed.query, "");
+    }
+
+    #[test]
+    fn any_token_of_the_source_verifies() {
+        let target = "/users/1.png?w=400&h=300&s=c7b86f666a832434dd38577e38cf86d1";
+        assert!(verify(target, &tokens(&["other", "FOO123bar"])).is_ok());
+        assert_eq!(
+            verify(target, &tokens(&["other"])),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(verify(target, &[]), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn form_errors() {
+        let sig = "c7b86f666a832434dd38577e38cf86d1";
+        let cases = [
+            ("/a.png", SignatureError::Missing),
+            ("/a.png?w=1", SignatureError::Missing),
+            (
+                "/a.png?S=c7b86f666a832434dd38577e38cf86d1",
+                SignatureError::Missing,
+            ),
+            (
+                &format!("/a.png?s={sig}&w=1") as &str,
+                SignatureError::NotLast,
+            ),
+            (
+                &format!("/a.png?s={sig}&s={sig}"),
+                SignatureError::Duplicated,
+            ),
+            (&format!("/a.png?w=1&s={sig}&"), SignatureError::NotLast),
+            (
+                "/a.png?s=C7B86F666A832434DD38577E38CF86D1",
+                SignatureError::Malformed,
+            ),
+            (
+                "/a.png?s=c7b86f666a832434dd38577e38cf86d",
+                SignatureError::Malformed,
+            ),
+            ("/a.png?s", SignatureError::Malformed),
+            ("/a.png?s=", SignatureError::Malformed),
+        ];
+        for (target, want) in cases {
+            assert_eq!(split_target(target).err(), Some(want), "{target}");
+        }
+    }
+
+    #[test]
+    fn plus_and_percent_stay_raw_in_the_base() {
+        let signed = split_target("/a+b%20c.png?x=a+b&s=00000000000000000000000000000000")
+            .expect("well-formed");
+        assert_eq!(signed.base("T"), "T/a+b%20c.png?x=a+b");
+    }
+}
