@@ -1,1 +1,37 @@
-fn main() {}
+//! `ixproxy`: the signed-URL Web Proxy gateway and its command line (SPEC §8).
+
+mod cli;
+mod secrets;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Signed-URL Web Proxy gateway compatible with imgix URLs.
+#[derive(Debug, Parser)]
+#[command(name = "ixproxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file (exit 0 valid, 1 invalid with the field named).
+    Check(cli::CheckArgs),
+    /// Sign an origin URL the way imgix's js-core does; prints the path and query.
+    Sign(cli::SignArgs),
+    /// Verify a request target (exit 0 valid and prints the origin URL, 1 invalid).
+    Verify(cli::VerifyArgs),
+    /// Verify a per-request origin signature (exit 0 valid, 1 invalid).
+    VerifyOrigin(cli::VerifyOriginArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check(args) => cli::check(&args),
+        Command::Sign(args) => cli::sign(&args),
+        Command::Verify(args) => cli::verify_target(&args),
+        Command::VerifyOrigin(args) => cli::verify_origin(&args),
+    }
+}

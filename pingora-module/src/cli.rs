@@ -1,0 +1,217 @@
+//! The `check`, `sign`, `verify` and `verify-origin` subcommands (SPEC §8).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ixproxy_core::auth::verify_origin_signature;
+use ixproxy_core::expires::check_expires;
+use ixproxy_core::origin::decode_origin;
+use ixproxy_core::signature::{md5_hex, split_target, verify, SignatureError};
+use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::Secret;
+
+use crate::secrets::load_config;
+
+/// `ixproxy check -c FILE`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file (YAML, SPEC §7).
+    #[arg(short, long)]
+    pub config: PathBuf,
+}
+
+/// `ixproxy sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Secure URL token of the source.
+    #[arg(long)]
+    pub token: String,
+    /// A gateway parameter `key=value`, in order; repeatable.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Adds `expires=UNIX` (unix seconds) after the other parameters.
+    #[arg(long)]
+    pub expires: Option<i64>,
+    /// Use the path exactly as given (js-core `disablePathEncoding`), for already-encoded paths.
+    #[arg(long)]
+    pub no_path_encoding: bool,
+    /// The origin URL (or a plain path).
+    pub origin_url: String,
+}
+
+/// `ixproxy verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Secure URL token; repeat to try several (rotation).
+    #[arg(long = "token", required = true)]
+    pub tokens: Vec<String>,
+    /// Unix seconds to check `expires` against (default: now).
+    #[arg(long)]
+    pub now: Option<u64>,
+    /// The request target: path and query exactly as sent (`/http%3A%2F%2F...?w=1&s=...`).
+    pub target: String,
+}
+
+/// `ixproxy verify-origin`.
+#[derive(Debug, Args)]
+pub struct VerifyOriginArgs {
+    /// The source's `request_signing_key`.
+    #[arg(long)]
+    pub key: String,
+    /// `X-Imgix-Signature-Request-Id`.
+    #[arg(long)]
+    pub request_id: String,
+    /// `X-Imgix-Signature-Timestamp`.
+    #[arg(long)]
+    pub timestamp: String,
+    /// `X-Imgix-Signature`.
+    #[arg(long)]
+    pub signature: String,
+    /// Unix seconds to compare the timestamp with (default: now).
+    #[arg(long)]
+    pub now: Option<u64>,
+    /// Allowed clock skew in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub max_skew: u64,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+/// Current unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Validates a config file; prints a summary or the error naming the field.
+pub fn check(args: &CheckArgs) -> ExitCode {
+    match load_config(&args.config) {
+        Ok(config) => {
+            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            println!(
+                "{}: ok ({} source(s): {}; listen {}, admin {})",
+                args.config.display(),
+                names.len(),
+                names.join(", "),
+                config.listen,
+                config.admin_listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the signed path and query.
+pub fn sign(args: &SignArgs) -> ExitCode {
+    let mut params = args.params.clone();
+    if let Some(expires) = args.expires {
+        params.push(("expires".to_owned(), expires.to_string()));
+    }
+    let options = SignOptions {
+        disable_path_encoding: args.no_path_encoding,
+    };
+    println!(
+        "{}",
+        sign_url(&args.token, &args.origin_url, &params, &options)
+    );
+    ExitCode::SUCCESS
+}
+
+/// Verifies a target; prints the origin URL, or why not with the signature base string.
+pub fn verify_target(args: &VerifyArgs) -> ExitCode {
+    let tokens: Vec<Secret> = args.tokens.iter().map(Secret::new).collect();
+    let signed = match verify(&args.target, &tokens) {
+        Ok(signed) => signed,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            explain_signature(&args.target, &args.tokens, e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let expires: Vec<&str> = signed
+        .params()
+        .filter(|(k, _)| *k == "expires")
+        .map(|(_, v)| v)
+        .collect();
+    if let Err(e) = check_expires(expires.into_iter(), args.now.unwrap_or_else(unix_now)) {
+        eprintln!("invalid: signature ok, but {e}");
+        return ExitCode::FAILURE;
+    }
+    match decode_origin(signed.path) {
+        Ok(origin) => {
+            println!("{}", origin.to_url_string());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid: signature ok, but {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Shows what was hashed and what the signature should have been, so an encoding mismatch
+/// between the SDK and the URL as sent is visible.
+fn explain_signature(target: &str, tokens: &[String], error: SignatureError) {
+    let (base_target, got) = match split_target(target) {
+        Ok(signed) => (signed, Some(signed.signature)),
+        Err(_) => {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let query = query
+                .split('&')
+                .filter(|p| *p != "s" && !p.starts_with("s="))
+                .collect::<Vec<_>>()
+                .join("&");
+            eprintln!("note: the base below is the target without any s parameter ({error})");
+            print_bases(path, &query, tokens, None);
+            return;
+        }
+    };
+    print_bases(base_target.path, base_target.query, tokens, got);
+}
+
+fn print_bases(path: &str, query: &str, tokens: &[String], got: Option<&str>) {
+    for token in tokens {
+        let mut base = format!("{token}{path}");
+        if !query.is_empty() {
+            base.push('?');
+            base.push_str(query);
+        }
+        eprintln!("signature base string: {base}");
+        eprintln!("expected s:            {}", md5_hex(&base));
+    }
+    if let Some(got) = got {
+        eprintln!("got s:                 {got}");
+    }
+}
+
+/// Checks a per-request origin signature.
+pub fn verify_origin(args: &VerifyOriginArgs) -> ExitCode {
+    let result = verify_origin_signature(
+        &Secret::new(args.key.clone()),
+        &args.request_id,
+        &args.timestamp,
+        &args.signature,
+        args.now.unwrap_or_else(unix_now),
+        args.max_skew,
+    );
+    match result {
+        Ok(()) => {
+            println!("valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
