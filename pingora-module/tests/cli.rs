@@ -1,0 +1,201 @@
+//! The `ixproxy` command line as a user runs it.
+
+use std::process::{Command, Output};
+
+const BLUEPRINT: &str =
+    "/http%3A%2F%2Favatars.com%2Fjohn-smith.png?s=493a52f008c91416351f8b33d4883135";
+
+fn ixproxy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ixproxy"))
+        .args(args)
+        .env_remove("IXPROXY_TEST_SECRET")
+        .output()
+        .expect("run ixproxy")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn verify_prints_the_origin_of_a_valid_target() {
+    let out = ixproxy(&["verify", "--token", "FOO123bar", BLUEPRINT]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "http://avatars.com/john-smith.png\n");
+}
+
+#[test]
+fn verify_shows_the_base_string_when_one_character_changes() {
+    let changed = BLUEPRINT.replace("john", "jOhn");
+    let out = ixproxy(&["verify", "--token", "FOO123bar", &changed]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("signature does not match"), "{err}");
+    assert!(
+        err.contains(
+            "signature base string: FOO123bar/http%3A%2F%2Favatars.com%2FjOhn-smith.png\n"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("expected s:"), "{err}");
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn verify_accepts_any_of_several_tokens() {
+    let out = ixproxy(&["verify", "--token", "old", "--token", "FOO123bar", BLUEPRINT]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn sign_prints_exactly_the_imgix_target() {
+    let out = ixproxy(&["sign", "--token", "FOO123bar", "http://avatars.com/john-smith.png"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), format!("{BLUEPRINT}\n"));
+    let out = ixproxy(&[
+        "sign",
+        "--token",
+        "FOO123bar",
+        "--param",
+        "w=400",
+        "--param",
+        "h=300",
+        "https://avatars.com/john-smith.png",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "/https%3A%2F%2Favatars.com%2Fjohn-smith.png?w=400&h=300&s=7fb92b2af2526019d64ec26465388533\n"
+    );
+}
+
+#[test]
+fn signed_expiring_urls_verify_until_they_expire() {
+    let out = ixproxy(&[
+        "sign",
+        "--token",
+        "t0k",
+        "--param",
+        "w=1",
+        "--expires",
+        "2000",
+        "https://a.example/x.png",
+    ]);
+    let target = stdout(&out).trim().to_owned();
+    assert!(target.contains("&expires=2000&s="), "{target}");
+    let ok = ixproxy(&["verify", "--token", "t0k", "--now", "1999", &target]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let expired = ixproxy(&["verify", "--token", "t0k", "--now", "2000", &target]);
+    assert_eq!(expired.status.code(), Some(1));
+    assert!(stderr(&expired).contains("expired"), "{}", stderr(&expired));
+}
+
+#[test]
+fn verify_rejects_form_errors_with_the_reason() {
+    let out = ixproxy(&["verify", "--token", "FOO123bar", "/http%3A%2F%2Fa.com%2Fx.png?w=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("missing signature parameter s"), "{err}");
+    assert!(err.contains("signature base string: FOO123bar/http%3A%2F%2Fa.com%2Fx.png?w=1"));
+}
+
+#[test]
+fn verify_origin_checks_the_vector_and_the_skew_window() {
+    let base = [
+        "verify-origin",
+        "--key",
+        "test-signing-key",
+        "--request-id",
+        "a3c1f07cd7f9dc17fe9352dd391aa052f90ba51df95231f09fadc760b8457564",
+        "--timestamp",
+        "1709332618",
+        "--signature",
+        "v1,861B47427F21119C916A6BC56618D5E191C3208535A28A590D1D84E083F29A88",
+    ];
+    let run = |signature: &str, now: &str| {
+        let mut args = base.to_vec();
+        args[8] = signature;
+        args.extend(["--now", now]);
+        ixproxy(&args)
+    };
+    let good = base[8];
+    assert_eq!(run(good, "1709332618").status.code(), Some(0));
+    assert_eq!(run(good, "1709332918").status.code(), Some(0), "300 s skew is allowed");
+    assert_eq!(run(good, "1709332919").status.code(), Some(1), "301 s is outside the window");
+    let wrong = "v1,861B47427F21119C916A6BC56618D5E191C3208535A28A590D1D84E083F29A89";
+    assert_eq!(run(wrong, "1709332618").status.code(), Some(1));
+}
+
+fn check_yaml(name: &str, yaml: &str) -> Output {
+    let dir = std::env::temp_dir().join(format!("ixproxy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("write config");
+    let out = ixproxy(&["check", "-c", file.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&file);
+    out
+}
+
+const VALID: &str = "\
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9901
+upstream: {connect_timeout: 3s, timeout: 10s}
+sources:
+  - name: assets
+    hosts: [assets.example.com, img.example.com]
+    secure_url_tokens: [aBcD1234]
+    origin_auth:
+      basic_auth: {username: user, password: pw}
+      request_handshake: some-secret
+      request_signing_key: k3y
+    allowed_origin_hosts: [cdn.example.com, '*.example.org']
+";
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let out = check_yaml("valid", VALID);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn check_names_the_field_of_each_invalid_config() {
+    let long = "x".repeat(257);
+    let cases = [
+        (
+            VALID.replace("some-secret", &long),
+            "sources[0].origin_auth.request_handshake",
+        ),
+        (
+            VALID.replace("username: user", "username: 'us:er'"),
+            "sources[0].origin_auth.basic_auth.username",
+        ),
+        (
+            VALID.replace("request_signing_key: k3y", "request_signing_key: ''"),
+            "sources[0].origin_auth.request_signing_key",
+        ),
+        (VALID.replace("[aBcD1234]", "[]"), "sources[0].secure_url_tokens"),
+        (
+            VALID.replace("    secure_url_tokens", "    colour: blue\n    secure_url_tokens"),
+            "colour",
+        ),
+        (
+            VALID.replace("'*.example.org'", "'exa*mple.org'"),
+            "sources[0].allowed_origin_hosts[1]",
+        ),
+        (
+            VALID.replace("password: pw", "password: {env: IXPROXY_TEST_SECRET}"),
+            "sources[0].origin_auth.basic_auth.password",
+        ),
+        (VALID.replace("3s", "soon"), "upstream.connect_timeout"),
+    ];
+    for (i, (yaml, field)) in cases.iter().enumerate() {
+        let out = check_yaml(&format!("invalid-{i}"), yaml);
+        assert_eq!(out.status.code(), Some(1), "config should be refused ({field}):\n{yaml}");
+        let err = stderr(&out);
+        assert!(err.contains(field), "error must name {field}: {err}");
+        assert!(!err.contains(&long), "error must not echo the secret");
+    }
+}
