@@ -1,9 +1,17 @@
 //! Origin authentication (SPEC §5): the headers the gateway adds when it fetches from an origin,
 //! and the origin-side verifier of per-request signatures.
-//!
-//! SKELETON: bodies are filled in by the config/auth work item.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::secret::Secret;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Default clock skew window of the origin-side check, in seconds.
+pub const DEFAULT_MAX_SKEW: u64 = 300;
 
 /// `Authorization` (Basic auth).
 pub const AUTHORIZATION: &str = "authorization";
@@ -43,38 +51,134 @@ impl OriginAuth {
     ///
     /// `origin_host` is the origin host name (no port) sent as `X-Imgix-Signature-Host`; `now`
     /// is unix seconds and `random` 32 fresh random bytes that become the request id.
-    pub fn headers(&self, origin_host: &str, now: u64, random: &[u8; 32]) -> Vec<(&'static str, String)> {
-        let _ = (origin_host, now, random);
-        todo!()
+    ///
+    /// Returns, for whichever methods are configured and in this order: `authorization`,
+    /// `x-imgix-origin-secret`, then `x-imgix-signature-timestamp`,
+    /// `x-imgix-signature-request-id`, `x-imgix-signature` and `x-imgix-signature-host`. Empty
+    /// when the source has no origin authentication.
+    pub fn headers(
+        &self,
+        origin_host: &str,
+        now: u64,
+        random: &[u8; 32],
+    ) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        if let Some(basic) = &self.basic {
+            let credentials = format!("{}:{}", basic.username.expose(), basic.password.expose());
+            headers.push((
+                AUTHORIZATION,
+                format!("Basic {}", BASE64.encode(credentials)),
+            ));
+        }
+        if let Some(handshake) = &self.handshake {
+            headers.push((ORIGIN_SECRET, handshake.expose().to_owned()));
+        }
+        if let Some(key) = &self.signing_key {
+            let timestamp = now.to_string();
+            let id = request_id(random);
+            let signature = request_signature(key, &id, &timestamp);
+            headers.push((SIGNATURE_TIMESTAMP, timestamp));
+            headers.push((SIGNATURE_REQUEST_ID, id));
+            headers.push((SIGNATURE, signature));
+            headers.push((SIGNATURE_HOST, origin_host.to_owned()));
+        }
+        headers
     }
 }
 
 /// Turns 32 random bytes into the 64 lowercase hex chars of `X-Imgix-Signature-Request-Id`.
 pub fn request_id(random: &[u8; 32]) -> String {
-    let _ = random;
-    todo!()
+    hex(random, b"0123456789abcdef")
 }
 
 /// Computes `v1,` + UPPERCASE hex HMAC-SHA256(key, `<request_id>.<timestamp>`), the key being the
 /// latin-1 bytes of `key`.
+///
+/// Config validation only admits latin-1 keys; should a character above U+00FF get here anyway,
+/// it contributes its UTF-8 bytes rather than panicking. Such a key is outside the scheme and
+/// [`verify_origin_signature`] refuses it.
 pub fn request_signature(key: &Secret, request_id: &str, timestamp: &str) -> String {
-    let _ = (key, request_id, timestamp);
-    todo!()
+    let mac = signature_mac(key, request_id, timestamp);
+    format!(
+        "v1,{}",
+        hex(&mac.finalize().into_bytes(), b"0123456789ABCDEF")
+    )
+}
+
+/// The key as latin-1 bytes: one byte per character up to U+00FF (see [`request_signature`]).
+fn latin1_key(key: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.len());
+    for c in key.chars() {
+        match u8::try_from(u32::from(c)) {
+            Ok(b) => bytes.push(b),
+            Err(_) => {
+                let mut buf = [0u8; 4];
+                bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    bytes
+}
+
+fn signature_mac(key: &Secret, request_id: &str, timestamp: &str) -> HmacSha256 {
+    // HMAC takes keys of any length (long ones are hashed first), so this cannot fail.
+    let mut mac = match HmacSha256::new_from_slice(&latin1_key(key.expose())) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("hmac accepts keys of every length"),
+    };
+    mac.update(request_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac
+}
+
+fn hex(bytes: &[u8], digits: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(digits[usize::from(b >> 4)]));
+        out.push(char::from(digits[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Why an origin-side signature check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OriginSignatureError {
-    /// Placeholder until filled in.
-    #[error("invalid")]
-    Invalid,
+    /// The key is empty, longer than 32 characters, or has a character above U+00FF.
+    #[error("signing key must be 1 to 32 latin-1 characters")]
+    InvalidKey,
+    /// The request id is not 64 lowercase hex characters.
+    #[error("malformed request id: expected 64 lowercase hex characters")]
+    MalformedRequestId,
+    /// The timestamp is not decimal unix seconds.
+    #[error("malformed timestamp: expected decimal unix seconds")]
+    MalformedTimestamp,
+    /// The signature is not `v1,` followed by 64 uppercase hex characters.
+    #[error("malformed signature: expected `v1,` followed by 64 uppercase hex characters")]
+    MalformedSignature,
+    /// The timestamp is more than `max_skew` seconds away from `now`.
+    #[error("timestamp is {skew} s away from now, outside the allowed {max_skew} s")]
+    OutsideWindow {
+        /// Distance between the timestamp and now, in seconds.
+        skew: u64,
+        /// The window that was allowed.
+        max_skew: u64,
+    },
+    /// Well-formed, but not made with this key over this request id and timestamp.
+    #[error("signature does not match")]
+    Mismatch,
 }
 
 /// Origin side: checks a received per-request signature (constant-time) and that `timestamp` is
 /// within `max_skew` seconds of `now` (either direction).
 ///
+/// The gateway always sends uppercase hex, so lowercase hex is refused as malformed: accepting it
+/// would let a changed signature string still verify, and there is no sender that needs it.
+/// [`DEFAULT_MAX_SKEW`] is the usual window; a timestamp exactly `max_skew` away still passes.
+///
 /// # Errors
-/// Malformed inputs, a timestamp outside the window, or a signature that does not match.
+/// Malformed inputs, a timestamp outside the window, or a signature that does not match (see
+/// [`OriginSignatureError`]; checked in that order).
 pub fn verify_origin_signature(
     key: &Secret,
     request_id: &str,
@@ -83,6 +187,228 @@ pub fn verify_origin_signature(
     now: u64,
     max_skew: u64,
 ) -> Result<(), OriginSignatureError> {
-    let _ = (key, request_id, timestamp, signature, now, max_skew);
-    todo!()
+    let key_chars = key.expose().chars().count();
+    if key_chars == 0 || key_chars > 32 || key.expose().chars().any(|c| c > '\u{ff}') {
+        return Err(OriginSignatureError::InvalidKey);
+    }
+    if request_id.len() != 64
+        || !request_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(OriginSignatureError::MalformedRequestId);
+    }
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(OriginSignatureError::MalformedTimestamp);
+    }
+    let ts: u64 = timestamp
+        .parse()
+        .map_err(|_| OriginSignatureError::MalformedTimestamp)?;
+    let expected = signature
+        .strip_prefix("v1,")
+        .and_then(decode_upper_hex)
+        .ok_or(OriginSignatureError::MalformedSignature)?;
+    let skew = now.abs_diff(ts);
+    if skew > max_skew {
+        return Err(OriginSignatureError::OutsideWindow { skew, max_skew });
+    }
+    signature_mac(key, request_id, timestamp)
+        .verify_slice(&expected)
+        .map_err(|_| OriginSignatureError::Mismatch)
+}
+
+/// Decodes exactly 64 uppercase hex characters into 32 bytes.
+fn decode_upper_hex(text: &str) -> Option<[u8; 32]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *slot = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "test-signing-key";
+    const ID: &str = "a3c1f07cd7f9dc17fe9352dd391aa052f90ba51df95231f09fadc760b8457564";
+    const TS: &str = "1709332618";
+    const SIG: &str = "v1,861B47427F21119C916A6BC56618D5E191C3208535A28A590D1D84E083F29A88";
+
+    fn verify(sig: &str, now: u64) -> Result<(), OriginSignatureError> {
+        verify_origin_signature(&Secret::new(KEY), ID, TS, sig, now, DEFAULT_MAX_SKEW)
+    }
+
+    #[test]
+    fn request_id_is_lowercase_hex_of_the_bytes() {
+        let mut random = [0u8; 32];
+        random[0] = 0xAB;
+        random[31] = 0x0F;
+        let id = request_id(&random);
+        assert_eq!(id.len(), 64);
+        assert!(id.starts_with("ab00"));
+        assert!(id.ends_with("000f"));
+    }
+
+    #[test]
+    fn signature_matches_the_known_vector() {
+        assert_eq!(request_signature(&Secret::new(KEY), ID, TS), SIG);
+    }
+
+    #[test]
+    fn latin1_key_uses_one_byte_per_character() {
+        // "é" as latin-1 is the single byte 0xE9, not its two UTF-8 bytes.
+        let mut mac = HmacSha256::new_from_slice(&[0xE9]).expect("any key length");
+        mac.update(b"id.1");
+        let expected = format!(
+            "v1,{}",
+            hex(&mac.finalize().into_bytes(), b"0123456789ABCDEF")
+        );
+        assert_eq!(request_signature(&Secret::new("é"), "id", "1"), expected);
+        assert_ne!(
+            request_signature(&Secret::new("é"), "id", "1"),
+            request_signature(&Secret::new("\u{c3}\u{a9}"), "id", "1")
+        );
+    }
+
+    #[test]
+    fn headers_for_each_method() {
+        let random = [0x11u8; 32];
+        let auth = OriginAuth {
+            basic: Some(BasicAuth {
+                username: Secret::new("Aladdin"),
+                password: Secret::new("open sesame"),
+            }),
+            handshake: Some(Secret::new("hs")),
+            signing_key: Some(Secret::new(KEY)),
+        };
+        let headers = auth.headers("cdn.example.com", 1_709_332_618, &random);
+        let id = "11".repeat(32);
+        let expected: Vec<(&str, String)> = vec![
+            (AUTHORIZATION, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".into()),
+            (ORIGIN_SECRET, "hs".into()),
+            (SIGNATURE_TIMESTAMP, TS.into()),
+            (SIGNATURE_REQUEST_ID, id.clone()),
+            (SIGNATURE, request_signature(&Secret::new(KEY), &id, TS)),
+            (SIGNATURE_HOST, "cdn.example.com".into()),
+        ];
+        assert_eq!(headers, expected);
+        assert!(OriginAuth::default().headers("h", 1, &random).is_empty());
+    }
+
+    #[test]
+    fn signed_headers_verify_at_the_origin() {
+        let key = Secret::new("k");
+        let auth = OriginAuth {
+            signing_key: Some(key.clone()),
+            ..OriginAuth::default()
+        };
+        let headers = auth.headers("h", 42, &[7u8; 32]);
+        let get = |name| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+                .expect("header present")
+        };
+        let result = verify_origin_signature(
+            &key,
+            get(SIGNATURE_REQUEST_ID),
+            get(SIGNATURE_TIMESTAMP),
+            get(SIGNATURE),
+            42,
+            0,
+        );
+        assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn verify_accepts_the_window_and_rejects_outside_it() {
+        assert_eq!(verify(SIG, 1_709_332_618), Ok(()));
+        assert_eq!(verify(SIG, 1_709_332_918), Ok(()));
+        assert_eq!(verify(SIG, 1_709_332_318), Ok(()));
+        assert_eq!(
+            verify(SIG, 1_709_332_919),
+            Err(OriginSignatureError::OutsideWindow {
+                skew: 301,
+                max_skew: 300
+            })
+        );
+        assert!(matches!(
+            verify(SIG, 1_709_332_317),
+            Err(OriginSignatureError::OutsideWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn verify_reports_each_malformed_input() {
+        let now = 1_709_332_618;
+        let check = |key: &str, id: &str, ts: &str, sig: &str| {
+            verify_origin_signature(&Secret::new(key), id, ts, sig, now, DEFAULT_MAX_SKEW)
+        };
+        use OriginSignatureError as E;
+        assert_eq!(check("", ID, TS, SIG), Err(E::InvalidKey));
+        assert_eq!(check(&"k".repeat(33), ID, TS, SIG), Err(E::InvalidKey));
+        assert_eq!(check("€", ID, TS, SIG), Err(E::InvalidKey));
+        assert_eq!(
+            check(KEY, &ID.to_uppercase(), TS, SIG),
+            Err(E::MalformedRequestId)
+        );
+        assert_eq!(check(KEY, &ID[1..], TS, SIG), Err(E::MalformedRequestId));
+        assert_eq!(check(KEY, ID, "", SIG), Err(E::MalformedTimestamp));
+        assert_eq!(check(KEY, ID, "-1", SIG), Err(E::MalformedTimestamp));
+        assert_eq!(
+            check(KEY, ID, "1709332618.0", SIG),
+            Err(E::MalformedTimestamp)
+        );
+        assert_eq!(
+            check(KEY, ID, "99999999999999999999999", SIG),
+            Err(E::MalformedTimestamp)
+        );
+        assert_eq!(check(KEY, ID, TS, &SIG[3..]), Err(E::MalformedSignature));
+        assert_eq!(
+            check(KEY, ID, TS, &SIG.replace("v1,", "v2,")),
+            Err(E::MalformedSignature)
+        );
+        assert_eq!(
+            check(KEY, ID, TS, &SIG.to_lowercase()),
+            Err(E::MalformedSignature)
+        );
+        assert_eq!(
+            check(KEY, ID, TS, &SIG[..SIG.len() - 1]),
+            Err(E::MalformedSignature)
+        );
+        assert_eq!(check("other-key", ID, TS, SIG), Err(E::Mismatch));
+        assert_eq!(check(KEY, ID, "1709332619", SIG), Err(E::Mismatch));
+    }
+
+    #[test]
+    fn error_messages_are_lower_case() {
+        let all = [
+            OriginSignatureError::InvalidKey,
+            OriginSignatureError::MalformedRequestId,
+            OriginSignatureError::MalformedTimestamp,
+            OriginSignatureError::MalformedSignature,
+            OriginSignatureError::OutsideWindow {
+                skew: 1,
+                max_skew: 0,
+            },
+            OriginSignatureError::Mismatch,
+        ];
+        for e in all {
+            let text = e.to_string();
+            assert!(text.starts_with(|c: char| c.is_ascii_lowercase()), "{text}");
+        }
+    }
 }

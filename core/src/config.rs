@@ -1,8 +1,11 @@
 //! The config model of SPEC §7 in two layers: strict serde structs ([`RawConfig`], unknown fields
 //! rejected) and the validated [`Config`] the runtimes use, which cannot hold an invalid state.
 //!
-//! SKELETON: bodies are filled in by the config/auth work item. The public API below is fixed.
+//! Parsing ([`RawConfig::from_yaml`], [`RawPluginConfig::from_json`]) checks syntax, types and
+//! field names; `validate` resolves secrets and applies every rule. Either way an error names the
+//! field path (`sources[1].origin_auth.request_handshake`) and never contains a secret value.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,9 +14,21 @@ use serde::{Deserialize, Serialize};
 use crate::auth::OriginAuth;
 use crate::secret::Secret;
 
+mod hosts;
+mod secrets;
+mod validate;
+
+pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
+pub use validate::{
+    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LISTEN, DEFAULT_TIMEOUT,
+    MAX_HANDSHAKE_CHARS, MAX_SIGNING_KEY_CHARS,
+};
+
 /// An error in a config file; `path` names the field (`sources[1].origin_auth.request_handshake`).
+///
+/// Displays as `path: message`, or just the message for whole-document errors (empty path).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", path_prefix(path))]
 pub struct ConfigError {
     /// Field path, e.g. `sources[0].hosts[1]`; empty for whole-document errors.
     pub path: String,
@@ -22,7 +37,10 @@ pub struct ConfigError {
 }
 
 /// A secret as written in the config: a literal, `{env: NAME}` or `{file: PATH}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserializing accepts exactly these three shapes; anything else (a number, a map with other
+/// or more keys) is an error that does not quote the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum SecretRef {
     /// The value itself.
@@ -150,18 +168,11 @@ pub struct Upstream {
     pub timeout: Duration,
 }
 
-/// An `allowed_origin_hosts` pattern: an exact host, or `*.example.com` (subdomains only).
+/// An `allowed_origin_hosts` pattern: an exact host, an IP literal, or `*.example.com`
+/// (subdomains only). Built by [`HostPattern::parse`]; matched with [`HostPattern::matches`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
-    _private: (),
-}
-
-impl HostPattern {
-    /// Whether `host` (lower-case, no port) is allowed by this pattern.
-    pub fn matches(&self, host: &str) -> bool {
-        let _ = host;
-        todo!()
-    }
+    kind: hosts::PatternKind,
 }
 
 /// A validated source.
@@ -175,7 +186,7 @@ pub struct Source {
     pub tokens: Vec<Secret>,
     /// Origin authentication.
     pub origin_auth: OriginAuth,
-    /// `None` = any public host.
+    /// `None` = any public host; `Some(empty list)` = no host at all.
     pub allowed_origin_hosts: Option<Vec<HostPattern>>,
     /// Allow private/loopback origins.
     pub allow_private_origins: bool,
@@ -184,9 +195,15 @@ pub struct Source {
 impl Source {
     /// Whether the origin host (lower-case, no port, IPv6 without brackets) passes
     /// `allowed_origin_hosts`.
+    ///
+    /// Without a list every host passes (the private-address check is separate, see
+    /// [`crate::addr::is_denied_ip`]); an empty list lets nothing pass; otherwise the host must
+    /// match one of the patterns.
     pub fn origin_host_allowed(&self, host: &str) -> bool {
-        let _ = host;
-        todo!()
+        match &self.allowed_origin_hosts {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(host)),
+        }
     }
 }
 
@@ -194,13 +211,28 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sources {
     list: Vec<Source>,
+    /// Normalized host (see [`Source::hosts`]) to its source's position in `list`.
+    index: BTreeMap<String, usize>,
 }
 
 impl Sources {
     /// The source serving `host` (a Host/`:authority` value; port ignored, case-insensitive).
+    ///
+    /// `host:8080`, `[::1]:8080` and one trailing dot are accepted; `None` when no source lists
+    /// the host.
     pub fn by_host(&self, host: &str) -> Option<&Source> {
-        let _ = host;
-        todo!()
+        let key = hosts::host_header_key(host)?;
+        self.index.get(key.as_ref()).and_then(|&i| self.list.get(i))
+    }
+
+    /// Number of sources (at least one once validated).
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Always false for validated sources; provided for API completeness.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
     /// All sources in config order.
@@ -228,17 +260,37 @@ impl RawConfig {
     /// # Errors
     /// Syntax, type or unknown-field errors, with the field path.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let _ = text;
-        todo!()
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(parse_error)
     }
 
     /// Validates and resolves secrets.
     ///
+    /// Defaults: `listen` 127.0.0.1:8080, `admin_listen` 127.0.0.1:9901, `connect_timeout` 3s,
+    /// `timeout` 10s.
+    ///
     /// # Errors
     /// The first rule violated, with its field path.
     pub fn validate(self, secrets: &dyn SecretResolver) -> Result<Config, ConfigError> {
-        let _ = secrets;
-        todo!()
+        let listen = validate::socket_addr(self.listen.as_deref(), DEFAULT_LISTEN, "listen")?;
+        let admin_listen = validate::socket_addr(
+            self.admin_listen.as_deref(),
+            DEFAULT_ADMIN_LISTEN,
+            "admin_listen",
+        )?;
+        // Port 0 asks the OS for a free port, so two such listeners never collide.
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(ConfigError {
+                path: "admin_listen".into(),
+                message: format!("same address as listen ({listen})"),
+            });
+        }
+        Ok(Config {
+            listen,
+            admin_listen,
+            upstream: validate::upstream(self.upstream)?,
+            sources: validate::sources(self.sources, secrets)?,
+        })
     }
 }
 
@@ -248,16 +300,202 @@ impl RawPluginConfig {
     /// # Errors
     /// Syntax, type or unknown-field errors, with the field path.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let _ = text;
-        todo!()
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let raw = serde_path_to_error::deserialize(&mut deserializer).map_err(parse_error)?;
+        deserializer.end().map_err(|e| ConfigError {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        Ok(raw)
     }
 
-    /// Validates and resolves secrets.
+    /// Validates and resolves secrets, with the same rules and paths (`sources[0]...`) as
+    /// [`RawConfig::validate`].
     ///
     /// # Errors
     /// The first rule violated, with its field path.
     pub fn validate(self, secrets: &dyn SecretResolver) -> Result<Sources, ConfigError> {
-        let _ = secrets;
-        todo!()
+        validate::sources(self.sources, secrets)
+    }
+}
+
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+/// Renders a serde path as `sources[1].origin_auth.request_handshake` (empty at the root).
+fn render_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            // A map key that could not be read (syntax error): the enclosing path says enough.
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn parse_error<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> ConfigError {
+    let path = render_path(err.path());
+    let mut message = err.inner().to_string();
+    // serde_yaml prefixes its own copy of the path (for an unknown field, the path of the
+    // enclosing mapping); the full path is already in `path`.
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.is_empty() && !head.contains(' ') && path.starts_with(head) {
+            message = rest.to_owned();
+        }
+    }
+    ConfigError {
+        path,
+        message: redact_quoted_string(&message),
+    }
+}
+
+/// serde's type errors quote the offending string (`invalid type: string "…", expected …`); the
+/// string may be a secret written in the wrong place, so it is dropped.
+fn redact_quoted_string(message: &str) -> String {
+    const MARK: &str = "string \"";
+    match (message.find(MARK), message.rfind("\", expected")) {
+        (Some(start), Some(end)) if end >= start + MARK.len() => {
+            format!("{}string{}", &message[..start], &message[end + 1..])
+        }
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+sources:
+  - name: assets
+    hosts: [Assets.Example.com, "[::1]", 127.0.0.1]
+    secure_url_tokens: [t]
+  - name: media
+    hosts: [media.example.com]
+    secure_url_tokens: [t]
+    allowed_origin_hosts: ["*.example.org", "2001:db8::1"]
+"#;
+
+    fn sources() -> Sources {
+        RawConfig::from_yaml(YAML)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid config")
+            .sources
+    }
+
+    fn name_for(sources: &Sources, host: &str) -> Option<String> {
+        sources.by_host(host).map(|s| s.name.clone())
+    }
+
+    #[test]
+    fn by_host_ignores_port_case_and_one_trailing_dot() {
+        let sources = sources();
+        for host in [
+            "assets.example.com",
+            "ASSETS.example.COM",
+            "assets.example.com:8080",
+            "assets.example.com.",
+            "assets.example.com.:443",
+            "[::1]:8080",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]:80",
+            "127.0.0.1:8080",
+        ] {
+            assert_eq!(
+                name_for(&sources, host).as_deref(),
+                Some("assets"),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            name_for(&sources, "media.example.com:80").as_deref(),
+            Some("media")
+        );
+        for host in [
+            "",
+            "example.com",
+            "x.assets.example.com",
+            "assets.example.com..",
+            "[::2]:8080",
+            "127.0.0.2",
+        ] {
+            assert_eq!(name_for(&sources, host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn sources_keep_config_order_and_normalized_hosts() {
+        let sources = sources();
+        let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["assets", "media"]);
+        let first = sources.iter().next().expect("one source");
+        assert_eq!(first.hosts, ["assets.example.com", "::1", "127.0.0.1"]);
+        assert_eq!(sources.len(), 2);
+        assert!(!sources.is_empty());
+    }
+
+    #[test]
+    fn origin_host_allowed_follows_the_list() {
+        let sources = sources();
+        let any = sources.by_host("assets.example.com").expect("assets");
+        assert!(any.origin_host_allowed("anything.example.net"));
+        let media = sources.by_host("media.example.com").expect("media");
+        assert!(media.origin_host_allowed("cdn.example.org"));
+        assert!(media.origin_host_allowed("2001:db8::1"));
+        assert!(!media.origin_host_allowed("example.org"));
+        assert!(!media.origin_host_allowed("cdn.example.net"));
+        assert!(!media.origin_host_allowed("2001:db8::2"));
+    }
+
+    #[test]
+    fn paths_render_with_dots_and_indexes() {
+        let yaml = "sources:
+  - {name: a, hosts: [a], secure_url_tokens: [t]}
+  - {name: b, hosts: [b], secure_url_tokens: [t], origin_auth: {request_handshake: [x]}}
+";
+        let err = RawConfig::from_yaml(yaml).expect_err("list is not a secret");
+        assert_eq!(err.path, "sources[1].origin_auth.request_handshake");
+        assert!(err
+            .to_string()
+            .starts_with("sources[1].origin_auth.request_handshake: invalid type"));
+    }
+
+    #[test]
+    fn whole_document_errors_have_no_path() {
+        let err = RawConfig::from_yaml("- not a mapping").expect_err("wrong root type");
+        assert_eq!(err.path, "");
+        assert_eq!(err.to_string(), err.message);
+        let err = RawPluginConfig::from_json("{").expect_err("syntax");
+        assert_eq!(err.path, "");
+    }
+
+    #[test]
+    fn quoted_strings_are_dropped_from_type_errors() {
+        assert_eq!(
+            redact_quoted_string(r#"invalid type: string "hunter2", expected struct X"#),
+            "invalid type: string, expected struct X"
+        );
+        assert_eq!(
+            redact_quoted_string(r#"invalid type: string "a\", expected b", expected map"#),
+            "invalid type: string, expected map"
+        );
+        assert_eq!(
+            redact_quoted_string("missing field `x`"),
+            "missing field `x`"
+        );
     }
 }

@@ -1,0 +1,357 @@
+//! The rules that turn the serde layer into the validated config (SPEC §5, §7).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::hosts::normalize_host;
+use super::secrets::resolve;
+use super::{
+    ConfigError, HostPattern, RawBasicAuth, RawOriginAuth, RawSource, RawUpstream, SecretResolver,
+    Source, Sources, Upstream,
+};
+use crate::auth::{BasicAuth, OriginAuth};
+use crate::secret::Secret;
+
+/// Default gateway listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default `upstream.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default `upstream.timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `request_handshake`, in characters.
+pub const MAX_HANDSHAKE_CHARS: usize = 256;
+/// Longest `request_signing_key`, in characters.
+pub const MAX_SIGNING_KEY_CHARS: usize = 32;
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses a config duration: a whole number followed by `ms`, `s`, `m` or `h` (`500ms`, `3s`,
+/// `1m`, `2h`).
+///
+/// # Errors
+/// A lower-case message when the text has another shape, overflows, or is zero (every duration in
+/// the config is a timeout, and a zero timeout would fail every request).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let shape = || {
+        format!(
+            "invalid duration `{s}`: expected a whole number followed by ms, s, m or h \
+             (e.g. 3s, 500ms)"
+        )
+    };
+    if number.is_empty() {
+        return Err(shape());
+    }
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("duration `{s}` is too large"))?;
+    let seconds = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration `{s}` is too large"))
+    };
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => seconds(60)?,
+        "h" => seconds(3600)?,
+        _ => return Err(shape()),
+    };
+    if duration.is_zero() {
+        return Err("duration must be greater than zero".into());
+    }
+    Ok(duration)
+}
+
+pub(super) fn socket_addr(
+    value: Option<&str>,
+    default: &str,
+    path: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or(default);
+    text.parse().map_err(|_| {
+        error(
+            path,
+            format!("`{text}` is not a socket address (expected ip:port, e.g. 127.0.0.1:8080)"),
+        )
+    })
+}
+
+pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
+    if raw.ca_file.as_deref() == Some("") {
+        return Err(error("upstream.ca_file", "empty path"));
+    }
+    let duration = |value: Option<&str>, default: Duration, path: &str| match value {
+        None => Ok(default),
+        Some(text) => parse_duration(text).map_err(|m| error(path, m)),
+    };
+    Ok(Upstream {
+        ca_file: raw.ca_file,
+        connect_timeout: duration(
+            raw.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            "upstream.connect_timeout",
+        )?,
+        timeout: duration(raw.timeout.as_deref(), DEFAULT_TIMEOUT, "upstream.timeout")?,
+    })
+}
+
+/// Validates `sources` (path prefix `sources`), shared by the YAML file and the Envoy plugin JSON.
+pub(super) fn sources(
+    raw: Vec<RawSource>,
+    secrets: &dyn SecretResolver,
+) -> Result<Sources, ConfigError> {
+    if raw.is_empty() {
+        return Err(error("sources", "must list at least one source"));
+    }
+    let mut list: Vec<Source> = Vec::with_capacity(raw.len());
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, raw_source) in raw.into_iter().enumerate() {
+        let path = format!("sources[{i}]");
+        if raw_source.name.is_empty() {
+            return Err(error(format!("{path}.name"), "empty source name"));
+        }
+        if let Some(other) = list.iter().position(|s| s.name == raw_source.name) {
+            return Err(error(
+                format!("{path}.name"),
+                format!(
+                    "duplicate source name `{}` (also sources[{other}])",
+                    raw_source.name
+                ),
+            ));
+        }
+        if raw_source.hosts.is_empty() {
+            return Err(error(
+                format!("{path}.hosts"),
+                "must list at least one host",
+            ));
+        }
+        let mut hosts = Vec::with_capacity(raw_source.hosts.len());
+        for (j, host) in raw_source.hosts.iter().enumerate() {
+            let host_path = format!("{path}.hosts[{j}]");
+            let key = normalize_host(host)
+                .map_err(|m| error(&host_path, m))?
+                .into_key();
+            if let Some(&owner) = index.get(&key) {
+                let by = if owner == i {
+                    "this source".to_owned()
+                } else {
+                    format!("source `{}`", list[owner].name)
+                };
+                return Err(error(
+                    host_path,
+                    format!("host `{key}` is already served by {by}"),
+                ));
+            }
+            index.insert(key.clone(), i);
+            hosts.push(key);
+        }
+        list.push(source(raw_source, hosts, secrets, &path)?);
+    }
+    Ok(Sources { list, index })
+}
+
+fn source(
+    raw: RawSource,
+    hosts: Vec<String>,
+    secrets: &dyn SecretResolver,
+    path: &str,
+) -> Result<Source, ConfigError> {
+    let tokens_path = format!("{path}.secure_url_tokens");
+    if raw.secure_url_tokens.is_empty() {
+        return Err(error(tokens_path, "must list at least one token"));
+    }
+    let mut tokens = Vec::with_capacity(raw.secure_url_tokens.len());
+    for (k, token) in raw.secure_url_tokens.iter().enumerate() {
+        let token_path = format!("{tokens_path}[{k}]");
+        let value = resolve(token, secrets, &token_path)?;
+        if value.is_empty() {
+            return Err(error(token_path, "empty token"));
+        }
+        tokens.push(Secret::new(value));
+    }
+    let origin_auth = match raw.origin_auth {
+        Some(auth) => origin_auth(auth, secrets, &format!("{path}.origin_auth"))?,
+        None => OriginAuth::default(),
+    };
+    let allowed_origin_hosts = match raw.allowed_origin_hosts {
+        Some(patterns) => Some(
+            patterns
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    HostPattern::parse(p)
+                        .map_err(|m| error(format!("{path}.allowed_origin_hosts[{k}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+    Ok(Source {
+        name: raw.name,
+        hosts,
+        tokens,
+        origin_auth,
+        allowed_origin_hosts,
+        allow_private_origins: raw.allow_private_origins,
+    })
+}
+
+fn origin_auth(
+    raw: RawOriginAuth,
+    secrets: &dyn SecretResolver,
+    path: &str,
+) -> Result<OriginAuth, ConfigError> {
+    let basic = match raw.basic_auth {
+        Some(basic) => Some(basic_auth(basic, secrets, &format!("{path}.basic_auth"))?),
+        None => None,
+    };
+    let handshake = match raw.request_handshake {
+        Some(secret) => {
+            let field = format!("{path}.request_handshake");
+            let value = resolve(&secret, secrets, &field)?;
+            check_handshake(&value).map_err(|m| error(field, m))?;
+            Some(Secret::new(value))
+        }
+        None => None,
+    };
+    let signing_key = match raw.request_signing_key {
+        Some(secret) => {
+            let field = format!("{path}.request_signing_key");
+            let value = resolve(&secret, secrets, &field)?;
+            check_signing_key(&value).map_err(|m| error(field, m))?;
+            Some(Secret::new(value))
+        }
+        None => None,
+    };
+    Ok(OriginAuth {
+        basic,
+        handshake,
+        signing_key,
+    })
+}
+
+fn basic_auth(
+    raw: RawBasicAuth,
+    secrets: &dyn SecretResolver,
+    path: &str,
+) -> Result<BasicAuth, ConfigError> {
+    let part = |secret, field: &str| {
+        let field = format!("{path}.{field}");
+        let value = resolve(secret, secrets, &field)?;
+        check_basic_part(&value).map_err(|m| error(field, m))?;
+        Ok::<_, ConfigError>(Secret::new(value))
+    };
+    let username = part(&raw.username, "username")?;
+    if username.expose().is_empty() {
+        return Err(error(format!("{path}.username"), "empty user name"));
+    }
+    let password = part(&raw.password, "password")?;
+    Ok(BasicAuth { username, password })
+}
+
+/// RFC 5234 CTL: %x00-1F and %x7F.
+fn is_ctl(c: char) -> bool {
+    c <= '\u{1f}' || c == '\u{7f}'
+}
+
+fn check_basic_part(value: &str) -> Result<(), String> {
+    if value.contains(':') {
+        return Err("must not contain `:`".into());
+    }
+    if value.chars().any(is_ctl) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn check_handshake(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("empty handshake".into());
+    }
+    if value.chars().count() > MAX_HANDSHAKE_CHARS {
+        return Err(format!("longer than {MAX_HANDSHAKE_CHARS} characters"));
+    }
+    if value.chars().any(is_ctl) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn check_signing_key(value: &str) -> Result<(), String> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_SIGNING_KEY_CHARS {
+        return Err(format!(
+            "must be 1 to {MAX_SIGNING_KEY_CHARS} characters long"
+        ));
+    }
+    if value.chars().any(|c| c > '\u{ff}') {
+        return Err("must contain latin-1 characters only (u+0000 to u+00ff)".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "3", "3 s", "-3s", "1.5s", "3sec", "soon", "3S"] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("expected a whole number"), "{bad}: {err}");
+        }
+        assert!(parse_duration("0s")
+            .expect_err("zero")
+            .contains("greater than zero"));
+        assert!(parse_duration("0ms").is_err());
+        assert!(parse_duration("99999999999999999999s")
+            .expect_err("overflow")
+            .contains("too large"));
+        assert!(parse_duration("9999999999999999999h")
+            .expect_err("overflow")
+            .contains("too large"));
+    }
+
+    #[test]
+    fn basic_auth_parts() {
+        assert!(check_basic_part("user").is_ok());
+        assert!(check_basic_part("pässwörd with spaces").is_ok());
+        assert!(check_basic_part("a:b").is_err());
+        assert!(check_basic_part("a\tb").is_err());
+        assert!(check_basic_part("a\u{7f}").is_err());
+    }
+
+    #[test]
+    fn handshake_limits() {
+        assert!(
+            check_handshake(&"é".repeat(256)).is_ok(),
+            "characters, not bytes"
+        );
+        assert!(check_handshake(&"x".repeat(257)).is_err());
+        assert!(check_handshake("").is_err());
+        assert!(check_handshake("a\nb").is_err());
+    }
+
+    #[test]
+    fn signing_key_limits() {
+        assert!(check_signing_key("k").is_ok());
+        assert!(check_signing_key(&"ÿ".repeat(32)).is_ok());
+        assert!(check_signing_key(&"k".repeat(33)).is_err());
+        assert!(check_signing_key("").is_err());
+        assert!(check_signing_key("€").is_err());
+    }
+}
