@@ -1,0 +1,29 @@
+//! ixproxy's proxy-wasm HTTP filter for Envoy.
+//!
+//! A thin adapter over [`ixproxy_core::decide`]: the root context parses and validates the
+//! plugin configuration (`{"sources": [...]}`) once, and every HTTP stream translates the
+//! decision for its request into Envoy terms — a local reply for a rejection, or rewritten
+//! request headers that send the request to one of the two dynamic-forward-proxy clusters
+//! (plain or TLS) for a forward. No policy lives here, so this runtime cannot drift from the
+//! native Pingora gateway.
+//!
+//! The pure part of the translation lives in [`plan`] and is unit-tested natively; the host
+//! glue (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
+
+pub mod metrics;
+pub mod plan;
+pub mod secrets;
+
+mod http;
+mod root;
+
+/// The Wasm module's entry point (`_initialize`): installs the root context factory.
+#[allow(unsafe_code)] // proxy-wasm's `main!` needs `#[no_mangle]` and calls the Wasm ctors.
+mod entry {
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+        proxy_wasm::set_root_context(|_context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(crate::root::FilterRoot::default())
+        });
+    }}
+}

@@ -1,0 +1,67 @@
+//! The root context: parses and validates the plugin configuration once per (re)configuration
+//! and hands the validated sources to every HTTP stream.
+
+use std::rc::Rc;
+
+use ixproxy_core::config::RawPluginConfig;
+use ixproxy_core::Sources;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use crate::http::FilterHttp;
+use crate::metrics::Counters;
+use crate::secrets::VmEnvSecrets;
+
+/// Root context of the filter.
+#[derive(Default)]
+pub struct FilterRoot {
+    sources: Option<Rc<Sources>>,
+    counters: Option<Rc<Counters>>,
+}
+
+impl Context for FilterRoot {}
+
+impl RootContext for FilterRoot {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        if self.counters.is_none() {
+            self.counters = Some(Rc::new(Counters::define()));
+        }
+        match load_sources(plugin_configuration_size) {
+            Ok(sources) => {
+                self.sources = Some(Rc::new(sources));
+                true
+            }
+            Err(message) => {
+                // Config errors name the field, never a secret value.
+                log::error!("ixproxy: invalid plugin configuration: {message}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(FilterHttp::new(
+            self.sources.clone(),
+            self.counters.clone().unwrap_or_default(),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Reads the plugin configuration buffer and validates it with secrets from the VM environment.
+fn load_sources(size: usize) -> Result<Sources, String> {
+    let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+        .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?
+        .ok_or_else(|| {
+            "the plugin configuration is empty; expected {\"sources\": [...]}".to_owned()
+        })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| "the plugin configuration is not valid utf-8".to_owned())?;
+    RawPluginConfig::from_json(text)
+        .and_then(|raw| raw.validate(&VmEnvSecrets))
+        .map_err(|e| e.to_string())
+}
