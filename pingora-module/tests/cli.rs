@@ -47,13 +47,25 @@ fn verify_shows_the_base_string_when_one_character_changes() {
 
 #[test]
 fn verify_accepts_any_of_several_tokens() {
-    let out = ixproxy(&["verify", "--token", "old", "--token", "FOO123bar", BLUEPRINT]);
+    let out = ixproxy(&[
+        "verify",
+        "--token",
+        "old",
+        "--token",
+        "FOO123bar",
+        BLUEPRINT,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]
 fn sign_prints_exactly_the_imgix_target() {
-    let out = ixproxy(&["sign", "--token", "FOO123bar", "http://avatars.com/john-smith.png"]);
+    let out = ixproxy(&[
+        "sign",
+        "--token",
+        "FOO123bar",
+        "http://avatars.com/john-smith.png",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), format!("{BLUEPRINT}\n"));
     let out = ixproxy(&[
@@ -95,7 +107,12 @@ fn signed_expiring_urls_verify_until_they_expire() {
 
 #[test]
 fn verify_rejects_form_errors_with_the_reason() {
-    let out = ixproxy(&["verify", "--token", "FOO123bar", "/http%3A%2F%2Fa.com%2Fx.png?w=1"]);
+    let out = ixproxy(&[
+        "verify",
+        "--token",
+        "FOO123bar",
+        "/http%3A%2F%2Fa.com%2Fx.png?w=1",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("missing signature parameter s"), "{err}");
@@ -123,8 +140,16 @@ fn verify_origin_checks_the_vector_and_the_skew_window() {
     };
     let good = base[8];
     assert_eq!(run(good, "1709332618").status.code(), Some(0));
-    assert_eq!(run(good, "1709332918").status.code(), Some(0), "300 s skew is allowed");
-    assert_eq!(run(good, "1709332919").status.code(), Some(1), "301 s is outside the window");
+    assert_eq!(
+        run(good, "1709332918").status.code(),
+        Some(0),
+        "300 s skew is allowed"
+    );
+    assert_eq!(
+        run(good, "1709332919").status.code(),
+        Some(1),
+        "301 s is outside the window"
+    );
     let wrong = "v1,861B47427F21119C916A6BC56618D5E191C3208535A28A590D1D84E083F29A89";
     assert_eq!(run(wrong, "1709332618").status.code(), Some(1));
 }
@@ -176,9 +201,15 @@ fn check_names_the_field_of_each_invalid_config() {
             VALID.replace("request_signing_key: k3y", "request_signing_key: ''"),
             "sources[0].origin_auth.request_signing_key",
         ),
-        (VALID.replace("[aBcD1234]", "[]"), "sources[0].secure_url_tokens"),
         (
-            VALID.replace("    secure_url_tokens", "    colour: blue\n    secure_url_tokens"),
+            VALID.replace("[aBcD1234]", "[]"),
+            "sources[0].secure_url_tokens",
+        ),
+        (
+            VALID.replace(
+                "    secure_url_tokens",
+                "    colour: blue\n    secure_url_tokens",
+            ),
             "colour",
         ),
         (
@@ -193,7 +224,11 @@ fn check_names_the_field_of_each_invalid_config() {
     ];
     for (i, (yaml, field)) in cases.iter().enumerate() {
         let out = check_yaml(&format!("invalid-{i}"), yaml);
-        assert_eq!(out.status.code(), Some(1), "config should be refused ({field}):\n{yaml}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "config should be refused ({field}):\n{yaml}"
+        );
         let err = stderr(&out);
         assert!(err.contains(field), "error must name {field}: {err}");
         assert!(!err.contains(&long), "error must not echo the secret");
