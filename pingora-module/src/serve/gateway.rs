@@ -404,6 +404,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+        // A refused origin address is a policy decision, logged by `logging` like rejections.
+        ctx.failure == Some(ORIGIN_ADDRESS_DENIED)
+    }
+
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
         // Pingora puts this in its error logs; keep the signed target out of them.
         let req = session.req_header();
