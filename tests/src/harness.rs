@@ -1,0 +1,213 @@
+//! What every gateway under test is given: the recording origin, the config file (four test
+//! sources plus one holding the imgix SDK vectors' hosts and tokens), the environment the
+//! gateway process needs, and the plain values cases sign with and checks compare against.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ixproxy_core::config::{
+    RawBasicAuth, RawConfig, RawOriginAuth, RawSource, RawUpstream, SecretRef,
+};
+use tempfile::TempDir;
+
+use crate::cases::Vector;
+use crate::origin::RecordingOrigin;
+use crate::HarnessError;
+
+/// Environment variable holding source `a`'s Basic auth password (an `{env: NAME}` secret).
+pub const PASSWORD_ENV: &str = "IXPROXY_CONFORMANCE_ORIGIN_PASSWORD";
+/// Origin connect timeout in the test config.
+pub const CONNECT_TIMEOUT: &str = "1s";
+/// Origin total timeout in the test config (`/slow/...` takes longer).
+pub const ORIGIN_TIMEOUT: &str = "3s";
+
+/// The origin authentication source `a` sends, in plain text, for checking what the origin got.
+#[derive(Debug, Clone)]
+pub struct ExpectedAuth {
+    /// Exact `Authorization` value.
+    pub basic_header: String,
+    /// Exact `X-Imgix-Origin-Secret` value.
+    pub handshake: String,
+    /// Per-request signing key.
+    pub signing_key: String,
+}
+
+/// A running recording origin plus the config and environment for a gateway.
+pub struct Harness {
+    /// The recording origin servers.
+    pub origin: RecordingOrigin,
+    /// Scratch directory: config, CA file, gateway logs.
+    pub dir: TempDir,
+    /// The YAML config (listen addresses `127.0.0.1:0`; runners assign real ports).
+    pub config_path: PathBuf,
+    /// Environment variables the gateway process must get.
+    pub env: Vec<(String, String)>,
+    /// Token by case name (`a.new`, `a.old`, `b.main`, ...).
+    pub tokens: BTreeMap<String, String>,
+    /// Origin auth by source name; sources not listed send none.
+    pub auth: BTreeMap<String, ExpectedAuth>,
+    /// A loopback port nothing listens on.
+    pub dead: SocketAddr,
+}
+
+fn lit(value: &str) -> SecretRef {
+    SecretRef::Literal(value.to_owned())
+}
+
+fn source(name: &str, hosts: &[&str], tokens: Vec<SecretRef>) -> RawSource {
+    RawSource {
+        name: name.to_owned(),
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        secure_url_tokens: tokens,
+        origin_auth: None,
+        allowed_origin_hosts: None,
+        allow_private_origins: true,
+    }
+}
+
+impl Harness {
+    /// Starts the recording origin and writes the config.
+    ///
+    /// Sources: `a` (hosts `a.test`, `a2.test`; tokens `a.new` and `a.old` for rotation; Basic
+    /// auth with the password from [`PASSWORD_ENV`], handshake and per-request signing), `b`
+    /// (`b.test`, its own token, no origin auth), `c` (`c.test`, private origins denied even
+    /// though `127.0.0.1` and `localhost` are allow-listed), `d` (`d.test`, private origins
+    /// allowed, only `127.0.0.1` and `*.allowed.test`), and `vectors` (the SDK vectors' hosts
+    /// and tokens, public origins only).
+    ///
+    /// # Errors
+    /// Origin start-up or file errors.
+    pub fn new(vectors: &[Vector]) -> Result<Self, HarnessError> {
+        let origin = RecordingOrigin::start()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ixproxy-conformance-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("temp dir", e))?;
+        let ca_path = dir.path().join("test-ca.pem");
+        std::fs::write(&ca_path, &origin.ca_pem).map_err(|e| HarnessError::io("write ca", e))?;
+
+        let tokens: BTreeMap<String, String> = [
+            ("a.new", "aNewToken123"),
+            ("a.old", "aOldToken456"),
+            ("b.main", "bSourceToken789"),
+            ("c.main", "cSourceToken000"),
+            ("d.main", "dSourceToken111"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let token = |name: &str| lit(tokens.get(name).map_or("", String::as_str));
+
+        let username = "ixuser";
+        let password = "env-password-9f3";
+        let handshake = "handshake-secret-42";
+        let signing_key = "conformance-signing-key";
+
+        let mut a = source(
+            "a",
+            &["a.test", "a2.test"],
+            vec![token("a.new"), token("a.old")],
+        );
+        a.origin_auth = Some(RawOriginAuth {
+            basic_auth: Some(RawBasicAuth {
+                username: lit(username),
+                password: SecretRef::Env {
+                    env: PASSWORD_ENV.to_owned(),
+                },
+            }),
+            request_handshake: Some(lit(handshake)),
+            request_signing_key: Some(lit(signing_key)),
+        });
+        let b = source("b", &["b.test"], vec![token("b.main")]);
+        let mut c = source("c", &["c.test"], vec![token("c.main")]);
+        c.allow_private_origins = false;
+        c.allowed_origin_hosts = Some(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]);
+        let mut d = source("d", &["d.test"], vec![token("d.main")]);
+        d.allowed_origin_hosts = Some(vec!["127.0.0.1".to_owned(), "*.allowed.test".to_owned()]);
+
+        let mut sources = vec![a, b, c, d];
+        let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
+        vector_hosts.sort_unstable();
+        vector_hosts.dedup();
+        let mut vector_tokens: Vec<&str> = vectors.iter().map(|v| v.token.as_str()).collect();
+        vector_tokens.sort_unstable();
+        vector_tokens.dedup();
+        if !vector_hosts.is_empty() {
+            let mut v = source(
+                "vectors",
+                &vector_hosts,
+                vector_tokens.into_iter().map(lit).collect(),
+            );
+            v.allow_private_origins = false;
+            sources.push(v);
+        }
+
+        let config = RawConfig {
+            listen: Some("127.0.0.1:0".to_owned()),
+            admin_listen: Some("127.0.0.1:0".to_owned()),
+            upstream: RawUpstream {
+                ca_file: Some(ca_path.display().to_string()),
+                connect_timeout: Some(CONNECT_TIMEOUT.to_owned()),
+                timeout: Some(ORIGIN_TIMEOUT.to_owned()),
+            },
+            sources,
+        };
+        let yaml = serde_yaml::to_string(&config)
+            .map_err(|e| HarnessError::Cases(format!("serialize config: {e}")))?;
+        let config_path = dir.path().join("ixproxy.yaml");
+        std::fs::write(&config_path, yaml).map_err(|e| HarnessError::io("write config", e))?;
+
+        let mut auth = BTreeMap::new();
+        auth.insert(
+            "a".to_owned(),
+            ExpectedAuth {
+                basic_header: format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{username}:{password}"))
+                ),
+                handshake: handshake.to_owned(),
+                signing_key: signing_key.to_owned(),
+            },
+        );
+
+        Ok(Harness {
+            origin,
+            config_path,
+            env: vec![(PASSWORD_ENV.to_owned(), password.to_owned())],
+            tokens,
+            auth,
+            dead: dead_address()?,
+            dir,
+        })
+    }
+
+    /// The placeholders cases may use, with their values.
+    pub fn placeholders(&self) -> Vec<(String, String)> {
+        let o = &self.origin;
+        [
+            ("{http}", format!("http://{}", o.http)),
+            ("{https}", format!("https://{}", o.https)),
+            ("{https_wrong}", format!("https://{}", o.https_wrong)),
+            ("{dead}", format!("http://{}", self.dead)),
+            ("{http_authority}", o.http.to_string()),
+            ("{https_authority}", o.https.to_string()),
+            ("{http_port}", o.http.port().to_string()),
+            ("{https_port}", o.https.port().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// A loopback address whose port was just released, so connecting to it is refused.
+fn dead_address() -> Result<SocketAddr, HarnessError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("bind dead port", e))?;
+    listener
+        .local_addr()
+        .map_err(|e| HarnessError::io("dead port address", e))
+}

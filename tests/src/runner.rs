@@ -1,0 +1,532 @@
+//! Runs the case table through a gateway and checks what the client got and what the origin saw.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ixproxy_core::auth::{self, verify_origin_signature};
+use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::Secret;
+
+use crate::cases::{
+    default_cases_path, default_vectors_path, expand, load_cases, load_vectors, tamper, validate,
+    vector_cases, Case, OriginExpect,
+};
+use crate::client::{send, RawRequest, RawResponse};
+use crate::gateway::Gateway;
+use crate::harness::Harness;
+use crate::origin::Recorded;
+use crate::HarnessError;
+
+/// How long one request may take end to end (longer than the origin's `/slow` delay, so a
+/// gateway that does not time out shows up as a wrong status, not a client timeout).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Cases put this in every client header value that must not reach the origin; no origin
+/// request may contain it anywhere.
+pub const CLIENT_MARKER: &str = "client-marker";
+/// Clock skew allowed when verifying per-request origin signatures.
+pub const MAX_SKEW: u64 = 300;
+
+/// Origin-auth headers the gateway itself sets; any other `x-imgix-*` header at the origin
+/// leaked from the client.
+const GATEWAY_IMGIX_HEADERS: [&str; 5] = [
+    auth::ORIGIN_SECRET,
+    auth::SIGNATURE,
+    auth::SIGNATURE_HOST,
+    auth::SIGNATURE_REQUEST_ID,
+    auth::SIGNATURE_TIMESTAMP,
+];
+
+/// The outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// Case name.
+    pub name: String,
+    /// The request line sent, for reports.
+    pub sent: String,
+    /// Every expectation that did not hold; empty when the case passed.
+    pub problems: Vec<String>,
+}
+
+/// The outcome of a whole run against one gateway.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Gateway runtime name.
+    pub gateway: &'static str,
+    /// One result per case, in table order.
+    pub results: Vec<CaseResult>,
+    /// The end of the gateway's log when the run finished.
+    pub log_tail: String,
+}
+
+impl Report {
+    /// The failed cases.
+    pub fn failures(&self) -> Vec<&CaseResult> {
+        self.results
+            .iter()
+            .filter(|r| !r.problems.is_empty())
+            .collect()
+    }
+
+    /// One line per case, then the failures with their reasons.
+    pub fn summary(&self) -> String {
+        let failures = self.failures();
+        let mut out = String::new();
+        for r in &self.results {
+            let mark = if r.problems.is_empty() {
+                "ok  "
+            } else {
+                "FAIL"
+            };
+            out.push_str(&format!("{mark} {}\n", r.name));
+        }
+        out.push_str(&format!(
+            "\n{}: {} of {} cases passed\n",
+            self.gateway,
+            self.results.len() - failures.len(),
+            self.results.len()
+        ));
+        for r in &failures {
+            out.push_str(&format!("\nFAIL {}\n  sent: {}\n", r.name, r.sent));
+            for p in &r.problems {
+                out.push_str(&format!("  - {p}\n"));
+            }
+        }
+        if !failures.is_empty() {
+            out.push_str(&format!(
+                "\n{} log (tail):\n{}\n",
+                self.gateway, self.log_tail
+            ));
+        }
+        out
+    }
+}
+
+/// Loads the table and the vectors, starts the recording origin and gateway `G`, runs every
+/// case and stops everything.
+///
+/// # Errors
+/// Harness failures only (table, origin, gateway start-up); failing cases are in the report.
+pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
+    let vectors = load_vectors(&default_vectors_path())?;
+    let mut cases = load_cases(&default_cases_path())?;
+    cases.extend(vector_cases(&vectors, now_unix()));
+    validate(&cases)?;
+    let harness = Harness::new(&vectors)?;
+    let gateway = G::start(&harness.config_path, &harness.env, harness.dir.path())?;
+    Ok(run_cases(&gateway, &harness, &cases))
+}
+
+/// Runs `cases` one after the other through a started gateway.
+pub fn run_cases<G: Gateway>(gateway: &G, harness: &Harness, cases: &[Case]) -> Report {
+    let mut request_ids = HashSet::new();
+    let results = cases
+        .iter()
+        .map(|case| run_case(gateway.addr(), harness, case, &mut request_ids))
+        .collect();
+    Report {
+        gateway: G::NAME,
+        results,
+        log_tail: gateway.log_tail(),
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The request a case describes, and the `expires` it signed (if any).
+fn build_request(
+    case: &Case,
+    harness: &Harness,
+    now: i64,
+) -> Result<(RawRequest, Option<i64>), String> {
+    let values = harness.placeholders();
+    let x = |s: &str| expand(s, &values, now);
+    let req = &case.request;
+    let (target, expires) = match (&req.sign, &req.target) {
+        (Some(sign), None) => {
+            let token = harness
+                .tokens
+                .get(&sign.token)
+                .ok_or_else(|| format!("unknown token {}", sign.token))?;
+            let params: Vec<(String, String)> =
+                sign.params.iter().map(|(k, v)| (x(k), x(v))).collect();
+            let expires = params
+                .iter()
+                .find(|(k, _)| k == "expires")
+                .and_then(|(_, v)| v.parse().ok());
+            let (path, options) = match (&sign.url, &sign.path) {
+                (Some(url), None) => (x(url), SignOptions::default()),
+                (None, Some(path)) => (
+                    x(path),
+                    SignOptions {
+                        disable_path_encoding: true,
+                    },
+                ),
+                _ => return Err("sign needs exactly one of url and path".to_owned()),
+            };
+            let mut target = sign_url(token, &path, &params, &options);
+            if let Some(how) = sign.tamper {
+                target = tamper(&target, how);
+            }
+            (target, expires)
+        }
+        (None, Some(target)) => (x(target), None),
+        _ => return Err("request needs exactly one of sign and target".to_owned()),
+    };
+    Ok((
+        RawRequest {
+            method: req.method.clone(),
+            target,
+            host: x(&req.host),
+            headers: req.headers.iter().map(|(k, v)| (x(k), x(v))).collect(),
+        },
+        expires,
+    ))
+}
+
+fn run_case(
+    addr: SocketAddr,
+    harness: &Harness,
+    case: &Case,
+    request_ids: &mut HashSet<String>,
+) -> CaseResult {
+    let now = now_unix();
+    let mut result = CaseResult {
+        name: case.name.clone(),
+        sent: String::new(),
+        problems: Vec::new(),
+    };
+    let (request, expires) = match build_request(case, harness, now) {
+        Ok(built) => built,
+        Err(e) => {
+            result.problems.push(e);
+            return result;
+        }
+    };
+    result.sent = format!(
+        "{} {} (Host: {})",
+        request.method, request.target, request.host
+    );
+    harness.origin.clear();
+    let sent_at = now_unix();
+    let response = match send(addr, &request, CLIENT_TIMEOUT) {
+        Ok(r) => r,
+        Err(e) => {
+            result.problems.push(format!("request failed: {e}"));
+            return result;
+        }
+    };
+    let values = harness.placeholders();
+    let x = |s: &str| expand(s, &values, now);
+    let problems = &mut result.problems;
+    check_response(case, &response, expires, sent_at, &x, problems);
+
+    let recorded = harness.origin.requests();
+    for r in &recorded {
+        check_invariants(r, problems);
+    }
+    match &case.expect.origin {
+        None => {
+            if !recorded.is_empty() {
+                problems.push(format!(
+                    "the origin must not be contacted, but got: {}",
+                    describe(&recorded)
+                ));
+            }
+        }
+        Some(want) => match recorded.as_slice() {
+            [one] => check_origin(one, want, &request, harness, &x, request_ids, problems),
+            [] => problems.push("the origin received no request".to_owned()),
+            many => problems.push(format!(
+                "the origin received {} requests, expected one: {}",
+                many.len(),
+                describe(many)
+            )),
+        },
+    }
+    result
+}
+
+fn describe(recorded: &[Recorded]) -> String {
+    recorded
+        .iter()
+        .map(|r| format!("{} {} on {:?}", r.method, r.target, r.server))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_response(
+    case: &Case,
+    response: &RawResponse,
+    expires: Option<i64>,
+    sent_at: i64,
+    x: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) {
+    let expect = &case.expect;
+    if response.status != expect.status {
+        problems.push(format!(
+            "status {} (expected {}), body {:?}",
+            response.status,
+            expect.status,
+            truncate(&response.body_text())
+        ));
+    }
+    for (name, value) in &expect.headers {
+        let want = x(value);
+        let got = response.header_values(name);
+        if got != [want.as_str()] {
+            problems.push(format!(
+                "response header {name}: {got:?} (expected [{want:?}])"
+            ));
+        }
+    }
+    for name in &expect.absent_headers {
+        let got = response.header_values(name);
+        if !got.is_empty() {
+            problems.push(format!(
+                "response header {name} must be absent, got {got:?}"
+            ));
+        }
+    }
+    let cookies = response.header_values("set-cookie");
+    if !cookies.is_empty() && !expect.absent_headers.iter().any(|h| h == "set-cookie") {
+        problems.push(format!("origin Set-Cookie reached the client: {cookies:?}"));
+    }
+    if expect.max_age_capped_by_expires {
+        match (expires, max_age(response)) {
+            (None, _) => problems.push("case signs no integer expires".to_owned()),
+            (_, None) => problems.push(format!(
+                "no Cache-Control max-age: {:?}",
+                response.header_values("cache-control")
+            )),
+            (Some(expires), Some(age)) => {
+                let remaining = expires - sent_at;
+                // The gateway computes the remaining time at or after `sent_at`; allow it to
+                // round generously below, never above.
+                if age > remaining || age < remaining - 30 || age <= 0 {
+                    problems.push(format!(
+                        "Cache-Control max-age={age}, expected at most the {remaining} s left until expires"
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(body) = &expect.body {
+        let want = x(body);
+        if response.body != want.as_bytes() {
+            problems.push(format!(
+                "body {:?} (expected {want:?})",
+                truncate(&response.body_text())
+            ));
+        }
+    }
+    let text = response.body_text();
+    for needle in &expect.body_not_contains {
+        let needle = x(needle);
+        if text.contains(&needle) {
+            problems.push(format!("body reveals {needle:?}: {:?}", truncate(&text)));
+        }
+    }
+}
+
+/// `max-age` of the response's `Cache-Control` (all values joined).
+fn max_age(response: &RawResponse) -> Option<i64> {
+    response
+        .header_values("cache-control")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .find_map(|d| d.trim().strip_prefix("max-age=")?.trim().parse().ok())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// Rules every request that reaches an origin must obey, whatever the case.
+fn check_invariants(r: &Recorded, problems: &mut Vec<String>) {
+    for (name, value) in &r.headers {
+        if value.contains(CLIENT_MARKER) {
+            problems.push(format!(
+                "client header value reached the origin: {name}: {value}"
+            ));
+        }
+        if name == "cookie" {
+            problems.push(format!("Cookie reached the origin: {value}"));
+        }
+        if name.starts_with("x-imgix-") && !GATEWAY_IMGIX_HEADERS.contains(&name.as_str()) {
+            problems.push(format!(
+                "client X-Imgix header reached the origin: {name}: {value}"
+            ));
+        }
+    }
+}
+
+/// `host` of `host:port` / `[v6]:port`.
+fn host_only(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+fn single<'a>(r: &'a Recorded, name: &str, problems: &mut Vec<String>) -> Option<&'a str> {
+    match r.header_values(name).as_slice() {
+        [one] => Some(one),
+        other => {
+            problems.push(format!(
+                "origin header {name}: {other:?} (expected exactly one)"
+            ));
+            None
+        }
+    }
+}
+
+fn check_origin(
+    r: &Recorded,
+    want: &OriginExpect,
+    request: &RawRequest,
+    harness: &Harness,
+    x: &dyn Fn(&str) -> String,
+    request_ids: &mut HashSet<String>,
+    problems: &mut Vec<String>,
+) {
+    if r.server != want.server {
+        problems.push(format!(
+            "origin server {:?} (expected {:?})",
+            r.server, want.server
+        ));
+    }
+    if r.method != request.method {
+        problems.push(format!(
+            "origin method {} (expected {})",
+            r.method, request.method
+        ));
+    }
+    let path = x(&want.path);
+    if r.target != path {
+        problems.push(format!("origin path {:?} (expected {path:?})", r.target));
+    }
+    let host = x(&want.host);
+    if let Some(got) = single(r, "host", problems) {
+        if got != host {
+            problems.push(format!("origin Host {got:?} (expected {host:?})"));
+        }
+    }
+    for (name, value) in &want.headers {
+        let value = x(value);
+        if let Some(got) = single(r, name, problems) {
+            if got != value {
+                problems.push(format!(
+                    "origin header {name}: {got:?} (expected {value:?})"
+                ));
+            }
+        }
+    }
+    for name in &want.absent {
+        let got = r.header_values(name);
+        if !got.is_empty() {
+            problems.push(format!("origin header {name} must be absent, got {got:?}"));
+        }
+    }
+    if want.auth == "none" {
+        for name in std::iter::once(auth::AUTHORIZATION).chain(GATEWAY_IMGIX_HEADERS) {
+            let got = r.header_values(name);
+            if !got.is_empty() {
+                problems.push(format!(
+                    "origin header {name} must be absent (no origin auth), got {got:?}"
+                ));
+            }
+        }
+        return;
+    }
+    let Some(expected) = harness.auth.get(&want.auth) else {
+        problems.push(format!("case names unknown auth source {}", want.auth));
+        return;
+    };
+    if let Some(got) = single(r, auth::AUTHORIZATION, problems) {
+        if got != expected.basic_header {
+            problems.push(format!(
+                "origin Authorization {got:?} is not the source's Basic credentials"
+            ));
+        }
+    }
+    if let Some(got) = single(r, auth::ORIGIN_SECRET, problems) {
+        if got != expected.handshake {
+            problems.push(format!(
+                "origin {} {got:?} is not the source's handshake",
+                auth::ORIGIN_SECRET
+            ));
+        }
+    }
+    if let Some(got) = single(r, auth::SIGNATURE_HOST, problems) {
+        if got != host_only(&host) {
+            problems.push(format!(
+                "origin {} {got:?} (expected {:?})",
+                auth::SIGNATURE_HOST,
+                host_only(&host)
+            ));
+        }
+    }
+    let id = single(r, auth::SIGNATURE_REQUEST_ID, problems);
+    let ts = single(r, auth::SIGNATURE_TIMESTAMP, problems);
+    let sig = single(r, auth::SIGNATURE, problems);
+    if let (Some(id), Some(ts), Some(sig)) = (id, ts, sig) {
+        if id.len() != 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            problems.push(format!("request id {id:?} is not 64 lowercase hex chars"));
+        }
+        if !request_ids.insert(id.to_owned()) {
+            problems.push(format!(
+                "request id {id} was already used by an earlier request"
+            ));
+        }
+        let now = u64::try_from(now_unix()).unwrap_or(0);
+        let key = Secret::new(expected.signing_key.clone());
+        if let Err(e) = verify_origin_signature(&key, id, ts, sig, now, MAX_SKEW) {
+            problems.push(format!(
+                "per-request origin signature does not verify ({e}): id={id} ts={ts} sig={sig}"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_only_strips_ports() {
+        assert_eq!(host_only("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_only("[::1]:8080"), "::1");
+        assert_eq!(host_only("example.com"), "example.com");
+    }
+
+    #[test]
+    fn invariants_catch_leaks() {
+        let r = Recorded {
+            server: crate::origin::OriginKind::Http,
+            method: "GET".to_owned(),
+            target: "/".to_owned(),
+            headers: vec![
+                ("cookie".to_owned(), "a=b".to_owned()),
+                ("x-imgix-foo".to_owned(), "1".to_owned()),
+                (
+                    "x-forwarded-for".to_owned(),
+                    format!("10.0.0.1, {CLIENT_MARKER}"),
+                ),
+                ("x-imgix-origin-secret".to_owned(), "ok".to_owned()),
+            ],
+        };
+        let mut problems = Vec::new();
+        check_invariants(&r, &mut problems);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}
