@@ -211,3 +211,56 @@ fn dead_address() -> Result<SocketAddr, HarnessError> {
         .local_addr()
         .map_err(|e| HarnessError::io("dead port address", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use ixproxy_core::config::SecretResolver;
+
+    use super::*;
+    use crate::cases::{default_vectors_path, load_vectors};
+
+    struct Env<'a>(&'a [(String, String)]);
+
+    impl SecretResolver for Env<'_> {
+        fn env(&self, name: &str) -> Result<String, String> {
+            self.0
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("environment variable {name} is not set"))
+        }
+
+        fn file(&self, path: &str) -> Result<String, String> {
+            Err(format!("no file {path} in this test"))
+        }
+    }
+
+    #[test]
+    fn the_test_config_is_valid_and_routes_hosts_to_the_right_sources() {
+        let vectors = load_vectors(&default_vectors_path()).expect("vectors");
+        let harness = Harness::new(&vectors).expect("harness");
+        let text = std::fs::read_to_string(&harness.config_path).expect("config");
+        let config = RawConfig::from_yaml(&text)
+            .and_then(|raw| raw.validate(&Env(&harness.env)))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let sources = &config.sources;
+        let name = |host: &str| sources.by_host(host).map(|s| s.name.clone());
+        assert_eq!(name("A2.TEST:8080").as_deref(), Some("a"));
+        assert_eq!(name("d.test").as_deref(), Some("d"));
+        assert_eq!(name("demo.imgix.net").as_deref(), Some("vectors"));
+        assert_eq!(name("unknown.test"), None);
+        let a = sources.by_host("a.test").expect("a");
+        assert_eq!(a.tokens.len(), 2);
+        let headers = a.origin_auth.headers("127.0.0.1", 1, &[7; 32]);
+        let expected = harness.auth.get("a").expect("auth a");
+        assert!(headers.contains(&("authorization", expected.basic_header.clone())));
+        let c = sources.by_host("c.test").expect("c");
+        assert!(c.origin_host_allowed("127.0.0.1") && !c.allow_private_origins);
+        let d = sources.by_host("d.test").expect("d");
+        assert!(d.origin_host_allowed("127.0.0.1") && !d.origin_host_allowed("localhost"));
+        assert!(
+            text.contains(PASSWORD_ENV),
+            "the password stays an env reference"
+        );
+    }
+}

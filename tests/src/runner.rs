@@ -500,7 +500,70 @@ fn check_origin(
 
 #[cfg(test)]
 mod tests {
+    use ixproxy_core::config::{RawConfig, SecretResolver};
+    use ixproxy_core::{decide, Decision, RequestInfo};
+
     use super::*;
+
+    struct Env<'a>(&'a [(String, String)]);
+
+    impl SecretResolver for Env<'_> {
+        fn env(&self, name: &str) -> Result<String, String> {
+            self.0
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("{name} unset"))
+        }
+
+        fn file(&self, path: &str) -> Result<String, String> {
+            Err(format!("no file {path}"))
+        }
+    }
+
+    /// Every case through the core's `decide` with the harness config: the table must agree
+    /// with the one decision both runtimes translate (forward vs. local status).
+    #[test]
+    fn the_table_agrees_with_the_cores_decision() {
+        let vectors = load_vectors(&default_vectors_path()).expect("vectors");
+        let mut cases = load_cases(&default_cases_path()).expect("cases");
+        cases.extend(vector_cases(&vectors, now_unix()));
+        let harness = Harness::new(&vectors).expect("harness");
+        let text = std::fs::read_to_string(&harness.config_path).expect("config");
+        let config = RawConfig::from_yaml(&text)
+            .and_then(|raw| raw.validate(&Env(&harness.env)))
+            .expect("valid config");
+        let mut wrong = Vec::new();
+        for case in &cases {
+            let now = now_unix();
+            let (req, _) = build_request(case, &harness, now).expect("request");
+            let info = RequestInfo {
+                method: &req.method,
+                host: &req.host,
+                target: &req.target,
+            };
+            let now = u64::try_from(now).expect("now");
+            let forwarded =
+                case.expect.origin.is_some() || [502, 504].contains(&case.expect.status);
+            match decide(&config.sources, &info, now, &[1; 32]) {
+                Decision::Forward(f) if forwarded => {
+                    if let Some(o) = &case.expect.origin {
+                        let values = harness.placeholders();
+                        let path = expand(&o.path, &values, 0);
+                        if f.origin.path_and_query != path {
+                            wrong.push(format!(
+                                "{}: core forwards {}",
+                                case.name, f.origin.path_and_query
+                            ));
+                        }
+                    }
+                }
+                Decision::Reject(r) if !forwarded && r.status == case.expect.status => {}
+                other => wrong.push(format!("{}: {} -> {other:?}", case.name, req.target)),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 
     #[test]
     fn host_only_strips_ports() {
