@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use ixproxy_core::{decide, Decision, RequestInfo, Sources};
+use ixproxy_core::{decide, Decision, Outcome, RequestInfo, Sources};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -107,13 +107,12 @@ impl HttpContext for FilterHttp {
                 Self::reply(&plan::local_reply(&rejection))
             }
             Decision::Forward(forward) => {
-                let names = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+                let names: Vec<String> = match hostcalls::get_map(MapType::HttpRequestHeaders) {
                     Ok(headers) => headers.into_iter().map(|(name, _)| name).collect(),
                     Err(status) => {
                         return Self::internal_error(&format!("cannot read headers: {status:?}"))
                     }
                 };
-                let names: Vec<String> = names;
                 let edits = plan::forward_request_edits(&forward, names.iter().map(String::as_str));
                 if let Err(e) = Self::apply(MapType::HttpRequestHeaders, &edits) {
                     return Self::internal_error(&e);
@@ -126,7 +125,7 @@ impl HttpContext for FilterHttp {
                 }
                 self.forwarded = true;
                 self.max_age = forward.max_age;
-                self.counters.increment(forward_outcome());
+                self.counters.increment(Outcome::Forwarded);
                 Action::Continue
             }
         }
@@ -153,8 +152,4 @@ impl HttpContext for FilterHttp {
         }
         Action::Continue
     }
-}
-
-fn forward_outcome() -> ixproxy_core::Outcome {
-    ixproxy_core::Outcome::Forwarded
 }

@@ -10,6 +10,10 @@ use ixproxy_core::{Forward, Rejection};
 /// it on a forward (overwriting anything a client sent), the route config matches only on it
 /// and strips it before the request leaves Envoy (`request_headers_to_remove`).
 pub const UPSTREAM_HEADER: &str = "x-ixproxy-upstream";
+/// Request header the filter sets (to `1`) when the source has `allow_private_origins`: the
+/// generated Envoy config denies origins whose resolved address is private unless it is present,
+/// and strips it before the request leaves Envoy. A client-sent one is always removed.
+pub const ALLOW_PRIVATE_HEADER: &str = "x-ixproxy-allow-private";
 /// Kept on the request although clients cannot forward it: Envoy's route matching refuses a
 /// request without it (it reads the scheme from there). Envoy's connection manager sets it; the
 /// generated route config strips it before the request leaves Envoy, like [`UPSTREAM_HEADER`].
@@ -62,7 +66,8 @@ pub fn local_reply(rejection: &Rejection) -> LocalReply {
 /// header outside the forwarded allowlist, except [`ROUTING_HEADER_KEPT`], is removed (so client
 /// `Authorization`, `Cookie`, `X-Imgix-*` and a forged [`UPSTREAM_HEADER`] never reach the
 /// origin); then `:authority`,
-/// `:path`, `:scheme`, [`UPSTREAM_HEADER`] and the origin authentication headers are set.
+/// `:path`, `:scheme`, [`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`] when the source allows
+/// private origins, and the origin authentication headers are set.
 pub fn forward_request_edits<'a>(
     forward: &Forward,
     client_header_names: impl IntoIterator<Item = &'a str>,
@@ -97,6 +102,9 @@ pub fn forward_request_edits<'a>(
         origin.scheme.as_str().into(),
     ));
     edits.push(HeaderEdit::Set(UPSTREAM_HEADER.into(), upstream.into()));
+    if forward.allow_private {
+        edits.push(HeaderEdit::Set(ALLOW_PRIVATE_HEADER.into(), "1".into()));
+    }
     edits.extend(
         forward
             .set_headers
@@ -167,6 +175,7 @@ mod tests {
             "Cookie",
             "X-Imgix-Origin-Secret",
             "x-ixproxy-upstream",
+            "X-Ixproxy-Allow-Private",
             "x-forwarded-for",
             "x-forwarded-proto",
             "cookie",
@@ -188,6 +197,7 @@ mod tests {
                 "cookie",
                 "x-imgix-origin-secret",
                 "x-ixproxy-upstream",
+                "x-ixproxy-allow-private",
                 "x-forwarded-for"
             ]
         );
@@ -215,7 +225,10 @@ mod tests {
 
     #[test]
     fn plain_http_origins_use_the_plain_cluster() {
-        let edits = forward_request_edits(&forward("http://127.0.0.1:8000/x"), []);
+        let mut private = forward("http://127.0.0.1:8000/x");
+        private.allow_private = true;
+        let edits = forward_request_edits(&private, []);
+        assert!(edits.contains(&set(ALLOW_PRIVATE_HEADER, "1")));
         assert!(edits.contains(&set(UPSTREAM_HEADER, UPSTREAM_PLAIN)));
         assert!(edits.contains(&set(":authority", "127.0.0.1:8000")));
         assert!(edits.contains(&set(":scheme", "http")));
