@@ -48,6 +48,10 @@ const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outcome\
 /// answers 503 by default.
 const UNREACHABLE_FLAGS: [&str; 4] = ["UF", "UH", "DF", "UC"];
 
+/// Body of the 403 for an origin name that resolved to a private address (the core's reason for
+/// a private IP literal).
+const PRIVATE_ORIGIN_REASON: &str = "origin address is private, loopback or otherwise not public\n";
+
 /// IPv4 ranges an origin address must not be in; mirrors the private list of
 /// `ixproxy_core::addr::is_denied_ip` (a test checks each range against it).
 const DENIED_V4: [([u8; 4], u8); 16] = [
@@ -453,12 +457,44 @@ fn http_connection_manager(p: &Parts) -> Value {
             "merge_slashes" => false,
             "path_with_escaped_slashes_action" => "KEEP_UNCHANGED",
             "local_reply_config" => map! {
-                "mappers" => vec![map! {
-                    "filter" => map! {
-                        "response_flag_filter" => map! { "flags" => strings(&UNREACHABLE_FLAGS) },
+                "mappers" => vec![
+                    map! {
+                        "filter" => map! {
+                            "response_flag_filter" => map! { "flags" => strings(&UNREACHABLE_FLAGS) },
+                        },
+                        "status_code" => 502,
                     },
-                    "status_code" => 502,
-                }],
+                    // A local 403 on a request the filter forwarded can only be the RBAC filter
+                    // refusing a private origin address: say so like the native gateway does.
+                    map! {
+                        "filter" => map! {
+                            "and_filter" => map! {
+                                "filters" => vec![
+                                    map! {
+                                        "status_code_filter" => map! {
+                                            "comparison" => map! {
+                                                "op" => "EQ",
+                                                "value" => map! {
+                                                    "default_value" => 403,
+                                                    "runtime_key" => "ixproxy.private_origin_status",
+                                                },
+                                            },
+                                        },
+                                    },
+                                    map! {
+                                        "header_filter" => map! {
+                                            "header" => map! {
+                                                "name" => UPSTREAM_HEADER,
+                                                "present_match" => true,
+                                            },
+                                        },
+                                    },
+                                ],
+                            },
+                        },
+                        "body" => map! { "inline_string" => PRIVATE_ORIGIN_REASON },
+                    },
+                ],
             },
             "route_config" => map! {
                 "name" => "ixproxy",
@@ -750,6 +786,13 @@ sources:
             true
         );
         assert_eq!(hcm(&bootstrap)["generate_request_id"], false);
+        let mappers = &hcm(&bootstrap)["local_reply_config"]["mappers"];
+        assert_eq!(mappers[0]["status_code"], 502);
+        assert_eq!(
+            mappers[0]["filter"]["response_flag_filter"]["flags"],
+            strings(&UNREACHABLE_FLAGS)
+        );
+        assert_eq!(mappers[1]["body"]["inline_string"], PRIVATE_ORIGIN_REASON);
     }
 
     #[test]
