@@ -618,3 +618,72 @@ fn https_origins_are_verified_against_system_roots_plus_ca_file() {
     assert_eq!(without_ca.get("tls.test", &good, &[]).status, 502);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A keep-alive origin that counts the connections it accepts.
+fn keep_alive_origin() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&accepted);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Ok(mut n) = count.lock() {
+                *n += 1;
+            }
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                let Ok(mut out) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                // At most 100 requests per connection, each answered with keep-alive.
+                for _ in 0..100 {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn origin_connections_are_pooled_per_origin_host() {
+    let (origin, accepted) = keep_alive_origin();
+    let gw = Gateway::start(
+        "sources:
+  - name: pool
+    hosts: [pool.test]
+    secure_url_tokens: [tok-pool]
+    allow_private_origins: true
+",
+        &[],
+    );
+    let by_ip = signed("tok-pool", &format!("http://{origin}/a.png"), &[]);
+    for _ in 0..3 {
+        assert_eq!(gw.get("pool.test", &by_ip, &[]).status, 200);
+    }
+    assert_eq!(*accepted.lock().expect("lock"), 1, "one pooled connection");
+    // Another origin name on the same address gets its own connection (the pool key holds
+    // the host), then reuses it.
+    let by_name = signed(
+        "tok-pool",
+        &format!("http://localhost:{}/a.png", origin.port()),
+        &[],
+    );
+    for _ in 0..2 {
+        assert_eq!(gw.get("pool.test", &by_name, &[]).status, 200);
+    }
+    assert_eq!(*accepted.lock().expect("lock"), 2);
+}

@@ -91,8 +91,10 @@ pub struct RequestCtx {
     forward: Option<Box<Forward>>,
     /// Outcome label once known (a rejection or a local failure).
     outcome: Option<&'static str>,
-    /// The origin address checked for this request (reused on retries: no second lookup).
-    upstream_addr: Option<SocketAddr>,
+    /// The origin addresses checked for this request (reused on retries: no second lookup).
+    candidates: Vec<SocketAddr>,
+    /// Index in `candidates` of the address to connect to.
+    candidate: usize,
     /// When the origin request started (resolution included).
     upstream_started: Option<Instant>,
     /// Time to the origin's response header.
@@ -261,38 +263,39 @@ impl ProxyHttp for Gateway {
                 "upstream_peer without a forward decision",
             ));
         };
-        let addr = match ctx.upstream_addr {
-            Some(addr) => addr,
-            None => {
-                ctx.upstream_started = Some(Instant::now());
-                let resolved = resolve_checked(
-                    &forward.origin.host,
-                    forward.origin.port,
-                    forward.allow_private,
-                    self.upstream.connect_timeout,
-                )
-                .await;
-                match resolved {
-                    Ok(addr) => {
-                        ctx.upstream_addr = Some(addr);
-                        addr
-                    }
-                    Err(e) => {
-                        let failure = match e {
-                            ResolveError::Denied => ORIGIN_ADDRESS_DENIED,
-                            ResolveError::TimedOut => ORIGIN_TOO_SLOW,
-                            ResolveError::NotFound(_) => ORIGIN_UNREACHABLE,
-                        };
-                        ctx.failure = Some(failure);
-                        let mut err = Error::explain(
-                            ErrorType::HTTPStatus(failure.status),
-                            format!("origin {}: {e}", forward.origin.host),
-                        );
-                        err.set_retry(false);
-                        return Err(err);
-                    }
+        if ctx.candidates.is_empty() {
+            ctx.upstream_started = Some(Instant::now());
+            let resolved = resolve_checked(
+                &forward.origin.host,
+                forward.origin.port,
+                forward.allow_private,
+                self.upstream.connect_timeout,
+            )
+            .await;
+            match resolved {
+                Ok(candidates) => ctx.candidates = candidates,
+                Err(e) => {
+                    let failure = match e {
+                        ResolveError::Denied => ORIGIN_ADDRESS_DENIED,
+                        ResolveError::TimedOut => ORIGIN_TOO_SLOW,
+                        ResolveError::NotFound(_) => ORIGIN_UNREACHABLE,
+                    };
+                    ctx.failure = Some(failure);
+                    let mut err = Error::explain(
+                        ErrorType::HTTPStatus(failure.status),
+                        format!("origin {}: {e}", forward.origin.host),
+                    );
+                    err.set_retry(false);
+                    return Err(err);
                 }
             }
+        }
+        let Some(addr) = ctx.candidates.get(ctx.candidate).copied() else {
+            ctx.failure = Some(ORIGIN_UNREACHABLE);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(ORIGIN_UNREACHABLE.status),
+                "no origin address left to try",
+            ));
         };
         Ok(Box::new(build_peer(
             addr,
@@ -300,6 +303,21 @@ impl ProxyHttp for Gateway {
             &self.upstream,
             self.ca.as_ref(),
         )))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: the next checked address of the same answer may be tried.
+        if ctx.candidate + 1 < ctx.candidates.len() {
+            ctx.candidate += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

@@ -75,6 +75,12 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
     };
     let ca = upstream::load_trust_anchors(config.upstream.ca_file.as_deref())
         .map_err(|e| e.to_string())?;
+    if config.listen == config.admin_listen && config.listen.port() != 0 {
+        return Err(format!(
+            "admin_listen: {} is also the gateway's listen address",
+            config.admin_listen
+        ));
+    }
     check_bindable(config.listen, "listen")?;
     check_bindable(config.admin_listen, "admin_listen")?;
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;

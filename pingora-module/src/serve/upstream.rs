@@ -5,6 +5,9 @@
 //! checked [`SocketAddr`], so Pingora never resolves the name again: a DNS answer that changes
 //! between check and connect (rebinding) cannot reach a private address.
 //!
+//! When a connection to one address fails, the next checked address of the same answer is
+//! tried (a name resolving to `::1` and `127.0.0.1`, a dual-stack origin down on one family).
+//!
 //! Policy: a name is refused when **any** of its addresses is denied. Skipping the denied ones
 //! would let whoever controls the origin's DNS mix a private address into the answer and keep
 //! probing; public origins never publish private addresses, so refusing costs nothing real.
@@ -39,11 +42,12 @@ pub enum ResolveError {
     Denied,
 }
 
-/// Resolves `host:port` and returns the address to connect to.
+/// Resolves `host:port` and returns the addresses to try, in resolver order.
 ///
 /// An IP literal is used as it is. A name is looked up with the system resolver (on Tokio's
 /// blocking pool, bounded by `timeout`). Unless `allow_private`, every resolved address must
-/// pass [`is_denied_ip`]; the first one is returned.
+/// pass [`is_denied_ip`]. At most [`MAX_CANDIDATES`] addresses are returned: the gateway falls
+/// back to the next one when a connection attempt fails.
 ///
 /// # Errors
 /// [`ResolveError::NotFound`], [`ResolveError::TimedOut`] or [`ResolveError::Denied`].
@@ -52,7 +56,7 @@ pub async fn resolve_checked(
     port: u16,
     allow_private: bool,
     timeout: Duration,
-) -> Result<SocketAddr, ResolveError> {
+) -> Result<Vec<SocketAddr>, ResolveError> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
@@ -67,7 +71,11 @@ pub async fn resolve_checked(
     check_addresses(&addrs, allow_private)
 }
 
-/// Applies the deny policy to a resolved address set and picks the address to connect to.
+/// How many resolved addresses one origin request may try.
+pub const MAX_CANDIDATES: usize = 3;
+
+/// Applies the deny policy to a resolved address set and returns the addresses to try
+/// (duplicates removed, at most [`MAX_CANDIDATES`]).
 ///
 /// # Errors
 /// [`ResolveError::NotFound`] for an empty set, [`ResolveError::Denied`] when any address is
@@ -75,14 +83,23 @@ pub async fn resolve_checked(
 pub fn check_addresses(
     addrs: &[SocketAddr],
     allow_private: bool,
-) -> Result<SocketAddr, ResolveError> {
-    let first = *addrs
-        .first()
-        .ok_or_else(|| ResolveError::NotFound("no address".to_owned()))?;
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    if addrs.is_empty() {
+        return Err(ResolveError::NotFound("no address".to_owned()));
+    }
     if !allow_private && addrs.iter().any(|a| is_denied_ip(a.ip())) {
         return Err(ResolveError::Denied);
     }
-    Ok(first)
+    let mut candidates: Vec<SocketAddr> = Vec::with_capacity(MAX_CANDIDATES);
+    for addr in addrs {
+        if candidates.len() == MAX_CANDIDATES {
+            break;
+        }
+        if !candidates.contains(addr) {
+            candidates.push(*addr);
+        }
+    }
+    Ok(candidates)
 }
 
 /// Builds the Pingora peer for a checked address.
@@ -198,11 +215,14 @@ mod tests {
             resolve_checked("localhost", 8080, false, T).await,
             Err(ResolveError::Denied)
         );
-        let addr = resolve_checked("localhost", 8080, true, T)
+        let addrs = resolve_checked("localhost", 8080, true, T)
             .await
             .expect("localhost resolves");
-        assert!(addr.ip().is_loopback(), "{addr}");
-        assert_eq!(addr.port(), 8080);
+        assert!(!addrs.is_empty());
+        for addr in addrs {
+            assert!(addr.ip().is_loopback(), "{addr}");
+            assert_eq!(addr.port(), 8080);
+        }
     }
 
     #[tokio::test]
@@ -217,7 +237,7 @@ mod tests {
         );
         assert_eq!(
             resolve_checked("8.8.8.8", 443, false, T).await,
-            Ok(SocketAddr::from(([8, 8, 8, 8], 443)))
+            Ok(vec![SocketAddr::from(([8, 8, 8, 8], 443))])
         );
     }
 
@@ -233,12 +253,22 @@ mod tests {
     fn one_denied_address_refuses_the_whole_answer() {
         let public = SocketAddr::from(([93, 184, 215, 14], 80));
         let private = SocketAddr::from(([10, 0, 0, 7], 80));
-        assert_eq!(check_addresses(&[public], false), Ok(public));
+        assert_eq!(check_addresses(&[public], false), Ok(vec![public]));
         assert_eq!(
             check_addresses(&[public, private], false),
             Err(ResolveError::Denied)
         );
-        assert_eq!(check_addresses(&[private, public], true), Ok(private));
+        assert_eq!(
+            check_addresses(&[private, public, private], true),
+            Ok(vec![private, public])
+        );
+        let many: Vec<SocketAddr> = (1..=5u8)
+            .map(|i| SocketAddr::from(([93, 184, 215, i], 80)))
+            .collect();
+        assert_eq!(
+            check_addresses(&many, false).map(|c| c.len()),
+            Ok(MAX_CANDIDATES)
+        );
         assert!(matches!(
             check_addresses(&[], true),
             Err(ResolveError::NotFound(_))
