@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 envoy=${IXPROXY_ENVOY:-$root/.venv/bin/envoy}
-wasm=${IXPROXY_FILTER_WASM:-$root/target/wasm32-wasip1/release/ixproxy_filter.wasm}
+wasm=${IXPROXY_WASM:-${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip1/release/ixproxy_filter.wasm}
 shipped_wasm=/etc/envoy/ixproxy_filter.wasm
 
 if [ ! -f "$wasm" ]; then

@@ -909,9 +909,16 @@ sources:
             .unwrap_or_else(|| workspace().join(".venv/bin/envoy"))
     }
 
-    /// The built filter; built here when missing (scripts/test-all.sh builds it first).
+    /// The built filter: `IXPROXY_WASM`, or the release build in the cargo target directory,
+    /// built here when missing (scripts/test-all.sh builds it first).
     fn filter_wasm() -> PathBuf {
-        let wasm = workspace().join("target/wasm32-wasip1/release/ixproxy_filter.wasm");
+        if let Some(wasm) = std::env::var_os("IXPROXY_WASM") {
+            return PathBuf::from(wasm);
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let wasm = target.join("wasm32-wasip1/release/ixproxy_filter.wasm");
         if !wasm.is_file() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
