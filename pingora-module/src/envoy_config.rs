@@ -142,8 +142,9 @@ pub enum EnvoyConfigError {
 
 /// Generates the Envoy bootstrap (YAML) for the ixproxy config `config_yaml`.
 ///
-/// `config_dir` is the directory of the config file: a relative `upstream.ca_file` is read from
-/// there. `wasm_path` is where Envoy will find the built filter (`ixproxy_filter.wasm`); a
+/// `config_dir` is the directory a relative `upstream.ca_file` is read from; pass the current
+/// directory to read it the way `ixproxy serve` does (as written, relative to where it runs).
+/// `wasm_path` is where Envoy will find the built filter (`ixproxy_filter.wasm`); a
 /// relative path is made absolute against the current directory. The file is not opened, so a
 /// config can be generated for another machine or a container path.
 ///
