@@ -21,6 +21,17 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// `ixproxy envoy-config -c FILE --wasm PATH`.
+#[derive(Debug, Args)]
+pub struct EnvoyConfigArgs {
+    /// Config file (YAML, SPEC §7), the same one `ixproxy serve` takes.
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Where Envoy finds `ixproxy_filter.wasm` (made absolute; not opened).
+    #[arg(long)]
+    pub wasm: PathBuf,
+}
+
 /// `ixproxy sign`.
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -211,6 +222,26 @@ pub fn verify_origin(args: &VerifyOriginArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("invalid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the Envoy bootstrap for a config file.
+pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
+    let result = std::fs::read_to_string(&args.config)
+        .map_err(|e| format!("cannot read {}: {e}", args.config.display()))
+        .and_then(|yaml| {
+            let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+            crate::envoy_config::generate(&yaml, &cwd, &args.wasm).map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(bootstrap) => {
+            print!("{bootstrap}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,9 @@
 //! `ixproxy`: the signed-URL Web Proxy gateway and its command line (SPEC §8).
 
 mod cli;
+mod envoy_config;
 mod secrets;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway (without -c: an embedded demo config and a built-in origin on 127.0.0.1).
+    Serve(serve::ServeArgs),
     /// Validate a config file (exit 0 valid, 1 invalid with the field named).
     Check(cli::CheckArgs),
     /// Sign an origin URL the way imgix's js-core does; prints the path and query.
@@ -25,10 +29,14 @@ enum Command {
     Verify(cli::VerifyArgs),
     /// Verify a per-request origin signature (exit 0 valid, 1 invalid).
     VerifyOrigin(cli::VerifyOriginArgs),
+    /// Print a complete Envoy bootstrap running the ixproxy Wasm filter for the same config.
+    EnvoyConfig(cli::EnvoyConfigArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Serve(args) => serve::run(args.config.as_deref()),
+        Command::EnvoyConfig(args) => cli::envoy_config(&args),
         Command::Check(args) => cli::check(&args),
         Command::Sign(args) => cli::sign(&args),
         Command::Verify(args) => cli::verify_target(&args),
