@@ -43,3 +43,19 @@ fi
 
 step "tests"
 cargo test --workspace --locked
+
+step "fuzz: ${IXPROXY_FUZZ_SECONDS:=30} s per target (cargo fuzz, libFuzzer)"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+for target in request_target config; do
+  log=$(mktemp)
+  # cargo fuzz wants nightly for its -Z flags; RUSTC_BOOTSTRAP lets the stable toolchain take
+  # them. No sanitizer: the fuzzed crate forbids unsafe code, so panics are what we hunt.
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -s none -- \
+        -max_total_time="$IXPROXY_FUZZ_SECONDS" -print_final_stats=0) >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz target $target failed; the crashing input is under fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E '^Done [0-9]+ runs' "$log" | sed "s/^/$target: /"
+  rm -f "$log"
+done
