@@ -20,8 +20,10 @@ mod validate;
 
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
-    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LISTEN, DEFAULT_TIMEOUT,
-    MAX_HANDSHAKE_CHARS, MAX_SIGNING_KEY_CHARS,
+    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_REQUEST_HEADERS,
+    DEFAULT_MAX_REQUEST_HEADER_BYTES, DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT,
+    MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS, MAX_SIGNING_KEY_CHARS,
 };
 
 /// An error in a config file; `path` names the field (`sources[1].origin_auth.request_handshake`).
@@ -84,8 +86,26 @@ pub struct RawConfig {
     /// Upstream settings.
     #[serde(default)]
     pub upstream: RawUpstream,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
     /// Sources.
     pub sources: Vec<RawSource>,
+}
+
+/// `limits:` (serde layer): bounds on what a client may send.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Longest request target (path and query) in bytes (default 8192) → 414.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_target_bytes: Option<usize>,
+    /// Most request header fields (default 100) → 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers: Option<usize>,
+    /// Largest total of request header names and values in bytes (default 32768) → 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_header_bytes: Option<usize>,
 }
 
 /// `upstream:` (serde layer). Durations are strings such as `3s`, `500ms`, `1m`.
@@ -101,10 +121,16 @@ pub struct RawUpstream {
     /// Total timeout (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Redirect hops followed per request (default 3; 0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_redirects: Option<u32>,
+    /// Largest origin response body in bytes (default 100 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// One entry of `sources:` (serde layer). Also the JSON the Envoy filter receives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     /// Name used in logs and metrics.
@@ -122,6 +148,9 @@ pub struct RawSource {
     /// Allow private/loopback origins (local development and tests only).
     #[serde(default)]
     pub allow_private_origins: bool,
+    /// Content-Type prefixes (`image/`) an origin response must match; absent = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_content_types: Option<Vec<String>>,
 }
 
 /// `origin_auth:` (serde layer).
@@ -149,12 +178,20 @@ pub struct RawBasicAuth {
     pub password: SecretRef,
 }
 
-/// The plugin configuration of the Envoy filter: `{"sources": [...]}` (serde layer).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The plugin configuration of the Envoy filter: `{"sources": [...], "upstream": {...},
+/// "limits": {...}}` (serde layer), the YAML file without its listeners.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPluginConfig {
     /// Sources, as in the YAML file.
     pub sources: Vec<RawSource>,
+    /// Upstream settings; the filter uses `max_redirects` and `max_body_bytes` (Envoy's
+    /// clusters carry the rest).
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 /// Validated upstream settings.
@@ -166,6 +203,33 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Total timeout.
     pub timeout: Duration,
+}
+
+/// Validated limits; everything on the request path needs, carried by [`Sources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request target in bytes (→ 414).
+    pub max_request_target_bytes: usize,
+    /// Most request header fields (→ 431).
+    pub max_request_headers: usize,
+    /// Largest total of request header names and values in bytes (→ 431).
+    pub max_request_header_bytes: usize,
+    /// Redirect hops followed per request.
+    pub max_redirects: u32,
+    /// Largest origin response body in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_target_bytes: DEFAULT_MAX_REQUEST_TARGET_BYTES,
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
+            max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
 }
 
 /// An `allowed_origin_hosts` pattern: an exact host, an IP literal, or `*.example.com`
@@ -190,6 +254,8 @@ pub struct Source {
     pub allowed_origin_hosts: Option<Vec<HostPattern>>,
     /// Allow private/loopback origins.
     pub allow_private_origins: bool,
+    /// Lower-case Content-Type prefixes an origin response must match; `None` = any.
+    pub allowed_content_types: Option<Vec<String>>,
 }
 
 impl Source {
@@ -211,6 +277,7 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sources {
     list: Vec<Source>,
+    limits: Limits,
     /// Normalized host (see [`Source::hosts`]) to its source's position in `list`.
     index: BTreeMap<String, usize>,
 }
@@ -223,6 +290,16 @@ impl Sources {
     pub fn by_host(&self, host: &str) -> Option<&Source> {
         let key = hosts::host_header_key(host)?;
         self.index.get(key.as_ref()).and_then(|&i| self.list.get(i))
+    }
+
+    /// The source called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Source> {
+        self.list.iter().find(|s| s.name == name)
+    }
+
+    /// The request and response limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Number of sources (at least one once validated).
@@ -288,8 +365,8 @@ impl RawConfig {
         Ok(Config {
             listen,
             admin_listen,
+            sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
             upstream: validate::upstream(self.upstream)?,
-            sources: validate::sources(self.sources, secrets)?,
         })
     }
 }
@@ -315,7 +392,8 @@ impl RawPluginConfig {
     /// # Errors
     /// The first rule violated, with its field path.
     pub fn validate(self, secrets: &dyn SecretResolver) -> Result<Sources, ConfigError> {
-        validate::sources(self.sources, secrets)
+        validate::upstream(self.upstream.clone())?;
+        validate::sources(self.sources, &self.upstream, &self.limits, secrets)
     }
 }
 

@@ -4,9 +4,9 @@
 use percent_encoding::percent_decode_str;
 
 use crate::addr::is_denied_ip;
-use crate::config::Sources;
+use crate::config::{Source, Sources};
 use crate::expires::{check_expires, ExpiresError};
-use crate::origin::{decode_origin, OriginUrl};
+use crate::origin::{decode_origin, parse_origin, OriginUrl};
 use crate::signature;
 
 /// The parts of a client request the decision needs.
@@ -39,11 +39,19 @@ pub enum Outcome {
     UnknownHost,
     /// Method other than GET/HEAD.
     MethodNotAllowed,
+    /// Request target or headers over the limits (414, 431).
+    RequestTooLarge,
+    /// Origin response refused by policy: Content-Type outside `allowed_content_types` (403).
+    ContentTypeDenied,
+    /// Origin response body over `upstream.max_body_bytes` (502, or an aborted transfer).
+    OriginTooLarge,
+    /// Origin redirect not followed: too many hops or an unusable `Location` (502).
+    BadRedirect,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metrics.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Forwarded,
         Outcome::BadSignature,
         Outcome::Expired,
@@ -52,6 +60,10 @@ impl Outcome {
         Outcome::OriginDenied,
         Outcome::UnknownHost,
         Outcome::MethodNotAllowed,
+        Outcome::RequestTooLarge,
+        Outcome::ContentTypeDenied,
+        Outcome::OriginTooLarge,
+        Outcome::BadRedirect,
     ];
 
     /// The metric label (`forwarded`, `bad_signature`, ...).
@@ -65,6 +77,10 @@ impl Outcome {
             Outcome::OriginDenied => "origin_denied",
             Outcome::UnknownHost => "unknown_host",
             Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::RequestTooLarge => "request_too_large",
+            Outcome::ContentTypeDenied => "content_type_denied",
+            Outcome::OriginTooLarge => "origin_too_large",
+            Outcome::BadRedirect => "bad_redirect",
         }
     }
 }
@@ -97,6 +113,10 @@ pub struct Forward {
     pub set_headers: Vec<(&'static str, String)>,
     /// Upper bound for the response's `Cache-Control` max-age, from `expires`.
     pub max_age: Option<u64>,
+    /// Host of the first origin URL: origin auth headers go only to hops on this host.
+    pub auth_host: String,
+    /// Redirect hops followed so far (0 for the origin URL the client signed).
+    pub redirects: u32,
 }
 
 /// The decision for one request.
@@ -162,6 +182,13 @@ fn decide_inner(
         rejection.headers.push(("allow", "GET, HEAD"));
         return Err(rejection);
     }
+    if req.target.len() > sources.limits().max_request_target_bytes {
+        return Err(reject(
+            414,
+            Outcome::RequestTooLarge,
+            "request target too long",
+        ));
+    }
     let source = sources
         .by_host(req.host)
         .ok_or_else(|| reject(410, Outcome::UnknownHost, "no source serves this host"))?;
@@ -182,6 +209,22 @@ fn decide_inner(
         })?;
 
     let origin = decode_origin(signed.path).map_err(|e| reject(400, Outcome::BadOriginUrl, e))?;
+
+    check_origin_policy(source, &origin)?;
+    Ok(Forward {
+        source: source.name.clone(),
+        set_headers: source.origin_auth.headers(&origin.host, now, random),
+        allow_private: source.allow_private_origins,
+        auth_host: origin.host.clone(),
+        origin,
+        max_age,
+        redirects: 0,
+    })
+}
+
+/// The source's origin policy: `allowed_origin_hosts`, then (unless `allow_private_origins`) no
+/// IP literal from the deny list and no `localhost` name.
+fn check_origin_policy(source: &Source, origin: &OriginUrl) -> Result<(), Rejection> {
     if !source.origin_host_allowed(&origin.host) {
         return Err(reject(
             403,
@@ -189,21 +232,159 @@ fn decide_inner(
             "origin host is not allowed for this source",
         ));
     }
-    if !source.allow_private_origins && is_private_host(&origin) {
+    if !source.allow_private_origins && is_private_host(origin) {
         return Err(reject(
             403,
             Outcome::OriginDenied,
             "origin address is private, loopback or otherwise not public",
         ));
     }
+    Ok(())
+}
 
-    Ok(Forward {
-        source: source.name.clone(),
-        set_headers: source.origin_auth.headers(&origin.host, now, random),
-        allow_private: source.allow_private_origins,
-        origin,
-        max_age,
-    })
+/// Checks the client's request header count and total size (names plus values) against the
+/// limits; runtimes call it before [`decide`].
+///
+/// # Errors
+/// A 431 rejection.
+pub fn check_request_headers(
+    sources: &Sources,
+    count: usize,
+    bytes: usize,
+) -> Result<(), Rejection> {
+    let limits = sources.limits();
+    if count > limits.max_request_headers || bytes > limits.max_request_header_bytes {
+        return Err(reject(
+            431,
+            Outcome::RequestTooLarge,
+            "request header fields too large",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an origin status is a redirect the gateway follows (301, 302, 303, 307, 308).
+pub fn is_followed_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+impl Forward {
+    /// The origin auth headers for one (new) attempt at this forward: fresh timestamp and
+    /// request id, and none at all on a hop away from the first origin's host.
+    pub fn auth_headers(
+        &self,
+        sources: &Sources,
+        now: u64,
+        random: &[u8; 32],
+    ) -> Vec<(&'static str, String)> {
+        match sources.by_name(&self.source) {
+            Some(source) if self.origin.host == self.auth_host => {
+                source.origin_auth.headers(&self.origin.host, now, random)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Follows an origin redirect: resolves `location` against the current origin URL and
+    /// re-validates it like the first URL (http/https, no userinfo, valid port, the source's
+    /// `allowed_origin_hosts` and private-address rules). Origin auth headers are set only when
+    /// the hop stays on the first origin's host.
+    ///
+    /// # Errors
+    /// 502 [`Outcome::BadRedirect`] past `upstream.max_redirects` or for an unusable `Location`;
+    /// 403 [`Outcome::OriginDenied`] when the hop's host is not allowed.
+    pub fn redirect(
+        &self,
+        sources: &Sources,
+        location: &str,
+        now: u64,
+        random: &[u8; 32],
+    ) -> Result<Forward, Rejection> {
+        let bad = |why: &str| {
+            reject(
+                502,
+                Outcome::BadRedirect,
+                format!("origin redirect not followed: {why}"),
+            )
+        };
+        if self.redirects >= sources.limits().max_redirects {
+            return Err(bad("too many redirects"));
+        }
+        let source = sources
+            .by_name(&self.source)
+            .ok_or_else(|| bad("unknown source"))?;
+        let base =
+            url::Url::parse(&self.origin.to_url_string()).map_err(|_| bad("bad base url"))?;
+        let target = base
+            .join(location.trim())
+            .map_err(|_| bad("location is not a url"))?;
+        let origin = parse_origin(target.as_str()).map_err(|e| bad(&e.to_string()))?;
+        check_origin_policy(source, &origin)?;
+        let mut next = Forward {
+            source: self.source.clone(),
+            origin,
+            allow_private: self.allow_private,
+            set_headers: Vec::new(),
+            max_age: self.max_age,
+            auth_host: self.auth_host.clone(),
+            redirects: self.redirects + 1,
+        };
+        next.set_headers = next.auth_headers(sources, now, random);
+        Ok(next)
+    }
+
+    /// Checks an origin response before anything of it reaches the client: the Content-Type
+    /// against the source's `allowed_content_types` (on every response that can carry a body:
+    /// not 1xx, 204 or 304) and a declared `Content-Length` against `upstream.max_body_bytes`.
+    ///
+    /// # Errors
+    /// 403 [`Outcome::ContentTypeDenied`] or 502 [`Outcome::OriginTooLarge`].
+    pub fn check_response(
+        &self,
+        sources: &Sources,
+        status: u16,
+        content_type: Option<&str>,
+        content_length: Option<u64>,
+    ) -> Result<(), Rejection> {
+        if content_length.is_some_and(|len| len > sources.limits().max_body_bytes) {
+            return Err(reject(
+                502,
+                Outcome::OriginTooLarge,
+                "origin response too large",
+            ));
+        }
+        let has_body = !(status < 200 || status == 204 || status == 304);
+        let allowed = sources
+            .by_name(&self.source)
+            .and_then(|s| s.allowed_content_types.as_ref());
+        if let (true, Some(prefixes)) = (has_body, allowed) {
+            let media_type = content_type
+                .map(|ct| {
+                    ct.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            // `image/` is a prefix; `application/pdf` names one media type exactly.
+            let matches = |p: &String| {
+                if p.ends_with('/') {
+                    media_type.starts_with(p.as_str())
+                } else {
+                    media_type == *p
+                }
+            };
+            if media_type.is_empty() || !prefixes.iter().any(matches) {
+                return Err(reject(
+                    403,
+                    Outcome::ContentTypeDenied,
+                    "origin content type is not allowed for this source",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether the origin host is known to be non-public before any DNS lookup: a denied IP literal

@@ -379,6 +379,42 @@ fn cases() -> Vec<Case> {
             "sources[0].allowed_origin_hosts[0]",
             "must not contain a port",
         ),
+        case(
+            "max_redirects is bounded",
+            edit("  timeout: 10s\n", "  timeout: 10s\n  max_redirects: 21\n"),
+            "upstream.max_redirects",
+            "at most 20",
+        ),
+        case(
+            "max_body_bytes is positive",
+            edit("  timeout: 10s\n", "  timeout: 10s\n  max_body_bytes: 0\n"),
+            "upstream.max_body_bytes",
+            "greater than zero",
+        ),
+        case(
+            "limits are positive",
+            edit(
+                "sources:\n",
+                "limits: {max_request_target_bytes: 0}\nsources:\n",
+            ),
+            "limits.max_request_target_bytes",
+            "greater than zero",
+        ),
+        case(
+            "limits has no unknown fields",
+            edit("sources:\n", "limits: {max_uri: 10}\nsources:\n"),
+            "limits.max_uri",
+            "unknown field",
+        ),
+        case(
+            "content types are media type prefixes",
+            edit(
+                "    secure_url_tokens: [t0ken]\n",
+                "    secure_url_tokens: [t0ken]\n    allowed_content_types: [image/, 'image']\n",
+            ),
+            "sources[1].allowed_content_types[1]",
+            "not a media type prefix",
+        ),
     ]
 }
 

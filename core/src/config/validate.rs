@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::hosts::normalize_host;
 use super::secrets::resolve;
 use super::{
-    ConfigError, HostPattern, RawBasicAuth, RawOriginAuth, RawSource, RawUpstream, SecretResolver,
-    Source, Sources, Upstream,
+    ConfigError, HostPattern, Limits, RawBasicAuth, RawLimits, RawOriginAuth, RawSource,
+    RawUpstream, SecretResolver, Source, Sources, Upstream,
 };
 use crate::auth::{BasicAuth, OriginAuth};
 use crate::secret::Secret;
@@ -21,6 +21,18 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default `upstream.timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `limits.max_request_target_bytes` (8 KiB).
+pub const DEFAULT_MAX_REQUEST_TARGET_BYTES: usize = 8 * 1024;
+/// Default `limits.max_request_headers`.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+/// Default `limits.max_request_header_bytes` (32 KiB).
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+/// Default `upstream.max_redirects`.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 3;
+/// Default `upstream.max_body_bytes` (100 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Most redirect hops `upstream.max_redirects` may ask for.
+pub const MAX_MAX_REDIRECTS: u32 = 20;
 /// Longest `request_handshake`, in characters.
 pub const MAX_HANDSHAKE_CHARS: usize = 256;
 /// Longest `request_signing_key`, in characters.
@@ -105,11 +117,58 @@ pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
     })
 }
 
-/// Validates `sources` (path prefix `sources`), shared by the YAML file and the Envoy plugin JSON.
+fn limits(upstream: &RawUpstream, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let positive = |value: Option<usize>, default: usize, path: &str| match value {
+        None => Ok(default),
+        Some(0) => Err(error(path, "must be greater than zero")),
+        Some(n) => Ok(n),
+    };
+    let max_redirects = upstream.max_redirects.unwrap_or(DEFAULT_MAX_REDIRECTS);
+    if max_redirects > MAX_MAX_REDIRECTS {
+        return Err(error(
+            "upstream.max_redirects",
+            format!("at most {MAX_MAX_REDIRECTS}"),
+        ));
+    }
+    let max_body_bytes = match upstream.max_body_bytes {
+        Some(0) => {
+            return Err(error(
+                "upstream.max_body_bytes",
+                "must be greater than zero",
+            ))
+        }
+        other => other.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+    };
+    Ok(Limits {
+        max_request_target_bytes: positive(
+            raw.max_request_target_bytes,
+            DEFAULT_MAX_REQUEST_TARGET_BYTES,
+            "limits.max_request_target_bytes",
+        )?,
+        max_request_headers: positive(
+            raw.max_request_headers,
+            DEFAULT_MAX_REQUEST_HEADERS,
+            "limits.max_request_headers",
+        )?,
+        max_request_header_bytes: positive(
+            raw.max_request_header_bytes,
+            DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            "limits.max_request_header_bytes",
+        )?,
+        max_redirects,
+        max_body_bytes,
+    })
+}
+
+/// Validates `sources` (path prefix `sources`) with the limits from `upstream` and `limits`,
+/// shared by the YAML file and the Envoy plugin JSON.
 pub(super) fn sources(
     raw: Vec<RawSource>,
+    raw_upstream: &RawUpstream,
+    raw_limits: &RawLimits,
     secrets: &dyn SecretResolver,
 ) -> Result<Sources, ConfigError> {
+    let limits = limits(raw_upstream, raw_limits)?;
     if raw.is_empty() {
         return Err(error("sources", "must list at least one source"));
     }
@@ -157,7 +216,11 @@ pub(super) fn sources(
         }
         list.push(source(raw_source, hosts, secrets, &path)?);
     }
-    Ok(Sources { list, index })
+    Ok(Sources {
+        list,
+        limits,
+        index,
+    })
 }
 
 fn source(
@@ -196,6 +259,19 @@ fn source(
         ),
         None => None,
     };
+    let allowed_content_types = match raw.allowed_content_types {
+        Some(types) => Some(
+            types
+                .iter()
+                .enumerate()
+                .map(|(k, t)| {
+                    content_type_prefix(t)
+                        .map_err(|m| error(format!("{path}.allowed_content_types[{k}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
     Ok(Source {
         name: raw.name,
         hosts,
@@ -203,7 +279,27 @@ fn source(
         origin_auth,
         allowed_origin_hosts,
         allow_private_origins: raw.allow_private_origins,
+        allowed_content_types,
     })
+}
+
+/// A Content-Type prefix such as `image/` or `application/pdf`: a media type token, optionally
+/// with the subtype, lower-cased.
+fn content_type_prefix(value: &str) -> Result<String, String> {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let (kind, subtype) = value
+        .split_once('/')
+        .ok_or_else(|| format!("`{value}` is not a media type prefix (e.g. image/)"))?;
+    if !token(kind) || !(subtype.is_empty() || token(subtype)) {
+        return Err(format!(
+            "`{value}` is not a media type prefix (e.g. image/)"
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
 }
 
 fn origin_auth(
