@@ -155,6 +155,8 @@ mod tests {
             allow_private: false,
             set_headers: vec![("x-imgix-origin-secret", "hs".into())],
             max_age: Some(60),
+            auth_host: "o.example".into(),
+            redirects: 0,
         }
     }
 

@@ -18,7 +18,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ixproxy_core::config::{DeferredSecrets, RawConfig, RawPluginConfig, SecretResolver};
+use ixproxy_core::config::{
+    DeferredSecrets, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
+};
 use ixproxy_core::ConfigError;
 use serde_yaml::{Mapping, Value};
 
@@ -172,8 +174,16 @@ fn generate_with_system_ca(
     system_ca: &Path,
 ) -> Result<String, EnvoyConfigError> {
     let raw = RawConfig::from_yaml(config_yaml)?;
+    // The filter needs the sources and the request-path limits; Envoy's clusters carry the
+    // CA file and timeouts.
     let plugin_json = serde_json::to_string(&RawPluginConfig {
         sources: raw.sources.clone(),
+        upstream: RawUpstream {
+            max_redirects: raw.upstream.max_redirects,
+            max_body_bytes: raw.upstream.max_body_bytes,
+            ..RawUpstream::default()
+        },
+        limits: raw.limits.clone(),
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     let secrets = RecordingSecrets::default();

@@ -449,6 +449,8 @@ mod tests {
                 ("authorization", "Basic dTpw".to_owned()),
             ],
             max_age,
+            auth_host: "o.example".to_owned(),
+            redirects: 0,
         }
     }
 
