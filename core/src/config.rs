@@ -59,6 +59,10 @@ pub enum SecretRef {
     },
 }
 
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// How a runtime turns `{env: …}` / `{file: …}` into values.
 pub trait SecretResolver {
     /// Value of environment variable `name`.
@@ -87,7 +91,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: RawUpstream,
     /// Request limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: RawLimits,
     /// Sources.
     pub sources: Vec<RawSource>,
@@ -187,10 +191,10 @@ pub struct RawPluginConfig {
     pub sources: Vec<RawSource>,
     /// Upstream settings; the filter uses `max_redirects` and `max_body_bytes` (Envoy's
     /// clusters carry the rest).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub upstream: RawUpstream,
     /// Request limits.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub limits: RawLimits,
 }
 
