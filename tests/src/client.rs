@@ -115,6 +115,7 @@ pub fn exchange<S: Read + Write>(
         .write_all(&req.to_bytes())
         .and_then(|()| stream.flush())
         .map_err(|e| HarnessError::io("send request", e))?;
+    let head_request = req.method.eq_ignore_ascii_case("HEAD");
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -126,32 +127,65 @@ pub fn exchange<S: Read + Write>(
             )));
         }
         set_timeout(&mut stream, left)?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // A peer that resets after a complete answer is fine; parse what arrived.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => break,
-            // rustls reports a close without close_notify this way.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+        let eof = match stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+            // A peer that resets or (TLS) closes without close_notify after its answer is
+            // fine: parse what arrived.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) && !raw.is_empty() =>
+            {
+                true
+            }
             Err(e) => return Err(HarnessError::io("read response", e)),
+        };
+        // Stop as soon as the response is complete: waiting for the server to close would
+        // cost its delayed-close timeout on every local reply.
+        if let Some(response) = try_parse(&raw, head_request, eof)? {
+            return Ok(response);
         }
     }
-    parse_response(&raw, req.method.eq_ignore_ascii_case("HEAD"))
 }
 
-/// Parses a complete HTTP/1.1 response read up to EOF.
+/// Parses a complete HTTP/1.1 response (`raw` read up to EOF).
 ///
 /// # Errors
 /// A malformed status line, header block, chunked body or a short body.
 pub fn parse_response(raw: &[u8], head_request: bool) -> Result<RawResponse, HarnessError> {
+    try_parse(raw, head_request, true)?
+        .ok_or_else(|| HarnessError::Http("incomplete response".to_owned()))
+}
+
+/// Parses `raw` if it holds a whole response: `Ok(None)` while more bytes are needed and the
+/// connection is still open (`eof` false).
+///
+/// # Errors
+/// A malformed status line or header block, or a body cut short by EOF.
+pub fn try_parse(
+    raw: &[u8],
+    head_request: bool,
+    eof: bool,
+) -> Result<Option<RawResponse>, HarnessError> {
     let bad = |what: &str| {
         HarnessError::Http(format!(
             "{what}: {:?}",
             String::from_utf8_lossy(&raw[..raw.len().min(300)])
         ))
     };
-    let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let Some(end) = find(raw, b"\r\n\r\n") else {
+        return if eof {
+            Err(bad("no end of headers"))
+        } else {
+            Ok(None)
+        };
+    };
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers not utf-8"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -167,33 +201,33 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> Result<RawResponse, Har
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
     let rest = &raw[end + 4..];
-    let response = |body: Vec<u8>| RawResponse {
-        status,
-        headers: headers.clone(),
-        body,
-    };
-    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        return Ok(response(Vec::new()));
-    }
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return Ok(response(
-            dechunk(rest).ok_or_else(|| bad("bad chunked body"))?,
-        ));
-    }
-    if let Some(len) = header("content-length") {
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Some(Vec::new())
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest)
+    } else if let Some(len) = header("content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        let body = rest
-            .get(..len)
-            .ok_or_else(|| bad("body shorter than content-length"))?;
-        return Ok(response(body.to_vec()));
+        rest.get(..len).map(<[u8]>::to_vec)
+    } else if eof {
+        Some(rest.to_vec())
+    } else {
+        None
+    };
+    match body {
+        Some(body) => Ok(Some(RawResponse {
+            status,
+            headers,
+            body,
+        })),
+        None if eof => Err(bad("body cut short")),
+        None => Ok(None),
     }
-    Ok(response(rest.to_vec()))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -253,5 +287,14 @@ mod tests {
         assert!(r.body.is_empty());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
         assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+        let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab";
+        assert_eq!(try_parse(partial, false, false).expect("partial"), None);
+        let open_ended = b"HTTP/1.1 200 OK\r\n\r\nab";
+        assert_eq!(
+            try_parse(open_ended, false, false).expect("until eof"),
+            None
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n";
+        assert_eq!(try_parse(chunked, false, false).expect("more chunks"), None);
     }
 }

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use ixproxy_core::config::{
-    RawBasicAuth, RawConfig, RawOriginAuth, RawSource, RawUpstream, SecretRef,
-};
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::cases::Vector;
@@ -53,19 +51,14 @@ pub struct Harness {
     pub dead: SocketAddr,
 }
 
-fn lit(value: &str) -> SecretRef {
-    SecretRef::Literal(value.to_owned())
-}
-
-fn source(name: &str, hosts: &[&str], tokens: Vec<SecretRef>) -> RawSource {
-    RawSource {
-        name: name.to_owned(),
-        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-        secure_url_tokens: tokens,
-        origin_auth: None,
-        allowed_origin_hosts: None,
-        allow_private_origins: true,
-    }
+/// One source as the config's JSON/YAML; private origins allowed unless changed.
+fn source(name: &str, hosts: &[&str], tokens: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "hosts": hosts,
+        "secure_url_tokens": tokens,
+        "allow_private_origins": true,
+    })
 }
 
 impl Harness {
@@ -99,7 +92,7 @@ impl Harness {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let token = |name: &str| lit(tokens.get(name).map_or("", String::as_str));
+        let token = |name: &str| tokens.get(name).map_or("", String::as_str);
 
         let username = "ixuser";
         let password = "env-password-9f3";
@@ -109,24 +102,19 @@ impl Harness {
         let mut a = source(
             "a",
             &["a.test", "a2.test"],
-            vec![token("a.new"), token("a.old")],
+            &[token("a.new"), token("a.old")],
         );
-        a.origin_auth = Some(RawOriginAuth {
-            basic_auth: Some(RawBasicAuth {
-                username: lit(username),
-                password: SecretRef::Env {
-                    env: PASSWORD_ENV.to_owned(),
-                },
-            }),
-            request_handshake: Some(lit(handshake)),
-            request_signing_key: Some(lit(signing_key)),
+        a["origin_auth"] = json!({
+            "basic_auth": {"username": username, "password": {"env": PASSWORD_ENV}},
+            "request_handshake": handshake,
+            "request_signing_key": signing_key,
         });
-        let b = source("b", &["b.test"], vec![token("b.main")]);
-        let mut c = source("c", &["c.test"], vec![token("c.main")]);
-        c.allow_private_origins = false;
-        c.allowed_origin_hosts = Some(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]);
-        let mut d = source("d", &["d.test"], vec![token("d.main")]);
-        d.allowed_origin_hosts = Some(vec!["127.0.0.1".to_owned(), "*.allowed.test".to_owned()]);
+        let b = source("b", &["b.test"], &[token("b.main")]);
+        let mut c = source("c", &["c.test"], &[token("c.main")]);
+        c["allow_private_origins"] = json!(false);
+        c["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        let mut d = source("d", &["d.test"], &[token("d.main")]);
+        d["allowed_origin_hosts"] = json!(["127.0.0.1", "*.allowed.test"]);
 
         let mut sources = vec![a, b, c, d];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
@@ -136,25 +124,21 @@ impl Harness {
         vector_tokens.sort_unstable();
         vector_tokens.dedup();
         if !vector_hosts.is_empty() {
-            let mut v = source(
-                "vectors",
-                &vector_hosts,
-                vector_tokens.into_iter().map(lit).collect(),
-            );
-            v.allow_private_origins = false;
+            let mut v = source("vectors", &vector_hosts, &vector_tokens);
+            v["allow_private_origins"] = json!(false);
             sources.push(v);
         }
 
-        let config = RawConfig {
-            listen: Some("127.0.0.1:0".to_owned()),
-            admin_listen: Some("127.0.0.1:0".to_owned()),
-            upstream: RawUpstream {
-                ca_file: Some(ca_path.display().to_string()),
-                connect_timeout: Some(CONNECT_TIMEOUT.to_owned()),
-                timeout: Some(ORIGIN_TIMEOUT.to_owned()),
+        let config = json!({
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "upstream": {
+                "ca_file": ca_path.display().to_string(),
+                "connect_timeout": CONNECT_TIMEOUT,
+                "timeout": ORIGIN_TIMEOUT,
             },
-            sources,
-        };
+            "sources": sources,
+        });
         let yaml = serde_yaml::to_string(&config)
             .map_err(|e| HarnessError::Cases(format!("serialize config: {e}")))?;
         let config_path = dir.path().join("ixproxy.yaml");
@@ -214,7 +198,7 @@ fn dead_address() -> Result<SocketAddr, HarnessError> {
 
 #[cfg(test)]
 mod tests {
-    use ixproxy_core::config::SecretResolver;
+    use ixproxy_core::config::{RawConfig, SecretResolver};
 
     use super::*;
     use crate::cases::{default_vectors_path, load_vectors};

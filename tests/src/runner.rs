@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_core::auth::{self, verify_origin_signature};
 use ixproxy_core::signer::{sign_url, SignOptions};
@@ -46,6 +46,8 @@ pub struct CaseResult {
     pub sent: String,
     /// Every expectation that did not hold; empty when the case passed.
     pub problems: Vec<String>,
+    /// How long the exchange with the gateway took.
+    pub elapsed: Duration,
 }
 
 /// The outcome of a whole run against one gateway.
@@ -57,6 +59,8 @@ pub struct Report {
     pub results: Vec<CaseResult>,
     /// The end of the gateway's log when the run finished.
     pub log_tail: String,
+    /// How long the gateway took to become ready (zero when not measured).
+    pub start_time: Duration,
 }
 
 impl Report {
@@ -78,13 +82,18 @@ impl Report {
             } else {
                 "FAIL"
             };
-            out.push_str(&format!("{mark} {}\n", r.name));
+            out.push_str(&format!(
+                "{mark} {:>6} ms  {}\n",
+                r.elapsed.as_millis(),
+                r.name
+            ));
         }
         out.push_str(&format!(
-            "\n{}: {} of {} cases passed\n",
+            "\n{}: {} of {} cases passed (ready in {} ms)\n",
             self.gateway,
             self.results.len() - failures.len(),
-            self.results.len()
+            self.results.len(),
+            self.start_time.as_millis()
         ));
         for r in &failures {
             out.push_str(&format!("\nFAIL {}\n  sent: {}\n", r.name, r.sent));
@@ -113,8 +122,12 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
     cases.extend(vector_cases(&vectors, now_unix()));
     validate(&cases)?;
     let harness = Harness::new(&vectors)?;
+    let started = Instant::now();
     let gateway = G::start(&harness.config_path, &harness.env, harness.dir.path())?;
-    Ok(run_cases(&gateway, &harness, &cases))
+    let start_time = started.elapsed();
+    let mut report = run_cases(&gateway, &harness, &cases);
+    report.start_time = start_time;
+    Ok(report)
 }
 
 /// Runs `cases` one after the other through a started gateway.
@@ -128,6 +141,7 @@ pub fn run_cases<G: Gateway>(gateway: &G, harness: &Harness, cases: &[Case]) -> 
         gateway: G::NAME,
         results,
         log_tail: gateway.log_tail(),
+        start_time: Duration::ZERO,
     }
 }
 
@@ -199,6 +213,7 @@ fn run_case(
         name: case.name.clone(),
         sent: String::new(),
         problems: Vec::new(),
+        elapsed: Duration::ZERO,
     };
     let (request, expires) = match build_request(case, harness, now) {
         Ok(built) => built,
@@ -213,7 +228,10 @@ fn run_case(
     );
     harness.origin.clear();
     let sent_at = now_unix();
-    let response = match send(addr, &request, CLIENT_TIMEOUT) {
+    let started = Instant::now();
+    let sent = send(addr, &request, CLIENT_TIMEOUT);
+    result.elapsed = started.elapsed();
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             result.problems.push(format!("request failed: {e}"));

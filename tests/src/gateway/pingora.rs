@@ -40,8 +40,8 @@ impl Gateway for PingoraGateway {
         let addr = free_port()?;
         let admin = free_port()?;
         let mut raw = read_config(config)?;
-        raw.listen = Some(addr.to_string());
-        raw.admin_listen = Some(admin.to_string());
+        raw["listen"] = addr.to_string().into();
+        raw["admin_listen"] = admin.to_string().into();
         let yaml = serde_yaml::to_string(&raw)
             .map_err(|e| HarnessError::Gateway(format!("serialize config: {e}")))?;
         let file = work_dir.join(format!("pingora-{instance}.yaml"));
