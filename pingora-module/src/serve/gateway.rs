@@ -8,6 +8,7 @@
 //! - `response_filter` caps `Cache-Control` for `expires` and drops `Set-Cookie`.
 //! - `fail_to_proxy` maps upstream failures to 502 / 504; `logging` counts and logs.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,17 +17,20 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderName, Method};
 use ixproxy_core::config::Upstream;
-use ixproxy_core::decide::{is_forwarded_client_header, DROPPED_RESPONSE_HEADERS};
+use ixproxy_core::decide::{
+    check_request_headers, is_followed_redirect, is_forwarded_client_header,
+    DROPPED_RESPONSE_HEADERS,
+};
 use ixproxy_core::expires::cap_cache_control;
-use ixproxy_core::{decide, Decision, Forward, Outcome, RequestInfo, Sources};
+use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
 use log::{info, warn};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::tls::CaType;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::metrics::{Metrics, ORIGIN_ERROR, ORIGIN_TIMEOUT};
+use super::metrics::{Metrics, BAD_REQUEST, ORIGIN_ERROR, ORIGIN_TIMEOUT};
 use super::upstream::{build_peer, resolve_checked, ResolveError};
 
 /// The gateway: validated sources, upstream settings, trust anchors and metrics.
@@ -55,52 +59,122 @@ impl Gateway {
     }
 }
 
-/// An answer the gateway writes itself when the origin cannot be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An answer the gateway writes itself when the origin cannot (or may not) be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct LocalFailure {
     status: u16,
     outcome: &'static str,
-    reason: &'static str,
+    reason: Cow<'static, str>,
 }
 
-const ORIGIN_UNREACHABLE: LocalFailure = LocalFailure {
-    status: 502,
-    outcome: ORIGIN_ERROR,
-    reason: "origin unreachable",
-};
-const ORIGIN_TOO_SLOW: LocalFailure = LocalFailure {
-    status: 504,
-    outcome: ORIGIN_TIMEOUT,
-    reason: "origin timed out",
-};
-const ORIGIN_ADDRESS_DENIED: LocalFailure = LocalFailure {
-    status: 403,
-    outcome: "origin_denied",
-    reason: "origin address is private, loopback or otherwise not public",
-};
-const INTERNAL: LocalFailure = LocalFailure {
-    status: 500,
-    outcome: ORIGIN_ERROR,
-    reason: "internal error",
-};
+impl LocalFailure {
+    const fn fixed(status: u16, outcome: &'static str, reason: &'static str) -> Self {
+        LocalFailure {
+            status,
+            outcome,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
+
+impl From<Rejection> for LocalFailure {
+    fn from(rejection: Rejection) -> Self {
+        LocalFailure {
+            status: rejection.status,
+            outcome: rejection.outcome.as_str(),
+            reason: Cow::Owned(rejection.reason),
+        }
+    }
+}
+
+const ORIGIN_UNREACHABLE: LocalFailure =
+    LocalFailure::fixed(502, ORIGIN_ERROR, "origin unreachable");
+const ORIGIN_TOO_SLOW: LocalFailure = LocalFailure::fixed(504, ORIGIN_TIMEOUT, "origin timed out");
+const ORIGIN_ADDRESS_DENIED: LocalFailure = LocalFailure::fixed(
+    403,
+    "origin_denied",
+    "origin address is private, loopback or otherwise not public",
+);
+const ORIGIN_BODY_TOO_LARGE: LocalFailure =
+    LocalFailure::fixed(502, "origin_too_large", "origin response too large");
+const INTERNAL: LocalFailure = LocalFailure::fixed(500, ORIGIN_ERROR, "internal error");
+const REQUEST_BODY: LocalFailure = LocalFailure::fixed(
+    400,
+    BAD_REQUEST,
+    "a GET or HEAD request must not carry a body",
+);
 
 /// Per-request state shared across the phases.
 #[derive(Default)]
 pub struct RequestCtx {
-    /// The core's decision when it forwards.
+    /// The core's decision when it forwards; replaced by the next hop when a redirect is
+    /// followed.
     forward: Option<Box<Forward>>,
     /// Outcome label once known (a rejection or a local failure).
     outcome: Option<&'static str>,
-    /// The origin addresses checked for this request (reused on retries: no second lookup).
+    /// The checked addresses of the current hop's origin (reused on retries: no second
+    /// lookup; cleared when a redirect moves to the next hop).
     candidates: Vec<SocketAddr>,
     /// Index in `candidates` of the address to connect to.
     candidate: usize,
-    /// When the origin request started (resolution included).
+    /// When the origin request started (first resolution included).
     upstream_started: Option<Instant>,
-    /// Time to the origin's response header.
+    /// `upstream_started` + `upstream.timeout`: the whole origin exchange (every hop, the
+    /// response header and the body) must end before it.
+    deadline: Option<Instant>,
+    /// Time to the final origin response header.
     upstream_latency: Option<Duration>,
-    /// Set by `upstream_peer` when it refuses or fails before connecting.
+    /// Origin response body bytes received so far for the current response.
+    body_bytes: u64,
+    /// Why the gateway answers (or cut the transfer) itself, once decided.
     failure: Option<LocalFailure>,
+    /// Set while a followed redirect is being retried (not an error worth a warning).
+    following_redirect: bool,
+}
+
+impl RequestCtx {
+    /// Time left before the deadline (the full timeout before the origin request starts).
+    fn remaining(&self, timeout: Duration) -> Duration {
+        self.deadline
+            .map_or(timeout, |d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Records `failure` and returns the error that stops the proxy loop (never retried).
+    fn fail(&mut self, failure: LocalFailure, context: String) -> Box<Error> {
+        let mut err = Error::explain(ErrorType::HTTPStatus(failure.status), context);
+        err.set_retry(false);
+        self.failure = Some(failure);
+        err
+    }
+}
+
+/// Whether a client request carries a body (framing headers present, other than an explicit
+/// `Content-Length: 0`).
+fn has_request_body(req: &RequestHeader) -> bool {
+    if req.headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    req.headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
+/// Number of header fields and their total size (names plus values), as the core's
+/// [`check_request_headers`] counts them.
+fn header_totals(req: &RequestHeader) -> (usize, usize) {
+    req.headers.iter().fold((0, 0), |(count, bytes), (n, v)| {
+        (count + 1, bytes + n.as_str().len() + v.len())
+    })
+}
+
+fn random_bytes() -> Option<[u8; 32]> {
+    let mut random = [0u8; 32];
+    getrandom::getrandom(&mut random).ok().map(|()| random)
 }
 
 fn unix_now() -> u64 {
@@ -143,11 +217,16 @@ async fn respond_text(
 }
 
 /// Rewrites the client request into the origin request: only the allowlisted client headers
-/// survive, then `Host`, the origin path and query, and the origin auth headers are set.
+/// survive, then `Host`, the origin path and query, and `auth_headers` (the origin auth
+/// headers of this attempt, from [`Forward::auth_headers`]) are set.
 ///
 /// # Errors
 /// A header value or path the HTTP types refuse (the core never produces one).
-pub fn rewrite_upstream_request(req: &mut RequestHeader, forward: &Forward) -> Result<()> {
+pub fn rewrite_upstream_request(
+    req: &mut RequestHeader,
+    forward: &Forward,
+    auth_headers: &[(&'static str, String)],
+) -> Result<()> {
     let dropped: Vec<HeaderName> = req
         .headers
         .keys()
@@ -159,7 +238,7 @@ pub fn rewrite_upstream_request(req: &mut RequestHeader, forward: &Forward) -> R
     }
     req.insert_header(header::HOST, forward.origin.authority())?;
     req.set_raw_path(forward.origin.path_and_query.as_bytes())?;
-    for (name, value) in &forward.set_headers {
+    for (name, value) in auth_headers {
         req.insert_header(*name, value.as_str())?;
     }
     Ok(())
@@ -196,11 +275,7 @@ fn classify_error(e: &Error) -> Option<LocalFailure> {
         // The client went away or sent garbage: nobody to answer, or a plain 400.
         return match e.etype() {
             WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-            _ => Some(LocalFailure {
-                status: 400,
-                outcome: ORIGIN_ERROR,
-                reason: "bad request",
-            }),
+            _ => Some(LocalFailure::fixed(400, BAD_REQUEST, "bad request")),
         };
     }
     Some(match e.etype() {
@@ -219,20 +294,33 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let mut random = [0u8; 32];
-        if getrandom::getrandom(&mut random).is_err() {
+        let Some(random) = random_bytes() else {
             ctx.outcome = Some(INTERNAL.outcome);
-            respond_text(session, INTERNAL.status, &[], INTERNAL.reason).await?;
+            respond_text(session, INTERNAL.status, &[], &INTERNAL.reason).await?;
             return Ok(true);
-        }
-        let req = session.req_header();
-        let target = String::from_utf8_lossy(req.raw_path());
-        let info = RequestInfo {
-            method: req.method.as_str(),
-            host: request_host(req),
-            target: &target,
         };
-        match decide(&self.sources, &info, unix_now(), &random) {
+        let req = session.req_header();
+        let (count, bytes) = header_totals(req);
+        let decision = match check_request_headers(&self.sources, count, bytes) {
+            Err(rejection) => Decision::Reject(rejection),
+            Ok(()) => {
+                let target = String::from_utf8_lossy(req.raw_path());
+                let info = RequestInfo {
+                    method: req.method.as_str(),
+                    host: request_host(req),
+                    target: &target,
+                };
+                decide(&self.sources, &info, unix_now(), &random)
+            }
+        };
+        match decision {
+            // A body is never forwarded: refusing it keeps the origin connection free of
+            // anything the client framed.
+            Decision::Forward(_) if has_request_body(req) => {
+                ctx.outcome = Some(REQUEST_BODY.outcome);
+                respond_text(session, REQUEST_BODY.status, &[], &REQUEST_BODY.reason).await?;
+                Ok(true)
+            }
             Decision::Forward(forward) => {
                 ctx.forward = Some(forward);
                 Ok(false)
@@ -256,45 +344,57 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
+        ctx.following_redirect = false;
+        if ctx.deadline.is_none() {
+            let now = Instant::now();
+            ctx.upstream_started = Some(now);
+            ctx.deadline = Some(now + self.upstream.timeout);
+        }
+        let remaining = ctx.remaining(self.upstream.timeout);
+        if remaining.is_zero() {
+            return Err(ctx.fail(ORIGIN_TOO_SLOW, "origin deadline passed".to_owned()));
+        }
         let Some(forward) = ctx.forward.as_ref() else {
-            ctx.failure = Some(INTERNAL);
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "upstream_peer without a forward decision",
+            return Err(ctx.fail(
+                INTERNAL,
+                "upstream_peer without a forward decision".to_owned(),
             ));
         };
         if ctx.candidates.is_empty() {
-            ctx.upstream_started = Some(Instant::now());
             let resolved = resolve_checked(
                 &forward.origin.host,
                 forward.origin.port,
                 forward.allow_private,
-                self.upstream.connect_timeout,
+                self.upstream.connect_timeout.min(remaining),
             )
             .await;
             match resolved {
-                Ok(candidates) => ctx.candidates = candidates,
+                Ok(candidates) => {
+                    ctx.candidates = candidates;
+                    ctx.candidate = 0;
+                }
                 Err(e) => {
                     let failure = match e {
                         ResolveError::Denied => ORIGIN_ADDRESS_DENIED,
                         ResolveError::TimedOut => ORIGIN_TOO_SLOW,
                         ResolveError::NotFound(_) => ORIGIN_UNREACHABLE,
                     };
-                    ctx.failure = Some(failure);
-                    let mut err = Error::explain(
-                        ErrorType::HTTPStatus(failure.status),
-                        format!("origin {}: {e}", forward.origin.host),
-                    );
-                    err.set_retry(false);
-                    return Err(err);
+                    let context = format!("origin {}: {e}", forward.origin.host);
+                    return Err(ctx.fail(failure, context));
                 }
             }
         }
         let Some(addr) = ctx.candidates.get(ctx.candidate).copied() else {
-            ctx.failure = Some(ORIGIN_UNREACHABLE);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(ORIGIN_UNREACHABLE.status),
-                "no origin address left to try",
+            return Err(ctx.fail(
+                ORIGIN_UNREACHABLE,
+                "no origin address left to try".to_owned(),
+            ));
+        };
+        let remaining = ctx.remaining(self.upstream.timeout);
+        let Some(forward) = ctx.forward.as_ref() else {
+            return Err(ctx.fail(
+                INTERNAL,
+                "upstream_peer without a forward decision".to_owned(),
             ));
         };
         Ok(Box::new(build_peer(
@@ -302,6 +402,7 @@ impl ProxyHttp for Gateway {
             &forward.origin,
             &self.upstream,
             self.ca.as_ref(),
+            remaining,
         )))
     }
 
@@ -326,10 +427,19 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        match ctx.forward.as_ref() {
-            Some(forward) => rewrite_upstream_request(upstream_request, forward),
-            None => Error::e_explain(ErrorType::InternalError, "no forward decision"),
-        }
+        // Every attempt (a retry on another address or a stale pooled connection, a redirect
+        // hop) gets its own origin auth headers: a request id is never sent twice.
+        let Some(random) = random_bytes() else {
+            return Err(ctx.fail(
+                INTERNAL,
+                "no randomness for the origin request id".to_owned(),
+            ));
+        };
+        let Some(forward) = ctx.forward.as_ref() else {
+            return Err(ctx.fail(INTERNAL, "no forward decision".to_owned()));
+        };
+        let auth = forward.auth_headers(&self.sources, unix_now(), &random);
+        rewrite_upstream_request(upstream_request, forward, &auth)
     }
 
     async fn upstream_response_filter(
@@ -338,7 +448,63 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() && ctx.upstream_latency.is_none() {
+        let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        if ctx.past_deadline() {
+            return Err(ctx.fail(ORIGIN_TOO_SLOW, "origin deadline passed".to_owned()));
+        }
+        let Some(forward) = ctx.forward.as_ref() else {
+            return Err(ctx.fail(INTERNAL, "no forward decision".to_owned()));
+        };
+        let location = upstream_response
+            .headers
+            .get(header::LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if let (true, Some(location)) = (is_followed_redirect(status), location) {
+            // Nothing of this response reaches the client: the error below ends the attempt
+            // before the header is written, the origin connection is closed (its body unread),
+            // and the proxy loop asks `upstream_peer` for the next hop.
+            let Some(random) = random_bytes() else {
+                return Err(ctx.fail(INTERNAL, "no randomness".to_owned()));
+            };
+            return match forward.redirect(&self.sources, &location, unix_now(), &random) {
+                Ok(next) => {
+                    ctx.forward = Some(Box::new(next));
+                    ctx.candidates.clear();
+                    ctx.candidate = 0;
+                    ctx.following_redirect = true;
+                    let mut err = Error::explain(
+                        ErrorType::Custom("origin redirect"),
+                        format!("following a {status} from the origin"),
+                    );
+                    err.set_retry(true);
+                    Err(err)
+                }
+                Err(rejection) => {
+                    let context = format!("origin redirect refused: {}", rejection.reason);
+                    Err(ctx.fail(rejection.into(), context))
+                }
+            };
+        }
+        let content_type = upstream_response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let content_length = upstream_response
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Err(rejection) =
+            forward.check_response(&self.sources, status, content_type, content_length)
+        {
+            let context = format!("origin response refused: {}", rejection.reason);
+            return Err(ctx.fail(rejection.into(), context));
+        }
+        ctx.body_bytes = 0;
+        if ctx.upstream_latency.is_none() {
             if let Some(started) = ctx.upstream_started {
                 let latency = started.elapsed();
                 ctx.upstream_latency = Some(latency);
@@ -346,6 +512,32 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        let len = body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.body_bytes = ctx.body_bytes.saturating_add(len);
+        // An error here, once the header went out, cuts the client connection: the transfer
+        // ends short of its Content-Length or without the last chunk, never complete-looking.
+        if ctx.body_bytes > self.sources.limits().max_body_bytes {
+            *body = None;
+            let context = format!("origin body over {} bytes", ctx.body_bytes - len);
+            return Err(ctx.fail(ORIGIN_BODY_TOO_LARGE, context));
+        }
+        if !end_of_stream && ctx.past_deadline() {
+            *body = None;
+            return Err(ctx.fail(
+                ORIGIN_TOO_SLOW,
+                "origin deadline passed mid-body".to_owned(),
+            ));
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -358,13 +550,39 @@ impl ProxyHttp for Gateway {
         rewrite_response(upstream_response, max_age)
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // Once a response header went to the client nothing may be retried; otherwise follow
+        // Pingora's default (a stale pooled connection is retried, a redirect hop is taken).
+        if session.response_written().is_some() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let failure = ctx.failure.or_else(|| classify_error(e));
+        let failure = ctx.failure.clone().or_else(|| {
+            // A read that timed out on the clamped budget, or any error after the deadline.
+            if ctx.past_deadline() && *e.esource() == ErrorSource::Upstream {
+                Some(ORIGIN_TOO_SLOW)
+            } else {
+                classify_error(e)
+            }
+        });
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,
@@ -376,7 +594,8 @@ impl ProxyHttp for Gateway {
         }
         // Once the origin's header went out, the status is committed: the connection is cut.
         if session.response_written().is_none() {
-            if let Err(write_err) = respond_text(session, failure.status, &[], failure.reason).await
+            if let Err(write_err) =
+                respond_text(session, failure.status, &[], &failure.reason).await
             {
                 warn!("cannot send the error response: {write_err}");
             }
@@ -405,12 +624,13 @@ impl ProxyHttp for Gateway {
         // The path and query are never logged: they carry the signature and the origin URL.
         match ctx.forward.as_ref() {
             Some(forward) => info!(
-                "{} host={} source={} origin={} status={status} outcome={outcome} \
+                "{} host={} source={} origin={} redirects={} status={status} outcome={outcome} \
                  upstream_ms={}",
                 req.method,
                 request_host(req),
                 forward.source,
                 forward.origin.authority(),
+                forward.redirects,
                 ctx.upstream_latency
                     .map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string()),
             ),
@@ -422,9 +642,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &Self::CTX,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // A followed redirect is a normal retry of the proxy loop, counted in the final log line.
+        ctx.following_redirect
+    }
+
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
-        // A refused origin address is a policy decision, logged by `logging` like rejections.
-        ctx.failure == Some(ORIGIN_ADDRESS_DENIED)
+        // Policy refusals are logged by `logging` like rejections.
+        ctx.failure.as_ref().is_some_and(|f| f.status == 403)
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
@@ -473,7 +704,7 @@ mod tests {
             req.append_header(name, value).expect("header");
         }
         let f = forward("https://o.example:8443/a%20b.png?v=2", None);
-        rewrite_upstream_request(&mut req, &f).expect("rewrite");
+        rewrite_upstream_request(&mut req, &f, &f.set_headers).expect("rewrite");
 
         assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
         let get = |n: &str| {

@@ -88,6 +88,7 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server_conf = ServerConf {
         threads,
+        max_retries: max_attempts(config.sources.limits().max_redirects),
         grace_period_seconds: Some(SHUTDOWN_SECONDS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_SECONDS),
         ..ServerConf::default()
@@ -120,6 +121,14 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
         ),
     }
     Ok(server)
+}
+
+/// Upstream attempts Pingora may make for one request: every redirect hop plus the first URL,
+/// each with its fallback addresses and one retry of a stale pooled connection. The real
+/// limits are the core's `max_redirects` and the checked address list; this only keeps
+/// Pingora's own retry cap (16 by default) from cutting them short.
+fn max_attempts(max_redirects: u32) -> usize {
+    (max_redirects as usize + 1) * (upstream::MAX_CANDIDATES + 1)
 }
 
 /// Fails early with a clear message when an address cannot be listened on: Pingora itself would

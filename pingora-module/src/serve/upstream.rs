@@ -107,19 +107,25 @@ pub fn check_addresses(
 /// SNI and certificate host name are the origin host (verification on); the SNI also keys the
 /// connection pool, so two origin names on one address never share a connection. `ca` replaces
 /// Pingora's default trust store for this peer (see [`load_trust_anchors`]).
+///
+/// `remaining` is what is left of the request's total origin budget (`upstream.timeout` from
+/// the first resolution): the TCP connect (also bounded by `connect_timeout`), the TLS
+/// handshake and every single read or write of this attempt are bounded by it, so a stalled
+/// origin cannot outlive the budget by more than one read started just before it ran out.
 pub fn build_peer(
     addr: SocketAddr,
     origin: &OriginUrl,
     upstream: &Upstream,
     ca: Option<&Arc<CaType>>,
+    remaining: Duration,
 ) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, origin.is_https(), origin.host.clone());
+    let budget = upstream.timeout.min(remaining);
     let options = &mut peer.options;
-    options.connection_timeout = Some(upstream.connect_timeout);
-    // TCP connect plus TLS handshake must fit in the total budget too.
-    options.total_connection_timeout = Some(upstream.timeout.max(upstream.connect_timeout));
-    options.read_timeout = Some(upstream.timeout);
-    options.write_timeout = Some(upstream.timeout);
+    options.connection_timeout = Some(upstream.connect_timeout.min(budget));
+    options.total_connection_timeout = Some(budget);
+    options.read_timeout = Some(budget);
+    options.write_timeout = Some(budget);
     options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
     options.verify_cert = true;
     options.verify_hostname = true;
@@ -285,7 +291,7 @@ mod tests {
             timeout: Duration::from_secs(7),
         };
         let addr = SocketAddr::from(([93, 184, 215, 14], 443));
-        let peer = build_peer(addr, &origin, &upstream, None);
+        let peer = build_peer(addr, &origin, &upstream, None, Duration::from_secs(60));
         assert_eq!(peer.sni, "img.example.com");
         assert!(peer.is_tls());
         assert_eq!(peer._address.to_string(), addr.to_string());
@@ -295,10 +301,20 @@ mod tests {
         );
         assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(7)));
         assert!(peer.options.verify_cert && peer.options.verify_hostname);
+        // Late attempts only get what is left of the total budget.
+        let late = build_peer(addr, &origin, &upstream, None, Duration::from_millis(300));
+        for t in [
+            late.options.connection_timeout,
+            late.options.total_connection_timeout,
+            late.options.read_timeout,
+            late.options.write_timeout,
+        ] {
+            assert_eq!(t, Some(Duration::from_millis(300)));
+        }
 
         let other =
             ixproxy_core::origin::parse_origin("https://cdn.example.com/a.png").expect("origin");
-        let other_peer = build_peer(addr, &other, &upstream, None);
+        let other_peer = build_peer(addr, &other, &upstream, None, upstream.timeout);
         use pingora::upstreams::peer::Peer;
         assert_ne!(
             peer.reuse_hash(),
