@@ -40,6 +40,23 @@ pub struct RequestSpec {
     /// Extra headers, in order, as `[name, value]` pairs (placeholders expanded).
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// Headers `X-Filler-<i>: client-marker…` added after `headers`.
+    #[serde(default)]
+    pub filler: Option<Filler>,
+    /// Bytes sent after the headers exactly as written (placeholders expanded); no
+    /// `Content-Length` is added.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+/// Many or large filler request headers.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filler {
+    /// How many headers.
+    pub count: usize,
+    /// Length of each value (at least the marker's length).
+    pub size: usize,
 }
 
 /// How to build a signed target with `ixproxy_core::signer::sign_url`.
@@ -86,8 +103,13 @@ pub enum Tamper {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// Response status.
-    pub status: u16,
+    /// Response status (required unless `aborted`).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The transfer must be cut: the connection closes before the response is complete, so a
+    /// client can never take a short body for the whole one.
+    #[serde(default)]
+    pub aborted: bool,
     /// Response headers that must be present with exactly this single value.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -101,12 +123,26 @@ pub struct Expect {
     /// Exact response body.
     #[serde(default)]
     pub body: Option<String>,
+    /// The body must be exactly `origin::pattern(n)`.
+    #[serde(default)]
+    pub body_bytes: Option<usize>,
     /// Strings the response body must not contain.
     #[serde(default)]
     pub body_not_contains: Vec<String>,
-    /// The one request the origin must have received; absent = no origin saw any request.
+    /// The one request the origin must have received. When neither this nor `origin_chain` is
+    /// set, no origin may receive any request.
     #[serde(default)]
     pub origin: Option<OriginExpect>,
+    /// The requests the origins must have received, in order (redirect hops).
+    #[serde(default)]
+    pub origin_chain: Vec<OriginExpect>,
+}
+
+impl Expect {
+    /// The origin requests expected, in order.
+    pub fn origin_requests(&self) -> Vec<&OriginExpect> {
+        self.origin.iter().chain(&self.origin_chain).collect()
+    }
 }
 
 /// The request the origin must have received.
@@ -248,6 +284,12 @@ pub fn validate(cases: &[Case]) -> Result<(), HarnessError> {
             (None, Some(_)) => {}
             _ => return bad("request needs exactly one of sign and target"),
         }
+        if case.expect.status.is_none() && !case.expect.aborted {
+            return bad("expect needs a status unless aborted");
+        }
+        if case.expect.origin.is_some() && !case.expect.origin_chain.is_empty() {
+            return bad("expect has both origin and origin_chain");
+        }
     }
     Ok(())
 }
@@ -296,7 +338,10 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
         .map(|(index, v)| {
             let name = format!("vector #{index}: {}", v.name);
             let no_origin = |status| Expect {
-                status,
+                status: Some(status),
+                aborted: false,
+                body_bytes: None,
+                origin_chain: Vec::new(),
                 headers: BTreeMap::new(),
                 absent_headers: Vec::new(),
                 max_age_capped_by_expires: false,
@@ -312,6 +357,8 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                     sign: None,
                     target: Some(v.target.clone()),
                     headers: Vec::new(),
+                    filler: None,
+                    body: None,
                 },
                 expect: no_origin(status),
             };
@@ -354,6 +401,8 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                             }),
                             target: None,
                             headers: Vec::new(),
+                            filler: None,
+                            body: None,
                         },
                         expect,
                     }
@@ -363,12 +412,21 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
         .collect()
 }
 
-/// Replaces every placeholder of `values` in `text`, then `{now+N}` / `{now-N}` with unix
-/// seconds relative to `now`.
+/// Replaces every placeholder of `values` in `text`, then `{pad:N}` with `N` times `a` and
+/// `{now+N}` / `{now-N}` with unix seconds relative to `now`.
 pub fn expand(text: &str, values: &[(String, String)], now: i64) -> String {
     let mut out = text.to_owned();
     for (key, value) in values {
         out = out.replace(key.as_str(), value);
+    }
+    while let Some(start) = out.find("{pad:") {
+        let Some(len) = out[start..].find('}') else {
+            break;
+        };
+        let Ok(n) = out[start + 5..start + len].parse::<usize>() else {
+            break;
+        };
+        out.replace_range(start..=start + len, &"a".repeat(n));
     }
     while let Some(start) = out.find("{now") {
         let Some(len) = out[start..].find('}') else {
@@ -439,7 +497,8 @@ mod tests {
         for case in &cases {
             if let Some(sign) = &case.request.sign {
                 assert!(
-                    ["a.new", "a.old", "b.main", "c.main", "d.main"].contains(&sign.token.as_str()),
+                    ["a.new", "a.old", "b.main", "c.main", "d.main", "e.main"]
+                        .contains(&sign.token.as_str()),
                     "{}: unknown token {}",
                     case.name,
                     sign.token
@@ -464,15 +523,15 @@ mod tests {
         let origin = fragment.expect.origin.as_ref().expect("forwarded");
         assert_eq!(origin.path, "/a%20b/%C3%BC.jpg?x=1&y=2");
         assert!(
-            cases.iter().any(|c| c.expect.status == 404),
+            cases.iter().any(|c| c.expect.status == Some(404)),
             "the expired vector"
         );
         assert!(
-            cases.iter().any(|c| c.expect.status == 403),
+            cases.iter().any(|c| c.expect.status == Some(403)),
             "invalid vectors"
         );
         assert!(
-            cases.iter().any(|c| c.expect.status == 400),
+            cases.iter().any(|c| c.expect.status == Some(400)),
             "plain-path vectors"
         );
         let google = vectors
@@ -492,8 +551,12 @@ mod tests {
     fn expand_and_tamper() {
         let values = vec![("{http}".to_owned(), "http://127.0.0.1:80".to_owned())];
         assert_eq!(
-            expand("{http}/a?e={now+60}&f={now-5}&g={nope}", &values, 1000),
-            "http://127.0.0.1:80/a?e=1060&f=995&g={nope}"
+            expand(
+                "{http}/a?e={now+60}&f={now-5}&g={nope}&p={pad:3}",
+                &values,
+                1000
+            ),
+            "http://127.0.0.1:80/a?e=1060&f=995&g={nope}&p=aaa"
         );
         let t = "/p?w=1&s=0123456789abcdef0123456789abcdef";
         assert_eq!(tamper(t, Tamper::DropS), "/p?w=1");

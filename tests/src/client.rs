@@ -20,6 +20,8 @@ pub struct RawRequest {
     pub host: String,
     /// Extra headers, in order.
     pub headers: Vec<(String, String)>,
+    /// Bytes sent after the header block, as they are (no `Content-Length` is added).
+    pub body: Vec<u8>,
 }
 
 impl RawRequest {
@@ -30,6 +32,7 @@ impl RawRequest {
             target: target.to_owned(),
             host: host.to_owned(),
             headers: Vec::new(),
+            body: Vec::new(),
         }
     }
 
@@ -43,7 +46,9 @@ impl RawRequest {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
         out.push_str("Connection: close\r\n\r\n");
-        out.into_bytes()
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
     }
 }
 
@@ -139,8 +144,10 @@ pub fn exchange<S: Read + Write>(
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-                ) && !raw.is_empty() =>
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
             {
                 true
             }
@@ -181,7 +188,10 @@ pub fn try_parse(
     };
     let Some(end) = find(raw, b"\r\n\r\n") else {
         return if eof {
-            Err(bad("no end of headers"))
+            Err(HarnessError::Incomplete(format!(
+                "connection closed after {} bytes, before the end of the headers",
+                raw.len()
+            )))
         } else {
             Ok(None)
         };
@@ -225,7 +235,10 @@ pub fn try_parse(
             headers,
             body,
         })),
-        None if eof => Err(bad("body cut short")),
+        None if eof => Err(HarnessError::Incomplete(format!(
+            "status {status}, body cut short after {} bytes",
+            rest.len()
+        ))),
         None => Ok(None),
     }
 }

@@ -21,6 +21,10 @@ pub const PASSWORD_ENV: &str = "IXPROXY_CONFORMANCE_ORIGIN_PASSWORD";
 pub const CONNECT_TIMEOUT: &str = "1s";
 /// Origin total timeout in the test config (`/slow/...` takes longer).
 pub const ORIGIN_TIMEOUT: &str = "3s";
+/// `upstream.max_redirects` in the test config.
+pub const MAX_REDIRECTS: u32 = 3;
+/// `upstream.max_body_bytes` in the test config (1 MiB).
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 
 /// The origin authentication source `a` sends, in plain text, for checking what the origin got.
 #[derive(Debug, Clone)]
@@ -67,9 +71,10 @@ impl Harness {
     /// Sources: `a` (hosts `a.test`, `a2.test`; tokens `a.new` and `a.old` for rotation; Basic
     /// auth with the password from [`PASSWORD_ENV`], handshake and per-request signing), `b`
     /// (`b.test`, its own token, no origin auth), `c` (`c.test`, private origins denied even
-    /// though `127.0.0.1` and `localhost` are allow-listed), `d` (`d.test`, private origins
-    /// allowed, only `127.0.0.1` and `*.allowed.test`), and `vectors` (the SDK vectors' hosts
-    /// and tokens, public origins only).
+    /// though loopback spellings are allow-listed), `d` (`d.test`, private origins allowed,
+    /// only `127.0.0.1` and `*.allowed.test`), `e` (`e.test`, only `image/` responses), and
+    /// `vectors` (the SDK vectors' hosts and tokens, public origins only). Upstream: short
+    /// timeouts, [`MAX_REDIRECTS`] and a 1 MiB [`MAX_BODY_BYTES`].
     ///
     /// # Errors
     /// Origin start-up or file errors.
@@ -88,6 +93,7 @@ impl Harness {
             ("b.main", "bSourceToken789"),
             ("c.main", "cSourceToken000"),
             ("d.main", "dSourceToken111"),
+            ("e.main", "eSourceToken222"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -112,11 +118,22 @@ impl Harness {
         let b = source("b", &["b.test"], &[token("b.main")]);
         let mut c = source("c", &["c.test"], &[token("c.main")]);
         c["allow_private_origins"] = json!(false);
-        c["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        // Loopback spellings are allow-listed so that only the private-address rule can
+        // deny them.
+        c["allowed_origin_hosts"] = json!([
+            "127.0.0.1",
+            "localhost",
+            "0.0.0.0",
+            "::1",
+            "::ffff:127.0.0.1"
+        ]);
         let mut d = source("d", &["d.test"], &[token("d.main")]);
         d["allowed_origin_hosts"] = json!(["127.0.0.1", "*.allowed.test"]);
 
-        let mut sources = vec![a, b, c, d];
+        let mut e = source("e", &["e.test"], &[token("e.main")]);
+        e["allowed_content_types"] = json!(["image/"]);
+
+        let mut sources = vec![a, b, c, d, e];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();
@@ -136,6 +153,8 @@ impl Harness {
                 "ca_file": ca_path.display().to_string(),
                 "connect_timeout": CONNECT_TIMEOUT,
                 "timeout": ORIGIN_TIMEOUT,
+                "max_redirects": MAX_REDIRECTS,
+                "max_body_bytes": MAX_BODY_BYTES,
             },
             "sources": sources,
         });
@@ -240,6 +259,8 @@ mod tests {
         assert!(headers.contains(&("authorization", expected.basic_header.clone())));
         let c = sources.by_host("c.test").expect("c");
         assert!(c.origin_host_allowed("127.0.0.1") && !c.allow_private_origins);
+        assert!(c.origin_host_allowed("::1") && c.origin_host_allowed("::ffff:127.0.0.1"));
+        assert_eq!(config.sources.limits().max_body_bytes, MAX_BODY_BYTES);
         let d = sources.by_host("d.test").expect("d");
         assert!(d.origin_host_allowed("127.0.0.1") && !d.origin_host_allowed("localhost"));
         assert!(

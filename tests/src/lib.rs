@@ -36,9 +36,13 @@ pub enum HarnessError {
     /// Generating the test PKI or the TLS config failed.
     #[error("tls setup: {0}")]
     Tls(String),
-    /// A malformed HTTP response.
+    /// A malformed HTTP response, or none before the deadline.
     #[error("http: {0}")]
     Http(String),
+    /// The server closed or reset the connection before the response was complete (an
+    /// aborted transfer).
+    #[error("incomplete response: {0}")]
+    Incomplete(String),
     /// The case table or the vectors file is invalid.
     #[error("case table: {0}")]
     Cases(String),

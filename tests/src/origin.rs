@@ -5,20 +5,37 @@
 //! Routes (any server):
 //! - `/status/<code>`: that status, body `status <code>`.
 //! - `/slow/...`: answers only after [`SLOW_DELAY`], longer than the gateway's origin timeout.
+//! - `/hops/<n>/<rest>`: 302 to `/hops/<n-1>/<rest>` (query kept); `/hops/0/...` is an asset.
+//! - `/redirect/<code>?to=<location>`: that status with `Location` = everything after `to=`.
+//! - `/image/...`: 200 `image/png`, body `image <path-and-query>`.
+//! - `/cc/<value>`: 200 with `Cache-Control: max-age=<value>`.
+//! - `/bytes/<n>`: 200 with [`pattern`]`(n)` streamed chunked; `/bytes-cl/<n>` the same with a
+//!   `Content-Length`.
+//! - `/reset/<n>`: declares `2n` bytes, sends `n`, then drops the connection;
+//!   `/reset-chunked/<n>` sends `n` bytes chunked, then drops it before the last chunk.
+//! - `/claim-huge`: declares a 10 GiB `Content-Length`, sends a few bytes, then drops it.
+//! - `/big-headers`: a 2 MiB response header.
 //! - anything else: an asset, body `asset <path-and-query>`, with `ETag: "asset-v1"`,
-//!   `Set-Cookie` (the gateway must strip it) and `Cache-Control: public, max-age=31536000`
-//!   (the gateway must cap it under `expires`); `Range: bytes=A-B` gives 206 and a matching
-//!   `If-None-Match` gives 304.
+//!   two `Set-Cookie` (the gateway must strip them) and `Cache-Control: public,
+//!   max-age=31536000` (the gateway must cap it under `expires`); `Range: bytes=A-B` gives 206
+//!   and a matching `If-None-Match` gives 304.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, ETAG, SET_COOKIE};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LOCATION,
+    SET_COOKIE,
+};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -37,8 +54,26 @@ pub const SLOW_DELAY: Duration = Duration::from_secs(10);
 pub const ASSET_ETAG: &str = "\"asset-v1\"";
 /// The asset `Cache-Control`.
 pub const ASSET_CACHE_CONTROL: &str = "public, max-age=31536000";
-/// The asset `Set-Cookie`, which must never reach the client.
-pub const ASSET_SET_COOKIE: &str = "origin_session=origin-cookie; Path=/";
+/// The asset `Set-Cookie` values, which must never reach the client.
+pub const ASSET_SET_COOKIES: [&str; 2] = [
+    "origin_session=origin-cookie; Path=/",
+    "tracking=origin-tracker; HttpOnly",
+];
+/// Size of the `/big-headers` response header: over any gateway's response header limit
+/// (Envoy 60 KiB, Pingora 1 MiB).
+pub const BIG_HEADER_BYTES: usize = 2 * 1024 * 1024;
+/// `Content-Length` claimed by `/claim-huge` (10 GiB).
+pub const HUGE_CLAIM: u64 = 10 * 1024 * 1024 * 1024;
+
+/// The body of `/bytes/<n>`: `n` bytes of `0123456789abcdef` repeated.
+pub fn pattern(n: usize) -> Vec<u8> {
+    b"0123456789abcdef"
+        .iter()
+        .copied()
+        .cycle()
+        .take(n)
+        .collect()
+}
 
 /// Which of the recording servers got a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -190,11 +225,103 @@ async fn spawn_server(
     Ok(addr)
 }
 
+/// One step of a [`Scripted`] body.
+enum Step {
+    /// Send these bytes.
+    Data(Bytes),
+    /// Wait, so that everything before is flushed to the peer.
+    Pause(Duration),
+    /// Fail the body: hyper drops the connection here (a transfer cut mid-body).
+    Cut,
+}
+
+/// A response body played from a script of steps.
+pub struct Scripted {
+    steps: VecDeque<Step>,
+    exact_len: Option<u64>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// How long a cut transfer pauses before the cut, so the bytes before it reach the gateway.
+const PAUSE_BEFORE_CUT: Duration = Duration::from_millis(200);
+
+impl Scripted {
+    fn full(body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        let len = body.len() as u64;
+        Scripted {
+            steps: VecDeque::from([Step::Data(body)]),
+            exact_len: Some(len),
+            sleep: None,
+        }
+    }
+
+    /// `body` in 64 KiB chunks of unknown total length (sent chunked unless a
+    /// `Content-Length` is set), then, if `cut`, a pause and a cut.
+    fn streamed(body: &[u8], cut: bool) -> Self {
+        let mut steps: VecDeque<Step> = body
+            .chunks(64 * 1024)
+            .map(|c| Step::Data(Bytes::copy_from_slice(c)))
+            .collect();
+        if cut {
+            steps.push_back(Step::Pause(PAUSE_BEFORE_CUT));
+            steps.push_back(Step::Cut);
+        }
+        Scripted {
+            steps,
+            exact_len: None,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for Scripted {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        loop {
+            match self.steps.pop_front() {
+                None => return Poll::Ready(None),
+                Some(Step::Data(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Some(Step::Cut) => {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "origin cuts the transfer",
+                    ))))
+                }
+                Some(Step::Pause(duration)) => {
+                    let sleep = self
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(duration)));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        self.steps.push_front(Step::Pause(duration));
+                        return Poll::Pending;
+                    }
+                    self.sleep = None;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.exact_len
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
 async fn handle(
     kind: OriginKind,
     log: Log,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Scripted>, Infallible> {
     let target = req
         .uri()
         .path_and_query()
@@ -221,8 +348,12 @@ async fn handle(
     Ok(respond(&recorded).await)
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Scripted> {
+    with_body(status, Scripted::full(body))
+}
+
+fn with_body(status: StatusCode, body: Scripted) -> Response<Scripted> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -230,8 +361,18 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn respond(req: &Recorded) -> Response<Full<Bytes>> {
-    let path = req.target.split('?').next().unwrap_or_default();
+fn header(response: &mut Response<Scripted>, name: hyper::header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().append(name, value);
+    }
+}
+
+async fn respond(req: &Recorded) -> Response<Scripted> {
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let number = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|n| n.parse::<usize>().ok())
+    };
     if let Some(code) = path.strip_prefix("/status/") {
         return match code
             .parse::<u16>()
@@ -246,6 +387,83 @@ async fn respond(req: &Recorded) -> Response<Full<Bytes>> {
         tokio::time::sleep(SLOW_DELAY).await;
         return text(StatusCode::OK, "slow");
     }
+    if let Some(rest) = path.strip_prefix("/hops/") {
+        if let Some((n, tail)) = rest.split_once('/') {
+            if let Some(n) = n.parse::<u32>().ok().filter(|n| *n > 0) {
+                let mut response = text(StatusCode::FOUND, "hop");
+                let q = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
+                header(
+                    &mut response,
+                    LOCATION,
+                    &format!("/hops/{}/{tail}{q}", n - 1),
+                );
+                return response;
+            }
+        }
+    }
+    if let Some(code) = path.strip_prefix("/redirect/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok());
+        let location = query.split_once("to=").map(|(_, to)| to);
+        if let (Some(status), Some(location)) = (status, location) {
+            let mut response = text(status, "redirect");
+            header(&mut response, LOCATION, location);
+            return response;
+        }
+        return text(StatusCode::BAD_REQUEST, "bad redirect");
+    }
+    if path.starts_with("/image/") {
+        let mut response = text(StatusCode::OK, format!("image {}", req.target));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return response;
+    }
+    if let Some(value) = path.strip_prefix("/cc/") {
+        let mut response = text(StatusCode::OK, "cache");
+        header(&mut response, CACHE_CONTROL, &format!("max-age={value}"));
+        return response;
+    }
+    if let Some(n) = number("/bytes/") {
+        return with_body(StatusCode::OK, Scripted::streamed(&pattern(n), false));
+    }
+    if let Some(n) = number("/bytes-cl/") {
+        let mut response = with_body(StatusCode::OK, Scripted::streamed(&pattern(n), false));
+        header(&mut response, CONTENT_LENGTH, &n.to_string());
+        return response;
+    }
+    if let Some(n) = number("/reset/") {
+        let mut response = with_body(StatusCode::OK, Scripted::streamed(&pattern(n), true));
+        header(&mut response, CONTENT_LENGTH, &(2 * n).to_string());
+        return response;
+    }
+    if let Some(n) = number("/reset-chunked/") {
+        return with_body(StatusCode::OK, Scripted::streamed(&pattern(n), true));
+    }
+    if path == "/claim-huge" {
+        let mut response = with_body(StatusCode::OK, Scripted::streamed(b"0123456789", true));
+        header(&mut response, CONTENT_LENGTH, &HUGE_CLAIM.to_string());
+        return response;
+    }
+    if path == "/big-headers" {
+        let mut response = text(StatusCode::OK, "big headers");
+        header(
+            &mut response,
+            hyper::header::HeaderName::from_static("x-big"),
+            &"b".repeat(BIG_HEADER_BYTES),
+        );
+        return response;
+    }
+    asset(req)
+}
+
+fn asset(req: &Recorded) -> Response<Scripted> {
     let body = format!("asset {}", req.target).into_bytes();
     let mut response = if req
         .header_values("if-none-match")
@@ -259,17 +477,20 @@ async fn respond(req: &Recorded) -> Response<Full<Bytes>> {
         .and_then(|r| parse_range(r, body.len()))
     {
         let mut r = text(StatusCode::PARTIAL_CONTENT, body[start..=end].to_vec());
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", body.len())) {
-            r.headers_mut().insert(CONTENT_RANGE, v);
-        }
+        header(
+            &mut r,
+            CONTENT_RANGE,
+            &format!("bytes {start}-{end}/{}", body.len()),
+        );
         r
     } else {
         text(StatusCode::OK, body)
     };
-    let headers = response.headers_mut();
-    headers.insert(ETAG, HeaderValue::from_static(ASSET_ETAG));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static(ASSET_CACHE_CONTROL));
-    headers.insert(SET_COOKIE, HeaderValue::from_static(ASSET_SET_COOKIE));
+    header(&mut response, ETAG, ASSET_ETAG);
+    header(&mut response, CACHE_CONTROL, ASSET_CACHE_CONTROL);
+    for cookie in ASSET_SET_COOKIES {
+        header(&mut response, SET_COOKIE, cookie);
+    }
     response
 }
 
@@ -354,7 +575,7 @@ mod tests {
         );
         assert_eq!(r.status, 200);
         assert_eq!(r.body_text(), "asset /asset/a%20b+c.jpg?x=%2F&y");
-        assert_eq!(r.header("set-cookie"), Some(ASSET_SET_COOKIE));
+        assert_eq!(r.header_values("set-cookie"), ASSET_SET_COOKIES);
         assert_eq!(r.header("cache-control"), Some(ASSET_CACHE_CONTROL));
         let log = origin.requests();
         assert_eq!(log.len(), 1);
@@ -428,5 +649,55 @@ mod tests {
         assert!(tls_get(&origin, origin.https_wrong, "127.0.0.1", "/x").is_err());
         let r = tls_get(&origin, origin.https_wrong, WRONG_NAME, "/asset/w.jpg").expect("own name");
         assert_eq!(r.status, 200);
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use crate::client::{send, RawRequest};
+    use crate::HarnessError;
+
+    #[test]
+    fn fault_routes_cut_transfers_after_real_bytes() {
+        let origin = RecordingOrigin::start().expect("origin");
+        let get = |target: &str| {
+            send(
+                origin.http,
+                &RawRequest::get("o", target),
+                Duration::from_secs(5),
+            )
+        };
+        for target in ["/reset/100000", "/reset-chunked/100000", "/claim-huge"] {
+            match get(target) {
+                Err(HarnessError::Incomplete(why)) => {
+                    assert!(
+                        why.starts_with("status 200, body cut short"),
+                        "{target}: {why}"
+                    );
+                }
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+        let r = get("/bytes/100000").expect("chunked");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.body, pattern(100_000));
+        let r = get("/bytes-cl/100000").expect("content-length");
+        assert_eq!(r.header("content-length"), Some("100000"));
+        assert_eq!(r.body, pattern(100_000));
+        let r = get("/hops/2/asset/x.jpg?q=1").expect("hop");
+        assert_eq!(
+            (r.status, r.header("location")),
+            (302, Some("/hops/1/asset/x.jpg?q=1"))
+        );
+        let r = get("/redirect/307?to=http://h.test/a?b=c").expect("redirect");
+        assert_eq!(
+            (r.status, r.header("location")),
+            (307, Some("http://h.test/a?b=c"))
+        );
+        let r = get("/image/p.png").expect("image");
+        assert_eq!(r.header("content-type"), Some("image/png"));
+        let r = get("/big-headers").expect("big headers");
+        assert!(r.header("x-big").is_some_and(|v| v.len() > 1024 * 1024));
     }
 }

@@ -15,7 +15,7 @@ use crate::cases::{
 use crate::client::{send, RawRequest, RawResponse};
 use crate::gateway::Gateway;
 use crate::harness::Harness;
-use crate::origin::Recorded;
+use crate::origin::{pattern, Recorded};
 use crate::HarnessError;
 
 /// How long one request may take end to end (longer than the origin's `/slow` delay, so a
@@ -191,12 +191,22 @@ fn build_request(
         (None, Some(target)) => (x(target), None),
         _ => return Err("request needs exactly one of sign and target".to_owned()),
     };
+    let mut headers: Vec<(String, String)> =
+        req.headers.iter().map(|(k, v)| (x(k), x(v))).collect();
+    if let Some(filler) = req.filler {
+        let value = format!(
+            "{CLIENT_MARKER}{}",
+            "f".repeat(filler.size.saturating_sub(CLIENT_MARKER.len()))
+        );
+        headers.extend((0..filler.count).map(|i| (format!("X-Filler-{i}"), value.clone())));
+    }
     Ok((
         RawRequest {
             method: req.method.clone(),
             target,
             host: x(&req.host),
-            headers: req.headers.iter().map(|(k, v)| (x(k), x(v))).collect(),
+            headers,
+            body: req.body.as_deref().map(x).unwrap_or_default().into_bytes(),
         },
         expires,
     ))
@@ -231,40 +241,41 @@ fn run_case(
     let started = Instant::now();
     let sent = send(addr, &request, CLIENT_TIMEOUT);
     result.elapsed = started.elapsed();
-    let response = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            result.problems.push(format!("request failed: {e}"));
-            return result;
-        }
-    };
     let values = harness.placeholders();
     let x = |s: &str| expand(s, &values, now);
     let problems = &mut result.problems;
-    check_response(case, &response, expires, sent_at, &x, problems);
+    match (sent, case.expect.aborted) {
+        (Ok(response), false) => check_response(case, &response, expires, sent_at, &x, problems),
+        (Ok(response), true) => problems.push(format!(
+            "the transfer must be aborted, but a complete response arrived: status {}, {} body bytes",
+            response.status,
+            response.body.len()
+        )),
+        (Err(HarnessError::Incomplete(_)), true) => {}
+        (Err(e), _) => problems.push(format!("request failed: {e}")),
+    }
 
     let recorded = harness.origin.requests();
     for r in &recorded {
         check_invariants(r, problems);
     }
-    match &case.expect.origin {
-        None => {
-            if !recorded.is_empty() {
-                problems.push(format!(
-                    "the origin must not be contacted, but got: {}",
-                    describe(&recorded)
-                ));
-            }
+    let wanted = case.expect.origin_requests();
+    if wanted.is_empty() && !recorded.is_empty() {
+        problems.push(format!(
+            "the origin must not be contacted, but got: {}",
+            describe(&recorded)
+        ));
+    } else if recorded.len() != wanted.len() {
+        problems.push(format!(
+            "the origins received {} requests, expected {}: {}",
+            recorded.len(),
+            wanted.len(),
+            describe(&recorded)
+        ));
+    } else {
+        for (got, want) in recorded.iter().zip(wanted) {
+            check_origin(got, want, &request, harness, &x, request_ids, problems);
         }
-        Some(want) => match recorded.as_slice() {
-            [one] => check_origin(one, want, &request, harness, &x, request_ids, problems),
-            [] => problems.push("the origin received no request".to_owned()),
-            many => problems.push(format!(
-                "the origin received {} requests, expected one: {}",
-                many.len(),
-                describe(many)
-            )),
-        },
     }
     result
 }
@@ -286,11 +297,13 @@ fn check_response(
     problems: &mut Vec<String>,
 ) {
     let expect = &case.expect;
-    if response.status != expect.status {
+    if Some(response.status) != expect.status {
         problems.push(format!(
             "status {} (expected {}), body {:?}",
             response.status,
-            expect.status,
+            expect
+                .status
+                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
             truncate(&response.body_text())
         ));
     }
@@ -340,6 +353,14 @@ fn check_response(
             problems.push(format!(
                 "body {:?} (expected {want:?})",
                 truncate(&response.body_text())
+            ));
+        }
+    }
+    if let Some(n) = expect.body_bytes {
+        if response.body != pattern(n) {
+            problems.push(format!(
+                "body of {} bytes is not the origin's {n}-byte pattern",
+                response.body.len()
             ));
         }
     }
@@ -519,6 +540,7 @@ fn check_origin(
 #[cfg(test)]
 mod tests {
     use ixproxy_core::config::{RawConfig, SecretResolver};
+    use ixproxy_core::decide::check_request_headers;
     use ixproxy_core::{decide, Decision, RequestInfo};
 
     use super::*;
@@ -555,19 +577,32 @@ mod tests {
         for case in &cases {
             let now = now_unix();
             let (req, _) = build_request(case, &harness, now).expect("request");
+            if case.request.body.is_some() {
+                // Refused by the HTTP layer (smuggling attempts), before any decision.
+                continue;
+            }
             let info = RequestInfo {
                 method: &req.method,
                 host: &req.host,
                 target: &req.target,
             };
             let now = u64::try_from(now).expect("now");
+            let expect = &case.expect;
+            let wanted = expect.origin_requests();
             let forwarded =
-                case.expect.origin.is_some() || [502, 504].contains(&case.expect.status);
-            match decide(&config.sources, &info, now, &[1; 32]) {
+                !wanted.is_empty() || expect.aborted || matches!(expect.status, Some(502 | 504));
+            let mut fields = req.headers.clone();
+            fields.push(("host".to_owned(), req.host.clone()));
+            fields.push(("connection".to_owned(), "close".to_owned()));
+            let bytes = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let decision = check_request_headers(&config.sources, fields.len(), bytes)
+                .map_or_else(Decision::Reject, |()| {
+                    decide(&config.sources, &info, now, &[1; 32])
+                });
+            match decision {
                 Decision::Forward(f) if forwarded => {
-                    if let Some(o) = &case.expect.origin {
-                        let values = harness.placeholders();
-                        let path = expand(&o.path, &values, 0);
+                    if let Some(first) = wanted.first() {
+                        let path = expand(&first.path, &harness.placeholders(), 0);
                         if f.origin.path_and_query != path {
                             wrong.push(format!(
                                 "{}: core forwards {}",
@@ -576,7 +611,7 @@ mod tests {
                         }
                     }
                 }
-                Decision::Reject(r) if !forwarded && r.status == case.expect.status => {}
+                Decision::Reject(r) if !forwarded && Some(r.status) == expect.status => {}
                 other => wrong.push(format!("{}: {} -> {other:?}", case.name, req.target)),
             }
         }
