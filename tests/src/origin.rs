@@ -13,6 +13,7 @@
 //!   `Content-Length`.
 //! - `/reset/<n>`: declares `2n` bytes, sends `n`, then drops the connection;
 //!   `/reset-chunked/<n>` sends `n` bytes chunked, then drops it before the last chunk.
+//! - `/drip/<n>`: declares `n` bytes and sends one every [`DRIP_INTERVAL`].
 //! - `/claim-huge`: declares a 10 GiB `Content-Length`, sends a few bytes, then drops it.
 //! - `/big-headers`: a 2 MiB response header.
 //! - anything else: an asset, body `asset <path-and-query>`, with `ETag: "asset-v1"`,
@@ -242,6 +243,8 @@ pub struct Scripted {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Pause between the bytes of `/drip/<n>`.
+pub const DRIP_INTERVAL: Duration = Duration::from_millis(400);
 /// How long a cut transfer pauses before the cut, so the bytes before it reach the gateway.
 const PAUSE_BEFORE_CUT: Duration = Duration::from_millis(200);
 
@@ -445,6 +448,22 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
     }
     if let Some(n) = number("/reset-chunked/") {
         return with_body(StatusCode::OK, Scripted::streamed(&pattern(n), true));
+    }
+    if let Some(n) = number("/drip/") {
+        let steps = pattern(n)
+            .into_iter()
+            .flat_map(|b| [Step::Pause(DRIP_INTERVAL), Step::Data(Bytes::from(vec![b]))])
+            .collect();
+        let mut response = with_body(
+            StatusCode::OK,
+            Scripted {
+                steps,
+                exact_len: None,
+                sleep: None,
+            },
+        );
+        header(&mut response, CONTENT_LENGTH, &n.to_string());
+        return response;
     }
     if path == "/claim-huge" {
         let mut response = with_body(StatusCode::OK, Scripted::streamed(b"0123456789", true));
