@@ -126,6 +126,9 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
     let gateway = G::start(&harness.config_path, &harness.env, harness.dir.path())?;
     let start_time = started.elapsed();
     let mut report = run_cases(&gateway, &harness, &cases);
+    report
+        .results
+        .push(serves_while_origins_hang(gateway.addr(), &harness));
     report.start_time = start_time;
     Ok(report)
 }
@@ -275,6 +278,80 @@ fn run_case(
     } else {
         for (got, want) in recorded.iter().zip(wanted) {
             check_origin(got, want, &request, harness, &x, request_ids, problems);
+        }
+    }
+    result
+}
+
+/// How many origin requests hang while [`serves_while_origins_hang`] checks the gateway.
+const HANGING: usize = 8;
+
+/// Not a table row: with [`HANGING`] requests stuck on a slow origin, another request must
+/// still be answered promptly, and each stuck one must end in a 504.
+fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult {
+    let mut result = CaseResult {
+        name: format!("serves other requests while {HANGING} origin requests hang"),
+        sent: String::new(),
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let Some(token) = harness.tokens.get("a.new") else {
+        result.problems.push("no token a.new".to_owned());
+        return result;
+    };
+    let http = format!("http://{}", harness.origin.http);
+    let signed = |path: &str| {
+        sign_url(
+            token,
+            &format!("{http}{path}"),
+            &[],
+            &SignOptions::default(),
+        )
+    };
+    harness.origin.clear();
+    let hanging: Vec<_> = (0..HANGING)
+        .map(|i| {
+            let req = RawRequest::get("a.test", &signed(&format!("/slow/hang-{i}.jpg")));
+            std::thread::spawn(move || send(addr, &req, CLIENT_TIMEOUT))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.origin.requests().len() < HANGING && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let arrived = harness.origin.requests().len();
+    if arrived < HANGING {
+        result.problems.push(format!(
+            "only {arrived} of {HANGING} slow requests reached the origin"
+        ));
+    }
+    let req = RawRequest::get("a.test", &signed("/asset/while-hanging.jpg"));
+    result.sent = format!("GET {} (Host: a.test)", req.target);
+    let started = Instant::now();
+    match send(addr, &req, CLIENT_TIMEOUT) {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => result
+            .problems
+            .push(format!("status {} (expected 200)", r.status)),
+        Err(e) => result.problems.push(format!("request failed: {e}")),
+    }
+    result.elapsed = started.elapsed();
+    if result.elapsed > Duration::from_secs(1) {
+        result
+            .problems
+            .push(format!("took {:?} while origins hang", result.elapsed));
+    }
+    for (i, handle) in hanging.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(r)) if r.status == 504 => {}
+            Ok(Ok(r)) => result.problems.push(format!(
+                "hanging request {i}: status {} (expected 504)",
+                r.status
+            )),
+            Ok(Err(e)) => result.problems.push(format!("hanging request {i}: {e}")),
+            Err(_) => result
+                .problems
+                .push(format!("hanging request {i}: thread panicked")),
         }
     }
     result
