@@ -282,6 +282,17 @@ fn serve(stream: TcpStream, me: SocketAddr, log: &Mutex<Vec<String>>) {
             }
             return;
         }
+        "/drip-headers" => {
+            // The header never completes: a header byte every 200 ms, for at most 10 s.
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nx-slow: ");
+            for _ in 0..50 {
+                if out.write_all(b"s").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            return;
+        }
         "/no-answer" => {
             thread::sleep(Duration::from_secs(5));
             return;
@@ -629,6 +640,14 @@ fn serve_survives_origin_faults_with_bounded_time_and_memory() {
     assert!(reply.took < Duration::from_millis(2500), "{:?}", reply.took);
     gw.assert_serving(&origin, "slow drip");
 
+    // Dripped response headers never complete, and every byte restarts a per-read timer: the
+    // total deadline (plus a short grace) still ends the request, with no response at all.
+    let reply = gw.get("gw.test", &origin.url("/drip-headers"));
+    assert_eq!(reply.header_end(), None, "{}", reply.text());
+    assert!(!reply.text().contains("x-slow"), "{}", reply.text());
+    assert!(reply.took < Duration::from_millis(2500), "{:?}", reply.took);
+    gw.assert_serving(&origin, "dripped headers");
+
     // Enormous response headers (over 1 MB) → 502.
     let reply = gw.get("gw.test", &origin.url("/huge-headers"));
     assert_eq!(reply.status(), 502, "{}", reply.head());
@@ -663,6 +682,6 @@ fn serve_survives_origin_faults_with_bounded_time_and_memory() {
         "gateway memory grew by {growth_mib} MiB ({rss_before} → {rss_after} KiB)"
     );
 
-    assert!(gw.metric("origin_timeout") >= 2);
+    assert!(gw.metric("origin_timeout") >= 3);
     assert!(gw.metric("origin_too_large") >= 11);
 }

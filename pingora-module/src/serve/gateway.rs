@@ -30,6 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::deadline;
 use super::metrics::{Metrics, BAD_REQUEST, ORIGIN_ERROR, ORIGIN_TIMEOUT};
 use super::upstream::{build_peer, resolve_checked, ResolveError};
 
@@ -348,7 +349,9 @@ impl ProxyHttp for Gateway {
         if ctx.deadline.is_none() {
             let now = Instant::now();
             ctx.upstream_started = Some(now);
-            ctx.deadline = Some(now + self.upstream.timeout);
+            let deadline = now + self.upstream.timeout;
+            ctx.deadline = Some(deadline);
+            deadline::arm(deadline);
         }
         let remaining = ctx.remaining(self.upstream.timeout);
         if remaining.is_zero() {
@@ -530,7 +533,9 @@ impl ProxyHttp for Gateway {
             let context = format!("origin body over {} bytes", ctx.body_bytes - len);
             return Err(ctx.fail(ORIGIN_BODY_TOO_LARGE, context));
         }
-        if !end_of_stream && ctx.past_deadline() {
+        if end_of_stream {
+            deadline::disarm();
+        } else if ctx.past_deadline() {
             *body = None;
             return Err(ctx.fail(
                 ORIGIN_TOO_SLOW,
@@ -542,10 +547,15 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if session.req_header().method == Method::HEAD || matches!(status, 204 | 304) {
+            // No body will follow: the origin exchange is over.
+            deadline::disarm();
+        }
         let max_age = ctx.forward.as_ref().and_then(|f| f.max_age);
         rewrite_response(upstream_response, max_age)
     }
@@ -575,6 +585,8 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
+        // The origin is done with; writing the answer must not be cut by the backstop.
+        deadline::disarm();
         let failure = ctx.failure.clone().or_else(|| {
             // A read that timed out on the clamped budget, or any error after the deadline.
             if ctx.past_deadline() && *e.esource() == ErrorSource::Upstream {
@@ -607,6 +619,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        deadline::disarm();
         let outcome = match (ctx.outcome, ctx.forward.is_some()) {
             (Some(outcome), _) => outcome,
             (None, true) if ctx.upstream_latency.is_some() => Outcome::Forwarded.as_str(),

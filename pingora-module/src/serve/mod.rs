@@ -5,6 +5,7 @@
 //! with the admin app ([`admin`]). SIGINT stops at once; SIGTERM drains for about a second.
 
 mod admin;
+mod deadline;
 mod demo;
 mod gateway;
 mod metrics;
@@ -103,8 +104,11 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
         sources,
     } = config;
     let gateway = gateway::Gateway::new(sources, upstream, ca, metrics.clone());
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = Service::new(
+        "gateway".to_owned(),
+        deadline::Deadlined::new(proxy, metrics.clone()),
+    );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
 
