@@ -13,6 +13,7 @@
 pub mod metrics;
 pub mod plan;
 pub mod secrets;
+pub mod upstream;
 
 mod http;
 mod root;

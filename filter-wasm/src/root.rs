@@ -11,21 +11,35 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::http::FilterHttp;
 use crate::metrics::Counters;
+use crate::plan;
 use crate::secrets::VmEnvSecrets;
+use crate::upstream::{LocationFilter, UPSTREAM_ROOT_ID};
 
 /// Root context of the filter.
 #[derive(Default)]
 pub struct FilterRoot {
     sources: Option<Rc<Sources>>,
     counters: Option<Rc<Counters>>,
+    /// Whether this root runs as the router's upstream filter ([`UPSTREAM_ROOT_ID`]).
+    upstream: bool,
 }
 
 impl Context for FilterRoot {}
 
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if root_id == UPSTREAM_ROOT_ID.as_bytes() {
+            // The upstream role needs no configuration and defines no counters.
+            self.upstream = true;
+            return true;
+        }
         if self.counters.is_none() {
             self.counters = Some(Rc::new(Counters::define()));
+            declare_hop_property();
         }
         match load_sources(plugin_configuration_size) {
             Ok(sources) => {
@@ -41,6 +55,9 @@ impl RootContext for FilterRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.upstream {
+            return Some(Box::<LocationFilter>::default());
+        }
         Some(Box::new(FilterHttp::new(
             self.sources.clone(),
             self.counters.clone().unwrap_or_default(),
@@ -49,6 +66,19 @@ impl RootContext for FilterRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Declares the hop state property with the downstream-request life span so it survives
+/// Envoy's internal redirects. Without it (a host lacking `declare_property`) the state lives
+/// only as long as one filter chain: a redirect hop then looks like a client request and is
+/// refused, never let through unchecked.
+fn declare_hop_property() {
+    if let Err(status) = hostcalls::call_foreign_function(
+        "declare_property",
+        Some(&plan::declare_hop_property_args()),
+    ) {
+        log::warn!("ixproxy: cannot declare the hop state property: {status:?}; origin redirects will be refused");
     }
 }
 

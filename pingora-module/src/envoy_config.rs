@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ixproxy_core::config::Limits;
 use ixproxy_core::config::{
     DeferredSecrets, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
 };
@@ -33,8 +34,12 @@ const UPSTREAM_HEADER: &str = "x-ixproxy-upstream";
 /// Request header the Wasm filter sets when the source has `allow_private_origins`; must match
 /// `ALLOW_PRIVATE_HEADER` in the filter crate.
 const ALLOW_PRIVATE_HEADER: &str = "x-ixproxy-allow-private";
-/// Envoy-generated header the filter leaves for route matching (Envoy's router needs a scheme
-/// from it); stripped by the routes like [`UPSTREAM_HEADER`].
+/// Origin response header Envoy copies into the request it recreates for a redirect; the filter
+/// reads the raw `Location` from it (must match `LOCATION_HEADER` in the filter crate).
+const LOCATION_HEADER: &str = "location";
+/// Envoy finds no route for a request without it, the request recreated for a redirect
+/// included; the filter's upstream role strips it from origin requests and puts it on redirect
+/// responses, from which Envoy copies it into the recreated request.
 const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// Cluster for `https` origins.
 const TLS_CLUSTER: &str = "ixproxy_origin_tls";
@@ -45,10 +50,11 @@ const DNS_CACHE: &str = "ixproxy_dns_cache";
 /// Envoy stats tag rule that turns the filter's counters into
 /// `ixproxy_requests_total{outcome="..."}`; must match `OUTCOME_TAG_REGEX` in the filter crate.
 const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outcome\.([a-z_]+))$";
-/// Envoy response flags meaning "the origin could not be reached" (connection failure, no
-/// resolved host, DNS failure, connection closed before a response): SPEC §6 says 502, Envoy
-/// answers 503 by default.
-const UNREACHABLE_FLAGS: [&str; 4] = ["UF", "UH", "DF", "UC"];
+/// Envoy response flags meaning "the origin could not be reached or gave no usable answer"
+/// (connection or TLS failure, no resolved host, DNS failure, connection closed or reset before
+/// a response, protocol error such as oversized response headers): SPEC §6 says 502, Envoy
+/// answers 503 for most of them by default.
+const UNREACHABLE_FLAGS: [&str; 6] = ["UF", "UH", "DF", "UC", "UR", "UPE"];
 
 /// Body of the 403 for an origin name that resolved to a private address (the core's reason for
 /// a private IP literal).
@@ -198,6 +204,7 @@ fn generate_with_system_ca(
     let trusted_ca = trusted_ca(config.upstream.ca_file.as_deref(), config_dir, system_ca)?;
 
     let bootstrap = bootstrap(&Parts {
+        limits: *config.sources.limits(),
         listen: config.listen,
         admin_listen: config.admin_listen,
         connect_timeout: config.upstream.connect_timeout,
@@ -275,6 +282,7 @@ fn read_pem(path: &Path) -> Result<String, EnvoyConfigError> {
 
 /// Everything the bootstrap depends on.
 struct Parts {
+    limits: Limits,
     listen: SocketAddr,
     admin_listen: SocketAddr,
     connect_timeout: Duration,
@@ -323,18 +331,76 @@ fn dns_cache() -> Value {
     map! { "name" => DNS_CACHE, "dns_lookup_family" => "V4_PREFERRED" }
 }
 
-fn route(upstream: &str, cluster: &str, timeout: Duration) -> Value {
+/// Origin redirect statuses Envoy follows internally (the core's `is_followed_redirect`).
+const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
+
+/// One route per origin scheme. It matches on `:scheme`, which the filter sets from the origin
+/// URL, rather than on a filter-set header: headers the route strips are removed from the
+/// request in place, so Envoy would find no route for the request it recreates to follow a
+/// redirect. Every request reaches these routes only after the filter rejected or rewrote it.
+///
+/// Redirects are Envoy internal redirects: the recreated request goes through the whole filter
+/// chain again (the filter re-validates the hop, the dynamic forward proxy resolves the new
+/// host, RBAC checks its address); the origin's `Location` is copied into the request for the
+/// filter. No predicate is set: the filter is the policy.
+fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
     map! {
         "match" => map! {
             "prefix" => "/",
             "headers" => vec![map! {
-                "name" => UPSTREAM_HEADER,
-                "string_match" => map! { "exact" => upstream },
+                "name" => ":scheme",
+                "string_match" => map! { "exact" => scheme },
             }],
         },
-        "route" => map! { "cluster" => cluster, "timeout" => duration(timeout) },
-        "request_headers_to_remove" => strings(&[UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO]),
+        "route" => map! {
+            "cluster" => cluster,
+            "timeout" => duration(p.timeout),
+            "internal_redirect_policy" => map! {
+                "max_internal_redirects" => p.limits.max_redirects,
+                "redirect_response_codes" => Value::Sequence(
+                    REDIRECT_CODES.iter().map(|c| Value::from(*c)).collect(),
+                ),
+                "response_headers_to_copy" => strings(&[LOCATION_HEADER, FORWARDED_PROTO]),
+                "allow_cross_scheme_redirect" => true,
+            },
+        },
+        // Not `x-forwarded-proto` (see FORWARDED_PROTO): the upstream filter removes it.
+        "request_headers_to_remove" => strings(&[UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]),
     }
+}
+
+/// `max_request_headers_kb` for the listener: large enough that the filter's own limits (431 for
+/// headers, 414 for the target) are what clients see, Envoy's codec limit only beyond them
+/// (pseudo-headers and Envoy's own additions need room too). Envoy accepts at most 8192.
+fn max_request_headers_kb(limits: &Limits) -> u64 {
+    let bytes = limits.max_request_header_bytes as u64 + limits.max_request_target_bytes as u64;
+    (bytes / 1024 + 9).min(8192)
+}
+
+/// Root id of the filter's upstream role (`UPSTREAM_ROOT_ID` in the filter crate): run as the
+/// router's upstream HTTP filter, it makes a relative `Location` of an origin redirect absolute
+/// so Envoy's internal redirect can follow it (Envoy only follows absolute URLs).
+const UPSTREAM_ROOT_ID: &str = "ixproxy_location";
+
+/// The router's upstream filters: the filter's upstream role, then the codec (required last).
+fn upstream_http_filters(p: &Parts) -> Value {
+    let mut location = wasm_filter(p);
+    let config = &mut location["typed_config"]["config"];
+    config["name"] = UPSTREAM_ROOT_ID.into();
+    config["root_id"] = UPSTREAM_ROOT_ID.into();
+    if let Value::Mapping(config) = config {
+        config.remove("configuration");
+    }
+    Value::Sequence(vec![
+        location,
+        map! {
+            "name" => "envoy.filters.http.upstream_codec",
+            "typed_config" => typed(
+                "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                Mapping::new().into(),
+            ),
+        },
+    ])
 }
 
 fn wasm_filter(p: &Parts) -> Value {
@@ -463,6 +529,12 @@ fn http_connection_manager(p: &Parts) -> Value {
             "stat_prefix" => "ixproxy",
             "codec_type" => "AUTO",
             "generate_request_id" => false,
+            "max_request_headers_kb" => max_request_headers_kb(&p.limits),
+            // Envoy's codec counts the headers it received; room for a few more than the
+            // filter's own limit so the filter's 431 is what clients see.
+            "common_http_protocol_options" => map! {
+                "max_headers_count" => p.limits.max_request_headers as u64 + 16,
+            },
             // The signature covers the raw request target: never rewrite it.
             "normalize_path" => false,
             "merge_slashes" => false,
@@ -513,8 +585,8 @@ fn http_connection_manager(p: &Parts) -> Value {
                     "name" => "ixproxy",
                     "domains" => strings(&["*"]),
                     "routes" => vec![
-                        route("tls", TLS_CLUSTER, p.timeout),
-                        route("plain", PLAIN_CLUSTER, p.timeout),
+                        route("https", TLS_CLUSTER, p),
+                        route("http", PLAIN_CLUSTER, p),
                     ],
                 }],
             },
@@ -532,7 +604,10 @@ fn http_connection_manager(p: &Parts) -> Value {
                     "name" => "envoy.filters.http.router",
                     "typed_config" => typed(
                         "envoy.extensions.filters.http.router.v3.Router",
-                        map! { "suppress_envoy_headers" => true },
+                        map! {
+                            "suppress_envoy_headers" => true,
+                            "upstream_http_filters" => upstream_http_filters(p),
+                        },
                     ),
                 },
             ],
@@ -766,14 +841,14 @@ sources:
         assert_eq!(routes.len(), 2, "only the two upstream routes");
         for (route, (value, cluster)) in routes
             .iter()
-            .zip([("tls", TLS_CLUSTER), ("plain", PLAIN_CLUSTER)])
+            .zip([("https", TLS_CLUSTER), ("http", PLAIN_CLUSTER)])
         {
             assert_eq!(route["route"]["timeout"], "7s");
             assert_eq!(route["route"]["cluster"], cluster);
-            assert_eq!(route["match"]["headers"][0]["name"], UPSTREAM_HEADER);
+            assert_eq!(route["match"]["headers"][0]["name"], ":scheme");
             assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], value);
             let removed = serde_yaml::to_string(&route["request_headers_to_remove"]).expect("yaml");
-            for header in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO] {
+            for header in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER] {
                 assert!(removed.contains(header), "{header} not stripped: {removed}");
             }
         }
@@ -792,10 +867,21 @@ sources:
                 "envoy.filters.http.router"
             ]
         );
+        let router = &hcm(&bootstrap)["http_filters"][3]["typed_config"];
+        assert_eq!(router["suppress_envoy_headers"], true);
+        // The filter's upstream role, with the same VM, then the codec Envoy requires last.
+        let upstream = &router["upstream_http_filters"];
+        assert_eq!(upstream[0]["name"], "envoy.filters.http.wasm");
         assert_eq!(
-            hcm(&bootstrap)["http_filters"][3]["typed_config"]["suppress_envoy_headers"],
-            true
+            upstream[0]["typed_config"]["config"]["root_id"],
+            UPSTREAM_ROOT_ID
         );
+        assert_eq!(
+            upstream[0]["typed_config"]["config"]["vm_config"],
+            wasm_config(&bootstrap)["vm_config"]
+        );
+        assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
+        assert_eq!(upstream.as_sequence().map(Vec::len), Some(2));
         assert_eq!(hcm(&bootstrap)["generate_request_id"], false);
         let mappers = &hcm(&bootstrap)["local_reply_config"]["mappers"];
         assert_eq!(mappers[0]["status_code"], 502);
@@ -804,6 +890,46 @@ sources:
             strings(&UNREACHABLE_FLAGS)
         );
         assert_eq!(mappers[1]["body"]["inline_string"], PRIVATE_ORIGIN_REASON);
+    }
+
+    #[test]
+    fn redirects_and_request_limits_follow_the_config() {
+        let (_, defaults) = generate_ok(CONFIG);
+        let yaml = CONFIG.replace("timeout: 7s}", "timeout: 7s, max_redirects: 5}")
+            + "limits: {max_request_headers: 50, max_request_header_bytes: 65536, \
+               max_request_target_bytes: 16384}\n";
+        let (_, custom) = generate_ok(&yaml);
+        for (bootstrap, redirects, headers_kb, headers_count) in
+            [(&defaults, 3, 49, 116), (&custom, 5, 89, 66)]
+        {
+            let routes = &hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"];
+            for route in routes.as_sequence().expect("routes") {
+                let policy = &route["route"]["internal_redirect_policy"];
+                assert_eq!(policy["max_internal_redirects"], redirects);
+                assert_eq!(
+                    policy["redirect_response_codes"],
+                    serde_yaml::from_str::<Value>("[301, 302, 303, 307, 308]").expect("yaml")
+                );
+                assert_eq!(policy["allow_cross_scheme_redirect"], true);
+                assert_eq!(
+                    policy["response_headers_to_copy"],
+                    strings(&[LOCATION_HEADER, FORWARDED_PROTO])
+                );
+                // No predicate: the filter re-validates every hop itself.
+                assert!(policy.get("predicates").is_none());
+            }
+            // Envoy's own limits sit above the filter's (431/414 come from the filter).
+            assert_eq!(hcm(bootstrap)["max_request_headers_kb"], headers_kb);
+            assert_eq!(
+                hcm(bootstrap)["common_http_protocol_options"]["max_headers_count"],
+                headers_count
+            );
+        }
+        let limits = Limits {
+            max_request_header_bytes: 8 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(max_request_headers_kb(&limits), 8192, "envoy's maximum");
     }
 
     #[test]

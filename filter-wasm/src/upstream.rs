@@ -1,0 +1,126 @@
+//! The filter's second role, as an upstream HTTP filter of Envoy's router (root id
+//! [`UPSTREAM_ROOT_ID`]). It decides nothing (a followed hop still goes through the main filter,
+//! which re-validates it like the native gateway does); it adapts two Envoy details:
+//!
+//! - it makes a relative `Location` of an origin redirect absolute, against the URL of the
+//!   attempt that got it, so Envoy's internal redirect (which only takes absolute URLs) can
+//!   follow it;
+//! - it removes `x-forwarded-proto` from the origin request. Envoy finds no route for a request
+//!   without that header, and upstream filters edit the very header map Envoy later recreates a
+//!   redirected request from, so the header is put back on redirect responses instead, for
+//!   Envoy to copy into the recreated request (`response_headers_to_copy`).
+
+use ixproxy_core::decide::is_followed_redirect;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+/// Root id of the upstream role in the Envoy configuration.
+pub const UPSTREAM_ROOT_ID: &str = "ixproxy_location";
+
+/// The header Envoy's routing needs (see the module doc); never sent to the origin.
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// Makes `location` absolute against `base` (`scheme://authority/path`); `None` when it is
+/// already absolute (left alone: the main filter judges it) or cannot be resolved.
+pub fn absolute_location(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    match url::Url::parse(location) {
+        Err(url::ParseError::RelativeUrlWithoutBase) => url::Url::parse(base)
+            .and_then(|base| base.join(location))
+            .ok()
+            .map(String::from),
+        _ => None,
+    }
+}
+
+/// Per-attempt context of the upstream role: remembers the attempt's URL (the request headers
+/// are not readable any more in the response phase; asking for them there is an error).
+#[derive(Debug, Default)]
+pub struct LocationFilter {
+    base: Option<String>,
+}
+
+impl LocationFilter {
+    fn header(map: MapType, name: &str) -> Option<String> {
+        hostcalls::get_map_value_bytes(map, name)
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+}
+
+impl Context for LocationFilter {}
+
+impl HttpContext for LocationFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let request = |name| Self::header(MapType::HttpRequestHeaders, name).unwrap_or_default();
+        self.base = Some(format!(
+            "{}://{}{}",
+            request(":scheme"),
+            request(":authority"),
+            request(":path")
+        ));
+        if let Err(status) =
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, FORWARDED_PROTO, None)
+        {
+            log::warn!("ixproxy: cannot remove {FORWARDED_PROTO}: {status:?}");
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let status: u16 = Self::header(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if !is_followed_redirect(status) {
+            return Action::Continue;
+        }
+        let Some(base) = self.base.as_deref() else {
+            return Action::Continue;
+        };
+        let scheme = base.split(':').next().unwrap_or_default();
+        if let Err(status) =
+            hostcalls::set_map_value(MapType::HttpResponseHeaders, FORWARDED_PROTO, Some(scheme))
+        {
+            log::warn!("ixproxy: cannot set {FORWARDED_PROTO}: {status:?}");
+        }
+        let Some(location) = Self::header(MapType::HttpResponseHeaders, "location") else {
+            return Action::Continue;
+        };
+        if let Some(absolute) = absolute_location(base, &location) {
+            if let Err(status) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, "location", Some(&absolute))
+            {
+                log::warn!("ixproxy: cannot rewrite a relative location: {status:?}");
+            }
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_locations_resolve_against_the_attempt() {
+        let base = "http://o.example:8080/a/b.jpg?x=1";
+        assert_eq!(
+            absolute_location(base, "/c.jpg").as_deref(),
+            Some("http://o.example:8080/c.jpg")
+        );
+        assert_eq!(
+            absolute_location(base, "d.jpg?y=2").as_deref(),
+            Some("http://o.example:8080/a/d.jpg?y=2")
+        );
+        assert_eq!(
+            absolute_location(base, "//other.example/e").as_deref(),
+            Some("http://other.example/e")
+        );
+        // Absolute ones (any scheme) are left for the main filter to judge.
+        assert_eq!(absolute_location(base, "https://x.example/"), None);
+        assert_eq!(absolute_location(base, "ftp://x.example/"), None);
+        assert_eq!(absolute_location("not a url", "/x"), None);
+    }
+}
