@@ -560,6 +560,14 @@ fn serve_enforces_request_and_response_limits() {
         format!(
             "GET {ok} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: abc\r\nConnection: close\r\n\r\n"
         ),
+        format!(
+            "GET {ok} HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: gzip\r\n\
+             Connection: close\r\n\r\n"
+        ),
+        // Ambiguous framing is refused before the signature is even looked at.
+        "GET /unsigned HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 4\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+            .to_owned(),
     ];
     for raw in &smuggle {
         let reply = exchange(gw.listen, raw.as_bytes());
@@ -603,6 +611,9 @@ fn serve_enforces_request_and_response_limits() {
         gw.assert_serving(&origin, path);
     }
 
+    // Refused by the gateway (Pingora's own 400s for invalid or conflicting Content-Length
+    // come before any gateway code and are not counted).
+    assert!(gw.metric("bad_request") >= 4);
     assert_eq!(gw.metric("request_too_large"), 2);
     assert_eq!(gw.metric("origin_too_large"), 3);
     assert_eq!(gw.metric("content_type_denied"), 1);

@@ -300,6 +300,19 @@ impl ProxyHttp for Gateway {
             respond_text(session, INTERNAL.status, &[], &INTERNAL.reason).await?;
             return Ok(true);
         };
+        let method_ok = matches!(session.req_header().method, Method::GET | Method::HEAD);
+        // Framing headers (HTTP/1) or a stream not ended with the headers (HTTP/2).
+        let has_body = has_request_body(session.req_header()) || !session.is_body_empty();
+        if method_ok && has_body {
+            // A body is never forwarded. Refused before anything else, like the HTTP layer
+            // refuses bad framing: Pingora has already answered 400 to conflicting or invalid
+            // Content-Length values and to a Transfer-Encoding not ending in chunked, and it
+            // drops Content-Length when Transfer-Encoding is present (RFC 9112 §6.3), so the
+            // Content-Length + Transfer-Encoding smuggling shape lands here too.
+            ctx.outcome = Some(REQUEST_BODY.outcome);
+            respond_text(session, REQUEST_BODY.status, &[], &REQUEST_BODY.reason).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let (count, bytes) = header_totals(req);
         let decision = match check_request_headers(&self.sources, count, bytes) {
@@ -315,13 +328,6 @@ impl ProxyHttp for Gateway {
             }
         };
         match decision {
-            // A body is never forwarded: refusing it keeps the origin connection free of
-            // anything the client framed.
-            Decision::Forward(_) if has_request_body(req) => {
-                ctx.outcome = Some(REQUEST_BODY.outcome);
-                respond_text(session, REQUEST_BODY.status, &[], &REQUEST_BODY.reason).await?;
-                Ok(true)
-            }
             Decision::Forward(forward) => {
                 ctx.forward = Some(forward);
                 Ok(false)
@@ -771,6 +777,27 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).expect("resp");
         rewrite_response(&mut resp, Some(30)).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "max-age=30");
+    }
+
+    fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/x?s=0", None).expect("req");
+        for (n, v) in headers {
+            req.append_header(n.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn request_bodies_and_header_totals_are_measured() {
+        assert!(!has_request_body(&req_with(&[])));
+        assert!(!has_request_body(&req_with(&[("Content-Length", "0")])));
+        assert!(has_request_body(&req_with(&[("Content-Length", "1")])));
+        assert!(has_request_body(&req_with(&[(
+            "Transfer-Encoding",
+            "chunked"
+        )])));
+        let (count, bytes) = header_totals(&req_with(&[("Accept", "a/b"), ("X-A", "1")]));
+        assert_eq!((count, bytes), (2, "accept".len() + 3 + "x-a".len() + 1));
     }
 
     #[test]
