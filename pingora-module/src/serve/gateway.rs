@@ -1,12 +1,20 @@
 //! The Pingora [`ProxyHttp`] adapter: a thin translation of the core's [`decide`] onto
 //! Pingora's phases.
 //!
-//! - `request_filter` decides; a rejection is answered here (status, plain-text reason).
-//! - `upstream_peer` resolves the origin and checks its addresses (see [`super::upstream`]).
-//! - `upstream_request_filter` rewrites the request for the origin: `Host`, path, origin auth,
-//!   and only the allowlisted client headers.
+//! - `request_filter` refuses a GET/HEAD carrying a body (400), checks the header limits (431)
+//!   and decides; a rejection is answered here (status, plain-text reason).
+//! - `upstream_peer` starts the total origin deadline (`upstream.timeout`), resolves the
+//!   current hop's origin and checks every address (see [`super::upstream`]).
+//! - `upstream_request_filter` rewrites the request for the origin: `Host`, path, fresh origin
+//!   auth headers for this attempt, and only the allowlisted client headers.
+//! - `upstream_response_filter` follows redirects (the core re-validates the hop; the error
+//!   it returns makes Pingora's proxy loop retry with the next hop before anything reached the
+//!   client) and applies the core's response checks (content type 403, declared length 502).
+//! - `upstream_response_body_filter` counts the streamed body against `max_body_bytes` and
+//!   checks the deadline; an error there cuts the client connection mid-transfer.
 //! - `response_filter` caps `Cache-Control` for `expires` and drops `Set-Cookie`.
-//! - `fail_to_proxy` maps upstream failures to 502 / 504; `logging` counts and logs.
+//! - `fail_to_proxy` answers failures (502 / 504 / the core's status) while no header went
+//!   out; `logging` counts and logs. [`super::deadline`] is the backstop for the deadline.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -577,7 +585,10 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("peer: {peer}"));
         // Once a response header went to the client nothing may be retried; otherwise follow
         // Pingora's default (a stale pooled connection is retried, a redirect hop is taken).
-        if session.response_written().is_some() {
+        if session.response_written().is_some()
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
