@@ -53,6 +53,9 @@ pub struct Harness {
     pub auth: BTreeMap<String, ExpectedAuth>,
     /// A loopback port nothing listens on.
     pub dead: SocketAddr,
+    /// A host name that resolves to a loopback address through `/etc/hosts` but that the
+    /// core cannot recognise as private by its spelling (see [`loopback_alias`]).
+    pub loopback_alias: String,
 }
 
 /// One source as the config's JSON/YAML; private origins allowed unless changed.
@@ -120,12 +123,14 @@ impl Harness {
         c["allow_private_origins"] = json!(false);
         // Loopback spellings are allow-listed so that only the private-address rule can
         // deny them.
+        let loopback_alias = loopback_alias();
         c["allowed_origin_hosts"] = json!([
             "127.0.0.1",
             "localhost",
             "0.0.0.0",
             "::1",
-            "::ffff:127.0.0.1"
+            "::ffff:127.0.0.1",
+            loopback_alias
         ]);
         let mut d = source("d", &["d.test"], &[token("d.main")]);
         d["allowed_origin_hosts"] = json!(["127.0.0.1", "*.allowed.test"]);
@@ -177,6 +182,7 @@ impl Harness {
         );
 
         Ok(Harness {
+            loopback_alias,
             origin,
             config_path,
             env: vec![(PASSWORD_ENV.to_owned(), password.to_owned())],
@@ -199,11 +205,38 @@ impl Harness {
             ("{https_authority}", o.https.to_string()),
             ("{http_port}", o.http.port().to_string()),
             ("{https_port}", o.https.port().to_string()),
+            ("{loopback_alias}", self.loopback_alias.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
+}
+
+/// The first name in `/etc/hosts` mapped to a loopback address that is not `localhost` or
+/// `*.localhost` (e.g. the machine's own name, `ip6-localhost`): only a check of the resolved
+/// address can deny it. Falls back to `localhost` (denied by its spelling) when there is none.
+pub fn loopback_alias() -> String {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    hosts
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let ip: std::net::IpAddr = fields.next()?.parse().ok()?;
+            ip.is_loopback().then_some(fields)
+        })
+        .flatten()
+        .map(str::to_ascii_lowercase)
+        .find(|name| {
+            name != "localhost"
+                && !name.ends_with(".localhost")
+                && name.parse::<std::net::IpAddr>().is_err()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// A loopback address whose port was just released, so connecting to it is refused.

@@ -666,8 +666,18 @@ mod tests {
             let now = u64::try_from(now).expect("now");
             let expect = &case.expect;
             let wanted = expect.origin_requests();
-            let forwarded =
-                !wanted.is_empty() || expect.aborted || matches!(expect.status, Some(502 | 504));
+            // A name that only resolves to loopback is the runtime's to deny, after DNS.
+            let resolved_by_runtime = harness.loopback_alias != "localhost"
+                && case.request.sign.as_ref().is_some_and(|sign| {
+                    [&sign.url, &sign.path]
+                        .into_iter()
+                        .flatten()
+                        .any(|u| u.contains("{loopback_alias}"))
+                });
+            let forwarded = !wanted.is_empty()
+                || expect.aborted
+                || resolved_by_runtime
+                || matches!(expect.status, Some(502 | 504));
             let mut fields = req.headers.clone();
             fields.push(("host".to_owned(), req.host.clone()));
             fields.push(("connection".to_owned(), "close".to_owned()));
