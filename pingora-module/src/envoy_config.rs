@@ -1112,6 +1112,299 @@ sources:
         std::fs::remove_file(&path).ok();
     }
 
+    /// A loopback origin for the real-Envoy test: answers by path and records every request head.
+    struct TestOrigin {
+        port: u16,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    fn origin_response(path: &str, port: u16) -> Vec<u8> {
+        let plain = |status: &str, headers: &str, body: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        };
+        match path {
+            "/ok" => plain("200 OK", "content-type: image/png\r\n", "hello"),
+            "/text" => plain("200 OK", "content-type: text/html\r\n", "<secret>"),
+            "/relative" => plain("302 Found", "location: ok\r\n", ""),
+            "/other-host" => plain(
+                "301 Moved",
+                &format!("location: http://127.0.0.2:{port}/ok\r\n"),
+                "",
+            ),
+            "/loop" => plain("307 Again", "location: /loop\r\n", ""),
+            "/evil" => plain("302 Found", "location: http://evil.example/\r\n", ""),
+            "/big" => {
+                let mut out =
+                    b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ntransfer-encoding: chunked\r\n\r\n"
+                        .to_vec();
+                for _ in 0..3 {
+                    out.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
+                    out.extend_from_slice(&[b'x'; 65536]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            }
+            _ => plain("404 Not Found", "", ""),
+        }
+    }
+
+    fn start_origin() -> TestOrigin {
+        use std::io::{Read, Write};
+        let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let port = first.local_addr().expect("addr").port();
+        let second = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind 127.0.0.2");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for listener in [first, second] {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().take(64) {
+                    let Ok(mut stream) = stream else { continue };
+                    let seen = seen.clone();
+                    std::thread::spawn(move || {
+                        stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        seen.lock().expect("lock").push(head);
+                        stream.write_all(&origin_response(&path, port)).ok();
+                    });
+                }
+            });
+        }
+        TestOrigin { port, seen }
+    }
+
+    /// Envoy running a generated bootstrap; killed on drop.
+    struct RunningEnvoy {
+        child: std::process::Child,
+        port: u16,
+        admin: (String, u16),
+    }
+
+    impl Drop for RunningEnvoy {
+        fn drop(&mut self) {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+
+    fn http_get(addr: (&str, u16), path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        stream.write_all(path.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).ok();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn port_admin(admin: &str) -> u16 {
+        admin
+            .trim()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("admin port")
+    }
+
+    fn start_envoy(config: &str, dir: &Path) -> RunningEnvoy {
+        let text = generate(config, Path::new("."), &filter_wasm()).expect("generates");
+        let bootstrap = dir.join("envoy.yaml");
+        std::fs::write(&bootstrap, text).expect("write bootstrap");
+        let admin_file = dir.join("admin");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["--use-dynamic-base-id", "--log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("envoy.log")).expect("log"))
+            .spawn()
+            .expect("envoy starts");
+        let mut envoy = RunningEnvoy {
+            child,
+            port: 0,
+            admin: (String::new(), 0),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let admin = std::fs::read_to_string(&admin_file).unwrap_or_default();
+            if let Some((host, port)) = admin.trim().rsplit_once(':') {
+                let port: u16 = port.parse().expect("admin port");
+                let listeners = http_get(
+                    (host, port),
+                    "GET /listeners HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                );
+                if let Some(port) = listeners
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ixproxy::127.0.0.1:"))
+                    .and_then(|p| p.trim().parse().ok())
+                {
+                    envoy.port = port;
+                    envoy.admin = (host.to_owned(), port_admin(&admin));
+                    return envoy;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
+        panic!("envoy did not start:\n{log}");
+    }
+
+    #[test]
+    fn real_envoy_follows_checked_redirects_and_enforces_response_limits() {
+        use ixproxy_core::signer::{sign_url, SignOptions};
+        let origin = start_origin();
+        let dir = std::env::temp_dir().join(format!("ixproxy-envoy-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = r#"
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+upstream: {timeout: 5s, max_redirects: 2, max_body_bytes: 100000}
+sources:
+  - name: local
+    hosts: [localhost]
+    secure_url_tokens: [tok]
+    origin_auth: {request_handshake: hs}
+    allow_private_origins: true
+    allowed_origin_hosts: ["127.0.0.1", "127.0.0.2"]
+  - name: images
+    hosts: [images.test]
+    secure_url_tokens: [tok]
+    allow_private_origins: true
+    allowed_content_types: ["image/"]
+"#;
+        let envoy = start_envoy(config, &dir);
+        let get = |host: &str, origin_path: &str, extra: &str| {
+            let url = format!("http://127.0.0.1:{}{origin_path}", origin.port);
+            let target = sign_url("tok", &url, &[], &SignOptions::default());
+            http_get(
+                ("127.0.0.1", envoy.port),
+                &format!(
+                    "GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+                ),
+            )
+        };
+        let seen = |from: usize| origin.seen.lock().expect("lock")[from..].to_vec();
+        let status = |response: &str| response.lines().next().unwrap_or("").to_owned();
+
+        // A relative Location is followed; each hop on the first host gets origin auth.
+        let before = seen(0).len();
+        let response = get("localhost", "/relative", "");
+        assert!(status(&response).contains(" 200 "), "{response}");
+        assert!(response.ends_with("hello"), "{response}");
+        let hops = seen(before);
+        assert_eq!(hops.len(), 2, "{hops:?}");
+        assert!(
+            hops.iter().all(|h| h.contains("x-imgix-origin-secret: hs")),
+            "{hops:?}"
+        );
+        assert!(
+            hops.iter().all(|h| !h.contains("x-forwarded-proto")),
+            "{hops:?}"
+        );
+
+        // A hop to another host gets no origin auth.
+        let before = seen(0).len();
+        let response = get("localhost", "/other-host", "");
+        assert!(status(&response).contains(" 200 "), "{response}");
+        let hops = seen(before);
+        assert_eq!(hops.len(), 2, "{hops:?}");
+        assert!(
+            hops[1].to_ascii_lowercase().contains("host: 127.0.0.2:"),
+            "{hops:?}"
+        );
+        assert!(!hops[1].contains("x-imgix"), "{hops:?}");
+
+        // Past max_redirects (2): 502, never the 3xx; exactly 1 + 2 origin requests.
+        let before = seen(0).len();
+        let response = get("localhost", "/loop", "");
+        assert!(status(&response).contains(" 502 "), "{response}");
+        assert!(
+            !response.to_ascii_lowercase().contains("location:"),
+            "{response}"
+        );
+        assert_eq!(seen(before).len(), 3);
+
+        // A hop to a host outside allowed_origin_hosts is refused before any request to it.
+        let before = seen(0).len();
+        let response = get("localhost", "/evil", "");
+        assert!(status(&response).contains(" 403 "), "{response}");
+        assert_eq!(seen(before).len(), 1);
+
+        // A client cannot pass for a hop: unsigned requests with every redirect marker are
+        // refused like any unsigned request, and reach no origin.
+        let before = seen(0).len();
+        let markers = format!(
+            "location: http://127.0.0.1:{port}/ok\r\nx-envoy-original-url: http://localhost/x\r\n\
+             x-ixproxy-hop: ixhop1\r\nixproxy_hop: ixhop1\r\nx-ixproxy-upstream: plain\r\n",
+            port = origin.port
+        );
+        for (host, target) in [
+            (
+                "localhost".to_owned(),
+                format!("/http%3A%2F%2F127.0.0.1%3A{}%2Fok", origin.port),
+            ),
+            (format!("127.0.0.1:{}", origin.port), "/ok".to_owned()),
+        ] {
+            let response = http_get(
+                ("127.0.0.1", envoy.port),
+                &format!(
+                    "GET {target} HTTP/1.1\r\nHost: {host}\r\n{markers}Connection: close\r\n\r\n"
+                ),
+            );
+            let code = status(&response);
+            assert!(
+                code.contains(" 403 ") || code.contains(" 410 "),
+                "{response}"
+            );
+        }
+        assert_eq!(seen(before).len(), 0);
+
+        // Content type outside the source's list: 403, no origin byte reaches the client.
+        let response = get("images.test", "/text", "");
+        assert!(status(&response).contains(" 403 "), "{response}");
+        assert!(!response.contains("<secret>"), "{response}");
+
+        // Streamed body over max_body_bytes: the transfer is aborted, never completed.
+        let response = get("localhost", "/big", "");
+        assert!(status(&response).contains(" 200 "), "{response}");
+        assert!(!response.ends_with("0\r\n\r\n"), "a complete chunked body");
+        assert!(response.len() < 3 * 65536, "{} bytes", response.len());
+
+        // The outcomes are counted.
+        let stats = http_get(
+            (envoy.admin.0.as_str(), envoy.admin.1),
+            "GET /stats/prometheus HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        for (outcome, count) in [
+            ("forwarded", 6),
+            ("bad_redirect", 1),
+            ("origin_denied", 1),
+            ("content_type_denied", 1),
+            ("origin_too_large", 1),
+            ("bad_signature", 1),
+            ("unknown_host", 1),
+        ] {
+            let line = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} {count}\n");
+            assert!(stats.contains(&line), "{line}{stats}");
+        }
+        drop(envoy);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn shipped_envoy_config_is_generated_from_the_shipped_example() {
         let dir = workspace().join("envoy");
