@@ -7,6 +7,13 @@
 //! (plain or TLS) for a forward. No policy lives here, so this runtime cannot drift from the
 //! native Pingora gateway.
 //!
+//! Origin redirects are followed through Envoy's internal redirects: the filter keeps each
+//! request's hop state in Envoy filter state (which clients cannot set) and re-validates every
+//! hop with the core; the same module, loaded as the router's upstream filter ([`upstream`]),
+//! adapts two Envoy details of that. Response limits (content types, body size, the address
+//! Envoy connected to) are enforced before any byte reaches the client, or by aborting the
+//! transfer for a body that grows past the limit.
+//!
 //! The pure part of the translation lives in [`plan`] and is unit-tested natively; the host
 //! glue (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
 
