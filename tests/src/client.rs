@@ -36,8 +36,13 @@ impl RawRequest {
         }
     }
 
-    /// The bytes on the wire; always `Connection: close` so the answer ends at EOF.
+    /// The bytes on the wire, with `Connection: close`.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with(true)
+    }
+
+    /// The bytes on the wire, with `Connection: close` or `keep-alive`.
+    pub fn to_bytes_with(&self, close: bool) -> Vec<u8> {
         let mut out = format!(
             "{} {} HTTP/1.1\r\nHost: {}\r\n",
             self.method, self.target, self.host
@@ -45,7 +50,11 @@ impl RawRequest {
         for (name, value) in &self.headers {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
-        out.push_str("Connection: close\r\n\r\n");
+        out.push_str(if close {
+            "Connection: close\r\n\r\n"
+        } else {
+            "Connection: keep-alive\r\n\r\n"
+        });
         let mut out = out.into_bytes();
         out.extend_from_slice(&self.body);
         out
@@ -105,25 +114,91 @@ pub fn send(
     })
 }
 
-/// Sends `req` on an already connected stream and reads the response until EOF or `deadline`.
+/// Sends `req` on an already connected stream and reads its response, within `deadline`.
 /// `set_timeout` is called before each read with the time left.
 ///
 /// # Errors
-/// I/O, timeout or parse errors.
+/// I/O, timeout or parse errors; [`HarnessError::Incomplete`] when the connection ends before
+/// the response is complete.
 pub fn exchange<S: Read + Write>(
     mut stream: S,
     req: &RawRequest,
     deadline: Instant,
     mut set_timeout: impl FnMut(&mut S, Duration) -> Result<(), HarnessError>,
 ) -> Result<RawResponse, HarnessError> {
+    write_request(&mut stream, req, true)?;
+    read_response(
+        &mut stream,
+        &mut Vec::new(),
+        req,
+        deadline,
+        &mut set_timeout,
+    )
+}
+
+/// Sends `reqs` one after the other on one keep-alive connection (the last one asks to
+/// close), reading each response before sending the next request.
+///
+/// # Errors
+/// As [`send`], for any of the exchanges.
+pub fn send_keep_alive(
+    addr: SocketAddr,
+    reqs: &[RawRequest],
+    timeout: Duration,
+) -> Result<Vec<RawResponse>, HarnessError> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| HarnessError::io(format!("connect {addr}"), e))?;
     stream
-        .write_all(&req.to_bytes())
-        .and_then(|()| stream.flush())
-        .map_err(|e| HarnessError::io("send request", e))?;
-    let head_request = req.method.eq_ignore_ascii_case("HEAD");
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| HarnessError::io("set timeout", e))?;
+    let deadline = Instant::now() + timeout;
+    let mut set_timeout = |s: &mut TcpStream, d| {
+        s.set_read_timeout(Some(d))
+            .map_err(|e| HarnessError::io("set timeout", e))
+    };
     let mut raw = Vec::new();
+    let mut responses = Vec::with_capacity(reqs.len());
+    for (i, req) in reqs.iter().enumerate() {
+        write_request(&mut stream, req, i + 1 == reqs.len())?;
+        responses.push(read_response(
+            &mut stream,
+            &mut raw,
+            req,
+            deadline,
+            &mut set_timeout,
+        )?);
+    }
+    Ok(responses)
+}
+
+fn write_request<S: Write>(
+    stream: &mut S,
+    req: &RawRequest,
+    close: bool,
+) -> Result<(), HarnessError> {
+    stream
+        .write_all(&req.to_bytes_with(close))
+        .and_then(|()| stream.flush())
+        .map_err(|e| HarnessError::io("send request", e))
+}
+
+/// Reads one response for `req` into `raw` (which may already hold bytes) and removes it from
+/// `raw`; stops as soon as the response is complete, since waiting for the server to close
+/// would cost its delayed-close timeout on every local reply.
+fn read_response<S: Read>(
+    stream: &mut S,
+    raw: &mut Vec<u8>,
+    req: &RawRequest,
+    deadline: Instant,
+    set_timeout: &mut impl FnMut(&mut S, Duration) -> Result<(), HarnessError>,
+) -> Result<RawResponse, HarnessError> {
+    let head_request = req.method.eq_ignore_ascii_case("HEAD");
     let mut buf = [0u8; 16 * 1024];
     loop {
+        if let Some((response, used)) = try_parse(raw, head_request, false)? {
+            raw.drain(..used);
+            return Ok(response);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HarnessError::Http(format!(
@@ -131,7 +206,7 @@ pub fn exchange<S: Read + Write>(
                 raw.len()
             )));
         }
-        set_timeout(&mut stream, left)?;
+        set_timeout(stream, left)?;
         let eof = match stream.read(&mut buf) {
             Ok(0) => true,
             Ok(n) => {
@@ -139,8 +214,7 @@ pub fn exchange<S: Read + Write>(
                 false
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
-            // A peer that resets or (TLS) closes without close_notify after its answer is
-            // fine: parse what arrived.
+            // A peer that resets or (TLS) closes without close_notify ends the response.
             Err(e)
                 if matches!(
                     e.kind(),
@@ -153,9 +227,12 @@ pub fn exchange<S: Read + Write>(
             }
             Err(e) => return Err(HarnessError::io("read response", e)),
         };
-        // Stop as soon as the response is complete: waiting for the server to close would
-        // cost its delayed-close timeout on every local reply.
-        if let Some(response) = try_parse(&raw, head_request, eof)? {
+        if eof {
+            let parsed = try_parse(raw, head_request, true)?;
+            let (response, used) = parsed.ok_or_else(|| {
+                HarnessError::Incomplete("connection closed before a response".to_owned())
+            })?;
+            raw.drain(..used);
             return Ok(response);
         }
     }
@@ -167,11 +244,12 @@ pub fn exchange<S: Read + Write>(
 /// A malformed status line, header block, chunked body or a short body.
 pub fn parse_response(raw: &[u8], head_request: bool) -> Result<RawResponse, HarnessError> {
     try_parse(raw, head_request, true)?
+        .map(|(response, _)| response)
         .ok_or_else(|| HarnessError::Http("incomplete response".to_owned()))
 }
 
-/// Parses `raw` if it holds a whole response: `Ok(None)` while more bytes are needed and the
-/// connection is still open (`eof` false).
+/// Parses `raw` if it starts with a whole response, returning it and the bytes it used:
+/// `Ok(None)` while more bytes are needed and the connection is still open (`eof` false).
 ///
 /// # Errors
 /// A malformed status line or header block, or a body cut short by EOF.
@@ -179,7 +257,7 @@ pub fn try_parse(
     raw: &[u8],
     head_request: bool,
     eof: bool,
-) -> Result<Option<RawResponse>, HarnessError> {
+) -> Result<Option<(RawResponse, usize)>, HarnessError> {
     let bad = |what: &str| {
         HarnessError::Http(format!(
             "{what}: {:?}",
@@ -217,24 +295,28 @@ pub fn try_parse(
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     };
+    let start = end + 4;
     let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        Some(Vec::new())
+        Some((Vec::new(), 0))
     } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)
     } else if let Some(len) = header("content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        rest.get(..len).map(<[u8]>::to_vec)
+        rest.get(..len).map(|b| (b.to_vec(), len))
     } else if eof {
-        Some(rest.to_vec())
+        Some((rest.to_vec(), rest.len()))
     } else {
         None
     };
     match body {
-        Some(body) => Ok(Some(RawResponse {
-            status,
-            headers,
-            body,
-        })),
+        Some((body, used)) => Ok(Some((
+            RawResponse {
+                status,
+                headers,
+                body,
+            },
+            start + used,
+        ))),
         None if eof => Err(HarnessError::Incomplete(format!(
             "status {status}, body cut short after {} bytes",
             rest.len()
@@ -247,7 +329,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+/// De-chunks a chunked body; returns it and the bytes used (trailers included), or `None`
+/// while incomplete.
+fn dechunk(all: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut data = all;
     let mut out = Vec::new();
     loop {
         let line_end = find(data, b"\r\n")?;
@@ -256,7 +341,12 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         let size = usize::from_str_radix(size_text, 16).ok()?;
         data = &data[line_end + 2..];
         if size == 0 {
-            return Some(out);
+            let trailer_end = if data.starts_with(b"\r\n") {
+                2
+            } else {
+                find(data, b"\r\n\r\n")? + 4
+            };
+            return Some((out, all.len() - data.len() + trailer_end));
         }
         out.extend_from_slice(data.get(..size)?);
         data = data.get(size..)?.strip_prefix(b"\r\n")?;
@@ -300,6 +390,15 @@ mod tests {
         assert!(r.body.is_empty());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", false).is_err());
         assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+        let two = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (first, used) = try_parse(two, false, false)
+            .expect("first")
+            .expect("complete");
+        assert_eq!(first.body, b"a");
+        let (second, rest) = try_parse(&two[used..], false, false)
+            .expect("second")
+            .expect("complete");
+        assert_eq!((second.status, used + rest), (204, two.len()));
         let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab";
         assert_eq!(try_parse(partial, false, false).expect("partial"), None);
         let open_ended = b"HTTP/1.1 200 OK\r\n\r\nab";

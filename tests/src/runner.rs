@@ -12,7 +12,7 @@ use crate::cases::{
     default_cases_path, default_vectors_path, expand, load_cases, load_vectors, tamper, validate,
     vector_cases, Case, OriginExpect,
 };
-use crate::client::{send, RawRequest, RawResponse};
+use crate::client::{send, send_keep_alive, RawRequest, RawResponse};
 use crate::gateway::Gateway;
 use crate::harness::Harness;
 use crate::origin::{pattern, Recorded};
@@ -129,6 +129,10 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
     report
         .results
         .push(serves_while_origins_hang(gateway.addr(), &harness));
+    report.results.push(keep_alive_requests_are_independent(
+        gateway.addr(),
+        &harness,
+    ));
     report.start_time = start_time;
     Ok(report)
 }
@@ -279,6 +283,116 @@ fn run_case(
         for (got, want) in recorded.iter().zip(wanted) {
             check_origin(got, want, &request, harness, &x, request_ids, problems);
         }
+    }
+    result
+}
+
+/// Requests sent on one keep-alive connection by [`keep_alive_requests_are_independent`]:
+/// different sources, then a bad signature last (a gateway may close after an error).
+const KEEP_ALIVE_SEQUENCE: &str = r#"
+- name: keep-alive 1 - source a
+  request: {host: a.test, sign: {token: a.new, url: "{http}/asset/ka-1.jpg"}}
+  expect:
+    status: 200
+    body: asset /asset/ka-1.jpg
+    origin: {server: http, path: /asset/ka-1.jpg, host: "{http_authority}", auth: a}
+- name: keep-alive 2 - source b on the same connection
+  request: {host: b.test, sign: {token: b.main, url: "{http}/asset/ka-2.jpg"}}
+  expect:
+    status: 200
+    body: asset /asset/ka-2.jpg
+    origin: {server: http, path: /asset/ka-2.jpg, host: "{http_authority}", auth: none}
+- name: keep-alive 3 - source a again, HEAD
+  request: {method: HEAD, host: a.test, sign: {token: a.old, url: "{http}/asset/ka-3.jpg"}}
+  expect:
+    status: 200
+    origin: {server: http, path: /asset/ka-3.jpg, host: "{http_authority}", auth: a}
+- name: keep-alive 4 - a bad signature is still checked
+  request: {host: a.test, sign: {token: a.new, url: "{http}/asset/ka-4.jpg", tamper: wrong_s}}
+  expect:
+    status: 403
+"#;
+
+/// Not a table row: several requests on one keep-alive connection, for different sources,
+/// must each get their own decision and their own source's origin auth (no state carried
+/// over from an earlier request on the connection).
+fn keep_alive_requests_are_independent(addr: SocketAddr, harness: &Harness) -> CaseResult {
+    let mut result = CaseResult {
+        name: "requests on one keep-alive connection are decided independently".to_owned(),
+        sent: String::new(),
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let cases: Vec<Case> = match serde_yaml::from_str(KEEP_ALIVE_SEQUENCE) {
+        Ok(cases) => cases,
+        Err(e) => {
+            result.problems.push(format!("sequence: {e}"));
+            return result;
+        }
+    };
+    let now = now_unix();
+    let mut requests = Vec::new();
+    for case in &cases {
+        match build_request(case, harness, now) {
+            Ok((req, _)) => requests.push(req),
+            Err(e) => result.problems.push(format!("{}: {e}", case.name)),
+        }
+    }
+    result.sent = requests
+        .iter()
+        .map(|r| format!("{} {} (Host: {})", r.method, r.target, r.host))
+        .collect::<Vec<_>>()
+        .join(" then ");
+    harness.origin.clear();
+    let started = Instant::now();
+    let responses = send_keep_alive(addr, &requests, CLIENT_TIMEOUT);
+    result.elapsed = started.elapsed();
+    let responses = match responses {
+        Ok(responses) => responses,
+        Err(e) => {
+            result
+                .problems
+                .push(format!("keep-alive exchange failed: {e}"));
+            return result;
+        }
+    };
+    let values = harness.placeholders();
+    let x = |s: &str| expand(s, &values, now);
+    let recorded = harness.origin.requests();
+    let mut request_ids = HashSet::new();
+    for ((case, request), response) in cases.iter().zip(&requests).zip(&responses) {
+        let mut problems = Vec::new();
+        check_response(case, response, None, now, &x, &mut problems);
+        if let Some(want) = &case.expect.origin {
+            let path = x(&want.path);
+            match recorded.iter().find(|r| r.target == path) {
+                Some(got) => {
+                    check_origin(
+                        got,
+                        want,
+                        request,
+                        harness,
+                        &x,
+                        &mut request_ids,
+                        &mut problems,
+                    );
+                }
+                None => problems.push(format!("the origin never received {path}")),
+            }
+        }
+        result
+            .problems
+            .extend(problems.into_iter().map(|p| format!("{}: {p}", case.name)));
+    }
+    if recorded.len() != 3 {
+        result.problems.push(format!(
+            "the origin received {} requests, expected 3: {}",
+            recorded.len(),
+            describe(&recorded)
+        ));
+    }
+    for r in &recorded {
+        check_invariants(r, &mut result.problems);
     }
     result
 }
@@ -703,6 +817,17 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_keep_alive_sequence_is_a_valid_table() {
+        let cases: Vec<Case> = serde_yaml::from_str(KEEP_ALIVE_SEQUENCE).expect("yaml");
+        validate(&cases).expect("valid");
+        assert_eq!(
+            cases.iter().filter(|c| c.expect.origin.is_some()).count(),
+            3
+        );
+        assert_eq!(cases.last().and_then(|c| c.expect.status), Some(403));
     }
 
     #[test]
