@@ -10,7 +10,7 @@
 //! limit, relative `Location`) reaches this filter as a 3xx response and becomes a 502.
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use ixproxy_core::decide::{check_request_headers, is_followed_redirect};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
@@ -30,6 +30,8 @@ const RBAC_DENIED: &str = "rbac_access_denied";
 pub struct FilterHttp {
     sources: Option<Rc<Sources>>,
     counters: Rc<Counters>,
+    /// `upstream.timeout` in milliseconds: the budget of all hops of one request together.
+    timeout_ms: u64,
     /// The forward the request was sent with (response checks apply only then).
     forward: Option<Forward>,
     /// Response body bytes passed to the client so far.
@@ -41,10 +43,11 @@ pub struct FilterHttp {
 impl FilterHttp {
     /// A stream context over the root's validated sources (`None` if configuration failed,
     /// which Envoy normally prevents by refusing the filter).
-    pub fn new(sources: Option<Rc<Sources>>, counters: Rc<Counters>) -> Self {
+    pub fn new(sources: Option<Rc<Sources>>, counters: Rc<Counters>, timeout: Duration) -> Self {
         FilterHttp {
             sources,
             counters,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             forward: None,
             body_bytes: 0,
             done: false,
@@ -108,14 +111,16 @@ impl FilterHttp {
         Ok(())
     }
 
-    fn now_and_random() -> Result<(u64, [u8; 32]), String> {
-        let now = hostcalls::get_current_time()
+    /// Unix time in seconds and in milliseconds, and 32 fresh random bytes.
+    fn now_and_random() -> Result<(u64, u64, [u8; 32]), String> {
+        let since_epoch = hostcalls::get_current_time()
             .map_err(|status| format!("no clock: {status:?}"))?
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
         let mut random = [0u8; 32];
         getrandom::getrandom(&mut random).map_err(|e| format!("no randomness: {e}"))?;
-        Ok((now, random))
+        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        Ok((since_epoch.as_secs(), millis, random))
     }
 
     /// The hop state stored by this filter for an earlier attempt of this downstream request,
@@ -128,16 +133,31 @@ impl FilterHttp {
     }
 
     /// Rewrites the request for `forward`, remembers it for a redirect hop and the response.
-    fn send(&mut self, forward: Forward, names: &[String]) -> Action {
-        let edits = plan::forward_request_edits(&forward, names.iter().map(String::as_str));
+    /// `started_ms` is when the client's request arrived; `timeout_ms`, when set, the router
+    /// timeout for this attempt (what a hop has left of `upstream.timeout`).
+    fn send(
+        &mut self,
+        forward: Forward,
+        names: &[String],
+        started_ms: u64,
+        timeout_ms: Option<u64>,
+    ) -> Action {
+        let mut edits = plan::forward_request_edits(&forward, names.iter().map(String::as_str));
+        if let Some(timeout_ms) = timeout_ms {
+            edits.push(HeaderEdit::Set(
+                plan::TIMEOUT_HEADER.into(),
+                timeout_ms.to_string(),
+            ));
+        }
         if let Err(e) = Self::apply(MapType::HttpRequestHeaders, &edits) {
             return self.internal_error(&e);
         }
         // Without the hop state a redirect cannot be followed (the recreated request would be
         // judged as a client request and refused), so failing to store it is an error.
-        if let Err(status) =
-            hostcalls::set_property(vec![plan::HOP_PROPERTY], Some(&Hop::of(&forward).encode()))
-        {
+        if let Err(status) = hostcalls::set_property(
+            vec![plan::HOP_PROPERTY],
+            Some(&Hop::of(&forward, started_ms).encode()),
+        ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
         }
         // The route was chosen before the filter ran; make Envoy choose again for the new
@@ -151,12 +171,24 @@ impl FilterHttp {
 
     /// A stream Envoy recreated for an origin redirect: re-validate the hop like the first URL.
     fn follow(&mut self, sources: &Sources, state: &[u8], names: &[String]) -> Action {
-        let Some(previous) = Hop::decode(state).and_then(|hop| hop.forward(sources)) else {
+        let Some(hop) = Hop::decode(state) else {
             return self.internal_error("unreadable hop state");
         };
-        let (now, random) = match Self::now_and_random() {
+        let Some(previous) = hop.forward(sources) else {
+            return self.internal_error("hop state of an unknown source");
+        };
+        let (now, now_ms, random) = match Self::now_and_random() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
+        };
+        // One `upstream.timeout` for the request and all its hops, as on the native gateway.
+        let Some(left_ms) = plan::remaining_ms(hop.started_ms, now_ms, self.timeout_ms) else {
+            self.done = true;
+            return Self::reply(&LocalReply {
+                status: 504,
+                headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
+                body: "origin timed out\n".to_owned(),
+            });
         };
         let location = plan::hop_location(
             Self::header(MapType::HttpRequestHeaders, plan::LOCATION_HEADER).as_deref(),
@@ -165,7 +197,7 @@ impl FilterHttp {
             &Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default(),
         );
         match previous.redirect(sources, &location, now, &random) {
-            Ok(next) => self.send(next, names),
+            Ok(next) => self.send(next, names, hop.started_ms, Some(left_ms)),
             Err(rejection) => self.reject(&rejection),
         }
     }
@@ -175,7 +207,7 @@ impl FilterHttp {
     fn unfollowed_redirect(&mut self, sources: &Sources, forward: &Forward) -> Action {
         let location = Self::header(MapType::HttpResponseHeaders, "location").unwrap_or_default();
         let followed = Self::now_and_random()
-            .map(|(now, random)| forward.redirect(sources, &location, now, &random));
+            .map(|(now, _, random)| forward.redirect(sources, &location, now, &random));
         let rejection = match followed {
             Ok(Err(rejection)) => rejection,
             // A hop the core would take but Envoy did not (a relative Location), or no clock.
@@ -210,7 +242,7 @@ impl HttpContext for FilterHttp {
         if let Err(rejection) = check_request_headers(&sources, count, bytes) {
             return self.reject(&rejection);
         }
-        let (now, random) = match Self::now_and_random() {
+        let (now, now_ms, random) = match Self::now_and_random() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
@@ -226,7 +258,7 @@ impl HttpContext for FilterHttp {
             Decision::Reject(rejection) => self.reject(&rejection),
             Decision::Forward(forward) => {
                 self.counters.increment(Outcome::Forwarded);
-                self.send(*forward, &names)
+                self.send(*forward, &names, now_ms, None)
             }
         }
     }

@@ -187,14 +187,18 @@ pub struct Hop {
     pub redirects: u32,
     /// Cache-Control cap from `expires`.
     pub max_age: Option<u64>,
+    /// When the client's request arrived (unix milliseconds): `upstream.timeout` bounds all
+    /// hops together.
+    pub started_ms: u64,
 }
 
 impl Hop {
     const MAGIC: &'static [u8] = b"ixhop1";
 
-    /// The hop state of a forward.
-    pub fn of(forward: &Forward) -> Hop {
+    /// The hop state of a forward of a client request that arrived at `started_ms`.
+    pub fn of(forward: &Forward, started_ms: u64) -> Hop {
         Hop {
+            started_ms,
             source: forward.source.clone(),
             origin_url: forward.origin.to_url_string(),
             auth_host: forward.auth_host.clone(),
@@ -207,7 +211,9 @@ impl Hop {
     pub fn encode(&self) -> Vec<u8> {
         let redirects = self.redirects.to_string();
         let max_age = self.max_age.map(|a| a.to_string()).unwrap_or_default();
+        let started = self.started_ms.to_string();
         let fields = [
+            started.as_str(),
             redirects.as_str(),
             max_age.as_str(),
             self.source.as_str(),
@@ -226,7 +232,7 @@ impl Hop {
     /// Parses [`Hop::encode`]'s output; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Hop> {
         let mut rest = bytes.strip_prefix(Self::MAGIC)?;
-        let mut fields: Vec<String> = Vec::with_capacity(5);
+        let mut fields: Vec<String> = Vec::with_capacity(6);
         while !rest.is_empty() {
             let colon = rest.iter().position(|&b| b == b':')?;
             let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
@@ -234,9 +240,10 @@ impl Hop {
             fields.push(String::from_utf8(value.to_vec()).ok()?);
             rest = &rest[colon + 1 + len..];
         }
-        let [redirects, max_age, source, auth_host, origin_url]: [String; 5] =
+        let [started, redirects, max_age, source, auth_host, origin_url]: [String; 6] =
             fields.try_into().ok()?;
         Some(Hop {
+            started_ms: started.parse().ok()?,
             redirects: redirects.parse().ok()?,
             max_age: if max_age.is_empty() {
                 None
@@ -264,6 +271,18 @@ impl Hop {
             redirects: self.redirects,
         })
     }
+}
+
+/// Request header that sets Envoy's router timeout for one attempt (read and removed by the
+/// router, never sent to the origin; a client-sent one is removed by the filter like any
+/// non-allowlisted header). Set on every hop to what is left of `upstream.timeout`.
+pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// Milliseconds left of `timeout_ms` for a request that started at `started_ms`, or `None`
+/// when nothing is left.
+pub fn remaining_ms(started_ms: u64, now_ms: u64, timeout_ms: u64) -> Option<u64> {
+    let left = timeout_ms.saturating_sub(now_ms.saturating_sub(started_ms));
+    (left > 0).then_some(left)
 }
 
 /// The redirect target Envoy recreated the request for: the origin's raw `Location` (copied
@@ -480,6 +499,7 @@ mod tests {
     #[test]
     fn hop_state_round_trips_through_its_encoding() {
         let hop = Hop {
+            started_ms: 1_700_000_000_123,
             source: "we:ird\nname 12:".into(),
             origin_url: "https://o.example/a:b?c=1:2".into(),
             auth_host: "o.example".into(),
@@ -500,7 +520,7 @@ mod tests {
             b"ixhop0" as &[u8],
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixhop11:x1:x1:x1:x1:x",
+            b"ixhop11:01:x1:x1:x1:x1:x",
             b"ixhop199999999999999999999:x",
         ] {
             assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
@@ -511,7 +531,7 @@ mod tests {
     fn a_stored_hop_is_revalidated_like_the_first_url() {
         let sources = sources(SOURCES);
         let first = forward("https://o.example/a.jpg");
-        let restored = Hop::decode(&Hop::of(&first).encode())
+        let restored = Hop::decode(&Hop::of(&first, 5).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores");
         assert_eq!(restored.origin, first.origin);
@@ -543,12 +563,12 @@ mod tests {
             .expect_err("userinfo");
         assert_eq!(private.status, 502);
         // The count survives the round trip: past upstream.max_redirects is a 502.
-        let second = Hop::decode(&Hop::of(&other).encode())
+        let second = Hop::decode(&Hop::of(&other, 5).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores")
             .redirect(&sources, "/d", 100, &random)
             .expect("second hop");
-        let third = Hop::decode(&Hop::of(&second).encode())
+        let third = Hop::decode(&Hop::of(&second, 5).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores")
             .redirect(&sources, "/e", 100, &random)
@@ -557,9 +577,19 @@ mod tests {
         // A hop of a source that is gone (reconfigured) is not followed.
         let gone = Hop {
             source: "gone".into(),
-            ..Hop::of(&first)
+            ..Hop::of(&first, 5)
         };
         assert_eq!(gone.forward(&sources), None);
+    }
+
+    #[test]
+    fn all_hops_share_one_timeout() {
+        assert_eq!(remaining_ms(1_000, 1_000, 3_000), Some(3_000));
+        assert_eq!(remaining_ms(1_000, 3_500, 3_000), Some(500));
+        assert_eq!(remaining_ms(1_000, 4_000, 3_000), None);
+        assert_eq!(remaining_ms(1_000, 9_000, 3_000), None);
+        // A clock that went backwards leaves the full budget, never more.
+        assert_eq!(remaining_ms(5_000, 1_000, 3_000), Some(3_000));
     }
 
     #[test]

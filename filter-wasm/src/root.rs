@@ -2,8 +2,9 @@
 //! and hands the validated sources to every HTTP stream.
 
 use std::rc::Rc;
+use std::time::Duration;
 
-use ixproxy_core::config::RawPluginConfig;
+use ixproxy_core::config::{parse_duration, RawPluginConfig, DEFAULT_TIMEOUT};
 use ixproxy_core::Sources;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -20,6 +21,8 @@ use crate::upstream::{LocationFilter, UPSTREAM_ROOT_ID};
 pub struct FilterRoot {
     sources: Option<Rc<Sources>>,
     counters: Option<Rc<Counters>>,
+    /// `upstream.timeout` (the route timeout; the filter bounds redirect hops with it too).
+    timeout: Option<Duration>,
     /// Whether this root runs as the router's upstream filter ([`UPSTREAM_ROOT_ID`]).
     upstream: bool,
 }
@@ -42,8 +45,9 @@ impl RootContext for FilterRoot {
             declare_hop_property();
         }
         match load_sources(plugin_configuration_size) {
-            Ok(sources) => {
+            Ok((sources, timeout)) => {
                 self.sources = Some(Rc::new(sources));
+                self.timeout = Some(timeout);
                 true
             }
             Err(message) => {
@@ -61,6 +65,7 @@ impl RootContext for FilterRoot {
         Some(Box::new(FilterHttp::new(
             self.sources.clone(),
             self.counters.clone().unwrap_or_default(),
+            self.timeout.unwrap_or(DEFAULT_TIMEOUT),
         )))
     }
 
@@ -82,8 +87,9 @@ fn declare_hop_property() {
     }
 }
 
-/// Reads the plugin configuration buffer and validates it with secrets from the VM environment.
-fn load_sources(size: usize) -> Result<Sources, String> {
+/// Reads the plugin configuration buffer and validates it with secrets from the VM environment;
+/// returns the sources and `upstream.timeout` (default when absent).
+fn load_sources(size: usize) -> Result<(Sources, Duration), String> {
     let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
         .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?
         .ok_or_else(|| {
@@ -91,7 +97,11 @@ fn load_sources(size: usize) -> Result<Sources, String> {
         })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| "the plugin configuration is not valid utf-8".to_owned())?;
-    RawPluginConfig::from_json(text)
-        .and_then(|raw| raw.validate(&VmEnvSecrets))
-        .map_err(|e| e.to_string())
+    let raw = RawPluginConfig::from_json(text).map_err(|e| e.to_string())?;
+    let timeout = match raw.upstream.timeout.as_deref() {
+        Some(text) => parse_duration(text).map_err(|e| format!("upstream.timeout: {e}"))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    let sources = raw.validate(&VmEnvSecrets).map_err(|e| e.to_string())?;
+    Ok((sources, timeout))
 }

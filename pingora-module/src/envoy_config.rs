@@ -180,11 +180,12 @@ fn generate_with_system_ca(
     system_ca: &Path,
 ) -> Result<String, EnvoyConfigError> {
     let raw = RawConfig::from_yaml(config_yaml)?;
-    // The filter needs the sources and the request-path limits; Envoy's clusters carry the
-    // CA file and timeouts.
+    // The filter needs the sources and the request-path limits, and the timeout (which it
+    // spreads over redirect hops); Envoy's clusters carry the CA file and connect timeout.
     let plugin_json = serde_json::to_string(&RawPluginConfig {
         sources: raw.sources.clone(),
         upstream: RawUpstream {
+            timeout: raw.upstream.timeout.clone(),
             max_redirects: raw.upstream.max_redirects,
             max_body_bytes: raw.upstream.max_body_bytes,
             ..RawUpstream::default()
@@ -1136,6 +1137,14 @@ sources:
                 "",
             ),
             "/loop" => plain("307 Again", "location: /loop\r\n", ""),
+            "/slow" | "/slow2" => {
+                std::thread::sleep(Duration::from_secs(3));
+                if path == "/slow" {
+                    plain("302 Found", "location: /slow2\r\n", "")
+                } else {
+                    plain("200 OK", "content-type: image/png\r\n", "late")
+                }
+            }
             "/evil" => plain("302 Found", "location: http://evil.example/\r\n", ""),
             "/big" => {
                 let mut out =
@@ -1338,6 +1347,16 @@ sources:
         );
         assert_eq!(seen(before).len(), 3);
 
+        // upstream.timeout (5s) bounds the request and its hops together: two 3 s hops → 504.
+        let started = std::time::Instant::now();
+        let response = get("localhost", "/slow", "");
+        assert!(status(&response).contains(" 504 "), "{response}");
+        assert!(
+            started.elapsed() < Duration::from_millis(5900),
+            "{:?}",
+            started.elapsed()
+        );
+
         // A hop to a host outside allowed_origin_hosts is refused before any request to it.
         let before = seen(0).len();
         let response = get("localhost", "/evil", "");
@@ -1390,7 +1409,7 @@ sources:
             "GET /stats/prometheus HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         );
         for (outcome, count) in [
-            ("forwarded", 6),
+            ("forwarded", 7),
             ("bad_redirect", 1),
             ("origin_denied", 1),
             ("content_type_denied", 1),
