@@ -18,7 +18,7 @@ pub mod runner;
 pub mod tls;
 
 pub use gateway::{EnvoyGateway, Gateway, PingoraGateway};
-pub use runner::{run_suite, Report};
+pub use runner::{assert_suite_passes, run_suite, Report};
 
 use std::path::PathBuf;
 

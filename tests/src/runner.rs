@@ -137,6 +137,31 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
     Ok(report)
 }
 
+/// Runs the whole suite against gateway `G` (called `name` in messages) and panics with every
+/// failing case and why; the body of each runtime's integration test.
+///
+/// # Panics
+/// When the harness cannot start or any case fails.
+pub fn assert_suite_passes<G: Gateway>(name: &str) {
+    let report = match run_suite::<G>() {
+        Ok(report) => report,
+        Err(e) => panic!("{name} conformance harness failed: {e}"),
+    };
+    println!("{}", report.summary());
+    let failures = report.failures();
+    assert!(
+        failures.is_empty(),
+        "{} of {} conformance cases failed on {name}:\n{}",
+        failures.len(),
+        report.results.len(),
+        failures
+            .iter()
+            .map(|f| format!("  {}: {}", f.name, f.problems.join("; ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// Runs `cases` one after the other through a started gateway.
 pub fn run_cases<G: Gateway>(gateway: &G, harness: &Harness, cases: &[Case]) -> Report {
     let mut request_ids = HashSet::new();
