@@ -193,6 +193,15 @@ impl Harness {
         })
     }
 
+    /// The environment the gateway gets, as a resolver for validating the test config.
+    pub fn secrets(&self) -> ixproxy_core::config::MapSecrets {
+        self.env
+            .iter()
+            .fold(ixproxy_core::config::MapSecrets::new(), |m, (k, v)| {
+                m.with_env(k.clone(), v.clone())
+            })
+    }
+
     /// The placeholders cases may use, with their values.
     pub fn placeholders(&self) -> Vec<(String, String)> {
         let o = &self.origin;
@@ -250,26 +259,10 @@ fn dead_address() -> Result<SocketAddr, HarnessError> {
 
 #[cfg(test)]
 mod tests {
-    use ixproxy_core::config::{RawConfig, SecretResolver};
+    use ixproxy_core::config::RawConfig;
 
     use super::*;
     use crate::cases::{default_vectors_path, load_vectors};
-
-    struct Env<'a>(&'a [(String, String)]);
-
-    impl SecretResolver for Env<'_> {
-        fn env(&self, name: &str) -> Result<String, String> {
-            self.0
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| format!("environment variable {name} is not set"))
-        }
-
-        fn file(&self, path: &str) -> Result<String, String> {
-            Err(format!("no file {path} in this test"))
-        }
-    }
 
     #[test]
     fn the_test_config_is_valid_and_routes_hosts_to_the_right_sources() {
@@ -277,7 +270,7 @@ mod tests {
         let harness = Harness::new(&vectors).expect("harness");
         let text = std::fs::read_to_string(&harness.config_path).expect("config");
         let config = RawConfig::from_yaml(&text)
-            .and_then(|raw| raw.validate(&Env(&harness.env)))
+            .and_then(|raw| raw.validate(&harness.secrets()))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let sources = &config.sources;
         let name = |host: &str| sources.by_host(host).map(|s| s.name.clone());

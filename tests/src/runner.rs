@@ -755,30 +755,12 @@ fn check_origin(
 
 #[cfg(test)]
 mod tests {
-    use ixproxy_core::config::{RawConfig, SecretResolver};
+    use ixproxy_core::config::RawConfig;
     use ixproxy_core::decide::check_request_headers;
     use ixproxy_core::{decide, Decision, RequestInfo};
 
     use super::*;
 
-    struct Env<'a>(&'a [(String, String)]);
-
-    impl SecretResolver for Env<'_> {
-        fn env(&self, name: &str) -> Result<String, String> {
-            self.0
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| format!("{name} unset"))
-        }
-
-        fn file(&self, path: &str) -> Result<String, String> {
-            Err(format!("no file {path}"))
-        }
-    }
-
-    /// Every case through the core's `decide` with the harness config: the table must agree
-    /// with the one decision both runtimes translate (forward vs. local status).
     #[test]
     fn the_table_agrees_with_the_cores_decision() {
         let vectors = load_vectors(&default_vectors_path()).expect("vectors");
@@ -787,7 +769,7 @@ mod tests {
         let harness = Harness::new(&vectors).expect("harness");
         let text = std::fs::read_to_string(&harness.config_path).expect("config");
         let config = RawConfig::from_yaml(&text)
-            .and_then(|raw| raw.validate(&Env(&harness.env)))
+            .and_then(|raw| raw.validate(&harness.secrets()))
             .expect("valid config");
         let mut wrong = Vec::new();
         for case in &cases {
