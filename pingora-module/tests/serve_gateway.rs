@@ -1,268 +1,48 @@
 //! `ixproxy serve` end to end: the real binary on 127.0.0.1 with OS-picked ports, a local
 //! origin that records what reaches it, and a plain HTTP/1.1 client.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ixproxy_core::signer::{sign_url, SignOptions};
+use common::{
+    free_port, ixproxy, request, request_path, sigint, signed, temp_dir, wait_with_timeout,
+    Gateway, Origin, OriginConn, IO_TIMEOUT,
+};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ixproxy-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// A response as the client saw it.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+/// Answers every request with a cacheable 200 carrying a cookie; `/slow` answers only
+/// after 3 s.
+fn serve(mut conn: OriginConn) {
+    let Some(head) = conn.read_head() else {
+        return;
+    };
+    if request_path(&head) == "/slow" {
+        // Longer than the gateway's 1 s timeout, bounded so the thread ends.
+        thread::sleep(Duration::from_secs(3));
     }
+    let body = b"hello origin";
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         cache-control: public, max-age=3600\r\nset-cookie: origin=1\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.out.write_all(response.as_bytes());
+    let _ = conn.out.write_all(body);
 }
 
-/// One HTTP/1.1 request with `Connection: close`.
-fn request(addr: SocketAddr, method: &str, host: &str, target: &str, extra: &[&str]) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for line in extra {
-        head.push_str(line);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
+/// The first request head received for `path_prefix`.
+fn head_for(origin: &Origin, path_prefix: &str) -> String {
+    origin
+        .heads(path_prefix)
+        .into_iter()
         .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
-}
-
-/// A loopback origin that records every request head it receives.
-struct Origin {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl Origin {
-    fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let addr = listener.local_addr().expect("origin addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let log = Arc::clone(&log);
-                thread::spawn(move || Origin::serve(stream, &log));
-            }
-        });
-        Origin { addr, seen }
-    }
-
-    fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let Ok(mut out) = stream.try_clone() else {
-            return;
-        };
-        let mut reader = BufReader::new(stream);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" => break,
-                Ok(_) => head.push_str(&line),
-            }
-        }
-        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        if let Ok(mut seen) = log.lock() {
-            seen.push(head);
-        }
-        if path == "/slow" {
-            // Longer than the gateway's 1 s timeout, bounded so the thread ends.
-            thread::sleep(Duration::from_secs(3));
-        }
-        let body = b"hello origin";
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-             cache-control: public, max-age=3600\r\nset-cookie: origin=1\r\n\
-             connection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = out.write_all(response.as_bytes());
-        let _ = out.write_all(body);
-    }
-
-    /// The request head received for `path_prefix` (lower-cased header names kept as sent).
-    fn head_for(&self, path_prefix: &str) -> String {
-        let seen = self.seen.lock().expect("lock");
-        seen.iter()
-            .find(|h| {
-                h.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|p| p.starts_with(path_prefix))
-            })
-            .cloned()
-            .unwrap_or_else(|| panic!("origin never saw {path_prefix}: {seen:?}"))
-    }
-}
-
-/// A running `ixproxy serve`; stopped with SIGINT when dropped.
-struct Gateway {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-fn ixproxy() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ixproxy"))
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
-fn sigint(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-impl Gateway {
-    fn start(config: &str, env: &[(&str, &str)]) -> Gateway {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let dir = temp_dir("serve");
-        let path = dir.join(format!("gateway-{}.yaml", listen.port()));
-        let text = format!("listen: {listen}\nadmin_listen: {admin}\n{config}");
-        std::fs::write(&path, text).expect("config");
-        let mut child = ixproxy()
-            .arg("serve")
-            .arg("-c")
-            .arg(&path)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ixproxy");
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut s) = child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
-                }
-                panic!("ixproxy serve exited early ({status}): {err}");
-            }
-            let ready = TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
-                && request(admin, "GET", "admin", "/healthz", &[]).status == 200;
-            if ready {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "ixproxy serve not ready within 15 s"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        Gateway {
-            child,
-            listen,
-            admin,
-        }
-    }
-
-    fn get(&self, host: &str, target: &str, extra: &[&str]) -> Reply {
-        request(self.listen, "GET", host, target, extra)
-    }
-
-    fn metric(&self, outcome: &str) -> u64 {
-        let text = String::from_utf8(request(self.admin, "GET", "a", "/metrics", &[]).body)
-            .expect("utf-8");
-        let key = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
-    }
-
-    /// Sends SIGINT and returns how long the process took to exit.
-    fn stop(mut self) -> (ExitStatus, Duration) {
-        sigint(&self.child);
-        let start = Instant::now();
-        let status = wait_with_timeout(&mut self.child, Duration::from_secs(10))
-            .expect("ixproxy serve did not exit within 10 s of SIGINT");
-        (status, start.elapsed())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            sigint(&self.child);
-            if wait_with_timeout(&mut self.child, Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-}
-
-fn signed(token: &str, origin_url: &str, params: &[(&str, &str)]) -> String {
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    sign_url(token, origin_url, &params, &SignOptions::default())
+        .unwrap_or_else(|| panic!("origin never saw {path_prefix}: {:?}", origin.heads("")))
 }
 
 const SOURCES: &str = "upstream:
@@ -282,16 +62,11 @@ sources:
 
 #[test]
 fn serve_proxies_signed_requests_maps_failures_and_stops_on_sigint() {
-    let origin = Origin::start();
+    let origin = Origin::start(serve);
     let gw = Gateway::start(SOURCES, &[("IXPROXY_TEST_HANDSHAKE", "hs-from-env")]);
-    let base = format!("http://{}", origin.addr);
 
     // A signed request reaches the origin with only allowlisted client headers.
-    let target = signed(
-        "tok-local",
-        &format!("{base}/asset.png?v=1"),
-        &[("w", "10")],
-    );
+    let target = signed("tok-local", &origin.url("/asset.png?v=1"), &[("w", "10")]);
     let reply = gw.get(
         "GW.test:443",
         &target,
@@ -304,11 +79,14 @@ fn serve_proxies_signed_requests_maps_failures_and_stops_on_sigint() {
             "X-Forwarded-For: 10.9.9.9",
         ],
     );
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body, b"hello origin");
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(reply.body(), b"hello origin");
     assert_eq!(reply.header("set-cookie"), None, "Set-Cookie is stripped");
-    assert_eq!(reply.header("cache-control"), Some("public, max-age=3600"));
-    let head = origin.head_for("/asset.png").to_ascii_lowercase();
+    assert_eq!(
+        reply.header("cache-control").as_deref(),
+        Some("public, max-age=3600")
+    );
+    let head = head_for(&origin, "/asset.png").to_ascii_lowercase();
     assert!(
         head.starts_with("get /asset.png?v=1 http/1.1\r\n"),
         "{head}"
@@ -344,22 +122,23 @@ fn serve_proxies_signed_requests_maps_failures_and_stops_on_sigint() {
     let expires = (now + 100).to_string();
     let target = signed(
         "tok-local",
-        &format!("{base}/expiring.png"),
+        &origin.url("/expiring.png"),
         &[("expires", &expires)],
     );
     let reply = gw.get("gw.test", &target, &[]);
-    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.status(), 200, "{reply:?}");
     let max_age: u64 = reply
         .header("cache-control")
+        .as_deref()
         .and_then(|v| v.strip_prefix("public, max-age="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{reply:?}"));
     assert!((90..=100).contains(&max_age), "{max_age}");
 
     // Local rejections.
-    let unsigned = format!("/{}", urlencode(&format!("{base}/asset.png")));
+    let unsigned = format!("/{}", urlencode(&origin.url("/asset.png")));
     let reply = gw.get("gw.test", &unsigned, &[]);
-    assert_eq!(reply.status, 403);
+    assert_eq!(reply.status(), 403);
     assert!(reply
         .header("content-type")
         .is_some_and(|v| v.starts_with("text/plain")));
@@ -369,23 +148,24 @@ fn serve_proxies_signed_requests_maps_failures_and_stops_on_sigint() {
         "gw.test",
         &target,
         &["Content-Length: 0"],
-    );
+    )
+    .whole();
     assert_eq!(
-        (reply.status, reply.header("allow")),
+        (reply.status(), reply.header("allow").as_deref()),
         (405, Some("GET, HEAD"))
     );
-    assert_eq!(gw.get("nobody.test", &target, &[]).status, 410);
-    let private = signed("tok-public", &format!("{base}/asset.png"), &[]);
-    assert_eq!(gw.get("public.test", &private, &[]).status, 403);
+    assert_eq!(gw.get("nobody.test", &target, &[]).status(), 410);
+    let private = signed("tok-public", &origin.url("/asset.png"), &[]);
+    assert_eq!(gw.get("public.test", &private, &[]).status(), 403);
 
     // Upstream failures: refused → 502, too slow → 504.
     let closed = format!("http://127.0.0.1:{}/x.png", free_port());
     let reply = gw.get("gw.test", &signed("tok-local", &closed, &[]), &[]);
-    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(reply.status(), 502, "{reply:?}");
     let started = Instant::now();
-    let slow = signed("tok-local", &format!("{base}/slow"), &[]);
+    let slow = signed("tok-local", &origin.url("/slow"), &[]);
     let reply = gw.get("gw.test", &slow, &[]);
-    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.status(), 504, "{reply:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "timeout not applied"
@@ -604,18 +384,18 @@ fn https_origins_are_verified_against_system_roots_plus_ca_file() {
         &[],
     );
     let reply = with_ca.get("tls.test", &good, &[]);
-    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.status(), 200, "{reply:?}");
     assert!(
-        String::from_utf8_lossy(&reply.body).contains("s_server"),
+        String::from_utf8_lossy(reply.body()).contains("s_server"),
         "{reply:?}"
     );
     // The certificate names only `localhost`: host name verification must refuse it for an IP.
-    assert_eq!(with_ca.get("tls.test", &wrong_name, &[]).status, 502);
+    assert_eq!(with_ca.get("tls.test", &wrong_name, &[]).status(), 502);
     drop(with_ca);
 
     // Without the CA file the private CA is unknown: TLS failure → 502.
     let without_ca = Gateway::start(source, &[]);
-    assert_eq!(without_ca.get("tls.test", &good, &[]).status, 502);
+    assert_eq!(without_ca.get("tls.test", &good, &[]).status(), 502);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -672,7 +452,7 @@ fn origin_connections_are_pooled_per_origin_host() {
     );
     let by_ip = signed("tok-pool", &format!("http://{origin}/a.png"), &[]);
     for _ in 0..3 {
-        assert_eq!(gw.get("pool.test", &by_ip, &[]).status, 200);
+        assert_eq!(gw.get("pool.test", &by_ip, &[]).status(), 200);
     }
     assert_eq!(*accepted.lock().expect("lock"), 1, "one pooled connection");
     // Another origin name on the same address gets its own connection (the pool key holds
@@ -683,7 +463,7 @@ fn origin_connections_are_pooled_per_origin_host() {
         &[],
     );
     for _ in 0..2 {
-        assert_eq!(gw.get("pool.test", &by_name, &[]).status, 200);
+        assert_eq!(gw.get("pool.test", &by_name, &[]).status(), 200);
     }
     assert_eq!(*accepted.lock().expect("lock"), 2);
 }

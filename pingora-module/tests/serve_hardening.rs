@@ -4,215 +4,46 @@
 //! chosen by the request path, and the client is a raw TCP client that sees exactly what went
 //! over the wire (so an aborted transfer is told apart from a complete one).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::io::Write;
+use std::net::Shutdown;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ixproxy_core::signer::{sign_url, SignOptions};
+use common::{
+    exchange, free_port, header_value, request, request_path, signed, Gateway, Origin, OriginConn,
+    Raw,
+};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// `max_body_bytes` of the test gateway.
 const MAX_BODY: usize = 65_536;
 /// Marker in bodies that must never reach the client.
 const SECRET_BODY: &str = "ORIGIN-BODY-NOT-FOR-CLIENTS";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Everything the client received, raw, and how the connection ended.
-#[derive(Debug)]
-struct Raw {
-    bytes: Vec<u8>,
-    took: Duration,
-}
-
-impl Raw {
-    fn head(&self) -> String {
-        let end = self.header_end().unwrap_or(self.bytes.len());
-        String::from_utf8_lossy(&self.bytes[..end]).into_owned()
-    }
-
-    fn header_end(&self) -> Option<usize> {
-        self.bytes.windows(4).position(|w| w == b"\r\n\r\n")
-    }
-
-    fn status(&self) -> u16 {
-        self.head()
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {:?}", self.text()))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.head().lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    fn body(&self) -> &[u8] {
-        self.header_end().map_or(&[], |end| &self.bytes[end + 4..])
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// Whether the response body arrived complete by its own framing: all of its
-    /// `Content-Length`, or the final `0` chunk of a chunked body.
-    fn is_complete(&self) -> bool {
-        if let Some(len) = self.header("content-length") {
-            return len.parse::<usize>().ok() == Some(self.body().len());
-        }
-        if self
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
-            return self.body().ends_with(b"\r\n0\r\n\r\n") || self.body() == b"0\r\n\r\n";
-        }
-        false
-    }
-}
-
-/// Sends `raw` as is and reads until the gateway closes (the requests carry
-/// `Connection: close`).
-fn exchange(addr: SocketAddr, raw: &[u8]) -> Raw {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    stream.write_all(raw).expect("write");
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            // A reset is an end of transfer too; a timeout means the gateway hung.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("client read failed after {:?}: {e}", started.elapsed()),
-        }
-    }
-    Raw {
-        bytes,
-        took: started.elapsed(),
-    }
-}
-
-fn get(addr: SocketAddr, host: &str, target: &str, extra: &[&str]) -> Raw {
-    request(addr, "GET", host, target, extra)
-}
-
-fn request(addr: SocketAddr, method: &str, host: &str, target: &str, extra: &[&str]) -> Raw {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for line in extra {
-        head.push_str(line);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    exchange(addr, head.as_bytes())
-}
-
-fn signed(origin_url: &str) -> String {
-    sign_url(TOKEN, origin_url, &[], &SignOptions::default())
-}
-
 const TOKEN: &str = "tok-hard";
 
 /// A loopback origin misbehaving on purpose; the path picks the behaviour.
-struct Origin {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl Origin {
-    fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let addr = listener.local_addr().expect("origin addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let log = Arc::clone(&log);
-                thread::spawn(move || serve(stream, addr, &log));
-            }
-        });
-        Origin { addr, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Request heads received for paths starting with `prefix`, in arrival order.
-    fn heads(&self, prefix: &str) -> Vec<String> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|h| {
-                h.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|p| p.starts_with(prefix))
-            })
-            .cloned()
-            .collect()
-    }
-}
-
-fn header_value(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-fn serve(stream: TcpStream, me: SocketAddr, log: &Mutex<Vec<String>>) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let Ok(mut out) = stream.try_clone() else {
-        return;
-    };
+fn serve(mut conn: OriginConn) {
+    let me = conn.me;
     let mut peeked = [0u8; 64];
-    let n = stream.peek(&mut peeked).unwrap_or(0);
+    let n = conn.peek(&mut peeked);
     if peeked[..n].starts_with(b"GET /reset-mid-body ") {
         // The request stays unread, so closing the socket sends a reset. The header goes out
         // first and alone, so the gateway has committed to a 200 when the reset comes.
-        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50000\r\n\r\n");
+        let _ = conn
+            .out
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50000\r\n\r\n");
         thread::sleep(Duration::from_millis(200));
-        let _ = out.write_all(&[b'x'; 1000]);
+        let _ = conn.out.write_all(&[b'x'; 1000]);
         thread::sleep(Duration::from_millis(200));
         return;
     }
-    let mut reader = BufReader::new(stream);
-    let mut first = String::new();
-    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+    let Some(head) = conn.read_head() else {
         return;
-    }
-    let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let mut head = first;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == "\r\n" => break,
-            Ok(_) => head.push_str(&line),
-        }
-    }
-    if let Ok(mut seen) = log.lock() {
-        seen.push(head);
-    }
+    };
+    let path = request_path(&head);
+    let out = &mut conn.out;
     let ok = |ct: &str, body: &str| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -226,7 +57,7 @@ fn serve(stream: TcpStream, me: SocketAddr, log: &Mutex<Vec<String>>) {
             SECRET_BODY.len()
         )
     };
-    let reply = match path.as_str() {
+    let reply = match path {
         "/final" | "/ok" => ok("image/png", "final body"),
         "/text" => ok("text/html", SECRET_BODY),
         "/r301" => redirect("301 Moved Permanently", "/r302"),
@@ -315,13 +146,6 @@ fn serve(stream: TcpStream, me: SocketAddr, log: &Mutex<Vec<String>>) {
     let _ = out.shutdown(Shutdown::Write);
 }
 
-/// A running `ixproxy serve`, stopped with SIGINT when dropped.
-struct Gateway {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
 const CONFIG: &str = "upstream:
   connect_timeout: 1s
   timeout: 1s
@@ -348,64 +172,16 @@ sources:
 ";
 
 impl Gateway {
-    fn start(config: &str) -> Gateway {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let dir = std::env::temp_dir().join(format!("ixproxy-hardening-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(format!("gateway-{}.yaml", listen.port()));
-        std::fs::write(
-            &path,
-            format!("listen: {listen}\nadmin_listen: {admin}\n{config}"),
+    /// A GET of `origin_url`, signed with [`TOKEN`], as the client received it (resets
+    /// included).
+    fn get_signed(&self, host: &str, origin_url: &str) -> Raw {
+        request(
+            self.listen,
+            "GET",
+            host,
+            &signed(TOKEN, origin_url, &[]),
+            &[],
         )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ixproxy"))
-            .arg("serve")
-            .arg("-c")
-            .arg(&path)
-            .env(
-                "RUST_LOG",
-                std::env::var("IXPROXY_TEST_LOG").unwrap_or_else(|_| "off".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("IXPROXY_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("spawn ixproxy");
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("ixproxy serve exited early: {status}");
-            }
-            if TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
-                && get(admin, "admin", "/healthz", &[]).status() == 200
-            {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "not ready");
-            thread::sleep(Duration::from_millis(50));
-        }
-        Gateway {
-            child,
-            listen,
-            admin,
-        }
-    }
-
-    fn get(&self, host: &str, origin_url: &str) -> Raw {
-        get(self.listen, host, &signed(origin_url), &[])
-    }
-
-    fn metric(&self, outcome: &str) -> u64 {
-        let text = get(self.admin, "a", "/metrics", &[]).text();
-        let key = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
     }
 
     /// Resident memory of the gateway process, in KiB.
@@ -421,36 +197,19 @@ impl Gateway {
 
     /// A normal request still works (the gateway survived the previous fault).
     fn assert_serving(&self, origin: &Origin, after: &str) {
-        let reply = self.get("gw.test", &origin.url("/ok"));
+        let reply = self.get_signed("gw.test", &origin.url("/ok"));
         assert_eq!(reply.status(), 200, "after {after}: {}", reply.text());
         assert_eq!(reply.body(), b"final body", "after {after}");
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn serve_follows_redirects_revalidating_each_hop_with_fresh_auth() {
-    let origin = Origin::start();
-    let gw = Gateway::start(CONFIG);
+    let origin = Origin::start(serve);
+    let gw = Gateway::start(CONFIG, &[("RUST_LOG", "off")]);
 
     // 301 → 302 → 303 → 200: three hops (the limit), one answer, nothing of the 3xx leaks.
-    let reply = gw.get("gw.test", &origin.url("/r301"));
+    let reply = gw.get_signed("gw.test", &origin.url("/r301"));
     assert_eq!(reply.status(), 200, "{}", reply.text());
     assert_eq!(reply.body(), b"final body");
     assert!(!reply.text().contains(SECRET_BODY), "{}", reply.text());
@@ -481,7 +240,7 @@ fn serve_follows_redirects_revalidating_each_hop_with_fresh_auth() {
         gw.listen,
         "HEAD",
         "gw.test",
-        &signed(&origin.url("/r303")),
+        &signed(TOKEN, &origin.url("/r303"), &[]),
         &[],
     );
     assert_eq!(reply.status(), 200, "{}", reply.text());
@@ -492,7 +251,7 @@ fn serve_follows_redirects_revalidating_each_hop_with_fresh_auth() {
 
     // A hop to another host gets no origin auth.
     let before = origin.heads("/final").len();
-    let reply = gw.get("gw.test", &origin.url("/r307-other-host"));
+    let reply = gw.get_signed("gw.test", &origin.url("/r307-other-host"));
     assert_eq!(reply.status(), 200, "{}", reply.text());
     let heads = origin.heads("/final");
     assert_eq!(heads.len(), before + 1);
@@ -508,12 +267,12 @@ fn serve_follows_redirects_revalidating_each_hop_with_fresh_auth() {
 
     // Past the limit → 502; a non-http Location → 502; a hop to a host the source does not
     // allow → 403. None of the redirect bodies reach the client.
-    let looping = gw.get("gw.test", &origin.url("/loop"));
+    let looping = gw.get_signed("gw.test", &origin.url("/loop"));
     assert_eq!(looping.status(), 502, "{}", looping.text());
     assert_eq!(origin.heads("/loop").len(), 4, "first request plus 3 hops");
-    let scheme = gw.get("gw.test", &origin.url("/r308-scheme"));
+    let scheme = gw.get_signed("gw.test", &origin.url("/r308-scheme"));
     assert_eq!(scheme.status(), 502, "{}", scheme.text());
-    let denied = gw.get("pinned.test", &origin.url("/r307-other-host"));
+    let denied = gw.get_signed("pinned.test", &origin.url("/r307-other-host"));
     assert_eq!(denied.status(), 403, "{}", denied.text());
     for reply in [&looping, &scheme, &denied] {
         assert!(!reply.text().contains(SECRET_BODY), "{}", reply.text());
@@ -526,17 +285,27 @@ fn serve_follows_redirects_revalidating_each_hop_with_fresh_auth() {
 
 #[test]
 fn serve_enforces_request_and_response_limits() {
-    let origin = Origin::start();
-    let gw = Gateway::start(CONFIG);
-    let ok = signed(&origin.url("/ok"));
+    let origin = Origin::start(serve);
+    let gw = Gateway::start(CONFIG, &[("RUST_LOG", "off")]);
+    let ok = signed(TOKEN, &origin.url("/ok"), &[]);
 
     // 431: too many header fields (default limit 100), checked before anything else.
     let many: Vec<String> = (0..120).map(|i| format!("X-Filler-{i}: v")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    assert_eq!(get(gw.listen, "gw.test", &ok, &many).status(), 431);
+    assert_eq!(
+        request(gw.listen, "GET", "gw.test", &ok, &many).status(),
+        431
+    );
     // 414: request target over 8 KiB.
-    let long = signed(&origin.url(&format!("/ok?pad={}", "a".repeat(9000))));
-    assert_eq!(get(gw.listen, "gw.test", &long, &[]).status(), 414);
+    let long = signed(
+        TOKEN,
+        &origin.url(&format!("/ok?pad={}", "a".repeat(9000))),
+        &[],
+    );
+    assert_eq!(
+        request(gw.listen, "GET", "gw.test", &long, &[]).status(),
+        414
+    );
 
     // Smuggling shapes and request bodies are refused and never reach the origin.
     let before = origin.heads("/ok").len();
@@ -582,21 +351,21 @@ fn serve_enforces_request_and_response_limits() {
 
     // A declared length over max_body_bytes → 502 before any byte of it; a 10 GB claim is
     // refused at once.
-    let huge = gw.get("gw.test", &origin.url("/huge-claim"));
+    let huge = gw.get_signed("gw.test", &origin.url("/huge-claim"));
     assert_eq!(huge.status(), 502, "{}", huge.text());
     assert!(huge.took < Duration::from_millis(900), "{:?}", huge.took);
 
     // A content type outside allowed_content_types → 403, the origin body never sent.
-    let text = gw.get("img.test", &origin.url("/text"));
+    let text = gw.get_signed("img.test", &origin.url("/text"));
     assert_eq!(text.status(), 403, "{}", text.text());
     assert!(!text.text().contains(SECRET_BODY), "{}", text.text());
-    assert_eq!(gw.get("img.test", &origin.url("/ok")).status(), 200);
+    assert_eq!(gw.get_signed("img.test", &origin.url("/ok")).status(), 200);
 
     // A streamed body over the limit (chunked, or delimited by close) is cut: the client gets
     // an incomplete transfer, never a complete-looking 200, and at most the limit plus one
     // chunk of it.
     for path in ["/stream-big", "/close-delimited-big"] {
-        let reply = gw.get("gw.test", &origin.url(path));
+        let reply = gw.get_signed("gw.test", &origin.url(path));
         assert_eq!(reply.status(), 200, "{path}");
         assert!(
             !reply.is_complete(),
@@ -621,31 +390,31 @@ fn serve_enforces_request_and_response_limits() {
 
 #[test]
 fn serve_survives_origin_faults_with_bounded_time_and_memory() {
-    let origin = Origin::start();
-    let gw = Gateway::start(CONFIG);
+    let origin = Origin::start(serve);
+    let gw = Gateway::start(CONFIG, &[("RUST_LOG", "off")]);
     gw.assert_serving(&origin, "start");
     let rss_before = gw.rss_kib();
 
     // Refused connection → 502.
     let closed = format!("http://127.0.0.1:{}/x.png", free_port());
-    assert_eq!(gw.get("gw.test", &closed).status(), 502);
+    assert_eq!(gw.get_signed("gw.test", &closed).status(), 502);
     gw.assert_serving(&origin, "refused");
 
     // No answer → 504 within the 1 s timeout.
-    let reply = gw.get("gw.test", &origin.url("/no-answer"));
+    let reply = gw.get_signed("gw.test", &origin.url("/no-answer"));
     assert_eq!(reply.status(), 504, "{}", reply.text());
     assert!(reply.took < Duration::from_millis(2500), "{:?}", reply.took);
     gw.assert_serving(&origin, "no answer");
 
     // Reset mid-body → the client sees an aborted transfer, not a short complete body.
-    let reply = gw.get("gw.test", &origin.url("/reset-mid-body"));
+    let reply = gw.get_signed("gw.test", &origin.url("/reset-mid-body"));
     assert_eq!(reply.status(), 200, "{}", reply.head());
     assert!(!reply.is_complete(), "{}", reply.head());
     gw.assert_serving(&origin, "reset mid-body");
 
     // Slow drip (a byte every 200 ms, each read well inside the timeout): the 1 s total
     // deadline cuts the transfer.
-    let reply = gw.get("gw.test", &origin.url("/drip"));
+    let reply = gw.get_signed("gw.test", &origin.url("/drip"));
     assert_eq!(reply.status(), 200);
     assert!(!reply.is_complete(), "{}", reply.head());
     assert!(reply.took < Duration::from_millis(2500), "{:?}", reply.took);
@@ -653,24 +422,24 @@ fn serve_survives_origin_faults_with_bounded_time_and_memory() {
 
     // Dripped response headers never complete, and every byte restarts a per-read timer: the
     // total deadline (plus a short grace) still ends the request, with no response at all.
-    let reply = gw.get("gw.test", &origin.url("/drip-headers"));
+    let reply = gw.get_signed("gw.test", &origin.url("/drip-headers"));
     assert_eq!(reply.header_end(), None, "{}", reply.text());
     assert!(!reply.text().contains("x-slow"), "{}", reply.text());
     assert!(reply.took < Duration::from_millis(2500), "{:?}", reply.took);
     gw.assert_serving(&origin, "dripped headers");
 
     // Enormous response headers (over 1 MB) → 502.
-    let reply = gw.get("gw.test", &origin.url("/huge-headers"));
+    let reply = gw.get_signed("gw.test", &origin.url("/huge-headers"));
     assert_eq!(reply.status(), 502, "{}", reply.head());
     gw.assert_serving(&origin, "huge headers");
 
     // A 10 GB Content-Length claim → 502 at once.
-    let reply = gw.get("gw.test", &origin.url("/huge-claim"));
+    let reply = gw.get_signed("gw.test", &origin.url("/huge-claim"));
     assert_eq!(reply.status(), 502);
     assert!(reply.took < Duration::from_millis(900), "{:?}", reply.took);
 
     // TLS handshake failure: a plain-text server on an https origin → 502.
-    let reply = gw.get("gw.test", &format!("https://{}/ok", origin.addr));
+    let reply = gw.get_signed("gw.test", &format!("https://{}/ok", origin.addr));
     assert_eq!(reply.status(), 502, "{}", reply.text());
     gw.assert_serving(&origin, "tls failure");
 
@@ -682,7 +451,7 @@ fn serve_survives_origin_faults_with_bounded_time_and_memory() {
             "/huge-headers",
             "/huge-claim",
         ] {
-            let _ = gw.get("gw.test", &origin.url(path));
+            let _ = gw.get_signed("gw.test", &origin.url(path));
         }
     }
     gw.assert_serving(&origin, "batch");
