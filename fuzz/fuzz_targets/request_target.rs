@@ -33,16 +33,41 @@ fuzz_target!(|data: &[u8]| {
     let _ = verify(input, &[Secret::new(TOKEN)]);
     let _ = decide(
         sources(),
-        &RequestInfo { method: "GET", host: "f.test", target: input },
+        &RequestInfo {
+            method: "GET",
+            host: "f.test",
+            target: input,
+        },
         1_700_000_000,
         &[7; 32],
     );
-    // Signed: the input becomes the origin URL, so decoding and policy are reached.
-    let target = sign_url(TOKEN, input, &[], &SignOptions::default());
-    assert!(verify(&target, &[Secret::new(TOKEN)]).is_ok(), "signed target must verify: {target}");
+    // Signed: the input becomes the origin URL (as given, and behind an http scheme so the URL
+    // parser and the origin policy are reached from the first run), or the raw path itself.
+    for origin in [input.to_owned(), format!("http://{input}")] {
+        check_signed(&sign_url(TOKEN, &origin, &[], &SignOptions::default()));
+    }
+    // A raw path is used as it is, so only one that is a path (no query, no fragment) can be a
+    // request target.
+    if !input.contains(['?', '#']) {
+        let raw = SignOptions {
+            disable_path_encoding: true,
+        };
+        check_signed(&sign_url(TOKEN, input, &[], &raw));
+    }
+});
+
+fn check_signed(target: &str) {
+    assert!(
+        verify(target, &[Secret::new(TOKEN)]).is_ok(),
+        "signed target must verify: {target}"
+    );
     let decision = decide(
         sources(),
-        &RequestInfo { method: "GET", host: "f.test", target: &target },
+        &RequestInfo {
+            method: "GET",
+            host: "f.test",
+            target,
+        },
         1_700_000_000,
         &[7; 32],
     );
@@ -52,8 +77,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(!forward.origin.host.is_empty());
         assert!(forward.origin.port != 0);
         assert!(
-            !forward.origin.to_url_string().chars().any(|c| c.is_ascii_control()),
+            !forward
+                .origin
+                .to_url_string()
+                .chars()
+                .any(|c| c.is_ascii_control()),
             "control characters must never reach the origin request"
         );
     }
-});
+}
