@@ -47,11 +47,13 @@ pub enum Outcome {
     OriginTooLarge,
     /// Origin redirect not followed: too many hops or an unusable `Location` (502).
     BadRedirect,
+    /// A GET or HEAD carrying a body (400): refused so no framing trick reaches an origin.
+    BadRequest,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metrics.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Forwarded,
         Outcome::BadSignature,
         Outcome::Expired,
@@ -64,6 +66,7 @@ impl Outcome {
         Outcome::ContentTypeDenied,
         Outcome::OriginTooLarge,
         Outcome::BadRedirect,
+        Outcome::BadRequest,
     ];
 
     /// The metric label (`forwarded`, `bad_signature`, ...).
@@ -81,6 +84,7 @@ impl Outcome {
             Outcome::ContentTypeDenied => "content_type_denied",
             Outcome::OriginTooLarge => "origin_too_large",
             Outcome::BadRedirect => "bad_redirect",
+            Outcome::BadRequest => "bad_request",
         }
     }
 }
@@ -258,6 +262,26 @@ pub fn check_request_headers(
             431,
             Outcome::RequestTooLarge,
             "request header fields too large",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a GET or HEAD that carries a body; runtimes call it first, before
+/// [`check_request_headers`] and [`decide`]. `has_body` is the runtime's view: a
+/// `Transfer-Encoding`, a `Content-Length` other than 0, or a stream not ended with the headers.
+/// A body is never forwarded, and refusing it outright means no `Content-Length` /
+/// `Transfer-Encoding` combination can be read one way here and another way by an origin.
+/// Other methods are left to [`decide`] (405).
+///
+/// # Errors
+/// A 400 rejection.
+pub fn check_request_body(method: &str, has_body: bool) -> Result<(), Rejection> {
+    if has_body && (method == "GET" || method == "HEAD") {
+        return Err(reject(
+            400,
+            Outcome::BadRequest,
+            "a GET or HEAD request must not carry a body",
         ));
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The decision table: every SPEC §6 row the core decides, redirects, limits and response checks.
 
 use ixproxy_core::config::{MapSecrets, RawConfig};
-use ixproxy_core::decide::{check_request_headers, is_followed_redirect};
+use ixproxy_core::decide::{check_request_body, check_request_headers, is_followed_redirect};
 use ixproxy_core::signer::{sign_url, SignOptions};
 use ixproxy_core::{decide, Decision, Forward, Outcome, RequestInfo, Sources};
 
@@ -379,6 +379,26 @@ fn forward_carries_origin_auth_and_expiry() {
     assert_eq!(
         header("x-imgix-signature-request-id"),
         Some("ab".repeat(32).as_str())
+    );
+}
+
+#[test]
+fn get_and_head_with_a_body_are_refused() {
+    for method in ["GET", "HEAD"] {
+        let r = check_request_body(method, true).expect_err(method);
+        assert_eq!(
+            (r.status, r.outcome),
+            (400, Outcome::BadRequest),
+            "{method}"
+        );
+        assert!(
+            check_request_body(method, false).is_ok(),
+            "{method} without a body"
+        );
+    }
+    assert!(
+        check_request_body("POST", true).is_ok(),
+        "other methods get their 405 from decide"
     );
 }
 

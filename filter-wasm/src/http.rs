@@ -12,7 +12,7 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ixproxy_core::decide::{check_request_headers, is_followed_redirect};
+use ixproxy_core::decide::{check_request_body, check_request_headers, is_followed_redirect};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -225,7 +225,7 @@ impl FilterHttp {
 impl Context for FilterHttp {}
 
 impl HttpContext for FilterHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(sources) = self.sources.clone() else {
             return self.internal_error("filter is not configured");
         };
@@ -237,16 +237,20 @@ impl HttpContext for FilterHttp {
         if let Some(state) = Self::stored_hop() {
             return self.follow(&sources, &state, &names);
         }
+        let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
+        // Envoy's codec has already refused conflicting framing; a request whose stream does not
+        // end with its headers carries a body, which a GET or HEAD must not.
         let (count, bytes) =
             plan::request_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-        if let Err(rejection) = check_request_headers(&sources, count, bytes) {
+        if let Err(rejection) = check_request_body(&method, !end_of_stream)
+            .and_then(|()| check_request_headers(&sources, count, bytes))
+        {
             return self.reject(&rejection);
         }
         let (now, now_ms, random) = match Self::now_and_random() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
-        let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         let host = Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default();
         let target = Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let request = RequestInfo {

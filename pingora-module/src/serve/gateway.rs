@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{header, HeaderName, Method};
 use ixproxy_core::config::Upstream;
 use ixproxy_core::decide::{
-    check_request_headers, is_followed_redirect, is_forwarded_client_header,
+    check_request_body, check_request_headers, is_followed_redirect, is_forwarded_client_header,
     DROPPED_RESPONSE_HEADERS,
 };
 use ixproxy_core::expires::cap_cache_control;
@@ -39,7 +39,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::deadline;
-use super::metrics::{Metrics, BAD_REQUEST, ORIGIN_ERROR, ORIGIN_TIMEOUT};
+use super::metrics::{Metrics, ORIGIN_ERROR, ORIGIN_TIMEOUT};
 use super::upstream::{build_peer, resolve_checked, ResolveError};
 
 /// The gateway: validated sources, upstream settings, trust anchors and metrics.
@@ -107,11 +107,6 @@ const ORIGIN_ADDRESS_DENIED: LocalFailure = LocalFailure::fixed(
 const ORIGIN_BODY_TOO_LARGE: LocalFailure =
     LocalFailure::fixed(502, "origin_too_large", "origin response too large");
 const INTERNAL: LocalFailure = LocalFailure::fixed(500, ORIGIN_ERROR, "internal error");
-const REQUEST_BODY: LocalFailure = LocalFailure::fixed(
-    400,
-    BAD_REQUEST,
-    "a GET or HEAD request must not carry a body",
-);
 
 /// Per-request state shared across the phases.
 #[derive(Default)]
@@ -284,7 +279,11 @@ fn classify_error(e: &Error) -> Option<LocalFailure> {
         // The client went away or sent garbage: nobody to answer, or a plain 400.
         return match e.etype() {
             WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-            _ => Some(LocalFailure::fixed(400, BAD_REQUEST, "bad request")),
+            _ => Some(LocalFailure::fixed(
+                400,
+                Outcome::BadRequest.as_str(),
+                "bad request",
+            )),
         };
     }
     Some(match e.etype() {
@@ -308,22 +307,17 @@ impl ProxyHttp for Gateway {
             respond_text(session, INTERNAL.status, &[], &INTERNAL.reason).await?;
             return Ok(true);
         };
-        let method_ok = matches!(session.req_header().method, Method::GET | Method::HEAD);
-        // Framing headers (HTTP/1) or a stream not ended with the headers (HTTP/2).
+        // Framing headers (HTTP/1) or a stream not ended with the headers (HTTP/2). Pingora has
+        // already answered 400 to conflicting or invalid Content-Length values and to a
+        // Transfer-Encoding not ending in chunked, and it drops Content-Length when
+        // Transfer-Encoding is present (RFC 9112 §6.3), so the Content-Length +
+        // Transfer-Encoding smuggling shape lands in this check too.
         let has_body = has_request_body(session.req_header()) || !session.is_body_empty();
-        if method_ok && has_body {
-            // A body is never forwarded. Refused before anything else, like the HTTP layer
-            // refuses bad framing: Pingora has already answered 400 to conflicting or invalid
-            // Content-Length values and to a Transfer-Encoding not ending in chunked, and it
-            // drops Content-Length when Transfer-Encoding is present (RFC 9112 §6.3), so the
-            // Content-Length + Transfer-Encoding smuggling shape lands here too.
-            ctx.outcome = Some(REQUEST_BODY.outcome);
-            respond_text(session, REQUEST_BODY.status, &[], &REQUEST_BODY.reason).await?;
-            return Ok(true);
-        }
         let req = session.req_header();
         let (count, bytes) = header_totals(req);
-        let decision = match check_request_headers(&self.sources, count, bytes) {
+        let checked = check_request_body(req.method.as_str(), has_body)
+            .and_then(|()| check_request_headers(&self.sources, count, bytes));
+        let decision = match checked {
             Err(rejection) => Decision::Reject(rejection),
             Ok(()) => {
                 let target = String::from_utf8_lossy(req.raw_path());

@@ -14,16 +14,12 @@ pub const ORIGIN_ERROR: &str = "origin_error";
 /// Outcome label of a forwarded request whose origin was too slow: answered 504.
 pub const ORIGIN_TIMEOUT: &str = "origin_timeout";
 
-/// Outcome label of a request refused by the gateway's own HTTP checks (a GET or HEAD that
-/// carries a body): answered 400.
-pub const BAD_REQUEST: &str = "bad_request";
-
 /// Every `outcome` label value, pre-registered at zero so dashboards see all series at once.
 pub fn outcome_labels() -> impl Iterator<Item = &'static str> {
     Outcome::ALL
         .iter()
         .map(|o| o.as_str())
-        .chain([ORIGIN_ERROR, ORIGIN_TIMEOUT, BAD_REQUEST])
+        .chain([ORIGIN_ERROR, ORIGIN_TIMEOUT])
 }
 
 /// The gateway's metrics.
