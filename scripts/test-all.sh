@@ -42,7 +42,9 @@ if [ -x envoy/validate.sh ]; then
 fi
 
 step "tests"
-cargo test --workspace --locked
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$test_log"
 
 step "fuzz: ${IXPROXY_FUZZ_SECONDS:=30} s per target (cargo fuzz, libFuzzer)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -59,3 +61,8 @@ for target in request_target config; do
   grep -E '^Done [0-9]+ runs' "$log" | sed "s/^/$target: /"
   rm -f "$log"
 done
+
+# One closing line with the totals of every `cargo test` binary above (the fuzz runs are not
+# tests and are not counted).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
