@@ -14,6 +14,7 @@ pub mod addr;
 pub mod auth;
 pub mod config;
 pub mod decide;
+pub mod envoy;
 pub mod expires;
 pub mod origin;
 pub mod secret;

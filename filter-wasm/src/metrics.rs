@@ -10,10 +10,7 @@ use ixproxy_core::Outcome;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-/// Envoy `stats_config.stats_tags[].regex` that moves the outcome into an `outcome` tag.
-pub const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outcome\.([a-z_]+))$";
-/// The tag name [`OUTCOME_TAG_REGEX`] extracts.
-pub const OUTCOME_TAG_NAME: &str = "outcome";
+pub use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
 
 /// The proxy-wasm metric name of the counter for `outcome`.
 pub fn counter_name(outcome: Outcome) -> String {

@@ -10,20 +10,9 @@ use ixproxy_core::expires::cap_cache_control;
 use ixproxy_core::origin::parse_origin;
 use ixproxy_core::{Forward, Rejection, Sources};
 
-/// Request header that selects the upstream cluster (`tls` or `plain`). The filter always sets
-/// it on a forward (overwriting anything a client sent), the route config matches only on it
-/// and strips it before the request leaves Envoy (`request_headers_to_remove`).
-pub const UPSTREAM_HEADER: &str = "x-ixproxy-upstream";
-/// Request header the filter sets (to `1`) when the source has `allow_private_origins`: the
-/// generated Envoy config denies origins whose resolved address is private unless it is present,
-/// and strips it before the request leaves Envoy. A client-sent one is always removed.
-pub const ALLOW_PRIVATE_HEADER: &str = "x-ixproxy-allow-private";
-/// Kept on the request although clients cannot forward it: Envoy's route matching finds no
-/// route for a request without it, and that includes the request Envoy recreates to follow an
-/// origin redirect. The filter overwrites it with the origin URL's scheme (its value never
-/// comes from the client); the filter's upstream role ([`crate::upstream`]) removes it before
-/// the request leaves Envoy.
-pub const ROUTING_HEADER_KEPT: &str = "x-forwarded-proto";
+pub use ixproxy_core::envoy::{
+    ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, LOCATION_HEADER, UPSTREAM_HEADER,
+};
 /// [`UPSTREAM_HEADER`] value routed to the TLS dynamic-forward-proxy cluster.
 pub const UPSTREAM_TLS: &str = "tls";
 /// [`UPSTREAM_HEADER`] value routed to the plain-HTTP dynamic-forward-proxy cluster.
@@ -69,7 +58,7 @@ pub fn local_reply(rejection: &Rejection) -> LocalReply {
 /// The request header edits that turn the client request into the origin request.
 ///
 /// `client_header_names` are the names currently in the request header map. Every non-pseudo
-/// header outside the forwarded allowlist, except [`ROUTING_HEADER_KEPT`], is removed (so client
+/// header outside the forwarded allowlist, except [`FORWARDED_PROTO`], is removed (so client
 /// `Authorization`, `Cookie`, `X-Imgix-*` and a forged [`UPSTREAM_HEADER`] never reach the
 /// origin); then `:authority`,
 /// `:path`, `:scheme`, [`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`] when the source allows
@@ -82,7 +71,7 @@ pub fn forward_request_edits<'a>(
     for name in client_header_names {
         if name.starts_with(':')
             || is_forwarded_client_header(name)
-            || name.eq_ignore_ascii_case(ROUTING_HEADER_KEPT)
+            || name.eq_ignore_ascii_case(FORWARDED_PROTO)
         {
             continue;
         }
@@ -108,7 +97,7 @@ pub fn forward_request_edits<'a>(
         origin.scheme.as_str().into(),
     ));
     edits.push(HeaderEdit::Set(
-        ROUTING_HEADER_KEPT.into(),
+        FORWARDED_PROTO.into(),
         origin.scheme.as_str().into(),
     ));
     edits.push(HeaderEdit::Set(UPSTREAM_HEADER.into(), upstream.into()));
@@ -148,14 +137,9 @@ pub fn response_edits(cache_control: Option<&str>, max_age: Option<u64>) -> Vec<
 /// only filters can write filter state, so a client cannot forge a hop.
 pub const HOP_PROPERTY: &str = "ixproxy_hop";
 
-/// Request header Envoy copies from the origin's redirect response into the recreated request
-/// (`internal_redirect_policy.response_headers_to_copy`): the raw `Location`, which the core
-/// resolves and re-validates. Never forwarded to the origin (not on the allowlist).
-pub const LOCATION_HEADER: &str = "location";
-
 /// Request headers Envoy's connection manager adds itself before any filter runs; they are not
 /// the client's, so they do not count against the client header limits.
-pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [ROUTING_HEADER_KEPT];
+pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [FORWARDED_PROTO];
 
 /// The serialized `DeclarePropertyArguments` protobuf (Envoy's `declare_property` foreign
 /// function) declaring [`HOP_PROPERTY`] as mutable bytes that live for the downstream request,
@@ -414,7 +398,7 @@ mod tests {
                 &set(":authority", "cdn.example.com:8443"),
                 &set(":path", "/a.jpg?x=1"),
                 &set(":scheme", "https"),
-                &set(ROUTING_HEADER_KEPT, "https"),
+                &set(FORWARDED_PROTO, "https"),
                 &set(UPSTREAM_HEADER, UPSTREAM_TLS),
                 &set("x-imgix-origin-secret", "hs"),
             ]

@@ -15,11 +15,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-/// Root id of the upstream role in the Envoy configuration.
-pub const UPSTREAM_ROOT_ID: &str = "ixproxy_location";
-
-/// The header Envoy's routing needs (see the module doc); never sent to the origin.
-pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub use ixproxy_core::envoy::{FORWARDED_PROTO, UPSTREAM_ROOT_ID};
 
 /// Makes `location` absolute against `base` (`scheme://authority/path`); `None` when it is
 /// already absolute (left alone: the main filter judges it) or cannot be resolved.

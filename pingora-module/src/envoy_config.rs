@@ -22,34 +22,22 @@ use ixproxy_core::config::Limits;
 use ixproxy_core::config::{
     DeferredSecrets, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
 };
+use ixproxy_core::envoy::{
+    ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, LOCATION_HEADER, OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX,
+    UPSTREAM_HEADER, UPSTREAM_ROOT_ID,
+};
 use ixproxy_core::ConfigError;
 use serde_yaml::{Mapping, Value};
 
 /// The system CA bundle trusted for https origins (Debian/Ubuntu/Alpine path).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Request header the Wasm filter sets to pick the upstream cluster (`tls` or `plain`); must
-/// match `UPSTREAM_HEADER` in the filter crate.
-const UPSTREAM_HEADER: &str = "x-ixproxy-upstream";
-/// Request header the Wasm filter sets when the source has `allow_private_origins`; must match
-/// `ALLOW_PRIVATE_HEADER` in the filter crate.
-const ALLOW_PRIVATE_HEADER: &str = "x-ixproxy-allow-private";
-/// Origin response header Envoy copies into the request it recreates for a redirect; the filter
-/// reads the raw `Location` from it (must match `LOCATION_HEADER` in the filter crate).
-const LOCATION_HEADER: &str = "location";
-/// Envoy finds no route for a request without it, the request recreated for a redirect
-/// included; the filter's upstream role strips it from origin requests and puts it on redirect
-/// responses, from which Envoy copies it into the recreated request.
-const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// Cluster for `https` origins.
 const TLS_CLUSTER: &str = "ixproxy_origin_tls";
 /// Cluster for `http` origins.
 const PLAIN_CLUSTER: &str = "ixproxy_origin_plain";
 /// DNS cache shared by the dynamic forward proxy filter and both clusters.
 const DNS_CACHE: &str = "ixproxy_dns_cache";
-/// Envoy stats tag rule that turns the filter's counters into
-/// `ixproxy_requests_total{outcome="..."}`; must match `OUTCOME_TAG_REGEX` in the filter crate.
-const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outcome\.([a-z_]+))$";
 /// Envoy response flags meaning "the origin could not be reached or gave no usable answer"
 /// (connection or TLS failure, no resolved host, DNS failure, connection closed or reset before
 /// a response, protocol error such as oversized response headers): SPEC §6 says 502, Envoy
@@ -378,11 +366,6 @@ fn max_request_headers_kb(limits: &Limits) -> u64 {
     (bytes / 1024 + 9).min(8192)
 }
 
-/// Root id of the filter's upstream role (`UPSTREAM_ROOT_ID` in the filter crate): run as the
-/// router's upstream HTTP filter, it makes a relative `Location` of an origin redirect absolute
-/// so Envoy's internal redirect can follow it (Envoy only follows absolute URLs).
-const UPSTREAM_ROOT_ID: &str = "ixproxy_location";
-
 /// The router's upstream filters: the filter's upstream role, then the codec (required last).
 fn upstream_http_filters(p: &Parts) -> Value {
     let mut location = wasm_filter(p);
@@ -664,7 +647,7 @@ fn bootstrap(p: &Parts) -> Value {
     map! {
         "admin" => map! { "address" => socket_address(p.admin_listen) },
         "stats_config" => map! {
-            "stats_tags" => vec![map! { "tag_name" => "outcome", "regex" => OUTCOME_TAG_REGEX }],
+            "stats_tags" => vec![map! { "tag_name" => OUTCOME_TAG_NAME, "regex" => OUTCOME_TAG_REGEX }],
         },
         "static_resources" => map! {
             "listeners" => vec![map! {
