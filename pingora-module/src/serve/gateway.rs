@@ -438,18 +438,23 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Every attempt (a retry on another address or a stale pooled connection, a redirect
-        // hop) gets its own origin auth headers: a request id is never sent twice.
-        let Some(random) = random_bytes() else {
-            return Err(ctx.fail(
-                INTERNAL,
-                "no randomness for the origin request id".to_owned(),
-            ));
-        };
-        let Some(forward) = ctx.forward.as_ref() else {
+        // Every attempt gets its own origin auth headers: a request id is never sent twice.
+        // The first attempt of a forward (or of a redirect hop) sends the headers the core just
+        // made with it; a later one (another address, a stale pooled connection) makes new ones.
+        let Some(forward) = ctx.forward.as_mut() else {
             return Err(ctx.fail(INTERNAL, "no forward decision".to_owned()));
         };
-        let auth = forward.auth_headers(&self.sources, unix_now(), &random);
+        let auth = if forward.set_headers.is_empty() {
+            let Some(random) = random_bytes() else {
+                return Err(ctx.fail(
+                    INTERNAL,
+                    "no randomness for the origin request id".to_owned(),
+                ));
+            };
+            forward.auth_headers(&self.sources, unix_now(), &random)
+        } else {
+            std::mem::take(&mut forward.set_headers)
+        };
         rewrite_upstream_request(upstream_request, forward, &auth)
     }
 
