@@ -1,11 +1,9 @@
 //! The one decision both runtimes share: a request (method, Host, raw target) becomes either a
 //! [`Forward`] to an origin or a [`Rejection`] with the status of SPEC §6.
 
-use percent_encoding::percent_decode_str;
-
 use crate::addr::is_denied_ip;
 use crate::config::{Source, Sources};
-use crate::expires::{check_expires, ExpiresError};
+use crate::expires::{check_target_expires, ExpiresError};
 use crate::origin::{decode_origin, parse_origin, OriginUrl};
 use crate::signature;
 
@@ -199,18 +197,10 @@ fn decide_inner(
     let signed = signature::verify(req.target, &source.tokens)
         .map_err(|e| reject(403, Outcome::BadSignature, e))?;
 
-    let expires_values: Vec<String> = signed
-        .params()
-        .filter(|(key, _)| *key == "expires")
-        .map(|(_, value)| percent_decode_str(value).decode_utf8_lossy().into_owned())
-        .collect();
-    let max_age =
-        check_expires(expires_values.iter().map(String::as_str), now).map_err(|e| match e {
-            ExpiresError::Expired => reject(404, Outcome::Expired, e),
-            ExpiresError::NotInteger | ExpiresError::Duplicated => {
-                reject(400, Outcome::BadExpires, e)
-            }
-        })?;
+    let max_age = check_target_expires(&signed, now).map_err(|e| match e {
+        ExpiresError::Expired => reject(404, Outcome::Expired, e),
+        ExpiresError::NotInteger | ExpiresError::Duplicated => reject(400, Outcome::BadExpires, e),
+    })?;
 
     let origin = decode_origin(signed.path).map_err(|e| reject(400, Outcome::BadOriginUrl, e))?;
 

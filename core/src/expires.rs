@@ -1,5 +1,9 @@
 //! `expires` (SPEC §4) and the `Cache-Control` cap it implies.
 
+use percent_encoding::percent_decode_str;
+
+use crate::signature::SignedTarget;
+
 /// Why an `expires` value refuses the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExpiresError {
@@ -47,6 +51,23 @@ pub fn check_expires<'a>(
         return Err(ExpiresError::Expired);
     }
     Ok(Some(at - now))
+}
+
+/// Checks the `expires` parameters of a verified target (values percent-decoded once) against
+/// `now`; the one reading of `expires` the gateway and `ixproxy verify` share.
+///
+/// # Errors
+/// As [`check_expires`].
+pub fn check_target_expires(
+    signed: &SignedTarget<'_>,
+    now: u64,
+) -> Result<Option<u64>, ExpiresError> {
+    let values: Vec<String> = signed
+        .params()
+        .filter(|(key, _)| *key == "expires")
+        .map(|(_, value)| percent_decode_str(value).decode_utf8_lossy().into_owned())
+        .collect();
+    check_expires(values.iter().map(String::as_str), now)
 }
 
 /// The `Cache-Control` value to send when the response may be cached for at most `max_age`

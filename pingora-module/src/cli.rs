@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ixproxy_core::auth::verify_origin_signature;
-use ixproxy_core::expires::check_expires;
+use ixproxy_core::expires::check_target_expires;
 use ixproxy_core::origin::decode_origin;
 use ixproxy_core::signature::{md5_hex, split_target, verify, SignatureError};
 use ixproxy_core::signer::{sign_url, SignOptions};
@@ -149,12 +149,7 @@ pub fn verify_target(args: &VerifyArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let expires: Vec<&str> = signed
-        .params()
-        .filter(|(k, _)| *k == "expires")
-        .map(|(_, v)| v)
-        .collect();
-    if let Err(e) = check_expires(expires.into_iter(), args.now.unwrap_or_else(unix_now)) {
+    if let Err(e) = check_target_expires(&signed, args.now.unwrap_or_else(unix_now)) {
         eprintln!("invalid: signature ok, but {e}");
         return ExitCode::FAILURE;
     }
