@@ -6,9 +6,46 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use std::fmt;
+
 use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Longest request id the origin-side check accepts (SPEC §11: "an imgix generated id", 1 to
+/// 128 visible ASCII characters; the gateway itself sends 64 lowercase hex).
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// The origin auth headers of one origin request (lower-case names, in sending order).
+///
+/// The values carry credentials, so `Debug` prints the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AuthHeaders(Vec<(&'static str, String)>);
+
+impl AuthHeaders {
+    /// The headers as `(name, value)` pairs, in sending order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.iter().map(|(name, value)| (*name, value.as_str()))
+    }
+
+    /// Whether there are none (the source has no origin auth, or the hop gets none).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of header `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Debug for AuthHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: ***")))
+            .finish()
+    }
+}
 
 /// Default clock skew window of the origin-side check, in seconds.
 pub const DEFAULT_MAX_SKEW: u64 = 300;
@@ -56,12 +93,7 @@ impl OriginAuth {
     /// `x-imgix-origin-secret`, then `x-imgix-signature-timestamp`,
     /// `x-imgix-signature-request-id`, `x-imgix-signature` and `x-imgix-signature-host`. Empty
     /// when the source has no origin authentication.
-    pub fn headers(
-        &self,
-        origin_host: &str,
-        now: u64,
-        random: &[u8; 32],
-    ) -> Vec<(&'static str, String)> {
+    pub fn headers(&self, origin_host: &str, now: u64, random: &[u8; 32]) -> AuthHeaders {
         let mut headers = Vec::new();
         if let Some(basic) = &self.basic {
             let credentials = format!("{}:{}", basic.username.expose(), basic.password.expose());
@@ -82,7 +114,12 @@ impl OriginAuth {
             headers.push((SIGNATURE, signature));
             headers.push((SIGNATURE_HOST, origin_host.to_owned()));
         }
-        headers
+        AuthHeaders(headers)
+    }
+
+    /// Whether any origin authentication is configured.
+    pub fn is_configured(&self) -> bool {
+        self.basic.is_some() || self.handshake.is_some() || self.signing_key.is_some()
     }
 }
 
@@ -147,8 +184,8 @@ pub enum OriginSignatureError {
     /// The key is empty, longer than 32 characters, or has a character above U+00FF.
     #[error("signing key must be 1 to 32 latin-1 characters")]
     InvalidKey,
-    /// The request id is not 64 lowercase hex characters.
-    #[error("malformed request id: expected 64 lowercase hex characters")]
+    /// The request id is not 1 to 128 visible ASCII characters.
+    #[error("malformed request id: expected 1 to 128 visible ascii characters")]
     MalformedRequestId,
     /// The timestamp is not decimal unix seconds.
     #[error("malformed timestamp: expected decimal unix seconds")]
@@ -191,10 +228,9 @@ pub fn verify_origin_signature(
     if key_chars == 0 || key_chars > 32 || key.expose().chars().any(|c| c > '\u{ff}') {
         return Err(OriginSignatureError::InvalidKey);
     }
-    if request_id.len() != 64
-        || !request_id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    if request_id.is_empty()
+        || request_id.len() > MAX_REQUEST_ID_CHARS
+        || !request_id.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(OriginSignatureError::MalformedRequestId);
     }
@@ -303,7 +339,8 @@ mod tests {
             (SIGNATURE, request_signature(&Secret::new(KEY), &id, TS)),
             (SIGNATURE_HOST, "cdn.example.com".into()),
         ];
-        assert_eq!(headers, expected);
+        let got: Vec<(&str, String)> = headers.iter().map(|(n, v)| (n, v.to_owned())).collect();
+        assert_eq!(got, expected);
         assert!(OriginAuth::default().headers("h", 1, &random).is_empty());
     }
 
@@ -315,13 +352,7 @@ mod tests {
             ..OriginAuth::default()
         };
         let headers = auth.headers("h", 42, &[7u8; 32]);
-        let get = |name| {
-            headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.as_str())
-                .expect("header present")
-        };
+        let get = |name| headers.get(name).expect("header present");
         let result = verify_origin_signature(
             &key,
             get(SIGNATURE_REQUEST_ID),
@@ -331,6 +362,31 @@ mod tests {
             0,
         );
         assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn any_visible_ascii_request_id_verifies() {
+        let key = Secret::new(KEY);
+        for id in ["1", "imgix-req.01_AB~!", &"Z".repeat(MAX_REQUEST_ID_CHARS)] {
+            let sig = request_signature(&key, id, TS);
+            assert_eq!(
+                verify_origin_signature(&key, id, TS, &sig, 1_709_332_618, DEFAULT_MAX_SKEW),
+                Ok(()),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_header_values_never_print() {
+        let auth = OriginAuth {
+            handshake: Some(Secret::new("hunter2-handshake")),
+            ..OriginAuth::default()
+        };
+        let headers = auth.headers("h", 1, &[0; 32]);
+        let printed = format!("{headers:?}");
+        assert_eq!(printed, r#"["x-imgix-origin-secret: ***"]"#);
+        assert_eq!(headers.get(ORIGIN_SECRET), Some("hunter2-handshake"));
     }
 
     #[test]
@@ -361,11 +417,20 @@ mod tests {
         assert_eq!(check("", ID, TS, SIG), Err(E::InvalidKey));
         assert_eq!(check(&"k".repeat(33), ID, TS, SIG), Err(E::InvalidKey));
         assert_eq!(check("€", ID, TS, SIG), Err(E::InvalidKey));
-        assert_eq!(
-            check(KEY, &ID.to_uppercase(), TS, SIG),
-            Err(E::MalformedRequestId)
-        );
-        assert_eq!(check(KEY, &ID[1..], TS, SIG), Err(E::MalformedRequestId));
+        // Any 1-128 visible ASCII characters are a well-formed id (SPEC §11); another id than the
+        // signed one is a mismatch, not malformed.
+        assert_eq!(check(KEY, &ID.to_uppercase(), TS, SIG), Err(E::Mismatch));
+        assert_eq!(check(KEY, &ID[1..], TS, SIG), Err(E::Mismatch));
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_REQUEST_ID_CHARS + 1),
+            "has space".to_owned(),
+            "tab\tid".to_owned(),
+            "caf\u{e9}".to_owned(),
+            "nul\0".to_owned(),
+        ] {
+            assert_eq!(check(KEY, &bad, TS, SIG), Err(E::MalformedRequestId), "{bad:?}");
+        }
         assert_eq!(check(KEY, ID, "", SIG), Err(E::MalformedTimestamp));
         assert_eq!(check(KEY, ID, "-1", SIG), Err(E::MalformedTimestamp));
         assert_eq!(

@@ -6,7 +6,9 @@
 //! field path (`sources[1].origin_auth.request_handshake`) and never contains a secret value.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,8 +43,8 @@ pub struct ConfigError {
 /// A secret as written in the config: a literal, `{env: NAME}` or `{file: PATH}`.
 ///
 /// Deserializing accepts exactly these three shapes; anything else (a number, a map with other
-/// or more keys) is an error that does not quote the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// or more keys) is an error that does not quote the value. `Debug` prints a literal as `***`.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum SecretRef {
     /// The value itself.
@@ -57,6 +59,16 @@ pub enum SecretRef {
         /// File path; the value is the file's content without a trailing newline.
         file: String,
     },
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Literal(_) => f.write_str("Literal(***)"),
+            SecretRef::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            SecretRef::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -278,9 +290,12 @@ impl Source {
 }
 
 /// The validated sources, looked up by Host.
+///
+/// Each source is shared (`Arc`), so a [`crate::Forward`] can keep its source without a lookup
+/// and without copying its secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sources {
-    list: Vec<Source>,
+    list: Vec<Arc<Source>>,
     limits: Limits,
     /// Normalized host (see [`Source::hosts`]) to its source's position in `list`.
     index: BTreeMap<String, usize>,
@@ -291,13 +306,14 @@ impl Sources {
     ///
     /// `host:8080`, `[::1]:8080` and one trailing dot are accepted; `None` when no source lists
     /// the host.
-    pub fn by_host(&self, host: &str) -> Option<&Source> {
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Source>> {
         let key = hosts::host_header_key(host)?;
         self.index.get(key.as_ref()).and_then(|&i| self.list.get(i))
     }
 
-    /// The source called `name`.
-    pub fn by_name(&self, name: &str) -> Option<&Source> {
+    /// The source called `name` (a linear search over the few sources: for resuming state
+    /// that names its source, never on every request).
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Source>> {
         self.list.iter().find(|s| s.name == name)
     }
 
@@ -317,9 +333,19 @@ impl Sources {
     }
 
     /// All sources in config order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Source> {
-        self.list.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &Source> {
+        self.list.iter().map(|s| s.as_ref())
     }
+}
+
+/// The validated configuration of the Envoy filter: the sources (with their limits) and
+/// `upstream.timeout`, which bounds an origin request and all its redirect hops together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Sources.
+    pub sources: Sources,
+    /// `upstream.timeout` (default 10s).
+    pub timeout: Duration,
 }
 
 /// The validated whole config.
@@ -395,9 +421,12 @@ impl RawPluginConfig {
     ///
     /// # Errors
     /// The first rule violated, with its field path.
-    pub fn validate(self, secrets: &dyn SecretResolver) -> Result<Sources, ConfigError> {
-        validate::upstream(self.upstream.clone())?;
-        validate::sources(self.sources, &self.upstream, &self.limits, secrets)
+    pub fn validate(self, secrets: &dyn SecretResolver) -> Result<PluginConfig, ConfigError> {
+        let upstream = validate::upstream(self.upstream.clone())?;
+        Ok(PluginConfig {
+            sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
+            timeout: upstream.timeout,
+        })
     }
 }
 

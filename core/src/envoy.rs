@@ -1,6 +1,10 @@
 //! The names the Envoy filter (`filter-wasm`) and the bootstrap `ixproxy envoy-config` generates
-//! must agree on. They are plain wire names with no policy; keeping them in one place means the
-//! filter and the generated routes cannot drift apart.
+//! must agree on, and how Envoy's own replies map onto the core's outcomes. Keeping them in one
+//! place means the filter and the generated bootstrap cannot drift apart.
+
+use crate::outcome::Outcome;
+#[cfg(doc)]
+use crate::outcome::Rejection;
 
 /// Request header the filter sets on every forward (`tls` or `plain`), overwriting anything a
 /// client sent; the routes strip it before the request leaves Envoy.
@@ -34,3 +38,103 @@ pub const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outc
 
 /// The tag name [`OUTCOME_TAG_REGEX`] extracts.
 pub const OUTCOME_TAG_NAME: &str = "outcome";
+
+/// Request headers Envoy's connection manager adds itself before any filter runs; they are not
+/// the client's, so the filter does not count them against the client header limits.
+pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [FORWARDED_PROTO];
+
+/// Envoy's `response.code_details` for a response that came from the origin.
+pub const VIA_UPSTREAM: &str = "via_upstream";
+
+/// Envoy response flags meaning "the origin could not be reached or gave no usable answer"
+/// (connection or TLS failure, no resolved host, DNS failure, connection closed or reset before
+/// a response, protocol error such as oversized response headers). The generated bootstrap
+/// turns Envoy's local reply for them into [`Rejection::origin_error`] (Envoy answers 503 for
+/// most of them by default, SPEC says 502).
+pub const ORIGIN_ERROR_FLAGS: [&str; 6] = ["UF", "UH", "DF", "UC", "UR", "UPE"];
+
+/// Envoy response flags of an origin that did not answer in time: [`Rejection::origin_timeout`].
+pub const ORIGIN_TIMEOUT_FLAGS: [&str; 1] = ["UT"];
+
+/// Envoy response flags of a request refused by one of Envoy's own concurrency limits (circuit
+/// breaker overflow, overload manager): [`Rejection::overloaded`].
+pub const OVERLOADED_FLAGS: [&str; 2] = ["UO", "OM"];
+
+/// The outcome of a response Envoy produced itself on a request the filter forwarded (not
+/// [`VIA_UPSTREAM`]), from its `response.code_details`: the same outcome the native gateway
+/// counts for the same failure.
+///
+/// Unknown details count as [`Outcome::Internal`]: Envoy answered for a reason the gateway does
+/// not expect, which is the gateway's fault rather than the origin's or the client's.
+pub fn local_reply_outcome(details: &str) -> Outcome {
+    const TIMEOUTS: [&str; 6] = [
+        "upstream_response_timeout",
+        "upstream_per_try_timeout",
+        "upstream_per_try_idle_timeout",
+        "request_overall_timeout",
+        "upstream_max_stream_duration_reached",
+        "max_duration_timeout",
+    ];
+    const OVERLOADED: [&str; 3] = ["overload_manager", "envoy_overloaded", "upstream_reset_before_response_started{overflow"];
+    const ORIGIN: [&str; 5] = [
+        "upstream_reset_before_response_started",
+        "upstream_reset_after_response_started",
+        "no_healthy_upstream",
+        "dns_resolution_failure",
+        "upstream_response_headers_too_large",
+    ];
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| details.starts_with(p));
+    if details.starts_with("rbac_access_denied") {
+        Outcome::OriginDenied
+    } else if details.starts_with("downstream_remote_disconnect")
+        || details.starts_with("downstream_local_disconnect")
+        || details.starts_with("client_disconnected")
+    {
+        Outcome::ClientClosed
+    } else if starts(&TIMEOUTS) {
+        Outcome::OriginTimeout
+    } else if starts(&OVERLOADED) {
+        Outcome::Overloaded
+    } else if starts(&ORIGIN) {
+        Outcome::OriginError
+    } else {
+        Outcome::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_local_replies_map_to_the_native_outcomes() {
+        for (details, outcome) in [
+            ("upstream_response_timeout", Outcome::OriginTimeout),
+            ("request_overall_timeout", Outcome::OriginTimeout),
+            (
+                "upstream_reset_before_response_started{connection_failure}",
+                Outcome::OriginError,
+            ),
+            (
+                "upstream_reset_before_response_started{remote_connection_failure,TLS_error:_268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED}",
+                Outcome::OriginError,
+            ),
+            (
+                "upstream_reset_before_response_started{overflow}",
+                Outcome::Overloaded,
+            ),
+            ("upstream_reset_after_response_started{remote_reset}", Outcome::OriginError),
+            ("dns_resolution_failure", Outcome::OriginError),
+            ("no_healthy_upstream", Outcome::OriginError),
+            (
+                "rbac_access_denied_matched_policy[ixproxy-private-origin-address]",
+                Outcome::OriginDenied,
+            ),
+            ("downstream_remote_disconnect", Outcome::ClientClosed),
+            ("overload_manager", Outcome::Overloaded),
+            ("route_not_found", Outcome::Internal),
+        ] {
+            assert_eq!(local_reply_outcome(details), outcome, "{details}");
+        }
+    }
+}

@@ -2,12 +2,15 @@
 //!
 //! Everything both runtimes (the proxy-wasm Envoy filter and the native Pingora gateway) need to
 //! agree on lives here: imgix URL signature verification over the raw request target, Web Proxy
-//! origin URL decoding and validation, `expires`, origin authentication headers, the config model
-//! and the one [`decide`] entry point that turns a request into a forward or a rejection.
+//! origin URL decoding and validation, `expires`, origin authentication headers, the config
+//! model, the one [`decide`] entry point that turns a request into a [`Forward`] or a
+//! [`Rejection`], the rules a forward meets afterwards (redirect hops, resolved addresses, the
+//! origin's response), and every [`Outcome`] and status either runtime can produce.
 //!
 //! The core never reads the clock, randomness, the environment or the network: callers pass the
-//! current time, 32 random bytes and a [`config::SecretResolver`] in. That keeps it usable from a
-//! Wasm VM and deterministic under test.
+//! current time, random bytes (only where a per-request id is made) and a
+//! [`config::SecretResolver`] in. That keeps it usable from a Wasm VM and deterministic under
+//! test.
 #![forbid(unsafe_code)]
 
 pub mod addr;
@@ -16,12 +19,18 @@ pub mod config;
 pub mod decide;
 pub mod envoy;
 pub mod expires;
+pub mod forward;
 pub mod origin;
+pub mod outcome;
+pub mod request;
+pub mod response;
 pub mod secret;
 pub mod signature;
 pub mod signer;
 
 pub use config::{Config, ConfigError, Source, Sources};
-pub use decide::{decide, Decision, Forward, Outcome, Rejection, RequestInfo};
+pub use decide::{decide, Decision, RequestInfo};
+pub use forward::Forward;
 pub use origin::{OriginError, OriginUrl, Scheme};
+pub use outcome::{Outcome, Rejection};
 pub use secret::Secret;

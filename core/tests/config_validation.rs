@@ -559,9 +559,20 @@ fn plugin_json() -> String {
 #[test]
 fn plugin_json_round_trips_and_validates() {
     let raw = RawPluginConfig::from_json(&plugin_json()).expect("plugin json parses");
-    let sources = raw.validate(&spec_secrets()).expect("validates");
-    let source = sources.by_host("assets.example.com").expect("source");
+    let plugin = raw.validate(&spec_secrets()).expect("validates");
+    let source = plugin.sources.by_host("assets.example.com").expect("source");
     assert_eq!(source.tokens[1].expose(), "old-token-value");
+    assert_eq!(plugin.timeout, ixproxy_core::config::DEFAULT_TIMEOUT);
+    let with_timeout = plugin_json().replacen('{', r#"{"upstream": {"timeout": "250ms"}, "#, 1);
+    let plugin = RawPluginConfig::from_json(&with_timeout)
+        .and_then(|raw| raw.validate(&spec_secrets()))
+        .expect("validates");
+    assert_eq!(plugin.timeout, std::time::Duration::from_millis(250));
+    let bad = plugin_json().replacen('{', r#"{"upstream": {"timeout": "soon"}, "#, 1);
+    let err = RawPluginConfig::from_json(&bad)
+        .and_then(|raw| raw.validate(&spec_secrets()))
+        .expect_err("bad timeout");
+    assert_eq!(err.path, "upstream.timeout");
 }
 
 #[test]

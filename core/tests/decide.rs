@@ -1,7 +1,8 @@
 //! The decision table: every SPEC §6 row the core decides, redirects, limits and response checks.
 
 use ixproxy_core::config::{MapSecrets, RawConfig};
-use ixproxy_core::decide::{check_request_body, check_request_headers, is_followed_redirect};
+use ixproxy_core::request::{check_request_body, check_request_headers, HeaderTotals};
+use ixproxy_core::response::{is_followed_redirect, OriginHead};
 use ixproxy_core::signer::{sign_url, SignOptions};
 use ixproxy_core::{decide, Decision, Forward, Outcome, RequestInfo, Sources};
 
@@ -56,7 +57,6 @@ fn run(method: &str, host: &str, target: &str) -> Decision {
             target,
         },
         NOW,
-        &RANDOM,
     )
 }
 
@@ -264,11 +264,11 @@ fn rejection_table() {
             (Decision::Forward(_), 0) => {}
             (Decision::Reject(r), s) if s != 0 => {
                 assert_eq!(
-                    (r.status, r.outcome),
+                    (r.status(), r.outcome()),
                     (status, outcome),
                     "{name}: {target} -> {r:?}"
                 );
-                assert!(!r.reason.is_empty(), "{name}: empty reason");
+                assert!(!r.reason().is_empty(), "{name}: empty reason");
             }
             (d, _) => panic!("{name}: {target} -> {d:?}, wanted {status}"),
         }
@@ -280,7 +280,10 @@ fn method_rejection_carries_allow() {
     let Decision::Reject(r) = run("DELETE", "img.example.com", "/x") else {
         panic!("DELETE must be rejected")
     };
-    assert_eq!(r.headers, vec![("allow", "GET, HEAD")]);
+    assert_eq!(
+        r.headers().collect::<Vec<_>>(),
+        vec![("content-type", "text/plain; charset=utf-8"), ("allow", "GET, HEAD")]
+    );
 }
 
 #[test]
@@ -301,7 +304,6 @@ fn private_addresses_need_allow_private_origins() {
                 target: &target,
             },
             NOW,
-            &RANDOM,
         );
         assert!(
             matches!(d, Decision::Forward(_)),
@@ -334,10 +336,9 @@ sources:
                 target: &target,
             },
             NOW,
-            &RANDOM,
         );
         assert!(
-            matches!(&d, Decision::Reject(r) if r.status == 403 && r.outcome == Outcome::OriginDenied),
+            matches!(&d, Decision::Reject(r) if r.status() == 403 && r.outcome() == Outcome::OriginDenied),
             "{url}: {d:?}"
         );
     }
@@ -352,12 +353,13 @@ fn forward_carries_origin_auth_and_expiry() {
     );
     let f = forward("ALT.example.com:8443", &target);
     assert_eq!(
-        f.origin.to_url_string(),
+        f.origin().to_url_string(),
         "https://a.example.org/p/i.png?v=2"
     );
-    assert_eq!(f.max_age, Some(90));
-    assert_eq!(f.source, "pub");
-    let names: Vec<&str> = f.set_headers.iter().map(|(n, _)| *n).collect();
+    assert_eq!(f.max_age(), Some(90));
+    assert_eq!(f.source_name(), "pub");
+    let auth = f.auth_headers(NOW, &RANDOM);
+    let names: Vec<&str> = auth.iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,
         [
@@ -368,12 +370,7 @@ fn forward_carries_origin_auth_and_expiry() {
             "x-imgix-signature-host"
         ]
     );
-    let header = |n: &str| {
-        f.set_headers
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |n: &str| auth.get(n);
     assert_eq!(header("x-imgix-signature-host"), Some("a.example.org"));
     assert_eq!(header("x-imgix-signature-timestamp"), Some("1700000000"));
     assert_eq!(
@@ -387,7 +384,7 @@ fn get_and_head_with_a_body_are_refused() {
     for method in ["GET", "HEAD"] {
         let r = check_request_body(method, true).expect_err(method);
         assert_eq!(
-            (r.status, r.outcome),
+            (r.status(), r.outcome()),
             (400, Outcome::BadRequest),
             "{method}"
         );
@@ -405,21 +402,21 @@ fn get_and_head_with_a_body_are_refused() {
 #[test]
 fn header_limits() {
     let s = sources();
-    assert!(check_request_headers(&s, 5, 200).is_ok());
-    let too_many = check_request_headers(&s, 6, 10).expect_err("6 headers");
+    let totals = |count, bytes| HeaderTotals { count, bytes };
+    assert!(check_request_headers(&s, totals(5, 200)).is_ok());
+    let too_many = check_request_headers(&s, totals(6, 10)).expect_err("6 headers");
     assert_eq!(
-        (too_many.status, too_many.outcome),
+        (too_many.status(), too_many.outcome()),
         (431, Outcome::RequestTooLarge)
     );
     assert_eq!(
-        check_request_headers(&s, 1, 201).map_err(|r| r.status),
+        check_request_headers(&s, totals(1, 201)).map_err(|r| r.status()),
         Err(431)
     );
 }
 
 #[test]
 fn redirects_are_revalidated_and_bounded() {
-    let s = sources();
     let first = forward(
         "img.example.com",
         &signed("new-token", "http://cdn.example.com/a.png", &[]),
@@ -428,30 +425,25 @@ fn redirects_are_revalidated_and_bounded() {
 
     // Same host, https: auth headers follow with a fresh request id.
     let hop = first
-        .redirect(&s, "https://cdn.example.com/b.png", NOW, &[1; 32])
+        .redirect("https://cdn.example.com/b.png")
         .expect("allowed hop");
-    assert_eq!(hop.origin.to_url_string(), "https://cdn.example.com/b.png");
-    assert_eq!(hop.redirects, 1);
-    let id = hop
-        .set_headers
-        .iter()
-        .find(|(n, _)| *n == "x-imgix-signature-request-id")
-        .map(|(_, v)| v.clone());
-    assert_eq!(id, Some("01".repeat(32)));
+    assert_eq!(hop.origin().to_url_string(), "https://cdn.example.com/b.png");
+    assert_eq!(hop.redirects(), 1);
+    let auth = hop.auth_headers(NOW, &[1; 32]);
+    let id = auth.get("x-imgix-signature-request-id");
+    assert_eq!(id, Some("01".repeat(32).as_str()));
 
     // Relative Location, other allowed host: no auth headers leak to it.
     let away = hop
-        .redirect(&s, "//x.example.org/c.png", NOW, &RANDOM)
+        .redirect("//x.example.org/c.png")
         .expect("allowed host");
-    assert_eq!(away.origin.to_url_string(), "https://x.example.org/c.png");
-    assert!(away.set_headers.is_empty(), "{:?}", away.set_headers);
-    assert!(away.auth_headers(&s, NOW, &RANDOM).is_empty());
+    assert_eq!(away.origin().to_url_string(), "https://x.example.org/c.png");
+    let away_auth = away.auth_headers(NOW, &RANDOM);
+    assert!(away_auth.is_empty(), "{away_auth:?}");
 
     // Beyond max_redirects (2 here).
-    let over = away
-        .redirect(&s, "/d.png", NOW, &RANDOM)
-        .expect_err("third hop");
-    assert_eq!((over.status, over.outcome), (502, Outcome::BadRedirect));
+    let over = away.redirect("/d.png").expect_err("third hop");
+    assert_eq!((over.status(), over.outcome()), (502, Outcome::BadRedirect));
 
     // Every hop passes the same policy as the first URL.
     for (location, status) in [
@@ -463,31 +455,39 @@ fn redirects_are_revalidated_and_bounded() {
         ("https://u:p@cdn.example.com/x", 502),
         ("http://cdn.example.com:0/x", 502),
     ] {
-        let r = first
-            .redirect(&s, location, NOW, &RANDOM)
-            .expect_err(location);
-        assert_eq!(r.status, status, "{location}: {r:?}");
+        let r = first.redirect(location).expect_err(location);
+        assert_eq!(r.status(), status, "{location}: {r:?}");
     }
 }
 
 #[test]
 fn response_checks() {
-    let s = sources();
+    let head = |status: u16, ct: Option<&str>, len: Option<u64>| {
+        let len = len.map(|l| l.to_string());
+        let mut h = OriginHead::new(status);
+        if let Some(ct) = ct {
+            h.add("content-type", ct.as_bytes());
+        }
+        if let Some(len) = &len {
+            h.add("content-length", len.as_bytes());
+        }
+        h
+    };
     let f = forward(
         "img.example.com",
         &signed("new-token", "https://cdn.example.com/a.png", &[]),
     );
     assert!(f
-        .check_response(&s, 200, Some("image/png"), Some(1000))
+        .check_response(&head(200, Some("image/png"), Some(1000)))
         .is_ok());
     assert!(f
-        .check_response(&s, 200, Some("Image/WEBP; q=1"), None)
+        .check_response(&head(200, Some("Image/WEBP; q=1"), None))
         .is_ok());
     assert!(f
-        .check_response(&s, 200, Some("application/pdf"), None)
+        .check_response(&head(200, Some("application/pdf"), None))
         .is_ok());
     assert!(
-        f.check_response(&s, 304, None, None).is_ok(),
+        f.check_response(&head(304, None, None)).is_ok(),
         "304 has no body"
     );
     for (status, ct) in [
@@ -497,25 +497,25 @@ fn response_checks() {
         (206, Some("application/pdfx")),
     ] {
         let r = f
-            .check_response(&s, status, ct, None)
+            .check_response(&head(status, ct, None))
             .expect_err(&format!("{status} {ct:?} must be refused"));
         assert_eq!(
-            (r.status, r.outcome),
+            (r.status(), r.outcome()),
             (403, Outcome::ContentTypeDenied),
             "{status} {ct:?}"
         );
     }
     let big = f
-        .check_response(&s, 200, Some("image/png"), Some(1001))
+        .check_response(&head(200, Some("image/png"), Some(1001)))
         .expect_err("too large");
-    assert_eq!((big.status, big.outcome), (502, Outcome::OriginTooLarge));
+    assert_eq!((big.status(), big.outcome()), (502, Outcome::OriginTooLarge));
 
     let dev = forward(
         "dev.test",
         &signed("dev-token", "http://127.0.0.1:9/a", &[]),
     );
     assert!(
-        dev.check_response(&s, 200, Some("text/html"), None).is_ok(),
+        dev.check_response(&head(200, Some("text/html"), None)).is_ok(),
         "no content-type policy"
     );
 }

@@ -1,6 +1,7 @@
 //! The rules that turn the serde layer into the validated config (SPEC §5, §7).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -217,7 +218,7 @@ pub(super) fn sources(
         list.push(source(raw_source, hosts, secrets, &path)?);
     }
     Ok(Sources {
-        list,
+        list: list.into_iter().map(Arc::new).collect(),
         limits,
         index,
     })

@@ -1,0 +1,294 @@
+//! A request on its way to an origin: the [`Forward`] that [`crate::decide`] returns and every
+//! rule that applies to it afterwards — origin auth per attempt, redirect hops, the addresses
+//! the origin name resolved to, and the origin's response.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_allowed};
+use crate::auth::AuthHeaders;
+use crate::config::{Limits, Source, Sources};
+use crate::origin::{parse_origin, OriginUrl};
+use crate::outcome::Rejection;
+use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits};
+
+/// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
+/// `Location` its redirect machinery cannot take).
+pub const UNFOLLOWABLE_LOCATION: &str = "location not followable by this runtime";
+
+/// A request to send to an origin: the source it belongs to, the origin URL of this attempt
+/// and what the response rules need (the `expires` cap, the hop count, the first origin host).
+///
+/// Carries no credentials: origin auth headers are built per attempt by
+/// [`Forward::auth_headers`]. `Debug` prints the source name, never its secrets.
+#[derive(Clone)]
+pub struct Forward {
+    source: Arc<Source>,
+    limits: Limits,
+    origin: OriginUrl,
+    auth_host: String,
+    max_age: Option<u64>,
+    redirects: u32,
+}
+
+impl Forward {
+    /// The forward of a client request that passed every check (`max_age` from `expires`).
+    pub(crate) fn new(
+        source: &Arc<Source>,
+        limits: Limits,
+        origin: OriginUrl,
+        max_age: Option<u64>,
+    ) -> Forward {
+        Forward {
+            source: Arc::clone(source),
+            limits,
+            auth_host: origin.host.clone(),
+            origin,
+            max_age,
+            redirects: 0,
+        }
+    }
+
+    /// Resumes a forward from state a runtime kept across a redirect hop (the Envoy filter's
+    /// hop state): the source by name, the URL of the attempt that answered with the redirect,
+    /// the first origin host, hops so far and the `expires` cap.
+    ///
+    /// Returns `None` when the source is gone (reconfigured) or the URL no longer parses.
+    pub fn resume(
+        sources: &Sources,
+        source: &str,
+        origin_url: &str,
+        auth_host: &str,
+        redirects: u32,
+        max_age: Option<u64>,
+    ) -> Option<Forward> {
+        Some(Forward {
+            source: Arc::clone(sources.by_name(source)?),
+            limits: *sources.limits(),
+            origin: parse_origin(origin_url).ok()?,
+            auth_host: auth_host.to_owned(),
+            max_age,
+            redirects,
+        })
+    }
+
+    /// The source this request belongs to.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Name of the source (for logs and metrics).
+    pub fn source_name(&self) -> &str {
+        &self.source.name
+    }
+
+    /// The origin URL of this attempt.
+    pub fn origin(&self) -> &OriginUrl {
+        &self.origin
+    }
+
+    /// Host of the first origin URL (origin auth goes only to hops on it).
+    pub fn auth_host(&self) -> &str {
+        &self.auth_host
+    }
+
+    /// Upper bound for the response's `Cache-Control` max-age, from `expires`.
+    pub fn max_age(&self) -> Option<u64> {
+        self.max_age
+    }
+
+    /// Redirect hops followed so far (0 for the origin URL the client signed).
+    pub fn redirects(&self) -> u32 {
+        self.redirects
+    }
+
+    /// Whether the source allows private/loopback origin addresses.
+    pub fn allow_private(&self) -> bool {
+        self.source.allow_private_origins
+    }
+
+    /// The limits in force for this request.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The origin auth headers for one attempt at this forward: fresh timestamp and request id
+    /// (`now` in unix seconds, `random` 32 fresh random bytes), and none at all on a hop away
+    /// from the first origin's host. Runtimes call it once per origin request, so an unsigned
+    /// or refused request never draws randomness or computes an HMAC.
+    pub fn auth_headers(&self, now: u64, random: &[u8; 32]) -> AuthHeaders {
+        if self.origin.host == self.auth_host {
+            self.source
+                .origin_auth
+                .headers(&self.origin.host, now, random)
+        } else {
+            AuthHeaders::default()
+        }
+    }
+
+    /// Follows an origin redirect: resolves `location` against the current origin URL and
+    /// re-validates it like the first URL (http/https, no userinfo, valid port, the source's
+    /// `allowed_origin_hosts` and private-address rules).
+    ///
+    /// # Errors
+    /// 502 [`crate::Outcome::BadRedirect`] past `upstream.max_redirects` or for an unusable
+    /// `Location`; 403 [`crate::Outcome::OriginDenied`] when the hop's host is not allowed.
+    pub fn redirect(&self, location: &str) -> Result<Forward, Rejection> {
+        if self.redirects >= self.limits.max_redirects {
+            return Err(Rejection::bad_redirect("too many redirects"));
+        }
+        let base = url::Url::parse(&self.origin.to_url_string())
+            .map_err(|_| Rejection::bad_redirect("bad base url"))?;
+        let target = base
+            .join(location.trim())
+            .map_err(|_| Rejection::bad_redirect("location is not a url"))?;
+        let origin = parse_origin(target.as_str()).map_err(Rejection::bad_redirect)?;
+        check_origin_policy(&self.source, &origin)?;
+        Ok(Forward {
+            source: Arc::clone(&self.source),
+            limits: self.limits,
+            origin,
+            auth_host: self.auth_host.clone(),
+            max_age: self.max_age,
+            redirects: self.redirects + 1,
+        })
+    }
+
+    /// The answer to a redirect the runtime did not follow itself (its own redirect machinery
+    /// stopped): the core's reason when it would refuse the hop too, else a 502 saying the
+    /// `Location` was not followable. A redirect is never passed to the client.
+    pub fn unfollowed_redirect(&self, location: &str) -> Rejection {
+        match self.redirect(location) {
+            Err(rejection) => rejection,
+            Ok(_) => Rejection::bad_redirect(UNFOLLOWABLE_LOCATION),
+        }
+    }
+
+    /// Checks the addresses the origin name resolved to (see
+    /// [`crate::addr::resolved_addresses_allowed`]).
+    ///
+    /// # Errors
+    /// 403 [`crate::Outcome::OriginDenied`] when any address is denied and the source does not
+    /// allow private origins.
+    pub fn check_resolved(&self, addrs: impl IntoIterator<Item = IpAddr>) -> Result<(), Rejection> {
+        if resolved_addresses_allowed(addrs, self.allow_private()) {
+            Ok(())
+        } else {
+            Err(Rejection::origin_address_denied())
+        }
+    }
+
+    /// Checks the address the runtime reports it connected to (`ip:port`; `None` when it
+    /// cannot tell), before any byte of the response reaches the client.
+    ///
+    /// # Errors
+    /// 403 [`crate::Outcome::OriginDenied`] when the address is denied or unknown and the
+    /// source does not allow private origins.
+    pub fn check_upstream_address(&self, address: Option<&str>) -> Result<(), Rejection> {
+        if self.allow_private() || upstream_address_allowed(address) {
+            Ok(())
+        } else {
+            Err(Rejection::origin_address_denied())
+        }
+    }
+
+    /// Checks an origin response head before anything of it reaches the client and returns
+    /// the edits that make it the client's: the declared `Content-Length` against
+    /// `upstream.max_body_bytes`, the Content-Type against the source's
+    /// `allowed_content_types` (on every response that can carry a body), then
+    /// [`crate::response::response_edits`].
+    ///
+    /// # Errors
+    /// 502 [`crate::Outcome::OriginTooLarge`] or 403 [`crate::Outcome::ContentTypeDenied`].
+    pub fn check_response(&self, head: &OriginHead) -> Result<ResponseEdits, Rejection> {
+        if head
+            .content_length()
+            .is_some_and(|len| len > self.limits.max_body_bytes)
+        {
+            return Err(Rejection::origin_too_large());
+        }
+        if let (true, Some(allowed)) = (
+            status_has_body(head.status()),
+            self.source.allowed_content_types.as_ref(),
+        ) {
+            let media_type = head
+                .content_type()
+                .map(|ct| {
+                    ct.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_default();
+            // `image/` is a prefix; `application/pdf` names one media type exactly.
+            let matches = |p: &String| {
+                if p.ends_with('/') {
+                    media_type.starts_with(p.as_str())
+                } else {
+                    media_type == *p
+                }
+            };
+            if media_type.is_empty() || !allowed.iter().any(matches) {
+                return Err(Rejection::content_type_denied());
+            }
+        }
+        Ok(response_edits(head, self.max_age))
+    }
+
+    /// Whether the body received so far (`bytes`) is over `upstream.max_body_bytes`; the
+    /// runtime then aborts the transfer and counts [`Rejection::origin_too_large`].
+    pub fn body_over_limit(&self, bytes: u64) -> bool {
+        bytes > self.limits.max_body_bytes
+    }
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("source", &self.source.name)
+            .field("origin", &self.origin.to_url_string())
+            .field("auth_host", &self.auth_host)
+            .field("max_age", &self.max_age)
+            .field("redirects", &self.redirects)
+            .finish()
+    }
+}
+
+impl PartialEq for Forward {
+    fn eq(&self, other: &Forward) -> bool {
+        self.source.name == other.source.name
+            && self.limits == other.limits
+            && self.origin == other.origin
+            && self.auth_host == other.auth_host
+            && self.max_age == other.max_age
+            && self.redirects == other.redirects
+    }
+}
+
+impl Eq for Forward {}
+
+/// The source's origin policy: `allowed_origin_hosts`, then (unless `allow_private_origins`) no
+/// IP literal from the deny list and no `localhost` name.
+pub(crate) fn check_origin_policy(source: &Source, origin: &OriginUrl) -> Result<(), Rejection> {
+    if !source.origin_host_allowed(&origin.host) {
+        return Err(Rejection::origin_host_not_allowed());
+    }
+    if !source.allow_private_origins && is_private_host(origin) {
+        return Err(Rejection::origin_address_denied());
+    }
+    Ok(())
+}
+
+/// Whether the origin host is known to be non-public before any DNS lookup: a denied IP literal
+/// or a `localhost` name.
+fn is_private_host(origin: &OriginUrl) -> bool {
+    match origin.ip() {
+        Some(ip) => is_denied_ip(ip),
+        None => {
+            let host = origin.host.trim_end_matches('.');
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
+}
