@@ -756,7 +756,7 @@ fn check_origin(
 #[cfg(test)]
 mod tests {
     use ixproxy_core::config::RawConfig;
-    use ixproxy_core::decide::check_request_headers;
+    use ixproxy_core::request::{check_request_headers, HeaderTotals};
     use ixproxy_core::{decide, Decision, RequestInfo};
 
     use super::*;
@@ -802,24 +802,23 @@ mod tests {
             let mut fields = req.headers.clone();
             fields.push(("host".to_owned(), req.host.clone()));
             fields.push(("connection".to_owned(), "close".to_owned()));
-            let bytes = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
-            let decision = check_request_headers(&config.sources, fields.len(), bytes)
-                .map_or_else(Decision::Reject, |()| {
-                    decide(&config.sources, &info, now, &[1; 32])
-                });
+            let totals = HeaderTotals::of(fields.iter().map(|(k, v)| (k.as_str(), v.len())));
+            let decision = check_request_headers(&config.sources, totals)
+                .map_or_else(Decision::Reject, |()| decide(&config.sources, &info, now));
             match decision {
                 Decision::Forward(f) if forwarded => {
                     if let Some(first) = wanted.first() {
                         let path = expand(&first.path, &harness.placeholders(), 0);
-                        if f.origin.path_and_query != path {
+                        if f.origin().path_and_query != path {
                             wrong.push(format!(
                                 "{}: core forwards {}",
-                                case.name, f.origin.path_and_query
+                                case.name,
+                                f.origin().path_and_query
                             ));
                         }
                     }
                 }
-                Decision::Reject(r) if !forwarded && Some(r.status) == expect.status => {}
+                Decision::Reject(r) if !forwarded && Some(r.status()) == expect.status => {}
                 other => wrong.push(format!("{}: {} -> {other:?}", case.name, req.target)),
             }
         }
