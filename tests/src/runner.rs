@@ -6,9 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_core::auth::{self, verify_origin_signature};
 use ixproxy_core::signer::{sign_url, SignOptions};
-use ixproxy_core::Secret;
-
-use ixproxy_core::Outcome;
+use ixproxy_core::{Outcome, Secret};
 
 use crate::cases::{
     default_cases_path, default_vectors_path, expand, load_cases, load_vectors, tamper, validate,
@@ -181,7 +179,7 @@ pub fn assert_suite_passes<G: Gateway>(name: &str) {
 }
 
 /// Runs `cases` one after the other through a started gateway, each checked by `ledger` for
-/// the outcome it must count.
+/// the outcome it must count (call [`OutcomeLedger::finish`] after the last check).
 pub fn run_cases<G: Gateway>(
     gateway: &G,
     harness: &Harness,
@@ -208,7 +206,6 @@ pub fn run_cases<G: Gateway>(
         });
         results.push(result);
     }
-    ledger.finish(&mut results);
     Report {
         gateway: G::NAME,
         results,
@@ -1056,5 +1053,174 @@ mod tests {
         let mut problems = Vec::new();
         check_invariants(&r, &mut problems);
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    /// A gateway that is only an admin listener serving `ixproxy_requests_total` from counts the
+    /// test changes, to check the ledger without a runtime.
+    struct FakeGateway {
+        admin: SocketAddr,
+        counts: std::sync::Arc<std::sync::Mutex<Vec<(Outcome, u64)>>>,
+    }
+
+    impl FakeGateway {
+        fn new() -> FakeGateway {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let admin = listener.local_addr().expect("addr");
+            let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Outcome, u64)>::new()));
+            let served = std::sync::Arc::clone(&counts);
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body: String = served
+                        .lock()
+                        .expect("counts")
+                        .iter()
+                        .map(|(o, n)| {
+                            format!("ixproxy_requests_total{{outcome=\"{}\"}} {n}\n", o.as_str())
+                        })
+                        .collect();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            FakeGateway { admin, counts }
+        }
+
+        /// Counts one request under `outcome`, now or after `delay` (on another thread).
+        fn count(&self, outcome: Outcome, delay: Duration) {
+            let counts = std::sync::Arc::clone(&self.counts);
+            let add = move || {
+                let mut counts = counts.lock().expect("counts");
+                match counts.iter_mut().find(|(o, _)| *o == outcome) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((outcome, 1)),
+                }
+            };
+            if delay.is_zero() {
+                add();
+            } else {
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    add();
+                });
+            }
+        }
+    }
+
+    impl Gateway for FakeGateway {
+        const NAME: &'static str = "fake";
+
+        fn start(
+            _config: &std::path::Path,
+            _env: &[(String, String)],
+            _work_dir: &std::path::Path,
+        ) -> Result<Self, HarnessError> {
+            Err(HarnessError::Gateway(
+                "the fake gateway is made with FakeGateway::new".to_owned(),
+            ))
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.admin
+        }
+
+        fn log_tail(&self) -> String {
+            String::new()
+        }
+
+        fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
+            (self.admin, "/metrics")
+        }
+    }
+
+    fn result(name: &str) -> CaseResult {
+        CaseResult {
+            name: name.to_owned(),
+            sent: String::new(),
+            problems: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_ledger_requires_exact_deltas_and_catches_late_counts() {
+        let gateway = FakeGateway::new();
+        let mut ledger = OutcomeLedger::new(&gateway);
+        let mut done = Vec::new();
+        let no_delay = Duration::ZERO;
+
+        // Counted at once, and counted a moment after the response (polled for).
+        let r = ledger.check(&mut done, &[Outcome::Forwarded], || {
+            gateway.count(Outcome::Forwarded, no_delay);
+            result("at once")
+        });
+        done.push(r);
+        let r = ledger.check(&mut done, &[Outcome::OriginTooLarge], || {
+            gateway.count(Outcome::OriginTooLarge, Duration::from_millis(300));
+            result("a moment later")
+        });
+        done.push(r);
+        assert!(done.iter().all(|r| r.problems.is_empty()), "{done:?}");
+
+        // Counted twice: named with the runtime and both deltas.
+        let r = ledger.check(&mut done, &[Outcome::Forwarded], || {
+            gateway.count(Outcome::Forwarded, no_delay);
+            gateway.count(Outcome::BadRequest, no_delay);
+            result("twice")
+        });
+        assert_eq!(
+            r.problems,
+            [
+                "fake counted {bad_request: +1, forwarded: +1} in ixproxy_requests_total \
+              (expected {forwarded: +1}, waited 2s)"
+            ]
+        );
+        done.push(r);
+
+        // Nothing expected, nothing counted.
+        let r = ledger.check(&mut done, &[], || result("nothing"));
+        assert!(r.problems.is_empty(), "{r:?}");
+        done.push(r);
+
+        // A second count after the check was judged fails that check, not the next one.
+        let r = ledger.check(&mut done, &[Outcome::Expired], || {
+            gateway.count(Outcome::Expired, no_delay);
+            result("late")
+        });
+        done.push(r);
+        gateway.count(Outcome::Expired, no_delay);
+        let r = ledger.check(&mut done, &[Outcome::UnknownHost], || {
+            gateway.count(Outcome::UnknownHost, no_delay);
+            result("after the late one")
+        });
+        assert!(r.problems.is_empty(), "{r:?}");
+        done.push(r);
+        gateway.count(Outcome::Forwarded, no_delay);
+        ledger.finish(&mut done);
+        let late = |name: &str| {
+            done.iter()
+                .find(|r| r.name == name)
+                .map(|r| r.problems.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            late("late"),
+            ["fake counted {expired: +1} in ixproxy_requests_total after this check was judged"]
+        );
+        assert_eq!(
+            late("after the late one"),
+            ["fake counted {forwarded: +1} in ixproxy_requests_total after this check was judged"]
+        );
     }
 }
