@@ -16,6 +16,7 @@ use crate::HarnessError;
 pub struct EnvoyGateway {
     process: Process,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Gateway for EnvoyGateway {
@@ -97,7 +98,11 @@ impl Gateway for EnvoyGateway {
             .ok_or_else(|| HarnessError::Gateway("admin /listeners did not answer".to_owned()))?;
         let addr = listener_address(&listeners)?;
         process.wait_for("listener", || std::net::TcpStream::connect(addr).ok())?;
-        Ok(EnvoyGateway { process, addr })
+        Ok(EnvoyGateway {
+            process,
+            addr,
+            admin,
+        })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -106,6 +111,14 @@ impl Gateway for EnvoyGateway {
 
     fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+
+    /// Envoy's Prometheus output, only the outcome counter (`filter` is a regex over stat names).
+    fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
+        (
+            self.admin,
+            "/stats/prometheus?filter=ixproxy_requests_total",
+        )
     }
 }
 
