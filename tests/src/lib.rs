@@ -1,5 +1,5 @@
 //! The ixproxy conformance suite: one table of cases (`conformance/cases.yaml` plus cases
-//! generated from `shared/vectors/url-signatures.json`) run against either gateway runtime.
+//! generated from `core/tests/vectors/url-signatures.json`) run against either gateway runtime.
 //!
 //! - [`origin`]: the recording origin servers (plain HTTP, HTTPS, HTTPS with a wrong name).
 //! - [`gateway`]: the [`gateway::Gateway`] trait and its two runners, Envoy with the ixproxy
