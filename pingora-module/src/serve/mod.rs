@@ -8,10 +8,10 @@ mod admin;
 mod deadline;
 mod demo;
 mod gateway;
+mod listen;
 mod metrics;
 mod upstream;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -64,14 +64,15 @@ fn init_logging() {
 
 /// Loads the config, checks everything that can fail, and builds the Pingora server.
 fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
-    let (config, banner) = match config_path {
+    let (config, demo_origin) = match config_path {
         Some(path) => (load_config(path)?, None),
         None => {
             let origin = demo::start_origin()
                 .map_err(|e| format!("cannot start the demo origin on 127.0.0.1: {e}"))?;
-            let config = demo::demo_config(origin.port(), &NativeSecrets)?;
-            let banner = demo::banner(&config, origin);
-            (config, Some(banner))
+            (
+                demo::demo_config(origin.port(), &NativeSecrets)?,
+                Some(origin),
+            )
         }
     };
     let ca = upstream::load_trust_anchors(config.upstream.ca_file.as_deref())
@@ -82,8 +83,11 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
             config.admin_listen
         ));
     }
-    check_bindable(config.listen, "listen")?;
-    check_bindable(config.admin_listen, "admin_listen")?;
+    // Bound here, not by Pingora: a busy port is a clean error now, and port 0 becomes the
+    // real port that is printed below and then served (see `listen`).
+    let listener = listen::BoundListener::bind(config.listen, "listen")?;
+    let admin_listener = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
+    let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -98,27 +102,24 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
     server.bootstrap();
 
     let Config {
-        listen,
-        admin_listen,
-        upstream,
-        sources,
+        upstream, sources, ..
     } = config;
     let gateway = gateway::Gateway::new(sources, upstream, ca, metrics.clone());
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let mut proxy = Service::new(
+    let proxy = Service::new(
         "gateway".to_owned(),
         deadline::Deadlined::new(proxy, metrics.clone()),
     );
-    proxy.add_tcp(&listen.to_string());
-    server.add_service(proxy);
+    server.add_service(listen::PreBound::new(proxy, listener));
 
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics));
     admin.threads = Some(1);
-    admin.add_tcp(&admin_listen.to_string());
-    server.add_service(admin);
+    server.add_service(listen::PreBound::new(admin, admin_listener));
 
-    match banner {
-        Some(banner) => println!("{banner}"),
+    // Both sockets are listening from here on (connections queue until Pingora accepts), so
+    // whoever reads these addresses can connect at once.
+    match demo_origin {
+        Some(origin) => println!("{}", demo::banner(listen, admin_listen, origin)),
         None => eprintln!(
             "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
              (/healthz, /metrics), {threads} threads"
@@ -135,27 +136,31 @@ fn max_attempts(max_redirects: u32) -> usize {
     (max_redirects as usize + 1) * (upstream::MAX_CANDIDATES + 1)
 }
 
-/// Fails early with a clear message when an address cannot be listened on: Pingora itself would
-/// only retry and then panic in a service thread, leaving a half-started process.
-fn check_bindable(addr: SocketAddr, field: &str) -> Result<(), String> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("{field}: cannot listen on {addr}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_address_in_use_is_a_clear_error_naming_the_field() {
-        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let err = check_bindable(addr, "admin_listen").expect_err("in use");
+        let dir = std::env::temp_dir().join(format!("ixproxy-busy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("busy.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\nadmin_listen: {addr}\nsources:\n  - name: a\n    \
+                 hosts: [a.test]\n    secure_url_tokens: [t]\n"
+            ),
+        )
+        .expect("write");
+        let err = prepare(Some(&path)).err().expect("admin port in use");
         assert!(
             err.starts_with(&format!("admin_listen: cannot listen on {addr}: ")),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
