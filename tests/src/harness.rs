@@ -249,7 +249,10 @@ pub fn loopback_alias() -> String {
 }
 
 /// A loopback address whose port was just released, so connecting to it is refused.
-fn dead_address() -> Result<SocketAddr, HarnessError> {
+///
+/// # Errors
+/// The probe listener cannot be bound.
+pub fn dead_address() -> Result<SocketAddr, HarnessError> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("bind dead port", e))?;
     listener

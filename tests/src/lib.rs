@@ -8,16 +8,21 @@
 //! - [`cases`]: the case table and the vector-driven case generator.
 //! - [`runner`]: sends each case through a gateway and checks what the client and the origin saw.
 //! - [`client`]: a raw HTTP/1.1 client that never rewrites the request target.
+//! - [`scripted`]: a raw TCP origin driven by a test's own function, per connection.
+//! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
+//!   aborted transfer, or a time bound.
 
 pub mod cases;
 pub mod client;
 pub mod gateway;
 pub mod harness;
 pub mod origin;
+pub mod raw_origin;
 pub mod runner;
+pub mod scripted;
 pub mod tls;
 
-pub use gateway::{EnvoyGateway, Gateway, PingoraGateway};
+pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};
 pub use runner::{assert_suite_passes, run_suite, Report};
 
 use std::path::PathBuf;

@@ -133,6 +133,10 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
         gateway.addr(),
         &harness,
     ));
+    report.results.extend(crate::raw_origin::raw_origin_checks(
+        gateway.addr(),
+        &harness,
+    ));
     report.start_time = start_time;
     Ok(report)
 }
