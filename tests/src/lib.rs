@@ -23,6 +23,8 @@ pub mod scripted;
 pub mod tls;
 
 pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};
+/// The signals [`ServeProcess::stop`] sends.
+pub use nix::sys::signal::Signal;
 pub use runner::{assert_suite_passes, run_suite, Report};
 
 use std::path::PathBuf;

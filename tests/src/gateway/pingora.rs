@@ -32,6 +32,9 @@ pub struct ServeProcess {
     process: Process,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// Holds the config and log when [`ServeProcess::start_temp`] made the directory; declared
+    /// last so the process stops before its log is removed.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl ServeProcess {
@@ -74,7 +77,26 @@ impl ServeProcess {
             process,
             listen,
             admin,
+            dir: None,
         })
+    }
+
+    /// [`ServeProcess::start`] in a fresh temporary directory, removed when this is dropped.
+    ///
+    /// # Errors
+    /// As [`ServeProcess::start`], or the directory cannot be made.
+    pub fn start_temp(
+        bin: &Path,
+        config: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ixproxy-serve-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("temp dir", e))?;
+        let mut serve = ServeProcess::start(bin, config, env, dir.path())?;
+        serve.dir = Some(dir);
+        Ok(serve)
     }
 
     /// The gateway listener, as reported by the process.
