@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ixproxy_conformance::client::{send, send_until_close, RawRequest, RawResponse};
-use ixproxy_conformance::harness::dead_address;
+use ixproxy_conformance::harness::DeadPort;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::scripted::{OriginConn, ScriptedOrigin};
 use ixproxy_conformance::ServeProcess;
@@ -148,20 +148,29 @@ fn https_origins_are_verified_against_system_roots_plus_ca_file() {
     let _ = std::fs::remove_file(&ca);
 }
 
+/// A GET whose client waits for the gateway to close the connection (`Connection: close`):
+/// by then the gateway is done with the request and has put its origin connection back in the
+/// pool, so the next request can find it there.
+fn get_to_close(serve: &ServeProcess, origin_url: &str) -> u16 {
+    let req = RawRequest::get("gw.test", &signed(origin_url));
+    let got = send_until_close(serve.listen(), &req, TIMEOUT).expect("exchange");
+    got.response(false).expect("response").status
+}
+
 #[test]
 fn origin_connections_are_pooled_per_origin_host() {
     let origin = ScriptedOrigin::start(keep_alive).expect("origin");
     let serve = start(CONFIG);
     let by_ip = format!("http://{}/a.png", origin.addr);
     for _ in 0..3 {
-        assert_eq!(get(serve.listen(), "gw.test", &by_ip).status, 200);
+        assert_eq!(get_to_close(&serve, &by_ip), 200);
     }
     assert_eq!(origin.connections(), 1, "one pooled connection");
     // Another origin name on the same address gets its own connection (the pool key holds the
     // host), then reuses it.
     let by_name = format!("http://localhost:{}/a.png", origin.addr.port());
     for _ in 0..2 {
-        assert_eq!(get(serve.listen(), "gw.test", &by_name).status, 200);
+        assert_eq!(get_to_close(&serve, &by_name), 200);
     }
     assert_eq!(origin.connections(), 2);
 }
@@ -186,11 +195,9 @@ fn each_outcome_is_counted_once_including_the_native_origin_error_labels() {
     assert_eq!(send(addr, &post, TIMEOUT).expect("post").status, 405);
     assert_eq!(get(addr, "nobody.test", &http("/asset/ok.jpg")).status, 410);
     assert_eq!(get(addr, "public.test", &http("/asset/ok.jpg")).status, 403);
-    let dead = dead_address().expect("dead port");
-    assert_eq!(
-        get(addr, "gw.test", &format!("http://{dead}/x.png")).status,
-        502
-    );
+    let dead = DeadPort::bind().expect("dead port");
+    let refused = format!("http://{}/x.png", dead.addr());
+    assert_eq!(get(addr, "gw.test", &refused).status, 502);
     assert_eq!(get(addr, "gw.test", &http("/slow/x.jpg")).status, 504);
     assert_eq!(
         get(addr, "gw.test", &http("/hops/9/asset/x.jpg")).status,
