@@ -5,6 +5,7 @@
 //! with the admin app ([`admin`]). SIGINT stops at once; SIGTERM drains for about a second.
 
 mod admin;
+mod announce;
 mod deadline;
 mod demo;
 mod gateway;
@@ -44,8 +45,10 @@ pub struct ServeArgs {
 pub fn run(config_path: Option<&Path>) -> ExitCode {
     init_logging();
     match prepare(config_path) {
-        Ok(server) => {
-            server.run(RunArgs::default());
+        Ok((server, announcement)) => {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(announce::AnnounceThenWatch::new(announcement)),
+            });
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -63,7 +66,9 @@ fn init_logging() {
 }
 
 /// Loads the config, checks everything that can fail, and builds the Pingora server.
-fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
+/// Also returns what to print once the server watches for signals: both sockets are listening
+/// from the moment they are bound here, so that line only waits for the signal handlers.
+fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement), String> {
     let (config, demo_origin) = match config_path {
         Some(path) => (load_config(path)?, None),
         None => {
@@ -118,14 +123,14 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
 
     // Both sockets are listening from here on (connections queue until Pingora accepts), so
     // whoever reads these addresses can connect at once.
-    match demo_origin {
-        Some(origin) => println!("{}", demo::banner(listen, admin_listen, origin)),
-        None => eprintln!(
+    let announcement = match demo_origin {
+        Some(origin) => announce::Announcement::Stdout(demo::banner(listen, admin_listen, origin)),
+        None => announce::Announcement::Stderr(format!(
             "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
              (/healthz, /metrics), {threads} threads"
-        ),
-    }
-    Ok(server)
+        )),
+    };
+    Ok((server, announcement))
 }
 
 /// Upstream attempts Pingora may make for one request: every redirect hop plus the first URL,
