@@ -133,6 +133,10 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
         serves_while_origins_hang(gateway.addr(), &harness)
     });
     report.results.push(hanging);
+    let hung_up = ledger.check(&mut report.results, &[Outcome::ClientClosed], || {
+        a_client_hanging_up_is_its_own_outcome(gateway.addr(), &harness)
+    });
+    report.results.push(hung_up);
     match keep_alive_sequence() {
         Ok(sequence) => {
             let outcomes = sequence_outcomes(&sequence);
@@ -638,6 +642,56 @@ fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult 
                 .push(format!("hanging request {i}: thread panicked")),
         }
     }
+    result
+}
+
+/// Not a table row: a client that closes its connection while the origin is still working on
+/// its answer counts `client_closed` (checked by the caller), never an origin failure.
+fn a_client_hanging_up_is_its_own_outcome(addr: SocketAddr, harness: &Harness) -> CaseResult {
+    use std::io::Write;
+    let mut result = CaseResult {
+        name: "a client hanging up before its answer is client_closed".to_owned(),
+        sent: String::new(),
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let Some(token) = harness.tokens.get("a.new") else {
+        result.problems.push("no token a.new".to_owned());
+        return result;
+    };
+    let http = format!("http://{}", harness.origin.http);
+    let target = sign_url(
+        token,
+        &format!("{http}/slow/hang-up.jpg"),
+        &[],
+        &SignOptions::default(),
+    );
+    let req = RawRequest::get("a.test", &target);
+    result.sent = format!("GET {} (Host: a.test), then close", req.target);
+    let started = Instant::now();
+    harness.origin.clear();
+    let sent = std::net::TcpStream::connect(addr).and_then(|mut stream| {
+        stream.write_all(&req.to_bytes_with(false))?;
+        Ok(stream)
+    });
+    let stream = match sent {
+        Ok(stream) => stream,
+        Err(e) => {
+            result.problems.push(format!("cannot send: {e}"));
+            return result;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.origin.requests().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if harness.origin.requests().is_empty() {
+        result
+            .problems
+            .push("the request never reached the origin".to_owned());
+    }
+    drop(stream);
+    result.elapsed = started.elapsed();
     result
 }
 
