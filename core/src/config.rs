@@ -595,6 +595,23 @@ sources:
     }
 
     #[test]
+    fn literal_secrets_never_print_through_debug() {
+        let raw = RawConfig::from_yaml(
+            "sources:\n  - {name: a, hosts: [a], secure_url_tokens: [hunter2-token, {env: T}],\n     origin_auth: {request_handshake: hunter2-hs}}\n",
+        )
+        .expect("parses");
+        let printed = format!("{raw:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("Literal(***)") && printed.contains("env: \"T\""));
+        let sources = raw
+            .validate(&MapSecrets::new().with_env("T", "hunter2-env"))
+            .expect("valid")
+            .sources;
+        let printed = format!("{sources:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
     fn quoted_strings_are_dropped_from_type_errors() {
         assert_eq!(
             redact_quoted_string(r#"invalid type: string "hunter2", expected struct X"#),

@@ -527,3 +527,47 @@ fn response_checks() {
         "no content-type policy"
     );
 }
+
+#[test]
+fn forwards_never_print_their_source_secrets() {
+    let f = forward(
+        "img.example.com",
+        &signed("new-token", "http://cdn.example.com/a.png", &[]),
+    );
+    let printed = format!("{f:?} {:?}", f.auth_headers(NOW, &RANDOM));
+    for secret in ["new-token", "old-token", "hs", "key", "abab"] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    assert!(
+        printed.contains("pub") && printed.contains("cdn.example.com"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn resolved_addresses_are_checked_with_the_source_rule() {
+    let public = forward(
+        "img.example.com",
+        &signed("new-token", "http://cdn.example.com/a.png", &[]),
+    );
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    assert!(public.check_resolved([ip("93.184.215.14")]).is_ok());
+    for denied in ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.7"] {
+        let r = public
+            .check_resolved([ip("93.184.215.14"), ip(denied)])
+            .expect_err(denied);
+        assert_eq!(
+            (r.status(), r.outcome()),
+            (403, Outcome::OriginDenied),
+            "{denied}"
+        );
+    }
+    let dev = forward(
+        "dev.test",
+        &signed("dev-token", "http://127.0.0.1:9/a", &[]),
+    );
+    assert!(dev.check_resolved([ip("127.0.0.1"), ip("::1")]).is_ok());
+    assert!(public.check_upstream_address(Some("10.0.0.1:80")).is_err());
+    assert!(public.check_upstream_address(None).is_err());
+    assert!(dev.check_upstream_address(None).is_ok());
+}

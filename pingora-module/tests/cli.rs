@@ -154,6 +154,49 @@ fn verify_origin_checks_the_vector_and_the_skew_window() {
     assert_eq!(run(wrong, "1709332618").status.code(), Some(1));
 }
 
+#[test]
+fn verify_origin_accepts_any_visible_ascii_request_id() {
+    let key = ixproxy_core::Secret::new("test-signing-key");
+    for id in ["imgix-7f3a.req_01", "1", &"Z".repeat(128)] {
+        let signature = ixproxy_core::auth::request_signature(&key, id, "1709332618");
+        let out = ixproxy(&[
+            "verify-origin",
+            "--key",
+            "test-signing-key",
+            "--request-id",
+            id,
+            "--timestamp",
+            "1709332618",
+            "--signature",
+            &signature,
+            "--now",
+            "1709332618",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{id}: {}", stderr(&out));
+    }
+    for bad in [&"Z".repeat(129), "has space"] {
+        let out = ixproxy(&[
+            "verify-origin",
+            "--key",
+            "k",
+            "--request-id",
+            bad,
+            "--timestamp",
+            "1709332618",
+            "--signature",
+            "v1,861B47427F21119C916A6BC56618D5E191C3208535A28A590D1D84E083F29A88",
+            "--now",
+            "1709332618",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            stderr(&out).contains("malformed request id"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
 fn check_yaml(name: &str, yaml: &str) -> Output {
     let dir = std::env::temp_dir().join(format!("ixproxy-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
