@@ -102,6 +102,12 @@ impl Outcome {
         }
     }
 
+    /// Whether the gateway refused the request or its answer by policy (an origin or content
+    /// type the source does not allow): logged like a rejection, not as a proxy error.
+    pub fn is_policy_refusal(self) -> bool {
+        matches!(self, Outcome::OriginDenied | Outcome::ContentTypeDenied)
+    }
+
     /// The outcome with this metric label, if any.
     pub fn from_label(label: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.as_str() == label)

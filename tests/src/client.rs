@@ -284,10 +284,16 @@ fn read_response<S: Read>(
 ) -> Result<RawResponse, HarnessError> {
     let head_request = req.method.eq_ignore_ascii_case("HEAD");
     let mut buf = [0u8; 16 * 1024];
+    // Parsing starts once the head has ended; until then only the new bytes are searched, so
+    // megabytes of response headers cost linear time, not a re-scan per read.
+    let mut head_ended = find(raw, b"\r\n\r\n").is_some();
+    let mut scanned = raw.len();
     loop {
-        if let Some((response, used)) = try_parse(raw, head_request, false)? {
-            raw.drain(..used);
-            return Ok(response);
+        if head_ended {
+            if let Some((response, used)) = try_parse(raw, head_request, false)? {
+                raw.drain(..used);
+                return Ok(response);
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -301,6 +307,11 @@ fn read_response<S: Read>(
             Ok(0) => true,
             Ok(n) => {
                 raw.extend_from_slice(&buf[..n]);
+                if !head_ended {
+                    let from = scanned.saturating_sub(3);
+                    head_ended = find(&raw[from..], b"\r\n\r\n").is_some();
+                    scanned = raw.len();
+                }
                 false
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,

@@ -632,7 +632,9 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         // Policy refusals are logged by `logging` like rejections.
-        ctx.failure.as_ref().is_some_and(|f| f.status() == 403)
+        ctx.failure
+            .as_ref()
+            .is_some_and(|f| f.outcome().is_policy_refusal())
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
