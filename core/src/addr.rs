@@ -32,9 +32,12 @@ impl IpNet {
     /// Whether `ip` is inside this network (never across address families).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(u128::from(u32::from(net)), u128::from(u32::from(ip)), 32, self.len)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(u32::from(net)),
+                u128::from(u32::from(ip)),
+                32,
+                self.len,
+            ),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 prefix_eq(u128::from(net), u128::from(ip), 128, self.len)
             }
@@ -107,7 +110,10 @@ pub const DENY_LIST: [DenyRule; 32] = [
     deny(IpNet::v4(10, 0, 0, 0, 8), "private"),
     deny(IpNet::v4(100, 64, 0, 0, 10), "carrier-grade nat"),
     deny(IpNet::v4(127, 0, 0, 0, 8), "loopback"),
-    deny(IpNet::v4(169, 254, 0, 0, 16), "link-local (cloud metadata lives here)"),
+    deny(
+        IpNet::v4(169, 254, 0, 0, 16),
+        "link-local (cloud metadata lives here)",
+    ),
     deny(IpNet::v4(172, 16, 0, 0, 12), "private"),
     deny(IpNet::v4(192, 0, 0, 0, 24), "ietf protocol assignments"),
     deny(IpNet::v4(192, 0, 2, 0, 24), "documentation"),
@@ -123,20 +129,47 @@ pub const DENY_LIST: [DenyRule; 32] = [
         IpNet::v6([0, 0, 0, 0, 0, 0, 0, 0], 96),
         "unspecified, loopback, deprecated ipv4-compatible",
     ),
-    embeds(IpNet::v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96), 96, "ipv4-mapped"),
-    embeds(IpNet::v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96), 96, "ipv4-translated"),
-    embeds(IpNet::v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), 96, "nat64 well-known prefix"),
-    deny(IpNet::v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), "nat64 local use"),
+    embeds(
+        IpNet::v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),
+        96,
+        "ipv4-mapped",
+    ),
+    embeds(
+        IpNet::v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96),
+        96,
+        "ipv4-translated",
+    ),
+    embeds(
+        IpNet::v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),
+        96,
+        "nat64 well-known prefix",
+    ),
+    deny(
+        IpNet::v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
+        "nat64 local use",
+    ),
     deny(IpNet::v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), "discard"),
     embeds(IpNet::v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), 16, "6to4"),
     deny(IpNet::v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), "teredo"),
     deny(IpNet::v6([0x2001, 0x10, 0, 0, 0, 0, 0, 0], 28), "orchid"),
     deny(IpNet::v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28), "orchid v2"),
-    deny(IpNet::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), "documentation"),
-    deny(IpNet::v6([0, 0, 0, 0, 0, 0, 0, 0], 8), "reserved by the ietf"),
-    deny(IpNet::v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), "documentation"),
+    deny(
+        IpNet::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),
+        "documentation",
+    ),
+    deny(
+        IpNet::v6([0, 0, 0, 0, 0, 0, 0, 0], 8),
+        "reserved by the ietf",
+    ),
+    deny(
+        IpNet::v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),
+        "documentation",
+    ),
     deny(IpNet::v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), "unique local"),
-    deny(IpNet::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 9), "link-local, site-local"),
+    deny(
+        IpNet::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 9),
+        "link-local, site-local",
+    ),
     deny(IpNet::v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
 ];
 
@@ -177,7 +210,8 @@ pub struct DeniedNetwork {
 /// [`DeniedNetwork::except`]. An address is denied by the list exactly when it is inside some
 /// entry's `net` and outside that entry's `except`.
 pub fn denied_networks() -> Vec<DeniedNetwork> {
-    let v4_denied: Vec<IpNet> = DENY_LIST.iter()
+    let v4_denied: Vec<IpNet> = DENY_LIST
+        .iter()
         .filter(|r| r.action == DenyAction::Deny && r.net.addr.is_ipv4())
         .map(|r| r.net)
         .collect();
@@ -307,7 +341,12 @@ mod tests {
             } else {
                 (1u128 << (width - u32::from(rule.net.len))) - 1
             };
-            for x in [base.wrapping_sub(1), base, base + span, (base + span).wrapping_add(1)] {
+            for x in [
+                base.wrapping_sub(1),
+                base,
+                base + span,
+                (base + span).wrapping_add(1),
+            ] {
                 out.push(match rule.net.addr {
                     IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(x as u32)),
                     IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(x)),

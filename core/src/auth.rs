@@ -429,7 +429,11 @@ mod tests {
             "caf\u{e9}".to_owned(),
             "nul\0".to_owned(),
         ] {
-            assert_eq!(check(KEY, &bad, TS, SIG), Err(E::MalformedRequestId), "{bad:?}");
+            assert_eq!(
+                check(KEY, &bad, TS, SIG),
+                Err(E::MalformedRequestId),
+                "{bad:?}"
+            );
         }
         assert_eq!(check(KEY, ID, "", SIG), Err(E::MalformedTimestamp));
         assert_eq!(check(KEY, ID, "-1", SIG), Err(E::MalformedTimestamp));

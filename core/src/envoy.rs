@@ -5,6 +5,7 @@
 use crate::outcome::Outcome;
 #[cfg(doc)]
 use crate::outcome::Rejection;
+use crate::request::HeaderTotals;
 
 /// Request header the filter sets on every forward (`tls` or `plain`), overwriting anything a
 /// client sent; the routes strip it before the request leaves Envoy.
@@ -43,6 +44,19 @@ pub const OUTCOME_TAG_NAME: &str = "outcome";
 /// the client's, so the filter does not count them against the client header limits.
 pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [FORWARDED_PROTO];
 
+/// The client's request header totals as Envoy's filter sees them: the core's one counting rule
+/// ([`HeaderTotals`], `:authority` as `Host`) over every field but
+/// [`ENVOY_ADDED_REQUEST_HEADERS`]. `headers` are `(name, value length)` pairs.
+pub fn client_header_totals<'a>(
+    headers: impl IntoIterator<Item = (&'a str, usize)>,
+) -> HeaderTotals {
+    HeaderTotals::of(headers.into_iter().filter(|(name, _)| {
+        !ENVOY_ADDED_REQUEST_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+    }))
+}
+
 /// Envoy's `response.code_details` for a response that came from the origin.
 pub const VIA_UPSTREAM: &str = "via_upstream";
 
@@ -67,7 +81,8 @@ pub const OVERLOADED_FLAGS: [&str; 2] = ["UO", "OM"];
 /// Unknown details count as [`Outcome::Internal`]: Envoy answered for a reason the gateway does
 /// not expect, which is the gateway's fault rather than the origin's or the client's.
 pub fn local_reply_outcome(details: &str) -> Outcome {
-    const TIMEOUTS: [&str; 6] = [
+    const TIMEOUTS: [&str; 7] = [
+        "response_timeout",
         "upstream_response_timeout",
         "upstream_per_try_timeout",
         "upstream_per_try_idle_timeout",
@@ -75,7 +90,11 @@ pub fn local_reply_outcome(details: &str) -> Outcome {
         "upstream_max_stream_duration_reached",
         "max_duration_timeout",
     ];
-    const OVERLOADED: [&str; 3] = ["overload_manager", "envoy_overloaded", "upstream_reset_before_response_started{overflow"];
+    const OVERLOADED: [&str; 3] = [
+        "overload_manager",
+        "envoy_overloaded",
+        "upstream_reset_before_response_started{overflow",
+    ];
     const ORIGIN: [&str; 5] = [
         "upstream_reset_before_response_started",
         "upstream_reset_after_response_started",
@@ -102,13 +121,48 @@ pub fn local_reply_outcome(details: &str) -> Outcome {
     }
 }
 
+/// The outcome of a forwarded request whose stream ended before the filter saw its answer end
+/// (Envoy's access-log phase), from its `response.code_details`; `None` when the stream counts
+/// nothing because Envoy replaced it to follow an origin redirect (no details are set then; the
+/// recreated stream counts).
+///
+/// [`VIA_UPSTREAM`] here means the origin's answer was flowing and neither its end nor an
+/// origin reset reached the filter: the client went away.
+pub fn unfinished_stream_outcome(details: &str) -> Option<Outcome> {
+    match details {
+        "" | "internal_redirect" => None,
+        VIA_UPSTREAM => Some(Outcome::ClientClosed),
+        _ => Some(local_reply_outcome(details)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn header_totals_count_what_the_client_sent() {
+        let headers = [
+            (":method", 3),
+            (":authority", 9),
+            ("accept", 3),
+            ("x-forwarded-proto", 4),
+            ("X-Big", 10),
+            ("cookie", 1),
+        ];
+        assert_eq!(
+            client_header_totals(headers),
+            HeaderTotals {
+                count: 4,
+                bytes: 4 + 9 + 6 + 3 + 5 + 10 + 6 + 1
+            }
+        );
+    }
+
+    #[test]
     fn envoy_local_replies_map_to_the_native_outcomes() {
         for (details, outcome) in [
+            ("response_timeout", Outcome::OriginTimeout),
             ("upstream_response_timeout", Outcome::OriginTimeout),
             ("request_overall_timeout", Outcome::OriginTimeout),
             (
@@ -136,5 +190,16 @@ mod tests {
         ] {
             assert_eq!(local_reply_outcome(details), outcome, "{details}");
         }
+        // Seen on Envoy 1.40: the stream it replaces to follow a redirect logs this.
+        assert_eq!(unfinished_stream_outcome("internal_redirect"), None);
+        assert_eq!(unfinished_stream_outcome(""), None);
+        assert_eq!(
+            unfinished_stream_outcome(VIA_UPSTREAM),
+            Some(Outcome::ClientClosed)
+        );
+        assert_eq!(
+            unfinished_stream_outcome("upstream_reset_after_response_started{remote_reset}"),
+            Some(Outcome::OriginError)
+        );
     }
 }

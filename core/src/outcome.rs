@@ -113,7 +113,8 @@ pub const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Reason of the 403 for an origin whose address (an IP literal, or any address its name
 /// resolved to) is private, loopback or otherwise not public.
-pub const ORIGIN_ADDRESS_DENIED: &str = "origin address is private, loopback or otherwise not public";
+pub const ORIGIN_ADDRESS_DENIED: &str =
+    "origin address is private, loopback or otherwise not public";
 /// Reason of the 502 for an origin that could not be reached or broke off.
 pub const ORIGIN_UNREACHABLE: &str = "origin unreachable";
 /// Reason of the 504 for an origin that did not answer in time.
@@ -313,7 +314,8 @@ impl Rejection {
     /// Response headers of the local reply (lower-case names): `content-type`, then the
     /// rejection's own (`allow`, `retry-after`). Runtimes add `content-length` themselves.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
-        std::iter::once(("content-type", LOCAL_REPLY_CONTENT_TYPE)).chain(self.headers.iter().copied())
+        std::iter::once(("content-type", LOCAL_REPLY_CONTENT_TYPE))
+            .chain(self.headers.iter().copied())
     }
 }
 
@@ -341,24 +343,48 @@ mod tests {
     #[test]
     fn rejections_carry_their_status_outcome_and_headers() {
         let cases = [
-            (Rejection::method_not_allowed(), 405, Outcome::MethodNotAllowed),
+            (
+                Rejection::method_not_allowed(),
+                405,
+                Outcome::MethodNotAllowed,
+            ),
             (Rejection::target_too_long(), 414, Outcome::RequestTooLarge),
-            (Rejection::headers_too_large(), 431, Outcome::RequestTooLarge),
+            (
+                Rejection::headers_too_large(),
+                431,
+                Outcome::RequestTooLarge,
+            ),
             (Rejection::unknown_host(), 410, Outcome::UnknownHost),
             (Rejection::bad_signature("x"), 403, Outcome::BadSignature),
             (Rejection::expired("x"), 404, Outcome::Expired),
             (Rejection::bad_expires("x"), 400, Outcome::BadExpires),
             (Rejection::bad_origin_url("x"), 400, Outcome::BadOriginUrl),
-            (Rejection::origin_host_not_allowed(), 403, Outcome::OriginDenied),
-            (Rejection::origin_address_denied(), 403, Outcome::OriginDenied),
+            (
+                Rejection::origin_host_not_allowed(),
+                403,
+                Outcome::OriginDenied,
+            ),
+            (
+                Rejection::origin_address_denied(),
+                403,
+                Outcome::OriginDenied,
+            ),
             (Rejection::body_not_allowed(), 400, Outcome::BadRequest),
             (Rejection::bad_request(), 400, Outcome::BadRequest),
-            (Rejection::content_type_denied(), 403, Outcome::ContentTypeDenied),
+            (
+                Rejection::content_type_denied(),
+                403,
+                Outcome::ContentTypeDenied,
+            ),
             (Rejection::origin_too_large(), 502, Outcome::OriginTooLarge),
             (Rejection::bad_redirect("x"), 502, Outcome::BadRedirect),
             (Rejection::origin_error(), 502, Outcome::OriginError),
             (Rejection::origin_timeout(), 504, Outcome::OriginTimeout),
-            (Rejection::bad_origin_response("x"), 502, Outcome::BadOriginResponse),
+            (
+                Rejection::bad_origin_response("x"),
+                502,
+                Outcome::BadOriginResponse,
+            ),
             (Rejection::overloaded(), 503, Outcome::Overloaded),
             (Rejection::internal(), 500, Outcome::Internal),
         ];
@@ -370,7 +396,10 @@ mod tests {
         let headers: Vec<_> = Rejection::method_not_allowed().headers().collect();
         assert_eq!(
             headers,
-            [("content-type", LOCAL_REPLY_CONTENT_TYPE), ("allow", "GET, HEAD")]
+            [
+                ("content-type", LOCAL_REPLY_CONTENT_TYPE),
+                ("allow", "GET, HEAD")
+            ]
         );
         let headers: Vec<_> = Rejection::overloaded().headers().collect();
         assert_eq!(headers[1], ("retry-after", "1"));

@@ -65,8 +65,7 @@ impl HeaderTotals {
 /// A 431 rejection.
 pub fn check_request_headers(sources: &Sources, totals: HeaderTotals) -> Result<(), Rejection> {
     let limits = sources.limits();
-    if totals.count > limits.max_request_headers || totals.bytes > limits.max_request_header_bytes
-    {
+    if totals.count > limits.max_request_headers || totals.bytes > limits.max_request_header_bytes {
         return Err(Rejection::headers_too_large());
     }
     Ok(())
@@ -104,7 +103,13 @@ mod tests {
             ("x-big", 10),
         ]);
         assert_eq!(h1, h2);
-        assert_eq!(h1, HeaderTotals { count: 3, bytes: 4 + 9 + 6 + 3 + 5 + 10 });
+        assert_eq!(
+            h1,
+            HeaderTotals {
+                count: 3,
+                bytes: 4 + 9 + 6 + 3 + 5 + 10
+            }
+        );
     }
 
     #[test]
@@ -118,6 +123,9 @@ mod tests {
             Err(400)
         );
         assert!(check_request_body("GET", false).is_ok());
-        assert!(check_request_body("POST", true).is_ok(), "decide answers 405");
+        assert!(
+            check_request_body("POST", true).is_ok(),
+            "decide answers 405"
+        );
     }
 }

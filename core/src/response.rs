@@ -42,7 +42,10 @@ impl OriginHead {
     }
 
     /// The head of `status` with every `(name, value)` field of `fields`.
-    pub fn of<'a>(status: u16, fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OriginHead {
+    pub fn of<'a>(
+        status: u16,
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> OriginHead {
         let mut head = OriginHead::new(status);
         for (name, value) in fields {
             head.add(name, value);
@@ -144,13 +147,21 @@ mod tests {
 
     #[test]
     fn content_length_needs_one_agreeing_number() {
-        assert_eq!(head(&[("Content-Length", "10737418240")]).content_length(), Some(10_737_418_240));
+        assert_eq!(
+            head(&[("Content-Length", "10737418240")]).content_length(),
+            Some(10_737_418_240)
+        );
         assert_eq!(head(&[("content-length", " 5 ")]).content_length(), Some(5));
         assert_eq!(
             head(&[("content-length", "5"), ("content-length", "5")]).content_length(),
             Some(5)
         );
-        for bad in [&[("content-length", "5, 5")][..], &[("content-length", "-1")], &[], &[("content-length", "5"), ("content-length", "6")]] {
+        for bad in [
+            &[("content-length", "5, 5")][..],
+            &[("content-length", "-1")],
+            &[],
+            &[("content-length", "5"), ("content-length", "6")],
+        ] {
             assert_eq!(head(bad).content_length(), None, "{bad:?}");
         }
     }

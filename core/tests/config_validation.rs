@@ -560,7 +560,10 @@ fn plugin_json() -> String {
 fn plugin_json_round_trips_and_validates() {
     let raw = RawPluginConfig::from_json(&plugin_json()).expect("plugin json parses");
     let plugin = raw.validate(&spec_secrets()).expect("validates");
-    let source = plugin.sources.by_host("assets.example.com").expect("source");
+    let source = plugin
+        .sources
+        .by_host("assets.example.com")
+        .expect("source");
     assert_eq!(source.tokens[1].expose(), "old-token-value");
     assert_eq!(plugin.timeout, ixproxy_core::config::DEFAULT_TIMEOUT);
     let with_timeout = plugin_json().replacen('{', r#"{"upstream": {"timeout": "250ms"}, "#, 1);

@@ -282,7 +282,10 @@ fn method_rejection_carries_allow() {
     };
     assert_eq!(
         r.headers().collect::<Vec<_>>(),
-        vec![("content-type", "text/plain; charset=utf-8"), ("allow", "GET, HEAD")]
+        vec![
+            ("content-type", "text/plain; charset=utf-8"),
+            ("allow", "GET, HEAD")
+        ]
     );
 }
 
@@ -427,16 +430,17 @@ fn redirects_are_revalidated_and_bounded() {
     let hop = first
         .redirect("https://cdn.example.com/b.png")
         .expect("allowed hop");
-    assert_eq!(hop.origin().to_url_string(), "https://cdn.example.com/b.png");
+    assert_eq!(
+        hop.origin().to_url_string(),
+        "https://cdn.example.com/b.png"
+    );
     assert_eq!(hop.redirects(), 1);
     let auth = hop.auth_headers(NOW, &[1; 32]);
     let id = auth.get("x-imgix-signature-request-id");
     assert_eq!(id, Some("01".repeat(32).as_str()));
 
     // Relative Location, other allowed host: no auth headers leak to it.
-    let away = hop
-        .redirect("//x.example.org/c.png")
-        .expect("allowed host");
+    let away = hop.redirect("//x.example.org/c.png").expect("allowed host");
     assert_eq!(away.origin().to_url_string(), "https://x.example.org/c.png");
     let away_auth = away.auth_headers(NOW, &RANDOM);
     assert!(away_auth.is_empty(), "{away_auth:?}");
@@ -508,14 +512,18 @@ fn response_checks() {
     let big = f
         .check_response(&head(200, Some("image/png"), Some(1001)))
         .expect_err("too large");
-    assert_eq!((big.status(), big.outcome()), (502, Outcome::OriginTooLarge));
+    assert_eq!(
+        (big.status(), big.outcome()),
+        (502, Outcome::OriginTooLarge)
+    );
 
     let dev = forward(
         "dev.test",
         &signed("dev-token", "http://127.0.0.1:9/a", &[]),
     );
     assert!(
-        dev.check_response(&head(200, Some("text/html"), None)).is_ok(),
+        dev.check_response(&head(200, Some("text/html"), None))
+            .is_ok(),
         "no content-type policy"
     );
 }

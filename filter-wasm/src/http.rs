@@ -1,30 +1,36 @@
 //! The HTTP stream context: applies the decision of [`ixproxy_core::decide`] to one request,
-//! follows origin redirects through Envoy's internal redirects, and enforces the response
-//! limits (content type, size, upstream address) before any byte reaches the client.
+//! follows origin redirects through Envoy's internal redirects, enforces the response limits
+//! (content type, size, upstream address) before any byte reaches the client, and counts the
+//! request's one outcome.
 //!
 //! Redirects: the generated routes let Envoy follow 301/302/303/307/308 internally (copying the
 //! origin's `Location` into the recreated request). Envoy runs the whole filter chain again on
 //! the recreated request; the filter recognises it only by the hop state it stored in Envoy
-//! filter state ([`plan::HOP_PROPERTY`], request life span), which clients cannot set, and
+//! filter state ([`hop::HOP_PROPERTY`], request life span), which clients cannot set, and
 //! re-validates the hop with [`Forward::redirect`]. A redirect Envoy does not follow (past its
-//! limit, relative `Location`) reaches this filter as a 3xx response and becomes a 502.
+//! limit, a `Location` it cannot take) reaches this filter as a 3xx response and becomes the
+//! core's answer for it.
+//!
+//! Counting: exactly one outcome per client request. A rejection is counted when the filter
+//! answers it; a forwarded request when its answer ends (the last body byte passed on, or a
+//! response without body), or as the core's outcome for Envoy's own reply or for a stream that
+//! ended early (`on_log`, from `response.code_details`). The stream Envoy abandons to follow a
+//! redirect counts nothing: the recreated stream counts.
 
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ixproxy_core::decide::{check_request_body, check_request_headers, is_followed_redirect};
+use ixproxy_core::envoy::{client_header_totals, local_reply_outcome, VIA_UPSTREAM};
+use ixproxy_core::request::{check_request_body, check_request_headers};
+use ixproxy_core::response::{is_followed_redirect, OriginHead};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Bytes, MapType};
 
+use crate::edits::{self, HeaderEdit};
+use crate::hop::{self, Hop};
 use crate::metrics::Counters;
-use crate::plan::{self, HeaderEdit, Hop, LocalReply};
-
-/// Envoy's response code details for a response that came from the origin (not a local reply).
-const VIA_UPSTREAM: &str = "via_upstream";
-/// Prefix of Envoy's response code details for a request the RBAC filter refused.
-const RBAC_DENIED: &str = "rbac_access_denied";
 
 /// Per-request state.
 pub struct FilterHttp {
@@ -38,6 +44,8 @@ pub struct FilterHttp {
     body_bytes: u64,
     /// Set once the filter answered or aborted the response itself.
     done: bool,
+    /// Set once this request's outcome was counted.
+    counted: bool,
 }
 
 impl FilterHttp {
@@ -51,6 +59,7 @@ impl FilterHttp {
             forward: None,
             body_bytes: 0,
             done: false,
+            counted: false,
         }
     }
 
@@ -68,34 +77,38 @@ impl FilterHttp {
         hostcalls::get_map_bytes(map).map_err(|status| format!("cannot read headers: {status:?}"))
     }
 
-    fn reply(reply: &LocalReply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(name, value)| (*name, value.as_str()))
-            .collect();
+    fn property(path: &[&str]) -> Option<String> {
+        hostcalls::get_property(path.to_vec())
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Counts `outcome` unless this request already has its outcome.
+    fn count(&mut self, outcome: Outcome) {
+        if !self.counted {
+            self.counted = true;
+            self.counters.increment(outcome);
+        }
+    }
+
+    /// Answers `rejection` locally and counts its outcome.
+    fn reject(&mut self, rejection: &Rejection) -> Action {
+        self.count(rejection.outcome());
+        self.done = true;
+        let reply = edits::local_reply(rejection);
         if let Err(status) =
-            hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+            hostcalls::send_http_response(reply.status, reply.headers, Some(reply.body.as_bytes()))
         {
             log::error!("ixproxy: cannot send the local reply: {status:?}");
         }
         Action::Pause
     }
 
-    fn reject(&mut self, rejection: &Rejection) -> Action {
-        self.counters.increment(rejection.outcome);
-        self.done = true;
-        Self::reply(&plan::local_reply(rejection))
-    }
-
-    fn internal_error(&mut self, reason: &str) -> Action {
-        log::error!("ixproxy: {reason}");
-        self.done = true;
-        Self::reply(&LocalReply {
-            status: 500,
-            headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
-            body: "internal error\n".to_owned(),
-        })
+    /// A fault of the filter or of a host call: logged, answered with the core's 500.
+    fn internal_error(&mut self, why: &str) -> Action {
+        log::error!("ixproxy: {why}");
+        self.reject(&Rejection::internal())
     }
 
     fn apply(map: MapType, edits: &[HeaderEdit]) -> Result<(), String> {
@@ -111,41 +124,53 @@ impl FilterHttp {
         Ok(())
     }
 
-    /// Unix time in seconds and in milliseconds, and 32 fresh random bytes.
-    fn now_and_random() -> Result<(u64, u64, [u8; 32]), String> {
+    /// Unix time in seconds and in milliseconds.
+    fn now() -> Result<(u64, u64), String> {
         let since_epoch = hostcalls::get_current_time()
             .map_err(|status| format!("no clock: {status:?}"))?
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        Ok((since_epoch.as_secs(), millis))
+    }
+
+    fn random() -> Result<[u8; 32], String> {
         let mut random = [0u8; 32];
         getrandom::getrandom(&mut random).map_err(|e| format!("no randomness: {e}"))?;
-        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
-        Ok((since_epoch.as_secs(), millis, random))
+        Ok(random)
     }
 
     /// The hop state stored by this filter for an earlier attempt of this downstream request,
     /// present only on a stream Envoy recreated for an internal redirect.
     fn stored_hop() -> Option<Vec<u8>> {
-        hostcalls::get_property(vec![plan::HOP_PROPERTY])
+        hostcalls::get_property(vec![hop::HOP_PROPERTY])
             .ok()
             .flatten()
             .filter(|state| !state.is_empty())
     }
 
-    /// Rewrites the request for `forward`, remembers it for a redirect hop and the response.
-    /// `started_ms` is when the client's request arrived; `timeout_ms`, when set, the router
-    /// timeout for this attempt (what a hop has left of `upstream.timeout`).
+    /// Rewrites the request for `forward` (with fresh origin auth headers for this attempt),
+    /// remembers it for a redirect hop and the response. `started_ms` is when the client's
+    /// request arrived; `timeout_ms`, when set, the router timeout for this attempt (what a hop
+    /// has left of `upstream.timeout`).
     fn send(
         &mut self,
         forward: Forward,
         names: &[String],
+        now: u64,
         started_ms: u64,
         timeout_ms: Option<u64>,
     ) -> Action {
-        let mut edits = plan::forward_request_edits(&forward, names.iter().map(String::as_str));
+        let random = match Self::random() {
+            Ok(random) => random,
+            Err(e) => return self.internal_error(&e),
+        };
+        let auth = forward.auth_headers(now, &random);
+        let mut edits =
+            edits::forward_request_edits(&forward, &auth, names.iter().map(String::as_str));
         if let Some(timeout_ms) = timeout_ms {
             edits.push(HeaderEdit::Set(
-                plan::TIMEOUT_HEADER.into(),
+                hop::TIMEOUT_HEADER.into(),
                 timeout_ms.to_string(),
             ));
         }
@@ -155,7 +180,7 @@ impl FilterHttp {
         // Without the hop state a redirect cannot be followed (the recreated request would be
         // judged as a client request and refused), so failing to store it is an error.
         if let Err(status) = hostcalls::set_property(
-            vec![plan::HOP_PROPERTY],
+            vec![hop::HOP_PROPERTY],
             Some(&Hop::of(&forward, started_ms).encode()),
         ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
@@ -177,48 +202,24 @@ impl FilterHttp {
         let Some(previous) = hop.forward(sources) else {
             return self.internal_error("hop state of an unknown source");
         };
-        let (now, now_ms, random) = match Self::now_and_random() {
+        let (now, now_ms) = match Self::now() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
         // One `upstream.timeout` for the request and all its hops, as on the native gateway.
-        let Some(left_ms) = plan::remaining_ms(hop.started_ms, now_ms, self.timeout_ms) else {
-            self.done = true;
-            return Self::reply(&LocalReply {
-                status: 504,
-                headers: vec![("content-type", "text/plain; charset=utf-8".to_owned())],
-                body: "origin timed out\n".to_owned(),
-            });
+        let Some(left_ms) = hop::remaining_ms(hop.started_ms, now_ms, self.timeout_ms) else {
+            return self.reject(&Rejection::origin_timeout());
         };
-        let location = plan::hop_location(
-            Self::header(MapType::HttpRequestHeaders, plan::LOCATION_HEADER).as_deref(),
+        let location = hop::hop_location(
+            Self::header(MapType::HttpRequestHeaders, hop::LOCATION_HEADER).as_deref(),
             &Self::header(MapType::HttpRequestHeaders, ":scheme").unwrap_or_default(),
             &Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default(),
             &Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default(),
         );
-        match previous.redirect(sources, &location, now, &random) {
-            Ok(next) => self.send(next, names, hop.started_ms, Some(left_ms)),
+        match previous.redirect(&location) {
+            Ok(next) => self.send(next, names, now, hop.started_ms, Some(left_ms)),
             Err(rejection) => self.reject(&rejection),
         }
-    }
-
-    /// The origin answered with a redirect Envoy did not follow (past `max_redirects`, or a
-    /// `Location` Envoy cannot follow): never hand the 3xx to the client.
-    fn unfollowed_redirect(&mut self, sources: &Sources, forward: &Forward) -> Action {
-        let location = Self::header(MapType::HttpResponseHeaders, "location").unwrap_or_default();
-        let followed = Self::now_and_random()
-            .map(|(now, _, random)| forward.redirect(sources, &location, now, &random));
-        let rejection = match followed {
-            Ok(Err(rejection)) => rejection,
-            // A hop the core would take but Envoy did not (a relative Location), or no clock.
-            _ => Rejection {
-                status: 502,
-                outcome: Outcome::BadRedirect,
-                reason: "origin redirect not followed: location not followable by envoy".into(),
-                headers: Vec::new(),
-            },
-        };
-        self.reject(&rejection)
     }
 }
 
@@ -240,14 +241,13 @@ impl HttpContext for FilterHttp {
         let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         // Envoy's codec has already refused conflicting framing; a request whose stream does not
         // end with its headers carries a body, which a GET or HEAD must not.
-        let (count, bytes) =
-            plan::request_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         if let Err(rejection) = check_request_body(&method, !end_of_stream)
-            .and_then(|()| check_request_headers(&sources, count, bytes))
+            .and_then(|()| check_request_headers(&sources, totals))
         {
             return self.reject(&rejection);
         }
-        let (now, now_ms, random) = match Self::now_and_random() {
+        let (now, now_ms) = match Self::now() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
@@ -258,111 +258,105 @@ impl HttpContext for FilterHttp {
             host: &host,
             target: &target,
         };
-        match decide(&sources, &request, now, &random) {
+        match decide(&sources, &request, now) {
             Decision::Reject(rejection) => self.reject(&rejection),
-            Decision::Forward(forward) => {
-                self.counters.increment(Outcome::Forwarded);
-                self.send(*forward, &names, now_ms, None)
-            }
+            Decision::Forward(forward) => self.send(*forward, &names, now, now_ms, None),
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.done {
             return Action::Continue;
         }
-        let (Some(forward), Some(sources)) = (self.forward.clone(), self.sources.clone()) else {
+        let Some(forward) = self.forward.as_ref() else {
             return Action::Continue;
         };
-        let details = hostcalls::get_property(vec!["response", "code_details"])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        if details != VIA_UPSTREAM.as_bytes() {
-            // Envoy's own reply: 502/504 for an unreachable or slow origin, or the RBAC filter's
-            // 403 for an origin name that resolved to a private address (counted here).
-            if details.starts_with(RBAC_DENIED.as_bytes()) {
-                self.counters.increment(Outcome::OriginDenied);
-            }
+        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
+        if details != VIA_UPSTREAM {
+            // Envoy's own reply on a forwarded request (an unreachable or slow origin, the RBAC
+            // filter refusing a private address): its status and body come from the generated
+            // bootstrap; its outcome from the core's mapping.
+            self.done = true;
+            self.count(local_reply_outcome(&details));
             return Action::Continue;
         }
-        if !forward.allow_private {
-            let address = hostcalls::get_property(vec!["upstream", "address"])
-                .ok()
-                .flatten()
-                .map(|a| String::from_utf8_lossy(&a).into_owned());
-            // The RBAC filter already refused private addresses before connecting; this second
-            // line keeps any response of such an address from the client.
-            if address.is_none_or(|a| plan::upstream_address_denied(&a)) {
-                return self.reject(&Rejection {
-                    status: 403,
-                    outcome: Outcome::OriginDenied,
-                    reason: "origin address is private, loopback or otherwise not public".into(),
-                    headers: Vec::new(),
-                });
-            }
-        }
-        let status: u16 = Self::header(MapType::HttpResponseHeaders, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if is_followed_redirect(status) {
-            return self.unfollowed_redirect(&sources, &forward);
-        }
-        let content_type = Self::header(MapType::HttpResponseHeaders, "content-type");
-        let content_length = plan::declared_length(
-            Self::header(MapType::HttpResponseHeaders, "content-length").as_deref(),
-        );
-        if let Err(rejection) =
-            forward.check_response(&sources, status, content_type.as_deref(), content_length)
-        {
+        let upstream = Self::property(&["upstream", "address"]);
+        // The RBAC filter already refused private addresses before connecting; this second
+        // line keeps any response of such an address from the client.
+        if let Err(rejection) = forward.check_upstream_address(upstream.as_deref()) {
             return self.reject(&rejection);
         }
-        let cache_control = if forward.max_age.is_some() {
-            match Self::headers(MapType::HttpResponseHeaders) {
-                Ok(headers) => {
-                    let text: Vec<(String, String)> = headers
-                        .into_iter()
-                        .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
-                        .collect();
-                    plan::joined_header(&text, "cache-control")
-                }
-                Err(e) => {
-                    log::error!("ixproxy: {e}");
-                    None
-                }
-            }
-        } else {
-            None
+        let fields = match Self::headers(MapType::HttpResponseHeaders) {
+            Ok(fields) => fields,
+            Err(e) => return self.internal_error(&e),
         };
-        let edits = plan::response_edits(cache_control.as_deref(), forward.max_age);
-        if let Err(e) = Self::apply(MapType::HttpResponseHeaders, &edits) {
-            log::error!("ixproxy: {e}");
+        let status = fields
+            .iter()
+            .find(|(name, _)| name == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let head = OriginHead::of(
+            status,
+            fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        );
+        if let (true, Some(location)) = (is_followed_redirect(status), head.location()) {
+            let rejection = forward.unfollowed_redirect(location);
+            return self.reject(&rejection);
+        }
+        let response_edits = match forward.check_response(&head) {
+            Ok(edits) => edits,
+            Err(rejection) => return self.reject(&rejection),
+        };
+        if let Err(e) = Self::apply(
+            MapType::HttpResponseHeaders,
+            &edits::response_header_edits(&response_edits),
+        ) {
+            return self.internal_error(&e);
+        }
+        if end_of_stream {
+            self.count(Outcome::Forwarded);
         }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.done || self.forward.is_none() {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.done {
             return Action::Continue;
         }
-        let Some(sources) = self.sources.as_ref() else {
+        let Some(forward) = self.forward.as_ref() else {
             return Action::Continue;
         };
         // Every callback returns Continue, so `body_size` is this chunk alone.
         self.body_bytes = self
             .body_bytes
             .saturating_add(u64::try_from(body_size).unwrap_or(u64::MAX));
-        if self.body_bytes > sources.limits().max_body_bytes {
+        if forward.body_over_limit(self.body_bytes) {
             // Headers (and maybe earlier chunks) are already on their way: the only honest
             // answer left is to abort the transfer, so the client sees it incomplete.
             self.done = true;
-            self.counters.increment(Outcome::OriginTooLarge);
+            self.count(Rejection::origin_too_large().outcome());
             log::warn!("ixproxy: origin response over max_body_bytes; resetting the stream");
             if let Err(status) = hostcalls::reset_http_response() {
                 log::error!("ixproxy: cannot reset the response: {status:?}");
             }
             return Action::Pause;
         }
+        if end_of_stream {
+            self.count(Outcome::Forwarded);
+        }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.counted || self.forward.is_none() {
+            return;
+        }
+        // A forwarded request that ended before its answer was complete: the client went away,
+        // the origin broke off mid-body, or Envoy gave up. The core maps Envoy's reason; a
+        // stream Envoy replaced to follow a redirect has no reason and counts nothing.
+        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
+        if let Some(outcome) = ixproxy_core::envoy::unfinished_stream_outcome(&details) {
+            self.count(outcome);
+        }
     }
 }

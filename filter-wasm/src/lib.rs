@@ -9,18 +9,20 @@
 //!
 //! Origin redirects are followed through Envoy's internal redirects: the filter keeps each
 //! request's hop state in Envoy filter state (which clients cannot set) and re-validates every
-//! hop with the core; the same module, loaded as the router's upstream filter ([`upstream`]),
+//! hop with the core; the same module, loaded as the router's upstream filter ([`location`]),
 //! adapts two Envoy details of that. Response limits (content types, body size, the address
 //! Envoy connected to) are enforced before any byte reaches the client, or by aborting the
 //! transfer for a body that grows past the limit.
 //!
-//! The pure part of the translation lives in [`plan`] and is unit-tested natively; the host
-//! glue (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
+//! The pure part of the translation lives in [`edits`] (header edits, local replies) and
+//! [`hop`] (the state kept across redirect hops) and is unit-tested natively; the host glue
+//! (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
 
+pub mod edits;
+pub mod hop;
+pub mod location;
 pub mod metrics;
-pub mod plan;
 pub mod secrets;
-pub mod upstream;
 
 mod http;
 mod root;

@@ -4,17 +4,17 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use ixproxy_core::config::{parse_duration, RawPluginConfig, DEFAULT_TIMEOUT};
+use ixproxy_core::config::{PluginConfig, RawPluginConfig, DEFAULT_TIMEOUT};
 use ixproxy_core::Sources;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use crate::hop;
 use crate::http::FilterHttp;
+use crate::location::{LocationFilter, UPSTREAM_ROOT_ID};
 use crate::metrics::Counters;
-use crate::plan;
 use crate::secrets::VmEnvSecrets;
-use crate::upstream::{LocationFilter, UPSTREAM_ROOT_ID};
 
 /// Root context of the filter.
 #[derive(Default)]
@@ -44,8 +44,8 @@ impl RootContext for FilterRoot {
             self.counters = Some(Rc::new(Counters::define()));
             declare_hop_property();
         }
-        match load_sources(plugin_configuration_size) {
-            Ok((sources, timeout)) => {
+        match load_config(plugin_configuration_size) {
+            Ok(PluginConfig { sources, timeout }) => {
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
                 true
@@ -81,15 +81,14 @@ impl RootContext for FilterRoot {
 fn declare_hop_property() {
     if let Err(status) = hostcalls::call_foreign_function(
         "declare_property",
-        Some(&plan::declare_hop_property_args()),
+        Some(&hop::declare_hop_property_args()),
     ) {
         log::warn!("ixproxy: cannot declare the hop state property: {status:?}; origin redirects will be refused");
     }
 }
 
-/// Reads the plugin configuration buffer and validates it with secrets from the VM environment;
-/// returns the sources and `upstream.timeout` (default when absent).
-fn load_sources(size: usize) -> Result<(Sources, Duration), String> {
+/// Reads the plugin configuration buffer and validates it with secrets from the VM environment.
+fn load_config(size: usize) -> Result<PluginConfig, String> {
     let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
         .map_err(|status| format!("cannot read the plugin configuration: {status:?}"))?
         .ok_or_else(|| {
@@ -97,11 +96,7 @@ fn load_sources(size: usize) -> Result<(Sources, Duration), String> {
         })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| "the plugin configuration is not valid utf-8".to_owned())?;
-    let raw = RawPluginConfig::from_json(text).map_err(|e| e.to_string())?;
-    let timeout = match raw.upstream.timeout.as_deref() {
-        Some(text) => parse_duration(text).map_err(|e| format!("upstream.timeout: {e}"))?,
-        None => DEFAULT_TIMEOUT,
-    };
-    let sources = raw.validate(&VmEnvSecrets).map_err(|e| e.to_string())?;
-    Ok((sources, timeout))
+    RawPluginConfig::from_json(text)
+        .and_then(|raw| raw.validate(&VmEnvSecrets))
+        .map_err(|e| e.to_string())
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use ixproxy_core::Outcome;
 use serde::Deserialize;
 
 use crate::origin::OriginKind;
@@ -136,12 +137,58 @@ pub struct Expect {
     /// The requests the origins must have received, in order (redirect hops).
     #[serde(default)]
     pub origin_chain: Vec<OriginExpect>,
+    /// The `ixproxy_requests_total{outcome}` label this request must count, exactly once, or
+    /// [`NO_OUTCOME`]. Required; optional here only so that [`validate`] can name the case that
+    /// lacks it (see [`Expect::counted`]).
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 impl Expect {
     /// The origin requests expected, in order.
     pub fn origin_requests(&self) -> Vec<&OriginExpect> {
         self.origin.iter().chain(&self.origin_chain).collect()
+    }
+
+    /// What the case must count, from `outcome`.
+    ///
+    /// # Errors
+    /// `outcome` missing, or neither an [`Outcome`] label nor [`NO_OUTCOME`].
+    pub fn counted(&self) -> Result<Counted, String> {
+        match self.outcome.as_deref() {
+            None => Err("expect needs an outcome".to_owned()),
+            Some(NO_OUTCOME) => Ok(Counted::Nothing),
+            Some(label) => Outcome::from_label(label).map(Counted::One).ok_or_else(|| {
+                let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                format!(
+                    "unknown outcome {label:?} (expected {NO_OUTCOME} or one of {})",
+                    labels.join(", ")
+                )
+            }),
+        }
+    }
+}
+
+/// `expect.outcome: none`: no outcome may be counted for the request at all. Only for a request
+/// that the HTTP codec of both runtimes refuses before any ixproxy code sees it.
+pub const NO_OUTCOME: &str = "none";
+
+/// What one client request must add to `ixproxy_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// One, under this outcome, and nothing under any other.
+    One(Outcome),
+    /// Nothing under any outcome ([`NO_OUTCOME`]).
+    Nothing,
+}
+
+impl Counted {
+    /// The outcome counted, if any.
+    pub fn outcome(self) -> Option<Outcome> {
+        match self {
+            Counted::One(outcome) => Some(outcome),
+            Counted::Nothing => None,
+        }
     }
 }
 
@@ -248,7 +295,7 @@ pub fn default_vectors_path() -> PathBuf {
 }
 
 /// Loads and checks the case table: unique names, exactly one of `sign`/`target`, exactly one
-/// of `sign.url`/`sign.path`.
+/// of `sign.url`/`sign.path`, a valid `expect.outcome`.
 ///
 /// # Errors
 /// Unreadable file, YAML errors, or a case breaking those rules.
@@ -290,6 +337,9 @@ pub fn validate(cases: &[Case]) -> Result<(), HarnessError> {
         if case.expect.origin.is_some() && !case.expect.origin_chain.is_empty() {
             return bad("expect has both origin and origin_chain");
         }
+        if let Err(why) = case.expect.counted() {
+            return bad(&why);
+        }
     }
     Ok(())
 }
@@ -326,18 +376,21 @@ pub fn origin_path(origin_url: &str) -> Option<String> {
 /// Cases generated from the SDK vectors, named `vector #<index in the file>: <name>`.
 ///
 /// - Web Proxy vectors (`origin_url`, valid): the origin URL moved onto the recording origin,
-///   re-signed with source `a`'s token and the vector's params → 200 and the exact path the
-///   URL parser gives (404 and no origin request if the vector's `expires` has passed).
+///   re-signed with source `a`'s token and the vector's params → 200 `forwarded` and the exact
+///   path the URL parser gives (404 `expired` and no origin request if the vector's `expires`
+///   has passed).
 /// - Other valid vectors, sent as-is to the `vectors` source: the signature verifies but the
-///   path is no origin URL → 400 (a 403 means the signature was checked over altered bytes).
-/// - Invalid vectors, sent as-is to the `vectors` source → 403.
+///   path is no origin URL → 400 `bad_origin_url` (a 403 means the signature was checked over
+///   altered bytes).
+/// - Invalid vectors, sent as-is to the `vectors` source → 403 `bad_signature`.
 pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
     vectors
         .iter()
         .enumerate()
         .map(|(index, v)| {
             let name = format!("vector #{index}: {}", v.name);
-            let no_origin = |status| Expect {
+            let no_origin = |status, outcome: Outcome| Expect {
+                outcome: Some(outcome.as_str().to_owned()),
                 status: Some(status),
                 aborted: false,
                 body_bytes: None,
@@ -349,7 +402,7 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                 body_not_contains: Vec::new(),
                 origin: None,
             };
-            let raw = |status| Case {
+            let raw = |status, outcome| Case {
                 name: name.clone(),
                 request: RequestSpec {
                     method: default_method(),
@@ -360,7 +413,7 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                     filler: None,
                     body: None,
                 },
-                expect: no_origin(status),
+                expect: no_origin(status, outcome),
             };
             let rehomed = v.origin_url.as_deref().and_then(|u| {
                 let url = rehome(u)?;
@@ -368,14 +421,18 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                 Some((url, path))
             });
             match (v.valid, rehomed) {
-                (false, _) => raw(403),
-                (true, None) => raw(400),
+                (false, _) => raw(403, Outcome::BadSignature),
+                (true, None) => raw(400, Outcome::BadOriginUrl),
                 (true, Some((url, path))) => {
                     let params = v.params();
                     let expired = params.iter().any(|(k, val)| {
                         k == "expires" && val.parse::<i64>().is_ok_and(|e| e <= now)
                     });
-                    let mut expect = no_origin(if expired { 404 } else { 200 });
+                    let mut expect = if expired {
+                        no_origin(404, Outcome::Expired)
+                    } else {
+                        no_origin(200, Outcome::Forwarded)
+                    };
                     if !expired {
                         expect.body = Some(format!("asset {path}"));
                         expect.origin = Some(OriginExpect {
@@ -507,6 +564,42 @@ mod tests {
         }
     }
 
+    fn parse(yaml: &str) -> Result<Vec<Case>, HarnessError> {
+        let cases: Vec<Case> = serde_yaml::from_str(yaml).expect("yaml");
+        validate(&cases).map(|()| cases)
+    }
+
+    #[test]
+    fn every_case_states_a_known_outcome() {
+        let case = |expect: &str| {
+            format!(
+                "- name: the case\n  request: {{target: /x}}\n  expect: {{status: 403{expect}}}\n"
+            )
+        };
+        let missing = parse(&case("")).expect_err("outcome is required");
+        assert!(
+            missing
+                .to_string()
+                .contains("\"the case\": expect needs an outcome"),
+            "{missing}"
+        );
+        let unknown = parse(&case(", outcome: forbidden")).expect_err("unknown label");
+        assert!(
+            unknown
+                .to_string()
+                .contains("\"the case\": unknown outcome \"forbidden\""),
+            "{unknown}"
+        );
+        let cases = parse(&case(", outcome: bad_signature")).expect("valid");
+        assert_eq!(
+            cases[0].expect.counted(),
+            Ok(Counted::One(Outcome::BadSignature))
+        );
+        let cases = parse(&case(", outcome: none")).expect("valid");
+        assert_eq!(cases[0].expect.counted(), Ok(Counted::Nothing));
+        assert_eq!(Counted::Nothing.outcome(), None);
+    }
+
     #[test]
     fn vectors_become_cases_with_the_url_parsers_path() {
         let vectors = load_vectors(&default_vectors_path()).expect("vectors");
@@ -522,6 +615,21 @@ mod tests {
             .expect("the fragment vector is rehomed");
         let origin = fragment.expect.origin.as_ref().expect("forwarded");
         assert_eq!(origin.path, "/a%20b/%C3%BC.jpg?x=1&y=2");
+        for case in &cases {
+            let outcome = match case.expect.status {
+                Some(200) => Outcome::Forwarded,
+                Some(400) => Outcome::BadOriginUrl,
+                Some(403) => Outcome::BadSignature,
+                Some(404) => Outcome::Expired,
+                other => panic!("{}: status {other:?}", case.name),
+            };
+            assert_eq!(
+                case.expect.counted(),
+                Ok(Counted::One(outcome)),
+                "{}",
+                case.name
+            );
+        }
         assert!(
             cases.iter().any(|c| c.expect.status == Some(404)),
             "the expired vector"

@@ -54,6 +54,10 @@ pub trait Gateway: Sized {
 
     /// The end of the gateway's log, for failure reports.
     fn log_tail(&self) -> String;
+
+    /// The admin listener's address and the path of its Prometheus metrics, where
+    /// `ixproxy_requests_total{outcome}` is read (see [`crate::metrics`]).
+    fn metrics_endpoint(&self) -> (SocketAddr, &'static str);
 }
 
 /// `CARGO_TARGET_DIR`, or the workspace's `target/`.

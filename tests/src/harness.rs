@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(a.tokens.len(), 2);
         let headers = a.origin_auth.headers("127.0.0.1", 1, &[7; 32]);
         let expected = harness.auth.get("a").expect("auth a");
-        assert!(headers.contains(&("authorization", expected.basic_header.clone())));
+        assert_eq!(
+            headers.get("authorization"),
+            Some(expected.basic_header.as_str())
+        );
         let c = sources.by_host("c.test").expect("c");
         assert!(c.origin_host_allowed("127.0.0.1") && !c.allow_private_origins);
         assert!(c.origin_host_allowed("::1") && c.origin_host_allowed("::ffff:127.0.0.1"));

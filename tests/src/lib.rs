@@ -6,13 +6,16 @@
 //!   Wasm filter and the native Pingora gateway.
 //! - [`harness`]: the test config both gateways receive, and the tokens cases sign with.
 //! - [`cases`]: the case table and the vector-driven case generator.
-//! - [`runner`]: sends each case through a gateway and checks what the client and the origin saw.
+//! - [`runner`]: sends each case through a gateway and checks what the client and the origin saw,
+//!   and the outcome the gateway counted.
+//! - [`metrics`]: the outcome counter read from a gateway's admin metrics, and its deltas.
 //! - [`client`]: a raw HTTP/1.1 client that never rewrites the request target.
 
 pub mod cases;
 pub mod client;
 pub mod gateway;
 pub mod harness;
+pub mod metrics;
 pub mod origin;
 pub mod runner;
 pub mod tls;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_core::auth::{self, verify_origin_signature};
 use ixproxy_core::signer::{sign_url, SignOptions};
-use ixproxy_core::Secret;
+use ixproxy_core::{Outcome, Secret};
 
 use crate::cases::{
     default_cases_path, default_vectors_path, expand, load_cases, load_vectors, tamper, validate,
@@ -15,6 +15,7 @@ use crate::cases::{
 use crate::client::{send, send_keep_alive, RawRequest, RawResponse};
 use crate::gateway::Gateway;
 use crate::harness::Harness;
+use crate::metrics::{await_deltas, scrape, Deltas, OutcomeCounts};
 use crate::origin::{pattern, Recorded};
 use crate::HarnessError;
 
@@ -125,14 +126,29 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
     let started = Instant::now();
     let gateway = G::start(&harness.config_path, &harness.env, harness.dir.path())?;
     let start_time = started.elapsed();
-    let mut report = run_cases(&gateway, &harness, &cases);
-    report
-        .results
-        .push(serves_while_origins_hang(gateway.addr(), &harness));
-    report.results.push(keep_alive_requests_are_independent(
-        gateway.addr(),
-        &harness,
-    ));
+    let mut ledger = OutcomeLedger::new(&gateway);
+    let mut report = run_cases(&gateway, &harness, &cases, &mut ledger);
+    let outcomes = hanging_outcomes();
+    let hanging = ledger.check(&mut report.results, &outcomes, || {
+        serves_while_origins_hang(gateway.addr(), &harness)
+    });
+    report.results.push(hanging);
+    match keep_alive_sequence() {
+        Ok(sequence) => {
+            let outcomes = sequence_outcomes(&sequence);
+            let keep_alive = ledger.check(&mut report.results, &outcomes, || {
+                keep_alive_requests_are_independent(gateway.addr(), &harness, &sequence)
+            });
+            report.results.push(keep_alive);
+        }
+        Err(e) => report.results.push(CaseResult {
+            name: KEEP_ALIVE_NAME.to_owned(),
+            sent: String::new(),
+            problems: vec![e],
+            elapsed: Duration::ZERO,
+        }),
+    }
+    ledger.finish(&mut report.results);
     report.start_time = start_time;
     Ok(report)
 }
@@ -162,18 +178,115 @@ pub fn assert_suite_passes<G: Gateway>(name: &str) {
     );
 }
 
-/// Runs `cases` one after the other through a started gateway.
-pub fn run_cases<G: Gateway>(gateway: &G, harness: &Harness, cases: &[Case]) -> Report {
+/// Runs `cases` one after the other through a started gateway, each checked by `ledger` for
+/// the outcome it must count (call [`OutcomeLedger::finish`] after the last check).
+pub fn run_cases<G: Gateway>(
+    gateway: &G,
+    harness: &Harness,
+    cases: &[Case],
+    ledger: &mut OutcomeLedger<'_, G>,
+) -> Report {
     let mut request_ids = HashSet::new();
-    let results = cases
-        .iter()
-        .map(|case| run_case(gateway.addr(), harness, case, &mut request_ids))
-        .collect();
+    let mut results = Vec::with_capacity(cases.len());
+    for case in cases {
+        let outcomes: Vec<Outcome> = match case.expect.counted() {
+            Ok(counted) => counted.outcome().into_iter().collect(),
+            Err(e) => {
+                results.push(CaseResult {
+                    name: case.name.clone(),
+                    sent: String::new(),
+                    problems: vec![e],
+                    elapsed: Duration::ZERO,
+                });
+                continue;
+            }
+        };
+        let result = ledger.check(&mut results, &outcomes, || {
+            run_case(gateway.addr(), harness, case, &mut request_ids)
+        });
+        results.push(result);
+    }
     Report {
         gateway: G::NAME,
         results,
         log_tail: gateway.log_tail(),
         start_time: Duration::ZERO,
+    }
+}
+
+/// Checks the outcomes each check counts on the gateway's `ixproxy_requests_total{outcome}`:
+/// the counts before it, the exact deltas after it (polled up to
+/// [`crate::metrics::COUNT_DEADLINE`]), and whether anything more was counted for it after
+/// it was judged (seen in the counts the next check starts from, or at [`Self::finish`]).
+pub struct OutcomeLedger<'g, G: Gateway> {
+    gateway: &'g G,
+    /// Counts when the last check was judged.
+    last: Option<OutcomeCounts>,
+}
+
+impl<'g, G: Gateway> OutcomeLedger<'g, G> {
+    /// A ledger for `gateway`.
+    pub fn new(gateway: &'g G) -> Self {
+        OutcomeLedger {
+            gateway,
+            last: None,
+        }
+    }
+
+    /// The current counts; a change since the previous check was judged is added to the
+    /// problems of `done`'s last result (the check that counted late).
+    fn current(&mut self, done: &mut [CaseResult]) -> Result<OutcomeCounts, String> {
+        let (admin, path) = self.gateway.metrics_endpoint();
+        let now = scrape(admin, path).map_err(|e| format!("{} metrics: {e}", G::NAME))?;
+        if let (Some(last), Some(previous)) = (self.last.take(), done.last_mut()) {
+            let late = now.since(&last);
+            if late != Deltas::default() {
+                previous.problems.push(format!(
+                    "{} counted {late} in {} after this check was judged",
+                    G::NAME,
+                    crate::metrics::OUTCOME_METRIC
+                ));
+            }
+        }
+        Ok(now)
+    }
+
+    /// Runs `check` and requires the gateway to count exactly `outcomes` for it (one per client
+    /// request, repeats allowed) and nothing else; `done` are the results so far.
+    pub fn check(
+        &mut self,
+        done: &mut [CaseResult],
+        outcomes: &[Outcome],
+        check: impl FnOnce() -> CaseResult,
+    ) -> CaseResult {
+        let before = self.current(done);
+        let mut result = check();
+        let before = match before {
+            Ok(before) => before,
+            Err(e) => {
+                result.problems.push(e);
+                return result;
+            }
+        };
+        let (admin, path) = self.gateway.metrics_endpoint();
+        let expected = Deltas::of(outcomes.iter().copied());
+        match await_deltas(admin, path, G::NAME, &before, &expected) {
+            Ok(after) => self.last = Some(after),
+            Err(mismatch) => {
+                result.problems.push(mismatch.problem);
+                self.last = mismatch.last;
+            }
+        }
+        result
+    }
+
+    /// Reports anything counted for the last check of `done` after it was judged.
+    pub fn finish(&mut self, done: &mut [CaseResult]) {
+        if let Err(e) = self.current(done) {
+            if let Some(last) = done.last_mut() {
+                last.problems.push(e);
+            }
+        }
     }
 }
 
@@ -318,46 +431,66 @@ const KEEP_ALIVE_SEQUENCE: &str = r#"
 - name: keep-alive 1 - source a
   request: {host: a.test, sign: {token: a.new, url: "{http}/asset/ka-1.jpg"}}
   expect:
+    outcome: forwarded
     status: 200
     body: asset /asset/ka-1.jpg
     origin: {server: http, path: /asset/ka-1.jpg, host: "{http_authority}", auth: a}
 - name: keep-alive 2 - source b on the same connection
   request: {host: b.test, sign: {token: b.main, url: "{http}/asset/ka-2.jpg"}}
   expect:
+    outcome: forwarded
     status: 200
     body: asset /asset/ka-2.jpg
     origin: {server: http, path: /asset/ka-2.jpg, host: "{http_authority}", auth: none}
 - name: keep-alive 3 - source a again, HEAD
   request: {method: HEAD, host: a.test, sign: {token: a.old, url: "{http}/asset/ka-3.jpg"}}
   expect:
+    outcome: forwarded
     status: 200
     origin: {server: http, path: /asset/ka-3.jpg, host: "{http_authority}", auth: a}
 - name: keep-alive 4 - a bad signature is still checked
   request: {host: a.test, sign: {token: a.new, url: "{http}/asset/ka-4.jpg", tamper: wrong_s}}
   expect:
+    outcome: bad_signature
     status: 403
 "#;
+
+/// Name of the [`keep_alive_requests_are_independent`] check.
+const KEEP_ALIVE_NAME: &str = "requests on one keep-alive connection are decided independently";
+
+/// [`KEEP_ALIVE_SEQUENCE`] as cases.
+fn keep_alive_sequence() -> Result<Vec<Case>, String> {
+    let cases: Vec<Case> =
+        serde_yaml::from_str(KEEP_ALIVE_SEQUENCE).map_err(|e| format!("sequence: {e}"))?;
+    validate(&cases).map_err(|e| format!("sequence: {e}"))?;
+    Ok(cases)
+}
+
+/// The outcomes a sequence of valid cases counts, one per request.
+fn sequence_outcomes(cases: &[Case]) -> Vec<Outcome> {
+    cases
+        .iter()
+        .filter_map(|c| c.expect.counted().ok().and_then(|c| c.outcome()))
+        .collect()
+}
 
 /// Not a table row: several requests on one keep-alive connection, for different sources,
 /// must each get their own decision and their own source's origin auth (no state carried
 /// over from an earlier request on the connection).
-fn keep_alive_requests_are_independent(addr: SocketAddr, harness: &Harness) -> CaseResult {
+fn keep_alive_requests_are_independent(
+    addr: SocketAddr,
+    harness: &Harness,
+    cases: &[Case],
+) -> CaseResult {
     let mut result = CaseResult {
-        name: "requests on one keep-alive connection are decided independently".to_owned(),
+        name: KEEP_ALIVE_NAME.to_owned(),
         sent: String::new(),
         problems: Vec::new(),
         elapsed: Duration::ZERO,
     };
-    let cases: Vec<Case> = match serde_yaml::from_str(KEEP_ALIVE_SEQUENCE) {
-        Ok(cases) => cases,
-        Err(e) => {
-            result.problems.push(format!("sequence: {e}"));
-            return result;
-        }
-    };
     let now = now_unix();
     let mut requests = Vec::new();
-    for case in &cases {
+    for case in cases {
         match build_request(case, harness, now) {
             Ok((req, _)) => requests.push(req),
             Err(e) => result.problems.push(format!("{}: {e}", case.name)),
@@ -424,6 +557,14 @@ fn keep_alive_requests_are_independent(addr: SocketAddr, harness: &Harness) -> C
 
 /// How many origin requests hang while [`serves_while_origins_hang`] checks the gateway.
 const HANGING: usize = 8;
+
+/// What [`serves_while_origins_hang`] counts: each hanging request times out, the prompt one
+/// is forwarded.
+fn hanging_outcomes() -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::OriginTimeout; HANGING];
+    outcomes.push(Outcome::Forwarded);
+    outcomes
+}
 
 /// Not a table row: with [`HANGING`] requests stuck on a slow origin, another request must
 /// still be answered promptly, and each stuck one must end in a 504.
@@ -756,16 +897,43 @@ fn check_origin(
 #[cfg(test)]
 mod tests {
     use ixproxy_core::config::RawConfig;
-    use ixproxy_core::decide::check_request_headers;
+    use ixproxy_core::request::{check_request_body, check_request_headers, HeaderTotals};
     use ixproxy_core::{decide, Decision, RequestInfo};
 
+    use crate::cases::Counted;
+
     use super::*;
+
+    /// Outcomes only a runtime can reach, after the core decided to forward: what the origin
+    /// did, what its response was, or what its name resolved to.
+    const AFTER_FORWARD: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::OriginError,
+        Outcome::OriginTimeout,
+        Outcome::OriginTooLarge,
+        Outcome::BadRedirect,
+        Outcome::OriginDenied,
+        Outcome::ContentTypeDenied,
+        Outcome::BadOriginResponse,
+        Outcome::Overloaded,
+    ];
+
+    /// The runtimes' view of "carries a body": `Transfer-Encoding`, a `Content-Length` other
+    /// than 0, or bytes after the headers.
+    fn has_body(req: &RawRequest) -> bool {
+        !req.body.is_empty()
+            || req.headers.iter().any(|(name, value)| {
+                name.eq_ignore_ascii_case("transfer-encoding")
+                    || (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
+            })
+    }
 
     #[test]
     fn the_table_agrees_with_the_cores_decision() {
         let vectors = load_vectors(&default_vectors_path()).expect("vectors");
         let mut cases = load_cases(&default_cases_path()).expect("cases");
         cases.extend(vector_cases(&vectors, now_unix()));
+        cases.extend(keep_alive_sequence().expect("keep-alive sequence"));
         let harness = Harness::new(&vectors).expect("harness");
         let text = std::fs::read_to_string(&harness.config_path).expect("config");
         let config = RawConfig::from_yaml(&text)
@@ -773,12 +941,12 @@ mod tests {
             .expect("valid config");
         let mut wrong = Vec::new();
         for case in &cases {
+            let Counted::One(outcome) = case.expect.counted().expect("validated") else {
+                // Refused by both runtimes' HTTP codecs, before any ixproxy code.
+                continue;
+            };
             let now = now_unix();
             let (req, _) = build_request(case, &harness, now).expect("request");
-            if case.request.body.is_some() {
-                // Refused by the HTTP layer (smuggling attempts), before any decision.
-                continue;
-            }
             let info = RequestInfo {
                 method: &req.method,
                 host: &req.host,
@@ -799,27 +967,49 @@ mod tests {
                 || expect.aborted
                 || resolved_by_runtime
                 || matches!(expect.status, Some(502 | 504));
-            let mut fields = req.headers.clone();
-            fields.push(("host".to_owned(), req.host.clone()));
-            fields.push(("connection".to_owned(), "close".to_owned()));
-            let bytes = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
-            let decision = check_request_headers(&config.sources, fields.len(), bytes)
-                .map_or_else(Decision::Reject, |()| {
-                    decide(&config.sources, &info, now, &[1; 32])
-                });
+            // Every field the client sends, as both runtimes count them.
+            let totals = HeaderTotals::of(
+                req.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.len()))
+                    .chain([("host", req.host.len()), ("connection", "close".len())]),
+            );
+            let decision = check_request_body(&req.method, has_body(&req))
+                .and_then(|()| check_request_headers(&config.sources, totals))
+                .map_or_else(Decision::Reject, |()| decide(&config.sources, &info, now));
             match decision {
                 Decision::Forward(f) if forwarded => {
                     if let Some(first) = wanted.first() {
                         let path = expand(&first.path, &harness.placeholders(), 0);
-                        if f.origin.path_and_query != path {
+                        if f.origin().path_and_query != path {
                             wrong.push(format!(
                                 "{}: core forwards {}",
-                                case.name, f.origin.path_and_query
+                                case.name,
+                                f.origin().path_and_query
                             ));
                         }
                     }
+                    if !AFTER_FORWARD.contains(&outcome) {
+                        wrong.push(format!(
+                            "{}: the core forwards, so the outcome cannot be {}",
+                            case.name,
+                            outcome.as_str()
+                        ));
+                    }
                 }
-                Decision::Reject(r) if !forwarded && Some(r.status) == expect.status => {}
+                Decision::Reject(r)
+                    if !forwarded
+                        && Some(r.status()) == expect.status
+                        && r.outcome() == outcome => {}
+                Decision::Reject(r) if !forwarded && Some(r.status()) == expect.status => {
+                    wrong.push(format!(
+                        "{}: the core counts {} ({}), the case says {}",
+                        case.name,
+                        r.outcome().as_str(),
+                        r.reason(),
+                        outcome.as_str()
+                    ));
+                }
                 other => wrong.push(format!("{}: {} -> {other:?}", case.name, req.target)),
             }
         }
@@ -863,5 +1053,174 @@ mod tests {
         let mut problems = Vec::new();
         check_invariants(&r, &mut problems);
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    /// A gateway that is only an admin listener serving `ixproxy_requests_total` from counts the
+    /// test changes, to check the ledger without a runtime.
+    struct FakeGateway {
+        admin: SocketAddr,
+        counts: std::sync::Arc<std::sync::Mutex<Vec<(Outcome, u64)>>>,
+    }
+
+    impl FakeGateway {
+        fn new() -> FakeGateway {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let admin = listener.local_addr().expect("addr");
+            let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Outcome, u64)>::new()));
+            let served = std::sync::Arc::clone(&counts);
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body: String = served
+                        .lock()
+                        .expect("counts")
+                        .iter()
+                        .map(|(o, n)| {
+                            format!("ixproxy_requests_total{{outcome=\"{}\"}} {n}\n", o.as_str())
+                        })
+                        .collect();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+            FakeGateway { admin, counts }
+        }
+
+        /// Counts one request under `outcome`, now or after `delay` (on another thread).
+        fn count(&self, outcome: Outcome, delay: Duration) {
+            let counts = std::sync::Arc::clone(&self.counts);
+            let add = move || {
+                let mut counts = counts.lock().expect("counts");
+                match counts.iter_mut().find(|(o, _)| *o == outcome) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((outcome, 1)),
+                }
+            };
+            if delay.is_zero() {
+                add();
+            } else {
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    add();
+                });
+            }
+        }
+    }
+
+    impl Gateway for FakeGateway {
+        const NAME: &'static str = "fake";
+
+        fn start(
+            _config: &std::path::Path,
+            _env: &[(String, String)],
+            _work_dir: &std::path::Path,
+        ) -> Result<Self, HarnessError> {
+            Err(HarnessError::Gateway(
+                "the fake gateway is made with FakeGateway::new".to_owned(),
+            ))
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.admin
+        }
+
+        fn log_tail(&self) -> String {
+            String::new()
+        }
+
+        fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
+            (self.admin, "/metrics")
+        }
+    }
+
+    fn result(name: &str) -> CaseResult {
+        CaseResult {
+            name: name.to_owned(),
+            sent: String::new(),
+            problems: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_ledger_requires_exact_deltas_and_catches_late_counts() {
+        let gateway = FakeGateway::new();
+        let mut ledger = OutcomeLedger::new(&gateway);
+        let mut done = Vec::new();
+        let no_delay = Duration::ZERO;
+
+        // Counted at once, and counted a moment after the response (polled for).
+        let r = ledger.check(&mut done, &[Outcome::Forwarded], || {
+            gateway.count(Outcome::Forwarded, no_delay);
+            result("at once")
+        });
+        done.push(r);
+        let r = ledger.check(&mut done, &[Outcome::OriginTooLarge], || {
+            gateway.count(Outcome::OriginTooLarge, Duration::from_millis(300));
+            result("a moment later")
+        });
+        done.push(r);
+        assert!(done.iter().all(|r| r.problems.is_empty()), "{done:?}");
+
+        // Counted twice: named with the runtime and both deltas.
+        let r = ledger.check(&mut done, &[Outcome::Forwarded], || {
+            gateway.count(Outcome::Forwarded, no_delay);
+            gateway.count(Outcome::BadRequest, no_delay);
+            result("twice")
+        });
+        assert_eq!(
+            r.problems,
+            [
+                "fake counted {bad_request: +1, forwarded: +1} in ixproxy_requests_total \
+              (expected {forwarded: +1}, waited 2s)"
+            ]
+        );
+        done.push(r);
+
+        // Nothing expected, nothing counted.
+        let r = ledger.check(&mut done, &[], || result("nothing"));
+        assert!(r.problems.is_empty(), "{r:?}");
+        done.push(r);
+
+        // A second count after the check was judged fails that check, not the next one.
+        let r = ledger.check(&mut done, &[Outcome::Expired], || {
+            gateway.count(Outcome::Expired, no_delay);
+            result("late")
+        });
+        done.push(r);
+        gateway.count(Outcome::Expired, no_delay);
+        let r = ledger.check(&mut done, &[Outcome::UnknownHost], || {
+            gateway.count(Outcome::UnknownHost, no_delay);
+            result("after the late one")
+        });
+        assert!(r.problems.is_empty(), "{r:?}");
+        done.push(r);
+        gateway.count(Outcome::Forwarded, no_delay);
+        ledger.finish(&mut done);
+        let late = |name: &str| {
+            done.iter()
+                .find(|r| r.name == name)
+                .map(|r| r.problems.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            late("late"),
+            ["fake counted {expired: +1} in ixproxy_requests_total after this check was judged"]
+        );
+        assert_eq!(
+            late("after the late one"),
+            ["fake counted {forwarded: +1} in ixproxy_requests_total after this check was judged"]
+        );
     }
 }

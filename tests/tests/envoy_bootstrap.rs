@@ -298,8 +298,9 @@ sources:
         &envoy,
         &[
             ("forwarded", 2),
-            ("bad_redirect", 1),
             ("origin_timeout", 1),
+            ("internal", 0),
+            ("bad_redirect", 1),
             ("origin_denied", 1),
             ("content_type_denied", 1),
             ("origin_too_large", 1),

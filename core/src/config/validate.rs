@@ -1,8 +1,8 @@
 //! The rules that turn the serde layer into the validated config (SPEC §5, §7).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::hosts::normalize_host;

@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn healthz_metrics_and_not_found() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.count("unknown_host");
+        metrics.count(ixproxy_core::Outcome::UnknownHost);
         let app = AdminApp::new(metrics);
         let ok = app.respond("/healthz");
         assert_eq!(

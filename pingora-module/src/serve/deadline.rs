@@ -27,7 +27,9 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
-use super::metrics::{Metrics, ORIGIN_TIMEOUT};
+use ixproxy_core::Outcome;
+
+use super::metrics::Metrics;
 
 /// How long past the deadline the backstop waits, so that the graceful paths (504, a cut body
 /// counted with its own outcome) win whenever they can.
@@ -119,8 +121,12 @@ where
             tokio::select! {
                 reused = run => reused,
                 () = watchdog.expired() => {
-                    self.metrics.count(ORIGIN_TIMEOUT);
-                    info!("request cut: origin exchange past its deadline outcome={ORIGIN_TIMEOUT}");
+                    let outcome = Outcome::OriginTimeout;
+                    self.metrics.count(outcome);
+                    info!(
+                        "request cut: origin exchange past its deadline outcome={}",
+                        outcome.as_str()
+                    );
                     None
                 }
             }

@@ -265,10 +265,10 @@ mod tests {
                 host,
                 target,
             };
-            match decide(&config.sources, &req, 1_700_000_000, &[7; 32]) {
+            match decide(&config.sources, &req, 1_700_000_000) {
                 Decision::Forward(f) => {
-                    assert_eq!(f.origin.to_url_string(), demo_origin_url(origin));
-                    assert!(f.allow_private);
+                    assert_eq!(f.origin().to_url_string(), demo_origin_url(origin));
+                    assert!(f.allow_private());
                 }
                 Decision::Reject(r) => panic!("{host}: rejected {r:?}"),
             }

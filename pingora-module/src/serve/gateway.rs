@@ -4,7 +4,7 @@
 //! - `request_filter` refuses a GET/HEAD carrying a body (400), checks the header limits (431)
 //!   and decides; a rejection is answered here (status, plain-text reason).
 //! - `upstream_peer` starts the total origin deadline (`upstream.timeout`), resolves the
-//!   current hop's origin and checks every address (see [`super::upstream`]).
+//!   current hop's origin and has the core check every address (see [`super::resolve`]).
 //! - `upstream_request_filter` rewrites the request for the origin: `Host`, path, fresh origin
 //!   auth headers for this attempt, and only the allowlisted client headers.
 //! - `upstream_response_filter` follows redirects (the core re-validates the hop; the error
@@ -12,11 +12,12 @@
 //!   client) and applies the core's response checks (content type 403, declared length 502).
 //! - `upstream_response_body_filter` counts the streamed body against `max_body_bytes` and
 //!   checks the deadline; an error there cuts the client connection mid-transfer.
-//! - `response_filter` caps `Cache-Control` for `expires` and drops `Set-Cookie`.
-//! - `fail_to_proxy` answers failures (502 / 504 / the core's status) while no header went
-//!   out; `logging` counts and logs. [`super::deadline`] is the backstop for the deadline.
+//!   The core's response edits (`Set-Cookie` dropped, `Cache-Control` capped for `expires`)
+//!   are applied there too.
+//! - `fail_to_proxy` answers failures with the core's rejection while no header went out;
+//!   `logging` counts the request's one outcome and logs. [`super::deadline`] is the backstop
+//!   for the deadline.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,12 +25,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderName, Method};
+use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::config::Upstream;
-use ixproxy_core::decide::{
-    check_request_body, check_request_headers, is_followed_redirect, is_forwarded_client_header,
-    DROPPED_RESPONSE_HEADERS,
+use ixproxy_core::request::{
+    check_request_body, check_request_headers, is_forwarded_client_header, HeaderTotals,
 };
-use ixproxy_core::expires::cap_cache_control;
+use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
 use log::{info, warn};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -39,8 +40,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::deadline;
-use super::metrics::{Metrics, ORIGIN_ERROR, ORIGIN_TIMEOUT};
-use super::upstream::{build_peer, resolve_checked, ResolveError};
+use super::metrics::Metrics;
+use super::peer::build_peer;
+use super::resolve::{candidates, resolve, ResolveError};
 
 /// The gateway: validated sources, upstream settings, trust anchors and metrics.
 pub struct Gateway {
@@ -52,7 +54,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway serving `sources`, connecting to origins with `upstream` settings and `ca`
-    /// (see [`super::upstream::load_trust_anchors`]), counting into `metrics`.
+    /// (see [`super::peer::load_trust_anchors`]), counting into `metrics`.
     pub fn new(
         sources: Sources,
         upstream: Upstream,
@@ -68,54 +70,14 @@ impl Gateway {
     }
 }
 
-/// An answer the gateway writes itself when the origin cannot (or may not) be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct LocalFailure {
-    status: u16,
-    outcome: &'static str,
-    reason: Cow<'static, str>,
-}
-
-impl LocalFailure {
-    const fn fixed(status: u16, outcome: &'static str, reason: &'static str) -> Self {
-        LocalFailure {
-            status,
-            outcome,
-            reason: Cow::Borrowed(reason),
-        }
-    }
-}
-
-impl From<Rejection> for LocalFailure {
-    fn from(rejection: Rejection) -> Self {
-        LocalFailure {
-            status: rejection.status,
-            outcome: rejection.outcome.as_str(),
-            reason: Cow::Owned(rejection.reason),
-        }
-    }
-}
-
-const ORIGIN_UNREACHABLE: LocalFailure =
-    LocalFailure::fixed(502, ORIGIN_ERROR, "origin unreachable");
-const ORIGIN_TOO_SLOW: LocalFailure = LocalFailure::fixed(504, ORIGIN_TIMEOUT, "origin timed out");
-const ORIGIN_ADDRESS_DENIED: LocalFailure = LocalFailure::fixed(
-    403,
-    "origin_denied",
-    "origin address is private, loopback or otherwise not public",
-);
-const ORIGIN_BODY_TOO_LARGE: LocalFailure =
-    LocalFailure::fixed(502, "origin_too_large", "origin response too large");
-const INTERNAL: LocalFailure = LocalFailure::fixed(500, ORIGIN_ERROR, "internal error");
-
 /// Per-request state shared across the phases.
 #[derive(Default)]
 pub struct RequestCtx {
     /// The core's decision when it forwards; replaced by the next hop when a redirect is
     /// followed.
     forward: Option<Box<Forward>>,
-    /// Outcome label once known (a rejection or a local failure).
-    outcome: Option<&'static str>,
+    /// The outcome of a rejection answered in `request_filter`.
+    outcome: Option<Outcome>,
     /// The checked addresses of the current hop's origin (reused on retries: no second
     /// lookup; cleared when a redirect moves to the next hop).
     candidates: Vec<SocketAddr>,
@@ -131,7 +93,7 @@ pub struct RequestCtx {
     /// Origin response body bytes received so far for the current response.
     body_bytes: u64,
     /// Why the gateway answers (or cut the transfer) itself, once decided.
-    failure: Option<LocalFailure>,
+    failure: Option<Rejection>,
     /// Set while a followed redirect is being retried (not an error worth a warning).
     following_redirect: bool,
 }
@@ -148,8 +110,8 @@ impl RequestCtx {
     }
 
     /// Records `failure` and returns the error that stops the proxy loop (never retried).
-    fn fail(&mut self, failure: LocalFailure, context: String) -> Box<Error> {
-        let mut err = Error::explain(ErrorType::HTTPStatus(failure.status), context);
+    fn fail(&mut self, failure: Rejection, context: String) -> Box<Error> {
+        let mut err = Error::explain(ErrorType::HTTPStatus(failure.status()), context);
         err.set_retry(false);
         self.failure = Some(failure);
         err
@@ -168,12 +130,16 @@ fn has_request_body(req: &RequestHeader) -> bool {
         .any(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
-/// Number of header fields and their total size (names plus values), as the core's
-/// [`check_request_headers`] counts them.
-fn header_totals(req: &RequestHeader) -> (usize, usize) {
-    req.headers.iter().fold((0, 0), |(count, bytes), (n, v)| {
-        (count + 1, bytes + n.as_str().len() + v.len())
-    })
+/// The client's header totals under the core's counting rule: every field, and an HTTP/2
+/// `:authority` (which Pingora keeps in the URI, not among the headers) as `Host`.
+fn header_totals(req: &RequestHeader) -> HeaderTotals {
+    let mut totals = HeaderTotals::of(req.headers.iter().map(|(n, v)| (n.as_str(), v.len())));
+    if !req.headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri.authority() {
+            totals.add(":authority", authority.as_str().len());
+        }
+    }
+    totals
 }
 
 fn random_bytes() -> Option<[u8; 32]> {
@@ -196,20 +162,14 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-/// Writes a short plain-text answer (no body for HEAD).
-async fn respond_text(
-    session: &mut Session,
-    status: u16,
-    extra_headers: &[(&'static str, &'static str)],
-    reason: &str,
-) -> Result<()> {
-    let body = Bytes::from(format!("{reason}\n"));
-    let mut resp = ResponseHeader::build(status, Some(3 + extra_headers.len()))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    for (name, value) in extra_headers {
-        resp.insert_header(*name, *value)?;
+/// Writes the core's local reply for `rejection` (no body for HEAD).
+async fn respond(session: &mut Session, rejection: &Rejection) -> Result<()> {
+    let body = Bytes::from(rejection.body());
+    let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
+    for (name, value) in rejection.headers() {
+        resp.insert_header(name, value)?;
     }
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     let head_only = session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
@@ -221,15 +181,15 @@ async fn respond_text(
 }
 
 /// Rewrites the client request into the origin request: only the allowlisted client headers
-/// survive, then `Host`, the origin path and query, and `auth_headers` (the origin auth
-/// headers of this attempt, from [`Forward::auth_headers`]) are set.
+/// survive, then `Host`, the origin path and query, and `auth` (the origin auth headers of
+/// this attempt, from [`Forward::auth_headers`]) are set.
 ///
 /// # Errors
 /// A header value or path the HTTP types refuse (the core never produces one).
 pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
     forward: &Forward,
-    auth_headers: &[(&'static str, String)],
+    auth: &AuthHeaders,
 ) -> Result<()> {
     let dropped: Vec<HeaderName> = req
         .headers
@@ -240,56 +200,55 @@ pub fn rewrite_upstream_request(
     for name in &dropped {
         req.remove_header(name);
     }
-    req.insert_header(header::HOST, forward.origin.authority())?;
-    req.set_raw_path(forward.origin.path_and_query.as_bytes())?;
-    for (name, value) in auth_headers {
-        req.insert_header(*name, value.as_str())?;
+    req.insert_header(header::HOST, forward.origin().authority())?;
+    req.set_raw_path(forward.origin().path_and_query.as_bytes())?;
+    for (name, value) in auth.iter() {
+        req.insert_header(name, value)?;
     }
     Ok(())
 }
 
-/// Applies the response policy to the origin's response header: `Cache-Control` max-age capped
-/// by `max_age` (from `expires`) and every [`DROPPED_RESPONSE_HEADERS`] removed.
+/// The origin response head as the core reads it.
+fn origin_head(resp: &ResponseHeader) -> OriginHead {
+    OriginHead::of(
+        resp.status.as_u16(),
+        resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    )
+}
+
+/// Applies the core's response edits to the origin's response header.
 ///
 /// # Errors
 /// A header value the HTTP types refuse (not produced by the core).
-pub fn rewrite_response(resp: &mut ResponseHeader, max_age: Option<u64>) -> Result<()> {
-    if let Some(max_age) = max_age {
-        let existing = resp
-            .headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let existing = (!existing.is_empty()).then_some(existing.as_str());
-        let capped = cap_cache_control(existing, max_age);
-        resp.insert_header(header::CACHE_CONTROL, capped)?;
+pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &ResponseEdits) -> Result<()> {
+    for name in &edits.remove {
+        resp.remove_header(*name);
     }
-    for name in DROPPED_RESPONSE_HEADERS {
-        resp.remove_header(name);
+    for (name, value) in &edits.set {
+        resp.insert_header(*name, value.as_str())?;
     }
     Ok(())
 }
 
-/// The answer for a proxy error not already classified by `upstream_peer`.
-fn classify_error(e: &Error) -> Option<LocalFailure> {
+/// The core's answer for a proxy error not already classified by the phases, or `None` when
+/// the client went away (nobody to answer).
+fn classify_error(e: &Error) -> Option<Rejection> {
     use ErrorType::*;
     if *e.esource() == ErrorSource::Downstream {
         // The client went away or sent garbage: nobody to answer, or a plain 400.
         return match e.etype() {
             WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-            _ => Some(LocalFailure::fixed(
-                400,
-                Outcome::BadRequest.as_str(),
-                "bad request",
-            )),
+            _ => Some(Rejection::bad_request()),
         };
     }
     Some(match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => ORIGIN_TOO_SLOW,
-        HTTPStatus(500) | InternalError if *e.esource() != ErrorSource::Upstream => INTERNAL,
-        _ => ORIGIN_UNREACHABLE,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Rejection::origin_timeout()
+        }
+        HTTPStatus(500) | InternalError if *e.esource() != ErrorSource::Upstream => {
+            Rejection::internal()
+        }
+        _ => Rejection::origin_error(),
     })
 }
 
@@ -302,11 +261,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let Some(random) = random_bytes() else {
-            ctx.outcome = Some(INTERNAL.outcome);
-            respond_text(session, INTERNAL.status, &[], &INTERNAL.reason).await?;
-            return Ok(true);
-        };
         // Framing headers (HTTP/1) or a stream not ended with the headers (HTTP/2). Pingora has
         // already answered 400 to conflicting or invalid Content-Length values and to a
         // Transfer-Encoding not ending in chunked, and it drops Content-Length when
@@ -314,9 +268,8 @@ impl ProxyHttp for Gateway {
         // Transfer-Encoding smuggling shape lands in this check too.
         let has_body = has_request_body(session.req_header()) || !session.is_body_empty();
         let req = session.req_header();
-        let (count, bytes) = header_totals(req);
         let checked = check_request_body(req.method.as_str(), has_body)
-            .and_then(|()| check_request_headers(&self.sources, count, bytes));
+            .and_then(|()| check_request_headers(&self.sources, header_totals(req)));
         let decision = match checked {
             Err(rejection) => Decision::Reject(rejection),
             Ok(()) => {
@@ -326,7 +279,7 @@ impl ProxyHttp for Gateway {
                     host: request_host(req),
                     target: &target,
                 };
-                decide(&self.sources, &info, unix_now(), &random)
+                decide(&self.sources, &info, unix_now())
             }
         };
         match decision {
@@ -335,14 +288,8 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Decision::Reject(rejection) => {
-                ctx.outcome = Some(rejection.outcome.as_str());
-                respond_text(
-                    session,
-                    rejection.status,
-                    &rejection.headers,
-                    &rejection.reason,
-                )
-                .await?;
+                ctx.outcome = Some(rejection.outcome());
+                respond(session, &rejection).await?;
                 Ok(true)
             }
         }
@@ -363,54 +310,67 @@ impl ProxyHttp for Gateway {
         }
         let remaining = ctx.remaining(self.upstream.timeout);
         if remaining.is_zero() {
-            return Err(ctx.fail(ORIGIN_TOO_SLOW, "origin deadline passed".to_owned()));
+            return Err(ctx.fail(
+                Rejection::origin_timeout(),
+                "origin deadline passed".to_owned(),
+            ));
         }
         let Some(forward) = ctx.forward.as_ref() else {
             return Err(ctx.fail(
-                INTERNAL,
+                Rejection::internal(),
                 "upstream_peer without a forward decision".to_owned(),
             ));
         };
         if ctx.candidates.is_empty() {
-            let resolved = resolve_checked(
-                &forward.origin.host,
-                forward.origin.port,
-                forward.allow_private,
+            let origin = forward.origin();
+            let resolved = match resolve(
+                &origin.host,
+                origin.port,
                 self.upstream.connect_timeout.min(remaining),
             )
-            .await;
+            .await
+            {
+                Ok(addrs) => forward
+                    .check_resolved(addrs.iter().map(SocketAddr::ip))
+                    .map(|()| addrs)
+                    .map_err(|rejection| {
+                        let why = rejection.reason().to_owned();
+                        (rejection, why)
+                    }),
+                Err(e @ ResolveError::TimedOut) => {
+                    Err((Rejection::origin_timeout(), e.to_string()))
+                }
+                Err(e @ ResolveError::NotFound(_)) => {
+                    Err((Rejection::origin_error(), e.to_string()))
+                }
+            };
             match resolved {
-                Ok(candidates) => {
-                    ctx.candidates = candidates;
+                Ok(addrs) => {
+                    ctx.candidates = candidates(&addrs);
                     ctx.candidate = 0;
                 }
-                Err(e) => {
-                    let failure = match e {
-                        ResolveError::Denied => ORIGIN_ADDRESS_DENIED,
-                        ResolveError::TimedOut => ORIGIN_TOO_SLOW,
-                        ResolveError::NotFound(_) => ORIGIN_UNREACHABLE,
-                    };
-                    let context = format!("origin {}: {e}", forward.origin.host);
-                    return Err(ctx.fail(failure, context));
+                Err((rejection, why)) => {
+                    let context = format!("origin {}: {why}", origin.host);
+                    return Err(ctx.fail(rejection, context));
                 }
             }
         }
         let Some(addr) = ctx.candidates.get(ctx.candidate).copied() else {
             return Err(ctx.fail(
-                ORIGIN_UNREACHABLE,
+                Rejection::origin_error(),
                 "no origin address left to try".to_owned(),
             ));
         };
         let remaining = ctx.remaining(self.upstream.timeout);
         let Some(forward) = ctx.forward.as_ref() else {
             return Err(ctx.fail(
-                INTERNAL,
+                Rejection::internal(),
                 "upstream_peer without a forward decision".to_owned(),
             ));
         };
         Ok(Box::new(build_peer(
             addr,
-            &forward.origin,
+            forward.origin(),
             &self.upstream,
             self.ca.as_ref(),
             remaining,
@@ -438,23 +398,18 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Every attempt gets its own origin auth headers: a request id is never sent twice.
-        // The first attempt of a forward (or of a redirect hop) sends the headers the core just
-        // made with it; a later one (another address, a stale pooled connection) makes new ones.
-        let Some(forward) = ctx.forward.as_mut() else {
-            return Err(ctx.fail(INTERNAL, "no forward decision".to_owned()));
+        // Every attempt (another address, a stale pooled connection, a redirect hop) gets its
+        // own origin auth headers: a request id is never sent twice.
+        let Some(random) = random_bytes() else {
+            return Err(ctx.fail(
+                Rejection::internal(),
+                "no randomness for the origin request id".to_owned(),
+            ));
         };
-        let auth = if forward.set_headers.is_empty() {
-            let Some(random) = random_bytes() else {
-                return Err(ctx.fail(
-                    INTERNAL,
-                    "no randomness for the origin request id".to_owned(),
-                ));
-            };
-            forward.auth_headers(&self.sources, unix_now(), &random)
-        } else {
-            std::mem::take(&mut forward.set_headers)
+        let Some(forward) = ctx.forward.as_ref() else {
+            return Err(ctx.fail(Rejection::internal(), "no forward decision".to_owned()));
         };
+        let auth = forward.auth_headers(unix_now(), &random);
         rewrite_upstream_request(upstream_request, forward, &auth)
     }
 
@@ -464,28 +419,24 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
         if upstream_response.status.is_informational() {
             return Ok(());
         }
         if ctx.past_deadline() {
-            return Err(ctx.fail(ORIGIN_TOO_SLOW, "origin deadline passed".to_owned()));
+            return Err(ctx.fail(
+                Rejection::origin_timeout(),
+                "origin deadline passed".to_owned(),
+            ));
         }
         let Some(forward) = ctx.forward.as_ref() else {
-            return Err(ctx.fail(INTERNAL, "no forward decision".to_owned()));
+            return Err(ctx.fail(Rejection::internal(), "no forward decision".to_owned()));
         };
-        let location = upstream_response
-            .headers
-            .get(header::LOCATION)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if let (true, Some(location)) = (is_followed_redirect(status), location) {
+        let head = origin_head(upstream_response);
+        if let (true, Some(location)) = (is_followed_redirect(head.status()), head.location()) {
             // Nothing of this response reaches the client: the error below ends the attempt
             // before the header is written, the origin connection is closed (its body unread),
             // and the proxy loop asks `upstream_peer` for the next hop.
-            let Some(random) = random_bytes() else {
-                return Err(ctx.fail(INTERNAL, "no randomness".to_owned()));
-            };
-            return match forward.redirect(&self.sources, &location, unix_now(), &random) {
+            return match forward.redirect(location) {
                 Ok(next) => {
                     ctx.forward = Some(Box::new(next));
                     ctx.candidates.clear();
@@ -493,32 +444,25 @@ impl ProxyHttp for Gateway {
                     ctx.following_redirect = true;
                     let mut err = Error::explain(
                         ErrorType::Custom("origin redirect"),
-                        format!("following a {status} from the origin"),
+                        format!("following a {} from the origin", head.status()),
                     );
                     err.set_retry(true);
                     Err(err)
                 }
                 Err(rejection) => {
-                    let context = format!("origin redirect refused: {}", rejection.reason);
-                    Err(ctx.fail(rejection.into(), context))
+                    let context = format!("origin redirect refused: {}", rejection.reason());
+                    Err(ctx.fail(rejection, context))
                 }
             };
         }
-        let content_type = upstream_response
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let content_length = upstream_response
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Err(rejection) =
-            forward.check_response(&self.sources, status, content_type, content_length)
-        {
-            let context = format!("origin response refused: {}", rejection.reason);
-            return Err(ctx.fail(rejection.into(), context));
-        }
+        let edits = match forward.check_response(&head) {
+            Ok(edits) => edits,
+            Err(rejection) => {
+                let context = format!("origin response refused: {}", rejection.reason());
+                return Err(ctx.fail(rejection, context));
+            }
+        };
+        apply_response_edits(upstream_response, &edits)?;
         ctx.body_bytes = 0;
         if ctx.upstream_latency.is_none() {
             if let Some(started) = ctx.upstream_started {
@@ -541,17 +485,21 @@ impl ProxyHttp for Gateway {
         ctx.body_bytes = ctx.body_bytes.saturating_add(len);
         // An error here, once the header went out, cuts the client connection: the transfer
         // ends short of its Content-Length or without the last chunk, never complete-looking.
-        if ctx.body_bytes > self.sources.limits().max_body_bytes {
+        if ctx
+            .forward
+            .as_ref()
+            .is_some_and(|f| f.body_over_limit(ctx.body_bytes))
+        {
             *body = None;
             let context = format!("origin body over {} bytes", ctx.body_bytes - len);
-            return Err(ctx.fail(ORIGIN_BODY_TOO_LARGE, context));
+            return Err(ctx.fail(Rejection::origin_too_large(), context));
         }
         if end_of_stream {
             deadline::disarm();
         } else if ctx.past_deadline() {
             *body = None;
             return Err(ctx.fail(
-                ORIGIN_TOO_SLOW,
+                Rejection::origin_timeout(),
                 "origin deadline passed mid-body".to_owned(),
             ));
         }
@@ -562,15 +510,14 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
+        _ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         if session.req_header().method == Method::HEAD || matches!(status, 204 | 304) {
             // No body will follow: the origin exchange is over.
             deadline::disarm();
         }
-        let max_age = ctx.forward.as_ref().and_then(|f| f.max_age);
-        rewrite_response(upstream_response, max_age)
+        Ok(())
     }
 
     fn error_while_proxy(
@@ -606,7 +553,7 @@ impl ProxyHttp for Gateway {
         let failure = ctx.failure.clone().or_else(|| {
             // A read that timed out on the clamped budget, or any error after the deadline.
             if ctx.past_deadline() && *e.esource() == ErrorSource::Upstream {
-                Some(ORIGIN_TOO_SLOW)
+                Some(Rejection::origin_timeout())
             } else {
                 classify_error(e)
             }
@@ -617,39 +564,40 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
-        if ctx.outcome.is_none() {
-            ctx.outcome = Some(failure.outcome);
-        }
         // Once the origin's header went out, the status is committed: the connection is cut.
         if session.response_written().is_none() {
-            if let Err(write_err) =
-                respond_text(session, failure.status, &[], &failure.reason).await
-            {
+            if let Err(write_err) = respond(session, &failure).await {
                 warn!("cannot send the error response: {write_err}");
             }
         }
+        let error_code = failure.status();
+        ctx.failure = Some(failure);
         FailToProxy {
-            error_code: failure.status,
+            error_code,
             can_reuse_downstream: false,
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         deadline::disarm();
-        let outcome = match (ctx.outcome, ctx.forward.is_some()) {
-            (Some(outcome), _) => outcome,
-            (None, true) if ctx.upstream_latency.is_some() => Outcome::Forwarded.as_str(),
-            (None, true) => e
-                .and_then(classify_error)
-                .map_or(ORIGIN_ERROR, |f| f.outcome),
+        // One outcome per client request: a rejection, the gateway's own answer or cut, the
+        // client leaving early, or the origin's answer passed on whole.
+        let outcome = match (ctx.outcome, &ctx.failure, ctx.forward.is_some()) {
+            (Some(outcome), _, _) => outcome,
+            (None, Some(failure), _) => failure.outcome(),
+            (None, None, true) => match e {
+                None => Outcome::Forwarded,
+                Some(e) => classify_error(e).map_or(Outcome::ClientClosed, |r| r.outcome()),
+            },
             // Never decided (the client went away before its request was read).
-            (None, false) => return,
+            (None, None, false) => return,
         };
         self.metrics.count(outcome);
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
         let req = session.req_header();
+        let outcome = outcome.as_str();
         // The path and query are never logged: they carry the signature and the origin URL.
         match ctx.forward.as_ref() {
             Some(forward) => info!(
@@ -657,9 +605,9 @@ impl ProxyHttp for Gateway {
                  upstream_ms={}",
                 req.method,
                 request_host(req),
-                forward.source,
-                forward.origin.authority(),
-                forward.redirects,
+                forward.source_name(),
+                forward.origin().authority(),
+                forward.redirects(),
                 ctx.upstream_latency
                     .map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string()),
             ),
@@ -684,7 +632,7 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
         // Policy refusals are logged by `logging` like rejections.
-        ctx.failure.as_ref().is_some_and(|f| f.status == 403)
+        ctx.failure.as_ref().is_some_and(|f| f.status() == 403)
     }
 
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
@@ -697,20 +645,33 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ixproxy_core::origin::parse_origin;
+    use ixproxy_core::config::{MapSecrets, RawConfig};
+    use ixproxy_core::signer::{sign_url, SignOptions};
 
-    fn forward(url: &str, max_age: Option<u64>) -> Forward {
-        Forward {
-            source: "assets".to_owned(),
-            origin: parse_origin(url).expect("origin"),
-            allow_private: false,
-            set_headers: vec![
-                ("x-imgix-origin-secret", "hs".to_owned()),
-                ("authorization", "Basic dTpw".to_owned()),
-            ],
-            max_age,
-            auth_host: "o.example".to_owned(),
-            redirects: 0,
+    const NOW: u64 = 1_700_000_000;
+
+    /// The core's forward for `url` on a source with Basic auth `u:p` and handshake `hs`.
+    fn forward(url: &str) -> Forward {
+        let yaml = "sources:
+  - name: assets
+    hosts: [gw.example.com]
+    secure_url_tokens: [t]
+    origin_auth: {basic_auth: {username: u, password: p}, request_handshake: hs}
+    allowed_origin_hosts: [o.example]
+";
+        let sources = RawConfig::from_yaml(yaml)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid")
+            .sources;
+        let target = sign_url("t", url, &[], &SignOptions::default());
+        let info = RequestInfo {
+            method: "GET",
+            host: "gw.example.com",
+            target: &target,
+        };
+        match decide(&sources, &info, NOW) {
+            Decision::Forward(f) => *f,
+            Decision::Reject(r) => panic!("{url}: {r:?}"),
         }
     }
 
@@ -732,8 +693,8 @@ mod tests {
         ] {
             req.append_header(name, value).expect("header");
         }
-        let f = forward("https://o.example:8443/a%20b.png?v=2", None);
-        rewrite_upstream_request(&mut req, &f, &f.set_headers).expect("rewrite");
+        let f = forward("https://o.example:8443/a%20b.png?v=2");
+        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32])).expect("rewrite");
 
         assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
         let get = |n: &str| {
@@ -771,21 +732,24 @@ mod tests {
         resp.append_header("Set-Cookie", "a=1").expect("h");
         resp.append_header("Set-Cookie", "b=2").expect("h");
         resp.append_header("ETag", "\"x\"").expect("h");
-        rewrite_response(&mut resp, Some(60)).expect("rewrite");
+        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), Some(60));
+        apply_response_edits(&mut resp, &edits).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "public, max-age=60");
         assert!(resp.headers.get("set-cookie").is_none());
         assert_eq!(resp.headers["etag"], "\"x\"");
 
         let mut resp = ResponseHeader::build(200, None).expect("resp");
         resp.append_header("Cache-Control", "max-age=5").expect("h");
-        rewrite_response(&mut resp, None).expect("rewrite");
+        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), None);
+        apply_response_edits(&mut resp, &edits).expect("rewrite");
         assert_eq!(
             resp.headers["cache-control"], "max-age=5",
             "untouched without expires"
         );
 
         let mut resp = ResponseHeader::build(200, None).expect("resp");
-        rewrite_response(&mut resp, Some(30)).expect("rewrite");
+        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), Some(30));
+        apply_response_edits(&mut resp, &edits).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "max-age=30");
     }
 
@@ -806,31 +770,32 @@ mod tests {
             "Transfer-Encoding",
             "chunked"
         )])));
-        let (count, bytes) = header_totals(&req_with(&[("Accept", "a/b"), ("X-A", "1")]));
-        assert_eq!((count, bytes), (2, "accept".len() + 3 + "x-a".len() + 1));
+        let totals = header_totals(&req_with(&[("Accept", "a/b"), ("X-A", "1")]));
+        assert_eq!(
+            (totals.count, totals.bytes),
+            (2, "accept".len() + 3 + "x-a".len() + 1)
+        );
     }
 
     #[test]
     fn proxy_errors_map_to_502_or_504() {
-        let up = |t: ErrorType| classify_error(&Error::new_up(t)).map(|f| (f.status, f.outcome));
-        assert_eq!(up(ErrorType::ConnectTimedout), Some((504, ORIGIN_TIMEOUT)));
-        assert_eq!(up(ErrorType::ReadTimedout), Some((504, ORIGIN_TIMEOUT)));
-        assert_eq!(
-            up(ErrorType::TLSHandshakeTimedout),
-            Some((504, ORIGIN_TIMEOUT))
-        );
-        assert_eq!(up(ErrorType::ConnectRefused), Some((502, ORIGIN_ERROR)));
-        assert_eq!(
-            up(ErrorType::TLSHandshakeFailure),
-            Some((502, ORIGIN_ERROR))
-        );
-        assert_eq!(up(ErrorType::InvalidCert), Some((502, ORIGIN_ERROR)));
-        assert_eq!(up(ErrorType::ConnectionClosed), Some((502, ORIGIN_ERROR)));
+        let up =
+            |t: ErrorType| classify_error(&Error::new_up(t)).map(|f| (f.status(), f.outcome()));
+        const TIMEOUT: Outcome = Outcome::OriginTimeout;
+        const ERROR: Outcome = Outcome::OriginError;
+        assert_eq!(up(ErrorType::ConnectTimedout), Some((504, TIMEOUT)));
+        assert_eq!(up(ErrorType::ReadTimedout), Some((504, TIMEOUT)));
+        assert_eq!(up(ErrorType::TLSHandshakeTimedout), Some((504, TIMEOUT)));
+        assert_eq!(up(ErrorType::ConnectRefused), Some((502, ERROR)));
+        assert_eq!(up(ErrorType::TLSHandshakeFailure), Some((502, ERROR)));
+        assert_eq!(up(ErrorType::InvalidCert), Some((502, ERROR)));
+        assert_eq!(up(ErrorType::ConnectionClosed), Some((502, ERROR)));
         let gone = Error::new_down(ErrorType::ConnectionClosed);
         assert_eq!(classify_error(&gone), None, "no answer to a closed client");
+        let garbage = Error::new_down(ErrorType::InvalidHTTPHeader);
         assert_eq!(
-            ORIGIN_ADDRESS_DENIED.outcome,
-            Outcome::OriginDenied.as_str()
+            classify_error(&garbage).map(|r| (r.status(), r.outcome())),
+            Some((400, Outcome::BadRequest))
         );
     }
 }

@@ -8,20 +8,6 @@ use std::time::Duration;
 use ixproxy_core::Outcome;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
 
-/// Outcome label of a forwarded request whose origin could not be reached (refused, TLS
-/// failure, DNS failure, broken response): answered 502.
-pub const ORIGIN_ERROR: &str = "origin_error";
-/// Outcome label of a forwarded request whose origin was too slow: answered 504.
-pub const ORIGIN_TIMEOUT: &str = "origin_timeout";
-
-/// Every `outcome` label value, pre-registered at zero so dashboards see all series at once.
-pub fn outcome_labels() -> impl Iterator<Item = &'static str> {
-    Outcome::ALL
-        .iter()
-        .map(|o| o.as_str())
-        .chain([ORIGIN_ERROR, ORIGIN_TIMEOUT])
-}
-
 /// The gateway's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,8 +48,9 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
-        for label in outcome_labels() {
-            requests.with_label_values(&[label]);
+        // Every outcome at zero, so dashboards see all series at once.
+        for outcome in Outcome::ALL {
+            requests.with_label_values(&[outcome.as_str()]);
         }
         Ok(Metrics {
             registry,
@@ -72,9 +59,9 @@ impl Metrics {
         })
     }
 
-    /// Counts one request with the given outcome label.
-    pub fn count(&self, outcome: &str) {
-        self.requests.with_label_values(&[outcome]).inc();
+    /// Counts one request with the given outcome.
+    pub fn count(&self, outcome: Outcome) {
+        self.requests.with_label_values(&[outcome.as_str()]).inc();
     }
 
     /// Records the time an origin took to answer with its response header.
@@ -104,12 +91,12 @@ mod tests {
     #[test]
     fn every_outcome_is_exposed_and_counted() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.count("forwarded");
-        metrics.count("forwarded");
-        metrics.count(ORIGIN_TIMEOUT);
+        metrics.count(Outcome::Forwarded);
+        metrics.count(Outcome::Forwarded);
+        metrics.count(Outcome::OriginTimeout);
         metrics.observe_upstream_latency(Duration::from_millis(30));
         let text = String::from_utf8(metrics.render()).expect("utf-8");
-        for label in outcome_labels() {
+        for label in Outcome::ALL.map(Outcome::as_str) {
             assert!(
                 text.contains(&format!("ixproxy_requests_total{{outcome=\"{label}\"}}")),
                 "{label} missing from:\n{text}"

@@ -9,7 +9,8 @@ mod deadline;
 mod demo;
 mod gateway;
 mod metrics;
-mod upstream;
+mod peer;
+mod resolve;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,8 +75,8 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
             (config, Some(banner))
         }
     };
-    let ca = upstream::load_trust_anchors(config.upstream.ca_file.as_deref())
-        .map_err(|e| e.to_string())?;
+    let ca =
+        peer::load_trust_anchors(config.upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(
             "admin_listen: {} is also the gateway's listen address",
@@ -132,7 +133,7 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
 /// limits are the core's `max_redirects` and the checked address list; this only keeps
 /// Pingora's own retry cap (16 by default) from cutting them short.
 fn max_attempts(max_redirects: u32) -> usize {
-    (max_redirects as usize + 1) * (upstream::MAX_CANDIDATES + 1)
+    (max_redirects as usize + 1) * (resolve::MAX_CANDIDATES + 1)
 }
 
 /// Fails early with a clear message when an address cannot be listened on: Pingora itself would

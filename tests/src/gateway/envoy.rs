@@ -158,6 +158,14 @@ impl Gateway for EnvoyGateway {
     fn log_tail(&self) -> String {
         self.process.log_tail()
     }
+
+    /// Envoy's Prometheus output, only the outcome counter (`filter` is a regex over stat names).
+    fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
+        (
+            self.admin,
+            "/stats/prometheus?filter=ixproxy_requests_total",
+        )
+    }
 }
 
 /// The gateway listener's actual address from the admin API's `/listeners?format=json`:

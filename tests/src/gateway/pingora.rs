@@ -14,6 +14,7 @@ use crate::HarnessError;
 pub struct PingoraGateway {
     process: Process,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// A loopback port that was free a moment ago.
@@ -63,7 +64,11 @@ impl Gateway for PingoraGateway {
             admin_get(admin, "/healthz").and_then(|(status, _)| (status == 200).then_some(()))
         })?;
         process.wait_for("listener", || std::net::TcpStream::connect(addr).ok())?;
-        Ok(PingoraGateway { process, addr })
+        Ok(PingoraGateway {
+            process,
+            addr,
+            admin,
+        })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -72,5 +77,9 @@ impl Gateway for PingoraGateway {
 
     fn log_tail(&self) -> String {
         self.process.log_tail()
+    }
+
+    fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
+        (self.admin, "/metrics")
     }
 }

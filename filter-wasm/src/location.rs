@@ -10,7 +10,7 @@
 //!   redirected request from, so the header is put back on redirect responses instead, for
 //!   Envoy to copy into the recreated request (`response_headers_to_copy`).
 
-use ixproxy_core::decide::is_followed_redirect;
+use ixproxy_core::response::is_followed_redirect;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};

@@ -1,22 +1,9 @@
-//! Origin connections that cannot be steered into the private network.
-//!
-//! The origin name is resolved once, asynchronously; every resolved address is checked against
-//! the SSRF deny list (unless the source allows private origins) and the peer is built from a
-//! checked [`SocketAddr`], so Pingora never resolves the name again: a DNS answer that changes
-//! between check and connect (rebinding) cannot reach a private address.
-//!
-//! When a connection to one address fails, the next checked address of the same answer is
-//! tried (a name resolving to `::1` and `127.0.0.1`, a dual-stack origin down on one family).
-//!
-//! Policy: a name is refused when **any** of its addresses is denied. Skipping the denied ones
-//! would let whoever controls the origin's DNS mix a private address into the answer and keep
-//! probing; public origins never publish private addresses, so refusing costs nothing real.
+//! The Pingora peer for a checked origin address, and the trust anchors for https origins.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ixproxy_core::addr::is_denied_ip;
 use ixproxy_core::config::Upstream;
 use ixproxy_core::OriginUrl;
 use pingora::protocols::tls::CaType;
@@ -27,80 +14,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long an idle pooled origin connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Why no origin address may be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
-    /// The name did not resolve (or resolved to nothing).
-    #[error("origin host does not resolve: {0}")]
-    NotFound(String),
-    /// Resolution took longer than the connect timeout.
-    #[error("origin host resolution timed out")]
-    TimedOut,
-    /// An address of the origin is private, loopback or otherwise not public.
-    #[error("origin address is private, loopback or otherwise not public")]
-    Denied,
-}
-
-/// Resolves `host:port` and returns the addresses to try, in resolver order.
-///
-/// An IP literal is used as it is. A name is looked up with the system resolver (on Tokio's
-/// blocking pool, bounded by `timeout`). Unless `allow_private`, every resolved address must
-/// pass [`is_denied_ip`]. At most [`MAX_CANDIDATES`] addresses are returned: the gateway falls
-/// back to the next one when a connection attempt fails.
-///
-/// # Errors
-/// [`ResolveError::NotFound`], [`ResolveError::TimedOut`] or [`ResolveError::Denied`].
-pub async fn resolve_checked(
-    host: &str,
-    port: u16,
-    allow_private: bool,
-    timeout: Duration,
-) -> Result<Vec<SocketAddr>, ResolveError> {
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
-            let lookup = tokio::net::lookup_host((host, port));
-            match tokio::time::timeout(timeout, lookup).await {
-                Err(_) => return Err(ResolveError::TimedOut),
-                Ok(Err(e)) => return Err(ResolveError::NotFound(e.to_string())),
-                Ok(Ok(found)) => found.collect(),
-            }
-        }
-    };
-    check_addresses(&addrs, allow_private)
-}
-
-/// How many resolved addresses one origin request may try.
-pub const MAX_CANDIDATES: usize = 3;
-
-/// Applies the deny policy to a resolved address set and returns the addresses to try
-/// (duplicates removed, at most [`MAX_CANDIDATES`]).
-///
-/// # Errors
-/// [`ResolveError::NotFound`] for an empty set, [`ResolveError::Denied`] when any address is
-/// denied and `allow_private` is false.
-pub fn check_addresses(
-    addrs: &[SocketAddr],
-    allow_private: bool,
-) -> Result<Vec<SocketAddr>, ResolveError> {
-    if addrs.is_empty() {
-        return Err(ResolveError::NotFound("no address".to_owned()));
-    }
-    if !allow_private && addrs.iter().any(|a| is_denied_ip(a.ip())) {
-        return Err(ResolveError::Denied);
-    }
-    let mut candidates: Vec<SocketAddr> = Vec::with_capacity(MAX_CANDIDATES);
-    for addr in addrs {
-        if candidates.len() == MAX_CANDIDATES {
-            break;
-        }
-        if !candidates.contains(addr) {
-            candidates.push(*addr);
-        }
-    }
-    Ok(candidates)
-}
 
 /// Builds the Pingora peer for a checked address.
 ///
@@ -212,74 +125,6 @@ fn to_wrapped(der: CertificateDer<'static>) -> Result<WrappedX509, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const T: Duration = Duration::from_secs(5);
-
-    #[tokio::test]
-    async fn a_name_resolving_to_loopback_is_refused_unless_private_is_allowed() {
-        assert_eq!(
-            resolve_checked("localhost", 8080, false, T).await,
-            Err(ResolveError::Denied)
-        );
-        let addrs = resolve_checked("localhost", 8080, true, T)
-            .await
-            .expect("localhost resolves");
-        assert!(!addrs.is_empty());
-        for addr in addrs {
-            assert!(addr.ip().is_loopback(), "{addr}");
-            assert_eq!(addr.port(), 8080);
-        }
-    }
-
-    #[tokio::test]
-    async fn ip_literals_are_checked_without_lookup() {
-        assert_eq!(
-            resolve_checked("169.254.169.254", 80, false, T).await,
-            Err(ResolveError::Denied)
-        );
-        assert_eq!(
-            resolve_checked("::1", 80, false, T).await,
-            Err(ResolveError::Denied)
-        );
-        assert_eq!(
-            resolve_checked("8.8.8.8", 443, false, T).await,
-            Ok(vec![SocketAddr::from(([8, 8, 8, 8], 443))])
-        );
-    }
-
-    #[tokio::test]
-    async fn an_unknown_name_is_not_found() {
-        assert!(matches!(
-            resolve_checked("does-not-exist.invalid", 80, true, T).await,
-            Err(ResolveError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn one_denied_address_refuses_the_whole_answer() {
-        let public = SocketAddr::from(([93, 184, 215, 14], 80));
-        let private = SocketAddr::from(([10, 0, 0, 7], 80));
-        assert_eq!(check_addresses(&[public], false), Ok(vec![public]));
-        assert_eq!(
-            check_addresses(&[public, private], false),
-            Err(ResolveError::Denied)
-        );
-        assert_eq!(
-            check_addresses(&[private, public, private], true),
-            Ok(vec![private, public])
-        );
-        let many: Vec<SocketAddr> = (1..=5u8)
-            .map(|i| SocketAddr::from(([93, 184, 215, i], 80)))
-            .collect();
-        assert_eq!(
-            check_addresses(&many, false).map(|c| c.len()),
-            Ok(MAX_CANDIDATES)
-        );
-        assert!(matches!(
-            check_addresses(&[], true),
-            Err(ResolveError::NotFound(_))
-        ));
-    }
 
     #[test]
     fn the_peer_connects_to_the_checked_address_with_sni_and_timeouts() {

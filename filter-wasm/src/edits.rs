@@ -1,0 +1,289 @@
+//! The pure half of the filter's translation: what a core [`Forward`] or [`Rejection`] means as
+//! Envoy header edits and local replies. No host calls, so it is tested natively; the HTTP
+//! context only applies these plans.
+
+use ixproxy_core::auth::AuthHeaders;
+use ixproxy_core::request::is_forwarded_client_header;
+use ixproxy_core::response::ResponseEdits;
+use ixproxy_core::{Forward, Rejection};
+
+pub use ixproxy_core::envoy::{ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, UPSTREAM_HEADER};
+/// [`UPSTREAM_HEADER`] value routed to the TLS dynamic-forward-proxy cluster.
+pub const UPSTREAM_TLS: &str = "tls";
+/// [`UPSTREAM_HEADER`] value routed to the plain-HTTP dynamic-forward-proxy cluster.
+pub const UPSTREAM_PLAIN: &str = "plain";
+
+/// One change to a header map, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Replace every value of the header (lower-case name) with this one.
+    Set(String, String),
+    /// Remove every value of the header (lower-case name).
+    Remove(String),
+}
+
+/// A response Envoy sends itself instead of forwarding (`send_http_response`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u32,
+    /// Response headers (lower-case names).
+    pub headers: Vec<(&'static str, &'static str)>,
+    /// Plain-text body: the rejection reason and a newline.
+    pub body: String,
+}
+
+/// The local reply for a rejection: the core's status, headers and body.
+pub fn local_reply(rejection: &Rejection) -> LocalReply {
+    LocalReply {
+        status: u32::from(rejection.status()),
+        headers: rejection.headers().collect(),
+        body: rejection.body(),
+    }
+}
+
+/// The request header edits that turn the client request into the origin request.
+///
+/// `client_header_names` are the names currently in the request header map. Every non-pseudo
+/// header outside the forwarded allowlist, except [`FORWARDED_PROTO`], is removed (so client
+/// `Authorization`, `Cookie`, `X-Imgix-*` and a forged [`UPSTREAM_HEADER`] never reach the
+/// origin); then `:authority`, `:path`, `:scheme`, [`UPSTREAM_HEADER`],
+/// [`ALLOW_PRIVATE_HEADER`] when the source allows private origins, and `auth` (the origin
+/// auth headers of this attempt) are set.
+pub fn forward_request_edits<'a>(
+    forward: &Forward,
+    auth: &AuthHeaders,
+    client_header_names: impl IntoIterator<Item = &'a str>,
+) -> Vec<HeaderEdit> {
+    let mut removed: Vec<String> = Vec::new();
+    for name in client_header_names {
+        if name.starts_with(':')
+            || is_forwarded_client_header(name)
+            || name.eq_ignore_ascii_case(FORWARDED_PROTO)
+        {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        if !removed.contains(&lower) {
+            removed.push(lower);
+        }
+    }
+    let origin = forward.origin();
+    let upstream = if origin.is_https() {
+        UPSTREAM_TLS
+    } else {
+        UPSTREAM_PLAIN
+    };
+    let mut edits: Vec<HeaderEdit> = removed.into_iter().map(HeaderEdit::Remove).collect();
+    edits.push(HeaderEdit::Set(":authority".into(), origin.authority()));
+    edits.push(HeaderEdit::Set(
+        ":path".into(),
+        origin.path_and_query.clone(),
+    ));
+    edits.push(HeaderEdit::Set(
+        ":scheme".into(),
+        origin.scheme.as_str().into(),
+    ));
+    edits.push(HeaderEdit::Set(
+        FORWARDED_PROTO.into(),
+        origin.scheme.as_str().into(),
+    ));
+    edits.push(HeaderEdit::Set(UPSTREAM_HEADER.into(), upstream.into()));
+    if forward.allow_private() {
+        edits.push(HeaderEdit::Set(ALLOW_PRIVATE_HEADER.into(), "1".into()));
+    }
+    edits.extend(
+        auth.iter()
+            .map(|(name, value)| HeaderEdit::Set(name.to_owned(), value.to_owned())),
+    );
+    edits
+}
+
+/// The core's response edits as header map edits: removals first, then sets.
+pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
+    edits
+        .remove
+        .iter()
+        .map(|name| HeaderEdit::Remove((*name).to_owned()))
+        .chain(
+            edits
+                .set
+                .iter()
+                .map(|(name, value)| HeaderEdit::Set((*name).to_owned(), value.clone())),
+        )
+        .collect()
+}
+
+/// Test fixtures shared by the filter's unit tests: forwards decided by the core over a small
+/// plugin configuration.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use ixproxy_core::config::{MapSecrets, RawPluginConfig};
+    use ixproxy_core::signer::{sign_url, SignOptions};
+    use ixproxy_core::{decide, Decision, Forward, RequestInfo, Sources};
+
+    /// A unix time inside every test's window.
+    pub const NOW: u64 = 1_700_000_000;
+
+    /// Source `assets` (host `a.example`, handshake `hs`, origins `o.example`, `cdn.example`,
+    /// two redirects) and source `dev` (host `d.example`, private origins allowed).
+    pub fn sources() -> Sources {
+        let json = r#"{"sources": [
+            {"name": "assets", "hosts": ["a.example"], "secure_url_tokens": ["t"],
+             "origin_auth": {"request_handshake": "hs"},
+             "allowed_origin_hosts": ["o.example", "cdn.example", "cdn.example.com"]},
+            {"name": "dev", "hosts": ["d.example"], "secure_url_tokens": ["t"],
+             "allow_private_origins": true}],
+            "upstream": {"max_redirects": 2}}"#;
+        RawPluginConfig::from_json(json)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid plugin config")
+            .sources
+    }
+
+    /// The core's forward for `url` signed for `host` (with `expires` 60 s ahead).
+    pub fn forward(host: &str, url: &str) -> Forward {
+        let params = [("expires".to_owned(), (NOW + 60).to_string())];
+        let target = sign_url("t", url, &params, &SignOptions::default());
+        let request = RequestInfo {
+            method: "GET",
+            host,
+            target: &target,
+        };
+        match decide(&sources(), &request, NOW) {
+            Decision::Forward(forward) => *forward,
+            Decision::Reject(r) => panic!("{url}: {r:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{forward, NOW};
+    use super::*;
+    use ixproxy_core::response::{response_edits, OriginHead};
+    use ixproxy_core::Outcome;
+
+    fn set(name: &str, value: &str) -> HeaderEdit {
+        HeaderEdit::Set(name.into(), value.into())
+    }
+
+    #[test]
+    fn forward_strips_client_headers_and_targets_the_origin() {
+        let client = [
+            ":method",
+            ":path",
+            ":authority",
+            ":scheme",
+            "Accept",
+            "range",
+            "authorization",
+            "Cookie",
+            "X-Imgix-Origin-Secret",
+            "x-ixproxy-upstream",
+            "X-Ixproxy-Allow-Private",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "cookie",
+            "user-agent",
+        ];
+        let f = forward("a.example", "https://cdn.example.com:8443/a.jpg?x=1");
+        let auth = f.auth_headers(NOW, &[0; 32]);
+        let edits = forward_request_edits(&f, &auth, client);
+        let removed: Vec<&str> = edits
+            .iter()
+            .filter_map(|e| match e {
+                HeaderEdit::Remove(n) => Some(n.as_str()),
+                HeaderEdit::Set(..) => None,
+            })
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                "authorization",
+                "cookie",
+                "x-imgix-origin-secret",
+                "x-ixproxy-upstream",
+                "x-ixproxy-allow-private",
+                "x-forwarded-for"
+            ]
+        );
+        let sets: Vec<&HeaderEdit> = edits
+            .iter()
+            .filter(|e| matches!(e, HeaderEdit::Set(..)))
+            .collect();
+        assert_eq!(
+            sets,
+            [
+                &set(":authority", "cdn.example.com:8443"),
+                &set(":path", "/a.jpg?x=1"),
+                &set(":scheme", "https"),
+                &set(FORWARDED_PROTO, "https"),
+                &set(UPSTREAM_HEADER, UPSTREAM_TLS),
+                &set("x-imgix-origin-secret", "hs"),
+            ]
+        );
+        // Removals come first, so the origin auth header the filter sets survives.
+        let last_remove = edits
+            .iter()
+            .rposition(|e| matches!(e, HeaderEdit::Remove(_)));
+        let first_set = edits.iter().position(|e| matches!(e, HeaderEdit::Set(..)));
+        assert!(last_remove < first_set);
+    }
+
+    #[test]
+    fn plain_http_origins_use_the_plain_cluster() {
+        let private = forward("d.example", "http://127.0.0.1:8000/x");
+        let edits = forward_request_edits(&private, &private.auth_headers(NOW, &[0; 32]), []);
+        assert!(edits.contains(&set(ALLOW_PRIVATE_HEADER, "1")));
+        assert!(edits.contains(&set(UPSTREAM_HEADER, UPSTREAM_PLAIN)));
+        assert!(edits.contains(&set(":authority", "127.0.0.1:8000")));
+        assert!(edits.contains(&set(":scheme", "http")));
+    }
+
+    #[test]
+    fn rejections_become_plain_text_local_replies() {
+        let reply = local_reply(&Rejection::method_not_allowed());
+        assert_eq!(reply.status, 405);
+        assert_eq!(reply.body, "method not allowed\n");
+        assert_eq!(
+            reply.headers,
+            [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("allow", "GET, HEAD")
+            ]
+        );
+        assert_eq!(
+            local_reply(&Rejection::origin_timeout()).status,
+            504,
+            "Envoy-side timeouts answer like the native gateway"
+        );
+        assert_eq!(
+            local_reply(&Rejection::bad_redirect("x")).headers,
+            [("content-type", "text/plain; charset=utf-8")]
+        );
+        assert_eq!(Rejection::internal().outcome(), Outcome::Internal);
+    }
+
+    #[test]
+    fn responses_lose_cookies_and_get_capped() {
+        let head = OriginHead::of(
+            200,
+            [
+                ("cache-control", &b"public, max-age=3600"[..]),
+                ("set-cookie", b"a=1"),
+            ],
+        );
+        assert_eq!(
+            response_header_edits(&response_edits(&head, Some(60))),
+            [
+                HeaderEdit::Remove("set-cookie".into()),
+                set("cache-control", "public, max-age=60")
+            ]
+        );
+        assert_eq!(
+            response_header_edits(&response_edits(&head, None)),
+            [HeaderEdit::Remove("set-cookie".into())]
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The state that carries a forwarded request across Envoy's internal redirects: what the
+//! filter stores in Envoy filter state ([`HOP_PROPERTY`]) when it forwards, and reads back on
+//! the stream Envoy recreates to follow an origin redirect. Pure, so it is tested natively.
+
+use ixproxy_core::{Forward, Sources};
+
+pub use ixproxy_core::envoy::LOCATION_HEADER;
+
+/// Envoy filter state property (`wasm.ixproxy_hop`) carrying the [`Hop`] of a forwarded request
+/// across Envoy's internal redirects. Declared with the `DownstreamRequest` life span (see
+/// [`declare_hop_property_args`]), so Envoy copies it into the stream it recreates for a redirect;
+/// only filters can write filter state, so a client cannot forge a hop.
+pub const HOP_PROPERTY: &str = "ixproxy_hop";
+
+/// The serialized `DeclarePropertyArguments` protobuf (Envoy's `declare_property` foreign
+/// function) declaring [`HOP_PROPERTY`] as mutable bytes that live for the downstream request,
+/// internal redirects included (`span: DownstreamRequest`).
+pub fn declare_hop_property_args() -> Vec<u8> {
+    let name = HOP_PROPERTY.as_bytes();
+    let mut args = Vec::with_capacity(name.len() + 4);
+    // field 1 (name), length-delimited; the name is shorter than 128 bytes (one-byte varint).
+    args.push(0x0a);
+    args.push(name.len() as u8);
+    args.extend_from_slice(name);
+    // field 5 (span) = 1 (DownstreamRequest); readonly (2) and type (3, Bytes) keep defaults.
+    args.extend_from_slice(&[0x28, 0x01]);
+    args
+}
+
+/// What the filter remembers about a forwarded request so a redirect hop can be checked like
+/// the native gateway checks it: which source, where the last attempt went, the first origin
+/// host (for origin auth), hops so far and the Cache-Control cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// Source name.
+    pub source: String,
+    /// URL of the attempt that answered with the redirect.
+    pub origin_url: String,
+    /// Host of the first origin URL.
+    pub auth_host: String,
+    /// Redirects followed so far.
+    pub redirects: u32,
+    /// Cache-Control cap from `expires`.
+    pub max_age: Option<u64>,
+    /// When the client's request arrived (unix milliseconds): `upstream.timeout` bounds all
+    /// hops together.
+    pub started_ms: u64,
+}
+
+impl Hop {
+    const MAGIC: &'static [u8] = b"ixhop1";
+
+    /// The hop state of a forward of a client request that arrived at `started_ms`.
+    pub fn of(forward: &Forward, started_ms: u64) -> Hop {
+        Hop {
+            started_ms,
+            source: forward.source_name().to_owned(),
+            origin_url: forward.origin().to_url_string(),
+            auth_host: forward.auth_host().to_owned(),
+            redirects: forward.redirects(),
+            max_age: forward.max_age(),
+        }
+    }
+
+    /// Length-prefixed fields after a magic tag (no field can break the framing).
+    pub fn encode(&self) -> Vec<u8> {
+        let redirects = self.redirects.to_string();
+        let max_age = self.max_age.map(|a| a.to_string()).unwrap_or_default();
+        let started = self.started_ms.to_string();
+        let fields = [
+            started.as_str(),
+            redirects.as_str(),
+            max_age.as_str(),
+            self.source.as_str(),
+            self.auth_host.as_str(),
+            self.origin_url.as_str(),
+        ];
+        let mut out = Self::MAGIC.to_vec();
+        for field in fields {
+            out.extend_from_slice(field.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(field.as_bytes());
+        }
+        out
+    }
+
+    /// Parses [`Hop::encode`]'s output; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Hop> {
+        let mut rest = bytes.strip_prefix(Self::MAGIC)?;
+        let mut fields: Vec<String> = Vec::with_capacity(6);
+        while !rest.is_empty() {
+            let colon = rest.iter().position(|&b| b == b':')?;
+            let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+            let value = rest.get(colon + 1..colon + 1 + len)?;
+            fields.push(String::from_utf8(value.to_vec()).ok()?);
+            rest = &rest[colon + 1 + len..];
+        }
+        let [started, redirects, max_age, source, auth_host, origin_url]: [String; 6] =
+            fields.try_into().ok()?;
+        Some(Hop {
+            started_ms: started.parse().ok()?,
+            redirects: redirects.parse().ok()?,
+            max_age: if max_age.is_empty() {
+                None
+            } else {
+                Some(max_age.parse().ok()?)
+            },
+            source,
+            auth_host,
+            origin_url,
+        })
+    }
+
+    /// The forward this hop state describes (see [`Forward::resume`]); `None` if the source is
+    /// gone (reconfigured) or the URL no longer parses.
+    pub fn forward(&self, sources: &Sources) -> Option<Forward> {
+        Forward::resume(
+            sources,
+            &self.source,
+            &self.origin_url,
+            &self.auth_host,
+            self.redirects,
+            self.max_age,
+        )
+    }
+}
+
+/// Request header that sets Envoy's router timeout for one attempt (read and removed by the
+/// router, never sent to the origin; a client-sent one is removed by the filter like any
+/// non-allowlisted header). Set on every hop to what is left of `upstream.timeout`.
+pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// Milliseconds left of `timeout_ms` for a request that started at `started_ms`, or `None`
+/// when nothing is left.
+pub fn remaining_ms(started_ms: u64, now_ms: u64, timeout_ms: u64) -> Option<u64> {
+    let left = timeout_ms.saturating_sub(now_ms.saturating_sub(started_ms));
+    (left > 0).then_some(left)
+}
+
+/// The redirect target Envoy recreated the request for: the origin's raw `Location` (copied
+/// into [`LOCATION_HEADER`]) when present, else the URL Envoy derived from it.
+pub fn hop_location(location: Option<&str>, scheme: &str, authority: &str, path: &str) -> String {
+    match location {
+        Some(location) if !location.trim().is_empty() => location.to_owned(),
+        _ => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edits::fixtures::{forward, sources, NOW};
+    use ixproxy_core::Outcome;
+
+    #[test]
+    fn hop_state_round_trips_through_its_encoding() {
+        let hop = Hop {
+            started_ms: 1_700_000_000_123,
+            source: "we:ird\nname 12:".into(),
+            origin_url: "https://o.example/a:b?c=1:2".into(),
+            auth_host: "o.example".into(),
+            redirects: 3,
+            max_age: Some(60),
+        };
+        assert_eq!(Hop::decode(&hop.encode()), Some(hop.clone()));
+        let no_cap = Hop {
+            max_age: None,
+            ..hop.clone()
+        };
+        assert_eq!(Hop::decode(&no_cap.encode()), Some(no_cap));
+        let encoded = hop.encode();
+        // Anything but the filter's own encoding is refused, truncated or padded ones too.
+        for bad in [
+            &b""[..],
+            b"ixhop1",
+            b"ixhop0" as &[u8],
+            &encoded[..encoded.len() - 1],
+            &[encoded.as_slice(), b"1:x"].concat(),
+            b"ixhop11:01:x1:x1:x1:x1:x",
+            b"ixhop199999999999999999999:x",
+        ] {
+            assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_stored_hop_is_revalidated_like_the_first_url() {
+        let sources = sources();
+        let first = forward("a.example", "https://o.example/a.jpg");
+        let restored = Hop::decode(&Hop::of(&first, 5).encode())
+            .and_then(|hop| hop.forward(&sources))
+            .expect("restores");
+        assert_eq!(restored.origin(), first.origin());
+        assert_eq!((restored.redirects(), restored.max_age()), (0, Some(60)));
+        let random = [7u8; 32];
+        // Same host: fresh origin auth; other allowed host: none; other host: refused.
+        let same = restored.redirect("/b.jpg").expect("same host");
+        assert_eq!(same.origin().to_url_string(), "https://o.example/b.jpg");
+        assert!(same
+            .auth_headers(NOW, &random)
+            .get("x-imgix-origin-secret")
+            .is_some());
+        let other = restored
+            .redirect("http://cdn.example/c")
+            .expect("allowed host");
+        assert!(other.auth_headers(NOW, &random).is_empty());
+        let denied = restored
+            .redirect("http://evil.example/")
+            .expect_err("host not allowed");
+        assert_eq!(denied.status(), 403);
+        let private = restored
+            .redirect("http://cdn.example@127.0.0.1/")
+            .expect_err("userinfo");
+        assert_eq!(private.status(), 502);
+        // The count survives the round trip: past upstream.max_redirects is a 502.
+        let second = Hop::decode(&Hop::of(&other, 5).encode())
+            .and_then(|hop| hop.forward(&sources))
+            .expect("restores")
+            .redirect("/d")
+            .expect("second hop");
+        let third = Hop::decode(&Hop::of(&second, 5).encode())
+            .and_then(|hop| hop.forward(&sources))
+            .expect("restores")
+            .redirect("/e")
+            .expect_err("third hop");
+        assert_eq!(
+            (third.status(), third.outcome()),
+            (502, Outcome::BadRedirect)
+        );
+        // A hop of a source that is gone (reconfigured) is not followed.
+        let gone = Hop {
+            source: "gone".into(),
+            ..Hop::of(&first, 5)
+        };
+        assert_eq!(gone.forward(&sources), None);
+    }
+
+    #[test]
+    fn all_hops_share_one_timeout() {
+        assert_eq!(remaining_ms(1_000, 1_000, 3_000), Some(3_000));
+        assert_eq!(remaining_ms(1_000, 3_500, 3_000), Some(500));
+        assert_eq!(remaining_ms(1_000, 4_000, 3_000), None);
+        assert_eq!(remaining_ms(1_000, 9_000, 3_000), None);
+        // A clock that went backwards leaves the full budget, never more.
+        assert_eq!(remaining_ms(5_000, 1_000, 3_000), Some(3_000));
+    }
+
+    #[test]
+    fn hop_property_is_declared_for_the_downstream_request() {
+        // DeclarePropertyArguments { name: "ixproxy_hop", span: DownstreamRequest }.
+        let mut expected = vec![0x0a, 11];
+        expected.extend_from_slice(b"ixproxy_hop");
+        expected.extend_from_slice(&[0x28, 0x01]);
+        assert_eq!(declare_hop_property_args(), expected);
+    }
+
+    #[test]
+    fn hop_location_prefers_the_raw_location() {
+        assert_eq!(hop_location(Some("/x?y"), "http", "h", "/p"), "/x?y");
+        assert_eq!(
+            hop_location(Some("  "), "https", "h:1", "/p"),
+            "https://h:1/p"
+        );
+        assert_eq!(hop_location(None, "http", "h", "/p?q"), "http://h/p?q");
+    }
+}
