@@ -78,7 +78,8 @@ fn real_envoy_accepts_the_generated_config_and_runs_the_filter_configuration() {
 const SLOW_HOP: Duration = Duration::from_secs(3);
 
 /// An origin on 127.0.0.1 that answers every request after [`SLOW_HOP`]: `/slow` with a 302 to
-/// `/slow2`, anything else with a small image. Serves at most four connections.
+/// `/slow2`, anything else with a small image. One request per connection (`connection: close`,
+/// so Envoy never reuses one this origin is about to close). Serves at most four connections.
 fn start_slow_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind slow origin");
     let addr = listener.local_addr().expect("slow origin address");
@@ -97,9 +98,9 @@ fn start_slow_origin() -> SocketAddr {
                 }
                 let head = String::from_utf8_lossy(&head);
                 let response: &[u8] = if head.starts_with("GET /slow ") {
-                    b"HTTP/1.1 302 Found\r\nlocation: /slow2\r\ncontent-length: 0\r\n\r\n"
+                    b"HTTP/1.1 302 Found\r\nlocation: /slow2\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 } else {
-                    b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 4\r\n\r\nlate"
+                    b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 4\r\nconnection: close\r\n\r\nlate"
                 };
                 // The origin's slowness is what is under test, not a synchronisation.
                 std::thread::sleep(SLOW_HOP);
