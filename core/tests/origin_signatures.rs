@@ -1,5 +1,5 @@
 //! Data-driven checks of per-request origin signing (SPEC §5) over
-//! `shared/vectors/origin-signatures.json`; every failure names its vector.
+//! `core/tests/vectors/origin-signatures.json`; every failure names its vector.
 
 use std::path::PathBuf;
 
@@ -19,8 +19,8 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors/origin-signatures.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/origin-signatures.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let all: Vec<Vector> =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -1,4 +1,5 @@
-//! Data-driven checks over the imgix SDKs' own test vectors in `shared/vectors/`.
+//! Data-driven checks over the imgix SDKs' own test vectors in `core/tests/vectors/` (where
+//! they come from: its README).
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use serde_json::Value;
 
 fn vectors(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/vectors")
+        .join("tests/vectors")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -1,5 +1,5 @@
 //! The case table as data: `conformance/cases.yaml` (hand-written cases) plus cases generated
-//! from every imgix SDK vector in `shared/vectors/url-signatures.json`.
+//! from every imgix SDK vector in `core/tests/vectors/url-signatures.json`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -220,7 +220,7 @@ fn default_host() -> String {
     "a.test".to_owned()
 }
 
-/// One entry of `shared/vectors/url-signatures.json` (the fields the suite uses).
+/// One entry of `core/tests/vectors/url-signatures.json` (the fields the suite uses).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Vector {
     /// Vector name.
@@ -281,15 +281,11 @@ pub fn default_cases_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/cases.yaml")
 }
 
-/// `shared/vectors/url-signatures.json` (env `IXPROXY_VECTORS` overrides).
+/// The imgix SDK vectors vendored at `core/tests/vectors/url-signatures.json` (env
+/// `IXPROXY_VECTORS` overrides).
 pub fn default_vectors_path() -> PathBuf {
     std::env::var_os("IXPROXY_VECTORS").map_or_else(
-        || {
-            crate::workspace_root()
-                .parent()
-                .map_or_else(PathBuf::new, Path::to_path_buf)
-                .join("shared/vectors/url-signatures.json")
-        },
+        || crate::workspace_root().join("core/tests/vectors/url-signatures.json"),
         PathBuf::from,
     )
 }

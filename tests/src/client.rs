@@ -136,6 +136,96 @@ pub fn exchange<S: Read + Write>(
     )
 }
 
+/// Everything a server sent back on one connection, unparsed, and how the connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The bytes received, head and body, up to the end of the connection.
+    pub bytes: Vec<u8>,
+    /// From connecting to the end of the connection.
+    pub elapsed: Duration,
+    /// Whether the connection ended with a reset rather than a clean close.
+    pub reset: bool,
+}
+
+impl Received {
+    /// Where the blank line ending the response head starts; `None` when no head ended.
+    pub fn header_end(&self) -> Option<usize> {
+        find(&self.bytes, b"\r\n\r\n")
+    }
+
+    /// The bytes after the response head (empty when no head ended).
+    pub fn body(&self) -> &[u8] {
+        self.header_end().map_or(&[], |end| &self.bytes[end + 4..])
+    }
+
+    /// The response, parsed as it arrived.
+    ///
+    /// # Errors
+    /// [`HarnessError::Incomplete`] when the connection ended before the response was complete
+    /// (an aborted transfer), other [`HarnessError::Http`] errors for malformed bytes.
+    pub fn response(&self, head_request: bool) -> Result<RawResponse, HarnessError> {
+        parse_response(&self.bytes, head_request)
+    }
+
+    /// Everything received, as text (lossy), for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Sends `req` (with `Connection: close`) and reads until the server closes or resets the
+/// connection, keeping every byte: for checks on exactly what an aborted transfer delivered.
+///
+/// # Errors
+/// Connect or write errors, a read error other than a reset, or no end of the connection
+/// within `timeout`.
+pub fn send_until_close(
+    addr: SocketAddr,
+    req: &RawRequest,
+    timeout: Duration,
+) -> Result<Received, HarnessError> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| HarnessError::io(format!("connect {addr}"), e))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| HarnessError::io("set timeout", e))?;
+    write_request(&mut stream, req, true)?;
+    let deadline = started + timeout;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HarnessError::Http(format!(
+                "connection still open after {timeout:?} ({} bytes read)",
+                bytes.len()
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| HarnessError::io("set timeout", e))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(Received {
+                    bytes,
+                    elapsed: started.elapsed(),
+                    reset: true,
+                });
+            }
+            Err(e) => return Err(HarnessError::io("read response", e)),
+        }
+    }
+    Ok(Received {
+        bytes,
+        elapsed: started.elapsed(),
+        reset: false,
+    })
+}
+
 /// Sends `reqs` one after the other on one keep-alive connection (the last one asks to
 /// close), reading each response before sending the next request.
 ///

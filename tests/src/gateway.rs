@@ -2,11 +2,13 @@
 //! filter) and [`PingoraGateway`] (`ixproxy serve`). Both start from the same config file, wait
 //! until they answer (bounded polling, never a fixed sleep) and stop when dropped.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -19,7 +21,7 @@ mod envoy;
 mod pingora;
 
 pub use envoy::EnvoyGateway;
-pub use pingora::PingoraGateway;
+pub use pingora::{parse_serve_line, PingoraGateway, ServeProcess};
 
 /// How long a gateway may take to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,13 +98,6 @@ fn require(what: &'static str, path: PathBuf, hint: &'static str) -> Result<Path
     }
 }
 
-/// Reads a config file as a YAML mapping (runners only change the listen addresses).
-fn read_config(path: &Path) -> Result<serde_yaml::Value, HarnessError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| HarnessError::io(format!("read {}", path.display()), e))?;
-    serde_yaml::from_str(&text).map_err(|e| HarnessError::Gateway(format!("config: {e}")))
-}
-
 /// A unique number per gateway started by this process (file names, Envoy base id).
 fn next_instance() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -140,6 +135,115 @@ impl Process {
             stop_signal,
             what,
         })
+    }
+
+    /// Like [`Process::spawn`], but stderr goes through a thread that appends it to the log
+    /// line by line and sends, once, the first value `watch` finds in a line: the process can
+    /// announce something (its bound addresses) without anyone polling the log for it.
+    fn spawn_watching<T: Send + 'static>(
+        what: &'static str,
+        mut command: Command,
+        log: PathBuf,
+        stop_signal: Signal,
+        watch: fn(&str) -> Option<T>,
+    ) -> Result<(Self, Receiver<T>), HarnessError> {
+        let out = File::create(&log).map_err(|e| HarnessError::io("create log", e))?;
+        // Appending, so the thread's lines and the child's stdout never overwrite each other.
+        let mut copy = OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(|e| HarnessError::io("open log", e))?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawn {what}"), e))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = Vec::new();
+                let mut tx = Some(tx);
+                // Ends at EOF, when the child exits; dropping `tx` then tells the waiter.
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let _ = copy.write_all(&line);
+                    let text = String::from_utf8_lossy(&line);
+                    if let Some(found) = tx.as_ref().and_then(|_| watch(text.trim_end())) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(found);
+                        }
+                    }
+                    line.clear();
+                }
+            });
+        }
+        let process = Process {
+            child,
+            log,
+            stop_signal,
+            what,
+        };
+        Ok((process, rx))
+    }
+
+    /// Waits up to [`START_TIMEOUT`] for the value [`Process::spawn_watching`] reports.
+    fn wait_for_report<T>(&mut self, what: &str, report: &Receiver<T>) -> Result<T, HarnessError> {
+        match report.recv_timeout(START_TIMEOUT) {
+            Ok(value) => Ok(value),
+            Err(RecvTimeoutError::Timeout) => Err(HarnessError::Gateway(format!(
+                "{}: no {what} after {START_TIMEOUT:?}; log:\n{}",
+                self.what,
+                self.log_tail()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => {
+                // stderr closed: the process is exiting; give it a moment to be reaped so the
+                // error can show its exit status.
+                let status = self.wait_exit(STOP_TIMEOUT)?;
+                Err(HarnessError::Gateway(format!(
+                    "{} exited before reporting {what} ({}); log:\n{}",
+                    self.what,
+                    status.map_or_else(|| "still running".to_owned(), |s| s.to_string()),
+                    self.log_tail()
+                )))
+            }
+        }
+    }
+
+    /// Polls for the process's exit for at most `limit`; `None` when it is still running.
+    fn wait_exit(&mut self, limit: Duration) -> Result<Option<ExitStatus>, HarnessError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::io("wait", e))?
+            {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Sends `signal` and waits up to [`STOP_TIMEOUT`] for the exit; returns the exit status and
+    /// how long the process took after the signal.
+    fn stop_with(&mut self, signal: Signal) -> Result<(ExitStatus, Duration), HarnessError> {
+        let pid = i32::try_from(self.child.id())
+            .map_err(|_| HarnessError::Gateway("pid out of range".to_owned()))?;
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| HarnessError::Gateway(format!("kill {pid} with {signal}: {e}")))?;
+        let sent = Instant::now();
+        match self.wait_exit(STOP_TIMEOUT)? {
+            Some(status) => Ok((status, sent.elapsed())),
+            None => Err(HarnessError::Gateway(format!(
+                "{} did not exit within {STOP_TIMEOUT:?} of {signal}; log:\n{}",
+                self.what,
+                self.log_tail()
+            ))),
+        }
     }
 
     /// An error if the process has exited, with its log.

@@ -3,7 +3,7 @@
 //! gateway process needs, and the plain values cases sign with and checks compare against.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use base64::engine::general_purpose::STANDARD;
@@ -51,8 +51,9 @@ pub struct Harness {
     pub tokens: BTreeMap<String, String>,
     /// Origin auth by source name; sources not listed send none.
     pub auth: BTreeMap<String, ExpectedAuth>,
-    /// A loopback port nothing listens on.
+    /// A loopback port nothing listens on (held for the harness's lifetime, so it stays so).
     pub dead: SocketAddr,
+    _dead_port: DeadPort,
     /// A host name that resolves to a loopback address through `/etc/hosts` but that the
     /// core cannot recognise as private by its spelling (see [`loopback_alias`]).
     pub loopback_alias: String,
@@ -83,6 +84,7 @@ impl Harness {
     /// Origin start-up or file errors.
     pub fn new(vectors: &[Vector]) -> Result<Self, HarnessError> {
         let origin = RecordingOrigin::start()?;
+        let dead_port = DeadPort::bind()?;
         let dir = tempfile::Builder::new()
             .prefix("ixproxy-conformance-")
             .tempdir()
@@ -188,7 +190,8 @@ impl Harness {
             env: vec![(PASSWORD_ENV.to_owned(), password.to_owned())],
             tokens,
             auth,
-            dead: dead_address()?,
+            dead: dead_port.addr(),
+            _dead_port: dead_port,
             dir,
         })
     }
@@ -248,13 +251,39 @@ pub fn loopback_alias() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// A loopback address whose port was just released, so connecting to it is refused.
-fn dead_address() -> Result<SocketAddr, HarnessError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("bind dead port", e))?;
-    listener
-        .local_addr()
-        .map_err(|e| HarnessError::io("dead port address", e))
+/// A loopback TCP port that refuses connections for as long as this lives: the socket is bound
+/// but never listens, so the kernel answers every connect with a reset and gives the port to
+/// no one else (a port that was merely free a moment ago could be taken by the next server).
+#[derive(Debug)]
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl DeadPort {
+    /// Binds the port on `127.0.0.1`.
+    ///
+    /// # Errors
+    /// The socket cannot be created or bound.
+    pub fn bind() -> Result<Self, HarnessError> {
+        let socket =
+            tokio::net::TcpSocket::new_v4().map_err(|e| HarnessError::io("dead port socket", e))?;
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| HarnessError::io("bind dead port", e))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|e| HarnessError::io("dead port address", e))?;
+        Ok(DeadPort {
+            _socket: socket,
+            addr,
+        })
+    }
+
+    /// The refusing address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 #[cfg(test)]

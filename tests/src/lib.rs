@@ -1,5 +1,5 @@
 //! The ixproxy conformance suite: one table of cases (`conformance/cases.yaml` plus cases
-//! generated from `shared/vectors/url-signatures.json`) run against either gateway runtime.
+//! generated from `core/tests/vectors/url-signatures.json`) run against either gateway runtime.
 //!
 //! - [`origin`]: the recording origin servers (plain HTTP, HTTPS, HTTPS with a wrong name).
 //! - [`gateway`]: the [`gateway::Gateway`] trait and its two runners, Envoy with the ixproxy
@@ -10,6 +10,9 @@
 //!   and the outcome the gateway counted.
 //! - [`metrics`]: the outcome counter read from a gateway's admin metrics, and its deltas.
 //! - [`client`]: a raw HTTP/1.1 client that never rewrites the request target.
+//! - [`scripted`]: a raw TCP origin driven by a test's own function, per connection.
+//! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
+//!   aborted transfer, or a time bound.
 
 pub mod cases;
 pub mod client;
@@ -17,10 +20,14 @@ pub mod gateway;
 pub mod harness;
 pub mod metrics;
 pub mod origin;
+pub mod raw_origin;
 pub mod runner;
+pub mod scripted;
 pub mod tls;
 
-pub use gateway::{EnvoyGateway, Gateway, PingoraGateway};
+pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};
+/// The signals [`ServeProcess::stop`] sends.
+pub use nix::sys::signal::Signal;
 pub use runner::{assert_suite_passes, run_suite, Report};
 
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 //! - `/status/<code>`: that status, body `status <code>`.
 //! - `/slow/...`: answers only after [`SLOW_DELAY`], longer than the gateway's origin timeout.
 //! - `/hops/<n>/<rest>`: 302 to `/hops/<n-1>/<rest>` (query kept); `/hops/0/...` is an asset.
+//!   Redirect bodies are [`REDIRECT_BODY`].
 //! - `/redirect/<code>?to=<location>`: that status with `Location` = everything after `to=`.
 //! - `/image/...`: 200 `image/png`, body `image <path-and-query>`.
 //! - `/cc/<value>`: 200 with `Cache-Control: max-age=<value>`.
@@ -51,6 +52,9 @@ use crate::HarnessError;
 
 /// How long `/slow/...` takes to answer.
 pub const SLOW_DELAY: Duration = Duration::from_secs(10);
+/// The body of every redirect the origin sends (`/hops/...`, `/redirect/...`); no client may
+/// ever see it.
+pub const REDIRECT_BODY: &str = "origin redirect body";
 /// The asset `ETag`.
 pub const ASSET_ETAG: &str = "\"asset-v1\"";
 /// The asset `Cache-Control`.
@@ -393,7 +397,7 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
     if let Some(rest) = path.strip_prefix("/hops/") {
         if let Some((n, tail)) = rest.split_once('/') {
             if let Some(n) = n.parse::<u32>().ok().filter(|n| *n > 0) {
-                let mut response = text(StatusCode::FOUND, "hop");
+                let mut response = text(StatusCode::FOUND, REDIRECT_BODY);
                 let q = if query.is_empty() {
                     String::new()
                 } else {
@@ -415,7 +419,7 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
             .and_then(|c| StatusCode::from_u16(c).ok());
         let location = query.split_once("to=").map(|(_, to)| to);
         if let (Some(status), Some(location)) = (status, location) {
-            let mut response = text(status, "redirect");
+            let mut response = text(status, REDIRECT_BODY);
             header(&mut response, LOCATION, location);
             return response;
         }

@@ -148,6 +148,10 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
             elapsed: Duration::ZERO,
         }),
     }
+    let raw = crate::raw_origin::raw_origin_checks(gateway.addr(), &harness, |outcome, check| {
+        ledger.check(&mut report.results, &[outcome], check)
+    });
+    report.results.extend(raw);
     ledger.finish(&mut report.results);
     report.start_time = start_time;
     Ok(report)

@@ -71,16 +71,17 @@ pub fn demo_origin_url(origin: SocketAddr) -> String {
     format!("http://{origin}{DEMO_ASSET_PATH}")
 }
 
-/// What `ixproxy serve` prints at start in demo mode: the signed example URL and a `curl`
-/// command that fetches it.
-pub fn banner(config: &Config, origin: SocketAddr) -> String {
+/// What `ixproxy serve` prints at start in demo mode: the addresses the gateway (`listen`) and
+/// the admin app (`admin`) were bound to, the signed example URL and a `curl` command that
+/// fetches it.
+pub fn banner(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> String {
     let signed = sign_url(
         DEMO_TOKEN,
         &demo_origin_url(origin),
         &[],
         &SignOptions::default(),
     );
-    let url = format!("http://{}{signed}", config.listen);
+    let url = format!("http://{listen}{signed}");
     format!(
         "ixproxy demo: no -c FILE given, serving the built-in demo config
   gateway: http://{listen}  (source \"demo\", token \"{DEMO_TOKEN}\")
@@ -90,8 +91,6 @@ pub fn banner(config: &Config, origin: SocketAddr) -> String {
 try:
   curl -sS -o ixproxy-demo.png -w '%{{http_code}} %{{content_type}} %{{size_download}} bytes\\n' '{url}'
 ",
-        listen = config.listen,
-        admin = config.admin_listen,
         origin_url = demo_origin_url(origin),
     )
 }
@@ -248,7 +247,7 @@ mod tests {
         let config = demo_config(origin.port(), &NativeSecrets).expect("demo config");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9901");
-        let banner = banner(&config, origin);
+        let banner = banner(config.listen, config.admin_listen, origin);
         let url = banner
             .lines()
             .find_map(|l| l.trim().strip_prefix("signed:  "))

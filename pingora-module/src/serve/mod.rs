@@ -5,14 +5,15 @@
 //! with the admin app ([`admin`]). SIGINT stops at once; SIGTERM drains for about a second.
 
 mod admin;
+mod announce;
 mod deadline;
 mod demo;
 mod gateway;
+mod listen;
 mod metrics;
 mod peer;
 mod resolve;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,8 +46,10 @@ pub struct ServeArgs {
 pub fn run(config_path: Option<&Path>) -> ExitCode {
     init_logging();
     match prepare(config_path) {
-        Ok(server) => {
-            server.run(RunArgs::default());
+        Ok((server, announcement)) => {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(announce::AnnounceThenWatch::new(announcement)),
+            });
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -64,15 +67,18 @@ fn init_logging() {
 }
 
 /// Loads the config, checks everything that can fail, and builds the Pingora server.
-fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
-    let (config, banner) = match config_path {
+/// Also returns what to print once the server watches for signals: both sockets are listening
+/// from the moment they are bound here, so that line only waits for the signal handlers.
+fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement), String> {
+    let (config, demo_origin) = match config_path {
         Some(path) => (load_config(path)?, None),
         None => {
             let origin = demo::start_origin()
                 .map_err(|e| format!("cannot start the demo origin on 127.0.0.1: {e}"))?;
-            let config = demo::demo_config(origin.port(), &NativeSecrets)?;
-            let banner = demo::banner(&config, origin);
-            (config, Some(banner))
+            (
+                demo::demo_config(origin.port(), &NativeSecrets)?,
+                Some(origin),
+            )
         }
     };
     let ca =
@@ -83,8 +89,11 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
             config.admin_listen
         ));
     }
-    check_bindable(config.listen, "listen")?;
-    check_bindable(config.admin_listen, "admin_listen")?;
+    // Bound here, not by Pingora: a busy port is a clean error now, and port 0 becomes the
+    // real port that is printed below and then served (see `listen`).
+    let listener = listen::BoundListener::bind(config.listen, "listen")?;
+    let admin_listener = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
+    let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -99,33 +108,30 @@ fn prepare(config_path: Option<&Path>) -> Result<Server, String> {
     server.bootstrap();
 
     let Config {
-        listen,
-        admin_listen,
-        upstream,
-        sources,
+        upstream, sources, ..
     } = config;
     let gateway = gateway::Gateway::new(sources, upstream, ca, metrics.clone());
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let mut proxy = Service::new(
+    let proxy = Service::new(
         "gateway".to_owned(),
         deadline::Deadlined::new(proxy, metrics.clone()),
     );
-    proxy.add_tcp(&listen.to_string());
-    server.add_service(proxy);
+    server.add_service(listen::PreBound::new(proxy, listener));
 
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics));
     admin.threads = Some(1);
-    admin.add_tcp(&admin_listen.to_string());
-    server.add_service(admin);
+    server.add_service(listen::PreBound::new(admin, admin_listener));
 
-    match banner {
-        Some(banner) => println!("{banner}"),
-        None => eprintln!(
+    // Both sockets are listening from here on (connections queue until Pingora accepts), so
+    // whoever reads these addresses can connect at once.
+    let announcement = match demo_origin {
+        Some(origin) => announce::Announcement::Stdout(demo::banner(listen, admin_listen, origin)),
+        None => announce::Announcement::Stderr(format!(
             "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
              (/healthz, /metrics), {threads} threads"
-        ),
-    }
-    Ok(server)
+        )),
+    };
+    Ok((server, announcement))
 }
 
 /// Upstream attempts Pingora may make for one request: every redirect hop plus the first URL,
@@ -136,27 +142,31 @@ fn max_attempts(max_redirects: u32) -> usize {
     (max_redirects as usize + 1) * (resolve::MAX_CANDIDATES + 1)
 }
 
-/// Fails early with a clear message when an address cannot be listened on: Pingora itself would
-/// only retry and then panic in a service thread, leaving a half-started process.
-fn check_bindable(addr: SocketAddr, field: &str) -> Result<(), String> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("{field}: cannot listen on {addr}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_address_in_use_is_a_clear_error_naming_the_field() {
-        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let err = check_bindable(addr, "admin_listen").expect_err("in use");
+        let dir = std::env::temp_dir().join(format!("ixproxy-busy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("busy.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\nadmin_listen: {addr}\nsources:\n  - name: a\n    \
+                 hosts: [a.test]\n    secure_url_tokens: [t]\n"
+            ),
+        )
+        .expect("write");
+        let err = prepare(Some(&path)).err().expect("admin port in use");
         assert!(
             err.starts_with(&format!("admin_listen: cannot listen on {addr}: ")),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

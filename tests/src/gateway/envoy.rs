@@ -12,7 +12,9 @@ use super::{
 use crate::HarnessError;
 
 /// Envoy running the bootstrap `ixproxy envoy-config -c FILE --wasm PATH` prints; its listener
-/// and admin ports are assigned by the OS (port 0) and read back from the admin API.
+/// and admin ports are assigned by the OS (port 0): Envoy 1.40 writes the admin address
+/// (`127.0.0.1:PORT`) to the `--admin-address-path` file, and the admin API's
+/// `/listeners?format=json` gives the listener's bound address.
 pub struct EnvoyGateway {
     process: Process,
     addr: SocketAddr,

@@ -1,27 +1,144 @@
 //! The native gateway, `ixproxy serve -c FILE`.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::{admin_get, ixproxy_bin, next_instance, read_config, require, Gateway, Process};
+use super::{admin_get, ixproxy_bin, next_instance, require, Gateway, Process};
 use crate::HarnessError;
 
-/// `ixproxy serve` on free loopback ports written into a copy of the config; ready once the
-/// admin `/healthz` answers 200; stopped with SIGINT.
-pub struct PingoraGateway {
-    process: Process,
-    addr: SocketAddr,
-    admin: SocketAddr,
+/// Start of the line `ixproxy serve` writes to stderr once both listeners are bound:
+/// `ixproxy: gateway on http://ADDR, admin on http://ADDR (/healthz, /metrics), N threads`.
+const SERVE_LINE_PREFIX: &str = "ixproxy: gateway on http://";
+
+/// The gateway and admin addresses of `ixproxy serve`'s start-up line, or `None` for any other
+/// line.
+pub fn parse_serve_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix(SERVE_LINE_PREFIX)?;
+    let (gateway, rest) = rest.split_once(", admin on http://")?;
+    let (admin, rest) = rest.split_once(' ')?;
+    rest.starts_with("(/healthz, /metrics), ")
+        .then_some(())
+        .and_then(|()| Some((gateway.parse().ok()?, admin.parse().ok()?)))
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<SocketAddr, HarnessError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| HarnessError::io("pick a free port", e))
+/// A running `ixproxy serve`: started from a config text (listen addresses may be port 0), its
+/// addresses read from the line it prints once both listeners are bound; stopped with SIGINT
+/// when dropped.
+pub struct ServeProcess {
+    process: Process,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    /// Holds the config and log when [`ServeProcess::start_temp`] made the directory; declared
+    /// last so the process stops before its log is removed.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl ServeProcess {
+    /// Writes `config` (YAML) into `work_dir`, runs `bin serve -c` on it with the extra
+    /// environment `env`, and returns once the process has reported its addresses and the
+    /// admin `/healthz` answers 200. stdout and stderr go to a log in `work_dir`.
+    ///
+    /// # Errors
+    /// File or spawn errors; a process that exits, or does not report or answer within
+    /// [`super::START_TIMEOUT`] (the error holds its log).
+    pub fn start(
+        bin: &Path,
+        config: &str,
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Self, HarnessError> {
+        let instance = next_instance();
+        let file = work_dir.join(format!("serve-{instance}.yaml"));
+        std::fs::write(&file, config).map_err(|e| HarnessError::io("write config", e))?;
+        let mut command = Command::new(bin);
+        command
+            .arg("serve")
+            .arg("-c")
+            .arg(&file)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let (mut process, report) = Process::spawn_watching(
+            "ixproxy serve",
+            command,
+            work_dir.join(format!("serve-{instance}.log")),
+            Signal::SIGINT,
+            parse_serve_line,
+        )?;
+        let (listen, admin) = process.wait_for_report("gateway and admin addresses", &report)?;
+        // The sockets are listening once the line is out, so this answers on the first try
+        // unless the admin app itself is broken.
+        process.wait_for("/healthz", || {
+            admin_get(admin, "/healthz").and_then(|(status, _)| (status == 200).then_some(()))
+        })?;
+        Ok(ServeProcess {
+            process,
+            listen,
+            admin,
+            dir: None,
+        })
+    }
+
+    /// [`ServeProcess::start`] in a fresh temporary directory, removed when this is dropped.
+    ///
+    /// # Errors
+    /// As [`ServeProcess::start`], or the directory cannot be made.
+    pub fn start_temp(
+        bin: &Path,
+        config: &str,
+        env: &[(String, String)],
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ixproxy-serve-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("temp dir", e))?;
+        let mut serve = ServeProcess::start(bin, config, env, dir.path())?;
+        serve.dir = Some(dir);
+        Ok(serve)
+    }
+
+    /// The gateway listener, as reported by the process.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin listener (`/healthz`, `/metrics`), as reported by the process.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    /// Everything the process wrote so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+
+    /// The last 40 lines of [`ServeProcess::log`].
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+
+    /// Sends `signal` and waits for the exit; returns the exit status and how long the process
+    /// took after the signal.
+    ///
+    /// # Errors
+    /// The signal cannot be sent, or the process is still running after
+    /// [`super::STOP_TIMEOUT`].
+    pub fn stop(mut self, signal: Signal) -> Result<(ExitStatus, Duration), HarnessError> {
+        self.process.stop_with(signal)
+    }
+}
+
+/// `ixproxy serve` on the conformance config as it is (listen addresses `127.0.0.1:0`), at the
+/// addresses it reports (see [`ServeProcess`]).
+pub struct PingoraGateway {
+    serve: ServeProcess,
 }
 
 impl Gateway for PingoraGateway {
@@ -37,49 +154,40 @@ impl Gateway for PingoraGateway {
             ixproxy_bin(),
             "run `cargo build -p ixproxy` first or set IXPROXY_BIN",
         )?;
-        let instance = next_instance();
-        let addr = free_port()?;
-        let admin = free_port()?;
-        let mut raw = read_config(config)?;
-        raw["listen"] = addr.to_string().into();
-        raw["admin_listen"] = admin.to_string().into();
-        let yaml = serde_yaml::to_string(&raw)
-            .map_err(|e| HarnessError::Gateway(format!("serialize config: {e}")))?;
-        let file = work_dir.join(format!("pingora-{instance}.yaml"));
-        std::fs::write(&file, yaml).map_err(|e| HarnessError::io("write config", e))?;
-
-        let mut command = Command::new(&ixproxy);
-        command
-            .arg("serve")
-            .arg("-c")
-            .arg(&file)
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        let mut process = Process::spawn(
-            "ixproxy serve",
-            command,
-            work_dir.join(format!("pingora-{instance}.log")),
-            Signal::SIGINT,
-        )?;
-        process.wait_for("/healthz", || {
-            admin_get(admin, "/healthz").and_then(|(status, _)| (status == 200).then_some(()))
-        })?;
-        process.wait_for("listener", || std::net::TcpStream::connect(addr).ok())?;
-        Ok(PingoraGateway {
-            process,
-            addr,
-            admin,
-        })
+        let text = std::fs::read_to_string(config)
+            .map_err(|e| HarnessError::io(format!("read {}", config.display()), e))?;
+        let serve = ServeProcess::start(&ixproxy, &text, env, work_dir)?;
+        Ok(PingoraGateway { serve })
     }
 
     fn addr(&self) -> SocketAddr {
-        self.addr
+        self.serve.listen()
     }
 
     fn log_tail(&self) -> String {
-        self.process.log_tail()
+        self.serve.log_tail()
     }
 
     fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
-        (self.admin, "/metrics")
+        (self.serve.admin(), "/metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_addresses_from_the_serve_line() {
+        let line = "ixproxy: gateway on http://127.0.0.1:41234, admin on http://[::1]:9 \
+                    (/healthz, /metrics), 2 threads";
+        let (gateway, admin) = parse_serve_line(line).expect("serve line");
+        assert_eq!(gateway.to_string(), "127.0.0.1:41234");
+        assert_eq!(admin.to_string(), "[::1]:9");
+        assert_eq!(parse_serve_line("[INFO] ixproxy: something else"), None);
+        assert_eq!(
+            parse_serve_line("ixproxy: gateway on http://127.0.0.1:0x, admin on http://a b"),
+            None
+        );
     }
 }
