@@ -4,7 +4,8 @@
 #    shipped files point at /etc/envoy/ixproxy_filter.wasm; a copy pointing at the build output is
 #    validated). Validation starts the Wasm VM and runs the filter's on_configure, so every
 #    variable in host_env_keys gets a placeholder value;
-#  - envoy/envoy.yaml must be exactly what `ixproxy envoy-config` generates from envoy/ixproxy.yaml.
+#  - envoy/envoy.yaml must be exactly what `ixproxy envoy-config` (the ixproxy-envoy-config crate
+#    in this folder) generates from envoy/ixproxy.yaml, run through the real command line.
 # Needs: the filter built (cargo build -p ixproxy-filter --target wasm32-wasip1 --release) and
 # Envoy (IXPROXY_ENVOY, default .venv/bin/envoy; scripts/test-all.sh installs it).
 set -euo pipefail

@@ -1,4 +1,5 @@
-//! The `check`, `sign`, `verify` and `verify-origin` subcommands (SPEC §8).
+//! The `check`, `sign`, `verify`, `verify-origin` and `envoy-config` subcommands (SPEC §8); the
+//! bootstrap itself is rendered by the `ixproxy-envoy-config` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -228,7 +229,7 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
         .map_err(|e| format!("cannot read {}: {e}", args.config.display()))
         .and_then(|yaml| {
             let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-            crate::envoy_config::generate(&yaml, &cwd, &args.wasm).map_err(|e| e.to_string())
+            ixproxy_envoy_config::generate(&yaml, &cwd, &args.wasm).map_err(|e| e.to_string())
         });
     match result {
         Ok(bootstrap) => {

@@ -1,7 +1,6 @@
 //! `ixproxy`: the signed-URL Web Proxy gateway and its command line (SPEC §8).
 
 mod cli;
-mod envoy_config;
 mod secrets;
 mod serve;
 

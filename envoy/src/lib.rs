@@ -1,0 +1,442 @@
+//! `ixproxy envoy-config`: the Envoy v3 bootstrap that runs the ixproxy Wasm filter for the same
+//! YAML file the native gateway serves (SPEC §7, §8).
+//!
+//! The generated Envoy listens on `listen`, serves its admin API on `admin_listen`, runs the Wasm
+//! filter (which decides and rewrites the request), then Envoy's dynamic forward proxy, which
+//! resolves the origin host the filter put in `:authority`, then an RBAC filter refusing private
+//! resolved addresses. Two dynamic-forward-proxy clusters share one DNS cache: a plain one and a
+//! TLS one (SNI and certificate names from the origin host, trusted CAs = system roots plus
+//! `upstream.ca_file`). The routes pick one by the `:scheme` the filter set.
+//!
+//! The generator holds no policy of its own: the deny list, the followed redirect statuses, the
+//! statuses and bodies of Envoy's own replies and the wire names shared with the filter all come
+//! from `ixproxy_core`, so the bootstrap, the filter and the native gateway cannot drift apart.
+//!
+//! - [`listener`](crate::listener): the listener, its HTTP connection manager and the routes;
+//! - [`local_reply`](crate::local_reply): Envoy's own replies mapped onto the core's rejections;
+//! - [`rbac`](crate::rbac): the filter refusing private resolved origin addresses;
+//! - [`clusters`](crate::clusters): the two dynamic-forward-proxy clusters, TLS and trusted CAs;
+//! - [`wasm`](crate::wasm): the ixproxy filter entries (HTTP filter and upstream filter).
+//!
+//! Secrets never enter the bootstrap as values: `{env: NAME}` stays a reference in the filter's
+//! JSON configuration and `NAME` is listed in `vm_config.environment_variables.host_env_keys`,
+//! so Envoy copies the variable from its own environment into the Wasm VM. Literal secrets stay
+//! where the user wrote them. `{file: PATH}` is refused: the filter cannot read files.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ixproxy_core::config::{
+    DeferredSecrets, Limits, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
+};
+use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
+use ixproxy_core::ConfigError;
+use serde_yaml::{Mapping, Value};
+
+/// A YAML mapping whose keys keep the order written (Envoy configs read top-down: `name` first).
+macro_rules! map {
+    ($($key:expr => $value:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut mapping = ::serde_yaml::Mapping::new();
+        $(mapping.insert(::serde_yaml::Value::from($key), ::serde_yaml::Value::from($value));)*
+        ::serde_yaml::Value::Mapping(mapping)
+    }};
+}
+
+mod clusters;
+mod listener;
+mod local_reply;
+mod rbac;
+mod wasm;
+
+pub use clusters::SYSTEM_CA_BUNDLE;
+
+/// Why no Envoy config could be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvoyConfigError {
+    /// The ixproxy config is invalid (the message names the field), including `{file: PATH}`
+    /// secrets, which the Envoy filter cannot read.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// `upstream.ca_file` could not be read.
+    #[error("upstream.ca_file: cannot read {path}: {source}")]
+    CaFile {
+        /// The path as resolved against the config file's directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The wasm path could not be made absolute.
+    #[error("--wasm: cannot make {path} absolute: {source}")]
+    WasmPath {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// JSON or YAML serialization failed (not expected for the values built here).
+    #[error("cannot write the envoy config: {0}")]
+    Serialize(String),
+}
+
+/// Generates the Envoy bootstrap (YAML) for the ixproxy config `config_yaml`.
+///
+/// `config_dir` is the directory a relative `upstream.ca_file` is read from; pass the current
+/// directory to read it the way `ixproxy serve` does (as written, relative to where it runs).
+/// `wasm_path` is where Envoy will find the built filter (`ixproxy_filter.wasm`); a
+/// relative path is made absolute against the current directory. The file is not opened, so a
+/// config can be generated for another machine or a container path.
+///
+/// Returns the bootstrap as one YAML document behind a two-line comment saying it is generated.
+///
+/// # Errors
+/// An invalid config (the field is named), a `{file: PATH}` secret, an unreadable
+/// `upstream.ca_file`, or a wasm path that cannot be made absolute.
+pub fn generate(
+    config_yaml: &str,
+    config_dir: &Path,
+    wasm_path: &Path,
+) -> Result<String, EnvoyConfigError> {
+    generate_with_system_ca(
+        config_yaml,
+        config_dir,
+        wasm_path,
+        Path::new(SYSTEM_CA_BUNDLE),
+    )
+}
+
+/// [`generate`] with the system CA bundle location as a parameter (tests use a fake one).
+fn generate_with_system_ca(
+    config_yaml: &str,
+    config_dir: &Path,
+    wasm_path: &Path,
+    system_ca: &Path,
+) -> Result<String, EnvoyConfigError> {
+    let raw = RawConfig::from_yaml(config_yaml)?;
+    // The filter needs the sources and the request-path limits, and the timeout (which it
+    // spreads over redirect hops); Envoy's clusters carry the CA file and connect timeout.
+    let plugin_json = serde_json::to_string(&RawPluginConfig {
+        sources: raw.sources.clone(),
+        upstream: RawUpstream {
+            timeout: raw.upstream.timeout.clone(),
+            max_redirects: raw.upstream.max_redirects,
+            max_body_bytes: raw.upstream.max_body_bytes,
+            ..RawUpstream::default()
+        },
+        limits: raw.limits.clone(),
+    })
+    .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
+    let secrets = RecordingSecrets::default();
+    let config = raw.validate(&secrets)?;
+    let env_keys = secrets.names.into_inner();
+    // What is embedded is parsed back the way the filter's on_configure parses it, and the
+    // routes' limits and timeout are taken from that result: Envoy then enforces exactly what
+    // the filter was configured with.
+    let plugin = RawPluginConfig::from_json(&plugin_json)?.validate(&DeferredSecrets)?;
+
+    let wasm_path =
+        std::path::absolute(wasm_path).map_err(|source| EnvoyConfigError::WasmPath {
+            path: wasm_path.to_owned(),
+            source,
+        })?;
+    let trusted_ca =
+        clusters::trusted_ca(config.upstream.ca_file.as_deref(), config_dir, system_ca)?;
+
+    let bootstrap = bootstrap(&Parts {
+        limits: *plugin.sources.limits(),
+        listen: config.listen,
+        admin_listen: config.admin_listen,
+        connect_timeout: config.upstream.connect_timeout,
+        timeout: plugin.timeout,
+        plugin_json,
+        env_keys,
+        wasm_path,
+        trusted_ca,
+    });
+    let yaml = serde_yaml::to_string(&bootstrap)
+        .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
+    Ok(format!(
+        "# Envoy bootstrap generated by `ixproxy envoy-config`; edit the ixproxy config and\n\
+         # regenerate rather than editing this file.\n{yaml}"
+    ))
+}
+
+/// Resolves `{env: NAME}` like [`DeferredSecrets`] (a placeholder, the value belongs to Envoy's
+/// environment) and remembers each `NAME`, in config order, for `host_env_keys`.
+#[derive(Debug, Default)]
+struct RecordingSecrets {
+    names: RefCell<Vec<String>>,
+}
+
+impl SecretResolver for RecordingSecrets {
+    fn env(&self, name: &str) -> Result<String, String> {
+        let mut names = self.names.borrow_mut();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+        DeferredSecrets.env(name)
+    }
+
+    fn file(&self, path: &str) -> Result<String, String> {
+        DeferredSecrets.file(path)
+    }
+}
+
+/// Everything the bootstrap depends on, validated.
+struct Parts {
+    /// The filter's limits (`max_redirects` and the request limits matter to Envoy).
+    limits: Limits,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    connect_timeout: Duration,
+    /// `upstream.timeout`: the route timeout.
+    timeout: Duration,
+    /// The filter's plugin configuration, as embedded.
+    plugin_json: String,
+    /// `{env: NAME}` names, in config order.
+    env_keys: Vec<String>,
+    wasm_path: PathBuf,
+    /// The TLS cluster's `trusted_ca` data source.
+    trusted_ca: Value,
+}
+
+fn bootstrap(p: &Parts) -> Value {
+    map! {
+        "admin" => map! { "address" => socket_address(p.admin_listen) },
+        "stats_config" => map! {
+            "stats_tags" => vec![map! { "tag_name" => OUTCOME_TAG_NAME, "regex" => OUTCOME_TAG_REGEX }],
+        },
+        "static_resources" => map! {
+            "listeners" => vec![listener::listener(p)],
+            "clusters" => clusters::clusters(p),
+        },
+    }
+}
+
+/// Envoy's JSON form of a duration (`3s`, `0.500000000s`).
+fn duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
+    }
+}
+
+fn socket_address(addr: SocketAddr) -> Value {
+    map! {
+        "socket_address" => map! {
+            "address" => addr.ip().to_string(),
+            "port_value" => addr.port(),
+        },
+    }
+}
+
+/// A typed extension config: `@type` first, then `fields`.
+fn typed(type_name: &str, mut fields: Value) -> Value {
+    let mut mapping = Mapping::new();
+    mapping.insert(
+        "@type".into(),
+        format!("type.googleapis.com/{type_name}").into(),
+    );
+    if let Value::Mapping(fields) = &mut fields {
+        mapping.extend(std::mem::take(fields));
+    }
+    Value::Mapping(mapping)
+}
+
+fn strings(items: &[&str]) -> Value {
+    Value::Sequence(items.iter().map(|s| Value::from(*s)).collect())
+}
+
+/// What the tests of every module share: a config using every kind of secret and accessors
+/// into the generated bootstrap.
+#[cfg(test)]
+mod testing {
+    use std::path::Path;
+
+    use serde_yaml::Value;
+
+    pub(crate) const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+upstream: {connect_timeout: 1500ms, timeout: 7s}
+sources:
+  - name: assets
+    hosts: [assets.example.com]
+    secure_url_tokens: [literal-token, {env: IXPROXY_TEST_TOKEN}]
+    origin_auth:
+      basic_auth: {username: user, password: {env: IXPROXY_TEST_PASSWORD}}
+      request_handshake: literal-handshake
+      request_signing_key: {env: IXPROXY_TEST_SIGNING_KEY}
+  - name: local
+    hosts: [localhost]
+    secure_url_tokens: [{env: IXPROXY_TEST_TOKEN}]
+    allow_private_origins: true
+"#;
+
+    /// Generates `yaml` with a system CA bundle that does not exist.
+    pub(crate) fn generate_ok(yaml: &str) -> (String, Value) {
+        let text = super::generate_with_system_ca(
+            yaml,
+            Path::new("/nonexistent-config-dir"),
+            Path::new("/opt/ixproxy/ixproxy_filter.wasm"),
+            Path::new("/nonexistent/ca.pem"),
+        )
+        .unwrap_or_else(|e| panic!("generation failed: {e}"));
+        let value: Value = serde_yaml::from_str(&text).expect("generated yaml parses");
+        (text, value)
+    }
+
+    pub(crate) fn hcm(bootstrap: &Value) -> &Value {
+        &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]
+    }
+
+    pub(crate) fn wasm_config(bootstrap: &Value) -> &Value {
+        &hcm(bootstrap)["http_filters"][0]["typed_config"]["config"]
+    }
+
+    pub(crate) fn cluster<'a>(bootstrap: &'a Value, name: &str) -> &'a Value {
+        bootstrap["static_resources"]["clusters"]
+            .as_sequence()
+            .and_then(|clusters| clusters.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ixproxy_core::config::MapSecrets;
+
+    use super::testing::{generate_ok, wasm_config, CONFIG};
+    use super::*;
+
+    #[test]
+    fn env_secrets_become_host_env_keys_and_stay_references() {
+        let (_, bootstrap) = generate_ok(CONFIG);
+        let wasm = wasm_config(&bootstrap);
+        assert_eq!(
+            wasm["vm_config"]["environment_variables"]["host_env_keys"],
+            serde_yaml::from_str::<Value>(
+                "[IXPROXY_TEST_TOKEN, IXPROXY_TEST_PASSWORD, IXPROXY_TEST_SIGNING_KEY]"
+            )
+            .expect("yaml")
+        );
+        assert_eq!(
+            wasm["vm_config"]["code"]["local"]["filename"],
+            "/opt/ixproxy/ixproxy_filter.wasm"
+        );
+        assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
+        let plugin = wasm["configuration"]["value"]
+            .as_str()
+            .expect("string value");
+        // The filter's own parser accepts it, and resolving it needs exactly those variables.
+        let secrets = MapSecrets::new()
+            .with_env("IXPROXY_TEST_TOKEN", "t")
+            .with_env("IXPROXY_TEST_PASSWORD", "p")
+            .with_env("IXPROXY_TEST_SIGNING_KEY", "k");
+        let validated = RawPluginConfig::from_json(plugin)
+            .and_then(|raw| raw.validate(&secrets))
+            .expect("plugin configuration validates");
+        assert_eq!(validated.sources.iter().count(), 2);
+        assert_eq!(validated.timeout, Duration::from_secs(7));
+        assert!(
+            plugin.contains(r#"{"env":"IXPROXY_TEST_PASSWORD"}"#),
+            "{plugin}"
+        );
+        let missing = RawPluginConfig::from_json(plugin)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect_err("unresolved env refs fail in the filter");
+        assert!(
+            missing.to_string().contains("IXPROXY_TEST_TOKEN"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_stay_in_the_plugin_configuration_only() {
+        let (text, bootstrap) = generate_ok(CONFIG);
+        let plugin = wasm_config(&bootstrap)["configuration"]["value"]
+            .as_str()
+            .expect("string value");
+        assert!(plugin.contains("\"literal-token\""), "{plugin}");
+        assert!(plugin.contains("\"literal-handshake\""), "{plugin}");
+        assert_eq!(
+            text.matches("literal-token").count(),
+            1,
+            "only in the plugin json"
+        );
+        let keys = &wasm_config(&bootstrap)["vm_config"]["environment_variables"];
+        assert!(!serde_yaml::to_string(keys)
+            .expect("yaml")
+            .contains("literal"));
+    }
+
+    #[test]
+    fn file_secrets_are_refused_with_their_field_and_a_hint() {
+        let yaml = CONFIG.replace(
+            "request_handshake: literal-handshake",
+            "request_handshake: {file: /run/secrets/handshake}",
+        );
+        let err = generate(&yaml, Path::new("."), Path::new("/x.wasm"))
+            .expect_err("file secrets cannot reach the filter")
+            .to_string();
+        assert!(
+            err.starts_with("sources[0].origin_auth.request_handshake"),
+            "{err}"
+        );
+        assert!(err.contains("{env: NAME}"), "{err}");
+    }
+
+    #[test]
+    fn durations_use_envoys_json_form() {
+        assert_eq!(duration(Duration::from_secs(3)), "3s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.500000000s");
+    }
+
+    #[test]
+    fn shipped_envoy_config_is_generated_from_the_shipped_example() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(dir.join("ixproxy.yaml")).expect("envoy/ixproxy.yaml");
+        let generated = generate_with_system_ca(
+            &yaml,
+            dir,
+            Path::new("/etc/envoy/ixproxy_filter.wasm"),
+            Path::new(SYSTEM_CA_BUNDLE),
+        )
+        .expect("example generates");
+        let shipped = std::fs::read_to_string(dir.join("envoy.yaml")).expect("envoy/envoy.yaml");
+        assert!(
+            generated == shipped,
+            "envoy/envoy.yaml is stale; regenerate it with\n  ixproxy envoy-config -c envoy/ixproxy.yaml \
+             --wasm /etc/envoy/ixproxy_filter.wasm > envoy/envoy.yaml"
+        );
+    }
+
+    #[test]
+    fn istio_example_carries_a_valid_plugin_configuration() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(dir.join("istio/wasmplugin.yaml")).expect("read");
+        let plugin: Value = serde_yaml::from_str(&text).expect("wasmplugin.yaml parses");
+        assert_eq!(plugin["kind"], "WasmPlugin");
+        let json = serde_json::to_string(&plugin["spec"]["pluginConfig"]).expect("to json");
+        let mut secrets = MapSecrets::new();
+        for var in plugin["spec"]["vmConfig"]["env"]
+            .as_sequence()
+            .expect("env list")
+        {
+            assert_eq!(var["valueFrom"], "HOST");
+            secrets = secrets.with_env(var["name"].as_str().expect("name"), "placeholder");
+        }
+        RawPluginConfig::from_json(&json)
+            .and_then(|raw| raw.validate(&secrets))
+            .unwrap_or_else(|e| panic!("pluginConfig is not what the filter accepts: {e}"));
+        // The local walkthrough config generates too.
+        let local = std::fs::read_to_string(dir.join("local.yaml")).expect("envoy/local.yaml");
+        generate(&local, dir, Path::new("/x.wasm")).expect("envoy/local.yaml generates");
+    }
+}

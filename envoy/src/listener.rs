@@ -1,0 +1,248 @@
+//! The gateway listener: its HTTP connection manager (codec limits, no target rewriting, the
+//! local reply mapping), the HTTP filter chain, and the two routes with their redirect policy.
+
+use ixproxy_core::config::Limits;
+use ixproxy_core::envoy::{
+    ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, LOCATION_HEADER, UPSTREAM_HEADER,
+};
+use ixproxy_core::response::FOLLOWED_REDIRECTS;
+use serde_yaml::Value;
+
+use crate::clusters::{dns_cache, PLAIN_CLUSTER, TLS_CLUSTER};
+use crate::local_reply::local_reply_config;
+use crate::rbac::private_origin_filter;
+use crate::wasm::{upstream_http_filters, wasm_filter};
+use crate::{duration, socket_address, strings, typed, Parts};
+
+/// Name of the listener, its connection manager's stat prefix, route config and virtual host.
+const NAME: &str = "ixproxy";
+
+/// The `static_resources.listeners` entry on `listen`.
+pub(crate) fn listener(p: &Parts) -> Value {
+    map! {
+        "name" => NAME,
+        "address" => socket_address(p.listen),
+        "filter_chains" => vec![map! {
+            "filters" => vec![map! {
+                "name" => "envoy.filters.network.http_connection_manager",
+                "typed_config" => http_connection_manager(p),
+            }],
+        }],
+    }
+}
+
+fn http_connection_manager(p: &Parts) -> Value {
+    typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        map! {
+            "stat_prefix" => NAME,
+            "codec_type" => "AUTO",
+            "generate_request_id" => false,
+            "max_request_headers_kb" => max_request_headers_kb(&p.limits),
+            // Envoy's codec counts the headers it received; room for a few more than the
+            // filter's own limit so the filter's 431 is what clients see.
+            "common_http_protocol_options" => map! {
+                "max_headers_count" => p.limits.max_request_headers as u64 + 16,
+            },
+            // The signature covers the raw request target: never rewrite it.
+            "normalize_path" => false,
+            "merge_slashes" => false,
+            "path_with_escaped_slashes_action" => "KEEP_UNCHANGED",
+            "local_reply_config" => local_reply_config(),
+            "route_config" => map! {
+                "name" => NAME,
+                "virtual_hosts" => vec![map! {
+                    "name" => NAME,
+                    "domains" => strings(&["*"]),
+                    "routes" => vec![
+                        route("https", TLS_CLUSTER, p),
+                        route("http", PLAIN_CLUSTER, p),
+                    ],
+                }],
+            },
+            "http_filters" => vec![
+                wasm_filter(p),
+                map! {
+                    "name" => "envoy.filters.http.dynamic_forward_proxy",
+                    "typed_config" => typed(
+                        "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                        // RBAC checks the address saved here.
+                        map! { "dns_cache_config" => dns_cache(), "save_upstream_address" => true },
+                    ),
+                },
+                private_origin_filter(),
+                map! {
+                    "name" => "envoy.filters.http.router",
+                    "typed_config" => typed(
+                        "envoy.extensions.filters.http.router.v3.Router",
+                        map! {
+                            "suppress_envoy_headers" => true,
+                            "upstream_http_filters" => upstream_http_filters(p),
+                        },
+                    ),
+                },
+            ],
+        },
+    )
+}
+
+/// One route per origin scheme. It matches on `:scheme`, which the filter sets from the origin
+/// URL, rather than on a filter-set header: headers the route strips are removed from the
+/// request in place, so Envoy would find no route for the request it recreates to follow a
+/// redirect. Every request reaches these routes only after the filter rejected or rewrote it.
+///
+/// Redirects are Envoy internal redirects: the recreated request goes through the whole filter
+/// chain again (the filter re-validates the hop, the dynamic forward proxy resolves the new
+/// host, RBAC checks its address); the origin's `Location` is copied into the request for the
+/// filter. No predicate is set: the filter is the policy.
+fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
+    map! {
+        "match" => map! {
+            "prefix" => "/",
+            "headers" => vec![map! {
+                "name" => ":scheme",
+                "string_match" => map! { "exact" => scheme },
+            }],
+        },
+        "route" => map! {
+            "cluster" => cluster,
+            "timeout" => duration(p.timeout),
+            "internal_redirect_policy" => map! {
+                "max_internal_redirects" => p.limits.max_redirects,
+                "redirect_response_codes" => Value::Sequence(
+                    FOLLOWED_REDIRECTS.iter().map(|c| Value::from(*c)).collect(),
+                ),
+                "response_headers_to_copy" => strings(&[LOCATION_HEADER, FORWARDED_PROTO]),
+                "allow_cross_scheme_redirect" => true,
+            },
+        },
+        // Not `x-forwarded-proto` (see FORWARDED_PROTO): the upstream filter removes it.
+        "request_headers_to_remove" => strings(&[UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]),
+    }
+}
+
+/// `max_request_headers_kb` for the listener: large enough that the filter's own limits (431 for
+/// headers, 414 for the target) are what clients see, Envoy's codec limit only beyond them
+/// (pseudo-headers and Envoy's own additions need room too). Envoy accepts at most 8192.
+fn max_request_headers_kb(limits: &Limits) -> u64 {
+    let bytes = limits.max_request_header_bytes as u64 + limits.max_request_target_bytes as u64;
+    (bytes / 1024 + 9).min(8192)
+}
+
+#[cfg(test)]
+mod tests {
+    use ixproxy_core::envoy::UPSTREAM_ROOT_ID;
+
+    use super::*;
+    use crate::testing::{cluster, generate_ok, hcm, wasm_config, CONFIG};
+
+    #[test]
+    fn listeners_timeouts_and_routes_follow_the_config() {
+        let yaml = CONFIG
+            .replace("admin_listen: 127.0.0.1:0", "admin_listen: '[::1]:19901'")
+            .replace("\nlisten: 127.0.0.1:0", "\nlisten: 127.0.0.1:18080");
+        let (_, bootstrap) = generate_ok(&yaml);
+        let listener = &bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"];
+        assert_eq!(listener["address"], "127.0.0.1");
+        assert_eq!(listener["port_value"], 18080);
+        let admin = &bootstrap["admin"]["address"]["socket_address"];
+        assert_eq!(
+            (admin["address"].as_str(), admin["port_value"].as_u64()),
+            (Some("::1"), Some(19901))
+        );
+        for name in [PLAIN_CLUSTER, TLS_CLUSTER] {
+            assert_eq!(cluster(&bootstrap, name)["connect_timeout"], "1.500000000s");
+        }
+        let routes = &hcm(&bootstrap)["route_config"]["virtual_hosts"][0]["routes"];
+        let routes = routes.as_sequence().expect("routes");
+        assert_eq!(routes.len(), 2, "only the two upstream routes");
+        for (route, (value, cluster)) in routes
+            .iter()
+            .zip([("https", TLS_CLUSTER), ("http", PLAIN_CLUSTER)])
+        {
+            assert_eq!(route["route"]["timeout"], "7s");
+            assert_eq!(route["route"]["cluster"], cluster);
+            assert_eq!(route["match"]["headers"][0]["name"], ":scheme");
+            assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], value);
+            let removed = serde_yaml::to_string(&route["request_headers_to_remove"]).expect("yaml");
+            for header in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER] {
+                assert!(removed.contains(header), "{header} not stripped: {removed}");
+            }
+        }
+        let filters: Vec<&str> = hcm(&bootstrap)["http_filters"]
+            .as_sequence()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                "envoy.filters.http.wasm",
+                "envoy.filters.http.dynamic_forward_proxy",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.router"
+            ]
+        );
+        let router = &hcm(&bootstrap)["http_filters"][3]["typed_config"];
+        assert_eq!(router["suppress_envoy_headers"], true);
+        // The filter's upstream role, with the same VM, then the codec Envoy requires last.
+        let upstream = &router["upstream_http_filters"];
+        assert_eq!(upstream[0]["name"], "envoy.filters.http.wasm");
+        assert_eq!(
+            upstream[0]["typed_config"]["config"]["root_id"],
+            UPSTREAM_ROOT_ID
+        );
+        assert_eq!(
+            upstream[0]["typed_config"]["config"]["vm_config"],
+            wasm_config(&bootstrap)["vm_config"]
+        );
+        assert!(upstream[0]["typed_config"]["config"]
+            .get("configuration")
+            .is_none());
+        assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
+        assert_eq!(upstream.as_sequence().map(Vec::len), Some(2));
+        assert_eq!(hcm(&bootstrap)["generate_request_id"], false);
+        assert_eq!(hcm(&bootstrap)["local_reply_config"], local_reply_config());
+    }
+
+    #[test]
+    fn redirects_and_request_limits_follow_the_config() {
+        let (_, defaults) = generate_ok(CONFIG);
+        let yaml = CONFIG.replace("timeout: 7s}", "timeout: 7s, max_redirects: 5}")
+            + "limits: {max_request_headers: 50, max_request_header_bytes: 65536, \
+               max_request_target_bytes: 16384}\n";
+        let (_, custom) = generate_ok(&yaml);
+        for (bootstrap, redirects, headers_kb, headers_count) in
+            [(&defaults, 3, 49, 116), (&custom, 5, 89, 66)]
+        {
+            let routes = &hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"];
+            for route in routes.as_sequence().expect("routes") {
+                let policy = &route["route"]["internal_redirect_policy"];
+                assert_eq!(policy["max_internal_redirects"], redirects);
+                assert_eq!(
+                    policy["redirect_response_codes"],
+                    serde_yaml::from_str::<Value>("[301, 302, 303, 307, 308]").expect("yaml")
+                );
+                assert_eq!(policy["allow_cross_scheme_redirect"], true);
+                assert_eq!(
+                    policy["response_headers_to_copy"],
+                    strings(&[LOCATION_HEADER, FORWARDED_PROTO])
+                );
+                // No predicate: the filter re-validates every hop itself.
+                assert!(policy.get("predicates").is_none());
+            }
+            // Envoy's own limits sit above the filter's (431/414 come from the filter).
+            assert_eq!(hcm(bootstrap)["max_request_headers_kb"], headers_kb);
+            assert_eq!(
+                hcm(bootstrap)["common_http_protocol_options"]["max_headers_count"],
+                headers_count
+            );
+        }
+        let limits = Limits {
+            max_request_header_bytes: 8 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(max_request_headers_kb(&limits), 8192, "envoy's maximum");
+    }
+}
