@@ -40,6 +40,10 @@ pub const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outc
 /// The tag name [`OUTCOME_TAG_REGEX`] extracts.
 pub const OUTCOME_TAG_NAME: &str = "outcome";
 
+/// Name of the generated RBAC policy that refuses private origin addresses; Envoy's
+/// `response.code_details` for its refusals is `rbac_access_denied_matched_policy[<name>]`.
+pub const PRIVATE_ORIGIN_POLICY: &str = "ixproxy-private-origin-address";
+
 /// Request headers Envoy's connection manager adds itself before any filter runs; they are not
 /// the client's, so the filter does not count them against the client header limits.
 pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [FORWARDED_PROTO];
@@ -181,7 +185,7 @@ mod tests {
             ("dns_resolution_failure", Outcome::OriginError),
             ("no_healthy_upstream", Outcome::OriginError),
             (
-                "rbac_access_denied_matched_policy[ixproxy-private-origin-address]",
+                &format!("rbac_access_denied_matched_policy[{PRIVATE_ORIGIN_POLICY}]"),
                 Outcome::OriginDenied,
             ),
             ("downstream_remote_disconnect", Outcome::ClientClosed),

@@ -37,12 +37,15 @@ fn http_connection_manager(p: &Parts) -> Value {
         map! {
             "stat_prefix" => NAME,
             "codec_type" => "AUTO",
+            // Envoy's HTTP/1 codec refuses a request with both Content-Length and
+            // Transfer-Encoding before any filter runs, so it would never be counted. Allowed
+            // here, it reaches the filter as a request with a body, which the core refuses (400
+            // `bad_request`) like the native gateway does; nothing with a body is ever forwarded.
+            "http_protocol_options" => map! { "allow_chunked_length" => true },
             "generate_request_id" => false,
             "max_request_headers_kb" => max_request_headers_kb(&p.limits),
-            // Envoy's codec counts the headers it received; room for a few more than the
-            // filter's own limit so the filter's 431 is what clients see.
             "common_http_protocol_options" => map! {
-                "max_headers_count" => p.limits.max_request_headers as u64 + 16,
+                "max_headers_count" => max_headers_count(&p.limits),
             },
             // The signature covers the raw request target: never rewrite it.
             "normalize_path" => false,
@@ -129,6 +132,14 @@ fn max_request_headers_kb(limits: &Limits) -> u64 {
     (bytes / 1024 + 9).min(8192)
 }
 
+/// `max_headers_count` for the listener: Envoy's codec answers a request over it with its own
+/// 431 before the filter runs, so nothing is counted for it. Twice the filter's limit (plus room
+/// for pseudo-headers and Envoy's additions) keeps the filter's counted 431 the answer for any
+/// plausible excess; past that Envoy's codec refuses the request itself.
+fn max_headers_count(limits: &Limits) -> u64 {
+    limits.max_request_headers as u64 * 2 + 16
+}
+
 #[cfg(test)]
 mod tests {
     use ixproxy_core::envoy::UPSTREAM_ROOT_ID;
@@ -203,6 +214,11 @@ mod tests {
         assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
         assert_eq!(upstream.as_sequence().map(Vec::len), Some(2));
         assert_eq!(hcm(&bootstrap)["generate_request_id"], false);
+        assert_eq!(
+            hcm(&bootstrap)["http_protocol_options"]["allow_chunked_length"],
+            true,
+            "CL+TE reaches the filter, which refuses and counts it"
+        );
         assert_eq!(hcm(&bootstrap)["local_reply_config"], local_reply_config());
     }
 
@@ -214,7 +230,7 @@ mod tests {
                max_request_target_bytes: 16384}\n";
         let (_, custom) = generate_ok(&yaml);
         for (bootstrap, redirects, headers_kb, headers_count) in
-            [(&defaults, 3, 49, 116), (&custom, 5, 89, 66)]
+            [(&defaults, 3, 49, 216), (&custom, 5, 89, 116)]
         {
             let routes = &hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"];
             for route in routes.as_sequence().expect("routes") {

@@ -8,14 +8,10 @@
 //! for a matcher without rule order; the generator adds none of its own.
 
 use ixproxy_core::addr::{denied_networks, DeniedNetwork, IpNet};
-use ixproxy_core::envoy::ALLOW_PRIVATE_HEADER;
+use ixproxy_core::envoy::{ALLOW_PRIVATE_HEADER, PRIVATE_ORIGIN_POLICY as POLICY};
 use serde_yaml::Value;
 
 use crate::typed;
-
-/// Name of the RBAC policy; Envoy reports it in the reply's details
-/// (`rbac_access_denied_matched_policy[...]`).
-const POLICY: &str = "ixproxy-private-origin-address";
 
 /// The `envoy.filters.http.rbac` entry: deny when the allow-private marker is absent and the
 /// upstream address is in one of the denied networks.
