@@ -1,4 +1,4 @@
-//! Origin authentication (SPEC §5): the headers the gateway adds when it fetches from an origin,
+//! Origin authentication (README: Origin authentication): the headers the gateway adds when it fetches from an origin,
 //! and the origin-side verifier of per-request signatures.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -12,7 +12,7 @@ use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Longest request id the origin-side check accepts (SPEC §11: "an imgix generated id", 1 to
+/// Longest request id the origin-side check accepts (README, Origin authentication: "an imgix generated id", 1 to
 /// 128 visible ASCII characters; the gateway itself sends 64 lowercase hex).
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(check("", ID, TS, SIG), Err(E::InvalidKey));
         assert_eq!(check(&"k".repeat(33), ID, TS, SIG), Err(E::InvalidKey));
         assert_eq!(check("€", ID, TS, SIG), Err(E::InvalidKey));
-        // Any 1-128 visible ASCII characters are a well-formed id (SPEC §11); another id than the
+        // Any 1-128 visible ASCII characters are a well-formed id (README: Origin authentication); another id than the
         // signed one is a mismatch, not malformed.
         assert_eq!(check(KEY, &ID.to_uppercase(), TS, SIG), Err(E::Mismatch));
         assert_eq!(check(KEY, &ID[1..], TS, SIG), Err(E::Mismatch));

@@ -1,4 +1,4 @@
-//! The config model of SPEC §7 in two layers: strict serde structs ([`RawConfig`], unknown fields
+//! The config model of the README's Configuration section in two layers: strict serde structs ([`RawConfig`], unknown fields
 //! rejected) and the validated [`Config`] the runtimes use, which cannot hold an invalid state.
 //!
 //! Parsing ([`RawConfig::from_yaml`], [`RawPluginConfig::from_json`]) checks syntax, types and

@@ -68,7 +68,7 @@ pub const VIA_UPSTREAM: &str = "via_upstream";
 /// (connection or TLS failure, no resolved host, DNS failure, connection closed or reset before
 /// a response, protocol error such as oversized response headers). The generated bootstrap
 /// turns Envoy's local reply for them into [`Rejection::origin_error`] (Envoy answers 503 for
-/// most of them by default, SPEC says 502).
+/// most of them by default; the README's status table says 502).
 pub const ORIGIN_ERROR_FLAGS: [&str; 6] = ["UF", "UH", "DF", "UC", "UR", "UPE"];
 
 /// Envoy response flags of an origin that did not answer in time: [`Rejection::origin_timeout`].

@@ -1,4 +1,4 @@
-//! `expires` (SPEC §4) and the `Cache-Control` cap it implies.
+//! `expires` (README: URL format, `expires`) and the `Cache-Control` cap it implies.
 
 use percent_encoding::percent_decode_str;
 

@@ -1,4 +1,4 @@
-//! Web Proxy origin URLs (SPEC §2): the request path decoded once into a validated, typed origin.
+//! Web Proxy origin URLs (README: URL format): the request path decoded once into a validated, typed origin.
 
 use std::net::IpAddr;
 

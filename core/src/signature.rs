@@ -1,4 +1,4 @@
-//! imgix URL signature verification over the raw request target (SPEC §1).
+//! imgix URL signature verification over the raw request target (README: URL format).
 //!
 //! The signature base is `token + path + ("?" + query_without_s if non-empty)` over the bytes as
 //! sent: nothing is decoded or re-encoded, so any client-side encoding difference shows up as a

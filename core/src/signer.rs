@@ -1,4 +1,4 @@
-//! The js-core-compatible signer (SPEC §3): builds the signed path and query an imgix SDK would.
+//! The js-core-compatible signer (README: Command line, `sign`): builds the signed path and query an imgix SDK would.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! One case per config rule of SPEC §5 and §7: each invalid document must be refused with the
+//! One case per config rule of the README's Configuration section: each invalid document must be refused with the
 //! field path named and a recognisable message, and never with a secret value in the error.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use ixproxy_core::config::{
 };
 use ixproxy_core::ConfigError;
 
-/// The example of SPEC §7, verbatim.
+/// The configuration example of the product contract (as in the README), verbatim.
 const SPEC_EXAMPLE: &str = r#"
 listen: 127.0.0.1:8080            # where the gateway serves
 admin_listen: 127.0.0.1:9901      # /metrics (Prometheus) and /healthz
@@ -466,7 +466,7 @@ fn the_base_of_the_cases_is_valid() {
 
 #[test]
 fn the_spec_example_validates() {
-    let config = load(SPEC_EXAMPLE, &spec_secrets()).expect("SPEC §7 example validates");
+    let config = load(SPEC_EXAMPLE, &spec_secrets()).expect("the configuration example validates");
     assert_eq!(config.listen, "127.0.0.1:8080".parse().expect("addr"));
     assert_eq!(config.admin_listen, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The decision table: every SPEC §6 row the core decides, redirects, limits and response checks.
+//! The decision table: every row of the README's status table the core decides, redirects, limits and response checks.
 
 use ixproxy_core::config::{MapSecrets, RawConfig};
 use ixproxy_core::request::{check_request_body, check_request_headers, HeaderTotals};

@@ -1,4 +1,4 @@
-//! Data-driven checks of per-request origin signing (SPEC §5) over
+//! Data-driven checks of per-request origin signing (README: Origin authentication) over
 //! `core/tests/vectors/origin-signatures.json`; every failure names its vector.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! `ixproxy envoy-config`: the Envoy v3 bootstrap that runs the ixproxy Wasm filter for the same
-//! YAML file the native gateway serves (SPEC §7, §8).
+//! YAML file the native gateway serves (README: Configuration, Command line).
 //!
 //! The generated Envoy listens on `listen`, serves its admin API on `admin_listen`, runs the Wasm
 //! filter (which decides and rewrites the request), then Envoy's dynamic forward proxy, which

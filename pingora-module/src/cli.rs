@@ -1,4 +1,4 @@
-//! The `check`, `sign`, `verify`, `verify-origin` and `envoy-config` subcommands (SPEC §8); the
+//! The `check`, `sign`, `verify`, `verify-origin` and `envoy-config` subcommands (README: Command line); the
 //! bootstrap itself is rendered by the `ixproxy-envoy-config` crate.
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use crate::secrets::load_config;
 /// `ixproxy check -c FILE`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Config file (YAML, SPEC §7).
+    /// Config file (YAML, README: Configuration).
     #[arg(short, long)]
     pub config: PathBuf,
 }
@@ -25,7 +25,7 @@ pub struct CheckArgs {
 /// `ixproxy envoy-config -c FILE --wasm PATH`.
 #[derive(Debug, Args)]
 pub struct EnvoyConfigArgs {
-    /// Config file (YAML, SPEC §7), the same one `ixproxy serve` takes.
+    /// Config file (YAML, README: Configuration), the same one `ixproxy serve` takes.
     #[arg(short, long)]
     pub config: PathBuf,
     /// Where Envoy finds `ixproxy_filter.wasm` (made absolute; not opened).

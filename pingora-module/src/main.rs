@@ -1,4 +1,4 @@
-//! `ixproxy`: the signed-URL Web Proxy gateway and its command line (SPEC §8).
+//! `ixproxy`: the signed-URL Web Proxy gateway and its command line (README: Command line).
 
 mod cli;
 mod secrets;

@@ -293,7 +293,7 @@ sources:
     assert!(!raw.ends_with(b"0\r\n\r\n"), "a complete chunked body");
     assert!(raw.len() < 3 * 65536, "{} bytes", raw.len());
 
-    // The outcomes are counted, once per client request (SPEC §6): a request whose origin
+    // The outcomes are counted, once per client request (README: the status table): a request whose origin
     // answer was refused counts that refusal, not `forwarded`.
     assert_counts(
         &envoy,

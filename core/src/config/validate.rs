@@ -1,4 +1,4 @@
-//! The rules that turn the serde layer into the validated config (SPEC §5, §7).
+//! The rules that turn the serde layer into the validated config (README: Configuration, Origin authentication).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

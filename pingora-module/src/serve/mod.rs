@@ -1,4 +1,4 @@
-//! `ixproxy serve`: the native Pingora gateway (SPEC §2–§7) and its admin listener.
+//! `ixproxy serve`: the native Pingora gateway (README: URL format, statuses, configuration) and its admin listener.
 //!
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
@@ -31,7 +31,7 @@ const SHUTDOWN_SECONDS: u64 = 1;
 /// Arguments of `ixproxy serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Config file (YAML, SPEC §7). Without it, a demo config and a built-in origin run on
+    /// Config file (YAML, README: Configuration). Without it, a demo config and a built-in origin run on
     /// 127.0.0.1 (gateway :8080, admin :9901).
     #[arg(short, long)]
     pub config: Option<PathBuf>,
