@@ -6,7 +6,7 @@ use crate::expires::{check_target_expires, ExpiresError};
 use crate::forward::{check_origin_policy, Forward};
 use crate::origin::decode_origin;
 use crate::outcome::Rejection;
-use crate::signature;
+use crate::verify;
 
 /// The parts of a client request the decision needs.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +51,7 @@ fn decide_inner(sources: &Sources, req: &RequestInfo<'_>, now: u64) -> Result<Fo
     let source = sources
         .by_host(req.host)
         .ok_or_else(Rejection::unknown_host)?;
-    let signed = signature::verify(req.target, &source.tokens).map_err(Rejection::bad_signature)?;
+    let signed = verify::verify(req.target, &source.tokens).map_err(Rejection::bad_signature)?;
 
     let max_age = check_target_expires(&signed, now).map_err(|e| match e {
         ExpiresError::Expired => Rejection::expired(e),

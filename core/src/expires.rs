@@ -2,7 +2,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::signature::SignedTarget;
+use crate::verify::SignedTarget;
 
 /// Why an `expires` value refuses the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -25,8 +25,8 @@ pub mod outcome;
 pub mod request;
 pub mod response;
 pub mod secret;
-pub mod signature;
-pub mod signer;
+pub mod sign;
+pub mod verify;
 
 pub use config::{Config, ConfigError, Source, Sources};
 pub use decide::{decide, Decision, RequestInfo};

@@ -3,7 +3,7 @@
 use ixproxy_core::config::{MapSecrets, RawConfig};
 use ixproxy_core::request::{check_request_body, check_request_headers, HeaderTotals};
 use ixproxy_core::response::{is_followed_redirect, OriginHead};
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::{decide, Decision, Forward, Outcome, RequestInfo, Sources};
 
 const NOW: u64 = 1_700_000_000;

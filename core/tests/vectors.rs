@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use ixproxy_core::origin::{decode_origin, parse_origin};
 use ixproxy_core::secret::Secret;
-use ixproxy_core::signature::verify;
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::verify::verify;
 use serde_json::Value;
 
 fn vectors(name: &str) -> Vec<Value> {

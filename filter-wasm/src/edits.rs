@@ -119,7 +119,7 @@ pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use ixproxy_core::config::{MapSecrets, RawPluginConfig};
-    use ixproxy_core::signer::{sign_url, SignOptions};
+    use ixproxy_core::sign::{sign_url, SignOptions};
     use ixproxy_core::{decide, Decision, Forward, RequestInfo, Sources};
 
     /// A unix time inside every test's window.

@@ -8,8 +8,8 @@ use clap::Args;
 use ixproxy_core::auth::verify_origin_signature;
 use ixproxy_core::expires::check_target_expires;
 use ixproxy_core::origin::decode_origin;
-use ixproxy_core::signature::{md5_hex, split_target, verify, SignatureError};
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::verify::{md5_hex, split_target, verify, SignatureError};
 use ixproxy_core::Secret;
 
 use crate::secrets::load_config;

@@ -12,7 +12,7 @@ use ixproxy_conformance::harness::DeadPort;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::scripted::{OriginConn, ScriptedOrigin};
 use ixproxy_conformance::ServeProcess;
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "tok-native";

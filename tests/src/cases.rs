@@ -60,7 +60,7 @@ pub struct Filler {
     pub size: usize,
 }
 
-/// How to build a signed target with `ixproxy_core::signer::sign_url`.
+/// How to build a signed target with `ixproxy_core::sign::sign_url`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignSpec {

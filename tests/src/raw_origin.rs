@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use std::time::Duration;
 
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Outcome;
 
 use crate::client::{send_until_close, RawRequest, Received};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_core::auth::{self, verify_origin_signature};
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::{Outcome, Secret};
 
 use crate::cases::{

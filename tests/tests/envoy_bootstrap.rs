@@ -16,7 +16,7 @@ use ixproxy_conformance::harness::loopback_alias;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::outcome::LOCAL_REPLY_CONTENT_TYPE;
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Rejection;
 
 const TIMEOUT: Duration = Duration::from_secs(15);

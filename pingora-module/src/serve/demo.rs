@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ixproxy_core::config::{RawConfig, SecretResolver};
-use ixproxy_core::signer::{sign_url, SignOptions};
+use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Config;
 
 /// The demo source's token. It is printed on purpose: the demo serves only loopback.

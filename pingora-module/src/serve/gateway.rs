@@ -648,7 +648,7 @@ impl ProxyHttp for Gateway {
 mod tests {
     use super::*;
     use ixproxy_core::config::{MapSecrets, RawConfig};
-    use ixproxy_core::signer::{sign_url, SignOptions};
+    use ixproxy_core::sign::{sign_url, SignOptions};
 
     const NOW: u64 = 1_700_000_000;
 

@@ -3,7 +3,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::signature::md5_hex;
+use crate::verify::md5_hex;
 
 /// Options of [`sign_url`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
