@@ -250,6 +250,39 @@ pub fn denied_networks() -> Vec<DeniedNetwork> {
     out
 }
 
+/// The addresses where any rendering of [`DENY_LIST`] (such as [`denied_networks`] in a
+/// generated config) is most likely to disagree with [`is_denied_ip`]: the first and last
+/// address of every network of the list and their neighbours (wrapping at the ends of the
+/// address space). For tests of such renderings.
+pub fn boundary_probes() -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(DENY_LIST.len() * 4);
+    for rule in DENY_LIST {
+        let (base, width) = match rule.net.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
+            IpAddr::V6(a) => (u128::from(a), 128u32),
+        };
+        let host_bits = width - u32::from(rule.net.len).min(width);
+        let span = if host_bits == 0 {
+            0
+        } else {
+            u128::MAX >> (128 - host_bits)
+        };
+        for x in [
+            base.wrapping_sub(1),
+            base,
+            base + span,
+            (base + span).wrapping_add(1),
+        ] {
+            out.push(match rule.net.addr {
+                // Only the low 32 bits are an IPv4 address: wrapping there is intended.
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((x & u128::from(u32::MAX)) as u32)),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(x)),
+            });
+        }
+    }
+    out
+}
+
 /// The rule for the addresses an origin name resolved to: the answer is refused when **any**
 /// address is denied (unless the source allows private origins). Skipping the denied ones
 /// would let whoever controls the origin's DNS mix a private address into the answer and keep
@@ -327,32 +360,10 @@ mod tests {
         }
     }
 
-    /// Every address the tests use plus the first and last address of every network of the
-    /// deny list and their neighbours.
+    /// Every address the tests use plus [`boundary_probes`].
     fn probes() -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = SAMPLES.iter().map(|s| s.parse().expect("ip")).collect();
-        for rule in DENY_LIST {
-            let (base, width) = match rule.net.addr {
-                IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
-                IpAddr::V6(a) => (u128::from(a), 128u32),
-            };
-            let span = if u32::from(rule.net.len) >= width {
-                0
-            } else {
-                (1u128 << (width - u32::from(rule.net.len))) - 1
-            };
-            for x in [
-                base.wrapping_sub(1),
-                base,
-                base + span,
-                (base + span).wrapping_add(1),
-            ] {
-                out.push(match rule.net.addr {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(x as u32)),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(x)),
-                });
-            }
-        }
+        out.extend(boundary_probes());
         out
     }
 

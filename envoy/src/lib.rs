@@ -258,23 +258,9 @@ mod testing {
 
     use serde_yaml::Value;
 
-    pub(crate) const CONFIG: &str = r#"
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-upstream: {connect_timeout: 1500ms, timeout: 7s}
-sources:
-  - name: assets
-    hosts: [assets.example.com]
-    secure_url_tokens: [literal-token, {env: IXPROXY_TEST_TOKEN}]
-    origin_auth:
-      basic_auth: {username: user, password: {env: IXPROXY_TEST_PASSWORD}}
-      request_handshake: literal-handshake
-      request_signing_key: {env: IXPROXY_TEST_SIGNING_KEY}
-  - name: local
-    hosts: [localhost]
-    secure_url_tokens: [{env: IXPROXY_TEST_TOKEN}]
-    allow_private_origins: true
-"#;
+    /// The generator's test config: every kind of secret, two sources (shared with the
+    /// real-Envoy tests of the conformance crate).
+    pub(crate) const CONFIG: &str = include_str!("../testdata/two-sources.yaml");
 
     /// Generates `yaml` with a system CA bundle that does not exist.
     pub(crate) fn generate_ok(yaml: &str) -> (String, Value) {

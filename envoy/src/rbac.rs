@@ -86,7 +86,7 @@ fn upstream_ip(net: &IpNet) -> Value {
 mod tests {
     use std::net::IpAddr;
 
-    use ixproxy_core::addr::{is_denied_ip, DENY_LIST};
+    use ixproxy_core::addr::{boundary_probes, is_denied_ip};
 
     use super::*;
 
@@ -133,27 +133,7 @@ mod tests {
         .iter()
         .map(|s| s.parse().expect("ip"))
         .collect();
-        for rule in DENY_LIST {
-            let (base, width) = match rule.net.addr {
-                IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
-                IpAddr::V6(a) => (u128::from(a), 128u32),
-            };
-            let span = u128::MAX
-                .checked_shr(128 - (width - u32::from(rule.net.len)))
-                .unwrap_or(0);
-            for x in [
-                base.wrapping_sub(1),
-                base,
-                base + span,
-                (base + span).wrapping_add(1),
-            ] {
-                out.push(match rule.net.addr {
-                    // Wrapping at the ends of the IPv4 space is intended.
-                    IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(x as u32)),
-                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(x)),
-                });
-            }
-        }
+        out.extend(boundary_probes());
         out
     }
 

@@ -92,14 +92,7 @@ fn raw_origin(mut conn: OriginConn) {
             }
         }
         "/drip-headers" => {
-            conn.send(b"HTTP/1.1 200 OK\r\nx-slow: ");
-            // A header byte every 200 ms for at most 10 s.
-            for _ in 0..50 {
-                if !conn.send(b"s") {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            conn.drip(b"HTTP/1.1 200 OK\r\nx-slow: ");
         }
         _ => {
             conn.send(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");

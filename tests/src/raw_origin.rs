@@ -44,15 +44,7 @@ fn misbehave(mut conn: OriginConn) {
             }
         }
         "/drip-headers" => {
-            // The head never ends: a byte every 200 ms for at most 10 s, each one restarting
-            // any per-read timer, so only a deadline for the whole exchange ends it.
-            conn.send(format!("HTTP/1.1 200 OK\r\n{SLOW_HEADER}: ").as_bytes());
-            for _ in 0..50 {
-                if !conn.send(b"s") {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            conn.drip(format!("HTTP/1.1 200 OK\r\n{SLOW_HEADER}: ").as_bytes());
         }
         _ => {
             conn.send(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");

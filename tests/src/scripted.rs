@@ -72,6 +72,19 @@ impl OriginConn {
             .and_then(|()| self.out.flush())
             .is_ok()
     }
+
+    /// Sends `start` of a response head that never ends: then one byte every 200 ms, for at most
+    /// 10 s or until the peer is gone. Each byte restarts any per-read timer, so only a deadline
+    /// for the whole exchange ends it.
+    pub fn drip(&mut self, start: &[u8]) {
+        self.send(start);
+        for _ in 0..50 {
+            if !self.send(b"s") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
 }
 
 /// A loopback origin on an OS-assigned port: each connection goes to `serve` on its own thread,

@@ -35,23 +35,7 @@ fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
 }
 
 /// The generator's test config: every kind of secret, two sources.
-const SECRETS_CONFIG: &str = r#"
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-upstream: {connect_timeout: 1500ms, timeout: 7s}
-sources:
-  - name: assets
-    hosts: [assets.example.com]
-    secure_url_tokens: [literal-token, {env: IXPROXY_TEST_TOKEN}]
-    origin_auth:
-      basic_auth: {username: user, password: {env: IXPROXY_TEST_PASSWORD}}
-      request_handshake: literal-handshake
-      request_signing_key: {env: IXPROXY_TEST_SIGNING_KEY}
-  - name: local
-    hosts: [localhost]
-    secure_url_tokens: [{env: IXPROXY_TEST_TOKEN}]
-    allow_private_origins: true
-"#;
+const SECRETS_CONFIG: &str = include_str!("../../envoy/testdata/two-sources.yaml");
 
 #[test]
 fn real_envoy_accepts_the_generated_config_and_runs_the_filter_configuration() {
