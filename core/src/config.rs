@@ -22,10 +22,12 @@ mod validate;
 
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
-    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LISTEN,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_REQUEST_HEADERS,
-    DEFAULT_MAX_REQUEST_HEADER_BYTES, DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT,
-    MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS, MAX_SIGNING_KEY_CHARS,
+    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
+    DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_WRITE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REDIRECTS,
+    DEFAULT_MAX_REQUEST_HEADERS, DEFAULT_MAX_REQUEST_HEADER_BYTES,
+    DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT, MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS,
+    MAX_SIGNING_KEY_CHARS,
 };
 
 /// An error in a config file; `path` names the field (`sources[1].origin_auth.request_handshake`).
@@ -122,6 +124,22 @@ pub struct RawLimits {
     /// Largest total of request header names and values in bytes (default 32768) → 431.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_header_bytes: Option<usize>,
+    /// The whole request header must arrive within this (default 10s), else the connection
+    /// closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_header_timeout: Option<String>,
+    /// A keep-alive connection idle between requests this long is closed (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_idle_timeout: Option<String>,
+    /// A client that accepts no response bytes for this long is dropped (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_write_timeout: Option<String>,
+    /// Client connections open at once (default 10000); more are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Origin fetches in flight per source (default 0 = unlimited); over it → 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight_per_source: Option<u32>,
 }
 
 /// `upstream:` (serde layer). Durations are strings such as `3s`, `500ms`, `1m`.
@@ -143,6 +161,9 @@ pub struct RawUpstream {
     /// Largest origin response body in bytes (default 100 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Longest pause inside an origin body (default 30s; not the whole download).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout: Option<String>,
 }
 
 /// One entry of `sources:` (serde layer). Also the JSON the Envoy filter receives.
@@ -182,6 +203,10 @@ pub struct RawOriginAuth {
     /// Per-request signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_signing_key: Option<SecretRef>,
+    /// Origin host patterns that receive the origin auth headers (default: the source's
+    /// `allowed_origin_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `basic_auth:` (serde layer).
@@ -217,8 +242,23 @@ pub struct Upstream {
     pub ca_file: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Total timeout.
+    /// Total timeout: until the origin's response header, all redirect hops together.
     pub timeout: Duration,
+    /// Longest pause inside an origin body.
+    pub body_timeout: Duration,
+}
+
+/// Validated client connection limits (`limits:` fields the listeners apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request header must arrive within this.
+    pub header_timeout: Duration,
+    /// Keep-alive idle time between requests.
+    pub idle_timeout: Duration,
+    /// Longest time a client may accept no response bytes.
+    pub write_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
 }
 
 /// Validated limits; everything on the request path needs, carried by [`Sources`].
@@ -234,6 +274,8 @@ pub struct Limits {
     pub max_redirects: u32,
     /// Largest origin response body in bytes.
     pub max_body_bytes: u64,
+    /// Origin fetches in flight per source; 0 = unlimited.
+    pub max_inflight_per_source: u32,
 }
 
 impl Default for Limits {
@@ -244,6 +286,7 @@ impl Default for Limits {
             max_request_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
             max_redirects: DEFAULT_MAX_REDIRECTS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_per_source: 0,
         }
     }
 }
@@ -268,6 +311,9 @@ pub struct Source {
     pub origin_auth: OriginAuth,
     /// `None` = any public host; `Some(empty list)` = no host at all.
     pub allowed_origin_hosts: Option<Vec<HostPattern>>,
+    /// Origin hosts that receive the origin auth headers (`origin_auth.hosts`, default
+    /// `allowed_origin_hosts`); empty when the source has no origin auth.
+    pub origin_auth_hosts: Vec<HostPattern>,
     /// Allow private/loopback origins.
     pub allow_private_origins: bool,
     /// Lower-case Content-Type prefixes an origin response must match; `None` = any.
@@ -286,6 +332,12 @@ impl Source {
             None => true,
             Some(patterns) => patterns.iter().any(|p| p.matches(host)),
         }
+    }
+
+    /// Whether the origin host (as for [`Source::origin_host_allowed`]) may receive the
+    /// source's origin auth headers (`origin_auth.hosts`).
+    pub fn origin_auth_host_allowed(&self, host: &str) -> bool {
+        self.origin_auth_hosts.iter().any(|p| p.matches(host))
     }
 }
 
@@ -357,6 +409,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Upstream settings.
     pub upstream: Upstream,
+    /// Client connection limits.
+    pub client: ClientLimits,
     /// Sources.
     pub sources: Sources,
 }
@@ -396,6 +450,7 @@ impl RawConfig {
             listen,
             admin_listen,
             sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
+            client: validate::client_limits(&self.limits)?,
             upstream: validate::upstream(self.upstream)?,
         })
     }
@@ -597,7 +652,7 @@ sources:
     #[test]
     fn literal_secrets_never_print_through_debug() {
         let raw = RawConfig::from_yaml(
-            "sources:\n  - {name: a, hosts: [a], secure_url_tokens: [hunter2-token, {env: T}],\n     origin_auth: {request_handshake: hunter2-hs}}\n",
+            "sources:\n  - {name: a, hosts: [a], secure_url_tokens: [hunter2-token, {env: T}],\n     origin_auth: {request_handshake: hunter2-hs, hosts: [cdn.example]}}\n",
         )
         .expect("parses");
         let printed = format!("{raw:?}");

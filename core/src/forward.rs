@@ -18,7 +18,8 @@ use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits
 pub const UNFOLLOWABLE_LOCATION: &str = "location not followable by this runtime";
 
 /// A request to send to an origin: the source it belongs to, the origin URL of this attempt
-/// and what the response rules need (the `expires` cap, the hop count, the first origin host).
+/// and what the response rules need (the `expires` cap, the hop count, the first origin URL's
+/// web origin).
 ///
 /// Carries no credentials: origin auth headers are built per attempt by
 /// [`Forward::auth_headers`]. `Debug` prints the source name, never its secrets.
@@ -27,7 +28,7 @@ pub struct Forward {
     source: Arc<Source>,
     limits: Limits,
     origin: OriginUrl,
-    auth_host: String,
+    auth_origin: String,
     max_age: Option<u64>,
     redirects: u32,
 }
@@ -43,7 +44,7 @@ impl Forward {
         Forward {
             source: Arc::clone(source),
             limits,
-            auth_host: origin.host.clone(),
+            auth_origin: origin.web_origin(),
             origin,
             max_age,
             redirects: 0,
@@ -52,14 +53,15 @@ impl Forward {
 
     /// Resumes a forward from state a runtime kept across a redirect hop (the Envoy filter's
     /// hop state): the source by name, the URL of the attempt that answered with the redirect,
-    /// the first origin host, hops so far and the `expires` cap.
+    /// the first origin URL's web origin ([`Forward::auth_origin`]), hops so far and the
+    /// `expires` cap.
     ///
     /// Returns `None` when the source is gone (reconfigured) or the URL no longer parses.
     pub fn resume(
         sources: &Sources,
         source: &str,
         origin_url: &str,
-        auth_host: &str,
+        auth_origin: &str,
         redirects: u32,
         max_age: Option<u64>,
     ) -> Option<Forward> {
@@ -67,7 +69,7 @@ impl Forward {
             source: Arc::clone(sources.by_name(source)?),
             limits: *sources.limits(),
             origin: parse_origin(origin_url).ok()?,
-            auth_host: auth_host.to_owned(),
+            auth_origin: auth_origin.to_owned(),
             max_age,
             redirects,
         })
@@ -88,9 +90,10 @@ impl Forward {
         &self.origin
     }
 
-    /// Host of the first origin URL (origin auth goes only to hops on it).
-    pub fn auth_host(&self) -> &str {
-        &self.auth_host
+    /// The web origin (`scheme://authority`) of the first origin URL: origin auth goes only to
+    /// hops with the same scheme, host and port.
+    pub fn auth_origin(&self) -> &str {
+        &self.auth_origin
     }
 
     /// Upper bound for the response's `Cache-Control` max-age, from `expires`.
@@ -114,17 +117,25 @@ impl Forward {
     }
 
     /// The origin auth headers for one attempt at this forward: fresh timestamp and request id
-    /// (`now` in unix seconds, `random` 32 fresh random bytes), and none at all on a hop away
-    /// from the first origin's host. Runtimes call it once per origin request, so an unsigned
-    /// or refused request never draws randomness or computes an HMAC.
+    /// (`now` in unix seconds, `random` 32 fresh random bytes). None at all unless the origin
+    /// host is in the source's `origin_auth.hosts` and, on a redirect hop, the scheme, host and
+    /// port are the first origin URL's. Runtimes call it once per origin request, so an
+    /// unsigned or refused request never draws randomness or computes an HMAC.
     pub fn auth_headers(&self, now: u64, random: &[u8; 32]) -> AuthHeaders {
-        if self.origin.host == self.auth_host {
+        if self.may_receive_auth() {
             self.source
                 .origin_auth
                 .headers(&self.origin.host, now, random)
         } else {
             AuthHeaders::default()
         }
+    }
+
+    /// Whether this attempt's origin may receive the source's origin auth headers (see
+    /// [`Forward::auth_headers`]).
+    pub fn may_receive_auth(&self) -> bool {
+        self.source.origin_auth_host_allowed(&self.origin.host)
+            && self.origin.web_origin() == self.auth_origin
     }
 
     /// Follows an origin redirect: resolves `location` against the current origin URL and
@@ -149,7 +160,7 @@ impl Forward {
             source: Arc::clone(&self.source),
             limits: self.limits,
             origin,
-            auth_host: self.auth_host.clone(),
+            auth_origin: self.auth_origin.clone(),
             max_age: self.max_age,
             redirects: self.redirects + 1,
         })
@@ -195,12 +206,14 @@ impl Forward {
 
     /// Checks an origin response head before anything of it reaches the client and returns
     /// the edits that make it the client's: the declared `Content-Length` against
-    /// `upstream.max_body_bytes`, the Content-Type against the source's
-    /// `allowed_content_types` (on every response that can carry a body), then
+    /// `upstream.max_body_bytes`, the one `Content-Type` (parsed strictly), which must be in
+    /// the source's `allowed_content_types` on every response that can carry a body, then
     /// [`crate::response::response_edits`].
     ///
     /// # Errors
-    /// 502 [`crate::Outcome::OriginTooLarge`] or 403 [`crate::Outcome::ContentTypeDenied`].
+    /// 502 [`crate::Outcome::OriginTooLarge`], 502 [`crate::Outcome::BadOriginResponse`] for
+    /// several or unparsable `Content-Type` values, or 403
+    /// [`crate::Outcome::ContentTypeDenied`].
     pub fn check_response(&self, head: &OriginHead) -> Result<ResponseEdits, Rejection> {
         if head
             .content_length()
@@ -208,33 +221,19 @@ impl Forward {
         {
             return Err(Rejection::origin_too_large());
         }
+        let media_type = head.media_type().map_err(Rejection::bad_origin_response)?;
         if let (true, Some(allowed)) = (
             status_has_body(head.status()),
             self.source.allowed_content_types.as_ref(),
         ) {
-            let media_type = head
-                .content_type()
-                .map(|ct| {
-                    ct.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                })
-                .unwrap_or_default();
-            // `image/` is a prefix; `application/pdf` names one media type exactly.
-            let matches = |p: &String| {
-                if p.ends_with('/') {
-                    media_type.starts_with(p.as_str())
-                } else {
-                    media_type == *p
-                }
-            };
-            if media_type.is_empty() || !allowed.iter().any(matches) {
+            let admitted = media_type
+                .as_ref()
+                .is_some_and(|t| allowed.iter().any(|entry| t.allowed_by(entry)));
+            if !admitted {
                 return Err(Rejection::content_type_denied());
             }
         }
-        Ok(response_edits(head, self.max_age))
+        Ok(response_edits(head, media_type.as_ref(), self.max_age))
     }
 
     /// Whether the body received so far (`bytes`) is over `upstream.max_body_bytes`; the
@@ -249,7 +248,7 @@ impl fmt::Debug for Forward {
         f.debug_struct("Forward")
             .field("source", &self.source.name)
             .field("origin", &self.origin.to_url_string())
-            .field("auth_host", &self.auth_host)
+            .field("auth_origin", &self.auth_origin)
             .field("max_age", &self.max_age)
             .field("redirects", &self.redirects)
             .finish()
@@ -261,7 +260,7 @@ impl PartialEq for Forward {
         self.source.name == other.source.name
             && self.limits == other.limits
             && self.origin == other.origin
-            && self.auth_host == other.auth_host
+            && self.auth_origin == other.auth_origin
             && self.max_age == other.max_age
             && self.redirects == other.redirects
     }

@@ -56,6 +56,12 @@ impl OriginUrl {
         }
     }
 
+    /// The web origin, `scheme://authority`: equal for two URLs exactly when their scheme, host
+    /// and port are.
+    pub fn web_origin(&self) -> String {
+        format!("{}://{}", self.scheme.as_str(), self.authority())
+    }
+
     /// The host as an IP address when it is an IP literal.
     pub fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()

@@ -114,8 +114,13 @@ impl Outcome {
     }
 }
 
+use crate::response::SECURITY_HEADERS;
+
 /// `Content-Type` of every local reply: the body is the reason as one line of text.
 pub const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// `Cache-Control` of every local reply: the gateway's own answers are never cached.
+pub const LOCAL_REPLY_CACHE_CONTROL: (&str, &str) = ("cache-control", "no-store");
 
 /// Reason of the 403 for an origin whose address (an IP literal, or any address its name
 /// resolved to) is private, loopback or otherwise not public.
@@ -317,11 +322,14 @@ impl Rejection {
         format!("{}\n", self.reason)
     }
 
-    /// Response headers of the local reply (lower-case names): `content-type`, then the
-    /// rejection's own (`allow`, `retry-after`). Runtimes add `content-length` themselves.
+    /// Response headers of the local reply (lower-case names): `content-type`, the
+    /// rejection's own (`allow`, `retry-after`), then `cache-control: no-store` and the
+    /// [`SECURITY_HEADERS`] every response carries. Runtimes add `content-length` themselves.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         std::iter::once(("content-type", LOCAL_REPLY_CONTENT_TYPE))
             .chain(self.headers.iter().copied())
+            .chain(std::iter::once(LOCAL_REPLY_CACHE_CONTROL))
+            .chain(SECURITY_HEADERS)
     }
 }
 
@@ -404,7 +412,13 @@ mod tests {
             headers,
             [
                 ("content-type", LOCAL_REPLY_CONTENT_TYPE),
-                ("allow", "GET, HEAD")
+                ("allow", "GET, HEAD"),
+                ("cache-control", "no-store"),
+                ("x-content-type-options", "nosniff"),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+                ),
             ]
         );
         let headers: Vec<_> = Rejection::overloaded().headers().collect();

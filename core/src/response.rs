@@ -1,6 +1,8 @@
 //! Rules over the origin's response, read from raw header values the same way on both
-//! runtimes: which redirects are followed, the declared `Content-Length`, the joined
-//! `Cache-Control`, and the edits that turn the origin's response head into the client's.
+//! runtimes: which redirects are followed, the declared `Content-Length`, the one strictly
+//! parsed `Content-Type`, the joined `Cache-Control`, and the edits that make the origin's
+//! response head the client's: the header allowlist and the headers that keep whatever an
+//! origin serves inert on the customer's domain.
 
 use crate::expires::cap_cache_control;
 
@@ -12,12 +14,177 @@ pub fn is_followed_redirect(status: u16) -> bool {
     FOLLOWED_REDIRECTS.contains(&status)
 }
 
-/// Origin response headers the runtimes remove before answering the client (lower-case).
-pub const DROPPED_RESPONSE_HEADERS: [&str; 1] = ["set-cookie"];
+/// Origin response headers that may reach the client (lower-case); every other header of the
+/// origin's answer is removed (`Set-Cookie`, `Strict-Transport-Security`, `Refresh`,
+/// `Access-Control-*`, `Link`, `Clear-Site-Data`, `Server`, ...).
+pub const RESPONSE_HEADER_ALLOWLIST: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "content-range",
+    "content-encoding",
+    "accept-ranges",
+    "cache-control",
+    "etag",
+    "expires",
+    "last-modified",
+    "vary",
+];
+
+/// Hop-by-hop framing headers each runtime manages itself on both sides; the response edits
+/// never touch them (removing them would break the runtime's own framing of the body).
+pub const FRAMING_HEADERS: [&str; 3] = ["transfer-encoding", "connection", "keep-alive"];
+
+/// `X-Content-Type-Options` on every response, forwarded or local.
+pub const NOSNIFF: (&str, &str) = ("x-content-type-options", "nosniff");
+
+/// `Content-Security-Policy` on every response, forwarded or local: whatever an origin serves
+/// runs no script and loads nothing on the customer's domain.
+pub const CONTENT_SECURITY_POLICY: (&str, &str) = (
+    "content-security-policy",
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+);
+
+/// The headers every response carries, forwarded or local.
+pub const SECURITY_HEADERS: [(&str, &str); 2] = [NOSNIFF, CONTENT_SECURITY_POLICY];
+
+/// `Content-Type` of a forwarded response whose origin sent none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Media types that run script in a browser although a listed prefix would match them:
+/// `image/` in `allowed_content_types` never admits these unless listed themselves.
+pub const SCRIPTABLE_UNDER_PREFIX: [&str; 1] = ["image/svg+xml"];
 
 /// Whether a response with this status can carry a body (not 1xx, 204 or 304).
 pub fn status_has_body(status: u16) -> bool {
     !(status < 200 || status == 204 || status == 304)
+}
+
+/// A parsed `Content-Type`: one `type/subtype` and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaType {
+    essence: String,
+    params: Vec<(String, String)>,
+}
+
+impl MediaType {
+    /// Parses one `Content-Type` value strictly: `type "/" subtype *( OWS ";" OWS name "="
+    /// value )`, tokens per RFC 9110 and values as tokens or quoted strings. An empty parameter
+    /// (a trailing `;`) is dropped.
+    ///
+    /// # Errors
+    /// A lower-case reason: a comma outside a quoted string (a list of types), or anything that
+    /// is not one media type.
+    pub fn parse(value: &str) -> Result<MediaType, &'static str> {
+        let mut parts = split_unquoted(value)?.into_iter();
+        let essence = parts.next().unwrap_or_default();
+        let (kind, subtype) = essence
+            .split_once('/')
+            .ok_or("content-type is not one media type")?;
+        if !is_token(kind) || !is_token(subtype) {
+            return Err("content-type is not one media type");
+        }
+        let mut params = Vec::new();
+        for part in parts {
+            if part.is_empty() {
+                continue;
+            }
+            let (name, value) = part
+                .split_once('=')
+                .ok_or("content-type has a malformed parameter")?;
+            if !is_token(name) || !(is_token(value) || is_quoted_string(value)) {
+                return Err("content-type has a malformed parameter");
+            }
+            params.push((name.to_ascii_lowercase(), value.to_owned()));
+        }
+        Ok(MediaType {
+            essence: essence.to_ascii_lowercase(),
+            params,
+        })
+    }
+
+    /// The lower-case `type/subtype`.
+    pub fn essence(&self) -> &str {
+        &self.essence
+    }
+
+    /// The one normalised value sent to the client: the lower-case `type/subtype`, then each
+    /// parameter as `; name=value` (name lower-cased, value as sent).
+    pub fn to_header_value(&self) -> String {
+        let mut out = self.essence.clone();
+        for (name, value) in &self.params {
+            out.push_str("; ");
+            out.push_str(name);
+            out.push('=');
+            out.push_str(value);
+        }
+        out
+    }
+
+    /// Whether an `allowed_content_types` entry admits this type: an entry ending in `/` is a
+    /// prefix (but never admits [`SCRIPTABLE_UNDER_PREFIX`]), any other names one type exactly.
+    pub fn allowed_by(&self, entry: &str) -> bool {
+        if entry.ends_with('/') {
+            self.essence.starts_with(entry)
+                && !SCRIPTABLE_UNDER_PREFIX.contains(&self.essence.as_str())
+        } else {
+            self.essence == entry
+        }
+    }
+}
+
+/// RFC 9110 `token`: one or more tchars.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 9110 `quoted-string` (escapes allowed, no control characters but tab).
+fn is_quoted_string(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for b in inner.bytes() {
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            return false;
+        }
+        match (escaped, b) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
+}
+
+/// Splits a header value at `;` outside quoted strings, trimming each part.
+///
+/// # Errors
+/// A comma outside a quoted string, or an unterminated quoted string.
+fn split_unquoted(value: &str) -> Result<Vec<&str>, &'static str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, b) in value.bytes().enumerate() {
+        match (quoted, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => quoted = false,
+            (false, _, b'"') => quoted = true,
+            (false, _, b',') => return Err("content-type is a list of media types"),
+            (false, _, b';') => {
+                parts.push(value[start..i].trim_matches([' ', '\t']));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("content-type has an unterminated quoted string");
+    }
+    parts.push(value[start..].trim_matches([' ', '\t']));
+    Ok(parts)
 }
 
 /// What the response rules read from an origin response head, collected from its raw header
@@ -25,11 +192,11 @@ pub fn status_has_body(status: u16) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginHead {
     status: u16,
-    content_type: Option<String>,
+    content_types: Vec<String>,
     lengths: Vec<Option<u64>>,
     cache_control: Vec<String>,
     location: Option<String>,
-    dropped: Vec<&'static str>,
+    removed: Vec<String>,
 }
 
 impl OriginHead {
@@ -54,23 +221,30 @@ impl OriginHead {
     }
 
     /// Records one header field as received. Bytes that are not UTF-8 are replaced, which can
-    /// only make a value fail a check, never pass one.
+    /// only make a value fail a check, never pass one. Pseudo-headers (`:status`) are the
+    /// runtime's and are ignored.
     pub fn add(&mut self, name: &str, value: &[u8]) {
+        if name.starts_with(':') {
+            return;
+        }
         let text = || String::from_utf8_lossy(value).trim().to_owned();
         if name.eq_ignore_ascii_case("content-type") {
-            self.content_type.get_or_insert_with(text);
+            self.content_types.push(text());
         } else if name.eq_ignore_ascii_case("content-length") {
             self.lengths.push(text().parse().ok());
         } else if name.eq_ignore_ascii_case("cache-control") {
             self.cache_control.push(text());
         } else if name.eq_ignore_ascii_case("location") {
             self.location.get_or_insert_with(text);
-        } else if let Some(dropped) = DROPPED_RESPONSE_HEADERS
+        }
+        let kept = RESPONSE_HEADER_ALLOWLIST
             .iter()
-            .find(|d| d.eq_ignore_ascii_case(name))
-        {
-            if !self.dropped.contains(dropped) {
-                self.dropped.push(dropped);
+            .chain(FRAMING_HEADERS.iter())
+            .any(|h| h.eq_ignore_ascii_case(name));
+        if !kept {
+            let lower = name.to_ascii_lowercase();
+            if !self.removed.contains(&lower) {
+                self.removed.push(lower);
             }
         }
     }
@@ -80,9 +254,17 @@ impl OriginHead {
         self.status
     }
 
-    /// The first `Content-Type` value.
-    pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
+    /// The origin's `Content-Type`, parsed: `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    /// A lower-case reason when there are several `Content-Type` fields, a list, or a value
+    /// that is not one media type: the answer is ambiguous and must not be served.
+    pub fn media_type(&self) -> Result<Option<MediaType>, &'static str> {
+        match self.content_types.as_slice() {
+            [] => Ok(None),
+            [one] => MediaType::parse(one).map(Some),
+            _ => Err("several content-type fields"),
+        }
     }
 
     /// The declared body length: `Some` only when every `Content-Length` field is the same
@@ -105,9 +287,10 @@ impl OriginHead {
         self.location.as_deref()
     }
 
-    /// The [`DROPPED_RESPONSE_HEADERS`] present in this head.
-    pub fn dropped(&self) -> &[&'static str] {
-        &self.dropped
+    /// The names (lower-case) of this head's fields outside [`RESPONSE_HEADER_ALLOWLIST`] (and
+    /// [`FRAMING_HEADERS`]): what never reaches the client.
+    pub fn removed(&self) -> &[String] {
+        &self.removed
     }
 }
 
@@ -116,25 +299,40 @@ impl OriginHead {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseEdits {
     /// Lower-case names to remove.
-    pub remove: Vec<&'static str>,
+    pub remove: Vec<String>,
     /// Lower-case names and values to set.
     pub set: Vec<(&'static str, String)>,
 }
 
-/// The edits for a forwarded response: remove [`DROPPED_RESPONSE_HEADERS`] and, when the URL
-/// carried `expires` (`max_age`), cap `Cache-Control` at the seconds remaining.
-pub fn response_edits(head: &OriginHead, max_age: Option<u64>) -> ResponseEdits {
-    let mut edits = ResponseEdits {
-        remove: head.dropped().to_vec(),
-        set: Vec::new(),
-    };
+/// The edits for a forwarded response whose `Content-Type` is `media_type` (parsed by
+/// [`OriginHead::media_type`]): remove every header outside the allowlist, send the one
+/// normalised `Content-Type` ([`DEFAULT_CONTENT_TYPE`] when the origin sent none on a response
+/// that can carry a body), add [`SECURITY_HEADERS`], and, when the URL carried `expires`
+/// (`max_age`), cap `Cache-Control` at the seconds remaining.
+pub fn response_edits(
+    head: &OriginHead,
+    media_type: Option<&MediaType>,
+    max_age: Option<u64>,
+) -> ResponseEdits {
+    let mut set = Vec::with_capacity(4);
+    match media_type {
+        Some(media_type) => set.push(("content-type", media_type.to_header_value())),
+        None if status_has_body(head.status()) => {
+            set.push(("content-type", DEFAULT_CONTENT_TYPE.to_owned()));
+        }
+        None => {}
+    }
+    set.extend(SECURITY_HEADERS.iter().map(|(n, v)| (*n, (*v).to_owned())));
     if let Some(max_age) = max_age {
-        edits.set.push((
+        set.push((
             "cache-control",
             cap_cache_control(head.cache_control().as_deref(), max_age),
         ));
     }
-    edits
+    ResponseEdits {
+        remove: head.removed().to_vec(),
+        set,
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +341,11 @@ mod tests {
 
     fn head(fields: &[(&str, &str)]) -> OriginHead {
         OriginHead::of(200, fields.iter().map(|(n, v)| (*n, v.as_bytes())))
+    }
+
+    fn edits(h: &OriginHead, max_age: Option<u64>) -> ResponseEdits {
+        let media_type = h.media_type().expect("one content type");
+        response_edits(h, media_type.as_ref(), max_age)
     }
 
     #[test]
@@ -178,30 +381,111 @@ mod tests {
     }
 
     #[test]
-    fn responses_lose_cookies_and_get_capped() {
+    fn only_allowlisted_headers_survive_and_every_answer_is_inert() {
         let h = head(&[
             ("Cache-Control", "public, max-age=3600"),
             ("Set-Cookie", "a=1"),
             ("set-cookie", "b=2"),
+            ("Strict-Transport-Security", "max-age=1"),
+            ("Refresh", "0; url=https://evil.example/"),
+            ("Access-Control-Allow-Origin", "*"),
+            ("Server", "origin/1"),
+            ("Link", "</x>; rel=preload"),
+            ("Transfer-Encoding", "chunked"),
+            ("ETag", "\"e\""),
+            ("Content-Type", "Image/PNG"),
+            (":status", "200"),
         ]);
+        let e = edits(&h, Some(60));
         assert_eq!(
-            response_edits(&h, Some(60)),
-            ResponseEdits {
-                remove: vec!["set-cookie"],
-                set: vec![("cache-control", "public, max-age=60".to_owned())],
-            }
+            e.remove,
+            [
+                "set-cookie",
+                "strict-transport-security",
+                "refresh",
+                "access-control-allow-origin",
+                "server",
+                "link"
+            ]
+        );
+        let expected: Vec<(&str, String)> = [
+            ("content-type", "image/png"),
+            NOSNIFF,
+            CONTENT_SECURITY_POLICY,
+            ("cache-control", "public, max-age=60"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n, v.to_owned()))
+        .collect();
+        assert_eq!(e.set, expected);
+        // Without expires the origin's Cache-Control is kept as sent.
+        assert!(!edits(&h, None)
+            .set
+            .iter()
+            .any(|(n, _)| *n == "cache-control"));
+        // No Content-Type: octet-stream on a body, nothing on a 304.
+        let none = edits(&head(&[]), Some(30));
+        assert_eq!(
+            none.set[0],
+            ("content-type", DEFAULT_CONTENT_TYPE.to_owned())
         );
         assert_eq!(
-            response_edits(&h, None),
-            ResponseEdits {
-                remove: vec!["set-cookie"],
-                set: vec![],
-            }
+            none.set.last(),
+            Some(&("cache-control", "max-age=30".to_owned()))
         );
-        assert_eq!(
-            response_edits(&head(&[]), Some(30)).set,
-            [("cache-control", "max-age=30".to_owned())]
-        );
+        let not_modified = OriginHead::new(304);
+        assert!(!response_edits(&not_modified, None, None)
+            .set
+            .iter()
+            .any(|(n, _)| *n == "content-type"));
+    }
+
+    #[test]
+    fn content_type_is_parsed_strictly_and_normalised() {
+        for (value, normalised) in [
+            ("image/png", "image/png"),
+            ("Image/PNG ; Q=1", "image/png; q=1"),
+            (
+                "text/plain;charset=\"a,b;c\"",
+                "text/plain; charset=\"a,b;c\"",
+            ),
+            ("image/webp;", "image/webp"),
+            (
+                "application/vnd.api+json; charset=utf-8",
+                "application/vnd.api+json; charset=utf-8",
+            ),
+        ] {
+            let parsed = MediaType::parse(value).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(parsed.to_header_value(), normalised, "{value}");
+        }
+        for bad in [
+            "image/png, text/html",
+            "text/html,image/png",
+            "image/png; a=b, text/html",
+            "image",
+            "image/",
+            "/png",
+            "image/png; charset",
+            "image/png; =x",
+            "image/pn g",
+            "image/png; a=\"open",
+            "",
+        ] {
+            assert!(MediaType::parse(bad).is_err(), "{bad} must be refused");
+        }
+        let two = head(&[("content-type", "image/png"), ("Content-Type", "text/html")]);
+        assert_eq!(two.media_type(), Err("several content-type fields"));
+        assert_eq!(head(&[]).media_type(), Ok(None));
+    }
+
+    #[test]
+    fn prefixes_never_admit_svg() {
+        let t = |v: &str| MediaType::parse(v).expect("media type");
+        assert!(t("image/png").allowed_by("image/"));
+        assert!(!t("image/svg+xml").allowed_by("image/"));
+        assert!(t("image/svg+xml").allowed_by("image/svg+xml"));
+        assert!(t("application/pdf").allowed_by("application/pdf"));
+        assert!(!t("application/pdfx").allowed_by("application/pdf"));
     }
 
     #[test]

@@ -280,13 +280,16 @@ fn method_rejection_carries_allow() {
     let Decision::Reject(r) = run("DELETE", "img.example.com", "/x") else {
         panic!("DELETE must be rejected")
     };
+    let headers: Vec<_> = r.headers().collect();
     assert_eq!(
-        r.headers().collect::<Vec<_>>(),
-        vec![
+        headers[..2],
+        [
             ("content-type", "text/plain; charset=utf-8"),
             ("allow", "GET, HEAD")
         ]
     );
+    assert!(headers.contains(&("x-content-type-options", "nosniff")));
+    assert!(headers.contains(&("cache-control", "no-store")));
 }
 
 #[test]
@@ -426,22 +429,29 @@ fn redirects_are_revalidated_and_bounded() {
     );
     assert!(is_followed_redirect(302) && is_followed_redirect(308) && !is_followed_redirect(304));
 
-    // Same host, https: auth headers follow with a fresh request id.
+    // Same scheme, host and port: auth headers follow with a fresh request id.
     let hop = first
-        .redirect("https://cdn.example.com/b.png")
+        .redirect("http://cdn.example.com/b.png")
         .expect("allowed hop");
-    assert_eq!(
-        hop.origin().to_url_string(),
-        "https://cdn.example.com/b.png"
-    );
+    assert_eq!(hop.origin().to_url_string(), "http://cdn.example.com/b.png");
     assert_eq!(hop.redirects(), 1);
     let auth = hop.auth_headers(NOW, &[1; 32]);
     let id = auth.get("x-imgix-signature-request-id");
     assert_eq!(id, Some("01".repeat(32).as_str()));
 
+    // Same host on another scheme or port: followed, but no credentials go with it.
+    for other in [
+        "https://cdn.example.com/b.png",
+        "http://cdn.example.com:8080/b.png",
+    ] {
+        let hop = first.redirect(other).expect("allowed hop");
+        assert!(!hop.may_receive_auth(), "{other}");
+        assert!(hop.auth_headers(NOW, &RANDOM).is_empty(), "{other}");
+    }
+
     // Relative Location, other allowed host: no auth headers leak to it.
     let away = hop.redirect("//x.example.org/c.png").expect("allowed host");
-    assert_eq!(away.origin().to_url_string(), "https://x.example.org/c.png");
+    assert_eq!(away.origin().to_url_string(), "http://x.example.org/c.png");
     let away_auth = away.auth_headers(NOW, &RANDOM);
     assert!(away_auth.is_empty(), "{away_auth:?}");
 

@@ -128,12 +128,29 @@ mod tests {
             assert_eq!(mapper["body"]["inline_string"], rejection.body().as_str());
             assert_reply_headers(mapper, rejection);
         }
-        // Only the overloaded reply carries an extra header (Retry-After).
-        assert!(mappers[0].get("headers_to_add").is_none());
-        assert_eq!(
-            mappers[2]["headers_to_add"][0]["header"]["key"],
-            "retry-after"
-        );
+        // Every reply is inert and uncached; only the overloaded one says when to retry.
+        let keys = |m: &Value| -> Vec<String> {
+            m["headers_to_add"]
+                .as_sequence()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|h| h["header"]["key"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for mapper in mappers.as_sequence().expect("mappers") {
+            let keys = keys(mapper);
+            for key in [
+                "cache-control",
+                "x-content-type-options",
+                "content-security-policy",
+            ] {
+                assert!(keys.iter().any(|k| k == key), "{key} missing: {keys:?}");
+            }
+        }
+        assert!(!keys(&mappers[0]).iter().any(|k| k == "retry-after"));
+        assert!(keys(&mappers[2]).iter().any(|k| k == "retry-after"));
 
         let denied = Rejection::origin_address_denied();
         let rbac = &mappers[3];

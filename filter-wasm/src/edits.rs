@@ -104,7 +104,7 @@ pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
     edits
         .remove
         .iter()
-        .map(|name| HeaderEdit::Remove((*name).to_owned()))
+        .map(|name| HeaderEdit::Remove(name.clone()))
         .chain(
             edits
                 .set
@@ -161,7 +161,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{forward, NOW};
     use super::*;
-    use ixproxy_core::response::{response_edits, OriginHead};
+    use ixproxy_core::response::OriginHead;
     use ixproxy_core::Outcome;
 
     fn set(name: &str, value: &str) -> HeaderEdit {
@@ -247,12 +247,16 @@ mod tests {
         assert_eq!(reply.status, 405);
         assert_eq!(reply.body, "method not allowed\n");
         assert_eq!(
-            reply.headers,
+            reply.headers[..2],
             [
                 ("content-type", "text/plain; charset=utf-8"),
                 ("allow", "GET, HEAD")
             ]
         );
+        assert!(reply
+            .headers
+            .contains(&("x-content-type-options", "nosniff")));
+        assert!(reply.headers.contains(&("cache-control", "no-store")));
         assert_eq!(
             local_reply(&Rejection::origin_timeout()).status,
             504,
@@ -260,30 +264,33 @@ mod tests {
         );
         assert_eq!(
             local_reply(&Rejection::bad_redirect("x")).headers,
-            [("content-type", "text/plain; charset=utf-8")]
+            Rejection::bad_redirect("x").headers().collect::<Vec<_>>()
         );
         assert_eq!(Rejection::internal().outcome(), Outcome::Internal);
     }
 
     #[test]
     fn responses_lose_cookies_and_get_capped() {
+        // The fixture's forwards carry `expires` 60 s ahead.
+        let f = forward("a.example", "https://o.example/a.png");
         let head = OriginHead::of(
             200,
             [
                 ("cache-control", &b"public, max-age=3600"[..]),
                 ("set-cookie", b"a=1"),
+                ("content-type", b"image/png"),
             ],
         );
-        assert_eq!(
-            response_header_edits(&response_edits(&head, Some(60))),
-            [
-                HeaderEdit::Remove("set-cookie".into()),
-                set("cache-control", "public, max-age=60")
-            ]
-        );
-        assert_eq!(
-            response_header_edits(&response_edits(&head, None)),
-            [HeaderEdit::Remove("set-cookie".into())]
-        );
+        let edits = response_header_edits(&f.check_response(&head).expect("allowed"));
+        assert_eq!(edits[0], HeaderEdit::Remove("set-cookie".into()));
+        assert!(edits.contains(&set("cache-control", "public, max-age=60")));
+        assert!(edits.contains(&set("x-content-type-options", "nosniff")));
+        assert!(edits.contains(&set("content-type", "image/png")));
+        // Removals come first, so a set header is never removed again.
+        let last_remove = edits
+            .iter()
+            .rposition(|e| matches!(e, HeaderEdit::Remove(_)));
+        let first_set = edits.iter().position(|e| matches!(e, HeaderEdit::Set(..)));
+        assert!(last_remove < first_set);
     }
 }

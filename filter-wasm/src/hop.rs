@@ -29,15 +29,15 @@ pub fn declare_hop_property_args() -> Vec<u8> {
 
 /// What the filter remembers about a forwarded request so a redirect hop can be checked like
 /// the native gateway checks it: which source, where the last attempt went, the first origin
-/// host (for origin auth), hops so far and the Cache-Control cap.
+/// URL's web origin (for origin auth), hops so far and the Cache-Control cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {
     /// Source name.
     pub source: String,
     /// URL of the attempt that answered with the redirect.
     pub origin_url: String,
-    /// Host of the first origin URL.
-    pub auth_host: String,
+    /// Web origin (`scheme://authority`) of the first origin URL.
+    pub auth_origin: String,
     /// Redirects followed so far.
     pub redirects: u32,
     /// Cache-Control cap from `expires`.
@@ -48,7 +48,7 @@ pub struct Hop {
 }
 
 impl Hop {
-    const MAGIC: &'static [u8] = b"ixhop1";
+    const MAGIC: &'static [u8] = b"ixhop2";
 
     /// The hop state of a forward of a client request that arrived at `started_ms`.
     pub fn of(forward: &Forward, started_ms: u64) -> Hop {
@@ -56,7 +56,7 @@ impl Hop {
             started_ms,
             source: forward.source_name().to_owned(),
             origin_url: forward.origin().to_url_string(),
-            auth_host: forward.auth_host().to_owned(),
+            auth_origin: forward.auth_origin().to_owned(),
             redirects: forward.redirects(),
             max_age: forward.max_age(),
         }
@@ -72,7 +72,7 @@ impl Hop {
             redirects.as_str(),
             max_age.as_str(),
             self.source.as_str(),
-            self.auth_host.as_str(),
+            self.auth_origin.as_str(),
             self.origin_url.as_str(),
         ];
         let mut out = Self::MAGIC.to_vec();
@@ -95,7 +95,7 @@ impl Hop {
             fields.push(String::from_utf8(value.to_vec()).ok()?);
             rest = &rest[colon + 1 + len..];
         }
-        let [started, redirects, max_age, source, auth_host, origin_url]: [String; 6] =
+        let [started, redirects, max_age, source, auth_origin, origin_url]: [String; 6] =
             fields.try_into().ok()?;
         Some(Hop {
             started_ms: started.parse().ok()?,
@@ -106,7 +106,7 @@ impl Hop {
                 Some(max_age.parse().ok()?)
             },
             source,
-            auth_host,
+            auth_origin,
             origin_url,
         })
     }
@@ -118,7 +118,7 @@ impl Hop {
             sources,
             &self.source,
             &self.origin_url,
-            &self.auth_host,
+            &self.auth_origin,
             self.redirects,
             self.max_age,
         )
@@ -158,7 +158,7 @@ mod tests {
             started_ms: 1_700_000_000_123,
             source: "we:ird\nname 12:".into(),
             origin_url: "https://o.example/a:b?c=1:2".into(),
-            auth_host: "o.example".into(),
+            auth_origin: "https://o.example".into(),
             redirects: 3,
             max_age: Some(60),
         };
@@ -172,12 +172,12 @@ mod tests {
         // Anything but the filter's own encoding is refused, truncated or padded ones too.
         for bad in [
             &b""[..],
-            b"ixhop1",
-            b"ixhop0" as &[u8],
+            b"ixhop2",
+            b"ixhop1" as &[u8],
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixhop11:01:x1:x1:x1:x1:x",
-            b"ixhop199999999999999999999:x",
+            b"ixhop21:01:x1:x1:x1:x1:x",
+            b"ixhop299999999999999999999:x",
         ] {
             assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -115,17 +115,20 @@ impl Harness {
             &["a.test", "a2.test"],
             &[token("a.new"), token("a.old")],
         );
+        let loopback_alias = loopback_alias();
+        // Credentials go only to the loopback origins the cases fetch from
+        // (`origin_auth.hosts`: without it, or `allowed_origin_hosts`, `a` is a config error).
         a["origin_auth"] = json!({
             "basic_auth": {"username": username, "password": {"env": PASSWORD_ENV}},
             "request_handshake": handshake,
             "request_signing_key": signing_key,
+            "hosts": ["127.0.0.1", "localhost", loopback_alias],
         });
         let b = source("b", &["b.test"], &[token("b.main")]);
         let mut c = source("c", &["c.test"], &[token("c.main")]);
         c["allow_private_origins"] = json!(false);
         // Loopback spellings are allow-listed so that only the private-address rule can
         // deny them.
-        let loopback_alias = loopback_alias();
         c["allowed_origin_hosts"] = json!([
             "127.0.0.1",
             "localhost",
@@ -210,6 +213,8 @@ impl Harness {
         let o = &self.origin;
         [
             ("{http}", format!("http://{}", o.http)),
+            ("{http_alt}", format!("http://{}", o.http_alt)),
+            ("{http_alt_authority}", o.http_alt.to_string()),
             ("{https}", format!("https://{}", o.https)),
             ("{https_wrong}", format!("https://{}", o.https_wrong)),
             ("{dead}", format!("http://{}", self.dead)),

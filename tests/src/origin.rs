@@ -86,6 +86,9 @@ pub fn pattern(n: usize) -> Vec<u8> {
 pub enum OriginKind {
     /// Plain HTTP.
     Http,
+    /// A second plain HTTP server, on another port of the same address (for rules about
+    /// "the same scheme, host and port").
+    HttpAlt,
     /// HTTPS, certificate for `localhost` and `127.0.0.1`, signed by the test CA.
     Https,
     /// HTTPS, certificate for `wrong.test` only, signed by the test CA.
@@ -118,12 +121,14 @@ impl Recorded {
 
 type Log = Arc<Mutex<Vec<Recorded>>>;
 
-/// The three running servers and their shared request log; stopped on drop.
+/// The four running servers and their shared request log; stopped on drop.
 pub struct RecordingOrigin {
     runtime: Option<Runtime>,
     log: Log,
     /// Plain HTTP server address.
     pub http: SocketAddr,
+    /// Second plain HTTP server address (same IP, another port).
+    pub http_alt: SocketAddr,
     /// HTTPS server (good certificate) address.
     pub https: SocketAddr,
     /// HTTPS server (certificate for another name) address.
@@ -145,18 +150,20 @@ impl RecordingOrigin {
             .build()
             .map_err(|e| HarnessError::io("origin runtime", e))?;
         let log: Log = Arc::default();
-        let (http, https, https_wrong) = runtime.block_on(async {
+        let (http, http_alt, https, https_wrong) = runtime.block_on(async {
             let http = spawn_server(OriginKind::Http, None, log.clone()).await?;
+            let http_alt = spawn_server(OriginKind::HttpAlt, None, log.clone()).await?;
             let https =
                 spawn_server(OriginKind::Https, Some(pki.good.clone()), log.clone()).await?;
             let wrong =
                 spawn_server(OriginKind::HttpsWrong, Some(pki.wrong.clone()), log.clone()).await?;
-            Ok::<_, HarnessError>((http, https, wrong))
+            Ok::<_, HarnessError>((http, http_alt, https, wrong))
         })?;
         Ok(RecordingOrigin {
             runtime: Some(runtime),
             log,
             http,
+            http_alt,
             https,
             https_wrong,
             ca_pem: pki.ca_pem,

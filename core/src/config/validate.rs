@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::hosts::normalize_host;
 use super::secrets::resolve;
 use super::{
-    ConfigError, HostPattern, Limits, RawBasicAuth, RawLimits, RawOriginAuth, RawSource,
-    RawUpstream, SecretResolver, Source, Sources, Upstream,
+    ClientLimits, ConfigError, HostPattern, Limits, RawBasicAuth, RawLimits, RawOriginAuth,
+    RawSource, RawUpstream, SecretResolver, Source, Sources, Upstream,
 };
 use crate::auth::{BasicAuth, OriginAuth};
 use crate::secret::Secret;
@@ -32,6 +32,16 @@ pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_REDIRECTS: u32 = 3;
 /// Default `upstream.max_body_bytes` (100 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Default `upstream.body_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `limits.client_header_timeout`.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `limits.client_idle_timeout`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `limits.client_write_timeout`.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `limits.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Most redirect hops `upstream.max_redirects` may ask for.
 pub const MAX_MAX_REDIRECTS: u32 = 20;
 /// Longest `request_handshake`, in characters.
@@ -99,14 +109,43 @@ pub(super) fn socket_addr(
     })
 }
 
+/// A duration field: `default` when absent.
+fn duration(value: Option<&str>, default: Duration, path: &str) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(text).map_err(|m| error(path, m)),
+    }
+}
+
+pub(super) fn client_limits(raw: &RawLimits) -> Result<ClientLimits, ConfigError> {
+    let max_connections = match raw.max_connections {
+        Some(0) => return Err(error("limits.max_connections", "must be greater than zero")),
+        other => other.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    };
+    Ok(ClientLimits {
+        header_timeout: duration(
+            raw.client_header_timeout.as_deref(),
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+            "limits.client_header_timeout",
+        )?,
+        idle_timeout: duration(
+            raw.client_idle_timeout.as_deref(),
+            DEFAULT_CLIENT_IDLE_TIMEOUT,
+            "limits.client_idle_timeout",
+        )?,
+        write_timeout: duration(
+            raw.client_write_timeout.as_deref(),
+            DEFAULT_CLIENT_WRITE_TIMEOUT,
+            "limits.client_write_timeout",
+        )?,
+        max_connections,
+    })
+}
+
 pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
     if raw.ca_file.as_deref() == Some("") {
         return Err(error("upstream.ca_file", "empty path"));
     }
-    let duration = |value: Option<&str>, default: Duration, path: &str| match value {
-        None => Ok(default),
-        Some(text) => parse_duration(text).map_err(|m| error(path, m)),
-    };
     Ok(Upstream {
         ca_file: raw.ca_file,
         connect_timeout: duration(
@@ -115,6 +154,11 @@ pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, ConfigError> {
             "upstream.connect_timeout",
         )?,
         timeout: duration(raw.timeout.as_deref(), DEFAULT_TIMEOUT, "upstream.timeout")?,
+        body_timeout: duration(
+            raw.body_timeout.as_deref(),
+            DEFAULT_BODY_TIMEOUT,
+            "upstream.body_timeout",
+        )?,
     })
 }
 
@@ -158,6 +202,7 @@ fn limits(upstream: &RawUpstream, raw: &RawLimits) -> Result<Limits, ConfigError
         )?,
         max_redirects,
         max_body_bytes,
+        max_inflight_per_source: raw.max_inflight_per_source.unwrap_or(0),
     })
 }
 
@@ -243,22 +288,33 @@ fn source(
         }
         tokens.push(Secret::new(value));
     }
-    let origin_auth = match raw.origin_auth {
-        Some(auth) => origin_auth(auth, secrets, &format!("{path}.origin_auth"))?,
-        None => OriginAuth::default(),
-    };
-    let allowed_origin_hosts = match raw.allowed_origin_hosts {
-        Some(patterns) => Some(
-            patterns
-                .iter()
-                .enumerate()
-                .map(|(k, p)| {
-                    HostPattern::parse(p)
-                        .map_err(|m| error(format!("{path}.allowed_origin_hosts[{k}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+    let allowed_origin_hosts = match &raw.allowed_origin_hosts {
+        Some(patterns) => Some(host_patterns(
+            patterns,
+            &format!("{path}.allowed_origin_hosts"),
+        )?),
         None => None,
+    };
+    let auth_path = format!("{path}.origin_auth");
+    let (origin_auth, origin_auth_hosts) = match raw.origin_auth {
+        Some(mut auth) => {
+            let hosts = auth.hosts.take();
+            let auth = origin_auth(auth, secrets, &auth_path)?;
+            let hosts =
+                match (hosts, &allowed_origin_hosts) {
+                    (Some(patterns), _) => host_patterns(&patterns, &format!("{auth_path}.hosts"))?,
+                    (None, Some(allowed)) => allowed.clone(),
+                    (None, None) if auth.is_configured() => return Err(error(
+                        format!("{auth_path}.hosts"),
+                        "origin auth needs the hosts that may receive it (origin_auth.hosts or \
+                         allowed_origin_hosts); without them the credentials would go to any \
+                         host a signed url names",
+                    )),
+                    (None, None) => Vec::new(),
+                };
+            (auth, hosts)
+        }
+        None => (OriginAuth::default(), Vec::new()),
     };
     let allowed_content_types = match raw.allowed_content_types {
         Some(types) => Some(
@@ -279,9 +335,19 @@ fn source(
         tokens,
         origin_auth,
         allowed_origin_hosts,
+        origin_auth_hosts,
         allow_private_origins: raw.allow_private_origins,
         allowed_content_types,
     })
+}
+
+/// The host patterns of a list at `path` (`…allowed_origin_hosts`, `…origin_auth.hosts`).
+fn host_patterns(patterns: &[String], path: &str) -> Result<Vec<HostPattern>, ConfigError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(k, p)| HostPattern::parse(p).map_err(|m| error(format!("{path}[{k}]"), m)))
+        .collect()
 }
 
 /// A Content-Type prefix such as `image/` or `application/pdf`: a media type token, optionally

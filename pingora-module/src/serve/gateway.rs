@@ -222,7 +222,7 @@ fn origin_head(resp: &ResponseHeader) -> OriginHead {
 /// A header value the HTTP types refuse (not produced by the core).
 pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &ResponseEdits) -> Result<()> {
     for name in &edits.remove {
-        resp.remove_header(*name);
+        resp.remove_header(name.as_str());
     }
     for (name, value) in &edits.set {
         resp.insert_header(*name, value.as_str())?;
@@ -727,32 +727,28 @@ mod tests {
     }
 
     #[test]
-    fn responses_lose_set_cookie_and_get_a_capped_max_age() {
+    fn response_edits_apply_to_the_origin_header() {
         let mut resp = ResponseHeader::build(200, None).expect("resp");
         resp.append_header("Cache-Control", "public, max-age=31536000")
             .expect("h");
         resp.append_header("Set-Cookie", "a=1").expect("h");
         resp.append_header("Set-Cookie", "b=2").expect("h");
         resp.append_header("ETag", "\"x\"").expect("h");
-        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), Some(60));
+        resp.append_header("Transfer-Encoding", "chunked")
+            .expect("h");
+        let edits = ResponseEdits {
+            remove: vec!["set-cookie".to_owned()],
+            set: vec![("cache-control", "public, max-age=60".to_owned())],
+        };
+        assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
         apply_response_edits(&mut resp, &edits).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "public, max-age=60");
         assert!(resp.headers.get("set-cookie").is_none());
         assert_eq!(resp.headers["etag"], "\"x\"");
-
-        let mut resp = ResponseHeader::build(200, None).expect("resp");
-        resp.append_header("Cache-Control", "max-age=5").expect("h");
-        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), None);
-        apply_response_edits(&mut resp, &edits).expect("rewrite");
         assert_eq!(
-            resp.headers["cache-control"], "max-age=5",
-            "untouched without expires"
+            resp.headers["transfer-encoding"], "chunked",
+            "framing stays Pingora's"
         );
-
-        let mut resp = ResponseHeader::build(200, None).expect("resp");
-        let edits = ixproxy_core::response::response_edits(&origin_head(&resp), Some(30));
-        apply_response_edits(&mut resp, &edits).expect("rewrite");
-        assert_eq!(resp.headers["cache-control"], "max-age=30");
     }
 
     fn req_with(headers: &[(&str, &str)]) -> RequestHeader {

@@ -134,6 +134,7 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(7),
+            body_timeout: Duration::from_secs(30),
         };
         let addr = SocketAddr::from(([93, 184, 215, 14], 443));
         let peer = build_peer(addr, &origin, &upstream, None, Duration::from_secs(60));
