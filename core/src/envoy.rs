@@ -44,9 +44,14 @@ pub const OUTCOME_TAG_NAME: &str = "outcome";
 /// `response.code_details` for its refusals is `rbac_access_denied_matched_policy[<name>]`.
 pub const PRIVATE_ORIGIN_POLICY: &str = "ixproxy-private-origin-address";
 
-/// Request headers Envoy's connection manager adds itself before any filter runs; they are not
-/// the client's, so the filter does not count them against the client header limits.
-pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 1] = [FORWARDED_PROTO];
+/// Request headers Envoy's connection manager sets itself before any filter runs (with the
+/// generated `use_remote_address: true`, a client-sent one is replaced or removed first); they
+/// are not the client's, so the filter does not count them against the client header limits.
+pub const ENVOY_ADDED_REQUEST_HEADERS: [&str; 3] = [
+    FORWARDED_PROTO,
+    "x-envoy-external-address",
+    "x-envoy-internal",
+];
 
 /// The client's request header totals as Envoy's filter sees them: the core's one counting rule
 /// ([`HeaderTotals`], `:authority` as `Host`) over every field but
@@ -72,11 +77,43 @@ pub const VIA_UPSTREAM: &str = "via_upstream";
 pub const ORIGIN_ERROR_FLAGS: [&str; 6] = ["UF", "UH", "DF", "UC", "UR", "UPE"];
 
 /// Envoy response flags of an origin that did not answer in time: [`Rejection::origin_timeout`].
-pub const ORIGIN_TIMEOUT_FLAGS: [&str; 1] = ["UT"];
+/// `UT` is the route timeout (`upstream.timeout`); `SI` the route's idle timeout
+/// (`upstream.body_timeout`) or the connection manager's stream idle timeout. The generated
+/// bootstrap maps them only on Envoy's 504, which is what Envoy answers once the client's request
+/// was complete (every forwarded request); an `SI` on an unfinished request is Envoy's 408.
+pub const ORIGIN_TIMEOUT_FLAGS: [&str; 2] = ["UT", "SI"];
 
 /// Envoy response flags of a request refused by one of Envoy's own concurrency limits (circuit
 /// breaker overflow, overload manager): [`Rejection::overloaded`].
 pub const OVERLOADED_FLAGS: [&str; 2] = ["UO", "OM"];
+
+/// The status of the replies Envoy's dynamic forward proxy makes, before the router, when its DNS
+/// cache is full (`max_hosts`) or has too many lookups pending; they carry no response flag, so the
+/// generated bootstrap recognises them by this status on a request the router has not sent yet
+/// (still carrying [`UPSTREAM_HEADER`]) and answers [`Rejection::overloaded`].
+pub const DNS_CACHE_OVERFLOW_STATUS: u16 = 503;
+
+/// Envoy's `response.code_details` of the stream it replaced by a new one to follow an origin
+/// redirect (seen on Envoy 1.40 in the replaced stream's access-log phase).
+pub const INTERNAL_REDIRECT: &str = "internal_redirect";
+
+/// Whether a forwarded stream that ended with `details` handed its downstream request over to
+/// the stream Envoy recreated for a redirect: that stream continues the same client request, so
+/// whatever the request holds (its `max_inflight_per_source` slot) goes with it. Only the exact
+/// [`INTERNAL_REDIRECT`] counts: a slot kept for a stream that never comes would be lost for good.
+pub fn handed_over_to_redirect(details: &str) -> bool {
+    details == INTERNAL_REDIRECT
+}
+
+/// Prefix of the proxy-wasm shared data keys counting each source's origin fetches in flight
+/// (`max_inflight_per_source`). Shared data belongs to the VM id, so every worker thread's VM
+/// counts in the same place.
+pub const INFLIGHT_KEY_PREFIX: &str = "ixproxy.inflight.";
+
+/// The shared data key counting the origin fetches in flight of the source named `source`.
+pub fn inflight_key(source: &str) -> String {
+    format!("{INFLIGHT_KEY_PREFIX}{source}")
+}
 
 /// The outcome of a response Envoy produced itself on a request the filter forwarded (not
 /// [`VIA_UPSTREAM`]), from its `response.code_details`: the same outcome the native gateway
@@ -85,8 +122,9 @@ pub const OVERLOADED_FLAGS: [&str; 2] = ["UO", "OM"];
 /// Unknown details count as [`Outcome::Internal`]: Envoy answered for a reason the gateway does
 /// not expect, which is the gateway's fault rather than the origin's or the client's.
 pub fn local_reply_outcome(details: &str) -> Outcome {
-    const TIMEOUTS: [&str; 7] = [
+    const TIMEOUTS: [&str; 8] = [
         "response_timeout",
+        "stream_idle_timeout",
         "upstream_response_timeout",
         "upstream_per_try_timeout",
         "upstream_per_try_idle_timeout",
@@ -94,10 +132,12 @@ pub fn local_reply_outcome(details: &str) -> Outcome {
         "upstream_max_stream_duration_reached",
         "max_duration_timeout",
     ];
-    const OVERLOADED: [&str; 3] = [
+    const OVERLOADED: [&str; 5] = [
         "overload_manager",
         "envoy_overloaded",
         "upstream_reset_before_response_started{overflow",
+        "dns_cache_overflow",
+        "dynamic_forward_proxy_pending_request_overflow",
     ];
     const ORIGIN: [&str; 5] = [
         "upstream_reset_before_response_started",
@@ -134,7 +174,7 @@ pub fn local_reply_outcome(details: &str) -> Outcome {
 /// origin reset reached the filter: the client went away.
 pub fn unfinished_stream_outcome(details: &str) -> Option<Outcome> {
     match details {
-        "" | "internal_redirect" => None,
+        "" | INTERNAL_REDIRECT => None,
         VIA_UPSTREAM => Some(Outcome::ClientClosed),
         _ => Some(local_reply_outcome(details)),
     }
@@ -151,6 +191,7 @@ mod tests {
             (":authority", 9),
             ("accept", 3),
             ("x-forwarded-proto", 4),
+            ("x-envoy-external-address", 9),
             ("X-Big", 10),
             ("cookie", 1),
         ];
@@ -190,6 +231,12 @@ mod tests {
             ),
             ("downstream_remote_disconnect", Outcome::ClientClosed),
             ("overload_manager", Outcome::Overloaded),
+            ("dns_cache_overflow", Outcome::Overloaded),
+            (
+                "dynamic_forward_proxy_pending_request_overflow",
+                Outcome::Overloaded,
+            ),
+            ("stream_idle_timeout", Outcome::OriginTimeout),
             ("route_not_found", Outcome::Internal),
         ] {
             assert_eq!(local_reply_outcome(details), outcome, "{details}");
@@ -205,5 +252,19 @@ mod tests {
             unfinished_stream_outcome("upstream_reset_after_response_started{remote_reset}"),
             Some(Outcome::OriginError)
         );
+    }
+
+    #[test]
+    fn only_the_replaced_stream_hands_its_request_over() {
+        assert!(handed_over_to_redirect(INTERNAL_REDIRECT));
+        for details in [
+            "",
+            VIA_UPSTREAM,
+            "downstream_remote_disconnect",
+            "internal_redirect2",
+        ] {
+            assert!(!handed_over_to_redirect(details), "{details}");
+        }
+        assert_eq!(inflight_key("assets"), "ixproxy.inflight.assets");
     }
 }

@@ -2,10 +2,10 @@
 //! TLS, and the DNS cache they share with the dynamic forward proxy HTTP filter.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
+use crate::bounds::{circuit_breakers, DNS_CACHE_MAX_HOSTS, PER_CONNECTION_BUFFER_LIMIT_BYTES};
 use crate::{duration, typed, EnvoyConfigError, Parts};
 
 /// The system CA bundle trusted for https origins (Debian/Ubuntu/Alpine path).
@@ -19,23 +19,27 @@ pub(crate) const PLAIN_CLUSTER: &str = "ixproxy_origin_plain";
 /// address the filter records (and RBAC checks) is the one the cluster connects to.
 const DNS_CACHE: &str = "ixproxy_dns_cache";
 
-/// The shared DNS cache config (`V4_PREFERRED`: an IPv4 address when the name has one).
+/// The shared DNS cache config (`V4_PREFERRED`: an IPv4 address when the name has one), holding
+/// at most [`DNS_CACHE_MAX_HOSTS`] names.
 pub(crate) fn dns_cache() -> Value {
-    map! { "name" => DNS_CACHE, "dns_lookup_family" => "V4_PREFERRED" }
+    map! {
+        "name" => DNS_CACHE,
+        "dns_lookup_family" => "V4_PREFERRED",
+        "max_hosts" => DNS_CACHE_MAX_HOSTS,
+    }
 }
 
 /// `static_resources.clusters`: the plain cluster, then the TLS one.
 pub(crate) fn clusters(p: &Parts) -> Value {
-    Value::Sequence(vec![
-        cluster(PLAIN_CLUSTER, p.connect_timeout),
-        tls_cluster(p),
-    ])
+    Value::Sequence(vec![cluster(PLAIN_CLUSTER, p), tls_cluster(p)])
 }
 
-fn cluster(name: &str, connect_timeout: Duration) -> Value {
+fn cluster(name: &str, p: &Parts) -> Value {
     map! {
         "name" => name,
-        "connect_timeout" => duration(connect_timeout),
+        "connect_timeout" => duration(p.connect_timeout),
+        "per_connection_buffer_limit_bytes" => PER_CONNECTION_BUFFER_LIMIT_BYTES,
+        "circuit_breakers" => circuit_breakers(&p.client),
         "lb_policy" => "CLUSTER_PROVIDED",
         "cluster_type" => map! {
             "name" => "envoy.clusters.dynamic_forward_proxy",
@@ -48,7 +52,7 @@ fn cluster(name: &str, connect_timeout: Duration) -> Value {
 }
 
 fn tls_cluster(p: &Parts) -> Value {
-    let mut cluster = cluster(TLS_CLUSTER, p.connect_timeout);
+    let mut cluster = cluster(TLS_CLUSTER, p);
     cluster["typed_extension_protocol_options"] = map! {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => typed(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -16,7 +16,9 @@
 //! - [`local_reply`](crate::local_reply): Envoy's own replies mapped onto the core's rejections;
 //! - [`rbac`](crate::rbac): the filter refusing private resolved origin addresses;
 //! - [`clusters`](crate::clusters): the two dynamic-forward-proxy clusters, TLS and trusted CAs;
-//! - [`wasm`](crate::wasm): the ixproxy filter entries (HTTP filter and upstream filter).
+//! - [`wasm`](crate::wasm): the ixproxy filter entries (HTTP filter and upstream filter);
+//! - [`bounds`](crate::bounds): Envoy's own bounds on connections, buffers and concurrency
+//!   (overload manager, circuit breakers, HTTP/2 windows).
 //!
 //! Secrets never enter the bootstrap as values: `{env: NAME}` stays a reference in the filter's
 //! JSON configuration and `NAME` is listed in `vm_config.environment_variables.host_env_keys`,
@@ -29,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ixproxy_core::config::{
-    DeferredSecrets, Limits, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
+    ClientLimits, DeferredSecrets, Limits, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
 };
 use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
 use ixproxy_core::ConfigError;
@@ -45,6 +47,7 @@ macro_rules! map {
     }};
 }
 
+mod bounds;
 mod clusters;
 mod listener;
 mod local_reply;
@@ -150,6 +153,8 @@ fn generate_with_system_ca(
         admin_listen: config.admin_listen,
         connect_timeout: config.upstream.connect_timeout,
         timeout: plugin.timeout,
+        body_timeout: config.upstream.body_timeout,
+        client: config.client,
         plugin_json,
         env_keys,
         wasm_path,
@@ -193,6 +198,10 @@ struct Parts {
     connect_timeout: Duration,
     /// `upstream.timeout`: the route timeout.
     timeout: Duration,
+    /// `upstream.body_timeout`: the route's idle timeout.
+    body_timeout: Duration,
+    /// The client connection limits (`limits.client_*`, `limits.max_connections`).
+    client: ClientLimits,
     /// The filter's plugin configuration, as embedded.
     plugin_json: String,
     /// `{env: NAME}` names, in config order.
@@ -204,7 +213,12 @@ struct Parts {
 
 fn bootstrap(p: &Parts) -> Value {
     map! {
-        "admin" => map! { "address" => socket_address(p.admin_listen) },
+        // The admin API (metrics, readiness) stays reachable when clients use up
+        // `max_connections`.
+        "admin" => map! {
+            "address" => socket_address(p.admin_listen),
+            "ignore_global_conn_limit" => true,
+        },
         "stats_config" => map! {
             "stats_tags" => vec![map! { "tag_name" => OUTCOME_TAG_NAME, "regex" => OUTCOME_TAG_REGEX }],
         },
@@ -212,6 +226,7 @@ fn bootstrap(p: &Parts) -> Value {
             "listeners" => vec![listener::listener(p)],
             "clusters" => clusters::clusters(p),
         },
+        "overload_manager" => bounds::overload_manager(&p.client),
     }
 }
 

@@ -8,6 +8,7 @@ use ixproxy_core::envoy::{
 use ixproxy_core::response::FOLLOWED_REDIRECTS;
 use serde_yaml::Value;
 
+use crate::bounds::{http2_protocol_options, PER_CONNECTION_BUFFER_LIMIT_BYTES};
 use crate::clusters::{dns_cache, PLAIN_CLUSTER, TLS_CLUSTER};
 use crate::local_reply::local_reply_config;
 use crate::rbac::private_origin_filter;
@@ -22,6 +23,7 @@ pub(crate) fn listener(p: &Parts) -> Value {
     map! {
         "name" => NAME,
         "address" => socket_address(p.listen),
+        "per_connection_buffer_limit_bytes" => PER_CONNECTION_BUFFER_LIMIT_BYTES,
         "filter_chains" => vec![map! {
             "filters" => vec![map! {
                 "name" => "envoy.filters.network.http_connection_manager",
@@ -43,10 +45,33 @@ fn http_connection_manager(p: &Parts) -> Value {
             // `bad_request`) like the native gateway does; nothing with a body is ever forwarded.
             "http_protocol_options" => map! { "allow_chunked_length" => true },
             "generate_request_id" => false,
+            // An edge proxy: the client is the peer of the connection, whatever
+            // `x-forwarded-for` claims, and nothing is appended to it (the filter never forwards
+            // it to the origin). Envoy then treats every client as external and removes the
+            // `x-envoy-*` request headers a client sent before any filter runs.
+            "use_remote_address" => true,
+            "xff_num_trusted_hops" => 0,
+            "skip_xff_append" => true,
+            // No `server` header of Envoy's own; the origin's never passes the filter's
+            // response allowlist (the native gateway sends none either).
+            "server_header_transformation" => "PASS_THROUGH",
             "max_request_headers_kb" => max_request_headers_kb(&p.limits),
+            // The whole request header within `client_header_timeout` (Envoy then answers 408
+            // and closes: a request that never arrived, counted by no outcome).
+            "request_headers_timeout" => duration(p.client.header_timeout),
+            // A stream with no activity either way; the routes replace it with
+            // `upstream.body_timeout` for forwarded requests.
+            "stream_idle_timeout" => duration(p.client.idle_timeout),
+            // A response Envoy cannot hand to a client that stopped reading: dropped after
+            // `client_write_timeout`.
+            "stream_flush_timeout" => duration(p.client.write_timeout),
             "common_http_protocol_options" => map! {
+                // A keep-alive connection without a request in flight is closed after
+                // `client_idle_timeout` (HTTP/2: drained).
+                "idle_timeout" => duration(p.client.idle_timeout),
                 "max_headers_count" => max_headers_count(&p.limits),
             },
+            "http2_protocol_options" => http2_protocol_options(),
             // The signature covers the raw request target: never rewrite it.
             "normalize_path" => false,
             "merge_slashes" => false,
@@ -110,6 +135,9 @@ fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
         "route" => map! {
             "cluster" => cluster,
             "timeout" => duration(p.timeout),
+            // The longest pause of a forwarded stream (an origin body that stalls, or a client
+            // that stops reading it): `upstream.body_timeout`.
+            "idle_timeout" => duration(p.body_timeout),
             "internal_redirect_policy" => map! {
                 "max_internal_redirects" => p.limits.max_redirects,
                 "redirect_response_codes" => Value::Sequence(
@@ -214,12 +242,45 @@ mod tests {
         assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
         assert_eq!(upstream.as_sequence().map(Vec::len), Some(2));
         assert_eq!(hcm(&bootstrap)["generate_request_id"], false);
+        assert_eq!(hcm(&bootstrap)["use_remote_address"], true);
+        assert_eq!(hcm(&bootstrap)["xff_num_trusted_hops"], 0);
+        assert_eq!(hcm(&bootstrap)["skip_xff_append"], true);
+        assert_eq!(
+            hcm(&bootstrap)["server_header_transformation"],
+            "PASS_THROUGH"
+        );
         assert_eq!(
             hcm(&bootstrap)["http_protocol_options"]["allow_chunked_length"],
             true,
             "CL+TE reaches the filter, which refuses and counts it"
         );
         assert_eq!(hcm(&bootstrap)["local_reply_config"], local_reply_config());
+    }
+
+    #[test]
+    fn client_and_body_timeouts_follow_the_config() {
+        let (_, defaults) = generate_ok(CONFIG);
+        let yaml = CONFIG.replace("timeout: 7s}", "timeout: 7s, body_timeout: 45s}")
+            + "limits: {client_header_timeout: 4s, client_idle_timeout: 20s, \
+               client_write_timeout: 1500ms}\n";
+        let (_, custom) = generate_ok(&yaml);
+        for (bootstrap, header, idle, write, body) in [
+            (&defaults, "10s", "30s", "30s", "30s"),
+            (&custom, "4s", "20s", "1.500000000s", "45s"),
+        ] {
+            let hcm = hcm(bootstrap);
+            assert_eq!(hcm["request_headers_timeout"], header);
+            assert_eq!(hcm["stream_idle_timeout"], idle);
+            assert_eq!(hcm["common_http_protocol_options"]["idle_timeout"], idle);
+            assert_eq!(hcm["stream_flush_timeout"], write);
+            for route in hcm["route_config"]["virtual_hosts"][0]["routes"]
+                .as_sequence()
+                .expect("routes")
+            {
+                assert_eq!(route["route"]["timeout"], "7s", "until the response");
+                assert_eq!(route["route"]["idle_timeout"], body);
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! filter's own replies carry no response flag and are matched by none of them.
 
 use ixproxy_core::envoy::{
-    ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS, UPSTREAM_HEADER,
+    DNS_CACHE_OVERFLOW_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS,
+    UPSTREAM_HEADER,
 };
 use ixproxy_core::Rejection;
 use serde_yaml::Value;
@@ -21,9 +22,23 @@ pub(crate) fn local_reply_config() -> Value {
     map! {
         "mappers" => vec![
             flag_mapper(&ORIGIN_ERROR_FLAGS, &Rejection::origin_error()),
-            flag_mapper(&ORIGIN_TIMEOUT_FLAGS, &Rejection::origin_timeout()),
+            // Envoy's 504 only: `SI` on a request the client never finished is its 408.
+            only_status(
+                flag_mapper(&ORIGIN_TIMEOUT_FLAGS, &Rejection::origin_timeout()),
+                504,
+                "ixproxy.origin_timeout_status",
+            ),
             flag_mapper(&OVERLOADED_FLAGS, &Rejection::overloaded()),
-            private_origin_mapper(&Rejection::origin_address_denied()),
+            before_router_mapper(
+                Rejection::origin_address_denied().status(),
+                "ixproxy.private_origin_status",
+                &Rejection::origin_address_denied(),
+            ),
+            before_router_mapper(
+                DNS_CACHE_OVERFLOW_STATUS,
+                "ixproxy.dns_cache_overflow_status",
+                &Rejection::overloaded(),
+            ),
         ],
     }
 }
@@ -39,26 +54,42 @@ fn flag_mapper(flags: &[&str], rejection: &Rejection) -> Value {
     mapper
 }
 
-/// The RBAC filter's refusal of a private resolved origin address. RBAC sets no response flag;
-/// it answers Forbidden, the core's status for a denied address, and a local reply with that
-/// status on a request still carrying [`UPSTREAM_HEADER`] (which the routes strip when the
-/// request goes upstream) was made before the router, which only RBAC does.
-fn private_origin_mapper(rejection: &Rejection) -> Value {
+/// `mapper` restricted to Envoy replies whose own status is `status`.
+fn only_status(mut mapper: Value, status: u16, runtime_key: &str) -> Value {
+    let filter = mapper["filter"].clone();
+    mapper["filter"] = map! {
+        "and_filter" => map! { "filters" => vec![filter, status_filter(status, runtime_key)] },
+    };
+    mapper
+}
+
+fn status_filter(status: u16, runtime_key: &str) -> Value {
+    map! {
+        "status_code_filter" => map! {
+            "comparison" => map! {
+                "op" => "EQ",
+                "value" => map! {
+                    "default_value" => u32::from(status),
+                    "runtime_key" => runtime_key,
+                },
+            },
+        },
+    }
+}
+
+/// A reply with Envoy's `status` made before the router, which carries no response flag: the
+/// request still carries [`UPSTREAM_HEADER`] (the routes strip it when the request goes
+/// upstream). Two filters answer there: RBAC refusing a private resolved origin address with
+/// Forbidden (the core's status for it), and the dynamic forward proxy with 503 when its DNS cache
+/// is full or has too many lookups pending ([`DNS_CACHE_OVERFLOW_STATUS`]). Envoy's status is
+/// kept: it is the rejection's.
+fn before_router_mapper(status: u16, runtime_key: &str, rejection: &Rejection) -> Value {
+    debug_assert_eq!(status, rejection.status());
     let mut mapper = map! {
         "filter" => map! {
             "and_filter" => map! {
                 "filters" => vec![
-                    map! {
-                        "status_code_filter" => map! {
-                            "comparison" => map! {
-                                "op" => "EQ",
-                                "value" => map! {
-                                    "default_value" => u32::from(rejection.status()),
-                                    "runtime_key" => "ixproxy.private_origin_status",
-                                },
-                            },
-                        },
-                    },
+                    status_filter(status, runtime_key),
                     map! {
                         "header_filter" => map! {
                             "header" => map! {
@@ -120,10 +151,18 @@ mod tests {
         ];
         for (i, (flags, rejection)) in expected.iter().enumerate() {
             let mapper = &mappers[i];
-            assert_eq!(
-                mapper["filter"]["response_flag_filter"]["flags"],
-                strings(flags)
-            );
+            let flag_filter = if i == 1 {
+                // Timeouts: only Envoy's 504 (not the 408 of an unfinished request).
+                let both = &mapper["filter"]["and_filter"]["filters"];
+                assert_eq!(
+                    both[1]["status_code_filter"]["comparison"]["value"]["default_value"],
+                    504
+                );
+                &both[0]
+            } else {
+                &mapper["filter"]
+            };
+            assert_eq!(flag_filter["response_flag_filter"]["flags"], strings(flags));
             assert_eq!(mapper["status_code"], u64::from(rejection.status()));
             assert_eq!(mapper["body"]["inline_string"], rejection.body().as_str());
             assert_reply_headers(mapper, rejection);
@@ -166,7 +205,23 @@ mod tests {
         assert!(rbac.get("status_code").is_none(), "RBAC's own status stays");
         assert_eq!(rbac["body"]["inline_string"], denied.body().as_str());
         assert_reply_headers(rbac, &denied);
-        assert_eq!(mappers.as_sequence().map(Vec::len), Some(4));
+
+        // The dynamic forward proxy's flagless 503 (DNS cache full) before the router.
+        let overloaded = Rejection::overloaded();
+        let dns = &mappers[4];
+        let filters = &dns["filter"]["and_filter"]["filters"];
+        assert_eq!(
+            filters[0]["status_code_filter"]["comparison"]["value"]["default_value"],
+            u64::from(DNS_CACHE_OVERFLOW_STATUS)
+        );
+        assert_eq!(DNS_CACHE_OVERFLOW_STATUS, overloaded.status());
+        assert_eq!(
+            filters[1]["header_filter"]["header"]["name"],
+            UPSTREAM_HEADER
+        );
+        assert_eq!(dns["body"]["inline_string"], overloaded.body().as_str());
+        assert_reply_headers(dns, &overloaded);
+        assert_eq!(mappers.as_sequence().map(Vec::len), Some(5));
     }
 
     /// The mapper sends exactly the rejection's headers.
