@@ -29,7 +29,8 @@ pub fn declare_hop_property_args() -> Vec<u8> {
 
 /// What the filter remembers about a forwarded request so a redirect hop can be checked like
 /// the native gateway checks it: which source, where the last attempt went, the first origin
-/// URL's web origin (for origin auth), hops so far and the Cache-Control cap.
+/// URL's web origin (for origin auth), hops so far, the Cache-Control cap, and whether the client
+/// request holds a `max_inflight_per_source` slot (which the hop then holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {
     /// Source name.
@@ -45,15 +46,20 @@ pub struct Hop {
     /// When the client's request arrived (unix milliseconds): `upstream.timeout` bounds all
     /// hops together.
     pub started_ms: u64,
+    /// Whether the request holds one of its source's in-flight slots: the stream Envoy replaces
+    /// hands it to the hop's stream, which releases it when the request ends.
+    pub holds_slot: bool,
 }
 
 impl Hop {
-    const MAGIC: &'static [u8] = b"ixhop2";
+    const MAGIC: &'static [u8] = b"ixhop3";
 
-    /// The hop state of a forward of a client request that arrived at `started_ms`.
-    pub fn of(forward: &Forward, started_ms: u64) -> Hop {
+    /// The hop state of a forward of a client request that arrived at `started_ms`, holding an
+    /// in-flight slot or not.
+    pub fn of(forward: &Forward, started_ms: u64, holds_slot: bool) -> Hop {
         Hop {
             started_ms,
+            holds_slot,
             source: forward.source_name().to_owned(),
             origin_url: forward.origin().to_url_string(),
             auth_origin: forward.auth_origin().to_owned(),
@@ -68,6 +74,7 @@ impl Hop {
         let max_age = self.max_age.map(|a| a.to_string()).unwrap_or_default();
         let started = self.started_ms.to_string();
         let fields = [
+            if self.holds_slot { "1" } else { "0" },
             started.as_str(),
             redirects.as_str(),
             max_age.as_str(),
@@ -87,7 +94,7 @@ impl Hop {
     /// Parses [`Hop::encode`]'s output; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Hop> {
         let mut rest = bytes.strip_prefix(Self::MAGIC)?;
-        let mut fields: Vec<String> = Vec::with_capacity(6);
+        let mut fields: Vec<String> = Vec::with_capacity(7);
         while !rest.is_empty() {
             let colon = rest.iter().position(|&b| b == b':')?;
             let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
@@ -95,9 +102,14 @@ impl Hop {
             fields.push(String::from_utf8(value.to_vec()).ok()?);
             rest = &rest[colon + 1 + len..];
         }
-        let [started, redirects, max_age, source, auth_origin, origin_url]: [String; 6] =
+        let [slot, started, redirects, max_age, source, auth_origin, origin_url]: [String; 7] =
             fields.try_into().ok()?;
         Some(Hop {
+            holds_slot: match slot.as_str() {
+                "1" => true,
+                "0" => false,
+                _ => return None,
+            },
             started_ms: started.parse().ok()?,
             redirects: redirects.parse().ok()?,
             max_age: if max_age.is_empty() {
@@ -161,8 +173,14 @@ mod tests {
             auth_origin: "https://o.example".into(),
             redirects: 3,
             max_age: Some(60),
+            holds_slot: true,
         };
         assert_eq!(Hop::decode(&hop.encode()), Some(hop.clone()));
+        let no_slot = Hop {
+            holds_slot: false,
+            ..hop.clone()
+        };
+        assert_eq!(Hop::decode(&no_slot.encode()), Some(no_slot));
         let no_cap = Hop {
             max_age: None,
             ..hop.clone()
@@ -172,12 +190,14 @@ mod tests {
         // Anything but the filter's own encoding is refused, truncated or padded ones too.
         for bad in [
             &b""[..],
-            b"ixhop2",
+            b"ixhop3",
             b"ixhop1" as &[u8],
+            &[b"ixhop2".as_slice(), &encoded[6..]].concat(),
+            b"ixhop31:21:01:01:01:x1:x1:x",
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixhop21:01:x1:x1:x1:x1:x",
-            b"ixhop299999999999999999999:x",
+            b"ixhop31:11:01:x1:x1:x1:x1:x",
+            b"ixhop399999999999999999999:x",
         ] {
             assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
@@ -187,7 +207,7 @@ mod tests {
     fn a_stored_hop_is_revalidated_like_the_first_url() {
         let sources = sources();
         let first = forward("a.example", "https://o.example/a.jpg");
-        let restored = Hop::decode(&Hop::of(&first, 5).encode())
+        let restored = Hop::decode(&Hop::of(&first, 5, false).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores");
         assert_eq!(restored.origin(), first.origin());
@@ -213,12 +233,12 @@ mod tests {
             .expect_err("userinfo");
         assert_eq!(private.status(), 502);
         // The count survives the round trip: past upstream.max_redirects is a 502.
-        let second = Hop::decode(&Hop::of(&other, 5).encode())
+        let second = Hop::decode(&Hop::of(&other, 5, false).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores")
             .redirect("/d")
             .expect("second hop");
-        let third = Hop::decode(&Hop::of(&second, 5).encode())
+        let third = Hop::decode(&Hop::of(&second, 5, false).encode())
             .and_then(|hop| hop.forward(&sources))
             .expect("restores")
             .redirect("/e")
@@ -230,7 +250,7 @@ mod tests {
         // A hop of a source that is gone (reconfigured) is not followed.
         let gone = Hop {
             source: "gone".into(),
-            ..Hop::of(&first, 5)
+            ..Hop::of(&first, 5, false)
         };
         assert_eq!(gone.forward(&sources), None);
     }

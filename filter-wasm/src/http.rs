@@ -20,7 +20,9 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ixproxy_core::envoy::{client_header_totals, local_reply_outcome, VIA_UPSTREAM};
+use ixproxy_core::envoy::{
+    client_header_totals, handed_over_to_redirect, inflight_key, local_reply_outcome, VIA_UPSTREAM,
+};
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::{is_followed_redirect, OriginHead};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
@@ -30,6 +32,7 @@ use proxy_wasm::types::{Action, Bytes, MapType};
 
 use crate::edits::{self, HeaderEdit};
 use crate::hop::{self, Hop};
+use crate::inflight::{self, Full, SharedData};
 use crate::metrics::Counters;
 
 /// Per-request state.
@@ -46,6 +49,10 @@ pub struct FilterHttp {
     done: bool,
     /// Set once this request's outcome was counted.
     counted: bool,
+    /// The shared data key of the `max_inflight_per_source` slot this stream holds for its
+    /// client request, if any: taken when the first request is forwarded, handed to a redirect
+    /// hop's stream through the hop state, given back when the stream that holds it ends.
+    slot: Option<String>,
 }
 
 impl FilterHttp {
@@ -60,6 +67,16 @@ impl FilterHttp {
             body_bytes: 0,
             done: false,
             counted: false,
+            slot: None,
+        }
+    }
+
+    /// Gives back the in-flight slot this stream holds, if any.
+    fn release_slot(&mut self) {
+        if let Some(key) = self.slot.take() {
+            if let Err(e) = inflight::release(&SharedData, &key) {
+                log::error!("ixproxy: cannot give back an in-flight slot: {e}");
+            }
         }
     }
 
@@ -181,7 +198,7 @@ impl FilterHttp {
         // judged as a client request and refused), so failing to store it is an error.
         if let Err(status) = hostcalls::set_property(
             vec![hop::HOP_PROPERTY],
-            Some(&Hop::of(&forward, started_ms).encode()),
+            Some(&Hop::of(&forward, started_ms, self.slot.is_some()).encode()),
         ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
         }
@@ -199,6 +216,11 @@ impl FilterHttp {
         let Some(hop) = Hop::decode(state) else {
             return self.internal_error("unreadable hop state");
         };
+        // The stream Envoy replaced handed its client request's slot over; this one gives it
+        // back (or hands it on) whatever happens to the hop.
+        if hop.holds_slot {
+            self.slot = Some(inflight_key(&hop.source));
+        }
         let Some(previous) = hop.forward(sources) else {
             return self.internal_error("hop state of an unknown source");
         };
@@ -224,6 +246,14 @@ impl FilterHttp {
 }
 
 impl Context for FilterHttp {}
+
+impl Drop for FilterHttp {
+    /// Envoy logs every stream before deleting it, so the slot is normally given back in
+    /// `on_log`; this covers a stream deleted without it.
+    fn drop(&mut self) {
+        self.release_slot();
+    }
+}
 
 impl HttpContext for FilterHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -260,7 +290,15 @@ impl HttpContext for FilterHttp {
         };
         match decide(&sources, &request, now) {
             Decision::Reject(rejection) => self.reject(&rejection),
-            Decision::Forward(forward) => self.send(*forward, &names, now, now_ms, None),
+            Decision::Forward(forward) => {
+                let limit = sources.limits().max_inflight_per_source;
+                match inflight::acquire(&SharedData, forward.source_name(), limit) {
+                    Ok(Ok(slot)) => self.slot = slot,
+                    Ok(Err(Full)) => return self.reject(&Rejection::overloaded()),
+                    Err(e) => return self.internal_error(&e),
+                }
+                self.send(*forward, &names, now, now_ms, None)
+            }
         }
     }
 
@@ -348,13 +386,19 @@ impl HttpContext for FilterHttp {
     }
 
     fn on_log(&mut self) {
+        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
+        if handed_over_to_redirect(&details) {
+            // The recreated stream continues this client request and holds its slot now.
+            self.slot = None;
+        } else {
+            self.release_slot();
+        }
         if self.counted || self.forward.is_none() {
             return;
         }
         // A forwarded request that ended before its answer was complete: the client went away,
         // the origin broke off mid-body, or Envoy gave up. The core maps Envoy's reason; a
         // stream Envoy replaced to follow a redirect has no reason and counts nothing.
-        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
         if let Some(outcome) = ixproxy_core::envoy::unfinished_stream_outcome(&details) {
             self.count(outcome);
         }

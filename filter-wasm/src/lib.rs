@@ -15,11 +15,13 @@
 //! transfer for a body that grows past the limit.
 //!
 //! The pure part of the translation lives in [`edits`] (header edits, local replies) and
-//! [`hop`] (the state kept across redirect hops) and is unit-tested natively; the host glue
+//! [`hop`] (the state kept across redirect hops), [`inflight`] (the per-source in-flight count
+//! across worker threads) and is unit-tested natively; the host glue
 //! (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
 
 pub mod edits;
 pub mod hop;
+pub mod inflight;
 pub mod location;
 pub mod metrics;
 pub mod secrets;

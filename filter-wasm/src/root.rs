@@ -12,6 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::hop;
 use crate::http::FilterHttp;
+use crate::inflight;
 use crate::location::{LocationFilter, UPSTREAM_ROOT_ID};
 use crate::metrics::Counters;
 use crate::secrets::VmEnvSecrets;
@@ -46,6 +47,10 @@ impl RootContext for FilterRoot {
         }
         match load_config(plugin_configuration_size) {
             Ok(PluginConfig { sources, timeout }) => {
+                if let Err(e) = inflight::init(&inflight::SharedData, &sources) {
+                    log::error!("ixproxy: cannot create the in-flight counters: {e}");
+                    return false;
+                }
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
                 true
