@@ -16,6 +16,7 @@
 
 pub mod cases;
 pub mod client;
+pub mod dns;
 pub mod gateway;
 pub mod harness;
 pub mod metrics;
