@@ -374,9 +374,30 @@ fn cases() -> Vec<Case> {
             "cannot apply to an ip address",
         ),
         case(
-            "patterns have no port",
-            edit("[cdn.example.com,", "['cdn.example.com:443',"),
+            "a pattern's port is 1-65535",
+            edit("[cdn.example.com,", "['cdn.example.com:0',"),
             "sources[0].allowed_origin_hosts[0]",
+            "not in 1-65535",
+        ),
+        case(
+            "a pattern's port is a number",
+            edit("[cdn.example.com,", "['cdn.example.com:https',"),
+            "sources[0].allowed_origin_hosts[0]",
+            "invalid port `https`",
+        ),
+        case(
+            "origin_auth.hosts patterns follow the same rules",
+            edit(
+                "      request_signing_key: k3y\n",
+                "      request_signing_key: k3y\n      hosts: [cdn.example.com, '[::1]:70000']\n",
+            ),
+            "sources[0].origin_auth.hosts[1]",
+            "not in 1-65535",
+        ),
+        case(
+            "source hosts still carry no port",
+            edit("[media.example.com]", "['media.example.com:443']"),
+            "sources[1].hosts[0]",
             "must not contain a port",
         ),
         case(
@@ -495,10 +516,10 @@ fn the_spec_example_validates() {
         .as_ref()
         .expect("signing key");
     assert_eq!(key.expose(), "signing-key-value");
-    assert!(source.origin_host_allowed("cdn.example.com"));
-    assert!(source.origin_host_allowed("a.b.example.org"));
-    assert!(!source.origin_host_allowed("example.org"));
-    assert!(!source.origin_host_allowed("cdn.example.com.evil.net"));
+    assert!(source.origin_host_allowed("cdn.example.com", 443));
+    assert!(source.origin_host_allowed("a.b.example.org", 443));
+    assert!(!source.origin_host_allowed("example.org", 443));
+    assert!(!source.origin_host_allowed("cdn.example.com.evil.net", 443));
     assert!(!source.allow_private_origins);
 
     let dump = format!("{config:?}");
@@ -528,7 +549,7 @@ fn defaults_apply_when_fields_are_absent() {
     let source = config.sources.by_host("a.test").expect("source");
     assert_eq!(source.origin_auth, Default::default());
     assert_eq!(source.allowed_origin_hosts, None);
-    assert!(source.origin_host_allowed("anything.example"));
+    assert!(source.origin_host_allowed("anything.example", 443));
 }
 
 #[test]
@@ -537,7 +558,7 @@ fn an_empty_allow_list_allows_nothing() {
         "sources: [{name: a, hosts: [a.test], secure_url_tokens: [t], allowed_origin_hosts: []}]";
     let config = load(yaml, &MapSecrets::new()).expect("valid");
     let source = config.sources.by_host("a.test").expect("source");
-    assert!(!source.origin_host_allowed("cdn.example.com"));
+    assert!(!source.origin_host_allowed("cdn.example.com", 443));
 }
 
 #[test]
