@@ -19,6 +19,7 @@ use crate::secret::Secret;
 mod hosts;
 mod secrets;
 mod validate;
+mod warnings;
 
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
@@ -29,6 +30,7 @@ pub use validate::{
     DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT, MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS,
     MAX_SIGNING_KEY_CHARS,
 };
+pub use warnings::{warnings, ConfigWarning, MIN_TOKEN_CHARS};
 
 /// An error in a config file; `path` names the field (`sources[1].origin_auth.request_handshake`).
 ///
