@@ -457,7 +457,7 @@ mod tests {
 
     #[test]
     fn literal_secrets_are_refused_naming_every_field_and_no_value() {
-        let err = generate(&CONFIG, Path::new("."), Path::new("/x.wasm"))
+        let err = generate(CONFIG, Path::new("."), Path::new("/x.wasm"))
             .expect_err("literal secrets without the option");
         let EnvoyConfigError::LiteralSecrets { paths } = &err else {
             panic!("{err}");
