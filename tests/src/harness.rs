@@ -333,11 +333,11 @@ mod tests {
             Some(expected.basic_header.as_str())
         );
         let c = sources.by_host("c.test").expect("c");
-        assert!(c.origin_host_allowed("127.0.0.1") && !c.allow_private_origins);
-        assert!(c.origin_host_allowed("::1") && c.origin_host_allowed("::ffff:127.0.0.1"));
+        assert!(c.origin_host_allowed("127.0.0.1", 80) && !c.allow_private_origins);
+        assert!(c.origin_host_allowed("::1", 80) && c.origin_host_allowed("::ffff:127.0.0.1", 80));
         assert_eq!(config.sources.limits().max_body_bytes, MAX_BODY_BYTES);
         let d = sources.by_host("d.test").expect("d");
-        assert!(d.origin_host_allowed("127.0.0.1") && !d.origin_host_allowed("localhost"));
+        assert!(d.origin_host_allowed("127.0.0.1", 80) && !d.origin_host_allowed("localhost", 80));
         assert!(
             text.contains(PASSWORD_ENV),
             "the password stays an env reference"

@@ -220,7 +220,10 @@ fn rbac_checks_the_first_address_and_envoy_may_connect_to_the_next() {
     let envoy = start(dir.path(), dns.addr(), SECOND);
     let response = fetch(&envoy, port, "/second-denied");
     assert_denied(&response);
-    assert!(!response.body_text().contains("secret-bytes"), "{response:?}");
+    assert!(
+        !response.body_text().contains("secret-bytes"),
+        "{response:?}"
+    );
     assert_eq!(
         stat(&envoy, "http.ixproxy.rbac.denied"),
         0,
