@@ -134,7 +134,16 @@ fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
         },
         "route" => map! {
             "cluster" => cluster,
-            "timeout" => duration(p.timeout),
+            // Envoy's route timeout runs until the response is complete, which would cut a slow
+            // client's large download; `upstream.timeout` ends at the response header. The
+            // per-try timeout is that: Envoy ignores it once the response started downstream
+            // (the filter sets it per hop to what is left, see `x-envoy-upstream-rq-per-try-
+            // timeout-ms`). The body is bounded by `idle_timeout` and `max_body_bytes`.
+            "timeout" => "0s",
+            "retry_policy" => map! {
+                "num_retries" => 0,
+                "per_try_timeout" => duration(p.timeout),
+            },
             // The longest pause of a forwarded stream (an origin body that stalls, or a client
             // that stops reading it): `upstream.body_timeout`.
             "idle_timeout" => duration(p.body_timeout),
@@ -199,7 +208,9 @@ mod tests {
             .iter()
             .zip([("https", TLS_CLUSTER), ("http", PLAIN_CLUSTER)])
         {
-            assert_eq!(route["route"]["timeout"], "7s");
+            assert_eq!(route["route"]["timeout"], "0s");
+            assert_eq!(route["route"]["retry_policy"]["per_try_timeout"], "7s");
+            assert_eq!(route["route"]["retry_policy"]["num_retries"], 0);
             assert_eq!(route["route"]["cluster"], cluster);
             assert_eq!(route["match"]["headers"][0]["name"], ":scheme");
             assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], value);
@@ -277,7 +288,11 @@ mod tests {
                 .as_sequence()
                 .expect("routes")
             {
-                assert_eq!(route["route"]["timeout"], "7s", "until the response");
+                assert_eq!(
+                    route["route"]["retry_policy"]["per_try_timeout"], "7s",
+                    "until the response header"
+                );
+                assert_eq!(route["route"]["timeout"], "0s", "never the whole body");
                 assert_eq!(route["route"]["idle_timeout"], body);
             }
         }

@@ -137,10 +137,11 @@ impl Hop {
     }
 }
 
-/// Request header that sets Envoy's router timeout for one attempt (read and removed by the
+/// Request header that sets Envoy's per-try timeout for one attempt (read and removed by the
 /// router, never sent to the origin; a client-sent one is removed by the filter like any
-/// non-allowlisted header). Set on every hop to what is left of `upstream.timeout`.
-pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+/// non-allowlisted header). Envoy ignores it once the response started downstream, so it ends
+/// at the response header like `upstream.timeout`; set on every hop to what is left of it.
+pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
 
 /// Milliseconds left of `timeout_ms` for a request that started at `started_ms`, or `None`
 /// when nothing is left.
