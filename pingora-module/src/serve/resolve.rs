@@ -131,7 +131,7 @@ impl OriginResolver {
             Arc::from([ip])
         } else {
             let key = host.to_ascii_lowercase();
-            match self.inner.from_hosts(&key) {
+            match self.inner.hosts_file(&key) {
                 Some(ips) => ips,
                 None => self.lookup(key, budget.min(self.inner.timeout)).await?,
             }
@@ -175,7 +175,7 @@ impl OriginResolver {
 
 impl Inner {
     /// The hosts file's addresses for `name` (IPv4 first), if it lists the name.
-    fn from_hosts(&self, name: &str) -> Option<Arc<[IpAddr]>> {
+    fn hosts_file(&self, name: &str) -> Option<Arc<[IpAddr]>> {
         let name = Name::from_ascii(name).ok()?;
         let mut ips = Vec::new();
         for record_type in [RecordType::A, RecordType::AAAA] {
