@@ -5,7 +5,8 @@
 #    validated). Validation starts the Wasm VM and runs the filter's on_configure, so every
 #    variable in host_env_keys gets a placeholder value;
 #  - envoy/envoy.yaml must be exactly what `ixproxy envoy-config` (the ixproxy-envoy-config crate
-#    in this folder) generates from envoy/ixproxy.yaml, run through the real command line.
+#    in this folder) generates from envoy/ixproxy.yaml, run through the real command line and
+#    without --allow-literal-secrets: the shipped configs hold {env: NAME} secrets only.
 # Needs: the filter built (cargo build -p ixproxy-filter --target wasm32-wasip1 --release) and
 # Envoy (IXPROXY_ENVOY, default .venv/bin/envoy; scripts/test-all.sh installs it).
 set -euo pipefail

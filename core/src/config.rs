@@ -19,6 +19,7 @@ use crate::secret::Secret;
 mod hosts;
 mod secrets;
 mod validate;
+mod warnings;
 
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
@@ -29,6 +30,7 @@ pub use validate::{
     DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT, MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS,
     MAX_SIGNING_KEY_CHARS,
 };
+pub use warnings::{warnings, ConfigWarning, MIN_TOKEN_CHARS};
 
 /// An error in a config file; `path` names the field (`sources[1].origin_auth.request_handshake`).
 ///
@@ -291,11 +293,14 @@ impl Default for Limits {
     }
 }
 
-/// An `allowed_origin_hosts` pattern: an exact host, an IP literal, or `*.example.com`
-/// (subdomains only). Built by [`HostPattern::parse`]; matched with [`HostPattern::matches`].
+/// An `allowed_origin_hosts` / `origin_auth.hosts` pattern: an exact host, an IP literal, or
+/// `*.example.com` (subdomains only), optionally with a `:port` it then requires. Built by
+/// [`HostPattern::parse`]; matched with [`HostPattern::matches`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     kind: hosts::PatternKind,
+    /// `None`: any port.
+    port: Option<u16>,
 }
 
 /// A validated source.
@@ -321,23 +326,23 @@ pub struct Source {
 }
 
 impl Source {
-    /// Whether the origin host (lower-case, no port, IPv6 without brackets) passes
-    /// `allowed_origin_hosts`.
+    /// Whether an origin URL's host (lower-case, no port, IPv6 without brackets) and port (the
+    /// scheme's default when the URL has none) pass `allowed_origin_hosts`.
     ///
     /// Without a list every host passes (the private-address check is separate, see
-    /// [`crate::addr::is_denied_ip`]); an empty list lets nothing pass; otherwise the host must
-    /// match one of the patterns.
-    pub fn origin_host_allowed(&self, host: &str) -> bool {
+    /// [`crate::addr::is_denied_ip`]); an empty list lets nothing pass; otherwise host and port
+    /// must match one of the patterns (see [`HostPattern::matches`]).
+    pub fn origin_host_allowed(&self, host: &str, port: u16) -> bool {
         match &self.allowed_origin_hosts {
             None => true,
-            Some(patterns) => patterns.iter().any(|p| p.matches(host)),
+            Some(patterns) => patterns.iter().any(|p| p.matches(host, port)),
         }
     }
 
-    /// Whether the origin host (as for [`Source::origin_host_allowed`]) may receive the
-    /// source's origin auth headers (`origin_auth.hosts`).
-    pub fn origin_auth_host_allowed(&self, host: &str) -> bool {
-        self.origin_auth_hosts.iter().any(|p| p.matches(host))
+    /// Whether the origin host and port (as for [`Source::origin_host_allowed`]) may receive
+    /// the source's origin auth headers (`origin_auth.hosts`).
+    pub fn origin_auth_host_allowed(&self, host: &str, port: u16) -> bool {
+        self.origin_auth_hosts.iter().any(|p| p.matches(host, port))
     }
 }
 
@@ -618,13 +623,14 @@ sources:
     fn origin_host_allowed_follows_the_list() {
         let sources = sources();
         let any = sources.by_host("assets.example.com").expect("assets");
-        assert!(any.origin_host_allowed("anything.example.net"));
+        assert!(any.origin_host_allowed("anything.example.net", 443));
         let media = sources.by_host("media.example.com").expect("media");
-        assert!(media.origin_host_allowed("cdn.example.org"));
-        assert!(media.origin_host_allowed("2001:db8::1"));
-        assert!(!media.origin_host_allowed("example.org"));
-        assert!(!media.origin_host_allowed("cdn.example.net"));
-        assert!(!media.origin_host_allowed("2001:db8::2"));
+        assert!(media.origin_host_allowed("cdn.example.org", 443));
+        assert!(media.origin_host_allowed("cdn.example.org", 8080));
+        assert!(media.origin_host_allowed("2001:db8::1", 80));
+        assert!(!media.origin_host_allowed("example.org", 443));
+        assert!(!media.origin_host_allowed("cdn.example.net", 443));
+        assert!(!media.origin_host_allowed("2001:db8::2", 80));
     }
 
     #[test]

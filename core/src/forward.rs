@@ -134,7 +134,8 @@ impl Forward {
     /// Whether this attempt's origin may receive the source's origin auth headers (see
     /// [`Forward::auth_headers`]).
     pub fn may_receive_auth(&self) -> bool {
-        self.source.origin_auth_host_allowed(&self.origin.host)
+        self.source
+            .origin_auth_host_allowed(&self.origin.host, self.origin.port)
             && self.origin.web_origin() == self.auth_origin
     }
 
@@ -271,7 +272,7 @@ impl Eq for Forward {}
 /// The source's origin policy: `allowed_origin_hosts`, then (unless `allow_private_origins`) no
 /// IP literal from the deny list and no `localhost` name.
 pub(crate) fn check_origin_policy(source: &Source, origin: &OriginUrl) -> Result<(), Rejection> {
-    if !source.origin_host_allowed(&origin.host) {
+    if !source.origin_host_allowed(&origin.host, origin.port) {
         return Err(Rejection::origin_host_not_allowed());
     }
     if !source.allow_private_origins && is_private_host(origin) {

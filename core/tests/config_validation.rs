@@ -374,9 +374,30 @@ fn cases() -> Vec<Case> {
             "cannot apply to an ip address",
         ),
         case(
-            "patterns have no port",
-            edit("[cdn.example.com,", "['cdn.example.com:443',"),
+            "a pattern's port is 1-65535",
+            edit("[cdn.example.com,", "['cdn.example.com:0',"),
             "sources[0].allowed_origin_hosts[0]",
+            "not in 1-65535",
+        ),
+        case(
+            "a pattern's port is a number",
+            edit("[cdn.example.com,", "['cdn.example.com:https',"),
+            "sources[0].allowed_origin_hosts[0]",
+            "invalid port `https`",
+        ),
+        case(
+            "origin_auth.hosts patterns follow the same rules",
+            edit(
+                "      request_signing_key: k3y\n",
+                "      request_signing_key: k3y\n      hosts: [cdn.example.com, '[::1]:70000']\n",
+            ),
+            "sources[0].origin_auth.hosts[1]",
+            "not in 1-65535",
+        ),
+        case(
+            "source hosts still carry no port",
+            edit("[media.example.com]", "['media.example.com:443']"),
+            "sources[1].hosts[0]",
             "must not contain a port",
         ),
         case(
@@ -414,6 +435,45 @@ fn cases() -> Vec<Case> {
             ),
             "sources[1].allowed_content_types[1]",
             "not a media type prefix",
+        ),
+        case(
+            "origin auth needs the hosts that may receive it",
+            edit(
+                "    allowed_origin_hosts: [cdn.example.com, \"*.example.org\"]\n",
+                "",
+            ),
+            "sources[0].origin_auth.hosts",
+            "origin auth needs the hosts that may receive it",
+        ),
+        case(
+            "origin_auth.hosts are host patterns",
+            edit(
+                "      request_signing_key: k3y\n",
+                "      request_signing_key: k3y\n      hosts: [cdn.example.com, 'a b']\n",
+            ),
+            "sources[0].origin_auth.hosts[1]",
+            "invalid character",
+        ),
+        case(
+            "upstream.body_timeout is a positive duration",
+            edit("  timeout: 10s\n", "  timeout: 10s\n  body_timeout: 0s\n"),
+            "upstream.body_timeout",
+            "greater than zero",
+        ),
+        case(
+            "client timeouts are durations",
+            edit(
+                "sources:\n",
+                "limits: {client_header_timeout: soon}\nsources:\n",
+            ),
+            "limits.client_header_timeout",
+            "invalid duration",
+        ),
+        case(
+            "max_connections is at least one",
+            edit("sources:\n", "limits: {max_connections: 0}\nsources:\n"),
+            "limits.max_connections",
+            "greater than zero",
         ),
     ]
 }
@@ -495,10 +555,10 @@ fn the_spec_example_validates() {
         .as_ref()
         .expect("signing key");
     assert_eq!(key.expose(), "signing-key-value");
-    assert!(source.origin_host_allowed("cdn.example.com"));
-    assert!(source.origin_host_allowed("a.b.example.org"));
-    assert!(!source.origin_host_allowed("example.org"));
-    assert!(!source.origin_host_allowed("cdn.example.com.evil.net"));
+    assert!(source.origin_host_allowed("cdn.example.com", 443));
+    assert!(source.origin_host_allowed("a.b.example.org", 443));
+    assert!(!source.origin_host_allowed("example.org", 443));
+    assert!(!source.origin_host_allowed("cdn.example.com.evil.net", 443));
     assert!(!source.allow_private_origins);
 
     let dump = format!("{config:?}");
@@ -525,10 +585,43 @@ fn defaults_apply_when_fields_are_absent() {
     assert_eq!(config.upstream.ca_file, None);
     assert_eq!(config.upstream.connect_timeout, Duration::from_secs(3));
     assert_eq!(config.upstream.timeout, Duration::from_secs(10));
+    assert_eq!(config.upstream.body_timeout, Duration::from_secs(30));
+    assert_eq!(config.client.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.client.idle_timeout, Duration::from_secs(30));
+    assert_eq!(config.client.write_timeout, Duration::from_secs(30));
+    assert_eq!(config.client.max_connections, 10_000);
+    assert_eq!(config.sources.limits().max_inflight_per_source, 0);
     let source = config.sources.by_host("a.test").expect("source");
     assert_eq!(source.origin_auth, Default::default());
     assert_eq!(source.allowed_origin_hosts, None);
-    assert!(source.origin_host_allowed("anything.example"));
+    assert!(source.origin_host_allowed("anything.example", 443));
+}
+
+#[test]
+fn origin_auth_hosts_default_to_the_allowed_origin_hosts() {
+    let config = load(BASE, &MapSecrets::new()).expect("base validates");
+    let assets = config
+        .sources
+        .by_host("assets.example.com")
+        .expect("assets");
+    assert!(assets.origin_auth_host_allowed("cdn.example.com", 443));
+    assert!(assets.origin_auth_host_allowed("a.example.org", 443));
+    assert!(!assets.origin_auth_host_allowed("elsewhere.example", 443));
+    let narrowed = edit(
+        "      request_signing_key: k3y\n",
+        "      request_signing_key: k3y\n      hosts: [cdn.example.com]\n",
+    );
+    let config = load(&narrowed, &MapSecrets::new()).expect("narrowed validates");
+    let assets = config
+        .sources
+        .by_host("assets.example.com")
+        .expect("assets");
+    assert!(assets.origin_auth_host_allowed("cdn.example.com", 443));
+    assert!(!assets.origin_auth_host_allowed("a.example.org", 443));
+    assert!(
+        assets.origin_host_allowed("a.example.org", 443),
+        "still fetched, without auth"
+    );
 }
 
 #[test]
@@ -537,7 +630,7 @@ fn an_empty_allow_list_allows_nothing() {
         "sources: [{name: a, hosts: [a.test], secure_url_tokens: [t], allowed_origin_hosts: []}]";
     let config = load(yaml, &MapSecrets::new()).expect("valid");
     let source = config.sources.by_host("a.test").expect("source");
-    assert!(!source.origin_host_allowed("cdn.example.com"));
+    assert!(!source.origin_host_allowed("cdn.example.com", 443));
 }
 
 #[test]

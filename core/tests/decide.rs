@@ -422,6 +422,67 @@ fn header_limits() {
 }
 
 #[test]
+fn patterns_with_a_port_allow_and_authenticate_only_that_port() {
+    let sources = RawConfig::from_yaml(
+        "sources:
+  - name: ported
+    hosts: [p.test]
+    secure_url_tokens: [tok]
+    origin_auth: {request_handshake: hs, hosts: ['cdn.example.com:8443']}
+    allowed_origin_hosts: ['cdn.example.com:8443', '*.example.org:443', '127.0.0.1:40601']
+    allow_private_origins: true
+",
+    )
+    .and_then(|raw| raw.validate(&MapSecrets::new()))
+    .expect("valid")
+    .sources;
+    let decide_url = |url: &str| {
+        let target = signed("tok", url, &[]);
+        let req = RequestInfo {
+            method: "GET",
+            host: "p.test",
+            target: &target,
+        };
+        match decide(&sources, &req, NOW) {
+            Decision::Forward(f) => Ok(f),
+            Decision::Reject(r) => Err(r),
+        }
+    };
+    for url in [
+        "https://cdn.example.com:8443/a.png",
+        "https://a.example.org/a.png",
+        "http://a.example.org:443/a.png",
+        "http://127.0.0.1:40601/a.png",
+    ] {
+        decide_url(url).unwrap_or_else(|r| panic!("{url}: {r:?}"));
+    }
+    for url in [
+        "https://cdn.example.com/a.png",
+        "http://cdn.example.com:8444/a.png",
+        "http://a.example.org/a.png",
+        "http://127.0.0.1:40602/a.png",
+        "http://127.0.0.1/a.png",
+    ] {
+        let r = decide_url(url).expect_err(url);
+        assert_eq!(
+            (r.status(), r.outcome()),
+            (403, Outcome::OriginDenied),
+            "{url}"
+        );
+    }
+    let first = decide_url("https://cdn.example.com:8443/a.png").expect("allowed");
+    assert!(first.may_receive_auth());
+    assert!(!first.auth_headers(NOW, &RANDOM).is_empty());
+    // A hop keeps to the same rule: another port of the same host is refused.
+    let r = first
+        .redirect("https://cdn.example.com:9443/b.png")
+        .expect_err("other port");
+    assert_eq!(r.status(), 403);
+    let other = decide_url("https://a.example.org/a.png").expect("allowed");
+    assert!(!other.may_receive_auth(), "not in origin_auth.hosts");
+}
+
+#[test]
 fn redirects_are_revalidated_and_bounded() {
     let first = forward(
         "img.example.com",

@@ -20,8 +20,11 @@
 //!
 //! Secrets never enter the bootstrap as values: `{env: NAME}` stays a reference in the filter's
 //! JSON configuration and `NAME` is listed in `vm_config.environment_variables.host_env_keys`,
-//! so Envoy copies the variable from its own environment into the Wasm VM. Literal secrets stay
-//! where the user wrote them. `{file: PATH}` is refused: the filter cannot read files.
+//! so Envoy copies the variable from its own environment into the Wasm VM. A literal secret
+//! would be part of the bootstrap, which Envoy's admin API shows to anyone who asks
+//! (`/config_dump`), so it is refused unless [`Options::allow_literal_secrets`] says otherwise
+//! (`--allow-literal-secrets`), and then stays in the plugin configuration where it was written.
+//! `{file: PATH}` is refused: the filter cannot read files.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -29,7 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ixproxy_core::config::{
-    DeferredSecrets, Limits, RawConfig, RawPluginConfig, RawUpstream, SecretResolver,
+    warnings, ConfigWarning, DeferredSecrets, Limits, RawConfig, RawPluginConfig, RawSource,
+    RawUpstream, SecretRef, SecretResolver,
 };
 use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
 use ixproxy_core::ConfigError;
@@ -79,9 +83,40 @@ pub enum EnvoyConfigError {
     /// JSON or YAML serialization failed (not expected for the values built here).
     #[error("cannot write the envoy config: {0}")]
     Serialize(String),
+    /// The config holds literal secrets and [`Options::allow_literal_secrets`] is off; `paths`
+    /// names every field holding one (`sources[0].secure_url_tokens[0]`), in config order.
+    #[error(
+        "literal secrets would be readable in envoy's /config_dump (the filter's configuration \
+         is part of the bootstrap): {}; write each as {{env: NAME}} (envoy then passes the \
+         variable to the filter through host_env_keys) or pass --allow-literal-secrets",
+        paths.join(", ")
+    )]
+    LiteralSecrets {
+        /// The field paths, never the values.
+        paths: Vec<String>,
+    },
 }
 
-/// Generates the Envoy bootstrap (YAML) for the ixproxy config `config_yaml`.
+/// What [`generate_with`] may do beyond the safe defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Embed literal secrets in the bootstrap (where Envoy's `/config_dump` shows them)
+    /// instead of refusing the config (`ixproxy envoy-config --allow-literal-secrets`).
+    pub allow_literal_secrets: bool,
+}
+
+/// A generated bootstrap and what is worth telling the user about the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// The Envoy bootstrap (YAML) behind a two-line comment saying it is generated.
+    pub bootstrap: String,
+    /// The config's warnings (`ixproxy_core::config::warnings`), except those about the value
+    /// of an `{env: NAME}` secret, which only Envoy's environment holds.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Generates the Envoy bootstrap (YAML) for the ixproxy config `config_yaml`, refusing literal
+/// secrets: [`generate_with`] with the default [`Options`], without the warnings.
 ///
 /// `config_dir` is the directory a relative `upstream.ca_file` is read from; pass the current
 /// directory to read it the way `ixproxy serve` does (as written, relative to where it runs).
@@ -93,28 +128,46 @@ pub enum EnvoyConfigError {
 ///
 /// # Errors
 /// An invalid config (the field is named), a `{file: PATH}` secret, an unreadable
-/// `upstream.ca_file`, or a wasm path that cannot be made absolute.
+/// `upstream.ca_file`, a wasm path that cannot be made absolute, or literal secrets.
 pub fn generate(
     config_yaml: &str,
     config_dir: &Path,
     wasm_path: &Path,
 ) -> Result<String, EnvoyConfigError> {
-    generate_with_system_ca(
+    generate_with(config_yaml, config_dir, wasm_path, &Options::default()).map(|g| g.bootstrap)
+}
+
+/// [`generate`] with `options`; also returns the config's warnings.
+///
+/// # Errors
+/// As [`generate`]; [`EnvoyConfigError::LiteralSecrets`] only without
+/// [`Options::allow_literal_secrets`], and only once everything else is valid.
+pub fn generate_with(
+    config_yaml: &str,
+    config_dir: &Path,
+    wasm_path: &Path,
+    options: &Options,
+) -> Result<Generated, EnvoyConfigError> {
+    render(
         config_yaml,
         config_dir,
         wasm_path,
         Path::new(SYSTEM_CA_BUNDLE),
+        options,
     )
 }
 
-/// [`generate`] with the system CA bundle location as a parameter (tests use a fake one).
-fn generate_with_system_ca(
+/// [`generate_with`] with the system CA bundle location as a parameter (tests use a fake one).
+fn render(
     config_yaml: &str,
     config_dir: &Path,
     wasm_path: &Path,
     system_ca: &Path,
-) -> Result<String, EnvoyConfigError> {
+    options: &Options,
+) -> Result<Generated, EnvoyConfigError> {
     let raw = RawConfig::from_yaml(config_yaml)?;
+    let literals = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Literal(_)));
+    let deferred = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Env { .. }));
     // The filter needs the sources and the request-path limits, and the timeout (which it
     // spreads over redirect hops); Envoy's clusters carry the CA file and connect timeout.
     let plugin_json = serde_json::to_string(&RawPluginConfig {
@@ -130,6 +183,11 @@ fn generate_with_system_ca(
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     let secrets = RecordingSecrets::default();
     let config = raw.validate(&secrets)?;
+    // A warning about an `{env: NAME}` secret's value would be about the placeholder.
+    let warnings = warnings(&config)
+        .into_iter()
+        .filter(|w| !deferred.contains(&w.path))
+        .collect();
     let env_keys = secrets.names.into_inner();
     // What is embedded is parsed back the way the filter's on_configure parses it, and the
     // routes' limits and timeout are taken from that result: Envoy then enforces exactly what
@@ -143,6 +201,11 @@ fn generate_with_system_ca(
         })?;
     let trusted_ca =
         clusters::trusted_ca(config.upstream.ca_file.as_deref(), config_dir, system_ca)?;
+    // Refused only once everything else is valid: the config itself is fine, the bootstrap is
+    // just not where these values should be.
+    if !literals.is_empty() && !options.allow_literal_secrets {
+        return Err(EnvoyConfigError::LiteralSecrets { paths: literals });
+    }
 
     let bootstrap = bootstrap(&Parts {
         limits: *plugin.sources.limits(),
@@ -157,10 +220,59 @@ fn generate_with_system_ca(
     });
     let yaml = serde_yaml::to_string(&bootstrap)
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
-    Ok(format!(
-        "# Envoy bootstrap generated by `ixproxy envoy-config`; edit the ixproxy config and\n\
-         # regenerate rather than editing this file.\n{yaml}"
-    ))
+    Ok(Generated {
+        bootstrap: format!(
+            "# Envoy bootstrap generated by `ixproxy envoy-config`; edit the ixproxy config and\n\
+             # regenerate rather than editing this file.\n{yaml}"
+        ),
+        warnings,
+    })
+}
+
+/// [`render`] allowing literal secrets, returning the bootstrap only: the tests' configs carry
+/// literal secrets on purpose.
+#[cfg(test)]
+fn generate_with_system_ca(
+    config_yaml: &str,
+    config_dir: &Path,
+    wasm_path: &Path,
+    system_ca: &Path,
+) -> Result<String, EnvoyConfigError> {
+    let options = Options {
+        allow_literal_secrets: true,
+    };
+    render(config_yaml, config_dir, wasm_path, system_ca, &options).map(|g| g.bootstrap)
+}
+
+/// The paths of the secret fields of `sources` (`sources[0].secure_url_tokens[1]`) for which
+/// `pick` holds, in config order.
+fn secret_paths(sources: &[RawSource], pick: fn(&SecretRef) -> bool) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut add = |path: String, secret: &SecretRef| {
+        if pick(secret) {
+            paths.push(path);
+        }
+    };
+    for (i, source) in sources.iter().enumerate() {
+        for (k, token) in source.secure_url_tokens.iter().enumerate() {
+            add(format!("sources[{i}].secure_url_tokens[{k}]"), token);
+        }
+        let Some(auth) = &source.origin_auth else {
+            continue;
+        };
+        let auth_path = format!("sources[{i}].origin_auth");
+        if let Some(basic) = &auth.basic_auth {
+            add(format!("{auth_path}.basic_auth.username"), &basic.username);
+            add(format!("{auth_path}.basic_auth.password"), &basic.password);
+        }
+        if let Some(secret) = &auth.request_handshake {
+            add(format!("{auth_path}.request_handshake"), secret);
+        }
+        if let Some(secret) = &auth.request_signing_key {
+            add(format!("{auth_path}.request_signing_key"), secret);
+        }
+    }
+    paths
 }
 
 /// Resolves `{env: NAME}` like [`DeferredSecrets`] (a placeholder, the value belongs to Envoy's
@@ -344,7 +456,73 @@ mod tests {
     }
 
     #[test]
-    fn literal_secrets_stay_in_the_plugin_configuration_only() {
+    fn literal_secrets_are_refused_naming_every_field_and_no_value() {
+        let err = generate(CONFIG, Path::new("."), Path::new("/x.wasm"))
+            .expect_err("literal secrets without the option");
+        let EnvoyConfigError::LiteralSecrets { paths } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            paths,
+            &[
+                "sources[0].secure_url_tokens[0]",
+                "sources[0].origin_auth.basic_auth.username",
+                "sources[0].origin_auth.request_handshake",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "literal secrets would be readable in envoy's /config_dump (the filter's \
+                 configuration is part of the bootstrap): sources[0].secure_url_tokens[0], \
+                 sources[0].origin_auth.basic_auth.username, \
+                 sources[0].origin_auth.request_handshake; write each as {env: NAME}"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("or pass --allow-literal-secrets"), "{text}");
+        assert!(!text.contains("literal-token") && !text.contains("literal-handshake"));
+        // The same config with env references only generates without the option.
+        let env_only = CONFIG
+            .replace("[literal-token, ", "[")
+            .replace("username: user", "username: {env: USER_NAME}")
+            .replace(
+                "request_handshake: literal-handshake",
+                "request_handshake: {env: HS}",
+            );
+        let generated = generate_with(
+            &env_only,
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            generated.bootstrap.contains("- USER_NAME"),
+            "{}",
+            generated.bootstrap
+        );
+    }
+
+    #[test]
+    fn warnings_leave_out_env_secrets_whose_values_envoy_holds() {
+        let allow = Options {
+            allow_literal_secrets: true,
+        };
+        let generated = generate_with(CONFIG, Path::new("."), Path::new("/x.wasm"), &allow)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // `literal-token` is short; the `{env: IXPROXY_TEST_TOKEN}` entries resolve to a
+        // placeholder here and are not judged.
+        let paths: Vec<&str> = generated.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["sources[0].secure_url_tokens[0]"]);
+        let public_admin = CONFIG.replace("admin_listen: 127.0.0.1:0", "admin_listen: 0.0.0.0:0");
+        let generated = generate_with(&public_admin, Path::new("."), Path::new("/x.wasm"), &allow)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(generated.warnings[0].path, "admin_listen");
+    }
+
+    #[test]
+    fn allowed_literal_secrets_stay_in_the_plugin_configuration_only() {
         let (text, bootstrap) = generate_ok(CONFIG);
         let plugin = wasm_config(&bootstrap)["configuration"]["value"]
             .as_str()
@@ -388,13 +566,16 @@ mod tests {
     fn shipped_envoy_config_is_generated_from_the_shipped_example() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let yaml = std::fs::read_to_string(dir.join("ixproxy.yaml")).expect("envoy/ixproxy.yaml");
-        let generated = generate_with_system_ca(
+        // As validate.sh runs it: without --allow-literal-secrets.
+        let generated = render(
             &yaml,
             dir,
             Path::new("/etc/envoy/ixproxy_filter.wasm"),
             Path::new(SYSTEM_CA_BUNDLE),
+            &Options::default(),
         )
-        .expect("example generates");
+        .unwrap_or_else(|e| panic!("example generates: {e}"))
+        .bootstrap;
         let shipped = std::fs::read_to_string(dir.join("envoy.yaml")).expect("envoy/envoy.yaml");
         assert!(
             generated == shipped,

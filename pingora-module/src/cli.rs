@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ixproxy_core::auth::verify_origin_signature;
+use ixproxy_core::config::{warnings, ConfigWarning};
 use ixproxy_core::expires::check_target_expires;
 use ixproxy_core::origin::decode_origin;
 use ixproxy_core::sign::{sign_url, SignOptions};
@@ -31,6 +32,10 @@ pub struct EnvoyConfigArgs {
     /// Where Envoy finds `ixproxy_filter.wasm` (made absolute; not opened).
     #[arg(long)]
     pub wasm: PathBuf,
+    /// Embed literal secrets in the bootstrap, where Envoy's admin `/config_dump` shows them
+    /// (default: refuse them; write `{env: NAME}` instead).
+    #[arg(long)]
+    pub allow_literal_secrets: bool,
 }
 
 /// `ixproxy sign`.
@@ -101,10 +106,19 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Validates a config file; prints a summary or the error naming the field.
+/// Prints each warning as `warning: path: message` on stderr.
+pub fn print_warnings(warnings: &[ConfigWarning]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// Validates a config file; prints a summary (and the config's warnings on stderr; they do not
+/// change the exit code) or the error naming the field.
 pub fn check(args: &CheckArgs) -> ExitCode {
     match load_config(&args.config) {
         Ok(config) => {
+            print_warnings(&warnings(&config));
             let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
             println!(
                 "{}: ok ({} source(s): {}; listen {}, admin {})",
@@ -223,17 +237,22 @@ pub fn verify_origin(args: &VerifyOriginArgs) -> ExitCode {
     }
 }
 
-/// Prints the Envoy bootstrap for a config file.
+/// Prints the Envoy bootstrap for a config file, and the config's warnings on stderr.
 pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
+    let options = ixproxy_envoy_config::Options {
+        allow_literal_secrets: args.allow_literal_secrets,
+    };
     let result = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("cannot read {}: {e}", args.config.display()))
         .and_then(|yaml| {
             let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
-            ixproxy_envoy_config::generate(&yaml, &cwd, &args.wasm).map_err(|e| e.to_string())
+            ixproxy_envoy_config::generate_with(&yaml, &cwd, &args.wasm, &options)
+                .map_err(|e| e.to_string())
         });
     match result {
-        Ok(bootstrap) => {
-            print!("{bootstrap}");
+        Ok(generated) => {
+            print_warnings(&generated.warnings);
+            print!("{}", generated.bootstrap);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -137,3 +137,17 @@ fn serve_refuses_a_busy_listen_address() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_config_warnings_are_printed_once_at_start() {
+    // PORT_ZERO's token is shorter than 16 characters.
+    let serve = start(PORT_ZERO);
+    let log = serve.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].starts_with("warning: sources[0].secure_url_tokens[0]: token shorter than 16"),
+        "{log}"
+    );
+    assert!(!log.contains("tok-a"), "the token is never shown: {log}");
+}

@@ -550,7 +550,7 @@ mod tests {
         for case in &cases {
             if let Some(sign) = &case.request.sign {
                 assert!(
-                    ["a.new", "a.old", "b.main", "c.main", "d.main", "e.main"]
+                    ["a.new", "a.old", "b.main", "c.main", "d.main", "e.main", "f.main"]
                         .contains(&sign.token.as_str()),
                     "{}: unknown token {}",
                     case.name,

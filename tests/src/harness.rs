@@ -26,6 +26,9 @@ pub const ORIGIN_TIMEOUT: &str = "3s";
 pub const BODY_TIMEOUT: &str = "1s";
 /// `upstream.max_redirects` in the test config.
 pub const MAX_REDIRECTS: u32 = 3;
+/// `limits.max_inflight_per_source` in the test config: above the multi-request checks'
+/// concurrency on one source, so only the in-flight check reaches it.
+pub const MAX_INFLIGHT_PER_SOURCE: u32 = 12;
 /// `upstream.max_body_bytes` in the test config (1 MiB).
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 
@@ -79,10 +82,12 @@ impl Harness {
     /// auth with the password from [`PASSWORD_ENV`], handshake and per-request signing), `b`
     /// (`b.test`, its own token, no origin auth), `c` (`c.test`, private origins denied even
     /// though loopback spellings are allow-listed), `d` (`d.test`, private origins allowed,
-    /// only `127.0.0.1` and `*.allowed.test`), `e` (`e.test`, only `image/` responses), and
-    /// `vectors` (the SDK vectors' hosts and tokens, public origins only). Upstream: short
-    /// timeouts ([`ORIGIN_TIMEOUT`] to the response header, [`BODY_TIMEOUT`] inside the body),
-    /// [`MAX_REDIRECTS`] and a 1 MiB [`MAX_BODY_BYTES`].
+    /// only `127.0.0.1` and `*.allowed.test`), `e` (`e.test`, only `image/` responses), `f`
+    /// (`f.test`, `a`'s origin auth but only for `localhost`, origins `127.0.0.1` and
+    /// `localhost`), and `vectors` (the SDK vectors' hosts and tokens, public origins only).
+    /// Upstream: short timeouts ([`ORIGIN_TIMEOUT`] to the response header, [`BODY_TIMEOUT`]
+    /// inside the body), [`MAX_REDIRECTS`] and a 1 MiB [`MAX_BODY_BYTES`];
+    /// [`MAX_INFLIGHT_PER_SOURCE`].
     ///
     /// # Errors
     /// Origin start-up or file errors.
@@ -103,6 +108,7 @@ impl Harness {
             ("c.main", "cSourceToken000"),
             ("d.main", "dSourceToken111"),
             ("e.main", "eSourceToken222"),
+            ("f.main", "fSourceToken333"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -147,7 +153,13 @@ impl Harness {
         let mut e = source("e", &["e.test"], &[token("e.main")]);
         e["allowed_content_types"] = json!(["image/"]);
 
-        let mut sources = vec![a, b, c, d, e];
+        // `f` may fetch 127.0.0.1 and localhost but sends its origin auth only to localhost.
+        let mut f = source("f", &["f.test"], &[token("f.main")]);
+        f["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        f["origin_auth"] = a["origin_auth"].clone();
+        f["origin_auth"]["hosts"] = json!(["localhost"]);
+
+        let mut sources = vec![a, b, c, d, e, f];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();
@@ -171,6 +183,7 @@ impl Harness {
                 "max_redirects": MAX_REDIRECTS,
                 "max_body_bytes": MAX_BODY_BYTES,
             },
+            "limits": {"max_inflight_per_source": MAX_INFLIGHT_PER_SOURCE},
             "sources": sources,
         });
         let yaml = serde_yaml::to_string(&config)
@@ -178,18 +191,17 @@ impl Harness {
         let config_path = dir.path().join("ixproxy.yaml");
         std::fs::write(&config_path, yaml).map_err(|e| HarnessError::io("write config", e))?;
 
+        let expected = ExpectedAuth {
+            basic_header: format!(
+                "Basic {}",
+                STANDARD.encode(format!("{username}:{password}"))
+            ),
+            handshake: handshake.to_owned(),
+            signing_key: signing_key.to_owned(),
+        };
         let mut auth = BTreeMap::new();
-        auth.insert(
-            "a".to_owned(),
-            ExpectedAuth {
-                basic_header: format!(
-                    "Basic {}",
-                    STANDARD.encode(format!("{username}:{password}"))
-                ),
-                handshake: handshake.to_owned(),
-                signing_key: signing_key.to_owned(),
-            },
-        );
+        auth.insert("a".to_owned(), expected.clone());
+        auth.insert("f".to_owned(), expected);
 
         Ok(Harness {
             loopback_alias,
@@ -326,11 +338,11 @@ mod tests {
             Some(expected.basic_header.as_str())
         );
         let c = sources.by_host("c.test").expect("c");
-        assert!(c.origin_host_allowed("127.0.0.1") && !c.allow_private_origins);
-        assert!(c.origin_host_allowed("::1") && c.origin_host_allowed("::ffff:127.0.0.1"));
+        assert!(c.origin_host_allowed("127.0.0.1", 80) && !c.allow_private_origins);
+        assert!(c.origin_host_allowed("::1", 80) && c.origin_host_allowed("::ffff:127.0.0.1", 80));
         assert_eq!(config.sources.limits().max_body_bytes, MAX_BODY_BYTES);
         let d = sources.by_host("d.test").expect("d");
-        assert!(d.origin_host_allowed("127.0.0.1") && !d.origin_host_allowed("localhost"));
+        assert!(d.origin_host_allowed("127.0.0.1", 80) && !d.origin_host_allowed("localhost", 80));
         assert!(
             text.contains(PASSWORD_ENV),
             "the password stays an env reference"

@@ -385,6 +385,23 @@ fn header(response: &mut Response<Scripted>, name: hyper::header::HeaderName, va
     }
 }
 
+/// What `/hostile` answers with besides its body: response headers that would act on the
+/// customer's domain (cookies, HSTS, refresh, CORS, preload links, site-data wipes) or reveal
+/// the origin (`Server`).
+pub const HOSTILE_HEADERS: [(&str, &str); 8] = [
+    ("set-cookie", "session=origin; Path=/"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    ("refresh", "0; url=https://evil.example/"),
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-credentials", "true"),
+    ("server", "hostile-origin/1.0"),
+    ("link", "</evil.js>; rel=preload; as=script"),
+    ("clear-site-data", "\"*\""),
+];
+
 async fn respond(req: &Recorded) -> Response<Scripted> {
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let number = |prefix: &str| {
@@ -441,6 +458,31 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return response;
+    }
+    if path == "/hostile" {
+        // Headers an origin could use against the customer's domain, none of which may reach
+        // the client, around an allowlisted ETag that must.
+        let mut response = text(StatusCode::OK, "hostile");
+        for (name, value) in HOSTILE_HEADERS {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        header(&mut response, ETAG, "\"hostile-v1\"");
+        return response;
+    }
+    if path == "/ct" {
+        // One Content-Type field per `v=` (percent-decoded), none without.
+        let mut response = text(StatusCode::OK, "typed");
+        response.headers_mut().remove(CONTENT_TYPE);
+        for value in query.split('&').filter_map(|kv| kv.strip_prefix("v=")) {
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            header(&mut response, CONTENT_TYPE, &value);
+        }
         return response;
     }
     if let Some(value) = path.strip_prefix("/cc/") {

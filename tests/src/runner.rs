@@ -14,7 +14,7 @@ use crate::cases::{
 };
 use crate::client::{send, send_keep_alive, RawRequest, RawResponse};
 use crate::gateway::Gateway;
-use crate::harness::Harness;
+use crate::harness::{Harness, MAX_INFLIGHT_PER_SOURCE};
 use crate::metrics::{await_deltas, scrape, Deltas, OutcomeCounts};
 use crate::origin::{pattern, Recorded};
 use crate::HarnessError;
@@ -133,6 +133,12 @@ pub fn run_suite<G: Gateway>() -> Result<Report, HarnessError> {
         serves_while_origins_hang(gateway.addr(), &harness)
     });
     report.results.push(hanging);
+    let mut outcomes = vec![Outcome::OriginTimeout; MAX_INFLIGHT_PER_SOURCE as usize];
+    outcomes.extend([Outcome::Overloaded, Outcome::Forwarded]);
+    let overloaded = ledger.check(&mut report.results, &outcomes, || {
+        over_max_inflight_per_source_is_a_503(gateway.addr(), &harness)
+    });
+    report.results.push(overloaded);
     let hung_up = ledger.check(&mut report.results, &[Outcome::ClientClosed], || {
         a_client_hanging_up_is_its_own_outcome(gateway.addr(), &harness)
     });
@@ -640,6 +646,105 @@ fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult 
             Err(_) => result
                 .problems
                 .push(format!("hanging request {i}: thread panicked")),
+        }
+    }
+    result
+}
+
+/// Not a table row: with [`MAX_INFLIGHT_PER_SOURCE`] requests of source `b` waiting on a slow
+/// origin, one more request of `b` is refused with 503 and `Retry-After: 1` before any origin
+/// is contacted, while source `a` (its own limit) is still served; each waiting request then
+/// ends in a 504.
+fn over_max_inflight_per_source_is_a_503(addr: SocketAddr, harness: &Harness) -> CaseResult {
+    let mut result = CaseResult {
+        name: "over max_inflight_per_source is a 503".to_owned(),
+        sent: String::new(),
+        problems: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let (Some(b), Some(a)) = (harness.tokens.get("b.main"), harness.tokens.get("a.new")) else {
+        result.problems.push("no token b.main or a.new".to_owned());
+        return result;
+    };
+    let http = format!("http://{}", harness.origin.http);
+    let signed = |token: &str, path: &str| {
+        sign_url(
+            token,
+            &format!("{http}{path}"),
+            &[],
+            &SignOptions::default(),
+        )
+    };
+    let limit = MAX_INFLIGHT_PER_SOURCE as usize;
+    harness.origin.clear();
+    let waiting: Vec<_> = (0..limit)
+        .map(|i| {
+            let req = RawRequest::get("b.test", &signed(b, &format!("/slow/inflight-{i}.jpg")));
+            std::thread::spawn(move || send(addr, &req, CLIENT_TIMEOUT))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.origin.requests().len() < limit && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let arrived = harness.origin.requests().len();
+    if arrived < limit {
+        result.problems.push(format!(
+            "only {arrived} of {limit} slow requests reached the origin"
+        ));
+    }
+    let started = Instant::now();
+    let over = RawRequest::get("b.test", &signed(b, "/asset/one-too-many.jpg"));
+    result.sent = format!("GET {} (Host: b.test)", over.target);
+    match send(addr, &over, CLIENT_TIMEOUT) {
+        Ok(r) => {
+            if r.status != 503 {
+                result
+                    .problems
+                    .push(format!("status {} (expected 503)", r.status));
+            }
+            if r.header("retry-after") != Some("1") {
+                result.problems.push(format!(
+                    "retry-after {:?} (expected \"1\")",
+                    r.header("retry-after")
+                ));
+            }
+        }
+        Err(e) => result.problems.push(format!("request failed: {e}")),
+    }
+    if harness
+        .origin
+        .requests()
+        .iter()
+        .any(|r| r.target.contains("one-too-many"))
+    {
+        result
+            .problems
+            .push("the refused request reached the origin".to_owned());
+    }
+    let other = RawRequest::get("a.test", &signed(a, "/asset/other-source.jpg"));
+    match send(addr, &other, CLIENT_TIMEOUT) {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => result.problems.push(format!(
+            "source a while b is full: status {} (expected 200)",
+            r.status
+        )),
+        Err(e) => result
+            .problems
+            .push(format!("source a while b is full: {e}")),
+    }
+    result.elapsed = started.elapsed();
+    for (i, handle) in waiting.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(r)) if r.status == 504 => {}
+            Ok(Ok(r)) => result.problems.push(format!(
+                "waiting request {i}: status {} (expected 504)",
+                r.status
+            )),
+            Ok(Err(e)) => result.problems.push(format!("waiting request {i}: {e}")),
+            Err(_) => result
+                .problems
+                .push(format!("waiting request {i}: thread panicked")),
         }
     }
     result

@@ -1,5 +1,6 @@
 //! Host names in the config: source `hosts` (matched against the request's Host) and
-//! `allowed_origin_hosts` patterns (matched against the origin URL's host).
+//! `allowed_origin_hosts` / `origin_auth.hosts` patterns (matched against the origin URL's host
+//! and port).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -144,44 +145,95 @@ pub(super) enum PatternKind {
     Ip(IpAddr),
 }
 
+/// Splits an optional `:port` off a pattern: `host:port`, `[v6]:port`; a bare IPv6 address has
+/// no port (write `[2001:db8::1]:8443` for one). Returns the host part (brackets kept) and the
+/// port.
+fn split_port(pattern: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if pattern.starts_with('[') {
+        match pattern.find(']') {
+            Some(end) if end + 1 == pattern.len() => (pattern, None),
+            Some(end) => match pattern[end + 1..].strip_prefix(':') {
+                Some(port) => (&pattern[..=end], Some(port)),
+                None => return Err("expected `:port` after `]`".into()),
+            },
+            None => return Err("not a valid bracketed ipv6 address".into()),
+        }
+    } else if pattern.parse::<Ipv6Addr>().is_ok() {
+        (pattern, None)
+    } else {
+        match pattern.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (pattern, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(digits) => Some(parse_port(digits)?),
+    };
+    Ok((host, port))
+}
+
+/// A port as written after the `:` of a pattern: decimal digits, 1 to 65535.
+fn parse_port(digits: &str) -> Result<u16, String> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid port `{digits}` (a pattern is host or host:port; write an ipv6 address \
+             with a port as [2001:db8::1]:8443)"
+        ));
+    }
+    match digits.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("port {digits} is not in 1-65535")),
+    }
+}
+
 impl HostPattern {
-    /// Parses an `allowed_origin_hosts` entry: an exact host name, an IP literal (exact match;
-    /// IPv6 with or without brackets), or `*.example.com`, which matches `a.example.com` and
-    /// `a.b.example.com` but neither `example.com` nor `badexample.com`. Names are lower-cased
-    /// and IDNs converted to punycode, like origin hosts.
+    /// Parses an `allowed_origin_hosts` / `origin_auth.hosts` entry: an exact host name, an IP
+    /// literal (exact match; IPv6 with or without brackets), or `*.example.com`, which matches
+    /// `a.example.com` and `a.b.example.com` but neither `example.com` nor `badexample.com`;
+    /// each optionally followed by `:port` (`127.0.0.1:40601`, `[::1]:8080`,
+    /// `*.example.com:8443`), and then it matches only origin URLs on that port. Names are
+    /// lower-cased and IDNs converted to punycode, like origin hosts.
     ///
     /// # Errors
     /// A lower-case message: a `*` anywhere but as the whole leftmost label, a wildcard over an
-    /// IP address, a port, or an invalid host name.
+    /// IP address, a port that is not 1 to 65535, or an invalid host name.
     pub fn parse(pattern: &str) -> Result<HostPattern, String> {
-        let kind = match pattern.strip_prefix("*.") {
+        let (host, port) = split_port(pattern)?;
+        let kind = match host.strip_prefix("*.") {
             Some(domain) => match normalize_host(domain)? {
                 NormalHost::Name(name) => PatternKind::Subdomains(format!(".{name}")),
                 NormalHost::Ip(_) => {
                     return Err("a wildcard cannot apply to an ip address".into());
                 }
             },
-            None if pattern == "*" => {
+            None if host == "*" => {
                 return Err(
                     "`*` alone is not allowed; omit allowed_origin_hosts to allow \
                             any public host"
                         .into(),
                 )
             }
-            None => match normalize_host(pattern)? {
+            None => match normalize_host(host)? {
                 NormalHost::Name(name) => PatternKind::Exact(name),
                 NormalHost::Ip(ip) => PatternKind::Ip(ip),
             },
         };
-        Ok(HostPattern { kind })
+        Ok(HostPattern { kind, port })
     }
 
-    /// Whether `host` (lower-case, no port) is allowed by this pattern.
+    /// Whether an origin URL with `host` (lower-case, no port, IPv6 without brackets) and
+    /// `port` (the scheme's default when the URL has none) is allowed by this pattern. A
+    /// pattern without a port matches every port.
     ///
-    /// Matching is ASCII case-insensitive and ignores one trailing dot; IP patterns compare
-    /// addresses, so any textual form of the same address (IPv6 with or without brackets)
-    /// matches.
-    pub fn matches(&self, host: &str) -> bool {
+    /// Host matching is ASCII case-insensitive and ignores one trailing dot; IP patterns
+    /// compare addresses, so any textual form of the same address (IPv6 with or without
+    /// brackets) matches.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        (self.port.is_none() || self.port == Some(port)) && self.matches_host(host)
+    }
+
+    fn matches_host(&self, host: &str) -> bool {
         let host = host.strip_suffix('.').unwrap_or(host);
         match &self.kind {
             PatternKind::Exact(name) => host.eq_ignore_ascii_case(name),
@@ -204,12 +256,18 @@ impl HostPattern {
 }
 
 impl fmt::Display for HostPattern {
-    /// The normalized pattern, as it would be written in the config.
+    /// The normalized pattern, as it would be written in the config (an IPv6 address in
+    /// brackets when it carries a port).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            PatternKind::Exact(name) => f.write_str(name),
-            PatternKind::Subdomains(suffix) => write!(f, "*{suffix}"),
-            PatternKind::Ip(ip) => write!(f, "{ip}"),
+        match (&self.kind, self.port) {
+            (PatternKind::Exact(name), _) => f.write_str(name)?,
+            (PatternKind::Subdomains(suffix), _) => write!(f, "*{suffix}")?,
+            (PatternKind::Ip(IpAddr::V6(ip)), Some(_)) => write!(f, "[{ip}]")?,
+            (PatternKind::Ip(ip), _) => write!(f, "{ip}")?,
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
         }
     }
 }
@@ -225,38 +283,77 @@ mod tests {
     #[test]
     fn wildcard_matches_subdomains_only() {
         let p = pattern("*.example.com");
-        assert!(p.matches("a.example.com"));
-        assert!(p.matches("a.b.example.com"));
-        assert!(p.matches("A.Example.COM"));
-        assert!(p.matches("a.example.com."));
-        assert!(!p.matches("example.com"));
-        assert!(!p.matches(".example.com"));
-        assert!(!p.matches("badexample.com"));
-        assert!(!p.matches("a.example.com.evil.net"));
-        assert!(!p.matches("a.example.co"));
+        assert!(p.matches("a.example.com", 443));
+        assert!(p.matches("a.b.example.com", 443));
+        assert!(p.matches("A.Example.COM", 443));
+        assert!(p.matches("a.example.com.", 443));
+        assert!(!p.matches("example.com", 443));
+        assert!(!p.matches(".example.com", 443));
+        assert!(!p.matches("badexample.com", 443));
+        assert!(!p.matches("a.example.com.evil.net", 443));
+        assert!(!p.matches("a.example.co", 443));
     }
 
     #[test]
     fn exact_and_ip_patterns() {
         let p = pattern("CDN.example.com");
         assert_eq!(p.to_string(), "cdn.example.com");
-        assert!(p.matches("cdn.example.com"));
-        assert!(!p.matches("x.cdn.example.com"));
-        assert!(!p.matches("cdn.example.co"));
+        assert!(p.matches("cdn.example.com", 443));
+        assert!(!p.matches("x.cdn.example.com", 443));
+        assert!(!p.matches("cdn.example.co", 443));
         let v6 = pattern("[2001:DB8::1]");
-        assert!(v6.matches("2001:db8::1"));
-        assert!(v6.matches("2001:db8:0:0::1"));
-        assert!(!v6.matches("2001:db8::2"));
+        assert!(v6.matches("2001:db8::1", 443));
+        assert!(v6.matches("2001:db8:0:0::1", 443));
+        assert!(!v6.matches("2001:db8::2", 443));
         let v4 = pattern("93.184.216.34");
-        assert!(v4.matches("93.184.216.34"));
-        assert!(!v4.matches("93.184.216.3"));
+        assert!(v4.matches("93.184.216.34", 443));
+        assert!(!v4.matches("93.184.216.3", 443));
+    }
+
+    #[test]
+    fn a_port_restricts_a_pattern_to_that_port() {
+        for (written, shown, host) in [
+            ("127.0.0.1:40601", "127.0.0.1:40601", "127.0.0.1"),
+            ("[::1]:8080", "[::1]:8080", "::1"),
+            ("[0:0::1]:8080", "[::1]:8080", "::1"),
+            ("*.Example.com:8443", "*.example.com:8443", "a.example.com"),
+            (
+                "cdn.example.com:443",
+                "cdn.example.com:443",
+                "cdn.example.com",
+            ),
+        ] {
+            let p = pattern(written);
+            assert_eq!(p.to_string(), shown);
+            let port = shown.rsplit(':').next().and_then(|p| p.parse().ok());
+            let port: u16 = port.expect("port");
+            assert!(p.matches(host, port), "{written} on {host}:{port}");
+            assert!(!p.matches(host, port + 1), "{written} on another port");
+            assert_eq!(HostPattern::parse(shown), Ok(p), "display parses back");
+        }
+        assert!(!pattern("*.example.com:8443").matches("example.com", 8443));
+        // Without a port every port matches; a bare IPv6 address never carries one.
+        let any = pattern("127.0.0.1");
+        assert!(any.matches("127.0.0.1", 1) && any.matches("127.0.0.1", 65535));
+        let v6 = pattern("2001:db8::1");
+        assert_eq!(v6.to_string(), "2001:db8::1");
+        assert!(v6.matches("2001:db8::1", 8080));
+    }
+
+    #[test]
+    fn bad_ports_are_refused_with_a_reason() {
+        let err = |p: &str| HostPattern::parse(p).expect_err(p);
+        assert!(err("a.example:0").contains("not in 1-65535"));
+        assert!(err("a.example:99999").contains("not in 1-65535"));
+        assert!(err("a.example:http").contains("invalid port `http`"));
+        assert!(err("[::1]x").contains("`:port`"));
     }
 
     #[test]
     fn idn_patterns_become_punycode() {
         let p = pattern("*.bücher.example");
         assert_eq!(p.to_string(), "*.xn--bcher-kva.example");
-        assert!(p.matches("www.xn--bcher-kva.example"));
+        assert!(p.matches("www.xn--bcher-kva.example", 443));
     }
 
     #[test]
@@ -269,7 +366,14 @@ mod tests {
             "a.*.example.org",
             "*.*.example.org",
             "*.1.2.3.4",
-            "cdn.example.com:443",
+            "cdn.example.com:",
+            "cdn.example.com:0",
+            "cdn.example.com:65536",
+            "cdn.example.com:+443",
+            "cdn.example.com:443:1",
+            "*:8080",
+            "[::1]8080",
+            "[::1]:",
             "cdn..example.com",
             "-cdn.example.com",
             "cdn example.com",

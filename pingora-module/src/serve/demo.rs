@@ -47,7 +47,7 @@ sources:
   - name: demo
     hosts: [127.0.0.1, localhost, demo.localhost]
     secure_url_tokens: [{DEMO_TOKEN}]
-    allowed_origin_hosts: [127.0.0.1]
+    allowed_origin_hosts: [127.0.0.1:{origin_port}]   # the built-in origin, no other port
     allow_private_origins: true   # the built-in origin lives on loopback
     origin_auth:
       request_handshake: demo-handshake
@@ -268,8 +268,35 @@ mod tests {
                 Decision::Forward(f) => {
                     assert_eq!(f.origin().to_url_string(), demo_origin_url(origin));
                     assert!(f.allow_private());
+                    assert!(
+                        f.may_receive_auth(),
+                        "the handshake goes to the built-in origin"
+                    );
                 }
                 Decision::Reject(r) => panic!("{host}: rejected {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_demo_refuses_every_origin_but_its_own() {
+        let config = demo_config(45678, &NativeSecrets).expect("demo config");
+        for url in [
+            "http://127.0.0.1:45679/ixproxy-demo.png",
+            "http://127.0.0.1:9901/metrics",
+            "http://127.0.0.1/ixproxy-demo.png",
+            "http://localhost:45678/ixproxy-demo.png",
+            "https://example.com/x.png",
+        ] {
+            let target = sign_url(DEMO_TOKEN, url, &[], &SignOptions::default());
+            let req = RequestInfo {
+                method: "GET",
+                host: "127.0.0.1:8080",
+                target: &target,
+            };
+            match decide(&config.sources, &req, 1_700_000_000) {
+                Decision::Reject(r) => assert_eq!(r.status(), 403, "{url}: {r:?}"),
+                Decision::Forward(f) => panic!("{url}: forwarded to {:?}", f.origin()),
             }
         }
     }

@@ -85,6 +85,7 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
             )
         }
     };
+    crate::cli::print_warnings(&ixproxy_core::config::warnings(&config));
     let ca =
         peer::load_trust_anchors(config.upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
     if config.listen == config.admin_listen && config.listen.port() != 0 {

@@ -22,8 +22,8 @@ pub struct EnvoyGateway {
 }
 
 impl EnvoyGateway {
-    /// The bootstrap `ixproxy envoy-config -c config --wasm <wasm_path()>` prints, run with the
-    /// extra environment `env`.
+    /// The bootstrap `ixproxy envoy-config -c config --wasm <wasm_path()>
+    /// --allow-literal-secrets` prints, run with the extra environment `env`.
     ///
     /// # Errors
     /// A missing `ixproxy` binary or Wasm filter, or `envoy-config` failing (its stderr).
@@ -44,6 +44,8 @@ impl EnvoyGateway {
             .arg(config)
             .arg("--wasm")
             .arg(&wasm)
+            // The suite's configs sign with literal test tokens; only the test reads this Envoy.
+            .arg("--allow-literal-secrets")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .map_err(|e| HarnessError::io("run ixproxy envoy-config", e))?;
