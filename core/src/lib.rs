@@ -20,6 +20,7 @@ pub mod decide;
 pub mod envoy;
 pub mod expires;
 pub mod forward;
+pub mod limits;
 pub mod origin;
 pub mod outcome;
 pub mod request;

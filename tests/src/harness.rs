@@ -19,8 +19,11 @@ use crate::HarnessError;
 pub const PASSWORD_ENV: &str = "IXPROXY_CONFORMANCE_ORIGIN_PASSWORD";
 /// Origin connect timeout in the test config.
 pub const CONNECT_TIMEOUT: &str = "1s";
-/// Origin total timeout in the test config (`/slow/...` takes longer).
+/// Origin timeout in the test config, until the response header (`/slow/...` takes longer).
 pub const ORIGIN_TIMEOUT: &str = "3s";
+/// Longest pause inside an origin body in the test config (`/pause/...` pauses longer,
+/// `/drip/...` pauses shorter).
+pub const BODY_TIMEOUT: &str = "1s";
 /// `upstream.max_redirects` in the test config.
 pub const MAX_REDIRECTS: u32 = 3;
 /// `limits.max_inflight_per_source` in the test config: above the multi-request checks'
@@ -82,7 +85,8 @@ impl Harness {
     /// only `127.0.0.1` and `*.allowed.test`), `e` (`e.test`, only `image/` responses), `f`
     /// (`f.test`, `a`'s origin auth but only for `localhost`, origins `127.0.0.1` and
     /// `localhost`), and `vectors` (the SDK vectors' hosts and tokens, public origins only).
-    /// Upstream: short timeouts, [`MAX_REDIRECTS`] and a 1 MiB [`MAX_BODY_BYTES`];
+    /// Upstream: short timeouts ([`ORIGIN_TIMEOUT`] to the response header, [`BODY_TIMEOUT`]
+    /// inside the body), [`MAX_REDIRECTS`] and a 1 MiB [`MAX_BODY_BYTES`];
     /// [`MAX_INFLIGHT_PER_SOURCE`].
     ///
     /// # Errors
@@ -175,6 +179,7 @@ impl Harness {
                 "ca_file": ca_path.display().to_string(),
                 "connect_timeout": CONNECT_TIMEOUT,
                 "timeout": ORIGIN_TIMEOUT,
+                "body_timeout": BODY_TIMEOUT,
                 "max_redirects": MAX_REDIRECTS,
                 "max_body_bytes": MAX_BODY_BYTES,
             },

@@ -15,6 +15,8 @@
 //! - `/reset/<n>`: declares `2n` bytes, sends `n`, then drops the connection;
 //!   `/reset-chunked/<n>` sends `n` bytes chunked, then drops it before the last chunk.
 //! - `/drip/<n>`: declares `n` bytes and sends one every [`DRIP_INTERVAL`].
+//! - `/pause/<n>`: declares `n` bytes, sends half, pauses [`BODY_PAUSE`] (longer than the
+//!   gateway's `upstream.body_timeout`), then sends the rest.
 //! - `/claim-huge`: declares a 10 GiB `Content-Length`, sends a few bytes, then drops it.
 //! - `/big-headers`: a 2 MiB response header.
 //! - anything else: an asset, body `asset <path-and-query>`, with `ETag: "asset-v1"`,
@@ -256,6 +258,8 @@ pub struct Scripted {
 
 /// Pause between the bytes of `/drip/<n>`.
 pub const DRIP_INTERVAL: Duration = Duration::from_millis(400);
+/// The pause inside the body of `/pause/<n>`.
+pub const BODY_PAUSE: Duration = Duration::from_millis(2500);
 /// How long a cut transfer pauses before the cut, so the bytes before it reach the gateway.
 const PAUSE_BEFORE_CUT: Duration = Duration::from_millis(200);
 
@@ -507,6 +511,25 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
             .into_iter()
             .flat_map(|b| [Step::Pause(DRIP_INTERVAL), Step::Data(Bytes::from(vec![b]))])
             .collect();
+        let mut response = with_body(
+            StatusCode::OK,
+            Scripted {
+                steps,
+                exact_len: None,
+                sleep: None,
+            },
+        );
+        header(&mut response, CONTENT_LENGTH, &n.to_string());
+        return response;
+    }
+    if let Some(n) = number("/pause/") {
+        let body = pattern(n);
+        let (first, rest) = body.split_at(n / 2);
+        let steps = VecDeque::from([
+            Step::Data(Bytes::copy_from_slice(first)),
+            Step::Pause(BODY_PAUSE),
+            Step::Data(Bytes::copy_from_slice(rest)),
+        ]);
         let mut response = with_body(
             StatusCode::OK,
             Scripted {

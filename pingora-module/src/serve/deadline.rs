@@ -1,25 +1,36 @@
-//! The backstop of the total origin deadline (`upstream.timeout`).
+//! The two whole-phase deadlines Pingora's per-read timers cannot express: the client's request
+//! header (`limits.client_header_timeout`) and the origin's response header
+//! (`upstream.timeout`, every redirect hop together).
 //!
-//! The gateway enforces the deadline gracefully where Pingora lets it: every connect, TLS
-//! handshake, read and write of an attempt is bounded by what is left of the budget, the
-//! response header is refused (504) when it completes late, and the body is cut on the first
-//! chunk that arrives late. What no hook can see is an origin that keeps a single phase alive
-//! with a trickle of bytes — response headers dripped a byte at a time never complete, and
-//! each byte restarts Pingora's per-read timer.
+//! Pingora bounds each single read, and every byte restarts that timer: a client trickling its
+//! request header, or an origin dripping its response header, would never be cut. [`Deadlined`]
+//! wraps the proxy application: each request runs with a [`Watchdog`] in a task-local slot,
+//! which the connection loop ([`super::client`]) and the gateway set for the phase in progress:
 //!
-//! [`Deadlined`] wraps the proxy application: each request runs with a [`Watchdog`] in a
-//! task-local slot; the gateway arms it with the deadline when the origin exchange starts and
-//! disarms it once the origin has delivered everything (or the gateway answers itself). If the
-//! armed deadline plus [`GRACE`] passes, the whole request future is dropped: the origin
-//! connection is closed (never pooled), and the client connection is closed, without a
-//! response if none was started or short of the body's framing otherwise — never a
-//! complete-looking answer. The request is counted as `origin_timeout`.
+//! - **client header**: from the connection's accept, or from the first byte of a later
+//!   keep-alive request; the gateway's first hook disarms it. When it passes, the connection is
+//!   closed with no response and nothing counted (no request was received).
+//! - **origin header**: from the first resolution until the final origin response header is
+//!   accepted. When it passes, the origin socket of the attempt in progress is shut down, so the
+//!   pending read fails and the gateway answers 504 (`origin_timeout`) on its normal path; if
+//!   that has not ended the request [`GRACE`] later (no socket yet, or a read that did not
+//!   notice), the whole request future is dropped: the origin connection is closed (never
+//!   pooled), the client connection closed without a response, and `origin_timeout` counted.
+//!
+//! Nothing is armed while the body streams: a pause inside the origin body is bounded by the
+//! per-read `upstream.body_timeout` (see [`super::peer`]), a client that stops reading by
+//! `limits.client_write_timeout`, and a download may take as long as both keep moving.
 
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::info;
+use log::{debug, info};
+use nix::sys::socket::{
+    getpeername, getsockname, shutdown, Shutdown, SockaddrLike, SockaddrStorage,
+};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
@@ -31,77 +42,252 @@ use ixproxy_core::Outcome;
 
 use super::metrics::Metrics;
 
-/// How long past the deadline the backstop waits, so that the graceful paths (504, a cut body
-/// counted with its own outcome) win whenever they can.
+/// How long past the origin deadline the backstop waits, so that the graceful path (504, or a
+/// cut counted with its own outcome) wins whenever it can.
 pub const GRACE: Duration = Duration::from_millis(250);
 
 tokio::task_local! {
     static WATCHDOG: Arc<Watchdog>;
 }
 
-/// The deadline of the request running in this task, if armed.
+/// The origin connection of the attempt in progress: its fd and both addresses, checked again
+/// before a shutdown so that a closed and reused fd number is never touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginSocket {
+    fd: RawFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl OriginSocket {
+    /// The socket behind `fd`, if it is a connected TCP socket.
+    pub fn of(fd: RawFd) -> Option<Self> {
+        let (local, peer) = socket_addrs(fd)?;
+        Some(OriginSocket { fd, local, peer })
+    }
+
+    /// Shuts the socket down (both directions) if `fd` is still this connection.
+    fn shut_down(&self) -> bool {
+        socket_addrs(self.fd) == Some((self.local, self.peer))
+            && shutdown(self.fd, Shutdown::Both).is_ok()
+    }
+}
+
+fn socket_addrs(fd: RawFd) -> Option<(SocketAddr, SocketAddr)> {
+    fn inet(addr: &SockaddrStorage) -> Option<SocketAddr> {
+        match addr.family()? {
+            nix::sys::socket::AddressFamily::Inet => {
+                addr.as_sockaddr_in().map(|a| SocketAddr::V4((*a).into()))
+            }
+            nix::sys::socket::AddressFamily::Inet6 => {
+                addr.as_sockaddr_in6().map(|a| SocketAddr::V6((*a).into()))
+            }
+            _ => None,
+        }
+    }
+    let local = getsockname::<SockaddrStorage>(fd).ok()?;
+    let peer = getpeername::<SockaddrStorage>(fd).ok()?;
+    Some((inet(&local)?, inet(&peer)?))
+}
+
+/// What the watchdog of one request is guarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    /// Nothing (the request is being decided, the body streams, or it is over).
+    #[default]
+    Disarmed,
+    /// The client's request header must be complete by then.
+    ClientHeader(Instant),
+    /// The final origin response header must be accepted by then.
+    Origin {
+        deadline: Instant,
+        socket: Option<OriginSocket>,
+        nudged: bool,
+    },
+}
+
+/// Why a watchdog ended its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    ClientHeader,
+    Origin,
+}
+
+/// The phase deadline of the request running in this task.
 #[derive(Debug, Default)]
 pub struct Watchdog {
-    deadline: Mutex<Option<Instant>>,
+    phase: Mutex<Phase>,
     changed: Notify,
 }
 
 impl Watchdog {
-    fn set(&self, deadline: Option<Instant>) {
-        if let Ok(mut slot) = self.deadline.lock() {
-            *slot = deadline;
+    fn update(&self, f: impl FnOnce(&mut Phase)) {
+        if let Ok(mut phase) = self.phase.lock() {
+            f(&mut phase);
         }
         self.changed.notify_one();
     }
 
-    fn get(&self) -> Option<Instant> {
-        self.deadline.lock().ok().and_then(|d| *d)
+    fn get(&self) -> Phase {
+        self.phase.lock().map(|p| *p).unwrap_or_default()
     }
 
-    /// Resolves once an armed deadline (plus [`GRACE`]) has passed; never while disarmed.
-    async fn expired(&self) {
+    /// Resolves once the armed phase's deadline has passed (for the origin header: after the
+    /// socket was shut down and [`GRACE`] went by); never while disarmed.
+    async fn expired(&self) -> Expired {
         loop {
-            match self.get() {
-                None => self.changed.notified().await,
-                Some(deadline) => {
-                    let at = tokio::time::Instant::from_std(deadline + GRACE);
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {
-                            if self.get().is_some() {
-                                return;
-                            }
+            let phase = self.get();
+            let (at, expired) = match phase {
+                Phase::Disarmed => {
+                    self.changed.notified().await;
+                    continue;
+                }
+                Phase::ClientHeader(deadline) => (deadline, Expired::ClientHeader),
+                Phase::Origin {
+                    deadline,
+                    socket: Some(_),
+                    nudged: false,
+                } => (deadline, Expired::Origin),
+                Phase::Origin { deadline, .. } => (deadline + GRACE, Expired::Origin),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                () = self.changed.notified() => continue,
+            }
+            if self.get() != phase {
+                continue;
+            }
+            match phase {
+                Phase::Origin {
+                    deadline,
+                    socket: Some(socket),
+                    nudged: false,
+                } => {
+                    // Make the pending origin read fail: the gateway then answers 504 itself.
+                    let done = socket.shut_down();
+                    debug!("origin deadline passed: socket shut down: {done}");
+                    if let Ok(mut p) = self.phase.lock() {
+                        if *p == phase {
+                            *p = Phase::Origin {
+                                deadline,
+                                socket: Some(socket),
+                                nudged: true,
+                            };
                         }
-                        () = self.changed.notified() => {}
                     }
                 }
+                _ => return expired,
             }
         }
     }
 }
 
-/// Arms the current request's backstop for `deadline` (no effect outside [`Deadlined`]).
-pub fn arm(deadline: Instant) {
-    let _ = WATCHDOG.try_with(|w| w.set(Some(deadline)));
+fn with_watchdog(f: impl FnOnce(&Watchdog)) {
+    let _ = WATCHDOG.try_with(|w| f(w));
 }
 
-/// Disarms the current request's backstop: the origin exchange is over.
+/// The client's request header is complete: disarms its deadline (no effect outside
+/// [`Deadlined`], or in another phase).
+pub fn client_header_received() {
+    with_watchdog(|w| {
+        w.update(|p| {
+            if matches!(p, Phase::ClientHeader(_)) {
+                *p = Phase::Disarmed;
+            }
+        })
+    });
+}
+
+/// Arms the origin-header deadline (the first resolution of a request; later hops keep it).
+pub fn arm_origin(deadline: Instant) {
+    with_watchdog(|w| {
+        w.update(|p| {
+            *p = Phase::Origin {
+                deadline,
+                socket: None,
+                nudged: false,
+            }
+        })
+    });
+}
+
+/// The attempt in progress talks to the origin over `socket` (`None`: no connection, e.g. a
+/// new attempt is being prepared).
+pub fn origin_socket(socket: Option<OriginSocket>) {
+    with_watchdog(|w| {
+        w.update(|p| {
+            if let Phase::Origin { deadline, .. } = *p {
+                *p = Phase::Origin {
+                    deadline,
+                    socket,
+                    nudged: false,
+                };
+            }
+        })
+    });
+}
+
+/// Disarms the current request's watchdog: the phase it guarded is over.
 pub fn disarm() {
-    let _ = WATCHDOG.try_with(|w| w.set(None));
+    with_watchdog(|w| w.update(|p| *p = Phase::Disarmed));
 }
 
-/// An HTTP application whose requests are dropped when their armed origin deadline passes.
+/// An HTTP application whose requests are ended when their armed phase deadline passes.
 pub struct Deadlined<A> {
     inner: Arc<A>,
     metrics: Metrics,
+    header_timeout: Duration,
 }
 
 impl<A> Deadlined<A> {
-    /// Wraps `inner`; requests cut by the backstop are counted in `metrics`.
-    pub fn new(inner: A, metrics: Metrics) -> Self {
+    /// Wraps `inner`; requests cut by the origin backstop are counted in `metrics`; a request
+    /// header must be complete `header_timeout` after its session starts.
+    pub fn new(inner: A, metrics: Metrics, header_timeout: Duration) -> Self {
         Deadlined {
             inner: Arc::new(inner),
             metrics,
+            header_timeout,
         }
+    }
+}
+
+impl<A> Deadlined<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Runs one request of `session`, whose header must be complete by `header_deadline`.
+    /// Returns the connection when it may serve another request.
+    pub async fn run_session(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+        header_deadline: Instant,
+    ) -> Option<ReusedHttpStream> {
+        let watchdog = Arc::new(Watchdog::default());
+        watchdog.update(|p| *p = Phase::ClientHeader(header_deadline));
+        let run = self.inner.process_new_http(session, shutdown);
+        let guarded = async {
+            tokio::select! {
+                reused = run => reused,
+                expired = watchdog.expired() => {
+                    match expired {
+                        Expired::ClientHeader => {
+                            debug!("client request header not complete in time: connection closed");
+                        }
+                        Expired::Origin => {
+                            let outcome = Outcome::OriginTimeout;
+                            self.metrics.count(outcome);
+                            info!(
+                                "request cut: origin response header past its deadline outcome={}",
+                                outcome.as_str()
+                            );
+                        }
+                    }
+                    None
+                }
+            }
+        };
+        WATCHDOG.scope(Arc::clone(&watchdog), guarded).await
     }
 }
 
@@ -110,28 +296,14 @@ impl<A> HttpServerApp for Deadlined<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// Sessions Pingora starts itself (HTTP/2 streams): the header deadline runs from now.
     async fn process_new_http(
         self: &Arc<Self>,
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let watchdog = Arc::new(Watchdog::default());
-        let run = self.inner.process_new_http(session, shutdown);
-        let guarded = async {
-            tokio::select! {
-                reused = run => reused,
-                () = watchdog.expired() => {
-                    let outcome = Outcome::OriginTimeout;
-                    self.metrics.count(outcome);
-                    info!(
-                        "request cut: origin exchange past its deadline outcome={}",
-                        outcome.as_str()
-                    );
-                    None
-                }
-            }
-        };
-        WATCHDOG.scope(Arc::clone(&watchdog), guarded).await
+        let deadline = Instant::now() + self.header_timeout;
+        self.run_session(session, shutdown, deadline).await
     }
 
     fn h2_options(&self) -> Option<H2Options> {
@@ -168,19 +340,36 @@ mod tests {
         let pending = tokio::time::timeout(Duration::from_millis(50), w.expired()).await;
         assert!(pending.is_err());
 
-        w.set(Some(Instant::now() + Duration::from_millis(20)));
+        // Origin phase without a socket: the backstop, at the deadline plus GRACE.
+        w.update(|p| {
+            *p = Phase::Origin {
+                deadline: Instant::now() + Duration::from_millis(20),
+                socket: None,
+                nudged: false,
+            }
+        });
         let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(2), w.expired())
+        let why = tokio::time::timeout(Duration::from_secs(2), w.expired())
             .await
             .expect("expires");
+        assert_eq!(why, Expired::Origin);
         assert!(started.elapsed() >= GRACE);
 
-        // Re-armed later, then disarmed before it passes: no expiry.
-        w.set(Some(Instant::now() + Duration::from_millis(10)));
+        // Client header: at the deadline itself.
+        w.update(|p| *p = Phase::ClientHeader(Instant::now() + Duration::from_millis(20)));
+        let started = Instant::now();
+        let why = tokio::time::timeout(Duration::from_secs(2), w.expired())
+            .await
+            .expect("expires");
+        assert_eq!(why, Expired::ClientHeader);
+        assert!(started.elapsed() < GRACE);
+
+        // Re-armed, then disarmed before it passes: no expiry.
+        w.update(|p| *p = Phase::ClientHeader(Instant::now() + Duration::from_millis(10)));
         let w2 = Arc::clone(&w);
         let disarm = async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            w2.set(None);
+            w2.update(|p| *p = Phase::Disarmed);
         };
         let (_, waited) = tokio::join!(
             disarm,
@@ -190,19 +379,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn arm_and_disarm_reach_the_task_local_watchdog() {
+    async fn at_the_origin_deadline_the_socket_is_shut_down_first() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (_server, _) = listener.accept().await.expect("accept");
+        use std::os::fd::AsRawFd;
+        let socket = OriginSocket::of(client.as_raw_fd()).expect("tcp socket");
+        assert_eq!(OriginSocket::of(-1), None);
+
+        let w = Arc::new(Watchdog::default());
+        let deadline = Instant::now() + Duration::from_millis(50);
+        w.update(|p| {
+            *p = Phase::Origin {
+                deadline,
+                socket: Some(socket),
+                nudged: false,
+            }
+        });
+        let mut buf = [0u8; 8];
+        // The read that would wait forever ends (EOF) at the deadline, before the backstop.
+        let (read, expired) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)),
+            tokio::time::timeout(Duration::from_secs(2), w.expired()),
+        );
+        assert_eq!(read.expect("read ends").expect("eof"), 0);
+        assert!(Instant::now() >= deadline + GRACE);
+        assert_eq!(expired.expect("backstop"), Expired::Origin);
+    }
+
+    #[tokio::test]
+    async fn the_phase_functions_reach_the_task_local_watchdog() {
         let w = Arc::new(Watchdog::default());
         let deadline = Instant::now() + Duration::from_secs(1);
         WATCHDOG
             .scope(Arc::clone(&w), async {
-                arm(deadline);
+                w.update(|p| *p = Phase::ClientHeader(deadline));
+                assert_eq!(w.get(), Phase::ClientHeader(deadline));
+                // Only the client header phase is disarmed by its end.
+                client_header_received();
+                assert_eq!(w.get(), Phase::Disarmed);
+                arm_origin(deadline);
+                client_header_received();
+                origin_socket(None);
+                assert!(matches!(w.get(), Phase::Origin { socket: None, .. }));
+                disarm();
             })
             .await;
-        assert_eq!(w.get(), Some(deadline));
-        WATCHDOG.scope(Arc::clone(&w), async { disarm() }).await;
-        assert_eq!(w.get(), None);
-        // Outside a scope it is a no-op, not a panic.
-        arm(deadline);
+        assert_eq!(w.get(), Phase::Disarmed);
+        // Outside a scope they are no-ops, not panics.
+        arm_origin(deadline);
         disarm();
     }
 }

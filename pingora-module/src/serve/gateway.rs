@@ -1,22 +1,26 @@
 //! The Pingora [`ProxyHttp`] adapter: a thin translation of the core's [`decide`] onto
 //! Pingora's phases.
 //!
+//! - `early_request_filter` ends the client-header deadline (see [`super::deadline`]).
 //! - `request_filter` refuses a GET/HEAD carrying a body (400), checks the header limits (431)
-//!   and decides; a rejection is answered here (status, plain-text reason).
-//! - `upstream_peer` starts the total origin deadline (`upstream.timeout`), resolves the
-//!   current hop's origin and has the core check every address (see [`super::resolve`]).
+//!   and decides; a forward takes one of its source's in-flight slots (503 `overloaded` when
+//!   there is none, see [`super::inflight`]); a rejection is answered here (status, plain-text
+//!   reason).
+//! - `upstream_peer` starts the origin-header deadline (`upstream.timeout`, every hop
+//!   together), resolves the current hop's origin and has the core check every address (see
+//!   [`super::resolve`]); `connected_to_upstream` tells the deadline which socket to cut.
 //! - `upstream_request_filter` rewrites the request for the origin: `Host`, path, fresh origin
 //!   auth headers for this attempt, and only the allowlisted client headers.
 //! - `upstream_response_filter` follows redirects (the core re-validates the hop; the error
 //!   it returns makes Pingora's proxy loop retry with the next hop before anything reached the
 //!   client) and applies the core's response checks (content type 403, declared length 502).
-//! - `upstream_response_body_filter` counts the streamed body against `max_body_bytes` and
-//!   checks the deadline; an error there cuts the client connection mid-transfer.
+//! - `upstream_response_body_filter` counts the streamed body against `max_body_bytes`; an
+//!   error there cuts the client connection mid-transfer. A pause inside the body is bounded by
+//!   the per-read `upstream.body_timeout` (see [`super::peer`]), never by `upstream.timeout`.
 //!   The core's response edits (`Set-Cookie` dropped, `Cache-Control` capped for `expires`)
 //!   are applied there too.
 //! - `fail_to_proxy` answers failures with the core's rejection while no header went out;
-//!   `logging` counts the request's one outcome and logs. [`super::deadline`] is the backstop
-//!   for the deadline.
+//!   `logging` counts the request's one outcome and logs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, HeaderName, Method};
+use http::{header, HeaderName, HeaderValue, Method};
 use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::config::Upstream;
 use ixproxy_core::request::{
@@ -39,32 +43,40 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::deadline;
+use super::deadline::{self, OriginSocket};
+use super::inflight::{Inflight, Slot};
 use super::metrics::Metrics;
 use super::peer::build_peer;
-use super::resolve::{candidates, resolve, ResolveError};
+use super::resolve::{candidates, OriginResolver, ResolveError};
 
-/// The gateway: validated sources, upstream settings, trust anchors and metrics.
+/// The gateway: validated sources, upstream settings, trust anchors, the origin resolver, the
+/// in-flight counters and metrics.
 pub struct Gateway {
     sources: Sources,
     upstream: Upstream,
     ca: Option<Arc<CaType>>,
+    resolver: OriginResolver,
+    inflight: Inflight,
     metrics: Metrics,
 }
 
 impl Gateway {
     /// A gateway serving `sources`, connecting to origins with `upstream` settings and `ca`
-    /// (see [`super::peer::load_trust_anchors`]), counting into `metrics`.
+    /// (see [`super::peer::load_trust_anchors`]) at the addresses `resolver` finds, counting
+    /// into `metrics`.
     pub fn new(
         sources: Sources,
         upstream: Upstream,
         ca: Option<Arc<CaType>>,
+        resolver: OriginResolver,
         metrics: Metrics,
     ) -> Self {
         Gateway {
+            inflight: Inflight::new(&sources),
             sources,
             upstream,
             ca,
+            resolver,
             metrics,
         }
     }
@@ -85,9 +97,14 @@ pub struct RequestCtx {
     candidate: usize,
     /// When the origin request started (first resolution included).
     upstream_started: Option<Instant>,
-    /// `upstream_started` + `upstream.timeout`: the whole origin exchange (every hop, the
-    /// response header and the body) must end before it.
+    /// `upstream_started` + `upstream.timeout`: the final origin response header (every hop
+    /// included) must arrive before it.
     deadline: Option<Instant>,
+    /// The final origin response header was accepted: the deadline no longer applies.
+    header_done: bool,
+    /// This request's origin fetch, counted against `max_inflight_per_source` until the
+    /// context is dropped.
+    inflight: Option<Slot>,
     /// Time to the final origin response header.
     upstream_latency: Option<Duration>,
     /// Origin response body bytes received so far for the current response.
@@ -105,8 +122,9 @@ impl RequestCtx {
             .map_or(timeout, |d| d.saturating_duration_since(Instant::now()))
     }
 
+    /// Whether the origin-header deadline has passed while it still applies.
     fn past_deadline(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+        !self.header_done && self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Records `failure` and returns the error that stops the proxy loop (never retried).
@@ -203,6 +221,10 @@ pub fn rewrite_upstream_request(
     req.insert_header(header::HOST, forward.origin().authority())?;
     req.set_raw_path(forward.origin().path_and_query.as_bytes())?;
     for (name, value) in auth.iter() {
+        // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth value", e))?;
+        value.set_sensitive(true);
         req.insert_header(name, value)?;
     }
     Ok(())
@@ -260,6 +282,15 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        deadline::client_header_received();
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // Framing headers (HTTP/1) or a stream not ended with the headers (HTTP/2). Pingora has
         // already answered 400 to conflicting or invalid Content-Length values and to a
@@ -281,6 +312,18 @@ impl ProxyHttp for Gateway {
                 };
                 decide(&self.sources, &info, unix_now())
             }
+        };
+        let decision = match decision {
+            Decision::Forward(forward) => {
+                match self.inflight.acquire(&self.sources, forward.source_name()) {
+                    Ok(slot) => {
+                        ctx.inflight = slot;
+                        Decision::Forward(forward)
+                    }
+                    Err(rejection) => Decision::Reject(rejection),
+                }
+            }
+            reject => reject,
         };
         match decision {
             Decision::Forward(forward) => {
@@ -306,8 +349,10 @@ impl ProxyHttp for Gateway {
             ctx.upstream_started = Some(now);
             let deadline = now + self.upstream.timeout;
             ctx.deadline = Some(deadline);
-            deadline::arm(deadline);
+            deadline::arm_origin(deadline);
         }
+        // A new attempt: the previous one's connection (if any) is not this request's any more.
+        deadline::origin_socket(None);
         let remaining = ctx.remaining(self.upstream.timeout);
         if remaining.is_zero() {
             return Err(ctx.fail(
@@ -323,12 +368,10 @@ impl ProxyHttp for Gateway {
         };
         if ctx.candidates.is_empty() {
             let origin = forward.origin();
-            let resolved = match resolve(
-                &origin.host,
-                origin.port,
-                self.upstream.connect_timeout.min(remaining),
-            )
-            .await
+            let resolved = match self
+                .resolver
+                .resolve(&origin.host, origin.port, remaining)
+                .await
             {
                 Ok(addrs) => forward
                     .check_resolved(addrs.iter().map(SocketAddr::ip))
@@ -375,6 +418,19 @@ impl ProxyHttp for Gateway {
             self.ca.as_ref(),
             remaining,
         )))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        deadline::origin_socket(OriginSocket::of(fd));
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -438,6 +494,7 @@ impl ProxyHttp for Gateway {
             // and the proxy loop asks `upstream_peer` for the next hop.
             return match forward.redirect(location) {
                 Ok(next) => {
+                    deadline::origin_socket(None);
                     ctx.forward = Some(Box::new(next));
                     ctx.candidates.clear();
                     ctx.candidate = 0;
@@ -463,6 +520,10 @@ impl ProxyHttp for Gateway {
             }
         };
         apply_response_edits(upstream_response, &edits)?;
+        // The origin-header phase is over: from here only per-read timeouts apply (the body's
+        // pauses, the client's writes), so a slow download is never cut by upstream.timeout.
+        ctx.header_done = true;
+        deadline::disarm();
         ctx.body_bytes = 0;
         if ctx.upstream_latency.is_none() {
             if let Some(started) = ctx.upstream_started {
@@ -478,7 +539,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         let len = body.as_ref().map_or(0, |b| b.len() as u64);
@@ -494,30 +555,7 @@ impl ProxyHttp for Gateway {
             let context = format!("origin body over {} bytes", ctx.body_bytes - len);
             return Err(ctx.fail(Rejection::origin_too_large(), context));
         }
-        if end_of_stream {
-            deadline::disarm();
-        } else if ctx.past_deadline() {
-            *body = None;
-            return Err(ctx.fail(
-                Rejection::origin_timeout(),
-                "origin deadline passed mid-body".to_owned(),
-            ));
-        }
         Ok(None)
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        _ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
-        if session.req_header().method == Method::HEAD || matches!(status, 204 | 304) {
-            // No body will follow: the origin exchange is over.
-            deadline::disarm();
-        }
-        Ok(())
     }
 
     fn error_while_proxy(
@@ -724,6 +762,16 @@ mod tests {
         for gone in ["cookie", "x-forwarded-for", "proxy-authorization"] {
             assert!(get(gone).is_empty(), "{gone} must not reach the origin");
         }
+        // The origin auth values are sensitive: `Debug` of the request never prints them.
+        for name in ["authorization", "x-imgix-origin-secret"] {
+            assert!(req.headers[name].is_sensitive(), "{name}");
+        }
+        assert!(!req.headers["accept"].is_sensitive());
+        let debug = format!("{req:?}");
+        assert!(
+            !debug.contains("dTpw") && !debug.contains("\"hs\""),
+            "{debug}"
+        );
     }
 
     #[test]

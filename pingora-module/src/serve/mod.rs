@@ -2,13 +2,17 @@
 //!
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
-//! with the admin app ([`admin`]). SIGINT stops at once; SIGTERM drains for about a second.
+//! with the admin app ([`admin`]); [`client`] admits client connections and bounds their
+//! timeouts, [`deadline`] the two whole-header deadlines. SIGINT stops at once; SIGTERM drains
+//! for about a second.
 
 mod admin;
 mod announce;
+mod client;
 mod deadline;
 mod demo;
 mod gateway;
+mod inflight;
 mod listen;
 mod metrics;
 mod peer;
@@ -108,14 +112,21 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
+    let resolver = resolve::OriginResolver::system(config.upstream.connect_timeout)?;
     let Config {
-        upstream, sources, ..
+        upstream,
+        sources,
+        client,
+        ..
     } = config;
-    let gateway = gateway::Gateway::new(sources, upstream, ca, metrics.clone());
+    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone());
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let proxy = Service::new(
         "gateway".to_owned(),
-        deadline::Deadlined::new(proxy, metrics.clone()),
+        client::ClientConnections::new(
+            deadline::Deadlined::new(proxy, metrics.clone(), client.header_timeout),
+            client,
+        ),
     );
     server.add_service(listen::PreBound::new(proxy, listener));
 

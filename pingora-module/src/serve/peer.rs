@@ -21,10 +21,13 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// connection pool, so two origin names on one address never share a connection. `ca` replaces
 /// Pingora's default trust store for this peer (see [`load_trust_anchors`]).
 ///
-/// `remaining` is what is left of the request's total origin budget (`upstream.timeout` from
+/// `remaining` is what is left of the request's origin-header budget (`upstream.timeout` from
 /// the first resolution): the TCP connect (also bounded by `connect_timeout`), the TLS
-/// handshake and every single read or write of this attempt are bounded by it, so a stalled
-/// origin cannot outlive the budget by more than one read started just before it ran out.
+/// handshake and each write of the request are bounded by it. Each read, of the response
+/// header and of the body alike, is bounded by `upstream.body_timeout`: that is the longest
+/// pause allowed inside an origin body, and the only limit a long download meets (a read
+/// waits only while the origin is silent, not while a slow client holds the transfer back).
+/// The header as a whole is bounded by the deadline (see [`super::deadline`]).
 pub fn build_peer(
     addr: SocketAddr,
     origin: &OriginUrl,
@@ -37,7 +40,7 @@ pub fn build_peer(
     let options = &mut peer.options;
     options.connection_timeout = Some(upstream.connect_timeout.min(budget));
     options.total_connection_timeout = Some(budget);
-    options.read_timeout = Some(budget);
+    options.read_timeout = Some(upstream.body_timeout);
     options.write_timeout = Some(budget);
     options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
     options.verify_cert = true;
@@ -145,18 +148,19 @@ mod tests {
             peer.options.connection_timeout,
             Some(Duration::from_secs(2))
         );
-        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(30)));
         assert!(peer.options.verify_cert && peer.options.verify_hostname);
         // Late attempts only get what is left of the total budget.
         let late = build_peer(addr, &origin, &upstream, None, Duration::from_millis(300));
         for t in [
             late.options.connection_timeout,
             late.options.total_connection_timeout,
-            late.options.read_timeout,
             late.options.write_timeout,
         ] {
             assert_eq!(t, Some(Duration::from_millis(300)));
         }
+        // The body's pauses are never bounded by what is left of the header budget.
+        assert_eq!(late.options.read_timeout, Some(Duration::from_secs(30)));
 
         let other =
             ixproxy_core::origin::parse_origin("https://cdn.example.com/a.png").expect("origin");

@@ -1,0 +1,64 @@
+//! Rules over how much one gateway takes on at once (README: Configuration, `limits:`): client
+//! connections open together and origin fetches in flight per source. The runtimes count; the
+//! core says whether one more is admitted and what the client gets when it is not.
+
+use crate::config::{ClientLimits, Limits};
+use crate::outcome::Rejection;
+
+/// Whether one more client connection may be served while `open` are already being served.
+pub fn admits_connection(limits: &ClientLimits, open: usize) -> bool {
+    open < limits.max_connections
+}
+
+/// Checks one more origin fetch for a source that has `in_flight` fetches running already
+/// (`limits.max_inflight_per_source`, 0 = unlimited). Runtimes call it once per client request
+/// the core forwards, before any origin work, and hold the slot until the request ends.
+///
+/// # Errors
+/// The 503 [`Rejection::overloaded`] (`Retry-After: 1`) when the source is at its limit.
+pub fn check_inflight(limits: &Limits, in_flight: u32) -> Result<(), Rejection> {
+    match limits.max_inflight_per_source {
+        0 => Ok(()),
+        max if in_flight < max => Ok(()),
+        _ => Err(Rejection::overloaded()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Outcome;
+
+    #[test]
+    fn connections_are_admitted_below_the_limit_only() {
+        let limits = ClientLimits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            max_connections: 2,
+        };
+        assert!(admits_connection(&limits, 0));
+        assert!(admits_connection(&limits, 1));
+        assert!(!admits_connection(&limits, 2));
+        assert!(!admits_connection(&limits, 3));
+    }
+
+    #[test]
+    fn inflight_over_the_limit_is_a_503_and_zero_is_unlimited() {
+        let unlimited = Limits::default();
+        assert_eq!(unlimited.max_inflight_per_source, 0);
+        assert!(check_inflight(&unlimited, u32::MAX).is_ok());
+
+        let two = Limits {
+            max_inflight_per_source: 2,
+            ..Limits::default()
+        };
+        assert!(check_inflight(&two, 0).is_ok());
+        assert!(check_inflight(&two, 1).is_ok());
+        let over = check_inflight(&two, 2).expect_err("third fetch");
+        assert_eq!((over.status(), over.outcome()), (503, Outcome::Overloaded));
+        assert!(over.headers().any(|h| h == ("retry-after", "1")));
+    }
+}
