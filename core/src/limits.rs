@@ -10,6 +10,15 @@ pub fn admits_connection(limits: &ClientLimits, open: usize) -> bool {
     open < limits.max_connections
 }
 
+/// Whether one more origin fetch of a source may start while `in_flight` of its fetches are
+/// already running, under `limits.max_inflight_per_source` = `limit` (0 = unlimited). Redirect
+/// hops belong to the request that holds the slot and do not ask again. For a runtime that
+/// counts in its own store (the Envoy filter's shared data); [`check_inflight`] is the same
+/// rule with the answer.
+pub fn admits_inflight(in_flight: u32, limit: u32) -> bool {
+    limit == 0 || in_flight < limit
+}
+
 /// Checks one more origin fetch for a source that has `in_flight` fetches running already
 /// (`limits.max_inflight_per_source`, 0 = unlimited). Runtimes call it once per client request
 /// the core forwards, before any origin work, and hold the slot until the request ends.
@@ -17,10 +26,10 @@ pub fn admits_connection(limits: &ClientLimits, open: usize) -> bool {
 /// # Errors
 /// The 503 [`Rejection::overloaded`] (`Retry-After: 1`) when the source is at its limit.
 pub fn check_inflight(limits: &Limits, in_flight: u32) -> Result<(), Rejection> {
-    match limits.max_inflight_per_source {
-        0 => Ok(()),
-        max if in_flight < max => Ok(()),
-        _ => Err(Rejection::overloaded()),
+    if admits_inflight(in_flight, limits.max_inflight_per_source) {
+        Ok(())
+    } else {
+        Err(Rejection::overloaded())
     }
 }
 
@@ -60,5 +69,7 @@ mod tests {
         let over = check_inflight(&two, 2).expect_err("third fetch");
         assert_eq!((over.status(), over.outcome()), (503, Outcome::Overloaded));
         assert!(over.headers().any(|h| h == ("retry-after", "1")));
+        assert!(admits_inflight(11, 12) && !admits_inflight(12, 12) && !admits_inflight(13, 12));
+        assert!(admits_inflight(u32::MAX, 0), "0 = unlimited");
     }
 }

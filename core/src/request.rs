@@ -87,28 +87,9 @@ pub fn check_request_body(method: &str, has_body: bool) -> Result<(), Rejection>
     Ok(())
 }
 
-/// Whether one more origin fetch of a source may start while `in_flight` of its fetches are
-/// already running, under `limits.max_inflight_per_source` = `limit` (0 = unlimited). Both
-/// runtimes ask this before they forward a client request (redirect hops belong to the request
-/// that holds the slot and do not ask again); `false` means the request is answered with
-/// [`Rejection::overloaded`] and never reaches an origin.
-pub fn admits_inflight(in_flight: u32, limit: u32) -> bool {
-    limit == 0 || in_flight < limit
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inflight_limit_admits_up_to_the_limit_and_zero_is_unlimited() {
-        assert!(admits_inflight(0, 1));
-        assert!(!admits_inflight(1, 1));
-        assert!(admits_inflight(11, 12));
-        assert!(!admits_inflight(12, 12));
-        assert!(!admits_inflight(13, 12));
-        assert!(admits_inflight(u32::MAX, 0), "0 = unlimited");
-    }
 
     #[test]
     fn host_and_authority_count_alike_and_the_request_line_does_not() {

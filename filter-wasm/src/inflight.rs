@@ -8,7 +8,7 @@
 //! hop's stream through the hop state instead ([`crate::hop::Hop::holds_slot`]).
 
 use ixproxy_core::envoy::inflight_key;
-use ixproxy_core::request::admits_inflight;
+use ixproxy_core::limits::admits_inflight;
 use ixproxy_core::Sources;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
