@@ -99,6 +99,22 @@ pub fn forward_request_edits<'a>(
     edits
 }
 
+/// The routing markers the filter sets ([`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`]) found
+/// among `names` (a client sent them): to be removed before the request is judged.
+pub fn client_markers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for name in names {
+        let forged = [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(name));
+        let lower = name.to_ascii_lowercase();
+        if forged && !found.contains(&lower) {
+            found.push(lower);
+        }
+    }
+    found
+}
+
 /// The core's response edits as header map edits: removals first, then sets.
 pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
     edits
@@ -229,6 +245,20 @@ mod tests {
             .rposition(|e| matches!(e, HeaderEdit::Remove(_)));
         let first_set = edits.iter().position(|e| matches!(e, HeaderEdit::Set(..)));
         assert!(last_remove < first_set);
+    }
+
+    #[test]
+    fn client_sent_routing_markers_are_found() {
+        assert_eq!(
+            client_markers([
+                "accept",
+                "X-Ixproxy-Upstream",
+                "x-ixproxy-allow-private",
+                "x-ixproxy-upstream"
+            ]),
+            [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]
+        );
+        assert!(client_markers(["accept", ":path"]).is_empty());
     }
 
     #[test]

@@ -268,6 +268,15 @@ impl HttpContext for FilterHttp {
         if let Some(state) = Self::stored_hop() {
             return self.follow(&sources, &state, &names);
         }
+        // The routing markers are the filter's to set: a client-sent one must not make Envoy's
+        // own reply to this request (the bootstrap recognises RBAC refusals by the marker) or
+        // anything else treat it as forwarded, even when the filter refuses it.
+        for marker in edits::client_markers(names.iter().map(String::as_str)) {
+            if let Err(e) = Self::apply(MapType::HttpRequestHeaders, &[HeaderEdit::Remove(marker)])
+            {
+                return self.internal_error(&e);
+            }
+        }
         let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
         // Envoy's codec has already refused conflicting framing; a request whose stream does not
         // end with its headers carries a body, which a GET or HEAD must not.
