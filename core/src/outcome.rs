@@ -122,6 +122,14 @@ pub const LOCAL_REPLY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// `Cache-Control` of every local reply: the gateway's own answers are never cached.
 pub const LOCAL_REPLY_CACHE_CONTROL: (&str, &str) = ("cache-control", "no-store");
 
+/// The headers every reply the gateway makes itself carries, whatever made it (a rejection, or
+/// a runtime's own codec refusing a request): never cached, inert for browsers.
+pub const LOCAL_REPLY_HEADERS: [(&str, &str); 3] = [
+    LOCAL_REPLY_CACHE_CONTROL,
+    SECURITY_HEADERS[0],
+    SECURITY_HEADERS[1],
+];
+
 /// Reason of the 403 for an origin whose address (an IP literal, or any address its name
 /// resolved to) is private, loopback or otherwise not public.
 pub const ORIGIN_ADDRESS_DENIED: &str =
@@ -328,8 +336,7 @@ impl Rejection {
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         std::iter::once(("content-type", LOCAL_REPLY_CONTENT_TYPE))
             .chain(self.headers.iter().copied())
-            .chain(std::iter::once(LOCAL_REPLY_CACHE_CONTROL))
-            .chain(SECURITY_HEADERS)
+            .chain(LOCAL_REPLY_HEADERS)
     }
 }
 

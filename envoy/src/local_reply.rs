@@ -11,6 +11,7 @@ use ixproxy_core::envoy::{
     DNS_CACHE_OVERFLOW_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS,
     UPSTREAM_HEADER,
 };
+use ixproxy_core::outcome::LOCAL_REPLY_HEADERS;
 use ixproxy_core::Rejection;
 use serde_yaml::Value;
 
@@ -39,6 +40,7 @@ pub(crate) fn local_reply_config() -> Value {
                 "ixproxy.dns_cache_overflow_status",
                 &Rejection::overloaded(),
             ),
+            every_other_reply(),
         ],
     }
 }
@@ -104,6 +106,34 @@ fn before_router_mapper(status: u16, runtime_key: &str, rejection: &Rejection) -
     };
     render_reply(&mut mapper, rejection);
     mapper
+}
+
+/// The last mapper: any other reply Envoy makes itself (its codec refusing a request with 400,
+/// 408 or 431, the filter's own rejections, which already carry them) keeps its status and body
+/// and gets the core's [`LOCAL_REPLY_HEADERS`]: never cached, inert for browsers.
+fn every_other_reply() -> Value {
+    map! {
+        "filter" => map! {
+            "status_code_filter" => map! {
+                "comparison" => map! {
+                    "op" => "GE",
+                    "value" => map! {
+                        "default_value" => 0,
+                        "runtime_key" => "ixproxy.local_reply_headers_from",
+                    },
+                },
+            },
+        },
+        "headers_to_add" => Value::Sequence(
+            LOCAL_REPLY_HEADERS
+                .iter()
+                .map(|(name, value)| map! {
+                    "header" => map! { "key" => *name, "value" => *value },
+                    "append_action" => "OVERWRITE_IF_EXISTS_OR_ADD",
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Adds the rejection's body and headers to `mapper`. Envoy sets `content-type` from the body
@@ -221,7 +251,25 @@ mod tests {
         );
         assert_eq!(dns["body"]["inline_string"], overloaded.body().as_str());
         assert_reply_headers(dns, &overloaded);
-        assert_eq!(mappers.as_sequence().map(Vec::len), Some(5));
+        // Last, every other local reply (Envoy's codec refusals): status and body untouched,
+        // the core's local reply headers added.
+        let rest = &mappers[5];
+        assert_eq!(
+            rest["filter"]["status_code_filter"]["comparison"]["op"],
+            "GE"
+        );
+        assert!(rest.get("status_code").is_none() && rest.get("body").is_none());
+        for (name, value) in LOCAL_REPLY_HEADERS {
+            assert!(
+                rest["headers_to_add"]
+                    .as_sequence()
+                    .expect("headers")
+                    .iter()
+                    .any(|h| h["header"]["key"] == name && h["header"]["value"] == value),
+                "{name}"
+            );
+        }
+        assert_eq!(mappers.as_sequence().map(Vec::len), Some(6));
     }
 
     /// The mapper sends exactly the rejection's headers.

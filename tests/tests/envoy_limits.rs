@@ -1,7 +1,8 @@
 //! Envoy's own limits in the generated bootstrap, run by the real Envoy 1.40 with the built
 //! filter: a circuit breaker overflow is the core's 503 `overloaded` (so `OVERLOADED_FLAGS` are
-//! the flags Envoy 1.40 sets), no `server` header reaches a client, and a client request holds
-//! one `max_inflight_per_source` slot across its redirect hops, given back when it ends.
+//! the flags Envoy 1.40 sets), no `server` header reaches a client, a client request holds
+//! one `max_inflight_per_source` slot across its redirect hops, given back when it ends, and
+//! the replies Envoy's codec makes itself carry the core's local reply headers.
 //!
 //! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
@@ -230,4 +231,35 @@ sources:
             ("origin_timeout", 1),
         ],
     );
+}
+
+#[test]
+fn envoys_own_codec_refusals_are_inert_and_uncached() {
+    let dir = temp_dir();
+    let config = write(
+        dir.path(),
+        "ixproxy.yaml",
+        r#"
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+sources:
+  - name: local
+    hosts: [localhost]
+    secure_url_tokens: [tok]
+    allow_private_origins: true
+"#,
+    );
+    let envoy = EnvoyGateway::start(&config, &[], dir.path())
+        .unwrap_or_else(|e| panic!("envoy does not start: {e}"));
+    // Conflicting Content-Length values: Envoy's HTTP/1 codec answers 400 before any filter.
+    let mut req = RawRequest::get("localhost", "/x");
+    req.headers
+        .push(("Content-Length".to_owned(), "1".to_owned()));
+    req.headers
+        .push(("Content-Length".to_owned(), "2".to_owned()));
+    let response = send(envoy.addr(), &req, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status, 400, "{response:?}");
+    for (name, value) in ixproxy_core::outcome::LOCAL_REPLY_HEADERS {
+        assert_eq!(response.header(name), Some(value), "{name}: {response:?}");
+    }
 }
