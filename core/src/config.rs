@@ -23,10 +23,11 @@ mod warnings;
 
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
-    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
-    DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_WRITE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_MAX_REQUEST_HEADERS, DEFAULT_MAX_REQUEST_HEADER_BYTES,
+    parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CACHE_MAX_BYTES,
+    DEFAULT_CACHE_MAX_OBJECT_BYTES, DEFAULT_CACHE_TTL, DEFAULT_CACHE_TTL_ERROR,
+    DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_WRITE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_REQUEST_HEADERS, DEFAULT_MAX_REQUEST_HEADER_BYTES,
     DEFAULT_MAX_REQUEST_TARGET_BYTES, DEFAULT_TIMEOUT, MAX_HANDSHAKE_CHARS, MAX_MAX_REDIRECTS,
     MAX_SIGNING_KEY_CHARS,
 };
@@ -109,8 +110,23 @@ pub struct RawConfig {
     /// Request limits.
     #[serde(default, skip_serializing_if = "is_default")]
     pub limits: RawLimits,
+    /// The response cache (absent or `max_bytes: 0` = no cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RawCache>,
     /// Sources.
     pub sources: Vec<RawSource>,
+}
+
+/// `cache:` (serde layer): the response cache, all sources together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Bodies held in memory, all sources together (default 256 MiB; 0 = no cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Larger responses are streamed, never cached (default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_object_bytes: Option<u64>,
 }
 
 /// `limits:` (serde layer): bounds on what a client may send.
@@ -190,6 +206,15 @@ pub struct RawSource {
     /// Content-Type prefixes (`image/`) an origin response must match; absent = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_content_types: Option<Vec<String>>,
+    /// `respect_origin` (default), `override_origin` or `enforce_minimum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_behavior: Option<String>,
+    /// Seconds (default 31536000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<u64>,
+    /// Seconds, for origin 4xx/5xx answers (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_error: Option<u64>,
 }
 
 /// `origin_auth:` (serde layer).
@@ -248,6 +273,48 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Longest pause inside an origin body.
     pub body_timeout: Duration,
+}
+
+/// How a source's `Cache-Control` is made from the origin's (imgix's source setting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheTtlBehavior {
+    /// The origin's `Cache-Control` as sent; none → `public, max-age=<cache_ttl>`.
+    #[default]
+    RespectOrigin,
+    /// Always `public, max-age=<cache_ttl>`.
+    OverrideOrigin,
+    /// `public, max-age=max(origin max-age, cache_ttl)`.
+    EnforceMinimum,
+}
+
+/// A source's validated cache TTL settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTtl {
+    /// How the origin's `Cache-Control` is used.
+    pub behavior: CacheTtlBehavior,
+    /// Seconds (`cache_ttl`).
+    pub ttl: u64,
+    /// Seconds for origin 4xx/5xx answers (`cache_ttl_error`).
+    pub error_ttl: u64,
+}
+
+impl Default for CacheTtl {
+    fn default() -> Self {
+        CacheTtl {
+            behavior: CacheTtlBehavior::RespectOrigin,
+            ttl: DEFAULT_CACHE_TTL,
+            error_ttl: DEFAULT_CACHE_TTL_ERROR,
+        }
+    }
+}
+
+/// The validated response cache settings (present only when the cache is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Bodies held in memory, all sources together (at least 1).
+    pub max_bytes: u64,
+    /// Larger responses are streamed, never cached.
+    pub max_object_bytes: u64,
 }
 
 /// Validated client connection limits (`limits:` fields the listeners apply).
@@ -323,6 +390,8 @@ pub struct Source {
     pub allow_private_origins: bool,
     /// Lower-case Content-Type prefixes an origin response must match; `None` = any.
     pub allowed_content_types: Option<Vec<String>>,
+    /// Cache TTL settings.
+    pub cache_ttl: CacheTtl,
 }
 
 impl Source {
@@ -416,6 +485,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// Client connection limits.
     pub client: ClientLimits,
+    /// The response cache; `None` = no cache.
+    pub cache: Option<CacheLimits>,
     /// Sources.
     pub sources: Sources,
 }
@@ -456,6 +527,7 @@ impl RawConfig {
             admin_listen,
             sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
             client: validate::client_limits(&self.limits)?,
+            cache: validate::cache(self.cache.as_ref())?,
             upstream: validate::upstream(self.upstream)?,
         })
     }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use super::hosts::normalize_host;
 use super::secrets::resolve;
 use super::{
-    ClientLimits, ConfigError, HostPattern, Limits, RawBasicAuth, RawLimits, RawOriginAuth,
-    RawSource, RawUpstream, SecretResolver, Source, Sources, Upstream,
+    CacheLimits, CacheTtl, CacheTtlBehavior, ClientLimits, ConfigError, HostPattern, Limits,
+    RawBasicAuth, RawCache, RawLimits, RawOriginAuth, RawSource, RawUpstream, SecretResolver,
+    Source, Sources, Upstream,
 };
 use crate::auth::{BasicAuth, OriginAuth};
 use crate::secret::Secret;
@@ -42,6 +43,14 @@ pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `limits.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `sources[].cache_ttl` (one year, in seconds).
+pub const DEFAULT_CACHE_TTL: u64 = 31_536_000;
+/// Default `sources[].cache_ttl_error` (seconds).
+pub const DEFAULT_CACHE_TTL_ERROR: u64 = 300;
+/// Default `cache.max_bytes` (256 MiB).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default `cache.max_object_bytes` (8 MiB).
+pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 8 * 1024 * 1024;
 /// Most redirect hops `upstream.max_redirects` may ask for.
 pub const MAX_MAX_REDIRECTS: u32 = 20;
 /// Longest `request_handshake`, in characters.
@@ -139,6 +148,49 @@ pub(super) fn client_limits(raw: &RawLimits) -> Result<ClientLimits, ConfigError
             "limits.client_write_timeout",
         )?,
         max_connections,
+    })
+}
+
+pub(super) fn cache(raw: Option<&RawCache>) -> Result<Option<CacheLimits>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+    if max_bytes == 0 {
+        return Ok(None);
+    }
+    let max_object_bytes = match raw.max_object_bytes {
+        Some(0) => return Err(error("cache.max_object_bytes", "must be greater than zero")),
+        other => other.unwrap_or(DEFAULT_CACHE_MAX_OBJECT_BYTES),
+    };
+    if max_object_bytes > max_bytes {
+        return Err(error(
+            "cache.max_object_bytes",
+            format!("larger than cache.max_bytes ({max_bytes})"),
+        ));
+    }
+    Ok(Some(CacheLimits {
+        max_bytes,
+        max_object_bytes,
+    }))
+}
+
+fn cache_ttl(raw: &RawSource, path: &str) -> Result<CacheTtl, ConfigError> {
+    let behavior = match raw.cache_ttl_behavior.as_deref() {
+        None | Some("respect_origin") => CacheTtlBehavior::RespectOrigin,
+        Some("override_origin") => CacheTtlBehavior::OverrideOrigin,
+        Some("enforce_minimum") => CacheTtlBehavior::EnforceMinimum,
+        Some(other) => {
+            return Err(error(
+                format!("{path}.cache_ttl_behavior"),
+                format!("`{other}` is not one of respect_origin, override_origin, enforce_minimum"),
+            ))
+        }
+    };
+    Ok(CacheTtl {
+        behavior,
+        ttl: raw.cache_ttl.unwrap_or(DEFAULT_CACHE_TTL),
+        error_ttl: raw.cache_ttl_error.unwrap_or(DEFAULT_CACHE_TTL_ERROR),
     })
 }
 
@@ -275,6 +327,7 @@ fn source(
     secrets: &dyn SecretResolver,
     path: &str,
 ) -> Result<Source, ConfigError> {
+    let cache_ttl = cache_ttl(&raw, path)?;
     let tokens_path = format!("{path}.secure_url_tokens");
     if raw.secure_url_tokens.is_empty() {
         return Err(error(tokens_path, "must list at least one token"));
@@ -330,6 +383,7 @@ fn source(
         None => None,
     };
     Ok(Source {
+        cache_ttl,
         name: raw.name,
         hosts,
         tokens,
