@@ -105,6 +105,67 @@ pub fn handed_over_to_redirect(details: &str) -> bool {
     details == INTERNAL_REDIRECT
 }
 
+/// Envoy's `response.code_details` of a response its HTTP cache filter served from its store
+/// (its response flag is `RFCF`, `ResponseFromCacheFilter`); seen on Envoy 1.40 for a fresh hit
+/// and for a stale entry the origin confirmed with a 304. No router ran for such a response, so
+/// Envoy reports no `upstream.address` for it.
+pub const RESPONSE_FROM_CACHE: &str = "cache.response_from_cache_filter";
+
+/// Whether a response with these `response.code_details` was served from Envoy's cache: the
+/// filter then treats it as forwarded (the origin's answer, stored), applies the same response
+/// checks and edits, and takes the address it came from from [`UPSTREAM_ADDRESS_HEADER`].
+pub fn is_cache_hit(details: &str) -> bool {
+    details == RESPONSE_FROM_CACHE
+}
+
+/// Response header the filter's upstream role (on every origin response, before Envoy's cache
+/// stores it) sets to the address Envoy connected to, after removing any origin-sent one. Envoy
+/// 1.40's cache fetches cacheable requests on its own side channel, so the downstream stream
+/// never learns `upstream.address`, neither on the miss nor on later hits: the stored header is
+/// what the filter checks instead. Never reaches the client (not on the response allowlist).
+pub const UPSTREAM_ADDRESS_HEADER: &str = "x-ixproxy-upstream-address";
+
+/// Request headers the filter's upstream role removes from every origin request. The routes'
+/// `request_headers_to_remove` do not apply to the cache's side channel (Envoy 1.40), and that
+/// channel adds `x-envoy-internal` and an `x-forwarded-for` of its own.
+pub const ORIGIN_REQUEST_REMOVED: [&str; 5] = [
+    FORWARDED_PROTO,
+    UPSTREAM_HEADER,
+    ALLOW_PRIVATE_HEADER,
+    "x-forwarded-for",
+    "x-envoy-internal",
+];
+
+/// The address a forwarded response came from: Envoy's `upstream.address` when the router
+/// fetched it, else the [`UPSTREAM_ADDRESS_HEADER`] the upstream role stored with it (a cache
+/// miss on the side channel, or a hit).
+pub fn response_upstream_address<'a>(
+    property: Option<&'a str>,
+    stored: Option<&'a str>,
+) -> Option<&'a str> {
+    property.or(stored)
+}
+
+/// The `Cache-Status` of a forwarded response, or `None` when Envoy's cache took no part (no
+/// cache configured, or a request it does not cache, which Envoy sends through the router):
+/// a hit is [`crate::cache_status::HIT`]; a response without `upstream.address` but with the
+/// stored address came through the cache's side channel, [`crate::cache_status::FWD_MISS`].
+/// Envoy 1.40 reports a revalidated stale entry exactly like a hit, so `fwd=stale` is never
+/// told apart on Envoy.
+pub fn cache_status(
+    details: &str,
+    property: Option<&str>,
+    stored: Option<&str>,
+) -> Option<&'static str> {
+    if is_cache_hit(details) {
+        Some(crate::cache_status::HIT)
+    } else if property.is_none() && stored.is_some() {
+        Some(crate::cache_status::FWD_MISS)
+    } else {
+        None
+    }
+}
+
 /// Prefix of the proxy-wasm shared data keys counting each source's origin fetches in flight
 /// (`max_inflight_per_source`). Shared data belongs to the VM id, so every worker thread's VM
 /// counts in the same place.
@@ -252,6 +313,37 @@ mod tests {
             unfinished_stream_outcome("upstream_reset_after_response_started{remote_reset}"),
             Some(Outcome::OriginError)
         );
+    }
+
+    #[test]
+    fn cache_hits_are_forwarded_and_checked_against_the_stored_address() {
+        // Seen on Envoy 1.40 (tests/tests/envoy_cache.rs): a hit's details, no upstream address.
+        assert!(is_cache_hit("cache.response_from_cache_filter"));
+        for details in [
+            VIA_UPSTREAM,
+            "",
+            "cache.insert_via_upstream",
+            "cache.aborted_lookup",
+        ] {
+            assert!(!is_cache_hit(details), "{details}");
+        }
+        let (router, stored) = (Some("192.0.2.1:80"), Some("192.0.2.9:80"));
+        assert_eq!(response_upstream_address(router, stored), router);
+        assert_eq!(response_upstream_address(None, stored), stored);
+        assert_eq!(response_upstream_address(None, None), None);
+        assert_eq!(
+            cache_status(RESPONSE_FROM_CACHE, None, stored),
+            Some(crate::cache_status::HIT)
+        );
+        assert_eq!(
+            cache_status(VIA_UPSTREAM, None, stored),
+            Some(crate::cache_status::FWD_MISS)
+        );
+        assert_eq!(cache_status(VIA_UPSTREAM, router, stored), None);
+        assert_eq!(cache_status(VIA_UPSTREAM, None, None), None);
+        for removed in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO] {
+            assert!(ORIGIN_REQUEST_REMOVED.contains(&removed), "{removed}");
+        }
     }
 
     #[test]
