@@ -20,8 +20,10 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ixproxy_core::cache_status::CACHE_STATUS;
 use ixproxy_core::envoy::{
-    client_header_totals, handed_over_to_redirect, inflight_key, local_reply_outcome, VIA_UPSTREAM,
+    cache_status, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
+    local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER, VIA_UPSTREAM,
 };
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::{is_followed_redirect, OriginHead};
@@ -319,7 +321,7 @@ impl HttpContext for FilterHttp {
             return Action::Continue;
         };
         let details = Self::property(&["response", "code_details"]).unwrap_or_default();
-        if details != VIA_UPSTREAM {
+        if details != VIA_UPSTREAM && !is_cache_hit(&details) {
             // Envoy's own reply on a forwarded request (an unreachable or slow origin, the RBAC
             // filter refusing a private address): its status and body come from the generated
             // bootstrap; its outcome from the core's mapping.
@@ -327,12 +329,18 @@ impl HttpContext for FilterHttp {
             self.count(local_reply_outcome(&details));
             return Action::Continue;
         }
-        let upstream = Self::property(&["upstream", "address"]);
+        // A cache hit is the origin's answer as stored: it gets every check and edit below, with
+        // this request's own `expires` cap. Envoy's cache fetches on a side channel, so for its
+        // misses and hits the address comes from the header the upstream role stored.
+        let property = Self::property(&["upstream", "address"]);
+        let stored = Self::header(MapType::HttpResponseHeaders, UPSTREAM_ADDRESS_HEADER);
+        let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         // The RBAC filter already refused private addresses before connecting; this second
         // line keeps any response of such an address from the client.
-        if let Err(rejection) = forward.check_upstream_address(upstream.as_deref()) {
+        if let Err(rejection) = forward.check_upstream_address(upstream) {
             return self.reject(&rejection);
         }
+        let status_value = cache_status(&details, property.as_deref(), stored.as_deref());
         let fields = match Self::headers(MapType::HttpResponseHeaders) {
             Ok(fields) => fields,
             Err(e) => return self.internal_error(&e),
@@ -354,10 +362,11 @@ impl HttpContext for FilterHttp {
             Ok(edits) => edits,
             Err(rejection) => return self.reject(&rejection),
         };
-        if let Err(e) = Self::apply(
-            MapType::HttpResponseHeaders,
-            &edits::response_header_edits(&response_edits),
-        ) {
+        let mut header_edits = edits::response_header_edits(&response_edits);
+        if let Some(value) = status_value {
+            header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
+        }
+        if let Err(e) = Self::apply(MapType::HttpResponseHeaders, &header_edits) {
             return self.internal_error(&e);
         }
         if end_of_stream {

@@ -8,14 +8,23 @@
 //! - it removes `x-forwarded-proto` from the origin request. Envoy finds no route for a request
 //!   without that header, and upstream filters edit the very header map Envoy later recreates a
 //!   redirected request from, so the header is put back on redirect responses instead, for
-//!   Envoy to copy into the recreated request (`response_headers_to_copy`).
+//!   Envoy to copy into the recreated request (`response_headers_to_copy`);
+//! - with Envoy's HTTP cache (which fetches cacheable requests on its own side channel, past the
+//!   routes' header removal; the bootstrap then installs this role on the clusters, where that
+//!   channel runs it too) it removes the routing markers and the channel's own
+//!   `x-forwarded-for`/`x-envoy-internal` ([`ORIGIN_REQUEST_REMOVED`]), and records on every
+//!   origin response the address Envoy connected to ([`UPSTREAM_ADDRESS_HEADER`], any
+//!   origin-sent one removed first), which the cache stores with the entry and the main filter
+//!   checks for misses and hits alike.
 
 use ixproxy_core::response::is_followed_redirect;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-pub use ixproxy_core::envoy::{FORWARDED_PROTO, UPSTREAM_ROOT_ID};
+pub use ixproxy_core::envoy::{
+    FORWARDED_PROTO, ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER, UPSTREAM_ROOT_ID,
+};
 
 /// Makes `location` absolute against `base` (`scheme://authority/path`); `None` when it is
 /// already absolute (left alone: the main filter judges it) or cannot be resolved.
@@ -57,15 +66,28 @@ impl HttpContext for LocationFilter {
             request(":authority"),
             request(":path")
         ));
-        if let Err(status) =
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, FORWARDED_PROTO, None)
-        {
-            log::warn!("ixproxy: cannot remove {FORWARDED_PROTO}: {status:?}");
+        for name in ORIGIN_REQUEST_REMOVED {
+            if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+                log::warn!("ixproxy: cannot remove {name}: {status:?}");
+            }
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The origin's own value never counts; unknown address → no header (the main filter
+        // then refuses the response unless the source allows private origins).
+        let address = hostcalls::get_property(vec!["upstream", "address"])
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok());
+        if let Err(status) = hostcalls::set_map_value(
+            MapType::HttpResponseHeaders,
+            UPSTREAM_ADDRESS_HEADER,
+            address.as_deref(),
+        ) {
+            log::warn!("ixproxy: cannot record the upstream address: {status:?}");
+        }
         let status: u16 = Self::header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
