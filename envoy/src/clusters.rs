@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_yaml::{Mapping, Value};
 
 use crate::bounds::{circuit_breakers, DNS_CACHE_MAX_HOSTS, PER_CONNECTION_BUFFER_LIMIT_BYTES};
+use crate::wasm::upstream_http_filters;
 use crate::{duration, typed, EnvoyConfigError, Parts};
 
 /// The system CA bundle trusted for https origins (Debian/Ubuntu/Alpine path).
@@ -35,6 +36,33 @@ pub(crate) fn clusters(p: &Parts) -> Value {
 }
 
 fn cluster(name: &str, p: &Parts) -> Value {
+    let mut cluster = plain_cluster(name, p);
+    if p.cache.is_some() {
+        // Envoy's cache fetches misses on a side channel that skips the router's
+        // `upstream_http_filters` but runs the cluster's own: the filter's upstream role goes
+        // here then. Envoy requires `auto_sni`/`auto_san_validation` on a dynamic forward proxy
+        // cluster with these options, also a plain one (where they do nothing).
+        cluster["typed_extension_protocol_options"] = map! {
+            HTTP_PROTOCOL_OPTIONS => typed(
+                HTTP_PROTOCOL_OPTIONS,
+                map! {
+                    "upstream_http_protocol_options" => map! {
+                        "auto_sni" => true,
+                        "auto_san_validation" => true,
+                    },
+                    "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
+                    "http_filters" => upstream_http_filters(p),
+                },
+            ),
+        };
+    }
+    cluster
+}
+
+/// Envoy's per-cluster HTTP options (SNI, codec, upstream HTTP filters).
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+fn plain_cluster(name: &str, p: &Parts) -> Value {
     map! {
         "name" => name,
         "connect_timeout" => duration(p.connect_timeout),
@@ -53,19 +81,21 @@ fn cluster(name: &str, p: &Parts) -> Value {
 
 fn tls_cluster(p: &Parts) -> Value {
     let mut cluster = cluster(TLS_CLUSTER, p);
-    cluster["typed_extension_protocol_options"] = map! {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => typed(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            map! {
-                // SNI and the certificate names checked come from each request's origin host.
-                "upstream_http_protocol_options" => map! {
-                    "auto_sni" => true,
-                    "auto_san_validation" => true,
+    if p.cache.is_none() {
+        cluster["typed_extension_protocol_options"] = map! {
+            HTTP_PROTOCOL_OPTIONS => typed(
+                HTTP_PROTOCOL_OPTIONS,
+                map! {
+                    // SNI and the certificate names checked come from each request's origin host.
+                    "upstream_http_protocol_options" => map! {
+                        "auto_sni" => true,
+                        "auto_san_validation" => true,
+                    },
+                    "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
                 },
-                "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
-            },
-        ),
-    };
+            ),
+        };
+    }
     cluster["transport_socket"] = map! {
         "name" => "envoy.transport_sockets.tls",
         "typed_config" => typed(

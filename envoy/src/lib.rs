@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ixproxy_core::config::{
-    warnings, ClientLimits, ConfigWarning, DeferredSecrets, Limits, RawConfig, RawPluginConfig,
-    RawSource, RawUpstream, SecretRef, SecretResolver,
+    warnings, CacheLimits, ClientLimits, ConfigWarning, DeferredSecrets, Limits, RawConfig,
+    RawPluginConfig, RawSource, RawUpstream, SecretRef, SecretResolver,
 };
 use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
 use ixproxy_core::ConfigError;
@@ -52,6 +52,7 @@ macro_rules! map {
 }
 
 mod bounds;
+mod cache;
 mod clusters;
 mod listener;
 mod local_reply;
@@ -218,6 +219,7 @@ fn render(
         timeout: plugin.timeout,
         body_timeout: config.upstream.body_timeout,
         client: config.client,
+        cache: config.cache,
         plugin_json,
         env_keys,
         wasm_path,
@@ -314,6 +316,8 @@ struct Parts {
     body_timeout: Duration,
     /// The client connection limits (`limits.client_*`, `limits.max_connections`).
     client: ClientLimits,
+    /// The response cache (`cache:`), if on.
+    cache: Option<CacheLimits>,
     /// The filter's plugin configuration, as embedded.
     plugin_json: String,
     /// `{env: NAME}` names, in config order.

@@ -9,6 +9,7 @@ use ixproxy_core::response::FOLLOWED_REDIRECTS;
 use serde_yaml::Value;
 
 use crate::bounds::{http2_protocol_options, PER_CONNECTION_BUFFER_LIMIT_BYTES};
+use crate::cache::cache_filter;
 use crate::clusters::{dns_cache, PLAIN_CLUSTER, TLS_CLUSTER};
 use crate::local_reply::local_reply_config;
 use crate::rbac::private_origin_filter;
@@ -99,19 +100,28 @@ fn http_connection_manager(p: &Parts) -> Value {
                     ),
                 },
                 private_origin_filter(),
-                map! {
-                    "name" => "envoy.filters.http.router",
-                    "typed_config" => typed(
-                        "envoy.extensions.filters.http.router.v3.Router",
-                        map! {
-                            "suppress_envoy_headers" => true,
-                            "upstream_http_filters" => upstream_http_filters(p),
-                        },
-                    ),
-                },
-            ],
+            ]
+            .into_iter()
+            // Last before the router: Envoy's cache fetches misses on a side channel that the
+            // filters after it never see (see `cache`).
+            .chain(p.cache.as_ref().map(cache_filter))
+            .chain([router(p)])
+            .collect::<Vec<_>>(),
         },
     )
+}
+
+/// The router; the filter's upstream role is its upstream filter, unless the cache is on: then
+/// the clusters carry it (see [`crate::clusters`]), where the cache's side channel runs it too.
+fn router(p: &Parts) -> Value {
+    let mut config = map! { "suppress_envoy_headers" => true };
+    if p.cache.is_none() {
+        config["upstream_http_filters"] = upstream_http_filters(p);
+    }
+    map! {
+        "name" => "envoy.filters.http.router",
+        "typed_config" => typed("envoy.extensions.filters.http.router.v3.Router", config),
+    }
 }
 
 /// One route per origin scheme. It matches on `:scheme`, which the filter sets from the origin

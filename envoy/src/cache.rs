@@ -1,0 +1,114 @@
+//! Envoy's HTTP cache filter for the config's `cache:` section (README: Caching, Envoy).
+//!
+//! Envoy 1.40's cache filter fetches a cacheable request's miss itself, through the routed
+//! cluster on a side channel: the HTTP filters after it, the routes' header removal and the
+//! router's `upstream_http_filters` do not see that fetch (measured in
+//! `tests/tests/envoy_cache.rs`). So it sits last before the router, after the ixproxy filter
+//! (which decides before any lookup), the dynamic forward proxy and RBAC (which then run for
+//! every request, hits included), and the filter's upstream role moves to the clusters' own
+//! `http_filters`, which the side channel runs as well.
+
+use ixproxy_core::config::CacheLimits;
+use serde_yaml::Value;
+
+use crate::typed;
+
+/// The cache filter entry: Envoy's in-memory store (`SimpleHttpCacheConfig`, which has no
+/// fields: no total size bound and no eviction in Envoy 1.40), objects up to `max_object_bytes`.
+pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
+    map! {
+        "name" => "envoy.filters.http.cache",
+        "typed_config" => typed(
+            "envoy.extensions.filters.http.cache.v3.CacheConfig",
+            map! {
+                "typed_config" => typed(
+                    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
+                    serde_yaml::Mapping::new().into(),
+                ),
+                // A uint32 in Envoy; larger values mean "no limit of the filter's own".
+                "max_body_bytes" => u32::try_from(limits.max_object_bytes).unwrap_or(0),
+                // The ixproxy filter never forwards a client's Cache-Control or Pragma; this
+                // also keeps any other way of sending them from bypassing the cache.
+                "ignore_request_cache_control_header" => true,
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ixproxy_core::envoy::UPSTREAM_ROOT_ID;
+
+    use crate::clusters::{PLAIN_CLUSTER, TLS_CLUSTER};
+    use crate::testing::{cluster, generate_ok, hcm, CONFIG};
+
+    fn filter_names(bootstrap: &serde_yaml::Value) -> Vec<String> {
+        hcm(bootstrap)["http_filters"]
+            .as_sequence()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_sits_before_the_router_and_the_upstream_role_moves_to_the_clusters() {
+        let (_, without) = generate_ok(CONFIG);
+        assert!(!filter_names(&without).contains(&"envoy.filters.http.cache".to_owned()));
+        let (_, bootstrap) = generate_ok(&format!(
+            "{CONFIG}cache: {{max_bytes: 1000000, max_object_bytes: 4096}}\n"
+        ));
+        assert_eq!(
+            filter_names(&bootstrap),
+            [
+                "envoy.filters.http.wasm",
+                "envoy.filters.http.dynamic_forward_proxy",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.cache",
+                "envoy.filters.http.router",
+            ]
+        );
+        let cache = &hcm(&bootstrap)["http_filters"][3]["typed_config"];
+        assert_eq!(
+            cache["@type"],
+            "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig"
+        );
+        assert_eq!(
+            cache["typed_config"]["@type"],
+            "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+        );
+        assert_eq!(cache["max_body_bytes"], 4096);
+        assert_eq!(cache["ignore_request_cache_control_header"], true);
+
+        let router = &hcm(&bootstrap)["http_filters"][4]["typed_config"];
+        assert!(router.get("upstream_http_filters").is_none(), "{router:?}");
+        let routed = &hcm(&without)["http_filters"][3]["typed_config"]["upstream_http_filters"];
+        for name in [PLAIN_CLUSTER, TLS_CLUSTER] {
+            let options = &cluster(&bootstrap, name)["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+            // The same upstream role (and codec) the router has without a cache.
+            assert_eq!(&options["http_filters"], routed, "{name}");
+            assert_eq!(
+                options["http_filters"][0]["typed_config"]["config"]["root_id"],
+                UPSTREAM_ROOT_ID
+            );
+            assert_eq!(options["upstream_http_protocol_options"]["auto_sni"], true);
+        }
+        // The TLS cluster keeps its transport socket.
+        assert!(cluster(&bootstrap, TLS_CLUSTER)
+            .get("transport_socket")
+            .is_some());
+    }
+
+    #[test]
+    fn max_body_bytes_is_envoys_uint32() {
+        let (_, bootstrap) = generate_ok(&format!(
+            "{CONFIG}cache: {{max_bytes: 10000000000, max_object_bytes: 5000000000}}\n"
+        ));
+        // Over u32: 0, Envoy's "no limit of the filter's own".
+        assert_eq!(
+            hcm(&bootstrap)["http_filters"][3]["typed_config"]["max_body_bytes"],
+            0
+        );
+    }
+}
