@@ -1,0 +1,319 @@
+//! The `cache:` section on Envoy 1.40 (README: Caching, Envoy), run by the real Envoy with the
+//! built filter and the bootstrap `ixproxy envoy-config` generates: a second request is a hit
+//! with one origin fetch, URLs re-signed with other gateway parameters share the entry, a hit
+//! still needs a valid signature and an unexpired URL and gets its own `expires` cap and the
+//! inert response headers, a stale entry is revalidated and a 304 refreshes it, and the address
+//! stored with an entry is checked on hits. Envoy's cache has no purge API (nothing to test).
+//!
+//! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
+//! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::harness::loopback_alias;
+use ixproxy_conformance::scripted::{head_header, request_path, OriginConn, ScriptedOrigin};
+use ixproxy_conformance::{EnvoyGateway, Gateway};
+use ixproxy_core::cache_status::{CACHE_STATUS, FWD_MISS, HIT};
+use ixproxy_core::envoy::{ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER};
+use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::Rejection;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+const ETAG: &str = "\"v1\"";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn http_date(unix: u64) -> String {
+    // RFC 9110 IMF-fixdate from unix seconds (civil-from-days, proleptic Gregorian).
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        months[(month - 1) as usize],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// The origin: `/fresh/...` is fresh for 600 s; `/stale/...` arrives already stale (its `Date`
+/// an hour ago, `max-age=60`) and answers a matching `If-None-Match` with a 304 fresh for
+/// 600 s. Every 200 carries an `ETag`, a `Set-Cookie` and an `x-ixproxy-upstream-address` of its
+/// own, none of which may reach a client (the last must not count as the checked address).
+fn serve(mut conn: OriginConn) {
+    let Some(head) = conn.read_head() else {
+        return;
+    };
+    let path = request_path(&head).to_owned();
+    let stale = path.starts_with("/stale/");
+    let reply = if stale && head_header(&head, "if-none-match").as_deref() == Some(ETAG) {
+        format!(
+            "HTTP/1.1 304 Not Modified\r\ndate: {}\r\netag: {ETAG}\r\ncache-control: max-age=600\r\n\
+             connection: close\r\n\r\n",
+            http_date(now())
+        )
+    } else {
+        let (date, cache_control) = if stale {
+            (http_date(now() - 3600), "max-age=60")
+        } else {
+            (http_date(now()), "max-age=600")
+        };
+        let body = format!("body of {path}");
+        format!(
+            "HTTP/1.1 200 OK\r\ndate: {date}\r\ncontent-type: image/png\r\netag: {ETAG}\r\n\
+             cache-control: {cache_control}\r\nset-cookie: origin=1\r\n\
+             {UPSTREAM_ADDRESS_HEADER}: 203.0.113.7:80\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    conn.send(reply.as_bytes());
+}
+
+struct Setup {
+    origin: ScriptedOrigin,
+    envoy: EnvoyGateway,
+    _dir: tempfile::TempDir,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// Envoy for one loopback source with `cache:`; `edit` changes the bootstrap first.
+fn start(source_extra: &str, edit: impl FnOnce(&mut serde_yaml::Value)) -> Setup {
+    let origin = ScriptedOrigin::start(serve).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("ixproxy-envoy-cache-")
+        .tempdir()
+        .expect("temp dir");
+    let config = write(
+        dir.path(),
+        "ixproxy.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: {{timeout: 3s}}\n\
+             cache: {{max_bytes: 1048576, max_object_bytes: 65536}}\n\
+             sources:\n  - name: local\n    hosts: [localhost]\n    secure_url_tokens: [tok]\n{source_extra}"
+        ),
+    );
+    let envoy = EnvoyGateway::start_edited(&config, &[], dir.path(), edit)
+        .unwrap_or_else(|e| panic!("envoy does not start: {e}"));
+    Setup {
+        origin,
+        envoy,
+        _dir: dir,
+    }
+}
+
+fn get(setup: &Setup, url: &str, params: &[(&str, String)]) -> RawResponse {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let target = sign_url("tok", url, &params, &SignOptions::default());
+    send(
+        setup.envoy.addr(),
+        &RawRequest::get("localhost", &target),
+        TIMEOUT,
+    )
+    .expect("answered")
+}
+
+/// The response headers every forwarded response has, hit or not (README: What the client
+/// receives).
+fn assert_inert(response: &RawResponse) {
+    assert_eq!(response.status, 200, "{response:?}");
+    for absent in [
+        "set-cookie",
+        UPSTREAM_ADDRESS_HEADER,
+        "age",
+        "x-envoy-upstream-service-time",
+    ] {
+        assert_eq!(response.header(absent), None, "{absent}: {response:?}");
+    }
+    assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+    assert!(response.header("content-security-policy").is_some());
+    assert_eq!(response.header("content-type"), Some("image/png"));
+    assert_eq!(response.header("etag"), Some(ETAG));
+}
+
+fn outcome_count(envoy: &EnvoyGateway, outcome: &str) -> String {
+    let stats = send(
+        envoy.admin_addr(),
+        &RawRequest::get("admin", "/stats/prometheus?filter=ixproxy_requests_total"),
+        TIMEOUT,
+    )
+    .expect("admin answers")
+    .body_text();
+    let prefix = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} ");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+const PRIVATE: &str = "    allow_private_origins: true\n";
+
+#[test]
+fn a_second_request_is_a_hit_with_one_origin_fetch() {
+    let s = start(PRIVATE, |_| {});
+    let url = s.origin.url("/fresh/a.png");
+    let miss = get(&s, &url, &[]);
+    assert_inert(&miss);
+    assert_eq!(miss.header(CACHE_STATUS), Some(FWD_MISS), "{miss:?}");
+    assert_eq!(miss.header("cache-control"), Some("max-age=600"));
+    let hit = get(&s, &url, &[]);
+    assert_inert(&hit);
+    assert_eq!(hit.header(CACHE_STATUS), Some(HIT), "{hit:?}");
+    assert_eq!(hit.body_text(), miss.body_text());
+    assert_eq!(hit.header("cache-control"), Some("max-age=600"));
+
+    let heads = s.origin.heads("/fresh/a.png");
+    assert_eq!(heads.len(), 1, "one origin fetch: {heads:?}");
+    // The cache's own fetch carries none of the routing markers or side-channel headers.
+    for name in ORIGIN_REQUEST_REMOVED {
+        assert_eq!(head_header(&heads[0], name), None, "{name}: {}", heads[0]);
+    }
+    assert_eq!(outcome_count(&s.envoy, "forwarded"), "2");
+}
+
+#[test]
+fn re_signed_urls_share_the_entry_and_each_gets_its_own_expires_cap() {
+    let s = start(PRIVATE, |_| {});
+    let url = s.origin.url("/fresh/b.png");
+    assert_eq!(get(&s, &url, &[]).header(CACHE_STATUS), Some(FWD_MISS));
+    let resized = get(&s, &url, &[("w", "100".to_owned())]);
+    assert_inert(&resized);
+    assert_eq!(resized.header(CACHE_STATUS), Some(HIT), "{resized:?}");
+    let capped = get(&s, &url, &[("expires", (now() + 100).to_string())]);
+    assert_inert(&capped);
+    assert_eq!(capped.header(CACHE_STATUS), Some(HIT), "{capped:?}");
+    let max_age: u64 = capped
+        .header("cache-control")
+        .and_then(|cc| cc.strip_prefix("max-age="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(max_age <= 100, "{capped:?}");
+    // The cap belonged to that response only: the entry still says what the origin said.
+    let again = get(&s, &url, &[]);
+    assert_eq!(
+        again.header("cache-control"),
+        Some("max-age=600"),
+        "{again:?}"
+    );
+    assert_eq!(s.origin.heads("/fresh/b.png").len(), 1);
+}
+
+#[test]
+fn a_hit_still_needs_a_valid_signature_and_an_unexpired_url() {
+    let s = start(PRIVATE, |_| {});
+    let url = s.origin.url("/fresh/c.png");
+    assert_eq!(get(&s, &url, &[]).header(CACHE_STATUS), Some(FWD_MISS));
+    let target = sign_url("tok", &url, &[], &SignOptions::default());
+    let forged = format!(
+        "{}s=00000000000000000000000000000000",
+        &target[..target.len() - 32]
+    );
+    let refused = send(
+        s.envoy.addr(),
+        &RawRequest::get("localhost", &forged),
+        TIMEOUT,
+    )
+    .expect("answered");
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.header(CACHE_STATUS), None);
+    let expired = get(&s, &url, &[("expires", (now() - 10).to_string())]);
+    assert_eq!(expired.status, 404, "{expired:?}");
+    assert_eq!(expired.header(CACHE_STATUS), None);
+    assert_eq!(s.origin.heads("/fresh/c.png").len(), 1);
+    assert_eq!(outcome_count(&s.envoy, "bad_signature"), "1");
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let s = start(PRIVATE, |_| {});
+    let url = s.origin.url("/stale/d.png");
+    let first = get(&s, &url, &[]);
+    assert_inert(&first);
+    assert_eq!(first.header(CACHE_STATUS), Some(FWD_MISS));
+    let revalidated = get(&s, &url, &[]);
+    assert_inert(&revalidated);
+    assert_eq!(revalidated.body_text(), first.body_text());
+    // Envoy 1.40 reports a revalidated entry exactly like a hit (no `fwd=stale` on Envoy).
+    assert_eq!(
+        revalidated.header(CACHE_STATUS),
+        Some(HIT),
+        "{revalidated:?}"
+    );
+    let heads = s.origin.heads("/stale/d.png");
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(
+        head_header(&heads[1], "if-none-match").as_deref(),
+        Some(ETAG)
+    );
+    // The 304's freshness now holds: no further origin request.
+    let fresh = get(&s, &url, &[]);
+    assert_inert(&fresh);
+    assert_eq!(
+        fresh.header("cache-control"),
+        Some("max-age=600"),
+        "{fresh:?}"
+    );
+    assert_eq!(s.origin.heads("/stale/d.png").len(), 2);
+}
+
+#[test]
+fn the_address_stored_with_an_entry_is_checked_on_hits() {
+    let alias = loopback_alias();
+    if alias == "localhost" {
+        eprintln!("no loopback alias in /etc/hosts; skipped");
+        return;
+    }
+    // A source without allow_private_origins, and RBAC (the first line) emptied: only the
+    // filter's check of the recorded address stands between a private origin and the client.
+    let s = start("", |bootstrap| {
+        let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["http_filters"]
+            .as_sequence_mut()
+            .expect("filters");
+        let rbac = filters
+            .iter_mut()
+            .find(|f| f["name"] == "envoy.filters.http.rbac")
+            .expect("rbac filter");
+        rbac["typed_config"]["rules"]["policies"] = serde_yaml::from_str(
+            "{never: {permissions: [{not_rule: {any: true}}], principals: [{any: true}]}}",
+        )
+        .expect("yaml");
+    });
+    let url = format!("http://{alias}:{}/fresh/e.png", s.origin.addr.port());
+    let denied = Rejection::origin_address_denied();
+    for _ in 0..2 {
+        let response = get(&s, &url, &[]);
+        assert_eq!(response.status, denied.status(), "{response:?}");
+        assert_eq!(response.body_text(), denied.body(), "{response:?}");
+    }
+    // The first answer was stored (Envoy caches before the filter refuses it); the second
+    // request was a hit, refused by the stored address, never by the origin's own header.
+    assert_eq!(s.origin.heads("/fresh/e.png").len(), 1);
+    assert_eq!(outcome_count(&s.envoy, "origin_denied"), "2");
+}
