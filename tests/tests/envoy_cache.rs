@@ -63,6 +63,14 @@ fn serve(mut conn: OriginConn) {
         return;
     };
     let path = request_path(&head).to_owned();
+    if path == "/moved" {
+        conn.send(b"HTTP/1.1 302 Found\r\nlocation: /fresh/moved.png\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return;
+    }
+    if path == "/silent" {
+        std::thread::sleep(Duration::from_secs(5));
+        return;
+    }
     let stale = path.starts_with("/stale/");
     let reply = if stale && head_header(&head, "if-none-match").as_deref() == Some(ETAG) {
         format!(
@@ -316,4 +324,24 @@ fn the_address_stored_with_an_entry_is_checked_on_hits() {
     // request was a hit, refused by the stored address, never by the origin's own header.
     assert_eq!(s.origin.heads("/fresh/e.png").len(), 1);
     assert_eq!(outcome_count(&s.envoy, "origin_denied"), "2");
+}
+
+/// Measured limits of Envoy 1.40's cache (README: Caching, Envoy): its side channel has no
+/// internal redirect policy and no per-try timeout, so a cacheable request's origin redirect is
+/// the core's 502 and `upstream.timeout` does not end a silent origin's request.
+#[test]
+fn envoy_1_40_cache_misses_follow_no_redirect_and_no_upstream_timeout() {
+    let s = start(PRIVATE, |_| {});
+    let redirected = get(&s, &s.origin.url("/moved"), &[]);
+    let unfollowed = Rejection::bad_redirect(ixproxy_core::forward::UNFOLLOWABLE_LOCATION);
+    assert_eq!(redirected.status, unfollowed.status(), "{redirected:?}");
+    assert_eq!(redirected.body_text(), unfollowed.body(), "{redirected:?}");
+    assert!(s.origin.heads("/fresh/moved.png").is_empty());
+
+    let started = std::time::Instant::now();
+    let silent = get(&s, &s.origin.url("/silent"), &[]);
+    eprintln!("silent origin: {silent:?} after {:?}", started.elapsed());
+    // `upstream.timeout` is 3 s; the request lasts until the origin closes (5 s).
+    assert!(started.elapsed() >= Duration::from_secs(4), "{silent:?}");
+    assert_ne!(silent.status, 200, "{silent:?}");
 }
