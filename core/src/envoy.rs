@@ -2,6 +2,7 @@
 //! must agree on, and how Envoy's own replies map onto the core's outcomes. Keeping them in one
 //! place means the filter and the generated bootstrap cannot drift apart.
 
+use crate::config::{CacheTtl, CacheTtlBehavior};
 use crate::outcome::Outcome;
 #[cfg(doc)]
 use crate::outcome::Rejection;
@@ -128,13 +129,53 @@ pub const UPSTREAM_ADDRESS_HEADER: &str = "x-ixproxy-upstream-address";
 /// Request headers the filter's upstream role removes from every origin request. The routes'
 /// `request_headers_to_remove` do not apply to the cache's side channel (Envoy 1.40), and that
 /// channel adds `x-envoy-internal` and an `x-forwarded-for` of its own.
-pub const ORIGIN_REQUEST_REMOVED: [&str; 5] = [
+pub const ORIGIN_REQUEST_REMOVED: [&str; 6] = [
     FORWARDED_PROTO,
     UPSTREAM_HEADER,
     ALLOW_PRIVATE_HEADER,
+    CACHE_TTL_HEADER,
     "x-forwarded-for",
     "x-envoy-internal",
 ];
+
+/// Request header the filter sets on every forward to the source's cache TTL settings
+/// ([`encode_cache_ttl`]), for its upstream role: that role sees the origin's response before
+/// Envoy's cache stores it and replaces its `Cache-Control` with the §12 policy value
+/// ([`crate::response::policy_cache_control`], uncapped), so the cache keeps the policy's
+/// freshness. A client-sent one never survives (not on the forwarded allowlist); the upstream
+/// role removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
+pub const CACHE_TTL_HEADER: &str = "x-ixproxy-cache-ttl";
+
+/// [`CACHE_TTL_HEADER`]'s value: `<behavior> <cache_ttl> <cache_ttl_error>`, behavior as in the
+/// config (`respect_origin`, `override_origin`, `enforce_minimum`).
+pub fn encode_cache_ttl(ttl: &CacheTtl) -> String {
+    let behavior = match ttl.behavior {
+        CacheTtlBehavior::RespectOrigin => "respect_origin",
+        CacheTtlBehavior::OverrideOrigin => "override_origin",
+        CacheTtlBehavior::EnforceMinimum => "enforce_minimum",
+    };
+    format!("{behavior} {} {}", ttl.ttl, ttl.error_ttl)
+}
+
+/// Reads an [`encode_cache_ttl`] value; `None` for anything else (the upstream role then leaves
+/// the origin's `Cache-Control` alone, and the main filter still applies the policy for the
+/// client).
+pub fn decode_cache_ttl(value: &str) -> Option<CacheTtl> {
+    let mut fields = value.split(' ');
+    let behavior = match fields.next()? {
+        "respect_origin" => CacheTtlBehavior::RespectOrigin,
+        "override_origin" => CacheTtlBehavior::OverrideOrigin,
+        "enforce_minimum" => CacheTtlBehavior::EnforceMinimum,
+        _ => return None,
+    };
+    let ttl = fields.next()?.parse().ok()?;
+    let error_ttl = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some(CacheTtl {
+        behavior,
+        ttl,
+        error_ttl,
+    })
+}
 
 /// The address a forwarded response came from: Envoy's `upstream.address` when the router
 /// fetched it, else the [`UPSTREAM_ADDRESS_HEADER`] the upstream role stored with it (a cache
@@ -343,6 +384,35 @@ mod tests {
         assert_eq!(cache_status(VIA_UPSTREAM, None, None), None);
         for removed in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO] {
             assert!(ORIGIN_REQUEST_REMOVED.contains(&removed), "{removed}");
+        }
+    }
+
+    #[test]
+    fn cache_ttl_settings_round_trip_through_their_header() {
+        for behavior in [
+            CacheTtlBehavior::RespectOrigin,
+            CacheTtlBehavior::OverrideOrigin,
+            CacheTtlBehavior::EnforceMinimum,
+        ] {
+            let ttl = CacheTtl {
+                behavior,
+                ttl: 31_536_000,
+                error_ttl: 300,
+            };
+            assert_eq!(decode_cache_ttl(&encode_cache_ttl(&ttl)), Some(ttl));
+        }
+        assert_eq!(
+            encode_cache_ttl(&CacheTtl::default()),
+            "respect_origin 31536000 300"
+        );
+        for bad in [
+            "",
+            "respect_origin",
+            "sometimes 1 2",
+            "override_origin 1 x",
+            "override_origin 1 2 3",
+        ] {
+            assert_eq!(decode_cache_ttl(bad), None, "{bad}");
         }
     }
 

@@ -7,6 +7,7 @@ use ixproxy_core::request::is_forwarded_client_header;
 use ixproxy_core::response::ResponseEdits;
 use ixproxy_core::{Forward, Rejection};
 
+use ixproxy_core::envoy::{encode_cache_ttl, CACHE_TTL_HEADER};
 pub use ixproxy_core::envoy::{ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, UPSTREAM_HEADER};
 /// [`UPSTREAM_HEADER`] value routed to the TLS dynamic-forward-proxy cluster.
 pub const UPSTREAM_TLS: &str = "tls";
@@ -92,6 +93,11 @@ pub fn forward_request_edits<'a>(
     if forward.allow_private() {
         edits.push(HeaderEdit::Set(ALLOW_PRIVATE_HEADER.into(), "1".into()));
     }
+    // For the upstream role, which stores the policy Cache-Control for Envoy's cache.
+    edits.push(HeaderEdit::Set(
+        CACHE_TTL_HEADER.into(),
+        encode_cache_ttl(&forward.source().cache_ttl),
+    ));
     edits.extend(
         auth.iter()
             .map(|(name, value)| HeaderEdit::Set(name.to_owned(), value.to_owned())),
@@ -236,6 +242,8 @@ mod tests {
                 &set(":scheme", "https"),
                 &set(FORWARDED_PROTO, "https"),
                 &set(UPSTREAM_HEADER, UPSTREAM_TLS),
+                // The source's default cache TTL settings, for the upstream role.
+                &set(CACHE_TTL_HEADER, "respect_origin 31536000 300"),
                 &set("x-imgix-origin-secret", "hs"),
             ]
         );

@@ -15,15 +15,19 @@
 //!   `x-forwarded-for`/`x-envoy-internal` ([`ORIGIN_REQUEST_REMOVED`]), and records on every
 //!   origin response the address Envoy connected to ([`UPSTREAM_ADDRESS_HEADER`], any
 //!   origin-sent one removed first), which the cache stores with the entry and the main filter
-//!   checks for misses and hits alike.
+//!   checks for misses and hits alike; and it replaces the origin's `Cache-Control` with the
+//!   source's policy value (README: Cache TTL policy, uncapped), so that is what the cache stores
+//!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]).
 
-use ixproxy_core::response::is_followed_redirect;
+use ixproxy_core::envoy::decode_cache_ttl;
+use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 pub use ixproxy_core::envoy::{
-    FORWARDED_PROTO, ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER, UPSTREAM_ROOT_ID,
+    CACHE_TTL_HEADER, FORWARDED_PROTO, ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER,
+    UPSTREAM_ROOT_ID,
 };
 
 /// Makes `location` absolute against `base` (`scheme://authority/path`); `None` when it is
@@ -39,11 +43,17 @@ pub fn absolute_location(base: &str, location: &str) -> Option<String> {
     }
 }
 
+fn ttl_respects_origin(ttl: Option<&ixproxy_core::config::CacheTtl>) -> bool {
+    ttl.is_some_and(|t| t.behavior == ixproxy_core::config::CacheTtlBehavior::RespectOrigin)
+}
+
 /// Per-attempt context of the upstream role: remembers the attempt's URL (the request headers
 /// are not readable any more in the response phase; asking for them there is an error).
 #[derive(Debug, Default)]
 pub struct LocationFilter {
     base: Option<String>,
+    /// The source's cache TTL settings, from the main filter ([`CACHE_TTL_HEADER`]).
+    ttl: Option<ixproxy_core::config::CacheTtl>,
 }
 
 impl LocationFilter {
@@ -66,6 +76,9 @@ impl HttpContext for LocationFilter {
             request(":authority"),
             request(":path")
         ));
+        self.ttl = Self::header(MapType::HttpRequestHeaders, CACHE_TTL_HEADER)
+            .as_deref()
+            .and_then(decode_cache_ttl);
         for name in ORIGIN_REQUEST_REMOVED {
             if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
                 log::warn!("ixproxy: cannot remove {name}: {status:?}");
@@ -91,6 +104,27 @@ impl HttpContext for LocationFilter {
         let status: u16 = Self::header(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        // A 304 refreshes a stored entry with the headers it carries: under `respect_origin` its
+        // own Cache-Control (or none) is the origin's word, otherwise the policy's. A redirect
+        // never reaches a client or the cache.
+        let refresh_keeps_origin = status == 304 && ttl_respects_origin(self.ttl.as_ref());
+        if let (Some(ttl), false, false) =
+            (self.ttl, refresh_keeps_origin, is_followed_redirect(status))
+        {
+            let fields = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+            let head = OriginHead::of(
+                status,
+                fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            );
+            let policy = policy_cache_control(&ttl, status, head.cache_control().as_deref());
+            if let Err(status) = hostcalls::set_map_value(
+                MapType::HttpResponseHeaders,
+                "cache-control",
+                Some(&policy),
+            ) {
+                log::warn!("ixproxy: cannot set the policy cache-control: {status:?}");
+            }
+        }
         if !is_followed_redirect(status) {
             return Action::Continue;
         }

@@ -55,8 +55,7 @@ fn http_date(unix: u64) -> String {
 }
 
 /// The origin: `/fresh/...` is fresh for 600 s; `/stale/...` arrives already stale (its `Date`
-/// an hour ago, `max-age=60`) and answers a matching `If-None-Match` with a 304 fresh for
-/// 600 s. Every 200 carries an `ETag`, a `Set-Cookie` and an `x-ixproxy-upstream-address` of its
+/// an hour ago, `max-age=60`); a matching `If-None-Match` gets a 304 fresh for 600 s. Every 200 carries an `ETag`, a `Set-Cookie` and an `x-ixproxy-upstream-address` of its
 /// own, none of which may reach a client (the last must not count as the checked address).
 fn serve(mut conn: OriginConn) {
     let Some(head) = conn.read_head() else {
@@ -72,7 +71,7 @@ fn serve(mut conn: OriginConn) {
         return;
     }
     let stale = path.starts_with("/stale/");
-    let reply = if stale && head_header(&head, "if-none-match").as_deref() == Some(ETAG) {
+    let reply = if head_header(&head, "if-none-match").as_deref() == Some(ETAG) {
         format!(
             "HTTP/1.1 304 Not Modified\r\ndate: {}\r\netag: {ETAG}\r\ncache-control: max-age=600\r\n\
              connection: close\r\n\r\n",
@@ -324,6 +323,48 @@ fn the_address_stored_with_an_entry_is_checked_on_hits() {
     // request was a hit, refused by the stored address, never by the origin's own header.
     assert_eq!(s.origin.heads("/fresh/e.png").len(), 1);
     assert_eq!(outcome_count(&s.envoy, "origin_denied"), "2");
+}
+
+#[test]
+fn the_cache_keeps_the_policy_freshness_and_a_304_refreshes_it_under_the_policy() {
+    // override_origin: the cache stores `public, max-age=1000`, not the origin's `max-age=60`
+    // (stale an hour ago) nor the 304's `max-age=600`.
+    let s = start(
+        &format!("{PRIVATE}    cache_ttl_behavior: override_origin\n    cache_ttl: 1000\n"),
+        |_| {},
+    );
+    let url = s.origin.url("/stale/f.png");
+    let policy = "public, max-age=1000";
+    let first = get(&s, &url, &[]);
+    assert_eq!(first.header(CACHE_STATUS), Some(FWD_MISS), "{first:?}");
+    assert_eq!(first.header("cache-control"), Some(policy), "{first:?}");
+    // Stored an hour old with max-age=1000: still stale, so the next request revalidates.
+    let revalidated = get(&s, &url, &[]);
+    assert_inert(&revalidated);
+    assert_eq!(
+        revalidated.header("cache-control"),
+        Some(policy),
+        "{revalidated:?}"
+    );
+    let heads = s.origin.heads("/stale/f.png");
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(
+        head_header(&heads[1], "if-none-match").as_deref(),
+        Some(ETAG)
+    );
+    // The 304 (dated now) refreshed the entry under the policy value: a plain hit now.
+    let hit = get(&s, &url, &[]);
+    assert_eq!(hit.header(CACHE_STATUS), Some(HIT), "{hit:?}");
+    assert_eq!(hit.header("cache-control"), Some(policy), "{hit:?}");
+    assert_eq!(s.origin.heads("/stale/f.png").len(), 2);
+    // Each response still gets its own URL's cap on the way out.
+    let capped = get(&s, &url, &[("expires", (now() + 50).to_string())]);
+    assert!(
+        capped
+            .header("cache-control")
+            .is_some_and(|cc| cc.starts_with("public, max-age=") && !cc.contains("1000")),
+        "{capped:?}"
+    );
 }
 
 /// Measured limits of Envoy 1.40's cache (README: Caching, Envoy): its side channel has no
