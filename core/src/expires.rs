@@ -72,7 +72,9 @@ pub fn check_target_expires(
 
 /// The `Cache-Control` value to send when the response may be cached for at most `max_age`
 /// seconds: `max-age` and `s-maxage` are lowered to `max_age` when larger (or unparsable),
-/// `max-age` is added when missing, other directives are kept.
+/// `max-age` is added when missing, `stale-while-revalidate` and `stale-if-error` are removed
+/// (either would let a cache serve the response past the URL's expiry), other directives are
+/// kept.
 pub fn cap_cache_control(existing: Option<&str>, max_age: u64) -> String {
     let mut directives = Vec::new();
     let mut has_max_age = false;
@@ -83,6 +85,10 @@ pub fn cap_cache_control(existing: Option<&str>, max_age: u64) -> String {
         }
         let (name, value) = directive.split_once('=').unwrap_or((directive, ""));
         let name_lower = name.trim().to_ascii_lowercase();
+        // Serving stale past the URL's expiry would outlive it.
+        if name_lower == "stale-while-revalidate" || name_lower == "stale-if-error" {
+            continue;
+        }
         if name_lower == "max-age" || name_lower == "s-maxage" {
             has_max_age |= name_lower == "max-age";
             let capped = value
@@ -126,6 +132,13 @@ mod tests {
     #[test]
     fn cache_control_is_capped() {
         assert_eq!(cap_cache_control(None, 60), "max-age=60");
+        assert_eq!(
+            cap_cache_control(
+                Some("public, max-age=600, stale-while-revalidate=30, Stale-If-Error=86400"),
+                60
+            ),
+            "public, max-age=60"
+        );
         assert_eq!(
             cap_cache_control(Some("public, max-age=31536000"), 60),
             "public, max-age=60"

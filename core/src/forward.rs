@@ -234,7 +234,12 @@ impl Forward {
                 return Err(Rejection::content_type_denied());
             }
         }
-        Ok(response_edits(head, media_type.as_ref(), self.max_age))
+        Ok(response_edits(
+            head,
+            media_type.as_ref(),
+            &self.source.cache_ttl,
+            self.max_age,
+        ))
     }
 
     /// Whether the body received so far (`bytes`) is over `upstream.max_body_bytes`; the

@@ -4,6 +4,7 @@
 //! response head the client's: the header allowlist and the headers that keep whatever an
 //! origin serves inert on the customer's domain.
 
+use crate::config::{CacheTtl, CacheTtlBehavior};
 use crate::expires::cap_cache_control;
 
 /// Origin statuses the gateway follows as redirects.
@@ -294,6 +295,44 @@ impl OriginHead {
     }
 }
 
+/// The `Cache-Control` a source's cache TTL settings make of an origin answer (imgix's source
+/// settings), before any `expires` cap:
+///
+/// - an origin 4xx/5xx: `public, max-age=<cache_ttl_error>`, in every mode;
+/// - `respect_origin`: the origin's `Cache-Control` as sent; none → `public,
+///   max-age=<cache_ttl>`;
+/// - `override_origin`: `public, max-age=<cache_ttl>`;
+/// - `enforce_minimum`: `public, max-age=max(origin max-age, cache_ttl)` (no or an unreadable
+///   origin `max-age` counts as 0).
+///
+/// `origin` is the origin's `Cache-Control` (every field joined, see
+/// [`OriginHead::cache_control`]). A cache stores the answer under this value; each response
+/// then gets its own URL's `expires` cap ([`crate::expires::cap_cache_control`]).
+pub fn policy_cache_control(ttl: &CacheTtl, status: u16, origin: Option<&str>) -> String {
+    let public = |seconds: u64| format!("public, max-age={seconds}");
+    if (400..600).contains(&status) {
+        return public(ttl.error_ttl);
+    }
+    match (ttl.behavior, origin) {
+        (CacheTtlBehavior::RespectOrigin, Some(origin)) => origin.to_owned(),
+        (CacheTtlBehavior::RespectOrigin | CacheTtlBehavior::OverrideOrigin, _) => public(ttl.ttl),
+        (CacheTtlBehavior::EnforceMinimum, origin) => {
+            public(origin.and_then(max_age_of).unwrap_or(0).max(ttl.ttl))
+        }
+    }
+}
+
+/// The `max-age` seconds of a `Cache-Control` value, if it has a readable one.
+pub fn max_age_of(cache_control: &str) -> Option<u64> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| value.trim().trim_matches('"').parse().ok())
+            .flatten()
+    })
+}
+
 /// The changes to an origin response head before it reaches the client: headers to remove
 /// (every value), then headers to set (replacing every value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -302,16 +341,21 @@ pub struct ResponseEdits {
     pub remove: Vec<String>,
     /// Lower-case names and values to set.
     pub set: Vec<(&'static str, String)>,
+    /// The source's policy `Cache-Control` for this answer before any `expires` cap (see
+    /// [`policy_cache_control`]): what a cache stores it under. `None` for a 1xx.
+    pub policy_cache_control: Option<String>,
 }
 
 /// The edits for a forwarded response whose `Content-Type` is `media_type` (parsed by
 /// [`OriginHead::media_type`]): remove every header outside the allowlist, send the one
 /// normalised `Content-Type` ([`DEFAULT_CONTENT_TYPE`] when the origin sent none on a response
-/// that can carry a body), add [`SECURITY_HEADERS`], and, when the URL carried `expires`
-/// (`max_age`), cap `Cache-Control` at the seconds remaining.
+/// that can carry a body), add [`SECURITY_HEADERS`], and send the source's policy
+/// `Cache-Control` ([`policy_cache_control`] under `ttl`), capped, when the URL carried
+/// `expires` (`max_age`), at the seconds remaining.
 pub fn response_edits(
     head: &OriginHead,
     media_type: Option<&MediaType>,
+    ttl: &CacheTtl,
     max_age: Option<u64>,
 ) -> ResponseEdits {
     let mut set = Vec::with_capacity(4);
@@ -323,15 +367,19 @@ pub fn response_edits(
         None => {}
     }
     set.extend(SECURITY_HEADERS.iter().map(|(n, v)| (*n, (*v).to_owned())));
-    if let Some(max_age) = max_age {
-        set.push((
-            "cache-control",
-            cap_cache_control(head.cache_control().as_deref(), max_age),
-        ));
+    let policy = (head.status() >= 200)
+        .then(|| policy_cache_control(ttl, head.status(), head.cache_control().as_deref()));
+    if let Some(policy) = &policy {
+        let sent = match max_age {
+            Some(max_age) => cap_cache_control(Some(policy), max_age),
+            None => policy.clone(),
+        };
+        set.push(("cache-control", sent));
     }
     ResponseEdits {
         remove: head.removed().to_vec(),
         set,
+        policy_cache_control: policy,
     }
 }
 
@@ -345,7 +393,7 @@ mod tests {
 
     fn edits(h: &OriginHead, max_age: Option<u64>) -> ResponseEdits {
         let media_type = h.media_type().expect("one content type");
-        response_edits(h, media_type.as_ref(), max_age)
+        response_edits(h, media_type.as_ref(), &CacheTtl::default(), max_age)
     }
 
     #[test]
@@ -418,11 +466,10 @@ mod tests {
         .map(|(n, v)| (n, v.to_owned()))
         .collect();
         assert_eq!(e.set, expected);
-        // Without expires the origin's Cache-Control is kept as sent.
-        assert!(!edits(&h, None)
+        // Without expires the origin's Cache-Control is sent as it came (respect_origin).
+        assert!(edits(&h, None)
             .set
-            .iter()
-            .any(|(n, _)| *n == "cache-control"));
+            .contains(&("cache-control", "public, max-age=3600".to_owned())));
         // No Content-Type: octet-stream on a body, nothing on a 304.
         let none = edits(&head(&[]), Some(30));
         assert_eq!(
@@ -431,13 +478,20 @@ mod tests {
         );
         assert_eq!(
             none.set.last(),
-            Some(&("cache-control", "max-age=30".to_owned()))
+            Some(&("cache-control", "public, max-age=30".to_owned()))
+        );
+        assert_eq!(
+            none.policy_cache_control.as_deref(),
+            Some("public, max-age=31536000"),
+            "the cache stores the uncapped policy value"
         );
         let not_modified = OriginHead::new(304);
-        assert!(!response_edits(&not_modified, None, None)
-            .set
-            .iter()
-            .any(|(n, _)| *n == "content-type"));
+        assert!(
+            !response_edits(&not_modified, None, &CacheTtl::default(), None)
+                .set
+                .iter()
+                .any(|(n, _)| *n == "content-type")
+        );
     }
 
     #[test]
@@ -476,6 +530,82 @@ mod tests {
         let two = head(&[("content-type", "image/png"), ("Content-Type", "text/html")]);
         assert_eq!(two.media_type(), Err("several content-type fields"));
         assert_eq!(head(&[]).media_type(), Ok(None));
+    }
+
+    #[test]
+    fn cache_ttl_policy_for_each_mode_origin_and_status() {
+        let ttl = |behavior| CacheTtl {
+            behavior,
+            ttl: 1000,
+            error_ttl: 30,
+        };
+        use CacheTtlBehavior::*;
+        let cases: [(CacheTtlBehavior, u16, Option<&str>, &str); 15] = [
+            (
+                RespectOrigin,
+                200,
+                Some("public, max-age=60"),
+                "public, max-age=60",
+            ),
+            (RespectOrigin, 200, Some("no-store"), "no-store"),
+            (RespectOrigin, 200, None, "public, max-age=1000"),
+            (RespectOrigin, 404, Some("max-age=60"), "public, max-age=30"),
+            (RespectOrigin, 503, None, "public, max-age=30"),
+            (
+                OverrideOrigin,
+                200,
+                Some("private, max-age=60"),
+                "public, max-age=1000",
+            ),
+            (
+                OverrideOrigin,
+                200,
+                Some("no-store"),
+                "public, max-age=1000",
+            ),
+            (OverrideOrigin, 200, None, "public, max-age=1000"),
+            (OverrideOrigin, 500, Some("max-age=9"), "public, max-age=30"),
+            (
+                EnforceMinimum,
+                200,
+                Some("max-age=60"),
+                "public, max-age=1000",
+            ),
+            (
+                EnforceMinimum,
+                200,
+                Some("public, max-age=5000"),
+                "public, max-age=5000",
+            ),
+            (
+                EnforceMinimum,
+                200,
+                Some("no-store"),
+                "public, max-age=1000",
+            ),
+            (EnforceMinimum, 200, None, "public, max-age=1000"),
+            (
+                EnforceMinimum,
+                404,
+                Some("max-age=5000"),
+                "public, max-age=30",
+            ),
+            (
+                EnforceMinimum,
+                304,
+                Some("max-age=\"2000\""),
+                "public, max-age=2000",
+            ),
+        ];
+        for (behavior, status, origin, expected) in cases {
+            assert_eq!(
+                policy_cache_control(&ttl(behavior), status, origin),
+                expected,
+                "{behavior:?} {status} {origin:?}"
+            );
+        }
+        assert_eq!(max_age_of("public, Max-Age=12, s-maxage=4"), Some(12));
+        assert_eq!(max_age_of("s-maxage=4"), None);
     }
 
     #[test]

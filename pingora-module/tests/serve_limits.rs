@@ -353,6 +353,22 @@ fn slow_origin(mut conn: OriginConn) {
             std::thread::sleep(Duration::from_millis(2500));
             conn.send(b"67890");
         }
+        "/big" => {
+            // The head at once, then BIG bytes as fast as the gateway takes them: the
+            // response header is never late, so only the client's pace sets the duration.
+            conn.send(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: {BIG}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let chunk = [b'b'; 64 * 1024];
+            for _ in 0..BIG / chunk.len() {
+                if !conn.send(&chunk) {
+                    return;
+                }
+            }
+        }
         _ => {
             conn.send(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
@@ -430,7 +446,6 @@ fn max_inflight_per_source_is_a_503_and_every_path_releases_its_slot() {
 #[test]
 fn origin_body_pauses_are_cut_at_body_timeout_and_slow_downloads_outlive_upstream_timeout() {
     let slow = ScriptedOrigin::start(slow_origin).expect("origin");
-    let origin = RecordingOrigin::start().expect("origin");
     let serve = start(CONFIG);
     let addr = serve.listen();
 
@@ -449,7 +464,7 @@ fn origin_body_pauses_are_cut_at_body_timeout_and_slow_downloads_outlive_upstrea
 
     // A client reading 24 MiB at 1 MiB per 100 ms takes well over upstream.timeout (1 s),
     // and gets all of it.
-    let big = format!("http://{}/bytes-cl/{BIG}", origin.http);
+    let big = slow.url("/big");
     let mut conn = TcpStream::connect(addr).expect("connect");
     conn.write_all(&RawRequest::get("held.test", &signed(&big)).to_bytes())
         .expect("send");
@@ -472,7 +487,11 @@ fn origin_body_pauses_are_cut_at_body_timeout_and_slow_downloads_outlive_upstrea
         .position(|w| w == b"\r\n\r\n")
         .expect("response head")
         + 4;
-    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&got[..head_end])
+    );
     assert_eq!(got.len() - head_end, BIG, "the whole body");
     assert!(took > 2 * LIMIT, "the download took only {took:?}");
     assert_eq!(metric(&serve, "forwarded"), 1);

@@ -121,6 +121,9 @@ pub struct Expect {
     /// request's `expires` (and not far below it).
     #[serde(default)]
     pub max_age_capped_by_expires: bool,
+    /// `Cache-Control` directives (any case, name or `name=value`) the response must carry.
+    #[serde(default)]
+    pub cache_control_has: Vec<String>,
     /// Exact response body.
     #[serde(default)]
     pub body: Option<String>,
@@ -394,6 +397,7 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                 headers: BTreeMap::new(),
                 absent_headers: Vec::new(),
                 max_age_capped_by_expires: false,
+                cache_control_has: Vec::new(),
                 body: None,
                 body_not_contains: Vec::new(),
                 origin: None,
@@ -550,8 +554,11 @@ mod tests {
         for case in &cases {
             if let Some(sign) = &case.request.sign {
                 assert!(
-                    ["a.new", "a.old", "b.main", "c.main", "d.main", "e.main", "f.main"]
-                        .contains(&sign.token.as_str()),
+                    [
+                        "a.new", "a.old", "b.main", "c.main", "d.main", "e.main", "f.main",
+                        "r.main", "o.main", "m.main"
+                    ]
+                    .contains(&sign.token.as_str()),
                     "{}: unknown token {}",
                     case.name,
                     sign.token

@@ -109,6 +109,9 @@ impl Harness {
             ("d.main", "dSourceToken111"),
             ("e.main", "eSourceToken222"),
             ("f.main", "fSourceToken333"),
+            ("r.main", "rSourceToken444"),
+            ("o.main", "oSourceToken555"),
+            ("m.main", "mSourceToken666"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -159,7 +162,19 @@ impl Harness {
         f["origin_auth"] = a["origin_auth"].clone();
         f["origin_auth"]["hosts"] = json!(["localhost"]);
 
-        let mut sources = vec![a, b, c, d, e, f];
+        // One source per cache TTL behaviour, with short TTLs the cases can tell apart.
+        let ttl_source = |name: &str, host: &str, token_name: &str, behavior: &str| {
+            let mut s = source(name, &[host], &[token(token_name)]);
+            s["cache_ttl_behavior"] = json!(behavior);
+            s["cache_ttl"] = json!(1000);
+            s["cache_ttl_error"] = json!(30);
+            s
+        };
+        let r = ttl_source("r", "r.test", "r.main", "respect_origin");
+        let o = ttl_source("o", "o.test", "o.main", "override_origin");
+        let m = ttl_source("m", "m.test", "m.main", "enforce_minimum");
+
+        let mut sources = vec![a, b, c, d, e, f, r, o, m];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();

@@ -477,6 +477,29 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
         header(&mut response, ETAG, "\"hostile-v1\"");
         return response;
     }
+    if path == "/ttl" {
+        // `status=N` (default 200) and, when given, `cc=` as the one Cache-Control field
+        // (percent-decoded): the origin side of the cache TTL policy cases.
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+        };
+        let status = param("status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        let mut response = text(status, "ttl");
+        if let Some(cc) = param("cc") {
+            header(&mut response, CACHE_CONTROL, &cc);
+        }
+        return response;
+    }
     if path == "/ct" {
         // One Content-Type field per `v=` (percent-decoded), none without.
         let mut response = text(StatusCode::OK, "typed");

@@ -867,6 +867,18 @@ fn check_response(
             }
         }
     }
+    if !expect.cache_control_has.is_empty() {
+        let sent = response.header_values("cache-control").join(", ");
+        let directives: Vec<String> = sent
+            .split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+        for want in &expect.cache_control_has {
+            if !directives.contains(&want.to_ascii_lowercase()) {
+                problems.push(format!("Cache-Control {sent:?} lacks {want:?}"));
+            }
+        }
+    }
     if let Some(body) = &expect.body {
         let want = x(body);
         if response.body != want.as_bytes() {

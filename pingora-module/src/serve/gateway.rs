@@ -914,6 +914,7 @@ mod tests {
         let edits = ResponseEdits {
             remove: vec!["set-cookie".to_owned()],
             set: vec![("cache-control", "public, max-age=60".to_owned())],
+            policy_cache_control: None,
         };
         assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
         apply_response_edits(&mut resp, &edits).expect("rewrite");
