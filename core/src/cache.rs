@@ -118,13 +118,13 @@ pub fn freshness(
     }
 }
 
-/// The edits for an answer the cache may store: `edits` (from
-/// [`Forward::check_response`]) with the `Cache-Control` set to `policy`, the source's policy
-/// value before any `expires` cap (removed from the edits when `None`: the origin's own field,
-/// if any, stays). Each response then gets [`client_cache_control`].
-pub fn storage_edits(mut edits: ResponseEdits, policy: Option<String>) -> ResponseEdits {
+/// The edits for an answer the cache may store: `edits` (from [`Forward::check_response`])
+/// with `Cache-Control` set to the source's policy value before any `expires` cap
+/// ([`ResponseEdits::policy_cache_control`]; none for a 1xx). Applied by every runtime that
+/// stores answers; each response then gets [`client_cache_control`].
+pub fn storage_edits(mut edits: ResponseEdits) -> ResponseEdits {
     edits.set.retain(|(name, _)| *name != "cache-control");
-    if let Some(policy) = policy {
+    if let Some(policy) = edits.policy_cache_control.clone() {
         edits.set.push(("cache-control", policy));
     }
     edits
@@ -318,20 +318,10 @@ mod tests {
             cache_key(&other_params),
             "s, expires, params"
         );
-        let raw_form = {
-            let target = "/https://o.example/a.png?v=1";
-            let s = sign_url(
-                "t",
-                "https://o.example/a.png?v=1",
-                &[],
-                &SignOptions::default(),
-            );
-            assert!(s.starts_with("/https%3A"));
-            // The raw form decodes to the same origin URL.
-            crate::origin::decode_origin(target)
-                .expect("raw form")
-                .to_url_string()
-        };
+        // The raw `/https://…` form decodes to the same origin URL, so the same key.
+        let raw_form = crate::origin::decode_origin("/https://o.example/a.png?v=1")
+            .expect("raw form")
+            .to_url_string();
         assert_eq!(key_of("a", &raw_form), cache_key(&plain));
         let other_source = forward("ab.test", "https://o.example/a.png?v=1", &[]);
         assert_ne!(cache_key(&plain), cache_key(&other_source));
@@ -401,8 +391,9 @@ mod tests {
                 ("content-type", "image/png".to_owned()),
                 ("cache-control", "public, max-age=60".to_owned()),
             ],
+            policy_cache_control: Some("public, max-age=31536000".to_owned()),
         };
-        let stored = storage_edits(capped.clone(), Some("public, max-age=31536000".to_owned()));
+        let stored = storage_edits(capped.clone());
         assert_eq!(stored.remove, capped.remove);
         assert_eq!(
             stored.set,
@@ -411,8 +402,28 @@ mod tests {
                 ("cache-control", "public, max-age=31536000".to_owned()),
             ]
         );
-        let none = storage_edits(capped, None);
-        assert!(!none.set.iter().any(|(n, _)| *n == "cache-control"));
+        let informational = ResponseEdits {
+            policy_cache_control: None,
+            ..capped
+        };
+        assert!(!storage_edits(informational)
+            .set
+            .iter()
+            .any(|(n, _)| *n == "cache-control"));
+        // From the core's own edits: an `expires` URL's response is stored uncapped.
+        let f = forward(
+            "a.test",
+            "https://o.example/a.png",
+            &[("expires", "1700000060")],
+        );
+        let head = crate::response::OriginHead::of(200, [("cache-control", &b"max-age=600"[..])]);
+        let edits = f.check_response(&head).expect("admitted");
+        assert!(edits
+            .set
+            .contains(&("cache-control", "max-age=60".to_owned())));
+        assert!(storage_edits(edits)
+            .set
+            .contains(&("cache-control", "max-age=600".to_owned())));
         assert_eq!(
             client_cache_control(Some("public, max-age=31536000"), Some(60)).as_deref(),
             Some("public, max-age=60")

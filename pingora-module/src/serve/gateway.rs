@@ -613,7 +613,7 @@ impl ProxyHttp for Gateway {
         };
         // The stored head carries the uncapped value; each response gets its own URL's cap in
         // `response_filter` (two URLs for one origin object share the entry).
-        let edits = cache_rules::storage_edits(edits, None);
+        let edits = cache_rules::storage_edits(edits);
         apply_response_edits(upstream_response, &edits)?;
         // The origin-header phase is over: from here only per-read timeouts apply (the body's
         // pauses, the client's writes), so a slow download is never cut by upstream.timeout.
