@@ -30,11 +30,11 @@ const MAX_OBJECT_BYTES: u64 = 256 * 1024;
 /// and index (counted in `ixproxy_cache_bytes` too).
 const RSS_OVERHEAD: u64 = 4 * 1024 * 1024;
 
-fn config() -> String {
+fn config(limits: &str) -> String {
     format!(
         "listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
-upstream:
+{limits}upstream:
   connect_timeout: 2s
   timeout: 8s
 cache:
@@ -60,9 +60,15 @@ sources:
 }
 
 fn start() -> (ServeProcess, RecordingOrigin) {
+    start_with("")
+}
+
+/// Starts the gateway on [`config`] with `limits` (a `limits:` block, or nothing).
+fn start_with(limits: &str) -> (ServeProcess, RecordingOrigin) {
     let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
-    let serve = ServeProcess::start_temp(Path::new(env!("CARGO_BIN_EXE_ixproxy")), &config(), &[])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve =
+        ServeProcess::start_temp(bin, &config(limits), &[]).unwrap_or_else(|e| panic!("{e}"));
     (serve, origin)
 }
 
@@ -307,6 +313,49 @@ fn fifty_concurrent_cold_requests_make_one_origin_fetch() {
     await_cache_metric(&serve, "hit", 49);
 }
 
+#[test]
+fn a_hit_takes_no_in_flight_slot() {
+    let (serve, origin) = start_with("limits:\n  max_inflight_per_source: 1\n");
+    let cached = format!("http://{}/fresh/600/10?slot", origin.http);
+    assert_eq!(status_of(&get(&serve, &cached)), Some("ixproxy; fwd=miss"));
+    // A slow origin fetch holds the source's only slot (the first request's slot is given
+    // back when its context is dropped, a moment after its response: retried until the slow
+    // fetch gets it) ...
+    let slow = signed(
+        &format!("http://{}/fresh/600/20?delay=3000", origin.http),
+        &[],
+    );
+    let addr = serve.listen();
+    let mut holder = None;
+    for _ in 0..20 {
+        let slow = slow.clone();
+        let attempt = std::thread::spawn(move || request(addr, "GET", "assets.test", &slow, &[]));
+        for _ in 0..500 {
+            if !fetches(&origin, "/fresh/600/20").is_empty() || attempt.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if fetches(&origin, "/fresh/600/20").is_empty() {
+            let refused = attempt.join().expect("attempt");
+            assert_eq!(refused.status, 503, "{}", refused.body_text());
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            holder = Some(attempt);
+            break;
+        }
+    }
+    let holder = holder.expect("the slow fetch never got the slot");
+    // ... while hits are served, and another miss is refused for want of a slot.
+    for _ in 0..3 {
+        let r = get(&serve, &cached);
+        assert_eq!((r.status, status_of(&r)), (200, Some("ixproxy; hit")));
+    }
+    let other = get(&serve, &format!("http://{}/fresh/600/30", origin.http));
+    assert_eq!(other.status, 503);
+    assert_eq!(holder.join().expect("holder").status, 200);
+}
+
 /// Requests `target` until the answer's `Cache-Status` is `ixproxy; fwd=stale` (every 100 ms,
 /// for at most 5 s: the entry's 1 s freshness has to run out).
 fn until_stale(serve: &ServeProcess, host: &str, target: &str) -> RawResponse {
@@ -432,6 +481,16 @@ fn a_range_on_a_cached_object_is_a_206_from_the_cache_and_head_stores_no_body() 
     assert_eq!(hit.body, pattern(100)[10..20]);
     assert_eq!(hit.header("content-range"), Some("bytes 10-19/100"));
     assert_eq!(status_of(&hit), Some("ixproxy; hit"));
+    // The client's own validator is answered from the entry too.
+    let not_modified = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &target,
+        &[("If-None-Match", "\"fresh-100\"")],
+    );
+    assert_eq!((not_modified.status, not_modified.body.len()), (304, 0));
+    assert_eq!(status_of(&not_modified), Some("ixproxy; hit"));
     assert_eq!(fetches(&origin, "/fresh/600/100").len(), 1);
 
     // HEAD first: passed on as a HEAD, nothing stored; the GET after is a miss with the
