@@ -2,6 +2,7 @@
 //! must agree on, and how Envoy's own replies map onto the core's outcomes. Keeping them in one
 //! place means the filter and the generated bootstrap cannot drift apart.
 
+use crate::cache::CacheResult;
 use crate::config::{CacheTtl, CacheTtlBehavior};
 use crate::outcome::Outcome;
 #[cfg(doc)]
@@ -187,21 +188,21 @@ pub fn response_upstream_address<'a>(
     property.or(stored)
 }
 
-/// The `Cache-Status` of a forwarded response, or `None` when Envoy's cache took no part (no
-/// cache configured, or a request it does not cache, which Envoy sends through the router):
-/// a hit is [`crate::cache_status::HIT`]; a response without `upstream.address` but with the
-/// stored address came through the cache's side channel, [`crate::cache_status::FWD_MISS`].
-/// Envoy 1.40 reports a revalidated stale entry exactly like a hit, so `fwd=stale` is never
-/// told apart on Envoy.
-pub fn cache_status(
+/// What Envoy's cache did for a forwarded response (its `Cache-Status` is
+/// [`CacheResult::cache_status`]), or `None` when the cache took no part (no cache configured,
+/// or a request it does not cache, which Envoy sends through the router): a hit is
+/// [`CacheResult::Hit`]; a response without `upstream.address` but with the stored address came
+/// through the cache's side channel, [`CacheResult::Miss`]. Envoy 1.40 reports a revalidated
+/// stale entry exactly like a hit, so [`CacheResult::Revalidated`] is never told apart here.
+pub fn cache_result(
     details: &str,
     property: Option<&str>,
     stored: Option<&str>,
-) -> Option<&'static str> {
+) -> Option<CacheResult> {
     if is_cache_hit(details) {
-        Some(crate::cache_status::HIT)
+        Some(CacheResult::Hit)
     } else if property.is_none() && stored.is_some() {
-        Some(crate::cache_status::FWD_MISS)
+        Some(CacheResult::Miss)
     } else {
         None
     }
@@ -373,15 +374,15 @@ mod tests {
         assert_eq!(response_upstream_address(None, stored), stored);
         assert_eq!(response_upstream_address(None, None), None);
         assert_eq!(
-            cache_status(RESPONSE_FROM_CACHE, None, stored),
-            Some(crate::cache_status::HIT)
+            cache_result(RESPONSE_FROM_CACHE, None, stored),
+            Some(CacheResult::Hit)
         );
         assert_eq!(
-            cache_status(VIA_UPSTREAM, None, stored),
-            Some(crate::cache_status::FWD_MISS)
+            cache_result(VIA_UPSTREAM, None, stored),
+            Some(CacheResult::Miss)
         );
-        assert_eq!(cache_status(VIA_UPSTREAM, router, stored), None);
-        assert_eq!(cache_status(VIA_UPSTREAM, None, None), None);
+        assert_eq!(cache_result(VIA_UPSTREAM, router, stored), None);
+        assert_eq!(cache_result(VIA_UPSTREAM, None, None), None);
         for removed in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO] {
             assert!(ORIGIN_REQUEST_REMOVED.contains(&removed), "{removed}");
         }

@@ -15,7 +15,7 @@
 
 pub mod addr;
 pub mod auth;
-pub mod cache_status;
+pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod envoy;

@@ -20,9 +20,9 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ixproxy_core::cache_status::CACHE_STATUS;
+use ixproxy_core::cache::CACHE_STATUS;
 use ixproxy_core::envoy::{
-    cache_status, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
+    cache_result, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
     local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER, VIA_UPSTREAM,
 };
 use ixproxy_core::request::{check_request_body, check_request_headers};
@@ -340,7 +340,8 @@ impl HttpContext for FilterHttp {
         if let Err(rejection) = forward.check_upstream_address(upstream) {
             return self.reject(&rejection);
         }
-        let status_value = cache_status(&details, property.as_deref(), stored.as_deref());
+        let status_value = cache_result(&details, property.as_deref(), stored.as_deref())
+            .map(|result| result.cache_status());
         let fields = match Self::headers(MapType::HttpResponseHeaders) {
             Ok(fields) => fields,
             Err(e) => return self.internal_error(&e),

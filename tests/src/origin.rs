@@ -37,8 +37,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LOCATION,
-    SET_COOKIE,
+    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
+    LOCATION, SET_COOKIE,
 };
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -59,6 +59,8 @@ pub const SLOW_DELAY: Duration = Duration::from_secs(10);
 pub const REDIRECT_BODY: &str = "origin redirect body";
 /// The asset `ETag`.
 pub const ASSET_ETAG: &str = "\"asset-v1\"";
+/// The `Last-Modified` of `/fresh/…`.
+pub const FRESH_LAST_MODIFIED: &str = "Wed, 01 Jan 2025 00:00:00 GMT";
 /// The asset `Cache-Control`.
 pub const ASSET_CACHE_CONTROL: &str = "public, max-age=31536000";
 /// The asset `Set-Cookie` values, which must never reach the client.
@@ -512,6 +514,43 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
         let mut response = text(StatusCode::OK, "cache");
         header(&mut response, CACHE_CONTROL, &format!("max-age={value}"));
         return response;
+    }
+    if let Some(rest) = path.strip_prefix("/fresh/") {
+        // `/fresh/<max-age>/<n>`: `n` pattern bytes with `public, max-age=<max-age>`, an ETag
+        // and a Last-Modified; 304 when `If-None-Match` names the ETag (the response cache's
+        // origin: freshness, revalidation, distinct objects of a given size by query).
+        // `delay=<ms>` (at most 5000) holds the answer back, so concurrent requests overlap.
+        let delay = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("delay="))
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.min(5000)));
+        tokio::time::sleep(delay).await;
+        if let Some((Ok(max_age), Ok(n))) = rest
+            .split_once('/')
+            .map(|(a, n)| (a.parse::<u64>(), n.parse::<usize>()))
+        {
+            let etag = format!("\"fresh-{n}\"");
+            let matched = req
+                .header_values("if-none-match")
+                .iter()
+                .any(|v| v.split(',').any(|t| t.trim() == etag));
+            let mut response = if matched {
+                text(StatusCode::NOT_MODIFIED, Bytes::new())
+            } else {
+                let mut r = with_body(StatusCode::OK, Scripted::full(pattern(n)));
+                header(&mut r, CONTENT_LENGTH, &n.to_string());
+                r
+            };
+            header(&mut response, ETAG, &etag);
+            header(&mut response, LAST_MODIFIED, FRESH_LAST_MODIFIED);
+            header(
+                &mut response,
+                CACHE_CONTROL,
+                &format!("public, max-age={max_age}"),
+            );
+            return response;
+        }
     }
     if let Some(n) = number("/bytes/") {
         return with_body(StatusCode::OK, Scripted::streamed(&pattern(n), false));

@@ -15,13 +15,21 @@ use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::harness::loopback_alias;
 use ixproxy_conformance::scripted::{head_header, request_path, OriginConn, ScriptedOrigin};
 use ixproxy_conformance::{EnvoyGateway, Gateway};
-use ixproxy_core::cache_status::{CACHE_STATUS, FWD_MISS, HIT};
+use ixproxy_core::cache::{CacheResult, CACHE_STATUS};
 use ixproxy_core::envoy::{ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER};
 use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Rejection;
 
+const HIT: &str = "ixproxy; hit";
+const FWD_MISS: &str = "ixproxy; fwd=miss";
 const TIMEOUT: Duration = Duration::from_secs(15);
 const ETAG: &str = "\"v1\"";
+
+#[test]
+fn the_cache_status_values_are_the_cores() {
+    assert_eq!(CacheResult::Hit.cache_status(), HIT);
+    assert_eq!(CacheResult::Miss.cache_status(), FWD_MISS);
+}
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1,26 +1,44 @@
-//! The admin listener: `/healthz` for readiness checks and `/metrics` for Prometheus.
+//! The admin listener: `/healthz` for readiness checks, `/metrics` for Prometheus and, with
+//! the response cache on, `POST /cache/purge?url=…`.
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
+use ixproxy_core::cache::parse_purge;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use super::cache::ResponseCache;
 use super::metrics::Metrics;
+
+/// What a purge needs: the cache and the names of every source (a purge removes the URL's
+/// entry under each).
+pub struct Purger {
+    /// The gateway's cache.
+    pub cache: ResponseCache,
+    /// Every source's name.
+    pub sources: Vec<String>,
+}
 
 /// The admin HTTP app (a Pingora [`ServeHttp`]).
 pub struct AdminApp {
     metrics: Metrics,
+    purger: Option<Purger>,
 }
 
 impl AdminApp {
-    /// An admin app exposing `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
-        AdminApp { metrics }
+    /// An admin app exposing `metrics` and, when the cache is on, purges through `purger`.
+    pub fn new(metrics: Metrics, purger: Option<Purger>) -> Self {
+        AdminApp { metrics, purger }
     }
 
-    /// The response for a request path: `/healthz` → 200 `ok`, `/metrics` → 200 Prometheus
-    /// text exposition, anything else → 404.
-    pub fn respond(&self, path: &str) -> Response<Vec<u8>> {
+    /// The response for a request: `/healthz` → 200 `ok`, `/metrics` → 200 Prometheus text
+    /// exposition, `POST /cache/purge?url=<percent-encoded origin URL>` → 200 `purged N` (the
+    /// entries removed, every source; 405 for another method, 400 for a bad URL, 404 with the
+    /// cache off), anything else → 404.
+    pub fn respond(&self, method: &str, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        if let Some(purge) = parse_purge(method, path, query) {
+            return self.purge(purge);
+        }
         let (status, content_type, body) = match path {
             "/healthz" => (
                 StatusCode::OK,
@@ -38,24 +56,64 @@ impl AdminApp {
                 b"not found\n".to_vec(),
             ),
         };
-        let length = body.len();
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(content_type),
-        );
-        headers.insert(header::CONTENT_LENGTH, length.into());
-        response
+        reply(status, content_type, body)
     }
+
+    fn purge(&self, purge: Result<String, ixproxy_core::cache::PurgeError>) -> Response<Vec<u8>> {
+        let text = "text/plain; charset=utf-8";
+        let Some(purger) = self.purger.as_ref() else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                text,
+                b"no cache configured\n".to_vec(),
+            );
+        };
+        match purge {
+            Ok(url) => {
+                let purged = purger
+                    .cache
+                    .purge(purger.sources.iter().map(String::as_str), &url);
+                reply(
+                    StatusCode::OK,
+                    text,
+                    format!("purged {purged}\n").into_bytes(),
+                )
+            }
+            Err(e) => {
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let mut response = reply(status, text, format!("{e}\n").into_bytes());
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+                }
+                response
+            }
+        }
+    }
+}
+
+/// A plain admin response with its `Content-Type` and `Content-Length`.
+fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let length = body.len();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(header::CONTENT_LENGTH, length.into());
+    response
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        self.respond(&path)
+        let req = session.req_header();
+        let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
+        let query = req.uri.query().map(str::to_owned);
+        self.respond(&method, &path, query.as_deref())
     }
 }
 
@@ -67,13 +125,13 @@ mod tests {
     fn healthz_metrics_and_not_found() {
         let metrics = Metrics::new().expect("metrics");
         metrics.count(ixproxy_core::Outcome::UnknownHost);
-        let app = AdminApp::new(metrics);
-        let ok = app.respond("/healthz");
+        let app = AdminApp::new(metrics, None);
+        let ok = app.respond("GET", "/healthz", None);
         assert_eq!(
             (ok.status(), ok.body().as_slice()),
             (StatusCode::OK, &b"ok\n"[..])
         );
-        let m = app.respond("/metrics");
+        let m = app.respond("GET", "/metrics", None);
         assert_eq!(m.status(), StatusCode::OK);
         let text = String::from_utf8(m.body().clone()).expect("utf-8");
         assert!(text.contains("ixproxy_requests_total{outcome=\"unknown_host\"} 1"));
@@ -81,6 +139,42 @@ mod tests {
             m.headers()[header::CONTENT_LENGTH],
             m.body().len().to_string().as_str()
         );
-        assert_eq!(app.respond("/").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            app.respond("GET", "/", None).status(),
+            StatusCode::NOT_FOUND
+        );
+        let off = app.respond("POST", "/cache/purge", Some("url=https%3A%2F%2Fo.test%2F"));
+        assert_eq!(off.status(), StatusCode::NOT_FOUND, "no cache");
+    }
+
+    #[test]
+    fn purge_on_the_admin_listener() {
+        let metrics = Metrics::new().expect("metrics");
+        let cache = ResponseCache::new(
+            ixproxy_core::config::CacheLimits {
+                max_bytes: 1 << 20,
+                max_object_bytes: 1 << 16,
+            },
+            std::time::Duration::from_secs(1),
+            metrics.cache_bytes(),
+        );
+        let app = AdminApp::new(
+            metrics,
+            Some(Purger {
+                cache,
+                sources: vec!["a".to_owned(), "b".to_owned()],
+            }),
+        );
+        let query = Some("url=https%3A%2F%2Fo.test%2Fa.png");
+        let ok = app.respond("POST", "/cache/purge", query);
+        assert_eq!(
+            (ok.status(), ok.body().as_slice()),
+            (StatusCode::OK, &b"purged 0\n"[..])
+        );
+        let get = app.respond("GET", "/cache/purge", query);
+        assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(get.headers()[header::ALLOW], "POST");
+        let bad = app.respond("POST", "/cache/purge", Some("url=ftp%3A%2F%2Fx"));
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     }
 }

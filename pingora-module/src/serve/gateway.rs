@@ -3,9 +3,13 @@
 //!
 //! - `early_request_filter` ends the client-header deadline (see [`super::deadline`]).
 //! - `request_filter` refuses a GET/HEAD carrying a body (400), checks the header limits (431)
-//!   and decides; a forward takes one of its source's in-flight slots (503 `overloaded` when
-//!   there is none, see [`super::inflight`]); a rejection is answered here (status, plain-text
-//!   reason).
+//!   and decides; a rejection is answered here (status, plain-text reason).
+//! - With the response cache on (see [`super::cache`]), the cache callbacks run after the
+//!   decision: only a forward is looked up, under the core's key; a hit is served without any
+//!   origin request.
+//! - `proxy_upstream_filter` (only when the origin is needed: no cache, a miss, a stale entry)
+//!   takes one of the source's in-flight slots (503 `overloaded` when there is none, see
+//!   [`super::inflight`]).
 //! - `upstream_peer` starts the origin-header deadline (`upstream.timeout`, every hop
 //!   together), resolves the current hop's origin and has the core check every address (see
 //!   [`super::resolve`]); `connected_to_upstream` tells the deadline which socket to cut.
@@ -17,8 +21,9 @@
 //! - `upstream_response_body_filter` counts the streamed body against `max_body_bytes`; an
 //!   error there cuts the client connection mid-transfer. A pause inside the body is bounded by
 //!   the per-read `upstream.body_timeout` (see [`super::peer`]), never by `upstream.timeout`.
-//!   The core's response edits (`Set-Cookie` dropped, `Cache-Control` capped for `expires`)
-//!   are applied there too.
+//!   The core's response edits (the header allowlist, the policy `Cache-Control`) are applied
+//!   in `upstream_response_filter`, before the cache stores the answer; `response_filter`, which
+//!   runs for hits too, caps `Cache-Control` at this URL's `expires` and adds `Cache-Status`.
 //! - `fail_to_proxy` answers failures with the core's rejection while no header went out;
 //!   `logging` counts the request's one outcome and logs.
 
@@ -30,6 +35,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method};
 use ixproxy_core::auth::AuthHeaders;
+use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS};
 use ixproxy_core::config::Upstream;
 use ixproxy_core::request::{
     check_request_body, check_request_headers, is_forwarded_client_header, HeaderTotals,
@@ -37,12 +43,16 @@ use ixproxy_core::request::{
 use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
 use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
 use log::{info, warn};
+use pingora::cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::tls::CaType;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
 use super::inflight::{Inflight, Slot};
 use super::metrics::Metrics;
@@ -50,7 +60,7 @@ use super::peer::build_peer;
 use super::resolve::{candidates, OriginResolver, ResolveError};
 
 /// The gateway: validated sources, upstream settings, trust anchors, the origin resolver, the
-/// in-flight counters and metrics.
+/// in-flight counters, metrics and the response cache (when on).
 pub struct Gateway {
     sources: Sources,
     upstream: Upstream,
@@ -58,18 +68,20 @@ pub struct Gateway {
     resolver: OriginResolver,
     inflight: Inflight,
     metrics: Metrics,
+    cache: Option<ResponseCache>,
 }
 
 impl Gateway {
     /// A gateway serving `sources`, connecting to origins with `upstream` settings and `ca`
     /// (see [`super::peer::load_trust_anchors`]) at the addresses `resolver` finds, counting
-    /// into `metrics`.
+    /// into `metrics`, answering from `cache` when there is one.
     pub fn new(
         sources: Sources,
         upstream: Upstream,
         ca: Option<Arc<CaType>>,
         resolver: OriginResolver,
         metrics: Metrics,
+        cache: Option<ResponseCache>,
     ) -> Self {
         Gateway {
             inflight: Inflight::new(&sources),
@@ -78,6 +90,7 @@ impl Gateway {
             ca,
             resolver,
             metrics,
+            cache,
         }
     }
 }
@@ -113,6 +126,10 @@ pub struct RequestCtx {
     failure: Option<Rejection>,
     /// Set while a followed redirect is being retried (not an error worth a warning).
     following_redirect: bool,
+    /// The response cache was looked up for this request.
+    cache_used: bool,
+    /// What the cache did, once the response header went out.
+    cache_result: Option<CacheResult>,
 }
 
 impl RequestCtx {
@@ -313,18 +330,6 @@ impl ProxyHttp for Gateway {
                 decide(&self.sources, &info, unix_now())
             }
         };
-        let decision = match decision {
-            Decision::Forward(forward) => {
-                match self.inflight.acquire(&self.sources, forward.source_name()) {
-                    Ok(slot) => {
-                        ctx.inflight = slot;
-                        Decision::Forward(forward)
-                    }
-                    Err(rejection) => Decision::Reject(rejection),
-                }
-            }
-            reject => reject,
-        };
         match decision {
             Decision::Forward(forward) => {
                 ctx.forward = Some(forward);
@@ -334,6 +339,93 @@ impl ProxyHttp for Gateway {
                 ctx.outcome = Some(rejection.outcome());
                 respond(session, &rejection).await?;
                 Ok(true)
+            }
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        // Only a decided forward reaches here: the cache never answers an unsigned, expired or
+        // refused request.
+        if let (Some(cache), true) = (
+            self.cache.as_ref(),
+            ctx.forward.is_some() && cache_rules::may_look_up(session.req_header().method.as_str()),
+        ) {
+            cache.enable(session);
+            ctx.cache_used = true;
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        // Called before any origin request: the key is the URL the client signed, whatever
+        // redirect hops follow.
+        match ctx.forward.as_ref() {
+            Some(forward) => Ok(ResponseCache::key(forward)),
+            None => Error::e_explain(ErrorType::InternalError, "cache key without a forward"),
+        }
+    }
+
+    fn cache_miss(&self, session: &mut Session, _ctx: &mut Self::CTX) {
+        if cache_rules::may_fill(session.req_header().method.as_str()) {
+            session.cache.cache_miss();
+        } else {
+            // A HEAD goes to the origin as a HEAD and stores nothing.
+            session.cache.disable(NoCacheReason::Custom(HEAD_BYPASS));
+        }
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        // A HEAD never revalidates (that would fetch a body for it): a stale entry is a miss.
+        let fills = cache_rules::may_fill(session.req_header().method.as_str());
+        Ok((!is_fresh && !fills).then_some(ForcedFreshness::ForceMiss))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        Ok(cache::cacheability(resp, SystemTime::now()))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+        _error: Option<&Error>,
+    ) -> bool {
+        // A stale entry is revalidated or replaced, never served: the origin's failure is the
+        // client's answer, as without the cache.
+        false
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        // The origin is needed (no cache, a miss, a stale entry): one in-flight slot for this
+        // request's origin fetch, every redirect hop included. A hit never takes one.
+        let Some(forward) = ctx.forward.as_ref() else {
+            return Ok(true);
+        };
+        match self.inflight.acquire(&self.sources, forward.source_name()) {
+            Ok(slot) => {
+                ctx.inflight = slot;
+                Ok(true)
+            }
+            Err(rejection) => {
+                ctx.outcome = Some(rejection.outcome());
+                respond(session, &rejection).await?;
+                Ok(false)
             }
         }
     }
@@ -519,6 +611,9 @@ impl ProxyHttp for Gateway {
                 return Err(ctx.fail(rejection, context));
             }
         };
+        // The stored head carries the uncapped value; each response gets its own URL's cap in
+        // `response_filter` (two URLs for one origin object share the entry).
+        let edits = cache_rules::storage_edits(edits);
         apply_response_edits(upstream_response, &edits)?;
         // The origin-header phase is over: from here only per-read timeouts apply (the body's
         // pauses, the client's writes), so a slow download is never cut by upstream.timeout.
@@ -530,6 +625,32 @@ impl ProxyHttp for Gateway {
                 let latency = started.elapsed();
                 ctx.upstream_latency = Some(latency);
                 self.metrics.observe_upstream_latency(latency);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let Some(forward) = ctx.forward.as_ref() {
+            let stored = cache::joined(resp, header::CACHE_CONTROL);
+            if let Some(capped) =
+                cache_rules::client_cache_control(stored.as_deref(), forward.max_age())
+            {
+                resp.insert_header(header::CACHE_CONTROL, capped)?;
+            }
+        }
+        if ctx.cache_used {
+            if let Some(result) = cache::result_of(session.cache.phase()) {
+                ctx.cache_result = Some(result);
+                resp.insert_header(CACHE_STATUS, result.cache_status())?;
             }
         }
         Ok(())
@@ -631,6 +752,11 @@ impl ProxyHttp for Gateway {
             (None, None, false) => return,
         };
         self.metrics.count(outcome);
+        if ctx.cache_used {
+            // A lookup whose origin fetch failed before any header went out counts as a miss.
+            self.metrics
+                .count_cache(ctx.cache_result.unwrap_or(CacheResult::Miss));
+        }
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
@@ -640,7 +766,7 @@ impl ProxyHttp for Gateway {
         match ctx.forward.as_ref() {
             Some(forward) => info!(
                 "{} host={} source={} origin={} redirects={} status={status} outcome={outcome} \
-                 upstream_ms={}",
+                 upstream_ms={} cache={}",
                 req.method,
                 request_host(req),
                 forward.source_name(),
@@ -648,6 +774,7 @@ impl ProxyHttp for Gateway {
                 forward.redirects(),
                 ctx.upstream_latency
                     .map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string()),
+                ctx.cache_result.map_or("-", CacheResult::as_str),
             ),
             None => info!(
                 "{} host={} status={status} outcome={outcome}",

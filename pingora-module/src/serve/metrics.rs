@@ -1,12 +1,16 @@
-//! Prometheus metrics of the gateway: requests by outcome and upstream latency.
+//! Prometheus metrics of the gateway: requests by outcome, upstream latency, and the response
+//! cache's results and size.
 //!
 //! The registry is private to the gateway (not the process-global default) so tests and the
 //! admin listener see exactly the series documented here.
 
 use std::time::Duration;
 
+use ixproxy_core::cache::CacheResult;
 use ixproxy_core::Outcome;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// The gateway's metrics.
 #[derive(Clone)]
@@ -14,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     upstream_latency: Histogram,
+    cache_requests: IntCounterVec,
+    cache_bytes: IntGauge,
 }
 
 /// Why the metrics could not be set up (only a programming error can cause it).
@@ -22,8 +28,9 @@ pub struct Metrics {
 pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
-    /// Creates and registers `ixproxy_requests_total{outcome}` (every label at zero) and
-    /// `ixproxy_upstream_latency_seconds`.
+    /// Creates and registers `ixproxy_requests_total{outcome}` (every label at zero),
+    /// `ixproxy_upstream_latency_seconds`, `ixproxy_cache_requests_total{result}` (every label
+    /// at zero) and `ixproxy_cache_bytes`.
     ///
     /// # Errors
     /// A [`MetricsError`] when a metric definition is invalid.
@@ -46,17 +53,49 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
         )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "ixproxy_cache_requests_total",
+                "Requests that went through the response cache, by what the cache did \
+                 (hit, miss, revalidated, expired, uncacheable, bypass).",
+            ),
+            &["result"],
+        )?;
+        let cache_bytes = IntGauge::new(
+            "ixproxy_cache_bytes",
+            "Bytes the response cache holds: bodies, stored headers and a fixed overhead per \
+             entry.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
-        // Every outcome at zero, so dashboards see all series at once.
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        // Every outcome and cache result at zero, so dashboards see all series at once.
         for outcome in Outcome::ALL {
             requests.with_label_values(&[outcome.as_str()]);
+        }
+        for result in CacheResult::ALL {
+            cache_requests.with_label_values(&[result.as_str()]);
         }
         Ok(Metrics {
             registry,
             requests,
             upstream_latency,
+            cache_requests,
+            cache_bytes,
         })
+    }
+
+    /// Counts what the response cache did for one request.
+    pub fn count_cache(&self, result: CacheResult) {
+        self.cache_requests
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// The `ixproxy_cache_bytes` gauge, which the cache's store keeps current.
+    pub fn cache_bytes(&self) -> IntGauge {
+        self.cache_bytes.clone()
     }
 
     /// Counts one request with the given outcome.
@@ -95,6 +134,8 @@ mod tests {
         metrics.count(Outcome::Forwarded);
         metrics.count(Outcome::OriginTimeout);
         metrics.observe_upstream_latency(Duration::from_millis(30));
+        metrics.count_cache(CacheResult::Hit);
+        metrics.cache_bytes().set(1234);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for label in Outcome::ALL.map(Outcome::as_str) {
             assert!(
@@ -106,6 +147,9 @@ mod tests {
         assert!(text.contains("ixproxy_requests_total{outcome=\"origin_timeout\"} 1"));
         assert!(text.contains("ixproxy_requests_total{outcome=\"bad_signature\"} 0"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_count 1"));
+        assert!(text.contains("ixproxy_cache_requests_total{result=\"hit\"} 1"));
+        assert!(text.contains("ixproxy_cache_requests_total{result=\"bypass\"} 0"));
+        assert!(text.contains("ixproxy_cache_bytes 1234"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));
     }
 }

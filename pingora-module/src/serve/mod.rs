@@ -8,6 +8,8 @@
 
 mod admin;
 mod announce;
+mod cache;
+mod cache_store;
 mod client;
 mod deadline;
 mod demo;
@@ -117,9 +119,23 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         upstream,
         sources,
         client,
+        cache,
         ..
     } = config;
-    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone());
+    // A fill holds its key's lock at most until its origin header and one body pause are due;
+    // requests waiting on it then compete again.
+    let cache = cache.map(|limits| {
+        cache::ResponseCache::new(
+            limits,
+            upstream.timeout + upstream.body_timeout,
+            metrics.cache_bytes(),
+        )
+    });
+    let purger = cache.map(|cache| admin::Purger {
+        cache,
+        sources: sources.iter().map(|s| s.name.clone()).collect(),
+    });
+    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone(), cache);
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let proxy = Service::new(
         "gateway".to_owned(),
@@ -130,7 +146,7 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     );
     server.add_service(listen::PreBound::new(proxy, listener));
 
-    let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics));
+    let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics, purger));
     admin.threads = Some(1);
     server.add_service(listen::PreBound::new(admin, admin_listener));
 

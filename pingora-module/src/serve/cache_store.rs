@@ -1,0 +1,528 @@
+//! The memory storage behind the native response cache: a Pingora cache [`Storage`] that is
+//! bounded by `cache.max_bytes` on its own (least recently used entries go first, at the insert
+//! that would pass the bound), counts what it holds, and never panics.
+//!
+//! Why not `pingora_cache::MemCache` (0.9.1, documented "for testing only"): it has no bound of
+//! its own and relies on a separate eviction manager that purges asynchronously after the
+//! insert (so the bound is passed for a while); it counts only body bytes; it copies the whole
+//! body when a fill completes and again on every hit; `update_meta` panics when the entry was
+//! evicted or purged during a revalidation, and `write_body` panics after the end. Here bodies
+//! are [`Bytes`] shared with every hit (a hit or a range is a reference-counted slice), the
+//! weight of an entry is its body, its serialised header and metadata and a fixed
+//! [`ENTRY_OVERHEAD`], and each operation takes one short mutex (no body copy under it).
+//!
+//! Streaming partial writes are not offered: a fill is stored when it completes, so
+//! concurrent misses wait on the cache lock and then hit, and a response that turns out larger
+//! than `max_object_bytes` mid-stream is simply not stored (the client still gets all of it).
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use parking_lot::Mutex;
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{
+    CacheKey, CacheMeta, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
+};
+use pingora::{Error, ErrorType, Result};
+use prometheus::IntGauge;
+
+/// Bytes counted for each entry besides its body and serialised metadata: the hash map slot
+/// and key, the LRU index node, the body's shared allocation header.
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// One stored answer.
+struct Entry {
+    /// Serialised [`CacheMeta`] (internal part, header part).
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+    /// Position in the LRU order (larger = used more recently).
+    tick: u64,
+    weight: usize,
+}
+
+fn weight_of(meta: &(Vec<u8>, Vec<u8>), body: &Bytes) -> usize {
+    body.len() + meta.0.len() + meta.1.len() + ENTRY_OVERHEAD
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<HashBinary, Entry>,
+    /// tick → key, oldest first.
+    lru: BTreeMap<u64, HashBinary>,
+    tick: u64,
+    bytes: usize,
+    /// Bumped by every purge: a fill that started before it is not stored.
+    purges: u64,
+}
+
+impl Inner {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn remove(&mut self, key: &HashBinary) -> bool {
+        match self.entries.remove(key) {
+            Some(entry) => {
+                self.lru.remove(&entry.tick);
+                self.bytes -= entry.weight;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops least recently used entries until `incoming` more bytes fit under `max_bytes`.
+    fn make_room(&mut self, incoming: usize, max_bytes: usize) {
+        while self.bytes + incoming > max_bytes {
+            let Some((_, key)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(entry) = self.entries.remove(&key) {
+                self.bytes -= entry.weight;
+            }
+        }
+    }
+}
+
+/// The bounded memory storage (see the module docs). Lives for the whole process (Pingora's
+/// [`Storage`] methods take `&'static self`).
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    max_object_bytes: usize,
+    bytes_gauge: IntGauge,
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_bytes` (entry weights, see [`ENTRY_OVERHEAD`]), never an
+    /// answer whose body is over `max_object_bytes`, reporting what it holds in `bytes_gauge`.
+    pub fn new(max_bytes: u64, max_object_bytes: u64, bytes_gauge: IntGauge) -> Self {
+        MemoryStore {
+            inner: Mutex::default(),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_object_bytes: usize::try_from(max_object_bytes).unwrap_or(usize::MAX),
+            bytes_gauge,
+        }
+    }
+
+    /// The weight of everything stored.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    /// How many answers are stored.
+    #[cfg(test)]
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.inner.lock().entries.len()
+    }
+
+    /// Removes the entries of these keys (primary keys, see [`CacheKey::new`]); a fill in
+    /// progress when this runs is not stored. Returns how many entries were removed.
+    pub fn purge_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut inner = self.inner.lock();
+        inner.purges += 1;
+        let removed = keys
+            .into_iter()
+            .filter(|key| inner.remove(&CacheKey::new(*key, "").combined_bin()))
+            .count();
+        self.report(&inner);
+        removed
+    }
+
+    fn report(&self, inner: &Inner) {
+        self.bytes_gauge
+            .set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Stores a completed fill (unless a purge ran since it started, or it is over a bound).
+    fn insert(&self, key: HashBinary, meta: (Vec<u8>, Vec<u8>), body: Bytes, epoch: u64) -> usize {
+        let weight = weight_of(&meta, &body);
+        let mut inner = self.inner.lock();
+        if inner.purges != epoch || body.len() > self.max_object_bytes || weight > self.max_bytes {
+            return 0;
+        }
+        inner.remove(&key);
+        inner.make_room(weight, self.max_bytes);
+        let tick = inner.next_tick();
+        inner.lru.insert(tick, key);
+        inner.entries.insert(
+            key,
+            Entry {
+                meta,
+                body,
+                tick,
+                weight,
+            },
+        );
+        inner.bytes += weight;
+        self.report(&inner);
+        weight
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let found = {
+            let mut inner = self.inner.lock();
+            let tick = inner.next_tick();
+            let hash = key.combined_bin();
+            let Inner { entries, lru, .. } = &mut *inner;
+            entries.get_mut(&hash).map(|entry| {
+                lru.remove(&entry.tick);
+                lru.insert(tick, hash);
+                entry.tick = tick;
+                (entry.meta.clone(), entry.body.clone())
+            })
+        };
+        let Some((meta, body)) = found else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let end = body.len();
+        Ok(Some((
+            meta,
+            Box::new(BodyHit {
+                body,
+                start: 0,
+                end,
+                done: false,
+            }),
+        )))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let epoch = self.inner.lock().purges;
+        let expected = meta
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(self.max_object_bytes);
+        Ok(Box::new(Fill {
+            store: self,
+            key: key.combined_bin(),
+            meta: meta.serialize()?,
+            body: BytesMut::with_capacity(expected),
+            epoch,
+            over: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let mut inner = self.inner.lock();
+        inner.purges += 1;
+        let removed = inner.remove(&target.key().combined_bin());
+        self.report(&inner);
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let meta = meta.serialize()?;
+        let mut inner = self.inner.lock();
+        let Inner { entries, bytes, .. } = &mut *inner;
+        // Evicted or purged while it was being revalidated: nothing to refresh.
+        let Some(entry) = entries.get_mut(&key.combined_bin()) else {
+            return Ok(false);
+        };
+        let weight = weight_of(&meta, &entry.body);
+        *bytes = *bytes - entry.weight + weight;
+        entry.weight = weight;
+        entry.meta = meta;
+        self.report(&inner);
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A stored body being served: the whole of it, or the range a seek chose.
+struct BodyHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for BodyHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!(
+                    "seek start {start} past the body ({} bytes)",
+                    self.body.len()
+                ),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |end| end.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A fill in progress: the body so far, stored by [`HandleMiss::finish`].
+struct Fill {
+    store: &'static MemoryStore,
+    key: HashBinary,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+    epoch: u64,
+    /// The body passed `max_object_bytes`: nothing more is kept and nothing is stored.
+    over: bool,
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.over || self.body.len() + data.len() > self.store.max_object_bytes {
+            self.over = true;
+            self.body = BytesMut::new();
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "response over cache.max_object_bytes",
+            );
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.over {
+            return Ok(MissFinishType::Created(0));
+        }
+        let body = self.body.freeze();
+        // The stored header says the body's length, so hits (and ranges of them) are framed by
+        // Content-Length even when the origin sent its answer chunked.
+        let mut meta = CacheMeta::deserialize(&self.meta.0, &self.meta.1)?;
+        let head = meta.response_header_mut();
+        head.remove_header(&header::TRANSFER_ENCODING);
+        head.insert_header(header::CONTENT_LENGTH, body.len())?;
+        let meta = meta.serialize()?;
+        Ok(MissFinishType::Created(
+            self.store.insert(self.key, meta, body, self.epoch),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::trace::Span;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn store(max_bytes: u64, max_object: u64) -> &'static MemoryStore {
+        let gauge = IntGauge::new("t", "t").expect("gauge");
+        Box::leak(Box::new(MemoryStore::new(max_bytes, max_object, gauge)))
+    }
+
+    fn meta(etag: &str) -> CacheMeta {
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        header.append_header("etag", etag).expect("etag");
+        header
+            .append_header("transfer-encoding", "chunked")
+            .expect("te");
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    async fn fill(store: &'static MemoryStore, key: &str, body: &[u8]) -> usize {
+        let span = Span::inactive().handle();
+        let mut miss = store
+            .get_miss_handler(&CacheKey::new(key, ""), &meta(key), &span)
+            .await
+            .expect("miss handler");
+        for chunk in body.chunks(7) {
+            if miss
+                .write_body(Bytes::copy_from_slice(chunk), false)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        match miss.finish().await.expect("finish") {
+            MissFinishType::Created(n) => n,
+            MissFinishType::Appended(n, _) => n,
+        }
+    }
+
+    async fn read(
+        store: &'static MemoryStore,
+        key: &str,
+        range: Option<(usize, usize)>,
+    ) -> Option<Vec<u8>> {
+        let span = Span::inactive().handle();
+        let (meta, mut hit) = store.lookup(&CacheKey::new(key, ""), &span).await.ok()??;
+        assert!(meta.headers().get("transfer-encoding").is_none());
+        if let Some((start, end)) = range {
+            hit.seek(start, Some(end)).expect("seek");
+        }
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await.expect("read") {
+            out.extend_from_slice(&b);
+        }
+        Some(out)
+    }
+
+    #[tokio::test]
+    async fn fills_hits_ranges_and_the_stored_length() {
+        let s = store(1 << 20, 1 << 16);
+        let weight = fill(s, "a", b"hello, cache").await;
+        assert!(weight > 12 + ENTRY_OVERHEAD, "{weight}");
+        assert_eq!(s.bytes(), weight);
+        assert_eq!(
+            read(s, "a", None).await.as_deref(),
+            Some(&b"hello, cache"[..])
+        );
+        assert_eq!(
+            read(s, "a", Some((7, 12))).await.as_deref(),
+            Some(&b"cache"[..])
+        );
+        let span = Span::inactive().handle();
+        let (m, _) = s
+            .lookup(&CacheKey::new("a", ""), &span)
+            .await
+            .expect("ok")
+            .expect("hit");
+        assert_eq!(m.headers()["content-length"], "12");
+        assert_eq!(m.headers()["etag"], "a");
+        assert!(read(s, "b", None).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_bound_evicts_least_recently_used_first() {
+        let body = vec![b'x'; 1000];
+        let one = fill(store(1 << 20, 1 << 20), "probe", &body).await;
+        let s = store(3 * one as u64, 1 << 20);
+        for key in ["a", "b", "c"] {
+            fill(s, key, &body).await;
+        }
+        assert_eq!(s.len(), 3);
+        // "a" used: "b" is now the least recently used.
+        assert!(read(s, "a", None).await.is_some());
+        fill(s, "d", &body).await;
+        assert_eq!(s.len(), 3);
+        assert!(s.bytes() <= 3 * one);
+        assert!(read(s, "b", None).await.is_none(), "b evicted");
+        for key in ["a", "c", "d"] {
+            assert!(read(s, key, None).await.is_some(), "{key} kept");
+        }
+        for i in 0..100 {
+            fill(s, &format!("k{i}"), &body).await;
+            assert!(s.bytes() <= 3 * one);
+        }
+    }
+
+    #[tokio::test]
+    async fn objects_over_the_limits_are_not_stored() {
+        let s = store(1 << 20, 100);
+        assert_eq!(fill(s, "big", &[b'x'; 101]).await, 0);
+        assert!(read(s, "big", None).await.is_none());
+        assert!(fill(s, "ok", &[b'x'; 100]).await > 0);
+        let tiny = store(100, 1 << 20);
+        assert_eq!(fill(tiny, "a", b"x").await, 0, "weight over max_bytes");
+        assert_eq!(tiny.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_removes_and_a_fill_running_across_it_is_dropped() {
+        let s = store(1 << 20, 1 << 20);
+        fill(s, "a", b"one").await;
+        let span = Span::inactive().handle();
+        let mut running = s
+            .get_miss_handler(&CacheKey::new("b", ""), &meta("b"), &span)
+            .await
+            .expect("miss");
+        running
+            .write_body(Bytes::from_static(b"two"), false)
+            .await
+            .expect("write");
+        assert_eq!(s.purge_keys(["a", "zzz"]), 1);
+        assert!(read(s, "a", None).await.is_none());
+        assert!(matches!(
+            running.finish().await,
+            Ok(MissFinishType::Created(0))
+        ));
+        assert!(read(s, "b", None).await.is_none());
+        assert_eq!(s.bytes(), 0);
+        // A meta update of a purged entry is not an error (the revalidation just does not stick).
+        let updated = s
+            .update_meta(&CacheKey::new("a", ""), &meta("a"), &span)
+            .await;
+        assert!(matches!(updated, Ok(false)));
+    }
+}

@@ -1,0 +1,577 @@
+//! The native response cache of `ixproxy serve` (README: Caching), on the real binary in front
+//! of the recording origin, which counts what reaches it: a second request is a hit with one
+//! origin fetch; 50 concurrent cold requests for one URL make one origin fetch; URLs signed
+//! with other gateway params (or an `expires`) share the entry, each response with its own
+//! cap; a hit still enforces `s` and `expires`; a stale entry is revalidated (the origin's 304
+//! refreshes it); purge makes the next request a miss; a Range on a cached object is a 206 from
+//! the cache; a HEAD never stores a body; answers over `max_object_bytes` are streamed, never
+//! stored; the process's memory stays within `max_bytes` plus a stated overhead after twice
+//! `max_bytes` of distinct objects went through.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::origin::{pattern, Recorded, RecordingOrigin};
+use ixproxy_conformance::ServeProcess;
+use ixproxy_core::sign::{sign_url, SignOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+const TOKEN: &str = "tok-cache";
+/// `cache.max_bytes` of [`config`].
+const MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// `cache.max_object_bytes` of [`config`].
+const MAX_OBJECT_BYTES: u64 = 256 * 1024;
+/// What the process may grow by beyond `max_bytes` after twice `max_bytes` of distinct objects
+/// went through (README: Caching): allocator slack for the freed bodies of evicted entries,
+/// the fill buffer and the origin/client read buffers of a request, and the stored headers
+/// and index (counted in `ixproxy_cache_bytes` too).
+const RSS_OVERHEAD: u64 = 4 * 1024 * 1024;
+
+fn config(limits: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+{limits}upstream:
+  connect_timeout: 2s
+  timeout: 8s
+cache:
+  max_bytes: {MAX_BYTES}
+  max_object_bytes: {MAX_OBJECT_BYTES}
+sources:
+  - name: assets
+    hosts: [assets.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+  - name: other
+    hosts: [other.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+  - name: short
+    hosts: [short.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    cache_ttl_behavior: override_origin
+    cache_ttl: 1
+"
+    )
+}
+
+fn start() -> (ServeProcess, RecordingOrigin) {
+    start_with("")
+}
+
+/// Starts the gateway on [`config`] with `limits` (a `limits:` block, or nothing).
+fn start_with(limits: &str) -> (ServeProcess, RecordingOrigin) {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve =
+        ServeProcess::start_temp(bin, &config(limits), &[]).unwrap_or_else(|e| panic!("{e}"));
+    (serve, origin)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn signed(url: &str, params: &[(&str, String)]) -> String {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    sign_url(TOKEN, url, &params, &SignOptions::default())
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut req = RawRequest::get(host, target);
+    req.method = method.to_owned();
+    req.headers = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    send(addr, &req, TIMEOUT).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+fn get(serve: &ServeProcess, url: &str) -> RawResponse {
+    request(serve.listen(), "GET", "assets.test", &signed(url, &[]), &[])
+}
+
+/// The origin requests whose target starts with `path`.
+fn fetches(origin: &RecordingOrigin, path: &str) -> Vec<Recorded> {
+    origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with(path))
+        .collect()
+}
+
+/// The value of the metric sample named exactly `sample` (`name{labels}`).
+fn metric(serve: &ServeProcess, sample: &str) -> u64 {
+    let text = send(serve.admin(), &RawRequest::get("a", "/metrics"), TIMEOUT)
+        .expect("metrics")
+        .body_text();
+    let key = format!("{sample} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+}
+
+fn cache_metric(serve: &ServeProcess, result: &str) -> u64 {
+    metric(
+        serve,
+        &format!("ixproxy_cache_requests_total{{result=\"{result}\"}}"),
+    )
+}
+
+/// Polls `ixproxy_cache_requests_total` (every 20 ms, at most 5 s) until `result` reaches
+/// `value` (requests are counted in the access-log phase, just after the response).
+fn await_cache_metric(serve: &ServeProcess, result: &str, value: u64) {
+    for _ in 0..250 {
+        if cache_metric(serve, result) >= value {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cache result {result} never reached {value}");
+}
+
+fn status_of(r: &RawResponse) -> Option<&str> {
+    r.header("cache-status")
+}
+
+fn max_age(r: &RawResponse) -> u64 {
+    r.header("cache-control")
+        .and_then(|cc| {
+            cc.split(',')
+                .find_map(|d| d.trim().strip_prefix("max-age="))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no max-age in {:?}", r.header("cache-control")))
+}
+
+#[test]
+fn a_second_request_is_a_hit_and_other_params_share_the_entry() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/100?a", origin.http);
+    let first = get(&serve, &url);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, pattern(100));
+    assert_eq!(status_of(&first), Some("ixproxy; fwd=miss"));
+    assert_eq!(max_age(&first), 600);
+
+    let second = get(&serve, &url);
+    assert_eq!((second.status, &second.body), (200, &pattern(100)));
+    assert_eq!(status_of(&second), Some("ixproxy; hit"));
+    assert_eq!(second.header("etag"), Some("\"fresh-100\""));
+    assert_eq!(second.header("content-length"), Some("100"));
+    assert!(second.header("age").is_some(), "a hit says its age");
+    for header in ["x-content-type-options", "content-security-policy"] {
+        assert_eq!(
+            second.header(header),
+            first.header(header),
+            "{header} on the hit"
+        );
+    }
+    assert_eq!(fetches(&origin, "/fresh/600/100").len(), 1);
+
+    // Re-signed with gateway params: same origin object, same entry.
+    let params = [("w", "100".to_owned()), ("fm", "webp".to_owned())];
+    let resigned = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &signed(&url, &params),
+        &[],
+    );
+    assert_eq!(status_of(&resigned), Some("ixproxy; hit"));
+    // With `expires`: a hit too, capped at this URL's seconds left; the entry keeps its own
+    // freshness for the next URL.
+    let expires = [("expires", (unix_now() + 30).to_string())];
+    let capped = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &signed(&url, &expires),
+        &[],
+    );
+    assert_eq!(status_of(&capped), Some("ixproxy; hit"));
+    assert!(
+        max_age(&capped) <= 30,
+        "{:?}",
+        capped.header("cache-control")
+    );
+    let uncapped = get(&serve, &url);
+    assert_eq!(status_of(&uncapped), Some("ixproxy; hit"));
+    assert_eq!(max_age(&uncapped), 600, "the cap was per response");
+    assert_eq!(
+        fetches(&origin, "/fresh/600/100").len(),
+        1,
+        "one origin fetch"
+    );
+
+    // The same URL under another source is another entry.
+    let other = request(serve.listen(), "GET", "other.test", &signed(&url, &[]), &[]);
+    assert_eq!(status_of(&other), Some("ixproxy; fwd=miss"));
+    assert_eq!(fetches(&origin, "/fresh/600/100").len(), 2);
+
+    // Over max_object_bytes: streamed whole every time, never stored.
+    let big_len = MAX_OBJECT_BYTES as usize + 1;
+    let big = format!("http://{}/fresh/600/{big_len}", origin.http);
+    for _ in 0..2 {
+        let r = get(&serve, &big);
+        assert_eq!((r.status, r.body.len()), (200, big_len));
+        assert_eq!(status_of(&r), Some("ixproxy; fwd=miss"));
+    }
+    assert_eq!(fetches(&origin, &format!("/fresh/600/{big_len}")).len(), 2);
+
+    await_cache_metric(&serve, "uncacheable", 2);
+    assert_eq!(cache_metric(&serve, "hit"), 4);
+    assert_eq!(cache_metric(&serve, "miss"), 2);
+    assert_eq!(
+        metric(&serve, "ixproxy_requests_total{outcome=\"forwarded\"}"),
+        8,
+        "every hit is one forwarded outcome"
+    );
+}
+
+#[test]
+fn a_hit_still_enforces_s_and_expires() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/10?enforced", origin.http);
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; fwd=miss"));
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; hit"));
+
+    let good = signed(&url, &[]);
+    let (path, sig) = good.rsplit_once("s=").expect("signed");
+    let wrong = format!("{path}s={}", "0".repeat(sig.len()));
+    let unsigned = path.trim_end_matches(['?', '&']).to_owned();
+    let expired = signed(&url, &[("expires", (unix_now() - 10).to_string())]);
+    for (target, status) in [(&wrong, 403), (&unsigned, 403), (&expired, 404)] {
+        let r = request(serve.listen(), "GET", "assets.test", target, &[]);
+        assert_eq!(r.status, status, "{target}");
+        assert_eq!(status_of(&r), None, "{target}: never looked up");
+        assert_ne!(r.body, pattern(10), "{target}: not the cached body");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    // Another source's token does not open this source's entry either.
+    let foreign = sign_url("other-token", &url, &[], &SignOptions::default());
+    let r = request(serve.listen(), "GET", "assets.test", &foreign, &[]);
+    assert_eq!(r.status, 403);
+    assert_eq!(fetches(&origin, "/fresh/600/10").len(), 1);
+}
+
+#[test]
+fn fifty_concurrent_cold_requests_make_one_origin_fetch() {
+    let (serve, origin) = start();
+    // The origin holds its answer 500 ms, so every request arrives while the first is filling.
+    let url = format!("http://{}/fresh/600/2000?delay=500", origin.http);
+    let target = Arc::new(signed(&url, &[]));
+    let addr = serve.listen();
+    let barrier = Arc::new(Barrier::new(50));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (target, barrier) = (Arc::clone(&target), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(addr, "GET", "assets.test", &target, &[])
+            })
+        })
+        .collect();
+    let responses: Vec<RawResponse> = threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    for r in &responses {
+        assert_eq!((r.status, &r.body), (200, &pattern(2000)));
+    }
+    assert_eq!(
+        fetches(&origin, "/fresh/600/2000").len(),
+        1,
+        "one origin fetch for 50 concurrent misses"
+    );
+    let misses = responses
+        .iter()
+        .filter(|r| status_of(r) == Some("ixproxy; fwd=miss"))
+        .count();
+    assert_eq!(
+        misses, 1,
+        "the one fill; the others waited on the lock and hit"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    await_cache_metric(&serve, "hit", 49);
+}
+
+#[test]
+fn a_hit_takes_no_in_flight_slot() {
+    let (serve, origin) = start_with("limits:\n  max_inflight_per_source: 1\n");
+    let cached = format!("http://{}/fresh/600/10?slot", origin.http);
+    assert_eq!(status_of(&get(&serve, &cached)), Some("ixproxy; fwd=miss"));
+    // A slow origin fetch holds the source's only slot (the first request's slot is given
+    // back when its context is dropped, a moment after its response: retried until the slow
+    // fetch gets it) ...
+    let slow = signed(
+        &format!("http://{}/fresh/600/20?delay=3000", origin.http),
+        &[],
+    );
+    let addr = serve.listen();
+    let mut holder = None;
+    for _ in 0..20 {
+        let slow = slow.clone();
+        let attempt = std::thread::spawn(move || request(addr, "GET", "assets.test", &slow, &[]));
+        for _ in 0..500 {
+            if !fetches(&origin, "/fresh/600/20").is_empty() || attempt.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if fetches(&origin, "/fresh/600/20").is_empty() {
+            let refused = attempt.join().expect("attempt");
+            assert_eq!(refused.status, 503, "{}", refused.body_text());
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            holder = Some(attempt);
+            break;
+        }
+    }
+    let holder = holder.expect("the slow fetch never got the slot");
+    // ... while hits are served, and another miss is refused for want of a slot.
+    for _ in 0..3 {
+        let r = get(&serve, &cached);
+        assert_eq!((r.status, status_of(&r)), (200, Some("ixproxy; hit")));
+    }
+    let other = get(&serve, &format!("http://{}/fresh/600/30", origin.http));
+    assert_eq!(other.status, 503);
+    assert_eq!(holder.join().expect("holder").status, 200);
+}
+
+/// Requests `target` until the answer's `Cache-Status` is `ixproxy; fwd=stale` (every 100 ms,
+/// for at most 5 s: the entry's 1 s freshness has to run out).
+fn until_stale(serve: &ServeProcess, host: &str, target: &str) -> RawResponse {
+    for _ in 0..50 {
+        let r = request(serve.listen(), "GET", host, target, &[]);
+        assert_eq!(r.status, 200);
+        if status_of(&r) == Some("ixproxy; fwd=stale") {
+            return r;
+        }
+        assert_eq!(
+            status_of(&r),
+            Some("ixproxy; hit"),
+            "fresh until it is stale"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the entry never went stale");
+}
+
+/// The freshness of one entry runs out; the next request revalidates with the stored
+/// validators, the origin's 304 refreshes the entry, and the request after is a hit again.
+fn revalidates(serve: &ServeProcess, origin: &RecordingOrigin, host: &str, path: &str) {
+    let url = format!("http://{}{path}", origin.http);
+    let target = signed(&url, &[]);
+    let first = request(serve.listen(), "GET", host, &target, &[]);
+    assert_eq!(status_of(&first), Some("ixproxy; fwd=miss"));
+    assert_eq!(max_age(&first), 1);
+    let stale = until_stale(serve, host, &target);
+    assert_eq!(stale.body, first.body, "served from the refreshed entry");
+    let seen = fetches(origin, path);
+    assert_eq!(seen.len(), 2, "one fill, one revalidation");
+    let etag = first.header("etag").expect("etag");
+    assert_eq!(seen[1].header_values("if-none-match"), [etag]);
+    assert_eq!(
+        seen[1].header_values("if-modified-since"),
+        [first.header("last-modified").expect("last-modified")]
+    );
+    let again = request(serve.listen(), "GET", host, &target, &[]);
+    assert_eq!(
+        status_of(&again),
+        Some("ixproxy; hit"),
+        "the 304 refreshed it"
+    );
+    assert_eq!(fetches(origin, path).len(), 2);
+}
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let (serve, origin) = start();
+    // respect_origin: the origin's own max-age=1.
+    revalidates(&serve, &origin, "assets.test", "/fresh/1/64?respect");
+    await_cache_metric(&serve, "revalidated", 1);
+}
+
+#[test]
+fn override_origin_freshness_expires_and_revalidates() {
+    let (serve, origin) = start();
+    // override_origin with cache_ttl 1: the origin's max-age=600 is replaced (SPEC §12).
+    revalidates(&serve, &origin, "short.test", "/fresh/600/64?override");
+}
+
+#[test]
+fn purge_makes_the_next_request_a_miss() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/10?purged", origin.http);
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; fwd=miss"));
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; hit"));
+    let encoded: String = url
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let purge_target = format!("/cache/purge?url={encoded}");
+    let refused = request(serve.admin(), "GET", "admin", &purge_target, &[]);
+    assert_eq!(refused.status, 405);
+    let purged = request(serve.admin(), "POST", "admin", &purge_target, &[]);
+    assert_eq!(
+        (purged.status, purged.body_text().as_str()),
+        (200, "purged 1\n")
+    );
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; fwd=miss"));
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; hit"));
+    assert_eq!(fetches(&origin, "/fresh/600/10").len(), 2);
+    let again = request(serve.admin(), "POST", "admin", &purge_target, &[]);
+    assert_eq!(again.body_text(), "purged 1\n");
+    let nothing = request(serve.admin(), "POST", "admin", &purge_target, &[]);
+    assert_eq!(nothing.body_text(), "purged 0\n");
+}
+
+#[test]
+fn a_range_on_a_cached_object_is_a_206_from_the_cache_and_head_stores_no_body() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/100?ranged", origin.http);
+    let target = signed(&url, &[]);
+    // A cold Range is fetched whole from the origin and stored; the client gets its range.
+    let cold = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &target,
+        &[("Range", "bytes=0-9")],
+    );
+    assert_eq!((cold.status, &cold.body[..]), (206, &pattern(100)[..10]));
+    let seen = fetches(&origin, "/fresh/600/100");
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].header_values("range").is_empty(),
+        "the whole object"
+    );
+    let hit = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &target,
+        &[("Range", "bytes=10-19")],
+    );
+    assert_eq!(hit.status, 206);
+    assert_eq!(hit.body, pattern(100)[10..20]);
+    assert_eq!(hit.header("content-range"), Some("bytes 10-19/100"));
+    assert_eq!(status_of(&hit), Some("ixproxy; hit"));
+    // The client's own validator is answered from the entry too.
+    let not_modified = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &target,
+        &[("If-None-Match", "\"fresh-100\"")],
+    );
+    assert_eq!((not_modified.status, not_modified.body.len()), (304, 0));
+    assert_eq!(status_of(&not_modified), Some("ixproxy; hit"));
+    assert_eq!(fetches(&origin, "/fresh/600/100").len(), 1);
+
+    // HEAD first: passed on as a HEAD, nothing stored; the GET after is a miss with the
+    // whole body; a HEAD after that is answered from the entry, header only.
+    let head_url = format!("http://{}/fresh/600/50?head", origin.http);
+    let head_target = signed(&head_url, &[]);
+    let head = request(serve.listen(), "HEAD", "assets.test", &head_target, &[]);
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(status_of(&head), Some("ixproxy; fwd=miss"));
+    let seen = fetches(&origin, "/fresh/600/50");
+    assert_eq!(
+        seen.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+        ["HEAD"]
+    );
+    let full = request(serve.listen(), "GET", "assets.test", &head_target, &[]);
+    assert_eq!((full.status, &full.body), (200, &pattern(50)));
+    assert_eq!(
+        status_of(&full),
+        Some("ixproxy; fwd=miss"),
+        "the HEAD stored nothing"
+    );
+    let cached_head = request(serve.listen(), "HEAD", "assets.test", &head_target, &[]);
+    assert_eq!((cached_head.status, cached_head.body.len()), (200, 0));
+    assert_eq!(status_of(&cached_head), Some("ixproxy; hit"));
+    assert_eq!(cached_head.header("content-length"), Some("50"));
+    let seen = fetches(&origin, "/fresh/600/50");
+    assert_eq!(
+        seen.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(),
+        ["HEAD", "GET"]
+    );
+    await_cache_metric(&serve, "bypass", 1);
+}
+
+/// The resident set size of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+#[test]
+fn memory_stays_within_max_bytes_after_twice_that_much() {
+    let (serve, origin) = start();
+    const OBJECT: usize = 128 * 1024;
+    let objects = (2 * MAX_BYTES) as usize / OBJECT;
+    let url = |i: usize| format!("http://{}/fresh/600/{OBJECT}?object={i}", origin.http);
+    // Warm up the connection pools, buffers and allocator arenas with a few objects.
+    for i in 0..4 {
+        assert_eq!(get(&serve, &url(i)).status, 200);
+    }
+    let before = rss(serve.pid());
+    for i in 4..objects + 4 {
+        let r = get(&serve, &url(i));
+        assert_eq!((r.status, r.body.len()), (200, OBJECT), "object {i}");
+        assert_eq!(status_of(&r), Some("ixproxy; fwd=miss"));
+    }
+    let after = rss(serve.pid());
+    let held = metric(&serve, "ixproxy_cache_bytes");
+    eprintln!(
+        "rss before {before} after {after} (+{}), ixproxy_cache_bytes {held}, max_bytes {MAX_BYTES}",
+        after.saturating_sub(before)
+    );
+    assert!(held <= MAX_BYTES, "{held} held over max_bytes");
+    assert!(
+        held >= MAX_BYTES / 2,
+        "{held}: the cache should be nearly full"
+    );
+    assert!(
+        after.saturating_sub(before) <= MAX_BYTES + RSS_OVERHEAD,
+        "rss grew {} bytes inserting {} bytes into a {MAX_BYTES}-byte cache",
+        after.saturating_sub(before),
+        objects * OBJECT
+    );
+    // The oldest were evicted, the newest are there.
+    assert_eq!(status_of(&get(&serve, &url(4))), Some("ixproxy; fwd=miss"));
+    assert_eq!(
+        status_of(&get(&serve, &url(objects + 3))),
+        Some("ixproxy; hit")
+    );
+}
