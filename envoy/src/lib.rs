@@ -109,6 +109,13 @@ pub struct Options {
     pub allow_literal_secrets: bool,
 }
 
+/// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
+/// by `ixproxy envoy-config` whenever `cache:` is on.
+pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched through the cache \
+filter's own channel: an origin redirect there is a 502, upstream.timeout and body_timeout do not \
+apply, concurrent misses each fetch the origin, and max_bytes is not enforced (nothing is \
+evicted)";
+
 /// A generated bootstrap and what is worth telling the user about the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
@@ -188,10 +195,16 @@ fn render(
     let secrets = RecordingSecrets::default();
     let config = raw.validate(&secrets)?;
     // A warning about an `{env: NAME}` secret's value would be about the placeholder.
-    let warnings = warnings(&config)
+    let mut warnings: Vec<ConfigWarning> = warnings(&config)
         .into_iter()
         .filter(|w| !deferred.contains(&w.path))
         .collect();
+    if config.cache.is_some() {
+        warnings.push(ConfigWarning {
+            path: "cache".to_owned(),
+            message: CACHE_WARNING.to_owned(),
+        });
+    }
     let env_keys = secrets.names.into_inner();
     // What is embedded is parsed back the way the filter's on_configure parses it, and the
     // routes' limits and timeout are taken from that result: Envoy then enforces exactly what
@@ -521,6 +534,34 @@ mod tests {
             "{}",
             generated.bootstrap
         );
+    }
+
+    #[test]
+    fn a_cache_section_is_warned_about() {
+        let yaml = format!("{CONFIG}cache: {{max_bytes: 1048576, max_object_bytes: 65536}}\n");
+        let generated = generate_with(
+            &yaml,
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        assert!(generated
+            .warnings
+            .iter()
+            .any(|w| w.path == "cache" && w.message == CACHE_WARNING));
+        let without = generate_with(
+            CONFIG,
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        assert!(!without.warnings.iter().any(|w| w.path == "cache"));
     }
 
     #[test]
