@@ -78,6 +78,11 @@ pub const VIA_UPSTREAM: &str = "via_upstream";
 /// most of them by default; the README's status table says 502).
 pub const ORIGIN_ERROR_FLAGS: [&str; 6] = ["UF", "UH", "DF", "UC", "UR", "UPE"];
 
+/// The status Envoy 1.40 gives its own timeout replies (`UT`, and `SI` on a request the router
+/// forwarded; `SI` on a request the client never finished is its 408): the generated bootstrap
+/// maps only these to the core's timeout reply.
+pub const ENVOY_TIMEOUT_STATUS: u16 = 504;
+
 /// Envoy response flags of an origin that did not answer in time: [`Rejection::origin_timeout`].
 /// `UT` is the route timeout (`upstream.timeout`); `SI` the route's idle timeout
 /// (`upstream.body_timeout`) or the connection manager's stream idle timeout. The generated

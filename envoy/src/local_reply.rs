@@ -8,8 +8,8 @@
 //! filter's own replies carry no response flag and are matched by none of them.
 
 use ixproxy_core::envoy::{
-    DNS_CACHE_OVERFLOW_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS,
-    UPSTREAM_HEADER,
+    DNS_CACHE_OVERFLOW_STATUS, ENVOY_TIMEOUT_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS,
+    OVERLOADED_FLAGS, UPSTREAM_HEADER,
 };
 use ixproxy_core::outcome::LOCAL_REPLY_HEADERS;
 use ixproxy_core::Rejection;
@@ -26,7 +26,7 @@ pub(crate) fn local_reply_config() -> Value {
             // Envoy's 504 only: `SI` on a request the client never finished is its 408.
             only_status(
                 flag_mapper(&ORIGIN_TIMEOUT_FLAGS, &Rejection::origin_timeout()),
-                504,
+                ENVOY_TIMEOUT_STATUS,
                 "ixproxy.origin_timeout_status",
             ),
             flag_mapper(&OVERLOADED_FLAGS, &Rejection::overloaded()),
