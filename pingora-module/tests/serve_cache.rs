@@ -117,14 +117,7 @@ fn fetches(origin: &RecordingOrigin, path: &str) -> Vec<Recorded> {
 
 /// The value of the metric sample named exactly `sample` (`name{labels}`).
 fn metric(serve: &ServeProcess, sample: &str) -> u64 {
-    let text = send(serve.admin(), &RawRequest::get("a", "/metrics"), TIMEOUT)
-        .expect("metrics")
-        .body_text();
-    let key = format!("{sample} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+    serve.metric(sample).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn cache_metric(serve: &ServeProcess, result: &str) -> u64 {

@@ -57,14 +57,9 @@ fn get(addr: SocketAddr, host: &str, origin_url: &str) -> RawResponse {
 
 /// The `ixproxy_requests_total` counter for `outcome`.
 fn metric(serve: &ServeProcess, outcome: &str) -> u64 {
-    let text = send(serve.admin(), &RawRequest::get("a", "/metrics"), TIMEOUT)
-        .expect("metrics")
-        .body_text();
-    let key = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+    serve
+        .outcome_count(outcome)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Resident memory of the gateway process, in KiB.

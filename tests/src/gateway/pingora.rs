@@ -109,6 +109,30 @@ impl ServeProcess {
         self.admin
     }
 
+    /// The value of one Prometheus sample on `/metrics`, named exactly as printed (e.g.
+    /// `ixproxy_requests_total{outcome="forwarded"}` or `ixproxy_cache_bytes`).
+    ///
+    /// # Errors
+    /// The admin listener does not answer, or the sample is not there.
+    pub fn metric(&self, sample: &str) -> Result<u64, HarnessError> {
+        let (_, text) = admin_get(self.admin, "/metrics")
+            .ok_or_else(|| HarnessError::Http("no /metrics answer".to_owned()))?;
+        let key = format!("{sample} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .ok_or_else(|| HarnessError::Http(format!("no {sample} in:\n{text}")))
+    }
+
+    /// [`ServeProcess::metric`] of `ixproxy_requests_total{outcome="<outcome>"}`.
+    ///
+    /// # Errors
+    /// As [`ServeProcess::metric`].
+    pub fn outcome_count(&self, outcome: &str) -> Result<u64, HarnessError> {
+        self.metric(&format!("ixproxy_requests_total{{outcome=\"{outcome}\"}}"))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.child.id()
