@@ -580,6 +580,60 @@ fn hanging_outcomes() -> Vec<Outcome> {
     outcomes
 }
 
+/// Sends `n` signed requests for `/slow/<name>-<i>.jpg` from `host` with `token` on their own
+/// threads and waits (at most 5 s) until all reached the origin, which is cleared first; a
+/// shortfall is a problem of `result`. Returns the threads, each ending with its response.
+fn hold_slow_requests(
+    addr: SocketAddr,
+    harness: &Harness,
+    (host, token): (&str, &str),
+    name: &str,
+    n: usize,
+    result: &mut CaseResult,
+) -> Vec<std::thread::JoinHandle<Result<RawResponse, HarnessError>>> {
+    let http = format!("http://{}", harness.origin.http);
+    harness.origin.clear();
+    let held: Vec<_> = (0..n)
+        .map(|i| {
+            let url = format!("{http}/slow/{name}-{i}.jpg");
+            let req = RawRequest::get(host, &sign_url(token, &url, &[], &SignOptions::default()));
+            std::thread::spawn(move || send(addr, &req, CLIENT_TIMEOUT))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.origin.requests().len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let arrived = harness.origin.requests().len();
+    if arrived < n {
+        result.problems.push(format!(
+            "only {arrived} of {n} slow requests reached the origin"
+        ));
+    }
+    held
+}
+
+/// Joins the threads of [`hold_slow_requests`]: each must have ended in a 504.
+fn expect_gateway_timeouts(
+    held: Vec<std::thread::JoinHandle<Result<RawResponse, HarnessError>>>,
+    what: &str,
+    result: &mut CaseResult,
+) {
+    for (i, handle) in held.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(r)) if r.status == 504 => {}
+            Ok(Ok(r)) => result.problems.push(format!(
+                "{what} request {i}: status {} (expected 504)",
+                r.status
+            )),
+            Ok(Err(e)) => result.problems.push(format!("{what} request {i}: {e}")),
+            Err(_) => result
+                .problems
+                .push(format!("{what} request {i}: thread panicked")),
+        }
+    }
+}
+
 /// Not a table row: with [`HANGING`] requests stuck on a slow origin, another request must
 /// still be answered promptly, and each stuck one must end in a 504.
 fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult {
@@ -602,23 +656,14 @@ fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult 
             &SignOptions::default(),
         )
     };
-    harness.origin.clear();
-    let hanging: Vec<_> = (0..HANGING)
-        .map(|i| {
-            let req = RawRequest::get("a.test", &signed(&format!("/slow/hang-{i}.jpg")));
-            std::thread::spawn(move || send(addr, &req, CLIENT_TIMEOUT))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while harness.origin.requests().len() < HANGING && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let arrived = harness.origin.requests().len();
-    if arrived < HANGING {
-        result.problems.push(format!(
-            "only {arrived} of {HANGING} slow requests reached the origin"
-        ));
-    }
+    let hanging = hold_slow_requests(
+        addr,
+        harness,
+        ("a.test", token),
+        "hang",
+        HANGING,
+        &mut result,
+    );
     let req = RawRequest::get("a.test", &signed("/asset/while-hanging.jpg"));
     result.sent = format!("GET {} (Host: a.test)", req.target);
     let started = Instant::now();
@@ -635,19 +680,7 @@ fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult 
             .problems
             .push(format!("took {:?} while origins hang", result.elapsed));
     }
-    for (i, handle) in hanging.into_iter().enumerate() {
-        match handle.join() {
-            Ok(Ok(r)) if r.status == 504 => {}
-            Ok(Ok(r)) => result.problems.push(format!(
-                "hanging request {i}: status {} (expected 504)",
-                r.status
-            )),
-            Ok(Err(e)) => result.problems.push(format!("hanging request {i}: {e}")),
-            Err(_) => result
-                .problems
-                .push(format!("hanging request {i}: thread panicked")),
-        }
-    }
+    expect_gateway_timeouts(hanging, "hanging", &mut result);
     result
 }
 
@@ -676,23 +709,7 @@ fn over_max_inflight_per_source_is_a_503(addr: SocketAddr, harness: &Harness) ->
         )
     };
     let limit = MAX_INFLIGHT_PER_SOURCE as usize;
-    harness.origin.clear();
-    let waiting: Vec<_> = (0..limit)
-        .map(|i| {
-            let req = RawRequest::get("b.test", &signed(b, &format!("/slow/inflight-{i}.jpg")));
-            std::thread::spawn(move || send(addr, &req, CLIENT_TIMEOUT))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while harness.origin.requests().len() < limit && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let arrived = harness.origin.requests().len();
-    if arrived < limit {
-        result.problems.push(format!(
-            "only {arrived} of {limit} slow requests reached the origin"
-        ));
-    }
+    let waiting = hold_slow_requests(addr, harness, ("b.test", b), "inflight", limit, &mut result);
     let started = Instant::now();
     let over = RawRequest::get("b.test", &signed(b, "/asset/one-too-many.jpg"));
     result.sent = format!("GET {} (Host: b.test)", over.target);
@@ -734,19 +751,7 @@ fn over_max_inflight_per_source_is_a_503(addr: SocketAddr, harness: &Harness) ->
             .push(format!("source a while b is full: {e}")),
     }
     result.elapsed = started.elapsed();
-    for (i, handle) in waiting.into_iter().enumerate() {
-        match handle.join() {
-            Ok(Ok(r)) if r.status == 504 => {}
-            Ok(Ok(r)) => result.problems.push(format!(
-                "waiting request {i}: status {} (expected 504)",
-                r.status
-            )),
-            Ok(Err(e)) => result.problems.push(format!("waiting request {i}: {e}")),
-            Err(_) => result
-                .problems
-                .push(format!("waiting request {i}: thread panicked")),
-        }
-    }
+    expect_gateway_timeouts(waiting, "waiting", &mut result);
     result
 }
 
