@@ -17,7 +17,7 @@ fn sources() -> &'static Sources {
     SOURCES.get_or_init(|| {
         let yaml = format!(
             "sources:\n  - name: f\n    hosts: [f.test]\n    secure_url_tokens: [{TOKEN}]\n    \
-             origin_auth: {{request_signing_key: k, request_handshake: h}}\n"
+             origin_auth: {{request_signing_key: k, request_handshake: h, hosts: [\"*.example\"]}}\n"
         );
         let config = RawConfig::from_yaml(&yaml).and_then(|raw| raw.validate(&MapSecrets::new()));
         config.expect("fuzz config is valid").sources
