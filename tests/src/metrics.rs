@@ -84,6 +84,11 @@ impl OutcomeCounts {
         Ok(OutcomeCounts(counts))
     }
 
+    /// The count of one outcome label, `None` when the exposition has no sample for it.
+    pub fn get(&self, label: &str) -> Option<u64> {
+        self.0.get(label).copied()
+    }
+
     /// What changed from `before` to `self`, per label.
     pub fn since(&self, before: &OutcomeCounts) -> Deltas {
         let mut deltas = Deltas::default();
@@ -139,6 +144,21 @@ pub fn scrape(admin: SocketAddr, path: &str) -> Result<OutcomeCounts, String> {
         return Err(format!("GET {path} on {admin}: status {}", response.status));
     }
     OutcomeCounts::parse(&response.body_text()).map_err(|e| format!("GET {path} on {admin}: {e}"))
+}
+
+/// Panics unless `gateway`'s admin listener shows each `(outcome, count)` of `expected`: for the
+/// runtime-specific tests that check absolute counts after a known sequence of requests.
+pub fn assert_outcome_counts<G: crate::Gateway>(gateway: &G, expected: &[(&str, u64)]) {
+    let (admin, path) = gateway.metrics_endpoint();
+    let counts = scrape(admin, path).unwrap_or_else(|e| panic!("{} metrics: {e}", G::NAME));
+    for (outcome, count) in expected {
+        assert_eq!(
+            counts.get(outcome),
+            Some(*count),
+            "{}: ixproxy_requests_total{{outcome=\"{outcome}\"}} in {counts:?}",
+            G::NAME
+        );
+    }
 }
 
 /// Why [`await_deltas`] gave up.

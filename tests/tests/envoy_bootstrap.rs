@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::harness::loopback_alias;
+use ixproxy_conformance::metrics::assert_outcome_counts;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::outcome::LOCAL_REPLY_CONTENT_TYPE;
@@ -279,7 +280,7 @@ sources:
 
     // The outcomes are counted, once per client request (README: the status table): a request whose origin
     // answer was refused counts that refusal, not `forwarded`.
-    assert_counts(
+    assert_outcome_counts(
         &envoy,
         &[
             ("forwarded", 2),
@@ -304,20 +305,5 @@ sources:
         &format!("http://{}:{port}/image/x", loopback_alias()),
     );
     assert_core_reply(&response, &Rejection::origin_address_denied());
-    assert_counts(&envoy, &[("origin_error", 1), ("origin_denied", 2)]);
-}
-
-/// Asserts that Envoy's `/stats/prometheus` shows each `(outcome, count)`.
-fn assert_counts(envoy: &EnvoyGateway, expected: &[(&str, u64)]) {
-    let stats = send(
-        envoy.admin_addr(),
-        &RawRequest::get("admin", "/stats/prometheus"),
-        TIMEOUT,
-    )
-    .expect("admin answers")
-    .body_text();
-    for (outcome, count) in expected {
-        let line = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} {count}\n");
-        assert!(stats.contains(&line), "{line}{stats}");
-    }
+    assert_outcome_counts(&envoy, &[("origin_error", 1), ("origin_denied", 2)]);
 }

@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::metrics::assert_outcome_counts;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::sign::{sign_url, SignOptions};
@@ -62,21 +63,6 @@ fn assert_core_reply(response: &RawResponse, rejection: &Rejection) {
     assert_eq!(response.body_text(), rejection.body(), "{response:?}");
     for (name, value) in rejection.headers() {
         assert_eq!(response.header(name), Some(value), "{name}: {response:?}");
-    }
-}
-
-/// Asserts that Envoy's `/stats/prometheus` shows each `(outcome, count)`.
-fn assert_counts(envoy: &EnvoyGateway, expected: &[(&str, u64)]) {
-    let stats = send(
-        envoy.admin_addr(),
-        &RawRequest::get("admin", "/stats/prometheus"),
-        TIMEOUT,
-    )
-    .expect("admin answers")
-    .body_text();
-    for (outcome, count) in expected {
-        let line = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} {count}\n");
-        assert!(stats.contains(&line), "{line}{stats}");
     }
 }
 
@@ -151,7 +137,7 @@ sources:
     let held = waiting.join().expect("thread").expect("answered");
     assert_core_reply(&held, &Rejection::origin_timeout());
     assert_eq!(held.header("server"), None, "{held:?}");
-    assert_counts(
+    assert_outcome_counts(
         &envoy,
         &[("forwarded", 1), ("overloaded", 1), ("origin_timeout", 1)],
     );
@@ -222,7 +208,7 @@ sources:
     assert_core_reply(&held, &Rejection::origin_timeout());
     // The hop's stream gave the slot back when the request ended.
     assert_eq!(get("localhost", "/asset/after-timeout").status, 200);
-    assert_counts(
+    assert_outcome_counts(
         &envoy,
         &[
             ("forwarded", 5),
