@@ -42,21 +42,25 @@ fn cluster(name: &str, p: &Parts) -> Value {
         // `upstream_http_filters` but runs the cluster's own: the filter's upstream role goes
         // here then. Envoy requires `auto_sni`/`auto_san_validation` on a dynamic forward proxy
         // cluster with these options, also a plain one (where they do nothing).
-        cluster["typed_extension_protocol_options"] = map! {
-            HTTP_PROTOCOL_OPTIONS => typed(
-                HTTP_PROTOCOL_OPTIONS,
-                map! {
-                    "upstream_http_protocol_options" => map! {
-                        "auto_sni" => true,
-                        "auto_san_validation" => true,
-                    },
-                    "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
-                    "http_filters" => upstream_http_filters(p),
-                },
-            ),
-        };
+        cluster["typed_extension_protocol_options"] = protocol_options(Some(p));
     }
     cluster
+}
+
+/// The clusters' `HttpProtocolOptions`: SNI and the certificate names checked come from each
+/// request's origin host; with `cache_filters`, the filter's upstream role runs on the cluster.
+fn protocol_options(cache_filters: Option<&Parts>) -> Value {
+    let mut options = map! {
+        "upstream_http_protocol_options" => map! {
+            "auto_sni" => true,
+            "auto_san_validation" => true,
+        },
+        "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
+    };
+    if let Some(p) = cache_filters {
+        options["http_filters"] = upstream_http_filters(p);
+    }
+    map! { HTTP_PROTOCOL_OPTIONS => typed(HTTP_PROTOCOL_OPTIONS, options) }
 }
 
 /// Envoy's per-cluster HTTP options (SNI, codec, upstream HTTP filters).
@@ -82,19 +86,7 @@ fn plain_cluster(name: &str, p: &Parts) -> Value {
 fn tls_cluster(p: &Parts) -> Value {
     let mut cluster = cluster(TLS_CLUSTER, p);
     if p.cache.is_none() {
-        cluster["typed_extension_protocol_options"] = map! {
-            HTTP_PROTOCOL_OPTIONS => typed(
-                HTTP_PROTOCOL_OPTIONS,
-                map! {
-                    // SNI and the certificate names checked come from each request's origin host.
-                    "upstream_http_protocol_options" => map! {
-                        "auto_sni" => true,
-                        "auto_san_validation" => true,
-                    },
-                    "explicit_http_config" => map! { "http_protocol_options" => Mapping::new() },
-                },
-            ),
-        };
+        cluster["typed_extension_protocol_options"] = protocol_options(None);
     }
     cluster["transport_socket"] = map! {
         "name" => "envoy.transport_sockets.tls",
