@@ -381,6 +381,20 @@ fn with_body(status: StatusCode, body: Scripted) -> Response<Scripted> {
     response
 }
 
+/// A 200 whose `n`-byte body is sent as `steps` (data and pauses), with its Content-Length.
+fn stepped(steps: VecDeque<Step>, n: usize) -> Response<Scripted> {
+    let mut response = with_body(
+        StatusCode::OK,
+        Scripted {
+            steps,
+            exact_len: None,
+            sleep: None,
+        },
+    );
+    header(&mut response, CONTENT_LENGTH, &n.to_string());
+    response
+}
+
 fn header(response: &mut Response<Scripted>, name: hyper::header::HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().append(name, value);
@@ -573,16 +587,7 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
             .into_iter()
             .flat_map(|b| [Step::Pause(DRIP_INTERVAL), Step::Data(Bytes::from(vec![b]))])
             .collect();
-        let mut response = with_body(
-            StatusCode::OK,
-            Scripted {
-                steps,
-                exact_len: None,
-                sleep: None,
-            },
-        );
-        header(&mut response, CONTENT_LENGTH, &n.to_string());
-        return response;
+        return stepped(steps, n);
     }
     if let Some(n) = number("/pause/") {
         let body = pattern(n);
@@ -592,16 +597,7 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
             Step::Pause(BODY_PAUSE),
             Step::Data(Bytes::copy_from_slice(rest)),
         ]);
-        let mut response = with_body(
-            StatusCode::OK,
-            Scripted {
-                steps,
-                exact_len: None,
-                sleep: None,
-            },
-        );
-        header(&mut response, CONTENT_LENGTH, &n.to_string());
-        return response;
+        return stepped(steps, n);
     }
     if path == "/claim-huge" {
         let mut response = with_body(StatusCode::OK, Scripted::streamed(b"0123456789", true));

@@ -51,6 +51,18 @@ pub struct CaseResult {
     pub elapsed: Duration,
 }
 
+impl CaseResult {
+    /// A result called `name` with nothing sent and no problem yet.
+    pub fn named(name: impl Into<String>) -> CaseResult {
+        CaseResult {
+            name: name.into(),
+            sent: String::new(),
+            problems: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// The outcome of a whole run against one gateway.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -378,12 +390,7 @@ fn run_case(
     request_ids: &mut HashSet<String>,
 ) -> CaseResult {
     let now = now_unix();
-    let mut result = CaseResult {
-        name: case.name.clone(),
-        sent: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut result = CaseResult::named(case.name.clone());
     let (request, expires) = match build_request(case, harness, now) {
         Ok(built) => built,
         Err(e) => {
@@ -496,12 +503,7 @@ fn keep_alive_requests_are_independent(
     harness: &Harness,
     cases: &[Case],
 ) -> CaseResult {
-    let mut result = CaseResult {
-        name: KEEP_ALIVE_NAME.to_owned(),
-        sent: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut result = CaseResult::named(KEEP_ALIVE_NAME.to_owned());
     let now = now_unix();
     let mut requests = Vec::new();
     for case in cases {
@@ -637,12 +639,9 @@ fn expect_gateway_timeouts(
 /// Not a table row: with [`HANGING`] requests stuck on a slow origin, another request must
 /// still be answered promptly, and each stuck one must end in a 504.
 fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult {
-    let mut result = CaseResult {
-        name: format!("serves other requests while {HANGING} origin requests hang"),
-        sent: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut result = CaseResult::named(format!(
+        "serves other requests while {HANGING} origin requests hang"
+    ));
     let Some(token) = harness.tokens.get("a.new") else {
         result.problems.push("no token a.new".to_owned());
         return result;
@@ -689,12 +688,7 @@ fn serves_while_origins_hang(addr: SocketAddr, harness: &Harness) -> CaseResult 
 /// is contacted, while source `a` (its own limit) is still served; each waiting request then
 /// ends in a 504.
 fn over_max_inflight_per_source_is_a_503(addr: SocketAddr, harness: &Harness) -> CaseResult {
-    let mut result = CaseResult {
-        name: "over max_inflight_per_source is a 503".to_owned(),
-        sent: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut result = CaseResult::named("over max_inflight_per_source is a 503".to_owned());
     let (Some(b), Some(a)) = (harness.tokens.get("b.main"), harness.tokens.get("a.new")) else {
         result.problems.push("no token b.main or a.new".to_owned());
         return result;
@@ -759,12 +753,8 @@ fn over_max_inflight_per_source_is_a_503(addr: SocketAddr, harness: &Harness) ->
 /// its answer counts `client_closed` (checked by the caller), never an origin failure.
 fn a_client_hanging_up_is_its_own_outcome(addr: SocketAddr, harness: &Harness) -> CaseResult {
     use std::io::Write;
-    let mut result = CaseResult {
-        name: "a client hanging up before its answer is client_closed".to_owned(),
-        sent: String::new(),
-        problems: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut result =
+        CaseResult::named("a client hanging up before its answer is client_closed".to_owned());
     let Some(token) = harness.tokens.get("a.new") else {
         result.problems.push("no token a.new".to_owned());
         return result;
@@ -1325,12 +1315,7 @@ mod tests {
     }
 
     fn result(name: &str) -> CaseResult {
-        CaseResult {
-            name: name.to_owned(),
-            sent: String::new(),
-            problems: Vec::new(),
-            elapsed: Duration::ZERO,
-        }
+        CaseResult::named(name.to_owned())
     }
 
     #[test]
