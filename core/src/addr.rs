@@ -29,6 +29,45 @@ impl IpNet {
         }
     }
 
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a network of one address).
+    ///
+    /// # Errors
+    /// A lower-case message: not an address, a prefix longer than the family allows, or host
+    /// bits set (`10.0.0.1/8`, which names the network it is in ambiguously).
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR (10.0.0.0/8, fd00::/8)"))?;
+        let (bits, width): (u128, u8) = match addr {
+            IpAddr::V4(ip) => (u128::from(u32::from(ip)), 32),
+            IpAddr::V6(ip) => (u128::from(ip), 128),
+        };
+        let len = match len {
+            None => width,
+            Some(len) => match len.trim().parse::<u8>() {
+                Ok(len) if len <= width => len,
+                _ => return Err(format!("{text:?}: the prefix length must be 0 to {width}")),
+            },
+        };
+        let host_bits = u32::from(width - len);
+        let host_mask = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        if bits & host_mask != 0 {
+            return Err(format!(
+                "{text:?} has host bits set (write the network address)"
+            ));
+        }
+        Ok(IpNet { addr, len })
+    }
+
     /// Whether `ip` is inside this network (never across address families).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
@@ -315,6 +354,31 @@ pub fn upstream_address_allowed(address: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_strictly() {
+        let net = IpNet::parse("10.0.0.0/8").expect("v4");
+        assert!(net.contains("10.255.0.1".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let one = IpNet::parse("192.0.2.7").expect("bare");
+        assert_eq!(one.len, 32);
+        assert!(IpNet::parse("0.0.0.0/0")
+            .expect("all")
+            .contains("8.8.8.8".parse().expect("ip")));
+        assert_eq!(IpNet::parse("fd00::/8").expect("v6").len, 8);
+        assert_eq!(IpNet::parse("::1").expect("v6 bare").len, 128);
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "::/129",
+            "fd00::1/8",
+            "example.com",
+            "10.0.0.0/",
+            "",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn denied(s: &str) -> bool {
         is_denied_ip(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))

@@ -17,10 +17,14 @@ use crate::auth::OriginAuth;
 use crate::secret::Secret;
 
 mod hosts;
+mod operating;
 mod secrets;
 mod validate;
 mod warnings;
 
+pub use operating::{
+    AccessLogFormat, Operating, RawServer, RawTls, TlsFiles, DEFAULT_GRACE_PERIOD, MAX_THREADS,
+};
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
     parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CACHE_MAX_BYTES,
@@ -113,6 +117,21 @@ pub struct RawConfig {
     /// The response cache (absent or `max_bytes: 0` = no cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<RawCache>,
+    /// Worker threads and the SIGTERM drain (native gateway).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub server: RawServer,
+    /// HTTPS on `listen` (native gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    /// HTTP/2 with prior knowledge on a plain `listen` (native gateway).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
+    /// `json` (default), `text` or `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogFormat>,
+    /// CIDRs whose `X-Forwarded-For` is believed for the client address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Sources.
     pub sources: Vec<RawSource>,
 }
@@ -487,6 +506,8 @@ pub struct Config {
     pub client: ClientLimits,
     /// The response cache; `None` = no cache.
     pub cache: Option<CacheLimits>,
+    /// Threads, drain, TLS, h2c, access log and trusted proxies (README: Operating).
+    pub operating: Operating,
     /// Sources.
     pub sources: Sources,
 }
@@ -522,9 +543,11 @@ impl RawConfig {
                 message: format!("same address as listen ({listen})"),
             });
         }
+        let operating = operating::validate(&self)?;
         Ok(Config {
             listen,
             admin_listen,
+            operating,
             sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
             client: validate::client_limits(&self.limits)?,
             cache: validate::cache(self.cache.as_ref())?,
