@@ -70,6 +70,22 @@ pub enum SecretRef {
     },
 }
 
+/// One `secure_url_tokens` entry: a secret, optionally with an `id` that names it in metrics
+/// (`{id: 2026-q4, env: TOKEN}`, `{id: old, value: literal}`); without one, its position does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawToken {
+    /// The metrics name of this token (`[A-Za-z0-9_-]`, at most 64), unique in its source.
+    pub id: Option<String>,
+    /// The token itself.
+    pub secret: SecretRef,
+}
+
+impl From<SecretRef> for RawToken {
+    fn from(secret: SecretRef) -> Self {
+        RawToken { id: None, secret }
+    }
+}
+
 impl fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -212,7 +228,7 @@ pub struct RawSource {
     /// Host header values served by this source.
     pub hosts: Vec<String>,
     /// Tokens; a URL signed with any of them verifies.
-    pub secure_url_tokens: Vec<SecretRef>,
+    pub secure_url_tokens: Vec<RawToken>,
     /// Origin authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_auth: Option<RawOriginAuth>,
@@ -398,6 +414,10 @@ pub struct Source {
     pub hosts: Vec<String>,
     /// Non-empty tokens, at least one.
     pub tokens: Vec<Secret>,
+    /// The metrics name of each of `tokens` (same order): its `id`, or its position.
+    pub token_labels: Vec<String>,
+    /// The metrics label of this source (see [`crate::metrics::label`]).
+    pub label: String,
     /// Origin authentication.
     pub origin_auth: OriginAuth,
     /// `None` = any public host; `Some(empty list)` = no host at all.
@@ -781,5 +801,78 @@ sources:
             redact_quoted_string("missing field `x`"),
             "missing field `x`"
         );
+    }
+
+    #[test]
+    fn tokens_may_carry_an_id_that_names_them_in_metrics() {
+        let yaml = "sources:\n  - name: web.assets\n    hosts: [a.test]\n    secure_url_tokens:\n      \
+                    - first\n      - {id: new-2026, value: second}\n      - {id: env_one, env: T}\n";
+        let raw = RawConfig::from_yaml(yaml).expect("parses");
+        assert_eq!(
+            raw.sources[0].secure_url_tokens[1].id.as_deref(),
+            Some("new-2026")
+        );
+        // The plugin JSON the Envoy generator writes reads back the same.
+        let json = serde_json::to_string(&raw.sources).expect("json");
+        assert!(
+            json.contains(r#"{"id":"new-2026","value":"second"}"#),
+            "{json}"
+        );
+        let config = raw
+            .validate(&MapSecrets::new().with_env("T", "third"))
+            .expect("valid");
+        let source = config.sources.iter().next().expect("source");
+        assert_eq!(source.token_labels, ["0", "new-2026", "env_one"]);
+        assert_eq!(source.label, "web_assets");
+        for (tokens, path, message) in [
+            (
+                "[a, {id: x, value: b}, {id: x, value: c}]",
+                "sources[0].secure_url_tokens[2].id",
+                "already names",
+            ),
+            (
+                "[a, {id: \"0\", value: b}]",
+                "sources[0].secure_url_tokens[1].id",
+                "already names",
+            ),
+            (
+                "[{id: a.b, value: b}]",
+                "sources[0].secure_url_tokens[0].id",
+                "A-Z",
+            ),
+            (
+                "[{id: a}]",
+                "sources[0].secure_url_tokens[0]",
+                "needs one of",
+            ),
+            (
+                "[{id: a, value: b, env: c}]",
+                "sources[0].secure_url_tokens[0]",
+                "exactly one",
+            ),
+            (
+                "[{id: a, secret: b}]",
+                "sources[0].secure_url_tokens[0]",
+                "unknown field",
+            ),
+        ] {
+            let yaml = format!(
+                "sources:\n  - name: a\n    hosts: [a.test]\n    secure_url_tokens: {tokens}\n"
+            );
+            let err = RawConfig::from_yaml(&yaml)
+                .and_then(|raw| raw.validate(&MapSecrets::new()))
+                .expect_err(tokens);
+            assert!(
+                err.path.starts_with(path) && err.message.contains(message),
+                "{tokens}: {err}"
+            );
+            assert!(!err.to_string().contains("value: b"), "{err}");
+        }
+        let err = RawConfig::from_yaml(
+            "sources:\n  - name: \"--\"\n    hosts: [a]\n    secure_url_tokens: [t]\n",
+        )
+        .and_then(|raw| raw.validate(&MapSecrets::new()))
+        .expect_err("unlabelable");
+        assert_eq!(err.path, "sources[0].name");
     }
 }

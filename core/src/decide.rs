@@ -1,7 +1,9 @@
 //! The one decision both runtimes share: a request (method, Host, raw target) becomes either a
 //! [`Forward`] to an origin or a [`Rejection`] with the status of the README's status table.
 
-use crate::config::Sources;
+use std::sync::Arc;
+
+use crate::config::{Source, Sources};
 use crate::expires::{check_target_expires, ExpiresError};
 use crate::forward::{check_origin_policy, Forward};
 use crate::origin::decode_origin;
@@ -35,13 +37,58 @@ pub enum Decision {
 /// request learns nothing about the origin URL. Needs no randomness and touches no origin
 /// credential: those are for [`Forward::auth_headers`], once per origin attempt.
 pub fn decide(sources: &Sources, req: &RequestInfo<'_>, now: u64) -> Decision {
-    match decide_inner(sources, req, now) {
-        Ok(forward) => Decision::Forward(Box::new(forward)),
-        Err(rejection) => Decision::Reject(rejection),
+    decide_attributed(sources, req, now).0
+}
+
+/// Who a request is counted under (README: Metrics): the source its Host names, once looked up,
+/// and the position of the token that verified its signature, once verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    source: Option<Arc<Source>>,
+    token: Option<usize>,
+}
+
+impl Attribution {
+    /// The request's source, when its Host names one.
+    pub fn source(&self) -> Option<&Arc<Source>> {
+        self.source.as_ref()
+    }
+
+    /// The `source` metrics label: the source's label, or
+    /// [`NO_SOURCE_LABEL`](crate::metrics::NO_SOURCE_LABEL).
+    pub fn source_label(&self) -> &str {
+        self.source
+            .as_deref()
+            .map_or(crate::metrics::NO_SOURCE_LABEL, |s| s.label.as_str())
+    }
+
+    /// The `token` metrics label (its `id` or position) when the signature verified.
+    pub fn token_label(&self) -> Option<&str> {
+        let source = self.source.as_deref()?;
+        source.token_labels.get(self.token?).map(String::as_str)
     }
 }
 
-fn decide_inner(sources: &Sources, req: &RequestInfo<'_>, now: u64) -> Result<Forward, Rejection> {
+/// [`decide`], also returning the request's [`Attribution`] for metrics and the access log.
+pub fn decide_attributed(
+    sources: &Sources,
+    req: &RequestInfo<'_>,
+    now: u64,
+) -> (Decision, Attribution) {
+    let mut attribution = Attribution::default();
+    let decision = match decide_inner(sources, req, now, &mut attribution) {
+        Ok(forward) => Decision::Forward(Box::new(forward)),
+        Err(rejection) => Decision::Reject(rejection),
+    };
+    (decision, attribution)
+}
+
+fn decide_inner(
+    sources: &Sources,
+    req: &RequestInfo<'_>,
+    now: u64,
+    attribution: &mut Attribution,
+) -> Result<Forward, Rejection> {
     if req.method != "GET" && req.method != "HEAD" {
         return Err(Rejection::method_not_allowed());
     }
@@ -51,7 +98,10 @@ fn decide_inner(sources: &Sources, req: &RequestInfo<'_>, now: u64) -> Result<Fo
     let source = sources
         .by_host(req.host)
         .ok_or_else(Rejection::unknown_host)?;
-    let signed = verify::verify(req.target, &source.tokens).map_err(Rejection::bad_signature)?;
+    attribution.source = Some(Arc::clone(source));
+    let (signed, token) =
+        verify::verify_token(req.target, &source.tokens).map_err(Rejection::bad_signature)?;
+    attribution.token = Some(token);
 
     let max_age = check_target_expires(&signed, now).map_err(|e| match e {
         ExpiresError::Expired => Rejection::expired(e),

@@ -13,6 +13,7 @@
 //! test.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod addr;
 pub mod auth;
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod envoy;
 pub mod expires;
 pub mod forward;
 pub mod limits;
+pub mod metrics;
 pub mod origin;
 pub mod outcome;
 pub mod request;
@@ -31,7 +33,7 @@ pub mod sign;
 pub mod verify;
 
 pub use config::{Config, ConfigError, Source, Sources};
-pub use decide::{decide, Decision, RequestInfo};
+pub use decide::{decide, decide_attributed, Attribution, Decision, RequestInfo};
 pub use forward::Forward;
 pub use origin::{OriginError, OriginUrl, Scheme};
 pub use outcome::{Outcome, Rejection};

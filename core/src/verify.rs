@@ -5,7 +5,7 @@
 //! mismatch rather than being silently "fixed".
 
 use md5::{Digest, Md5};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::secret::Secret;
 
@@ -122,14 +122,30 @@ pub fn md5_hex(base: &str) -> String {
 /// # Errors
 /// The form errors of [`split_target`], or [`SignatureError::Mismatch`].
 pub fn verify<'a>(target: &'a str, tokens: &[Secret]) -> Result<SignedTarget<'a>, SignatureError> {
+    verify_token(target, tokens).map(|(signed, _)| signed)
+}
+
+/// [`verify`], also saying which token verified the target (its position in `tokens`; the last
+/// one when several share a value). The position is selected without a branch, like the
+/// comparison.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_token<'a>(
+    target: &'a str,
+    tokens: &[Secret],
+) -> Result<(SignedTarget<'a>, usize), SignatureError> {
     let signed = split_target(target)?;
     let mut matched = subtle::Choice::from(0);
-    for token in tokens {
+    let mut position = 0u64;
+    for (i, token) in tokens.iter().enumerate() {
         let expected = md5_hex(&signed.base(token.expose()));
-        matched |= expected.as_bytes().ct_eq(signed.signature.as_bytes());
+        let equal = expected.as_bytes().ct_eq(signed.signature.as_bytes());
+        position.conditional_assign(&(i as u64), equal);
+        matched |= equal;
     }
     if bool::from(matched) {
-        Ok(signed)
+        Ok((signed, usize::try_from(position).unwrap_or(0)))
     } else {
         Err(SignatureError::Mismatch)
     }
@@ -151,6 +167,21 @@ mod tests {
 
     fn tokens(t: &[&str]) -> Vec<Secret> {
         t.iter().map(|t| Secret::new(*t)).collect()
+    }
+
+    #[test]
+    fn verify_token_names_the_token_that_matched() {
+        let target = "/http%3A%2F%2Fa.test%2Fx.png?w=1&s=";
+        let unsigned = format!("{target}{}", "0".repeat(32));
+        let sig = md5_hex(&split_target(&unsigned).expect("form").base("second"));
+        let signed = format!("{target}{sig}");
+        let toks = tokens(&["first", "second", "third"]);
+        assert_eq!(verify_token(&signed, &toks).map(|(_, i)| i), Ok(1));
+        assert_eq!(verify_token(&signed, &toks[1..2]).map(|(_, i)| i), Ok(0));
+        assert_eq!(
+            verify_token(&signed, &tokens(&["first"])).map(|(_, i)| i),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

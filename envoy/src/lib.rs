@@ -275,7 +275,10 @@ fn secret_paths(sources: &[RawSource], pick: fn(&SecretRef) -> bool) -> Vec<Stri
     };
     for (i, source) in sources.iter().enumerate() {
         for (k, token) in source.secure_url_tokens.iter().enumerate() {
-            add(format!("sources[{i}].secure_url_tokens[{k}]"), token);
+            add(
+                format!("sources[{i}].secure_url_tokens[{k}]"),
+                &token.secret,
+            );
         }
         let Some(auth) = &source.origin_auth else {
             continue;

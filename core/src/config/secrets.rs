@@ -6,7 +6,9 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use super::{ConfigError, SecretRef, SecretResolver};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::{ConfigError, RawToken, SecretRef, SecretResolver};
 use crate::secret::Secret;
 
 /// What a secret field accepts, for error messages.
@@ -103,6 +105,112 @@ impl<'de> Visitor<'de> for SecretRefVisitor {
             ));
         }
         Ok(secret)
+    }
+}
+
+/// What a `secure_url_tokens` entry accepts, for error messages.
+const TOKEN_EXPECTED: &str =
+    "a string, {env: NAME}, {file: PATH}, or one of them with an id ({id: ID, value: TOKEN})";
+
+impl<'de> Deserialize<'de> for RawToken {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawTokenVisitor)
+    }
+}
+
+/// A token is a secret (every shape [`SecretRefVisitor`] takes, with its value-free errors) or a
+/// map of `id` and exactly one of `value`, `env` or `file`.
+struct RawTokenVisitor;
+
+macro_rules! token_as_secret {
+    ($($method:ident: $ty:ty),*) => {
+        $(fn $method<E: de::Error>(self, v: $ty) -> Result<RawToken, E> {
+            SecretRefVisitor.$method(v).map(RawToken::from)
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for RawTokenVisitor {
+    type Value = RawToken;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(TOKEN_EXPECTED)
+    }
+
+    token_as_secret!(visit_str: &str, visit_string: String, visit_bool: bool, visit_i64: i64,
+        visit_u64: u64, visit_i128: i128, visit_u128: u128, visit_f64: f64);
+
+    fn visit_unit<E: de::Error>(self) -> Result<RawToken, E> {
+        SecretRefVisitor.visit_unit().map(RawToken::from)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<RawToken, E> {
+        SecretRefVisitor.visit_none().map(RawToken::from)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<RawToken, A::Error> {
+        SecretRefVisitor.visit_seq(seq).map(RawToken::from)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawToken, A::Error> {
+        const FIELDS: &[&str] = &["id", "value", "env", "file"];
+        let (mut id, mut secret) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            let value = match key.as_str() {
+                "id" if id.is_none() => {
+                    id = Some(map.next_value::<String>()?);
+                    continue;
+                }
+                "value" => SecretRef::Literal(map.next_value::<SecretLiteral>()?.0),
+                "env" => SecretRef::Env {
+                    env: map.next_value()?,
+                },
+                "file" => SecretRef::File {
+                    file: map.next_value()?,
+                },
+                "id" => return Err(de::Error::duplicate_field("id")),
+                other => return Err(de::Error::unknown_field(other, FIELDS)),
+            };
+            if secret.replace(value).is_some() {
+                return Err(de::Error::custom(
+                    "a token holds exactly one of `value`, `env` or `file`",
+                ));
+            }
+        }
+        let secret = secret.ok_or_else(|| {
+            de::Error::custom("a token with an id needs one of `value`, `env` or `file`")
+        })?;
+        Ok(RawToken { id, secret })
+    }
+}
+
+/// A literal `value:`, read with [`SecretRefVisitor`]'s value-free type errors.
+struct SecretLiteral(String);
+
+impl<'de> Deserialize<'de> for SecretLiteral {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_any(SecretRefVisitor)? {
+            SecretRef::Literal(value) => Ok(SecretLiteral(value)),
+            SecretRef::Env { .. } | SecretRef::File { .. } => Err(de::Error::custom(
+                "`value` is the token itself; write `env:` or `file:` beside `id` instead",
+            )),
+        }
+    }
+}
+
+impl Serialize for RawToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(id) = &self.id else {
+            return self.secret.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("id", id)?;
+        match &self.secret {
+            SecretRef::Literal(value) => map.serialize_entry("value", value)?,
+            SecretRef::Env { env } => map.serialize_entry("env", env)?,
+            SecretRef::File { file } => map.serialize_entry("file", file)?,
+        }
+        map.end()
     }
 }
 

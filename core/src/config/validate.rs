@@ -277,6 +277,12 @@ pub(super) fn sources(
         if raw_source.name.is_empty() {
             return Err(error(format!("{path}.name"), "empty source name"));
         }
+        if !crate::metrics::is_labelable(&raw_source.name) {
+            return Err(error(
+                format!("{path}.name"),
+                "a source name needs at least one letter or digit",
+            ));
+        }
         if let Some(other) = list.iter().position(|s| s.name == raw_source.name) {
             return Err(error(
                 format!("{path}.name"),
@@ -333,13 +339,29 @@ fn source(
         return Err(error(tokens_path, "must list at least one token"));
     }
     let mut tokens = Vec::with_capacity(raw.secure_url_tokens.len());
+    let mut token_labels: Vec<String> = Vec::with_capacity(raw.secure_url_tokens.len());
     for (k, token) in raw.secure_url_tokens.iter().enumerate() {
         let token_path = format!("{tokens_path}[{k}]");
-        let value = resolve(token, secrets, &token_path)?;
+        let value = resolve(&token.secret, secrets, &token_path)?;
         if value.is_empty() {
             return Err(error(token_path, "empty token"));
         }
         tokens.push(Secret::new(value));
+        let token_label = match &token.id {
+            Some(id) => {
+                crate::metrics::check_token_id(id)
+                    .map_err(|m| error(format!("{token_path}.id"), m))?;
+                id.clone()
+            }
+            None => k.to_string(),
+        };
+        if let Some(other) = token_labels.iter().position(|l| *l == token_label) {
+            return Err(error(
+                format!("{token_path}.id"),
+                format!("`{token_label}` already names secure_url_tokens[{other}]"),
+            ));
+        }
+        token_labels.push(token_label);
     }
     let allowed_origin_hosts = match &raw.allowed_origin_hosts {
         Some(patterns) => Some(host_patterns(
@@ -384,9 +406,11 @@ fn source(
     };
     Ok(Source {
         cache_ttl,
+        label: crate::metrics::label(&raw.name),
         name: raw.name,
         hosts,
         tokens,
+        token_labels,
         origin_auth,
         allowed_origin_hosts,
         origin_auth_hosts,

@@ -1,0 +1,388 @@
+//! The access log both runtimes write (README: Operating, Access log): the request id rule, the
+//! client address rule, and one line per request in the `json` or `text` format.
+//!
+//! A line never holds the path, the query, `s`, a token or an auth header: the path and query
+//! carry the signature and the origin URL, so the record has no field for them at all.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::addr::IpNet;
+use crate::config::AccessLogFormat;
+
+/// The request and response header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest client-sent request id kept.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Random bytes a generated request id is made from (rendered as hex: 32 characters).
+pub const REQUEST_ID_RANDOM_BYTES: usize = 16;
+
+/// Whether a client's `X-Request-ID` is kept: 1 to 128 characters of `[A-Za-z0-9._-]`.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_CHARS).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The request id of a request: the client's `X-Request-ID` when exactly one valid value was
+/// sent, else 32 lower-case hex characters made from `random`.
+pub fn request_id<'a>(
+    mut client_values: impl Iterator<Item = &'a [u8]>,
+    random: [u8; REQUEST_ID_RANDOM_BYTES],
+) -> String {
+    match (client_values.next(), client_values.next()) {
+        (Some(value), None) if is_valid_request_id(value) => {
+            String::from_utf8_lossy(value).into_owned()
+        }
+        _ => crate::verify::hex_lower(&random),
+    }
+}
+
+/// The client address of a request that arrived from `peer` with these `X-Forwarded-For`
+/// values (in header order).
+///
+/// A peer outside `trusted` is the client, whatever it sent. From a trusted peer, the list is
+/// walked from its end (the address the nearest proxy appended) towards its start, skipping
+/// trusted addresses: the first untrusted one is the client. An entry that is not an address
+/// stops the walk, and the last trusted address seen is the client; so does the start of the list.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(canonical(ip)));
+    let mut client = peer;
+    if !is_trusted(peer) {
+        return client;
+    }
+    let entries = forwarded_for.rev().flat_map(|value| value.rsplit(','));
+    for entry in entries {
+        let Some(ip) = parse_forwarded_entry(entry) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is, so `10.0.0.0/8` covers
+/// `::ffff:10.0.0.1` (a dual-stack listener's view of an IPv4 peer).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally `[v6]`, `v4:port` or `[v6]:port`.
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, _) = rest.split_once(']')?;
+        return inside.parse().ok().map(canonical);
+    }
+    let (host, port) = entry.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// One request's access log record (every field of the README's table).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessRecord<'a> {
+    /// When the request arrived: RFC 3339 UTC with milliseconds (see [`rfc3339_millis`]).
+    pub ts: String,
+    /// See [`request_id`].
+    pub request_id: &'a str,
+    /// See [`client_ip`].
+    pub client_ip: String,
+    /// The request method as sent.
+    pub method: &'a str,
+    /// The Host (or `:authority`) as sent.
+    pub host: &'a str,
+    /// The source's name; `None` when the Host names no source.
+    pub source: Option<&'a str>,
+    /// The request's one outcome label.
+    pub outcome: &'a str,
+    /// The status sent; 0 when no response header went out.
+    pub status: u16,
+    /// The origin's host (and port when not the scheme's default), of the last hop.
+    pub origin_host: Option<&'a str>,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// From the request's arrival to its end, in milliseconds (microsecond precision).
+    pub duration_ms: f64,
+    /// From the start of the origin request to its response header; `None` without one.
+    pub upstream_ms: Option<f64>,
+    /// What the response cache did; `None` when it was not used.
+    pub cache: Option<&'a str>,
+}
+
+/// A duration in milliseconds with microsecond precision, as the record holds it.
+pub fn millis(duration: std::time::Duration) -> f64 {
+    (duration.as_micros() as f64) / 1000.0
+}
+
+impl AccessRecord<'_> {
+    /// The line for `format` (no trailing newline); `None` for [`AccessLogFormat::Off`].
+    pub fn render(&self, format: AccessLogFormat) -> Option<String> {
+        match format {
+            AccessLogFormat::Off => None,
+            // Serializing plain strings and numbers cannot fail.
+            AccessLogFormat::Json => serde_json::to_string(self).ok(),
+            AccessLogFormat::Text => Some(self.text()),
+        }
+    }
+
+    /// `key=value` pairs in the JSON field order; `-` for an absent value, client-sent values
+    /// quoted when they hold a space, a quote, `=` or a control character.
+    fn text(&self) -> String {
+        let opt = |v: Option<&str>| text_value(v.unwrap_or("-"));
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"));
+        format!(
+            "ts={} request_id={} client_ip={} method={} host={} source={} outcome={} status={} \
+             origin_host={} bytes_sent={} duration_ms={:.3} upstream_ms={} cache={}",
+            self.ts,
+            text_value(self.request_id),
+            self.client_ip,
+            text_value(self.method),
+            text_value(self.host),
+            opt(self.source),
+            self.outcome,
+            self.status,
+            opt(self.origin_host),
+            self.bytes_sent,
+            self.duration_ms,
+            ms(self.upstream_ms),
+            opt(self.cache),
+        )
+    }
+}
+
+fn text_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| !c.is_control() && !matches!(c, ' ' | '"' | '=' | '\\'));
+    if plain {
+        value.to_owned()
+    } else {
+        // JSON string escaping: unambiguous, and a control character cannot forge a line.
+        serde_json::to_string(value).unwrap_or_default()
+    }
+}
+
+/// `unix_micros` (microseconds since the epoch) as RFC 3339 UTC with milliseconds:
+/// `2026-12-01T11:32:32.123Z`.
+pub fn rfc3339_millis(unix_micros: u64) -> String {
+    let secs = unix_micros / 1_000_000;
+    let millis = (unix_micros / 1000) % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date of `days` after 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn a_valid_client_request_id_is_kept_else_one_is_made() {
+        let random = [0xab; REQUEST_ID_RANDOM_BYTES];
+        let made = "ab".repeat(REQUEST_ID_RANDOM_BYTES);
+        let ok: &[u8] = b"req-1.2_X";
+        assert_eq!(request_id([ok].into_iter(), random), "req-1.2_X");
+        let longest = "a".repeat(MAX_REQUEST_ID_CHARS);
+        assert_eq!(
+            request_id([longest.as_bytes()].into_iter(), random),
+            longest
+        );
+        let too_long = "a".repeat(MAX_REQUEST_ID_CHARS + 1);
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"a/b",
+            b"caf\xc3\xa9",
+            b"x\r\ny",
+            too_long.as_bytes(),
+        ] {
+            assert_eq!(request_id([bad].into_iter(), random), made, "{bad:?}");
+        }
+        assert_eq!(request_id(std::iter::empty(), random), made);
+        // Two values: neither is believed.
+        assert_eq!(request_id([ok, ok].into_iter(), random), made);
+        assert!(is_valid_request_id(made.as_bytes()));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted = [
+            IpNet::parse("10.0.0.0/8").expect("net"),
+            IpNet::parse("::1").expect("net"),
+        ];
+        let xff = |values: &[&'static str]| values.to_vec().into_iter();
+        // Untrusted peer: its own address, whatever it claims.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), xff(&["1.2.3.4"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // Trusted peer: the last untrusted entry, walking from the end.
+        assert_eq!(
+            client_ip(
+                ip("10.0.0.2"),
+                xff(&["1.1.1.1, 198.51.100.7, 10.0.0.5"]),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // Across several header lines, the last line is the nearest.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), xff(&["198.51.100.7", "10.9.9.9"]), &trusted),
+            ip("198.51.100.7")
+        );
+        // Everything trusted: the first entry.
+        assert_eq!(
+            client_ip(ip("::1"), xff(&["10.1.1.1", "10.2.2.2"]), &trusted),
+            ip("10.1.1.1")
+        );
+        // No header: the peer.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), xff(&[]), &trusted),
+            ip("10.0.0.2")
+        );
+        // Garbage stops the walk at the last trusted address.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), xff(&["1.1.1.1, junk, 10.3.3.3"]), &trusted),
+            ip("10.3.3.3")
+        );
+        // Ports and brackets; a mapped v4 peer is matched as v4.
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.2"), xff(&["[2001:db8::1]:443"]), &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), xff(&["192.0.2.1:8080"]), &trusted),
+            ip("192.0.2.1")
+        );
+        // Nothing trusted: never believed.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), xff(&["1.2.3.4"]), &[]),
+            ip("10.0.0.2")
+        );
+    }
+
+    fn record() -> AccessRecord<'static> {
+        AccessRecord {
+            ts: rfc3339_millis(1_764_588_752_123_456),
+            request_id: "abc",
+            client_ip: "192.0.2.1".into(),
+            method: "GET",
+            host: "a.test",
+            source: Some("a"),
+            outcome: "forwarded",
+            status: 200,
+            origin_host: Some("origin.test:8443"),
+            bytes_sent: 1024,
+            duration_ms: 12.345,
+            upstream_ms: Some(3.5),
+            cache: None,
+        }
+    }
+
+    #[test]
+    fn json_lines_hold_every_field_and_nulls_for_absent_values() {
+        let line = record().render(AccessLogFormat::Json).expect("json");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("parses");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "ts",
+            "request_id",
+            "client_ip",
+            "method",
+            "host",
+            "source",
+            "outcome",
+            "status",
+            "origin_host",
+            "bytes_sent",
+            "duration_ms",
+            "upstream_ms",
+            "cache",
+        ];
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(sorted, expected);
+        assert_eq!(value["ts"], "2025-12-01T11:32:32.123Z");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["bytes_sent"], 1024);
+        assert_eq!(value["cache"], serde_json::Value::Null);
+        assert!(!line.contains('\n'));
+        assert_eq!(record().render(AccessLogFormat::Off), None);
+    }
+
+    #[test]
+    fn text_lines_quote_what_could_forge_a_field() {
+        let mut rec = record();
+        rec.host = "a.test x=1";
+        rec.method = "GET\n";
+        let line = rec.render(AccessLogFormat::Text).expect("text");
+        assert!(
+            line.starts_with("ts=2025-12-01T11:32:32.123Z request_id=abc "),
+            "{line}"
+        );
+        assert!(line.contains(r#"host="a.test x=1" "#), "{line}");
+        assert!(line.contains(r#"method="GET\n" "#), "{line}");
+        assert!(line.contains(" upstream_ms=3.500 cache=-"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(951_782_400_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(4_107_542_399_999_999),
+            "2100-02-28T23:59:59.999Z"
+        );
+    }
+}
