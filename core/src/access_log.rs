@@ -251,7 +251,7 @@ mod tests {
             IpNet::parse("10.0.0.0/8").expect("net"),
             IpNet::parse("::1").expect("net"),
         ];
-        let xff = |values: &[&'static str]| values.to_vec().into_iter();
+        let xff = |values: &'static [&'static str]| values.iter().copied();
         // Untrusted peer: its own address, whatever it claims.
         assert_eq!(
             client_ip(ip("203.0.113.9"), xff(&["1.2.3.4"]), &trusted),
