@@ -49,6 +49,15 @@ pub struct Attribution {
 }
 
 impl Attribution {
+    /// The attribution of a request refused before its signature was looked at: the source
+    /// its Host names, if any.
+    pub fn of_host(sources: &Sources, host: &str) -> Attribution {
+        Attribution {
+            source: sources.by_host(host).cloned(),
+            token: None,
+        }
+    }
+
     /// The request's source, when its Host names one.
     pub fn source(&self) -> Option<&Arc<Source>> {
         self.source.as_ref()

@@ -180,10 +180,11 @@ fn outcome_count(envoy: &EnvoyGateway, outcome: &str) -> String {
     )
     .expect("admin answers")
     .body_text();
-    let prefix = format!("ixproxy_requests_total{{outcome=\"{outcome}\"}} ");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    let counts = ixproxy_conformance::metrics::OutcomeCounts::parse(&stats)
+        .unwrap_or_else(|e| panic!("{e}"));
+    counts
+        .get(outcome)
+        .map(|n| n.to_string())
         .unwrap_or_default()
 }
 

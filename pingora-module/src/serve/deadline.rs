@@ -38,6 +38,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use ixproxy_core::metrics::NO_SOURCE_LABEL;
 use ixproxy_core::Outcome;
 
 use super::metrics::Metrics;
@@ -118,6 +119,8 @@ enum Expired {
 pub struct Watchdog {
     phase: Mutex<Phase>,
     changed: Notify,
+    /// The `source` label a request cut here is counted under.
+    source: Mutex<Option<String>>,
 }
 
 impl Watchdog {
@@ -199,8 +202,11 @@ pub fn client_header_received() {
 }
 
 /// Arms the origin-header deadline (the first resolution of a request; later hops keep it).
-pub fn arm_origin(deadline: Instant) {
+pub fn arm_origin(deadline: Instant, source: &str) {
     with_watchdog(|w| {
+        if let Ok(mut label) = w.source.lock() {
+            *label = Some(source.to_owned());
+        }
         w.update(|p| {
             *p = Phase::Origin {
                 deadline,
@@ -276,7 +282,9 @@ where
                         }
                         Expired::Origin => {
                             let outcome = Outcome::OriginTimeout;
-                            self.metrics.count(outcome);
+                            let source = watchdog.source.lock().ok().and_then(|s| s.clone());
+                            let source = source.as_deref().unwrap_or(NO_SOURCE_LABEL);
+                            self.metrics.count(source, outcome);
                             info!(
                                 "request cut: origin response header past its deadline outcome={}",
                                 outcome.as_str()
@@ -423,7 +431,7 @@ mod tests {
                 // Only the client header phase is disarmed by its end.
                 client_header_received();
                 assert_eq!(w.get(), Phase::Disarmed);
-                arm_origin(deadline);
+                arm_origin(deadline, "a");
                 client_header_received();
                 origin_socket(None);
                 assert!(matches!(w.get(), Phase::Origin { socket: None, .. }));
@@ -432,7 +440,7 @@ mod tests {
             .await;
         assert_eq!(w.get(), Phase::Disarmed);
         // Outside a scope they are no-ops, not panics.
-        arm_origin(deadline);
+        arm_origin(deadline, "a");
         disarm();
     }
 }

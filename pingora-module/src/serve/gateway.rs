@@ -34,15 +34,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method};
+use ixproxy_core::access_log::{self, AccessRecord, REQUEST_ID_HEADER};
+use ixproxy_core::addr::IpNet;
 use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS};
+use ixproxy_core::config::AccessLogFormat;
 use ixproxy_core::config::Upstream;
 use ixproxy_core::request::{
     check_request_body, check_request_headers, is_forwarded_client_header, HeaderTotals,
 };
 use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
-use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
-use log::{info, warn};
+use ixproxy_core::{
+    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo, Sources,
+};
+use log::warn;
 use pingora::cache::{
     CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
@@ -55,7 +60,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
 use super::inflight::{Inflight, Slot};
-use super::metrics::Metrics;
+use super::metrics::{InflightGauge, Metrics};
 use super::peer::build_peer;
 use super::resolve::{candidates, OriginResolver, ResolveError};
 
@@ -69,6 +74,8 @@ pub struct Gateway {
     inflight: Inflight,
     metrics: Metrics,
     cache: Option<ResponseCache>,
+    access_log: AccessLogFormat,
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl Gateway {
@@ -91,13 +98,51 @@ impl Gateway {
             resolver,
             metrics,
             cache,
+            access_log: AccessLogFormat::Off,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// The gateway writing `format` access log lines to stdout, believing `X-Forwarded-For`
+    /// from `trusted_proxies`.
+    pub fn with_access_log(mut self, format: AccessLogFormat, trusted_proxies: Vec<IpNet>) -> Self {
+        self.access_log = format;
+        self.trusted_proxies = trusted_proxies;
+        self
+    }
+
+    /// The client address of `session` under the core's `trusted_proxies` rule.
+    fn client_ip(&self, session: &Session) -> String {
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            // A Unix-socket client: no address to report.
+            return "-".to_owned();
+        };
+        let forwarded = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>();
+        access_log::client_ip(peer, forwarded.into_iter(), &self.trusted_proxies).to_string()
     }
 }
 
 /// Per-request state shared across the phases.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// This request's id (see [`access_log::request_id`]), echoed as `X-Request-ID`.
+    request_id: String,
+    /// When the request header was read, and the same moment in unix microseconds.
+    arrived: Option<(Instant, u64)>,
+    /// The source and token the request is counted under.
+    attribution: Attribution,
+    /// The request counted in `ixproxy_upstream_inflight` while it fetches from the origin.
+    inflight_gauge: Option<InflightGauge>,
     /// The core's decision when it forwards; replaced by the next hop when a redirect is
     /// followed.
     forward: Option<Box<Forward>>,
@@ -182,6 +227,12 @@ fn random_bytes() -> Option<[u8; 32]> {
     getrandom::getrandom(&mut random).ok().map(|()| random)
 }
 
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -197,12 +248,15 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-/// Writes the core's local reply for `rejection` (no body for HEAD).
-async fn respond(session: &mut Session, rejection: &Rejection) -> Result<()> {
+/// Writes the core's local reply for `rejection` (no body for HEAD), with the request's id.
+async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
     let body = Bytes::from(rejection.body());
-    let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
+    let mut resp = ResponseHeader::build(rejection.status(), Some(5))?;
     for (name, value) in rejection.headers() {
         resp.insert_header(name, value)?;
+    }
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
     }
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     let head_only = session.req_header().method == Method::HEAD;
@@ -299,12 +353,18 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
-    async fn early_request_filter(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
-    ) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         deadline::client_header_received();
+        ctx.arrived = Some((Instant::now(), unix_micros()));
+        let client_ids = session.req_header().headers.get_all(REQUEST_ID_HEADER);
+        ctx.request_id = access_log::request_id(
+            client_ids.iter().map(HeaderValue::as_bytes),
+            random_bytes().map_or([0; 16], |r| {
+                let mut id = [0; 16];
+                id.copy_from_slice(&r[..16]);
+                id
+            }),
+        );
         Ok(())
     }
 
@@ -318,8 +378,11 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let checked = check_request_body(req.method.as_str(), has_body)
             .and_then(|()| check_request_headers(&self.sources, header_totals(req)));
-        let decision = match checked {
-            Err(rejection) => Decision::Reject(rejection),
+        let (decision, attribution) = match checked {
+            Err(rejection) => (
+                Decision::Reject(rejection),
+                Attribution::of_host(&self.sources, request_host(req)),
+            ),
             Ok(()) => {
                 let target = String::from_utf8_lossy(req.raw_path());
                 let info = RequestInfo {
@@ -327,9 +390,13 @@ impl ProxyHttp for Gateway {
                     host: request_host(req),
                     target: &target,
                 };
-                decide(&self.sources, &info, unix_now())
+                decide_attributed(&self.sources, &info, unix_now())
             }
         };
+        if let Some(token) = attribution.token_label() {
+            self.metrics.count_token(attribution.source_label(), token);
+        }
+        ctx.attribution = attribution;
         match decision {
             Decision::Forward(forward) => {
                 ctx.forward = Some(forward);
@@ -337,7 +404,7 @@ impl ProxyHttp for Gateway {
             }
             Decision::Reject(rejection) => {
                 ctx.outcome = Some(rejection.outcome());
-                respond(session, &rejection).await?;
+                respond(session, &rejection, &ctx.request_id).await?;
                 Ok(true)
             }
         }
@@ -420,11 +487,12 @@ impl ProxyHttp for Gateway {
         match self.inflight.acquire(&self.sources, forward.source_name()) {
             Ok(slot) => {
                 ctx.inflight = slot;
+                ctx.inflight_gauge = Some(self.metrics.inflight(ctx.attribution.source_label()));
                 Ok(true)
             }
             Err(rejection) => {
                 ctx.outcome = Some(rejection.outcome());
-                respond(session, &rejection).await?;
+                respond(session, &rejection, &ctx.request_id).await?;
                 Ok(false)
             }
         }
@@ -441,7 +509,7 @@ impl ProxyHttp for Gateway {
             ctx.upstream_started = Some(now);
             let deadline = now + self.upstream.timeout;
             ctx.deadline = Some(deadline);
-            deadline::arm_origin(deadline);
+            deadline::arm_origin(deadline, ctx.attribution.source_label());
         }
         // A new attempt: the previous one's connection (if any) is not this request's any more.
         deadline::origin_socket(None);
@@ -639,6 +707,7 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
+        resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if let Some(forward) = ctx.forward.as_ref() {
             let stored = cache::joined(resp, header::CACHE_CONTROL);
             if let Some(capped) =
@@ -725,7 +794,7 @@ impl ProxyHttp for Gateway {
         };
         // Once the origin's header went out, the status is committed: the connection is cut.
         if session.response_written().is_none() {
-            if let Err(write_err) = respond(session, &failure).await {
+            if let Err(write_err) = respond(session, &failure, &ctx.request_id).await {
                 warn!("cannot send the error response: {write_err}");
             }
         }
@@ -751,36 +820,45 @@ impl ProxyHttp for Gateway {
             // Never decided (the client went away before its request was read).
             (None, None, false) => return,
         };
-        self.metrics.count(outcome);
+        // The fetch is over (its slot goes when the context is dropped).
+        ctx.inflight_gauge = None;
+        let source = ctx.attribution.source_label();
+        self.metrics.count(source, outcome);
+        let bytes_sent = session.body_bytes_sent() as u64;
+        self.metrics.count_bytes(source, bytes_sent);
         if ctx.cache_used {
             // A lookup whose origin fetch failed before any header went out counts as a miss.
             self.metrics
                 .count_cache(ctx.cache_result.unwrap_or(CacheResult::Miss));
         }
+        if self.access_log == AccessLogFormat::Off {
+            return;
+        }
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
+        let (arrived, arrived_micros) = ctx
+            .arrived
+            .unwrap_or_else(|| (Instant::now(), unix_micros()));
         let req = session.req_header();
-        let outcome = outcome.as_str();
-        // The path and query are never logged: they carry the signature and the origin URL.
-        match ctx.forward.as_ref() {
-            Some(forward) => info!(
-                "{} host={} source={} origin={} redirects={} status={status} outcome={outcome} \
-                 upstream_ms={} cache={}",
-                req.method,
-                request_host(req),
-                forward.source_name(),
-                forward.origin().authority(),
-                forward.redirects(),
-                ctx.upstream_latency
-                    .map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string()),
-                ctx.cache_result.map_or("-", CacheResult::as_str),
-            ),
-            None => info!(
-                "{} host={} status={status} outcome={outcome}",
-                req.method,
-                request_host(req)
-            ),
+        let origin_host = ctx.forward.as_ref().map(|f| f.origin().authority());
+        let record = AccessRecord {
+            ts: access_log::rfc3339_millis(arrived_micros),
+            request_id: &ctx.request_id,
+            client_ip: self.client_ip(session),
+            method: req.method.as_str(),
+            host: request_host(req),
+            source: ctx.attribution.source().map(|s| s.name.as_str()),
+            outcome: outcome.as_str(),
+            status,
+            origin_host: origin_host.as_deref(),
+            bytes_sent,
+            duration_ms: access_log::millis(arrived.elapsed()),
+            upstream_ms: ctx.upstream_latency.map(access_log::millis),
+            cache: ctx.cache_result.map(CacheResult::as_str),
+        };
+        if let Some(line) = record.render(self.access_log) {
+            super::access::write_line(&line);
         }
     }
 

@@ -1,5 +1,7 @@
-//! Prometheus metrics of the gateway: requests by outcome, upstream latency, and the response
-//! cache's results and size.
+//! Prometheus metrics of the gateway (README: Operating, Metrics): requests by source and
+//! outcome, response bytes, origin fetches in flight, which token verified, build info, upstream
+//! latency, and the response cache's results and size. Names and label rules are the core's
+//! ([`ixproxy_core::metrics`]).
 //!
 //! The registry is private to the gateway (not the process-global default) so tests and the
 //! admin listener see exactly the series documented here.
@@ -7,9 +9,14 @@
 use std::time::Duration;
 
 use ixproxy_core::cache::CacheResult;
-use ixproxy_core::Outcome;
+use ixproxy_core::metrics::{
+    BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
+    VERSION,
+};
+use ixproxy_core::{Outcome, Sources};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The gateway's metrics.
@@ -17,6 +24,10 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    response_bytes: IntCounterVec,
+    upstream_inflight: IntGaugeVec,
+    token_verifications: IntCounterVec,
+    access_log_dropped: IntCounter,
     upstream_latency: Histogram,
     cache_requests: IntCounterVec,
     cache_bytes: IntGauge,
@@ -38,10 +49,40 @@ impl Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
-                "ixproxy_requests_total",
-                "Requests handled by the gateway, by outcome.",
+                REQUESTS_TOTAL,
+                "Requests handled by the gateway, by source (\"-\": no source) and outcome.",
             ),
-            &["outcome"],
+            &["source", "outcome"],
+        )?;
+        let response_bytes = IntCounterVec::new(
+            Opts::new(
+                RESPONSE_BYTES_TOTAL,
+                "Response body bytes sent to clients, by source.",
+            ),
+            &["source"],
+        )?;
+        let upstream_inflight = IntGaugeVec::new(
+            Opts::new(
+                UPSTREAM_INFLIGHT,
+                "Origin fetches in flight (what limits.max_inflight_per_source bounds), by source.",
+            ),
+            &["source"],
+        )?;
+        let token_verifications = IntCounterVec::new(
+            Opts::new(
+                TOKEN_VERIFICATIONS_TOTAL,
+                "Requests whose signature verified, by source and the token that verified it \
+                 (its id, or its position in secure_url_tokens).",
+            ),
+            &["source", "token"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1: the version and runtime serving."),
+            &["version", "runtime"],
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "ixproxy_access_log_dropped_total",
+            "Access log lines dropped because stdout did not keep up.",
         )?;
         let upstream_latency = Histogram::with_opts(
             HistogramOpts::new(
@@ -67,19 +108,27 @@ impl Metrics {
              entry.",
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
+        registry.register(Box::new(upstream_inflight.clone()))?;
+        registry.register(Box::new(token_verifications.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        build_info.with_label_values(&[VERSION, "native"]).set(1);
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
-        // Every outcome and cache result at zero, so dashboards see all series at once.
-        for outcome in Outcome::ALL {
-            requests.with_label_values(&[outcome.as_str()]);
-        }
+        // Every cache result at zero, so dashboards see all series at once (the request
+        // series of each source start at zero in `add_sources`).
         for result in CacheResult::ALL {
             cache_requests.with_label_values(&[result.as_str()]);
         }
         Ok(Metrics {
             registry,
             requests,
+            response_bytes,
+            upstream_inflight,
+            token_verifications,
+            access_log_dropped,
             upstream_latency,
             cache_requests,
             cache_bytes,
@@ -98,9 +147,54 @@ impl Metrics {
         self.cache_bytes.clone()
     }
 
-    /// Counts one request with the given outcome.
-    pub fn count(&self, outcome: Outcome) {
-        self.requests.with_label_values(&[outcome.as_str()]).inc();
+    /// Shows every outcome of every source of `sources` (and of no source) at zero, and each
+    /// source's bytes and in-flight series, so dashboards see all series before the first
+    /// request. Sources added by a reload are added the same way.
+    pub fn add_sources(&self, sources: &Sources) {
+        let labels = sources
+            .iter()
+            .map(|s| s.label.as_str())
+            .chain([ixproxy_core::metrics::NO_SOURCE_LABEL]);
+        for source in labels {
+            for outcome in Outcome::ALL {
+                self.requests.with_label_values(&[source, outcome.as_str()]);
+            }
+            self.response_bytes.with_label_values(&[source]);
+            self.upstream_inflight.with_label_values(&[source]);
+        }
+    }
+
+    /// Counts one request of `source` (its label) with the given outcome.
+    pub fn count(&self, source: &str, outcome: Outcome) {
+        self.requests
+            .with_label_values(&[source, outcome.as_str()])
+            .inc();
+    }
+
+    /// Adds the response body bytes one request of `source` sent.
+    pub fn count_bytes(&self, source: &str, bytes: u64) {
+        self.response_bytes
+            .with_label_values(&[source])
+            .inc_by(bytes);
+    }
+
+    /// Counts one request of `source` whose signature `token` (its label) verified.
+    pub fn count_token(&self, source: &str, token: &str) {
+        self.token_verifications
+            .with_label_values(&[source, token])
+            .inc();
+    }
+
+    /// One origin fetch of `source` in flight, counted until the guard is dropped.
+    pub fn inflight(&self, source: &str) -> InflightGauge {
+        let gauge = self.upstream_inflight.with_label_values(&[source]);
+        gauge.inc();
+        InflightGauge(gauge)
+    }
+
+    /// The counter of access log lines dropped.
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     /// Records the time an origin took to answer with its response header.
@@ -123,6 +217,15 @@ impl Metrics {
     }
 }
 
+/// One origin fetch counted in `ixproxy_upstream_inflight`; counted out when dropped.
+pub struct InflightGauge(IntGauge);
+
+impl Drop for InflightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,22 +233,46 @@ mod tests {
     #[test]
     fn every_outcome_is_exposed_and_counted() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.count(Outcome::Forwarded);
-        metrics.count(Outcome::Forwarded);
-        metrics.count(Outcome::OriginTimeout);
+        let sources = ixproxy_core::config::RawConfig::from_yaml(
+            "sources:\n  - {name: web.a, hosts: [a.test], secure_url_tokens: [t]}\n",
+        )
+        .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
+        .expect("valid")
+        .sources;
+        metrics.add_sources(&sources);
+        metrics.count("web_a", Outcome::Forwarded);
+        metrics.count("web_a", Outcome::Forwarded);
+        metrics.count("-", Outcome::OriginTimeout);
+        metrics.count_bytes("web_a", 100);
+        metrics.count_token("web_a", "new");
+        let fetch = metrics.inflight("web_a");
         metrics.observe_upstream_latency(Duration::from_millis(30));
         metrics.count_cache(CacheResult::Hit);
         metrics.cache_bytes().set(1234);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for label in Outcome::ALL.map(Outcome::as_str) {
-            assert!(
-                text.contains(&format!("ixproxy_requests_total{{outcome=\"{label}\"}}")),
-                "{label} missing from:\n{text}"
-            );
+            for source in ["web_a", "-"] {
+                let series =
+                    format!("ixproxy_requests_total{{outcome=\"{label}\",source=\"{source}\"}}");
+                assert!(text.contains(&series), "{series} missing from:\n{text}");
+            }
         }
-        assert!(text.contains("ixproxy_requests_total{outcome=\"forwarded\"} 2"));
-        assert!(text.contains("ixproxy_requests_total{outcome=\"origin_timeout\"} 1"));
-        assert!(text.contains("ixproxy_requests_total{outcome=\"bad_signature\"} 0"));
+        for line in [
+            "ixproxy_requests_total{outcome=\"forwarded\",source=\"web_a\"} 2",
+            "ixproxy_requests_total{outcome=\"origin_timeout\",source=\"-\"} 1",
+            "ixproxy_requests_total{outcome=\"bad_signature\",source=\"web_a\"} 0",
+            "ixproxy_response_bytes_total{source=\"web_a\"} 100",
+            "ixproxy_token_verifications_total{source=\"web_a\",token=\"new\"} 1",
+            "ixproxy_upstream_inflight{source=\"web_a\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "ixproxy_build_info{{runtime=\"native\",version=\"{VERSION}\"}} 1"
+        )));
+        drop(fetch);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(text.contains("ixproxy_upstream_inflight{source=\"web_a\"} 0"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_count 1"));
         assert!(text.contains("ixproxy_cache_requests_total{result=\"hit\"} 1"));
         assert!(text.contains("ixproxy_cache_requests_total{result=\"bypass\"} 0"));

@@ -6,6 +6,7 @@
 //! timeouts, [`deadline`] the two whole-header deadlines. SIGINT stops at once; SIGTERM drains
 //! for about a second.
 
+mod access;
 mod admin;
 mod announce;
 mod cache;
@@ -102,6 +103,11 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     let admin_listener = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
     let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
+    metrics.add_sources(&config.sources);
+    if config.operating.access_log != ixproxy_core::config::AccessLogFormat::Off {
+        access::start(metrics.access_log_dropped())
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+    }
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let server_conf = ServerConf {
@@ -120,6 +126,7 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         sources,
         client,
         cache,
+        operating,
         ..
     } = config;
     // A fill holds its key's lock at most until its origin header and one body pause are due;
@@ -135,7 +142,8 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         cache,
         sources: sources.iter().map(|s| s.name.clone()).collect(),
     });
-    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone(), cache);
+    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone(), cache)
+        .with_access_log(operating.access_log, operating.trusted_proxies);
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let proxy = Service::new(
         "gateway".to_owned(),

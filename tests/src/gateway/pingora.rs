@@ -125,12 +125,15 @@ impl ServeProcess {
             .ok_or_else(|| HarnessError::Http(format!("no {sample} in:\n{text}")))
     }
 
-    /// [`ServeProcess::metric`] of `ixproxy_requests_total{outcome="<outcome>"}`.
+    /// `ixproxy_requests_total{outcome="<outcome>"}` summed over every source.
     ///
     /// # Errors
-    /// As [`ServeProcess::metric`].
+    /// The admin listener does not answer, or the exposition does not parse.
     pub fn outcome_count(&self, outcome: &str) -> Result<u64, HarnessError> {
-        self.metric(&format!("ixproxy_requests_total{{outcome=\"{outcome}\"}}"))
+        let (_, text) = admin_get(self.admin, "/metrics")
+            .ok_or_else(|| HarnessError::Http("no /metrics answer".to_owned()))?;
+        let counts = crate::metrics::OutcomeCounts::parse(&text).map_err(HarnessError::Http)?;
+        Ok(counts.get(outcome).unwrap_or(0))
     }
 
     /// The process id.

@@ -1,0 +1,306 @@
+//! The native gateway's access log, request ids and per-source / per-token metrics, checked on
+//! the real `ixproxy serve` (README: Operating).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::origin::RecordingOrigin;
+use ixproxy_conformance::ServeProcess;
+use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::Rejection;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+const OLD_TOKEN: &str = "tok-old-0123456789";
+const NEW_TOKEN: &str = "tok-new-0123456789";
+
+fn config(extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+{extra}sources:
+  - name: web.assets
+    hosts: [gw.test]
+    secure_url_tokens: [{{id: old, value: {OLD_TOKEN}}}, {NEW_TOKEN}]
+    allow_private_origins: true
+"
+    )
+}
+
+fn start(config: &str) -> ServeProcess {
+    ServeProcess::start_temp(Path::new(env!("CARGO_BIN_EXE_ixproxy")), config, &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn request(target: &str, headers: &[(&str, &str)]) -> RawRequest {
+    let mut req = RawRequest::get("gw.test", target);
+    req.headers = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    req
+}
+
+fn fetch(addr: SocketAddr, req: &RawRequest) -> RawResponse {
+    send(addr, req, TIMEOUT).unwrap_or_else(|e| panic!("{} {}: {e}", req.method, req.target))
+}
+
+/// The JSON access log lines written so far, waiting (bounded) until `count` are there.
+fn json_lines(serve: &ServeProcess, count: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let lines: Vec<Value> = serve
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        if lines.len() >= count || started.elapsed() > Duration::from_secs(5) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn by_id<'a>(lines: &'a [Value], id: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["request_id"] == id)
+        .unwrap_or_else(|| panic!("no line with request_id {id} in {lines:#?}"))
+}
+
+#[test]
+fn one_json_line_per_request_with_every_field_and_no_secret() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config("trusted_proxies: [127.0.0.0/8]\n"));
+    let url = format!("http://{}/asset/logged.jpg", origin.http);
+    let signed = sign_url(
+        NEW_TOKEN,
+        &url,
+        &[("w".to_owned(), "10".to_owned())],
+        &SignOptions::default(),
+    );
+    let signature = signed.rsplit("s=").next().expect("s").to_owned();
+
+    let ok = fetch(
+        serve.listen(),
+        &request(
+            &signed,
+            &[
+                ("X-Request-ID", "client.id-1_A"),
+                ("X-Forwarded-For", "203.0.113.5, 127.0.0.9"),
+            ],
+        ),
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-request-id"), Some("client.id-1_A"));
+
+    // An id outside the rule is replaced by a generated one, echoed the same way.
+    let refused = fetch(
+        serve.listen(),
+        &request(
+            "/http%3A%2F%2Fx.test%2Fa.png?s=00000000000000000000000000000000",
+            &[("X-Request-ID", "not valid!")],
+        ),
+    );
+    assert_eq!(refused.status, 403);
+    let generated = refused
+        .header("x-request-id")
+        .expect("generated id")
+        .to_owned();
+    assert_eq!(generated.len(), 32, "{generated}");
+    assert!(
+        generated.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{generated}"
+    );
+
+    let mut unknown = RawRequest::get("nobody.test", &signed);
+    unknown
+        .headers
+        .push(("X-Request-ID".into(), "unknown-host".into()));
+    assert_eq!(
+        fetch(serve.listen(), &unknown).status,
+        Rejection::unknown_host().status()
+    );
+
+    let lines = json_lines(&serve, 3);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let line = by_id(&lines, "client.id-1_A");
+    assert_eq!(
+        line["client_ip"], "203.0.113.5",
+        "trusted peer: X-Forwarded-For believed"
+    );
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["host"], "gw.test");
+    assert_eq!(line["source"], "web.assets");
+    assert_eq!(line["outcome"], "forwarded");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["origin_host"], origin.http.to_string());
+    assert_eq!(line["bytes_sent"], ok.body.len() as u64);
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{line}"
+    );
+    assert!(
+        line["upstream_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{line}"
+    );
+    assert_eq!(line["cache"], Value::Null);
+    let ts = line["ts"].as_str().expect("ts");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+
+    let line = by_id(&lines, &generated);
+    assert_eq!(
+        (line["outcome"].as_str(), line["status"].as_u64()),
+        (Some("bad_signature"), Some(403))
+    );
+    assert_eq!(line["upstream_ms"], Value::Null);
+    assert_eq!(line["origin_host"], Value::Null);
+    let line = by_id(&lines, "unknown-host");
+    assert_eq!(
+        (line["source"].clone(), line["outcome"].as_str()),
+        (Value::Null, Some("unknown_host"))
+    );
+
+    let log = serve.log();
+    for secret in [
+        signature.as_str(),
+        NEW_TOKEN,
+        OLD_TOKEN,
+        "asset/logged",
+        "w=10",
+        "%2F",
+    ] {
+        assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn forwarded_for_is_ignored_from_an_untrusted_peer_and_text_lines_are_key_value() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config("access_log: text\n"));
+    let url = format!("http://{}/asset/text.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    let resp = fetch(
+        serve.listen(),
+        &request(
+            &signed,
+            &[
+                ("X-Request-ID", "text-1"),
+                ("X-Forwarded-For", "203.0.113.5"),
+            ],
+        ),
+    );
+    assert_eq!(resp.status, 200);
+    let started = Instant::now();
+    let line = loop {
+        let found = serve
+            .log()
+            .lines()
+            .find(|l| l.contains("request_id=text-1"))
+            .map(str::to_owned);
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no text line:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.starts_with("ts="), "{line}");
+    for part in [
+        " client_ip=127.0.0.1 ",
+        " method=GET host=gw.test source=web.assets outcome=forwarded status=200 ",
+        &format!(" origin_host={} ", origin.http),
+        &format!(" bytes_sent={} ", resp.body.len()),
+        " cache=-",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line}");
+    }
+}
+
+#[test]
+fn access_log_off_writes_no_line() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config("access_log: off\n"));
+    let url = format!("http://{}/asset/quiet.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    assert_eq!(fetch(serve.listen(), &request(&signed, &[])).status, 200);
+    // The request is counted once it is logged; after that no line can still be on its way.
+    let started = Instant::now();
+    while serve.outcome_count("forwarded").unwrap_or(0) < 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = serve.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with('{') || l.contains("request_id=")),
+        "{log}"
+    );
+}
+
+#[test]
+fn metrics_name_the_source_and_the_token_that_verified() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config(""));
+    let url = format!("http://{}/asset/metrics.jpg", origin.http);
+    let with = |token: &str| sign_url(token, &url, &[], &SignOptions::default());
+    let mut body_bytes = 0;
+    for target in [with(OLD_TOKEN), with(NEW_TOKEN), with(NEW_TOKEN)] {
+        let resp = fetch(serve.listen(), &request(&target, &[]));
+        assert_eq!(resp.status, 200);
+        body_bytes += resp.body.len() as u64;
+    }
+    assert_eq!(
+        fetch(serve.listen(), &request(&with("wrong-token"), &[])).status,
+        403
+    );
+    assert_eq!(
+        fetch(serve.listen(), &RawRequest::get("nobody.test", "/x?s=0")).status,
+        Rejection::unknown_host().status()
+    );
+
+    let sample = |name: &str| serve.metric(name).unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    while sample(r#"ixproxy_requests_total{outcome="forwarded",source="web_assets"}"#) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(5), "not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        sample(r#"ixproxy_token_verifications_total{source="web_assets",token="old"}"#),
+        1
+    );
+    assert_eq!(
+        sample(r#"ixproxy_token_verifications_total{source="web_assets",token="1"}"#),
+        2
+    );
+    assert_eq!(
+        sample(r#"ixproxy_requests_total{outcome="bad_signature",source="web_assets"}"#),
+        1
+    );
+    assert_eq!(
+        sample(r#"ixproxy_requests_total{outcome="unknown_host",source="-"}"#),
+        1
+    );
+    assert!(sample(r#"ixproxy_response_bytes_total{source="web_assets"}"#) >= body_bytes);
+    assert_eq!(
+        sample(r#"ixproxy_upstream_inflight{source="web_assets"}"#),
+        0
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(&format!(
+            r#"ixproxy_build_info{{runtime="native",version="{version}"}}"#
+        )),
+        1
+    );
+}
