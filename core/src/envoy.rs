@@ -4,6 +4,7 @@
 
 use crate::cache::CacheResult;
 use crate::config::{CacheTtl, CacheTtlBehavior};
+use crate::metrics;
 use crate::outcome::Outcome;
 #[cfg(doc)]
 use crate::outcome::Rejection;
@@ -34,13 +35,95 @@ pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// relative `Location` of an origin redirect absolute (Envoy only follows absolute URLs).
 pub const UPSTREAM_ROOT_ID: &str = "ixproxy_location";
 
-/// Envoy `stats_config.stats_tags[].regex` that turns the filter's counters
-/// (`wasmcustom.ixproxy_requests_total.outcome.<label>`) into
-/// `ixproxy_requests_total{outcome="<label>"}`.
-pub const OUTCOME_TAG_REGEX: &str = r"^wasmcustom\.ixproxy_requests_total(\.outcome\.([a-z_]+))$";
+/// The filter's counter of one client request of `source` (its label) with `outcome`:
+/// `wasmcustom.ixproxy_requests_total.source.<source>.outcome.<outcome>` in Envoy, which the
+/// bootstrap's [`STATS_TAGS`] turn into `ixproxy_requests_total{source,outcome}`.
+pub fn requests_metric(source: &str, outcome: Outcome) -> String {
+    format!(
+        "{}.source.{source}.outcome.{}",
+        metrics::REQUESTS_TOTAL,
+        outcome.as_str()
+    )
+}
 
-/// The tag name [`OUTCOME_TAG_REGEX`] extracts.
-pub const OUTCOME_TAG_NAME: &str = "outcome";
+/// The filter's counter of response bytes of `source`.
+pub fn response_bytes_metric(source: &str) -> String {
+    format!("{}.source.{source}", metrics::RESPONSE_BYTES_TOTAL)
+}
+
+/// The filter's gauge of origin fetches in flight of `source`.
+pub fn upstream_inflight_metric(source: &str) -> String {
+    format!("{}.source.{source}", metrics::UPSTREAM_INFLIGHT)
+}
+
+/// The filter's counter of requests of `source` that `token` (its label) verified.
+pub fn token_metric(source: &str, token: &str) -> String {
+    format!(
+        "{}.source.{source}.token.{token}",
+        metrics::TOKEN_VERIFICATIONS_TOTAL
+    )
+}
+
+/// The filter's build info gauge (always 1).
+pub fn build_info_metric() -> String {
+    format!(
+        "{}.runtime.envoy.version.{}",
+        metrics::BUILD_INFO,
+        metrics::VERSION
+    )
+}
+
+/// Envoy `stats_config.stats_tags` (tag name, regex) that turn the filter's metric names into
+/// Prometheus labels. Envoy applies each regex to the whole name: the first group is cut from
+/// the name, the second is the label's value.
+pub const STATS_TAGS: [(&str, &str); 5] = [
+    (
+        "source",
+        r"^wasmcustom\.ixproxy_[a-z_]+(\.source\.([A-Za-z0-9_-]+))(?:\..*)?$",
+    ),
+    (
+        "outcome",
+        r"^wasmcustom\.ixproxy_requests_total\.source\.[A-Za-z0-9_-]+(\.outcome\.([a-z_]+))$",
+    ),
+    (
+        "token",
+        r"^wasmcustom\.ixproxy_token_verifications_total\.source\.[A-Za-z0-9_-]+(\.token\.([A-Za-z0-9_-]+))$",
+    ),
+    (
+        "runtime",
+        r"^wasmcustom\.ixproxy_build_info(\.runtime\.([a-z]+))\.version\..+$",
+    ),
+    (
+        "version",
+        r"^wasmcustom\.ixproxy_build_info\.runtime\.[a-z]+(\.version\.(.+))$",
+    ),
+];
+
+/// Envoy filter state properties (`wasm.<name>`) the filter fills for the bootstrap's access log
+/// (`%FILTER_STATE(wasm.<name>:PLAIN)%`): the client's Host (the filter rewrites `:authority` to
+/// the origin's), the client address, the source's name, the outcome, the origin host and the cache result. Declared
+/// with the downstream request's life span, so they survive Envoy's internal redirects.
+pub const LOG_PROPERTIES: [&str; 6] = [
+    LOG_HOST,
+    LOG_CLIENT_IP,
+    LOG_SOURCE,
+    LOG_OUTCOME,
+    LOG_ORIGIN_HOST,
+    LOG_CACHE,
+];
+/// See [`LOG_PROPERTIES`].
+pub const LOG_HOST: &str = "ixproxy_host";
+/// See [`LOG_PROPERTIES`]: Envoy's downstream address of the client's stream (after
+/// `trusted_proxies`), without its port.
+pub const LOG_CLIENT_IP: &str = "ixproxy_client_ip";
+/// See [`LOG_PROPERTIES`].
+pub const LOG_SOURCE: &str = "ixproxy_source";
+/// See [`LOG_PROPERTIES`].
+pub const LOG_OUTCOME: &str = "ixproxy_outcome";
+/// See [`LOG_PROPERTIES`].
+pub const LOG_ORIGIN_HOST: &str = "ixproxy_origin_host";
+/// See [`LOG_PROPERTIES`].
+pub const LOG_CACHE: &str = "ixproxy_cache";
 
 /// Name of the generated RBAC policy that refuses private origin addresses; Envoy's
 /// `response.code_details` for its refusals is `rbac_access_denied_matched_policy[<name>]`.
@@ -103,6 +186,19 @@ pub const DNS_CACHE_OVERFLOW_STATUS: u16 = 503;
 /// Envoy's `response.code_details` of the stream it replaced by a new one to follow an origin
 /// redirect (seen on Envoy 1.40 in the replaced stream's access-log phase).
 pub const INTERNAL_REDIRECT: &str = "internal_redirect";
+
+/// The address part of Envoy's `source.address` (`1.2.3.4:5678`, `[::1]:5678`); anything
+/// else as it is.
+pub fn address_without_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(address, |(ip, _)| ip);
+    }
+    match address.rsplit_once(':') {
+        // One colon: IPv4 and port. More: a bare IPv6 address.
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip,
+        _ => address,
+    }
+}
 
 /// Whether a forwarded stream that ended with `details` handed its downstream request over to
 /// the stream Envoy recreated for a redirect: that stream continues the same client request, so
@@ -291,6 +387,14 @@ pub fn unfinished_stream_outcome(details: &str) -> Option<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_addresses_lose_their_port() {
+        assert_eq!(address_without_port("203.0.113.5:41000"), "203.0.113.5");
+        assert_eq!(address_without_port("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(address_without_port("2001:db8::1"), "2001:db8::1");
+        assert_eq!(address_without_port("192.0.2.1"), "192.0.2.1");
+    }
 
     #[test]
     fn header_totals_count_what_the_client_sent() {

@@ -6,8 +6,9 @@ use crate::config::Sources;
 use crate::outcome::Rejection;
 
 /// Client request headers that may reach the origin (lower-case); every other client header is
-/// dropped by the runtimes.
-pub const FORWARDED_CLIENT_HEADERS: [&str; 7] = [
+/// dropped by the runtimes. `x-request-id` reaches it as the gateway settled it (the client's
+/// when valid, else a new one: see [`crate::access_log::request_id`]), so origin logs join up.
+pub const FORWARDED_CLIENT_HEADERS: [&str; 8] = [
     "accept",
     "accept-encoding",
     "accept-language",
@@ -15,6 +16,7 @@ pub const FORWARDED_CLIENT_HEADERS: [&str; 7] = [
     "if-modified-since",
     "range",
     "user-agent",
+    crate::access_log::REQUEST_ID_HEADER,
 ];
 
 /// Whether a client request header (any case) may be forwarded to the origin.

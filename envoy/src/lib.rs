@@ -37,7 +37,7 @@ use ixproxy_core::config::{
     warnings, CacheLimits, ClientLimits, ConfigWarning, DeferredSecrets, Limits, RawConfig,
     RawPluginConfig, RawSource, RawUpstream, SecretRef, SecretResolver,
 };
-use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
+use ixproxy_core::envoy::STATS_TAGS;
 use ixproxy_core::ConfigError;
 use serde_yaml::{Mapping, Value};
 
@@ -51,6 +51,7 @@ macro_rules! map {
     }};
 }
 
+mod access_log;
 mod bounds;
 mod cache;
 mod clusters;
@@ -237,6 +238,8 @@ fn render(
         env_keys,
         wasm_path,
         trusted_ca,
+        access_log: config.operating.access_log,
+        trusted_proxies: config.operating.trusted_proxies.clone(),
     });
     let yaml = serde_yaml::to_string(&bootstrap)
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
@@ -341,6 +344,10 @@ struct Parts {
     wasm_path: PathBuf,
     /// The TLS cluster's `trusted_ca` data source.
     trusted_ca: Value,
+    /// `access_log`.
+    access_log: ixproxy_core::config::AccessLogFormat,
+    /// `trusted_proxies`.
+    trusted_proxies: Vec<ixproxy_core::addr::IpNet>,
 }
 
 fn bootstrap(p: &Parts) -> Value {
@@ -352,7 +359,10 @@ fn bootstrap(p: &Parts) -> Value {
             "ignore_global_conn_limit" => true,
         },
         "stats_config" => map! {
-            "stats_tags" => vec![map! { "tag_name" => OUTCOME_TAG_NAME, "regex" => OUTCOME_TAG_REGEX }],
+            "stats_tags" => STATS_TAGS
+                .iter()
+                .map(|(name, regex)| map! { "tag_name" => *name, "regex" => *regex })
+                .collect::<Vec<_>>(),
         },
         "static_resources" => map! {
             "listeners" => vec![listener::listener(p)],

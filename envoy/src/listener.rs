@@ -8,6 +8,7 @@ use ixproxy_core::envoy::{
 use ixproxy_core::response::FOLLOWED_REDIRECTS;
 use serde_yaml::Value;
 
+use crate::access_log::{access_log, original_ip_detection};
 use crate::bounds::{http2_protocol_options, PER_CONNECTION_BUFFER_LIMIT_BYTES};
 use crate::cache::cache_filter;
 use crate::clusters::{dns_cache, PLAIN_CLUSTER, TLS_CLUSTER};
@@ -45,14 +46,22 @@ fn http_connection_manager(p: &Parts) -> Value {
             // here, it reaches the filter as a request with a body, which the core refuses (400
             // `bad_request`) like the native gateway does; nothing with a body is ever forwarded.
             "http_protocol_options" => map! { "allow_chunked_length" => true },
+            // The filter keeps a valid client `X-Request-ID` or sets a new one (the core's rule);
+            // Envoy neither replaces nor generates one, and echoes it on every response.
             "generate_request_id" => false,
+            "preserve_external_request_id" => true,
+            "always_set_request_id_in_response" => true,
+            "access_log" => access_log(p.access_log),
             // An edge proxy: the client is the peer of the connection, whatever
-            // `x-forwarded-for` claims, and nothing is appended to it (the filter never forwards
-            // it to the origin). Envoy then treats every client as external and removes the
-            // `x-envoy-*` request headers a client sent before any filter runs.
-            "use_remote_address" => true,
+            // `x-forwarded-for` claims (unless the peer is one of `trusted_proxies`, see
+            // `original_ip_detection_extensions`), and nothing is appended to it (the filter
+            // never forwards it to the origin). Envoy then treats every client as external and
+            // removes the `x-envoy-*` request headers a client sent before any filter runs.
+            // (Envoy refuses both at once: with trusted proxies, the extension decides.)
+            "use_remote_address" => p.trusted_proxies.is_empty(),
             "xff_num_trusted_hops" => 0,
             "skip_xff_append" => true,
+            "original_ip_detection_extensions" => original_ip_detection(&p.trusted_proxies),
             // No `server` header of Envoy's own; the origin's never passes the filter's
             // response allowlist (the native gateway sends none either).
             "server_header_transformation" => "PASS_THROUGH",

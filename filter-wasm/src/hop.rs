@@ -8,15 +8,16 @@ pub use ixproxy_core::envoy::LOCATION_HEADER;
 
 /// Envoy filter state property (`wasm.ixproxy_hop`) carrying the [`Hop`] of a forwarded request
 /// across Envoy's internal redirects. Declared with the `DownstreamRequest` life span (see
-/// [`declare_hop_property_args`]), so Envoy copies it into the stream it recreates for a redirect;
+/// [`declare_property_args`]), so Envoy copies it into the stream it recreates for a redirect;
 /// only filters can write filter state, so a client cannot forge a hop.
 pub const HOP_PROPERTY: &str = "ixproxy_hop";
 
 /// The serialized `DeclarePropertyArguments` protobuf (Envoy's `declare_property` foreign
-/// function) declaring [`HOP_PROPERTY`] as mutable bytes that live for the downstream request,
-/// internal redirects included (`span: DownstreamRequest`).
-pub fn declare_hop_property_args() -> Vec<u8> {
-    let name = HOP_PROPERTY.as_bytes();
+/// function) declaring `name` ([`HOP_PROPERTY`], the access log properties) as mutable bytes
+/// that live for the downstream request, internal redirects included
+/// (`span: DownstreamRequest`). `name` is shorter than 128 bytes.
+pub fn declare_property_args(name: &str) -> Vec<u8> {
+    let name = name.as_bytes();
     let mut args = Vec::with_capacity(name.len() + 4);
     // field 1 (name), length-delimited; the name is shorter than 128 bytes (one-byte varint).
     args.push(0x0a);
@@ -272,7 +273,7 @@ mod tests {
         let mut expected = vec![0x0a, 11];
         expected.extend_from_slice(b"ixproxy_hop");
         expected.extend_from_slice(&[0x28, 0x01]);
-        assert_eq!(declare_hop_property_args(), expected);
+        assert_eq!(declare_property_args(HOP_PROPERTY), expected);
     }
 
     #[test]

@@ -20,14 +20,22 @@
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use ixproxy_core::access_log::{self, REQUEST_ID_HEADER, REQUEST_ID_RANDOM_BYTES};
 use ixproxy_core::cache::CACHE_STATUS;
+use ixproxy_core::envoy::{
+    address_without_port, LOG_CACHE, LOG_CLIENT_IP, LOG_HOST, LOG_ORIGIN_HOST, LOG_OUTCOME,
+    LOG_SOURCE,
+};
 use ixproxy_core::envoy::{
     cache_result, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
     local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER, VIA_UPSTREAM,
 };
+use ixproxy_core::metrics::NO_SOURCE_LABEL;
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::{is_followed_redirect, OriginHead};
-use ixproxy_core::{decide, Decision, Forward, Outcome, Rejection, RequestInfo, Sources};
+use ixproxy_core::{
+    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo, Sources,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Bytes, MapType};
@@ -55,6 +63,11 @@ pub struct FilterHttp {
     /// client request, if any: taken when the first request is forwarded, handed to a redirect
     /// hop's stream through the hop state, given back when the stream that holds it ends.
     slot: Option<String>,
+    /// The `source` label this stream counts under.
+    source_label: String,
+    /// This stream holds its client request's place in `ixproxy_upstream_inflight` (handed to
+    /// a redirect hop's stream like the slot).
+    in_flight: bool,
 }
 
 impl FilterHttp {
@@ -70,7 +83,41 @@ impl FilterHttp {
             done: false,
             counted: false,
             slot: None,
+            source_label: NO_SOURCE_LABEL.to_owned(),
+            in_flight: false,
         }
+    }
+
+    /// Leaves `ixproxy_upstream_inflight`, if this stream is in it.
+    fn leave_inflight(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.counters.inflight(&self.source_label, -1);
+        }
+    }
+
+    /// Sets an access log property (see [`ixproxy_core::envoy::LOG_PROPERTIES`]).
+    fn log_property(name: &str, value: &str) {
+        if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+            log::debug!("ixproxy: cannot set {name}: {status:?}");
+        }
+    }
+
+    /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
+    /// a new one, so the access log, the origin and the response (Envoy echoes it) see one id.
+    fn settle_request_id(headers: &[(String, Bytes)]) -> Result<(), String> {
+        let sent: Vec<&[u8]> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
+            .map(|(_, value)| value.as_slice())
+            .collect();
+        let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
+        random.copy_from_slice(&Self::random()?[..REQUEST_ID_RANDOM_BYTES]);
+        let id = access_log::request_id(sent.iter().copied(), random);
+        if sent.len() != 1 || sent[0] != id.as_bytes() {
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
+                .map_err(|status| format!("cannot set the request id: {status:?}"))?;
+        }
+        Ok(())
     }
 
     /// Gives back the in-flight slot this stream holds, if any.
@@ -96,6 +143,12 @@ impl FilterHttp {
         hostcalls::get_map_bytes(map).map_err(|status| format!("cannot read headers: {status:?}"))
     }
 
+    /// An integer property (Envoy encodes them as 8 little-endian bytes).
+    fn int_property(path: &[&str]) -> Option<i64> {
+        let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+        Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+    }
+
     fn property(path: &[&str]) -> Option<String> {
         hostcalls::get_property(path.to_vec())
             .ok()
@@ -107,7 +160,19 @@ impl FilterHttp {
     fn count(&mut self, outcome: Outcome) {
         if !self.counted {
             self.counted = true;
-            self.counters.increment(outcome);
+            self.counters.increment(&self.source_label, outcome);
+            Self::log_property(LOG_OUTCOME, outcome.as_str());
+        }
+    }
+
+    /// Counts this request under `attribution`'s source (and its token, once verified).
+    fn attribute(&mut self, attribution: &Attribution) {
+        self.source_label = attribution.source_label().to_owned();
+        if let Some(source) = attribution.source() {
+            Self::log_property(LOG_SOURCE, &source.name);
+        }
+        if let Some(token) = attribution.token_label() {
+            self.counters.count_token(&self.source_label, token);
         }
     }
 
@@ -204,6 +269,11 @@ impl FilterHttp {
         ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
         }
+        Self::log_property(LOG_ORIGIN_HOST, &forward.origin().authority());
+        if !self.in_flight {
+            self.in_flight = true;
+            self.counters.inflight(&self.source_label, 1);
+        }
         // The route was chosen before the filter ran; make Envoy choose again for the new
         // :scheme. Hosts without this foreign function re-evaluate on header changes themselves.
         if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
@@ -226,6 +296,9 @@ impl FilterHttp {
         let Some(previous) = hop.forward(sources) else {
             return self.internal_error("hop state of an unknown source");
         };
+        // The replaced stream handed its place in the in-flight gauge over, too.
+        self.source_label.clone_from(&previous.source().label);
+        self.in_flight = true;
         let (now, now_ms) = match Self::now() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
@@ -254,6 +327,7 @@ impl Drop for FilterHttp {
     /// `on_log`; this covers a stream deleted without it.
     fn drop(&mut self) {
         self.release_slot();
+        self.leave_inflight();
     }
 }
 
@@ -279,27 +353,37 @@ impl HttpContext for FilterHttp {
                 return self.internal_error(&e);
             }
         }
+        if let Err(e) = Self::settle_request_id(&headers) {
+            return self.internal_error(&e);
+        }
         let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
+        let host = Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default();
+        Self::log_property(LOG_HOST, &host);
+        if let Some(address) = Self::property(&["source", "address"]) {
+            Self::log_property(LOG_CLIENT_IP, address_without_port(&address));
+        }
         // Envoy's codec has already refused conflicting framing; a request whose stream does not
         // end with its headers carries a body, which a GET or HEAD must not.
         let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         if let Err(rejection) = check_request_body(&method, !end_of_stream)
             .and_then(|()| check_request_headers(&sources, totals))
         {
+            self.attribute(&Attribution::of_host(&sources, &host));
             return self.reject(&rejection);
         }
         let (now, now_ms) = match Self::now() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
-        let host = Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default();
         let target = Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         let request = RequestInfo {
             method: &method,
             host: &host,
             target: &target,
         };
-        match decide(&sources, &request, now) {
+        let (decision, attribution) = decide_attributed(&sources, &request, now);
+        self.attribute(&attribution);
+        match decision {
             Decision::Reject(rejection) => self.reject(&rejection),
             Decision::Forward(forward) => {
                 let limit = sources.limits().max_inflight_per_source;
@@ -340,8 +424,11 @@ impl HttpContext for FilterHttp {
         if let Err(rejection) = forward.check_upstream_address(upstream) {
             return self.reject(&rejection);
         }
-        let status_value = cache_result(&details, property.as_deref(), stored.as_deref())
-            .map(|result| result.cache_status());
+        let result = cache_result(&details, property.as_deref(), stored.as_deref());
+        if let Some(result) = result {
+            Self::log_property(LOG_CACHE, result.as_str());
+        }
+        let status_value = result.map(|result| result.cache_status());
         let fields = match Self::headers(MapType::HttpResponseHeaders) {
             Ok(fields) => fields,
             Err(e) => return self.internal_error(&e),
@@ -407,10 +494,18 @@ impl HttpContext for FilterHttp {
     fn on_log(&mut self) {
         let details = Self::property(&["response", "code_details"]).unwrap_or_default();
         if handed_over_to_redirect(&details) {
-            // The recreated stream continues this client request and holds its slot now.
+            // The recreated stream continues this client request and holds its slot (and its
+            // place in the in-flight gauge) now.
             self.slot = None;
-        } else {
-            self.release_slot();
+            self.in_flight = false;
+            return;
+        }
+        self.release_slot();
+        self.leave_inflight();
+        // The body bytes this client request got (Envoy's count: a local reply's too).
+        if let Some(size) = Self::int_property(&["response", "size"]) {
+            self.counters
+                .add_bytes(&self.source_label, u64::try_from(size).unwrap_or(0));
         }
         if self.counted || self.forward.is_none() {
             return;

@@ -1,77 +1,120 @@
-//! Request counters, one per [`Outcome`], defined through proxy-wasm so Envoy exposes them in
-//! `/stats` and `/stats/prometheus`.
+//! The filter's metrics, defined through proxy-wasm so Envoy exposes them in `/stats` and
+//! `/stats/prometheus` (README: Operating, Metrics): requests by source and outcome, response
+//! bytes and origin fetches in flight by source, which token verified, and build info.
 //!
-//! Envoy files Wasm metrics under the `wasmcustom.` namespace and strips it on output. The name
-//! `ixproxy_requests_total.outcome.<label>` turns into `ixproxy_requests_total{outcome="<label>"}`
-//! with the bootstrap's stats tag rule [`OUTCOME_TAG_REGEX`] (`ixproxy envoy-config` emits it),
-//! and into `ixproxy_requests_total_outcome_<label>` in an Envoy without that rule.
+//! Envoy files Wasm metrics under the `wasmcustom.` namespace and strips it on output. The names
+//! carry their labels as segments (`ixproxy_requests_total.source.<s>.outcome.<o>`, see
+//! [`ixproxy_core::envoy::requests_metric`]); the bootstrap's stats tag rules
+//! ([`ixproxy_core::envoy::STATS_TAGS`], emitted by `ixproxy envoy-config`) turn them into
+//! `ixproxy_requests_total{source="<s>",outcome="<o>"}`. Every series of every source is
+//! defined at configuration, so it shows at zero before its first request.
 
-use ixproxy_core::Outcome;
+use std::collections::HashMap;
+
+use ixproxy_core::envoy::{
+    build_info_metric, requests_metric, response_bytes_metric, token_metric,
+    upstream_inflight_metric,
+};
+use ixproxy_core::metrics::NO_SOURCE_LABEL;
+use ixproxy_core::{Outcome, Sources};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-pub use ixproxy_core::envoy::{OUTCOME_TAG_NAME, OUTCOME_TAG_REGEX};
-
-/// The proxy-wasm metric name of the counter for `outcome`.
-pub fn counter_name(outcome: Outcome) -> String {
-    format!("ixproxy_requests_total.outcome.{}", outcome.as_str())
-}
-
-/// Metric ids of the per-outcome counters of one Wasm VM.
+/// Metric ids of one Wasm VM's configuration, by label.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
-    ids: Vec<(Outcome, u32)>,
+    requests: HashMap<String, HashMap<Outcome, u32>>,
+    bytes: HashMap<String, u32>,
+    inflight: HashMap<String, u32>,
+    tokens: HashMap<String, HashMap<String, u32>>,
+}
+
+/// Defines `name` as a metric of `kind`; a metric the host refuses is logged and left out
+/// (requests are still served).
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("ixproxy: cannot define metric {name}: {status:?}");
+            None
+        }
+    }
+}
+
+fn add(id: Option<&u32>, offset: i64) {
+    if let Some(id) = id {
+        if let Err(status) = hostcalls::increment_metric(*id, offset) {
+            log::warn!("ixproxy: cannot update metric {id}: {status:?}");
+        }
+    }
 }
 
 impl Counters {
-    /// Defines every outcome's counter (so each shows up, at zero, before its first request).
-    /// A counter the host refuses is logged and left out; requests are still served.
-    pub fn define() -> Self {
-        let mut ids = Vec::with_capacity(Outcome::ALL.len());
-        for outcome in Outcome::ALL {
-            let name = counter_name(outcome);
-            match hostcalls::define_metric(MetricType::Counter, &name) {
-                Ok(id) => ids.push((outcome, id)),
-                Err(status) => log::warn!("ixproxy: cannot define metric {name}: {status:?}"),
+    /// Defines every series of `sources` (and of requests no source serves) and sets the build
+    /// info gauge.
+    pub fn define(sources: &Sources) -> Self {
+        let mut counters = Counters::default();
+        let labels = sources
+            .iter()
+            .map(|s| s.label.clone())
+            .chain([NO_SOURCE_LABEL.to_owned()]);
+        for source in labels {
+            for outcome in Outcome::ALL {
+                let name = requests_metric(&source, outcome);
+                if let Some(id) = define(MetricType::Counter, &name) {
+                    counters
+                        .requests
+                        .entry(source.clone())
+                        .or_default()
+                        .insert(outcome, id);
+                }
+            }
+            if let Some(id) = define(MetricType::Counter, &response_bytes_metric(&source)) {
+                counters.bytes.insert(source.clone(), id);
+            }
+            if let Some(id) = define(MetricType::Gauge, &upstream_inflight_metric(&source)) {
+                counters.inflight.insert(source, id);
             }
         }
-        Counters { ids }
-    }
-
-    /// Adds one to the counter of `outcome`.
-    pub fn increment(&self, outcome: Outcome) {
-        if let Some((_, id)) = self.ids.iter().find(|(o, _)| *o == outcome) {
-            if let Err(status) = hostcalls::increment_metric(*id, 1) {
-                log::warn!(
-                    "ixproxy: cannot increment metric {}: {status:?}",
-                    outcome.as_str()
-                );
+        for source in sources.iter() {
+            for token in &source.token_labels {
+                if let Some(id) = define(MetricType::Counter, &token_metric(&source.label, token)) {
+                    counters
+                        .tokens
+                        .entry(source.label.clone())
+                        .or_default()
+                        .insert(token.clone(), id);
+                }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_outcome_has_a_distinct_name_the_tag_rule_splits() {
-        let names: Vec<String> = Outcome::ALL.into_iter().map(counter_name).collect();
-        for (i, name) in names.iter().enumerate() {
-            assert!(!names[..i].contains(name), "duplicate {name}");
-            let full = format!("wasmcustom.{name}");
-            let label = full
-                .strip_prefix("wasmcustom.ixproxy_requests_total.outcome.")
-                .expect("prefix");
-            assert!(
-                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{name}"
-            );
+        if let Some(id) = define(MetricType::Gauge, &build_info_metric()) {
+            if let Err(status) = hostcalls::record_metric(id, 1) {
+                log::warn!("ixproxy: cannot set the build info: {status:?}");
+            }
         }
-        assert_eq!(
-            counter_name(Outcome::Forwarded),
-            "ixproxy_requests_total.outcome.forwarded"
+        counters
+    }
+
+    /// Counts one request of `source` (its label) with `outcome`.
+    pub fn increment(&self, source: &str, outcome: Outcome) {
+        add(self.requests.get(source).and_then(|m| m.get(&outcome)), 1);
+    }
+
+    /// Adds the response body bytes one request of `source` sent.
+    pub fn add_bytes(&self, source: &str, bytes: u64) {
+        add(
+            self.bytes.get(source),
+            i64::try_from(bytes).unwrap_or(i64::MAX),
         );
+    }
+
+    /// One more (`1`) or one fewer (`-1`) origin fetch of `source` in flight.
+    pub fn inflight(&self, source: &str, delta: i64) {
+        add(self.inflight.get(source), delta);
+    }
+
+    /// Counts one request of `source` whose signature `token` (its label) verified.
+    pub fn count_token(&self, source: &str, token: &str) {
+        add(self.tokens.get(source).and_then(|m| m.get(token)), 1);
     }
 }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ixproxy_core::config::{PluginConfig, RawPluginConfig, DEFAULT_TIMEOUT};
+use ixproxy_core::envoy::LOG_PROPERTIES;
 use ixproxy_core::Sources;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -42,8 +43,7 @@ impl RootContext for FilterRoot {
             return true;
         }
         if self.counters.is_none() {
-            self.counters = Some(Rc::new(Counters::define()));
-            declare_hop_property();
+            declare_properties();
         }
         match load_config(plugin_configuration_size) {
             Ok(PluginConfig { sources, timeout }) => {
@@ -51,6 +51,9 @@ impl RootContext for FilterRoot {
                     log::error!("ixproxy: cannot create the in-flight counters: {e}");
                     return false;
                 }
+                // Every series of this configuration's sources (a metric defined again by
+                // name is the same Envoy stat).
+                self.counters = Some(Rc::new(Counters::define(&sources)));
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
                 true
@@ -79,16 +82,24 @@ impl RootContext for FilterRoot {
     }
 }
 
-/// Declares the hop state property with the downstream-request life span so it survives
-/// Envoy's internal redirects. Without it (a host lacking `declare_property`) the state lives
-/// only as long as one filter chain: a redirect hop then looks like a client request and is
-/// refused, never let through unchecked.
-fn declare_hop_property() {
+/// Declares the hop state and the access log properties with the downstream-request life span
+/// so they survive Envoy's internal redirects. Without it (a host lacking `declare_property`)
+/// the hop state lives only as long as one filter chain: a redirect hop then looks like a
+/// client request and is refused, never let through unchecked.
+fn declare_properties() {
     if let Err(status) = hostcalls::call_foreign_function(
         "declare_property",
-        Some(&hop::declare_hop_property_args()),
+        Some(&hop::declare_property_args(hop::HOP_PROPERTY)),
     ) {
         log::warn!("ixproxy: cannot declare the hop state property: {status:?}; origin redirects will be refused");
+    }
+    for name in LOG_PROPERTIES {
+        if let Err(status) = hostcalls::call_foreign_function(
+            "declare_property",
+            Some(&hop::declare_property_args(name)),
+        ) {
+            log::warn!("ixproxy: cannot declare the access log property {name}: {status:?}");
+        }
     }
 }
 

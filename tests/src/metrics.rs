@@ -161,6 +161,36 @@ pub fn assert_outcome_counts<G: crate::Gateway>(gateway: &G, expected: &[(&str, 
     }
 }
 
+/// The value of the sample of metric `name` whose labels are exactly `labels` (in any order)
+/// in a Prometheus text exposition; `None` when there is no such sample. Both runtimes order
+/// labels their own way (the native gateway sorts them, Envoy keeps its tag rules' order).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut wanted: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    wanted.sort();
+    text.lines().map(str::trim).find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (found, value) = match rest.strip_prefix('{') {
+            Some(rest) => {
+                let (inside, value) = rest.split_once('}')?;
+                let mut found: Vec<(String, String)> = inside
+                    .split(',')
+                    .filter(|p| !p.trim().is_empty())
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+                    .collect();
+                found.sort();
+                (found, value)
+            }
+            None if rest.starts_with(' ') => (Vec::new(), rest),
+            None => return None,
+        };
+        (found == wanted).then(|| value.split_whitespace().next()?.parse().ok())?
+    })
+}
+
 /// Why [`await_deltas`] gave up.
 #[derive(Debug, Clone)]
 pub struct Mismatch {

@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn healthz_metrics_and_not_found() {
         let metrics = Metrics::new().expect("metrics");
-        metrics.count(ixproxy_core::Outcome::UnknownHost);
+        metrics.count("-", ixproxy_core::Outcome::UnknownHost);
         let app = AdminApp::new(metrics, None);
         let ok = app.respond("GET", "/healthz", None);
         assert_eq!(
@@ -134,7 +134,7 @@ mod tests {
         let m = app.respond("GET", "/metrics", None);
         assert_eq!(m.status(), StatusCode::OK);
         let text = String::from_utf8(m.body().clone()).expect("utf-8");
-        assert!(text.contains("ixproxy_requests_total{outcome=\"unknown_host\"} 1"));
+        assert!(text.contains("ixproxy_requests_total{outcome=\"unknown_host\",source=\"-\"} 1"));
         assert_eq!(
             m.headers()[header::CONTENT_LENGTH],
             m.body().len().to_string().as_str()

@@ -626,7 +626,9 @@ impl ProxyHttp for Gateway {
             return Err(ctx.fail(Rejection::internal(), "no forward decision".to_owned()));
         };
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, &auth)
+        rewrite_upstream_request(upstream_request, forward, &auth)?;
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -914,7 +916,7 @@ mod tests {
             host: "gw.example.com",
             target: &target,
         };
-        match decide(&sources, &info, NOW) {
+        match ixproxy_core::decide(&sources, &info, NOW) {
             Decision::Forward(f) => *f,
             Decision::Reject(r) => panic!("{url}: {r:?}"),
         }

@@ -90,6 +90,11 @@ impl EnvoyGateway {
         Ok((output.status.success() && log.contains("' OK"), log))
     }
 
+    /// Everything Envoy wrote so far (stdout, where its access log goes, and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+
     /// The address of Envoy's admin API (`/stats/prometheus`, `/listeners`, ...).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
