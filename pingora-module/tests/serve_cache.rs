@@ -232,7 +232,9 @@ fn a_second_request_is_a_hit_and_other_params_share_the_entry() {
     assert_eq!(cache_metric(&serve, "hit"), 4);
     assert_eq!(cache_metric(&serve, "miss"), 2);
     assert_eq!(
-        metric(&serve, "ixproxy_requests_total{outcome=\"forwarded\"}"),
+        serve
+            .outcome_count("forwarded")
+            .unwrap_or_else(|e| panic!("{e}")),
         8,
         "every hit is one forwarded outcome"
     );

@@ -306,3 +306,37 @@ fn metrics_name_the_source_and_the_token_that_verified() {
         "access_log: off still logs"
     );
 }
+
+#[test]
+fn text_access_lines_are_key_value() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let origin = RecordingOrigin::start().expect("origin");
+    let envoy = start(dir.path(), "access_log: text\n");
+    let url = format!("http://{}/asset/a.jpg", origin.http);
+    let signed = sign_url(OLD_TOKEN, &url, &[], &SignOptions::default());
+    let resp = fetch(&envoy, &request(&signed, &[("X-Request-ID", "text-1")]));
+    assert_eq!(resp.status, 200);
+    let started = Instant::now();
+    let line = loop {
+        let found = envoy
+            .log()
+            .lines()
+            .find(|l| l.contains("request_id=text-1"))
+            .map(str::to_owned);
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no line:\n{}", envoy.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.starts_with("ts="), "{line}");
+    for part in [
+        " client_ip=127.0.0.1 ",
+        " method=GET host=gw.test source=web.assets outcome=forwarded status=200 ",
+        &format!(" origin_host={} ", origin.http),
+        &format!(" bytes_sent={} ", resp.body.len()),
+        " cache=-",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line}");
+    }
+}
