@@ -5,7 +5,9 @@
 #    engine here);
 #  - the ixproxy configs (Docker, systemd, the Kubernetes ConfigMap's): `ixproxy check`, with
 #    their {file:} secrets pointed at placeholder files, and the files around them agreeing
-#    with them (deploy/tools/check_configs.py);
+#    with them; the Docker config served the way the image runs it, as far as that goes
+#    without a container engine: UID 65532, read-only root, tmpfs /tmp, healthcheck, SIGTERM
+#    (deploy/tools/check_configs.py; that part needs root, else it prints `skip`);
 #  - deploy/systemd/ixproxy.service: `systemd-analyze verify` (any message is a failure) and
 #    `systemd-analyze security --offline=true` (exposure at most SYSTEMD_MAX_EXPOSURE). verify
 #    insists that ExecStart's binary exists, so it checks a copy whose /usr/local/bin/ixproxy is

@@ -10,16 +10,26 @@
   directory the Deployment mounts it at; the config is mounted where the container's `-c`
   points; terminationGracePeriodSeconds covers preStop + server.grace_period + shutdown;
 - systemd: TimeoutStopSec covers server.grace_period + shutdown, and each credential the config
-  names is loaded by the unit (LoadCredential=).
+  names is loaded by the unit (LoadCredential=);
+- the image's runtime conditions, as far as they can be had without a container engine (as
+  root, with util-linux's unshare and setpriv): `ixproxy serve` on the Docker config runs as
+  UID/GID 65532 in a mount namespace whose root filesystem is read-only and whose /tmp is an
+  empty tmpfs, answers `ixproxy healthcheck`, writes nothing into /tmp, and exits 0 on SIGTERM.
+  The copy listens on 127.0.0.1 port 0 (never a fixed port) with a 1 s grace period.
 
 Prints one line per check (`ok   ...` or `FAIL ...: why`); exits 1 if any failed. Needs PyYAML
 (installed in .venv with kubernetes-validate).
 """
 
+import os
+import queue
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -157,9 +167,103 @@ def check_systemd(binary):
     report("systemd: unit and config agree", "; ".join(problems))
 
 
+# The line `ixproxy serve` prints once both listeners are bound.
+SERVE_LINE = re.compile(r"^ixproxy: gateway on http://(\S+), admin on http://(\S+) ")
+# How long the sandboxed gateway may take to start, and to stop after SIGTERM.
+SERVE_TIMEOUT = 15
+# The image's user (distroless "nonroot").
+IMAGE_UID = 65532
+
+
+def check_read_only_root(binary):
+    """The Docker config served as the image runs it: UID 65532, read-only root, tmpfs /tmp."""
+    name = f"docker/ixproxy.yaml served as UID {IMAGE_UID}, read-only root, tmpfs /tmp"
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        print(f"skip {name}: needs root and util-linux's unshare and setpriv")
+        return
+    binary = str(Path(binary).resolve())
+    # Not under /tmp: the sandbox gets an empty /tmp of its own.
+    work = Path(binary).parent
+    with tempfile.TemporaryDirectory(prefix="ixproxy-readonly-", dir=work) as tmp:
+        root = Path(tmp)
+        root.chmod(0o755)
+
+        def placeholder(match):
+            path = root / match.group(1).lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o755)
+            path.write_text(PLACEHOLDER + "\n")
+            path.chmod(0o644)
+            return "{file: " + str(path) + "}"
+
+        text = FILE_SECRET.sub(placeholder, (DEPLOY / "docker/ixproxy.yaml").read_text())
+        text = re.sub(r"(?m)^listen: .*$", "listen: 127.0.0.1:0", text)
+        text = re.sub(r"(?m)^admin_listen: .*$", "admin_listen: 127.0.0.1:0", text)
+        text = re.sub(r"(?m)^(\s+grace_period:) .*$", r"\1 1s", text)
+        config = root / "ixproxy.yaml"
+        config.write_text(text)
+        config.chmod(0o644)
+        script = (
+            "mount --bind -o ro / / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
+            f"exec setpriv --reuid={IMAGE_UID} --regid={IMAGE_UID} --clear-groups -- "
+            f'"{binary}" serve -c "{config}"'
+        )
+        # unshare and sh exec into the gateway, so this pid is the gateway's.
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines = queue.Queue()
+        log = []
+
+        def read():
+            for line in proc.stderr:
+                log.append(line.rstrip())
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        problem = None
+        try:
+            admin = None
+            while admin is None:
+                line = lines.get(timeout=SERVE_TIMEOUT)
+                if line is None:
+                    raise RuntimeError("exited before serving")
+                match = SERVE_LINE.match(line)
+                admin = match and match.group(2)
+            probe = subprocess.run(
+                [binary, "healthcheck", "--admin", admin],
+                capture_output=True,
+                text=True,
+                timeout=SERVE_TIMEOUT,
+                check=False,
+            )
+            if probe.returncode != 0:
+                raise RuntimeError(probe.stderr.strip())
+            written = os.listdir(f"/proc/{proc.pid}/root/tmp")
+            if written:
+                raise RuntimeError(f"wrote into /tmp: {written}")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=SERVE_TIMEOUT)
+            if code != 0:
+                raise RuntimeError(f"exit code {code} after SIGTERM")
+        except (RuntimeError, queue.Empty, subprocess.TimeoutExpired) as e:
+            problem = f"{e or 'timed out'}; log: {' | '.join(log[-5:])}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        report(name, problem)
+
+
 def main():
     binary = sys.argv[1]
     ixproxy_check(binary, "docker/ixproxy.yaml", (DEPLOY / "docker/ixproxy.yaml").read_text())
+    check_read_only_root(binary)
     check_systemd(binary)
     check_kubernetes(binary)
     sys.exit(1 if failures else 0)
