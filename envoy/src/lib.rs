@@ -454,6 +454,7 @@ mod tests {
     use std::time::Duration;
 
     use ixproxy_core::config::MapSecrets;
+    use ixproxy_core::envoy::UPSTREAM_ROOT_ID;
 
     use super::testing::{generate_ok, wasm_config, CONFIG};
     use super::*;
@@ -655,6 +656,28 @@ mod tests {
             "envoy/envoy.yaml is stale; regenerate it with\n  ixproxy envoy-config -c envoy/ixproxy.yaml \
              --wasm /etc/envoy/ixproxy_filter.wasm > envoy/envoy.yaml"
         );
+    }
+
+    #[test]
+    fn envoy_gateway_example_carries_a_valid_plugin_configuration() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = dir.join("../deploy/envoy-gateway/envoyextensionpolicy.yaml");
+        let text = std::fs::read_to_string(path).expect("read");
+        let policy: Value = serde_yaml::from_str(&text).expect("envoyextensionpolicy.yaml parses");
+        assert_eq!(policy["kind"], "EnvoyExtensionPolicy");
+        let wasm = &policy["spec"]["wasm"][0];
+        assert_ne!(
+            wasm["rootID"], UPSTREAM_ROOT_ID,
+            "the main role, not the upstream one"
+        );
+        let json = serde_json::to_string(&wasm["config"]).expect("to json");
+        let mut secrets = MapSecrets::new();
+        for key in wasm["env"]["hostKeys"].as_sequence().expect("hostKeys") {
+            secrets = secrets.with_env(key.as_str().expect("key"), "placeholder");
+        }
+        RawPluginConfig::from_json(&json)
+            .and_then(|raw| raw.validate(&secrets))
+            .unwrap_or_else(|e| panic!("config is not what the filter accepts: {e}"));
     }
 
     #[test]

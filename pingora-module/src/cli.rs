@@ -1,12 +1,17 @@
-//! The `check`, `sign`, `verify`, `verify-origin` and `envoy-config` subcommands (README: Command line); the
-//! bootstrap itself is rendered by the `ixproxy-envoy-config` crate.
+//! The `check`, `sign`, `verify`, `verify-origin`, `envoy-config` and `healthcheck` subcommands
+//! (README: Command line); the bootstrap itself is rendered by the `ixproxy-envoy-config` crate.
 
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use ixproxy_core::auth::verify_origin_signature;
-use ixproxy_core::config::{warnings, ConfigWarning};
+use ixproxy_core::config::{
+    parse_duration, warnings, ConfigWarning, RawConfig, DEFAULT_ADMIN_LISTEN,
+};
 use ixproxy_core::expires::check_target_expires;
 use ixproxy_core::origin::decode_origin;
 use ixproxy_core::sign::{sign_url, SignOptions};
@@ -36,6 +41,26 @@ pub struct EnvoyConfigArgs {
     /// (default: refuse them; write `{env: NAME}` instead).
     #[arg(long)]
     pub allow_literal_secrets: bool,
+}
+
+/// `ixproxy healthcheck`: one `GET` on the admin listener, for container and orchestrator probes
+/// (a distroless image has no curl).
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Config file whose `admin_listen` is probed; only that field is used (no secret is
+    /// resolved, so a probe does not fail because a secret file is unreadable).
+    #[arg(short, long, conflicts_with = "admin")]
+    pub config: Option<PathBuf>,
+    /// Admin address to probe (default: `admin_listen`'s default, 127.0.0.1:9901). An
+    /// unspecified address (0.0.0.0, [::]) is probed on loopback.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Path to GET: `/healthz` (the process is alive) or `/readyz` (it takes traffic).
+    #[arg(long, default_value = "/healthz", value_parser = parse_probe_path)]
+    pub path: String,
+    /// Bound on the whole probe: connect, request and status line.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// `ixproxy sign`.
@@ -91,6 +116,17 @@ pub struct VerifyOriginArgs {
     /// Allowed clock skew in seconds.
     #[arg(long, default_value_t = 300)]
     pub max_skew: u64,
+}
+
+/// An origin-form request target: `/`, then visible ASCII only (it goes on the request line).
+fn parse_probe_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected a path such as /healthz (a `/`, then visible ASCII), got {s:?}"
+        ))
+    }
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -259,5 +295,192 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The longest status line the probe reads before giving up on the answer.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// GETs `--path` on the admin listener; exit 0 when it answers 200 in time, 1 otherwise, with
+/// one line saying why (stdout on success, stderr on failure).
+pub fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let addr = match probe_address(args) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = format!("http://{addr}{}", args.path);
+    match probe(addr, &args.path, args.timeout) {
+        Ok(line) if status_code(&line) == Some(200) => {
+            println!("healthy: {url}: {line}");
+            ExitCode::SUCCESS
+        }
+        Ok(line) if status_code(&line).is_some() => {
+            eprintln!("unhealthy: {url}: {line}");
+            ExitCode::FAILURE
+        }
+        Ok(line) => {
+            eprintln!("unhealthy: {url}: not an HTTP response: {line:?}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--admin`, or the config's `admin_listen`, or the default; an unspecified IP becomes the
+/// loopback address of its family.
+fn probe_address(args: &HealthcheckArgs) -> Result<SocketAddr, String> {
+    let mut addr = match (&args.admin, &args.config) {
+        (Some(addr), _) => *addr,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let raw =
+                RawConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|_| format!("admin_listen: `{text}` is not a socket address"))?;
+            if addr.port() == 0 {
+                return Err(format!(
+                    "admin_listen: port 0 in {} (any free port): give the bound address with --admin",
+                    path.display()
+                ));
+            }
+            addr
+        }
+        (None, None) => DEFAULT_ADMIN_LISTEN
+            .parse()
+            .map_err(|_| "the default admin address does not parse".to_owned())?,
+    };
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
+        _ => {}
+    }
+    Ok(addr)
+}
+
+/// Sends `GET path` and returns the response's status line (without CRLF), all within
+/// `timeout`.
+fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("no answer within {timeout:?}"))
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, left()?).map_err(|e| format!("cannot connect: {e}"))?;
+    let timed_out = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {timeout:?}")
+        }
+        _ => e.to_string(),
+    };
+    stream
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ixproxy-healthcheck\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send the request: {}", timed_out(e)))?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 256];
+    // Each read waits at most what is left of the deadline and the answer is capped, so this
+    // ends within `timeout` having read at most MAX_STATUS_LINE bytes.
+    while !answer.contains(&b'\n') && answer.len() < MAX_STATUS_LINE {
+        stream
+            .set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) if answer.is_empty() => return Err("connection closed without an answer".into()),
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
+    let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    Ok(line.trim_end_matches('\r').chars().take(120).collect())
+}
+
+/// The status code of an `HTTP/1.x NNN reason` line.
+fn status_code(line: &str) -> Option<u16> {
+    let rest = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
+    let code = rest.get(..3)?;
+    let after = rest.get(3..)?;
+    if code.bytes().all(|b| b.is_ascii_digit()) && (after.is_empty() || after.starts_with(' ')) {
+        code.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_come_only_from_http_status_lines() {
+        assert_eq!(status_code("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_code("HTTP/1.0 503 Service Unavailable"), Some(503));
+        assert_eq!(status_code("HTTP/1.1 204"), Some(204));
+        for line in [
+            "",
+            "SSH-2.0-OpenSSH",
+            "HTTP/1.1 2000 OK",
+            "HTTP/1.1 20x",
+            "HTTP/2 200",
+        ] {
+            assert_eq!(status_code(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn probe_paths_must_be_request_targets() {
+        assert_eq!(parse_probe_path("/readyz").as_deref(), Ok("/readyz"));
+        for bad in ["healthz", "/a b", "/a\r\nX: y", ""] {
+            assert!(parse_probe_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn args(admin: Option<&str>, config: Option<PathBuf>) -> HealthcheckArgs {
+        HealthcheckArgs {
+            config,
+            admin: admin.map(|a| a.parse().expect("addr")),
+            path: "/healthz".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn unspecified_addresses_are_probed_on_loopback() {
+        for (given, probed) in [
+            ("0.0.0.0:9901", "127.0.0.1:9901"),
+            ("[::]:9", "[::1]:9"),
+            ("10.1.2.3:80", "10.1.2.3:80"),
+        ] {
+            assert_eq!(
+                probe_address(&args(Some(given), None)).map(|a| a.to_string()),
+                Ok(probed.to_owned())
+            );
+        }
+        assert_eq!(
+            probe_address(&args(None, None)).map(|a| a.to_string()),
+            Ok(DEFAULT_ADMIN_LISTEN.to_owned())
+        );
     }
 }

@@ -30,6 +30,9 @@ enum Command {
     VerifyOrigin(cli::VerifyOriginArgs),
     /// Print a complete Envoy bootstrap running the ixproxy Wasm filter for the same config.
     EnvoyConfig(cli::EnvoyConfigArgs),
+    /// GET /healthz (or --path) on the admin listener: exit 0 on 200, 1 otherwise with the
+    /// reason (for container HEALTHCHECKs and probes).
+    Healthcheck(cli::HealthcheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +43,6 @@ fn main() -> ExitCode {
         Command::Sign(args) => cli::sign(&args),
         Command::Verify(args) => cli::verify_target(&args),
         Command::VerifyOrigin(args) => cli::verify_origin(&args),
+        Command::Healthcheck(args) => cli::healthcheck(&args),
     }
 }

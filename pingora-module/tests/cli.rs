@@ -1,6 +1,12 @@
 //! The `ixproxy` command line as a user runs it.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ixproxy_conformance::ServeProcess;
 
 const BLUEPRINT: &str =
     "/http%3A%2F%2Favatars.com%2Fjohn-smith.png?s=493a52f008c91416351f8b33d4883135";
@@ -353,4 +359,133 @@ fn envoy_config_refuses_literal_secrets_unless_allowed() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A gateway whose admin listener the healthcheck probes; port 0, so the test reads the bound
+/// address from the process.
+fn serve() -> ServeProcess {
+    let config = "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nsources:\n  - name: a\n    \
+                  hosts: [a.test]\n    secure_url_tokens: [tok-a]\n";
+    ServeProcess::start_temp(Path::new(env!("CARGO_BIN_EXE_ixproxy")), config, &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `ixproxy healthcheck <args>`, and how long it took.
+fn healthcheck(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut all = vec!["healthcheck"];
+    all.extend(args);
+    let out = ixproxy(&all);
+    (out, started.elapsed())
+}
+
+/// Asserts a failed probe: exit 1, nothing on stdout, one line on stderr containing `reason`.
+fn assert_unhealthy(out: &Output, reason: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(stdout(out).is_empty(), "{}", stdout(out));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("unhealthy: ") && err.contains(reason),
+        "{err}"
+    );
+}
+
+#[test]
+fn healthcheck_passes_on_a_serving_gateway_by_address_and_by_config() {
+    let gateway = serve();
+    let admin = gateway.admin().to_string();
+    let (out, _) = healthcheck(&["--admin", &admin]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("healthy: http://{admin}/healthz: HTTP/1.1 200 OK\n")
+    );
+
+    // From the config's admin_listen; an unspecified address is probed on loopback, and the
+    // config's secrets are not resolved (this variable is not set).
+    let port = gateway.admin().port();
+    let yaml = format!(
+        "listen: 0.0.0.0:8080\nadmin_listen: 0.0.0.0:{port}\nsources:\n  - name: a\n    \
+         hosts: [a.test]\n    secure_url_tokens: [{{env: IXPROXY_TEST_SECRET}}]\n"
+    );
+    let out = with_config("health", &yaml, "healthcheck", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("healthy: http://127.0.0.1:{port}/healthz: ")),
+        "{}",
+        stdout(&out)
+    );
+
+    // --path: another admin path that answers 200, and one that does not.
+    let (out, _) = healthcheck(&["--admin", &admin, "--path", "/metrics"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (out, _) = healthcheck(&["--admin", &admin, "--path", "/no-such-path"]);
+    assert_unhealthy(&out, &format!("http://{admin}/no-such-path: HTTP/1.1 404"));
+}
+
+#[test]
+fn healthcheck_fails_on_a_closed_port() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let admin = format!("127.0.0.1:{port}");
+    let (out, took) = healthcheck(&["--admin", &admin]);
+    assert_unhealthy(&out, &format!("http://{admin}/healthz: cannot connect: "));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn healthcheck_gives_up_on_a_silent_listener_within_its_timeout() {
+    // Connections complete in the kernel's backlog; nothing ever answers.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = listener.local_addr().expect("addr").to_string();
+    let (out, took) = healthcheck(&["--admin", &admin, "--timeout", "300ms"]);
+    assert_unhealthy(&out, "no answer within 300ms");
+    assert!(
+        (Duration::from_millis(300)..Duration::from_secs(5)).contains(&took),
+        "took {took:?}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn healthcheck_refuses_an_answer_that_is_not_http() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = listener.local_addr().expect("addr").to_string();
+    // One connection, answered with a banner that is not HTTP; the accept is bounded by the
+    // probe's own connect (it connects once).
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut request = [0u8; 512];
+        let _ = conn.read(&mut request);
+        let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
+    });
+    let (out, _) = healthcheck(&["--admin", &admin, "--timeout", "5s"]);
+    server.join().expect("server thread");
+    assert_unhealthy(&out, "not an HTTP response: \"SSH-2.0-OpenSSH_9.2\"");
+}
+
+#[test]
+fn healthcheck_refuses_a_port_zero_admin_listen_and_bad_arguments() {
+    let out = with_config(
+        "health-port0",
+        "admin_listen: 127.0.0.1:0\nsources: [{name: a, hosts: [a.test], secure_url_tokens: [t]}]\n",
+        "healthcheck",
+        &[],
+    );
+    assert_unhealthy(&out, "admin_listen: port 0");
+    let out = with_config(
+        "health-bad",
+        "admin_listen: nowhere\nsources: [{name: a, hosts: [a.test], secure_url_tokens: [t]}]\n",
+        "healthcheck",
+        &[],
+    );
+    assert_unhealthy(&out, "admin_listen");
+    // A path that would break the request line is refused by the argument parser (exit 2).
+    let (out, _) = healthcheck(&["--admin", "127.0.0.1:1", "--path", "healthz"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

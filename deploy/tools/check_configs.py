@@ -1,0 +1,273 @@
+"""Checks the ixproxy configs that deploy/ ships, and that the files around them agree with them.
+
+    python deploy/tools/check_configs.py IXPROXY_BIN
+
+- `ixproxy check` on deploy/docker/ixproxy.yaml, deploy/systemd/ixproxy.yaml and the config
+  embedded in deploy/kubernetes/configmap.yaml. Their `{file: PATH}` secrets name paths of the
+  target machine (/run/secrets/..., /run/credentials/...), so each is checked as a copy whose
+  paths point at placeholder files in a temporary directory;
+- Kubernetes: every secret file the config names is a key of the Secret and lies in the
+  directory the Deployment mounts it at; the config is mounted where the container's `-c`
+  points; terminationGracePeriodSeconds covers preStop + server.grace_period + shutdown;
+- systemd: TimeoutStopSec covers server.grace_period + shutdown, and each credential the config
+  names is loaded by the unit (LoadCredential=);
+- the image's runtime conditions, as far as they can be had without a container engine (as
+  root, with util-linux's unshare and setpriv): `ixproxy serve` on the Docker config runs as
+  UID/GID 65532 in a mount namespace whose root filesystem is read-only and whose /tmp is an
+  empty tmpfs, answers `ixproxy healthcheck`, writes nothing into /tmp, and exits 0 on SIGTERM.
+  The copy listens on 127.0.0.1 port 0 (never a fixed port) with a 1 s grace period.
+
+Prints one line per check (`ok   ...` or `FAIL ...: why`); exits 1 if any failed. Needs PyYAML
+(installed in .venv with kubernetes-validate).
+"""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent
+FILE_SECRET = re.compile(r"\{file:\s*([^\s},]+)\s*\}")
+# Pingora's runtime shutdown after the grace period (serve's SHUTDOWN_SECONDS), plus margin.
+SHUTDOWN_SECONDS = 1
+# Placeholder secret values: long enough for the token-length warning, short enough for
+# request_signing_key (at most 32 characters).
+PLACEHOLDER = "placeholder-secret-0123456789ab"
+
+failures = 0
+
+
+def report(name, problem=None):
+    """Prints one result line and counts failures."""
+    global failures
+    if problem:
+        failures += 1
+        print(f"FAIL {name}: {problem}")
+    else:
+        print(f"ok   {name}")
+
+
+def seconds(text):
+    """A config or systemd duration (`5s`, `500ms`, `1m`, or bare seconds) in seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)?", str(text).strip())
+    if not match:
+        raise ValueError(f"unreadable duration {text!r}")
+    factor = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[match.group(2)]
+    return int(match.group(1)) * factor
+
+
+def grace_period(config_text):
+    """server.grace_period of a config, in seconds (default 5 s)."""
+    server = (yaml.safe_load(config_text) or {}).get("server") or {}
+    return seconds(server.get("grace_period", "5s"))
+
+
+def ixproxy_check(binary, name, config_text):
+    """`ixproxy check` on a copy of the config whose file secrets point at placeholders."""
+    with tempfile.TemporaryDirectory(prefix="ixproxy-deploy-") as tmp:
+        root = Path(tmp)
+
+        def placeholder(match):
+            path = root / match.group(1).lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(PLACEHOLDER + "\n")
+            return "{file: " + str(path) + "}"
+
+        copy = root / "ixproxy.yaml"
+        copy.write_text(FILE_SECRET.sub(placeholder, config_text))
+        run = subprocess.run(
+            [binary, "check", "-c", str(copy)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        problem = None
+        if run.returncode != 0:
+            problem = (run.stderr or run.stdout).strip().replace(str(root), "")
+        report(f"ixproxy check {name}", problem)
+
+
+def documents(path):
+    """The Kubernetes objects of a manifest, by kind."""
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(path.read_text()) if doc}
+
+
+def check_kubernetes(binary):
+    """The ConfigMap's config, and the Deployment and Secret around it."""
+    k8s = DEPLOY / "kubernetes"
+    configmap = documents(k8s / "configmap.yaml")["ConfigMap"]
+    secret = documents(k8s / "secret.yaml")["Secret"]
+    deployment = documents(k8s / "deployment.yaml")["Deployment"]
+    config_key, config_text = next(iter(configmap["data"].items()))
+    ixproxy_check(binary, f"kubernetes/configmap.yaml ({config_key})", config_text)
+
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    problems = []
+
+    config_dirs = [
+        mounts[name]
+        for name, v in volumes.items()
+        if v.get("configMap", {}).get("name") == configmap["metadata"]["name"]
+    ]
+    args = container.get("args", [])
+    config_arg = args[args.index("-c") + 1] if "-c" in args else None
+    if config_arg not in [f"{d}/{config_key}" for d in config_dirs]:
+        problems.append(f"-c {config_arg} is not {config_key} of a mounted ConfigMap")
+
+    secret_dirs = [
+        mounts[name]
+        for name, v in volumes.items()
+        if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]
+    ]
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    for path in FILE_SECRET.findall(config_text):
+        directory, _, key = path.rpartition("/")
+        if directory not in secret_dirs or key not in keys:
+            problems.append(f"{{file: {path}}} is not a key of the mounted Secret")
+
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
+    needed = pre_stop.get("seconds", 0) + grace_period(config_text) + SHUTDOWN_SECONDS
+    termination = pod.get("terminationGracePeriodSeconds", 30)
+    if termination <= needed:
+        problems.append(
+            f"terminationGracePeriodSeconds {termination} <= preStop + grace_period + "
+            f"{SHUTDOWN_SECONDS} s = {needed}"
+        )
+    report("kubernetes: Deployment, Secret and ConfigMap agree", "; ".join(problems))
+
+
+def check_systemd(binary):
+    """The unit's example config, and the unit's stop timeout and credentials."""
+    config_text = (DEPLOY / "systemd/ixproxy.yaml").read_text()
+    ixproxy_check(binary, "systemd/ixproxy.yaml", config_text)
+    unit = (DEPLOY / "systemd/ixproxy.service").read_text()
+    settings = re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE)
+    problems = []
+    stop = [value for key, value in settings if key == "TimeoutStopSec"]
+    needed = grace_period(config_text) + SHUTDOWN_SECONDS
+    if not stop or seconds(stop[-1]) <= needed:
+        problems.append(f"TimeoutStopSec must exceed grace_period + {SHUTDOWN_SECONDS} s")
+    credentials = {value.split(":", 1)[0] for key, value in settings if key == "LoadCredential"}
+    for path in FILE_SECRET.findall(config_text):
+        directory, _, name = path.rpartition("/")
+        if directory != "/run/credentials/ixproxy.service" or name not in credentials:
+            problems.append(f"{{file: {path}}} is not a LoadCredential= of the unit")
+    report("systemd: unit and config agree", "; ".join(problems))
+
+
+# The line `ixproxy serve` prints once both listeners are bound.
+SERVE_LINE = re.compile(r"^ixproxy: gateway on http://(\S+), admin on http://(\S+) ")
+# How long the sandboxed gateway may take to start, and to stop after SIGTERM.
+SERVE_TIMEOUT = 15
+# The image's user (distroless "nonroot").
+IMAGE_UID = 65532
+
+
+def check_read_only_root(binary):
+    """The Docker config served as the image runs it: UID 65532, read-only root, tmpfs /tmp."""
+    name = f"docker/ixproxy.yaml served as UID {IMAGE_UID}, read-only root, tmpfs /tmp"
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        print(f"skip {name}: needs root and util-linux's unshare and setpriv")
+        return
+    binary = str(Path(binary).resolve())
+    # Not under /tmp: the sandbox gets an empty /tmp of its own.
+    work = Path(binary).parent
+    with tempfile.TemporaryDirectory(prefix="ixproxy-readonly-", dir=work) as tmp:
+        root = Path(tmp)
+        root.chmod(0o755)
+
+        def placeholder(match):
+            path = root / match.group(1).lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o755)
+            path.write_text(PLACEHOLDER + "\n")
+            path.chmod(0o644)
+            return "{file: " + str(path) + "}"
+
+        text = FILE_SECRET.sub(placeholder, (DEPLOY / "docker/ixproxy.yaml").read_text())
+        text = re.sub(r"(?m)^listen: .*$", "listen: 127.0.0.1:0", text)
+        text = re.sub(r"(?m)^admin_listen: .*$", "admin_listen: 127.0.0.1:0", text)
+        text = re.sub(r"(?m)^(\s+grace_period:) .*$", r"\1 1s", text)
+        config = root / "ixproxy.yaml"
+        config.write_text(text)
+        config.chmod(0o644)
+        script = (
+            "mount --bind -o ro / / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
+            f"exec setpriv --reuid={IMAGE_UID} --regid={IMAGE_UID} --clear-groups -- "
+            f'"{binary}" serve -c "{config}"'
+        )
+        # unshare and sh exec into the gateway, so this pid is the gateway's.
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines = queue.Queue()
+        log = []
+
+        def read():
+            for line in proc.stderr:
+                log.append(line.rstrip())
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        problem = None
+        try:
+            admin = None
+            while admin is None:
+                line = lines.get(timeout=SERVE_TIMEOUT)
+                if line is None:
+                    raise RuntimeError("exited before serving")
+                match = SERVE_LINE.match(line)
+                admin = match and match.group(2)
+            probe = subprocess.run(
+                [binary, "healthcheck", "--admin", admin],
+                capture_output=True,
+                text=True,
+                timeout=SERVE_TIMEOUT,
+                check=False,
+            )
+            if probe.returncode != 0:
+                raise RuntimeError(probe.stderr.strip())
+            written = os.listdir(f"/proc/{proc.pid}/root/tmp")
+            if written:
+                raise RuntimeError(f"wrote into /tmp: {written}")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=SERVE_TIMEOUT)
+            if code != 0:
+                raise RuntimeError(f"exit code {code} after SIGTERM")
+        except (RuntimeError, queue.Empty, subprocess.TimeoutExpired) as e:
+            problem = f"{e or 'timed out'}; log: {' | '.join(log[-5:])}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        report(name, problem)
+
+
+def main():
+    binary = sys.argv[1]
+    ixproxy_check(binary, "docker/ixproxy.yaml", (DEPLOY / "docker/ixproxy.yaml").read_text())
+    check_read_only_root(binary)
+    check_systemd(binary)
+    check_kubernetes(binary)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
