@@ -183,6 +183,51 @@ fn an_invalid_reload_keeps_the_running_config_and_names_the_field() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_download_in_flight_finishes_under_its_config_across_a_reload() {
+    let dir = work_dir("reload-in-flight");
+    let token_file = dir.join("token.txt");
+    std::fs::write(&token_file, NEW_TOKEN).expect("token");
+    let origin = ScriptedOrigin::start(answer_slowly).expect("origin");
+    let url = origin.url("/slow.bin");
+    let serve = ServeProcess::start(bin(), &config("", &token_file), &[], &dir)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listen = serve.listen();
+    let download = {
+        let req = signed_get(OLD_TOKEN, &url);
+        std::thread::spawn(move || send(listen, &req, TIMEOUT))
+    };
+    let started = Instant::now();
+    while origin.heads("/slow.bin").is_empty() {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the origin never got the request"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The new config drops the token the download was signed with and shortens the body
+    // pause below the origin's: neither applies to the request already in flight.
+    let reloaded = config("upstream: {body_timeout: 100ms}\n", &token_file)
+        .replace(&format!("[{OLD_TOKEN}, "), "[");
+    std::fs::write(serve.config_path(), reloaded).expect("config");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_sample(&serve, RELOAD_OK, 1);
+    let body = download
+        .join()
+        .expect("download thread")
+        .unwrap_or_else(|e| panic!("download: {e}"));
+    assert_eq!(
+        (body.status, body.body.len()),
+        (200, CHUNK * CHUNKS),
+        "the whole body"
+    );
+    // New requests use the new config.
+    let again = send(listen, &signed_get(OLD_TOKEN, &url), TIMEOUT).expect("after");
+    assert_eq!(again.status, 403, "the dropped token is refused now");
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn readyz(admin: SocketAddr) -> Option<u16> {
     send(
         admin,
