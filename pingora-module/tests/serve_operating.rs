@@ -383,6 +383,9 @@ fn an_upgrade_takes_the_sockets_over_without_a_failed_request() {
         std::thread::spawn(move || request_loop(listen, req, stop))
     };
 
+    // The loop runs through the old process before the upgrade starts.
+    await_sample(&old, "ixproxy_requests_total{outcome=\"forwarded\"}", 10);
+
     // The new process names the ports the old one serves (port 0 would be ambiguous).
     let new_config = config(extra, &token_file).replacen(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n",
