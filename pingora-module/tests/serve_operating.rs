@@ -326,6 +326,13 @@ fn server_threads_is_reported_at_start() {
         .find(|l| l.starts_with("ixproxy: gateway on"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.ends_with(", 3 threads"), "{line}");
+    // Pingora names each worker thread of a service after it.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.pid())).expect("tasks");
+    let workers = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "gateway")
+        .count();
+    assert_eq!(workers, 3, "gateway worker threads");
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -457,5 +464,48 @@ fn an_upgrade_takes_the_sockets_over_without_a_failed_request() {
     );
     assert_eq!(readyz(admin), Some(200), "the new process is ready");
     drop(new);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_upgrade_with_no_running_instance_exits_with_the_reason() {
+    let dir = work_dir("upgrade-alone");
+    let token_file = dir.join("token.txt");
+    std::fs::write(&token_file, NEW_TOKEN).expect("token");
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, config("", &token_file)).expect("config");
+    let sock = dir.join("nobody.sock");
+    let mut child = std::process::Command::new(bin())
+        .arg("serve")
+        .arg("-c")
+        .arg(&path)
+        .arg("-u")
+        .arg("--upgrade-sock")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Pingora waits about five seconds for the sockets.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve -u kept waiting with nobody to take over from");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: upgrade: no listening sockets received on {}",
+            sock.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
