@@ -18,6 +18,7 @@ use crate::secret::Secret;
 
 mod hosts;
 mod operating;
+mod reload;
 mod secrets;
 mod validate;
 mod warnings;
@@ -25,6 +26,7 @@ mod warnings;
 pub use operating::{
     AccessLogFormat, Operating, RawServer, RawTls, TlsFiles, DEFAULT_GRACE_PERIOD, MAX_THREADS,
 };
+pub use reload::{restart_required, ReloadResult};
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
     parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CACHE_MAX_BYTES,

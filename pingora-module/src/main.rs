@@ -37,7 +37,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(args.config.as_deref()),
+        Command::Serve(args) => serve::run(&args),
         Command::EnvoyConfig(args) => cli::envoy_config(&args),
         Command::Check(args) => cli::check(&args),
         Command::Sign(args) => cli::sign(&args),

@@ -261,6 +261,63 @@ pub fn send_keep_alive(
     Ok(responses)
 }
 
+/// One keep-alive connection on which requests are sent one at a time, whenever the caller
+/// wants (for checks that something changes between two requests of the same connection).
+pub struct KeepAlive {
+    stream: TcpStream,
+    raw: Vec<u8>,
+    timeout: Duration,
+}
+
+impl KeepAlive {
+    /// Connects to `addr`; every later exchange must complete within `timeout`.
+    ///
+    /// # Errors
+    /// Connect errors.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, HarnessError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| HarnessError::io(format!("connect {addr}"), e))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| HarnessError::io("set timeout", e))?;
+        Ok(KeepAlive {
+            stream,
+            raw: Vec::new(),
+            timeout,
+        })
+    }
+
+    /// Sends `req` with `Connection: keep-alive` and reads its response.
+    ///
+    /// # Errors
+    /// I/O, timeout or parse errors; [`HarnessError::Incomplete`] when the server closed the
+    /// connection.
+    pub fn send(&mut self, req: &RawRequest) -> Result<RawResponse, HarnessError> {
+        write_request(&mut self.stream, req, false)?;
+        let deadline = Instant::now() + self.timeout;
+        read_response(
+            &mut self.stream,
+            &mut self.raw,
+            req,
+            deadline,
+            &mut |s: &mut TcpStream, d| {
+                s.set_read_timeout(Some(d))
+                    .map_err(|e| HarnessError::io("set timeout", e))
+            },
+        )
+    }
+
+    /// The local address of the connection (the same one for every request sent on it).
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> Result<SocketAddr, HarnessError> {
+        self.stream
+            .local_addr()
+            .map_err(|e| HarnessError::io("local address", e))
+    }
+}
+
 fn write_request<S: Write>(
     stream: &mut S,
     req: &RawRequest,

@@ -326,7 +326,11 @@ fn text_access_lines_are_key_value() {
         if let Some(line) = found {
             break line;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no line:\n{}", envoy.log_tail());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no line:\n{}",
+            envoy.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(line.starts_with("ts="), "{line}");

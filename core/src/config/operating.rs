@@ -76,7 +76,9 @@ pub struct TlsFiles {
 pub struct Operating {
     /// Worker threads; `None` = one per core.
     pub threads: Option<usize>,
-    /// On SIGTERM (and after an upgrade's hand-over): how long in-flight requests may finish.
+    /// On SIGTERM: how long the listeners keep serving after `/readyz` turned 503, then how
+    /// long requests in flight may finish once they closed (README: Readiness and draining);
+    /// after an upgrade's hand-over, the latter only.
     pub grace_period: Duration,
     /// HTTPS on `listen` (HTTP/2 offered through ALPN); `None` = plain HTTP.
     pub tls: Option<TlsFiles>,

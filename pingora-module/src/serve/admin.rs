@@ -1,5 +1,8 @@
-//! The admin listener: `/healthz` for readiness checks, `/metrics` for Prometheus and, with
-//! the response cache on, `POST /cache/purge?url=…`.
+//! The admin listener: `/healthz` (alive), `/readyz` (serving, or draining), `/metrics` for
+//! Prometheus and, with the response cache on, `POST /cache/purge?url=…`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -8,30 +11,56 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use super::cache::ResponseCache;
+use super::live::LiveConfig;
 use super::metrics::Metrics;
 
-/// What a purge needs: the cache and the names of every source (a purge removes the URL's
-/// entry under each).
+/// What a purge needs: the cache and the current sources (a purge removes the URL's entry
+/// under each source's name).
 pub struct Purger {
     /// The gateway's cache.
     pub cache: ResponseCache,
-    /// Every source's name.
-    pub sources: Vec<String>,
+    /// The reloadable config, for the names of the sources served now.
+    pub live: LiveConfig,
+}
+
+/// Whether the process takes new work: `/readyz` answers 200 until a drain starts (SIGTERM, or
+/// SIGQUIT when a new process takes over), 503 from then on. Shared by the admin app and the
+/// signal watch; a drain never ends.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    pub fn drain(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a drain has started.
+    pub fn draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The admin HTTP app (a Pingora [`ServeHttp`]).
 pub struct AdminApp {
     metrics: Metrics,
     purger: Option<Purger>,
+    readiness: Readiness,
 }
 
 impl AdminApp {
-    /// An admin app exposing `metrics` and, when the cache is on, purges through `purger`.
-    pub fn new(metrics: Metrics, purger: Option<Purger>) -> Self {
-        AdminApp { metrics, purger }
+    /// An admin app exposing `metrics` and `readiness` and, when the cache is on, purges through
+    /// `purger`.
+    pub fn new(metrics: Metrics, purger: Option<Purger>, readiness: Readiness) -> Self {
+        AdminApp {
+            metrics,
+            purger,
+            readiness,
+        }
     }
 
-    /// The response for a request: `/healthz` → 200 `ok`, `/metrics` → 200 Prometheus text
+    /// The response for a request: `/healthz` → 200 `ok`, `/readyz` → 200 `ready` while
+    /// serving, 503 `draining` once a drain started, `/metrics` → 200 Prometheus text
     /// exposition, `POST /cache/purge?url=<percent-encoded origin URL>` → 200 `purged N` (the
     /// entries removed, every source; 405 for another method, 400 for a bad URL, 404 with the
     /// cache off), anything else → 404.
@@ -44,6 +73,16 @@ impl AdminApp {
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 b"ok\n".to_vec(),
+            ),
+            "/readyz" if self.readiness.draining() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                b"draining\n".to_vec(),
+            ),
+            "/readyz" => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                b"ready\n".to_vec(),
             ),
             "/metrics" => (
                 StatusCode::OK,
@@ -70,9 +109,10 @@ impl AdminApp {
         };
         match purge {
             Ok(url) => {
+                let live = purger.live.current();
                 let purged = purger
                     .cache
-                    .purge(purger.sources.iter().map(String::as_str), &url);
+                    .purge(live.sources.iter().map(|s| s.name.as_str()), &url);
                 reply(
                     StatusCode::OK,
                     text,
@@ -125,12 +165,26 @@ mod tests {
     fn healthz_metrics_and_not_found() {
         let metrics = Metrics::new().expect("metrics");
         metrics.count("-", ixproxy_core::Outcome::UnknownHost);
-        let app = AdminApp::new(metrics, None);
+        let readiness = Readiness::default();
+        let app = AdminApp::new(metrics, None, readiness.clone());
         let ok = app.respond("GET", "/healthz", None);
         assert_eq!(
             (ok.status(), ok.body().as_slice()),
             (StatusCode::OK, &b"ok\n"[..])
         );
+        let ready = app.respond("GET", "/readyz", None);
+        assert_eq!(
+            (ready.status(), ready.body().as_slice()),
+            (StatusCode::OK, &b"ready\n"[..])
+        );
+        readiness.drain();
+        let draining = app.respond("GET", "/readyz", None);
+        assert_eq!(
+            (draining.status(), draining.body().as_slice()),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"draining\n"[..])
+        );
+        let alive = app.respond("GET", "/healthz", None);
+        assert_eq!(alive.status(), StatusCode::OK, "draining is still alive");
         let m = app.respond("GET", "/metrics", None);
         assert_eq!(m.status(), StatusCode::OK);
         let text = String::from_utf8(m.body().clone()).expect("utf-8");
@@ -158,12 +212,21 @@ mod tests {
             std::time::Duration::from_secs(1),
             metrics.cache_bytes(),
         );
+        let config = ixproxy_core::config::RawConfig::from_yaml(
+            "sources:\n  - {name: a, hosts: [a.test], secure_url_tokens: [t]}\n  - {name: b, \
+             hosts: [b.test], secure_url_tokens: [t]}\n",
+        )
+        .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
+        .expect("valid");
+        let live =
+            super::super::live::Live::build(config.sources, config.upstream, None).expect("live");
         let app = AdminApp::new(
             metrics,
             Some(Purger {
                 cache,
-                sources: vec!["a".to_owned(), "b".to_owned()],
+                live: LiveConfig::new(live),
             }),
+            Readiness::default(),
         );
         let query = Some("url=https%3A%2F%2Fo.test%2Fa.png");
         let ok = app.respond("POST", "/cache/purge", query);

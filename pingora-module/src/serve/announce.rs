@@ -5,12 +5,33 @@
 //! reported would, before that, meet the default action and kill the process without the
 //! SIGTERM drain. So the line that reports the bound addresses is printed by this watch, right
 //! after it has installed the same three handlers Pingora's own `UnixShutdownSignalWatch` uses.
+//!
+//! The watch also runs ixproxy's part of the signals (README: Operating): SIGHUP reloads the
+//! config ([`super::reload`]) and goes on watching; SIGTERM turns `/readyz` to 503 and keeps
+//! serving, new connections included, for the grace period (the time a load balancer needs to
+//! stop sending) before it lets Pingora close the listeners and give the requests in flight
+//! the grace period again; SIGQUIT (a new process takes over) turns `/readyz` to 503 and hands
+//! the listeners over at once; SIGINT stops at once, during the SIGTERM drain too.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
+
+use super::admin::Readiness;
+use super::reload::Reloader;
+
+/// What the watch does besides mapping the signals to Pingora's shutdowns.
+pub struct Lifecycle {
+    /// SIGHUP's reload.
+    pub reloader: Reloader,
+    /// Turned to draining by SIGTERM and SIGQUIT.
+    pub readiness: Readiness,
+    /// `server.grace_period`: how long SIGTERM keeps the listeners serving.
+    pub grace_period: Duration,
+}
 
 /// Where the announcement goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +46,15 @@ pub enum Announcement {
 /// then maps SIGQUIT, SIGTERM and SIGINT as Pingora's Unix watch does.
 pub struct AnnounceThenWatch {
     announcement: Mutex<Option<Announcement>>,
+    lifecycle: Lifecycle,
 }
 
 impl AnnounceThenWatch {
-    /// A watch that prints `announcement` when it starts watching.
-    pub fn new(announcement: Announcement) -> Self {
+    /// A watch that prints `announcement` when it starts watching, then runs `lifecycle`.
+    pub fn new(announcement: Announcement, lifecycle: Lifecycle) -> Self {
         AnnounceThenWatch {
             announcement: Mutex::new(Some(announcement)),
+            lifecycle,
         }
     }
 
@@ -55,16 +78,46 @@ impl ShutdownSignalWatch for AnnounceThenWatch {
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         );
-        let (Ok(mut upgrade), Ok(mut terminate), Ok(mut interrupt)) = handlers else {
+        let (Ok(mut upgrade), Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = handlers
+        else {
             log::error!("cannot install the signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
         self.announce();
-        tokio::select! {
-            _ = upgrade.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = terminate.recv() => ShutdownSignal::GracefulTerminate,
-            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+        let Lifecycle {
+            reloader,
+            readiness,
+            grace_period,
+        } = &self.lifecycle;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    reloader.reload();
+                }
+                _ = upgrade.recv() => {
+                    readiness.drain();
+                    log::info!(
+                        "SIGQUIT: draining (/readyz 503); handing the listening sockets to the \
+                         new process"
+                    );
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = terminate.recv() => {
+                    readiness.drain();
+                    log::info!(
+                        "SIGTERM: draining (/readyz 503); serving for {grace_period:?} more, \
+                         then the listeners close and requests in flight get {grace_period:?} \
+                         to finish"
+                    );
+                    return tokio::select! {
+                        _ = tokio::time::sleep(*grace_period) => ShutdownSignal::GracefulTerminate,
+                        _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+                    };
+                }
+                _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+            }
         }
     }
 }

@@ -39,39 +39,35 @@ use ixproxy_core::addr::IpNet;
 use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS};
 use ixproxy_core::config::AccessLogFormat;
-use ixproxy_core::config::Upstream;
 use ixproxy_core::request::{
     check_request_body, check_request_headers, is_forwarded_client_header, HeaderTotals,
 };
 use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
 use ixproxy_core::{
-    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo, Sources,
+    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo,
 };
 use log::warn;
 use pingora::cache::{
     CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::tls::CaType;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
-use super::inflight::{Inflight, Slot};
+use super::inflight::Slot;
+use super::live::{Live, LiveConfig};
 use super::metrics::{InflightGauge, Metrics};
 use super::peer::build_peer;
-use super::resolve::{candidates, OriginResolver, ResolveError};
+use super::resolve::{candidates, ResolveError};
 
-/// The gateway: validated sources, upstream settings, trust anchors, the origin resolver, the
-/// in-flight counters, metrics and the response cache (when on).
+/// The gateway: the reloadable config (sources, upstream settings, trust anchors, the origin
+/// resolver, the in-flight counters; see [`super::live`]), metrics and the response cache (when
+/// on).
 pub struct Gateway {
-    sources: Sources,
-    upstream: Upstream,
-    ca: Option<Arc<CaType>>,
-    resolver: OriginResolver,
-    inflight: Inflight,
+    live: LiveConfig,
     metrics: Metrics,
     cache: Option<ResponseCache>,
     access_log: AccessLogFormat,
@@ -79,23 +75,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway serving `sources`, connecting to origins with `upstream` settings and `ca`
-    /// (see [`super::peer::load_trust_anchors`]) at the addresses `resolver` finds, counting
-    /// into `metrics`, answering from `cache` when there is one.
-    pub fn new(
-        sources: Sources,
-        upstream: Upstream,
-        ca: Option<Arc<CaType>>,
-        resolver: OriginResolver,
-        metrics: Metrics,
-        cache: Option<ResponseCache>,
-    ) -> Self {
+    /// A gateway serving the current generation of `live` to each new request, counting into
+    /// `metrics`, answering from `cache` when there is one.
+    pub fn new(live: LiveConfig, metrics: Metrics, cache: Option<ResponseCache>) -> Self {
         Gateway {
-            inflight: Inflight::new(&sources),
-            sources,
-            upstream,
-            ca,
-            resolver,
+            live,
             metrics,
             cache,
             access_log: AccessLogFormat::Off,
@@ -130,11 +114,20 @@ impl Gateway {
             .collect::<Vec<_>>();
         access_log::client_ip(peer, forwarded.into_iter(), &self.trusted_proxies).to_string()
     }
+
+    /// The config generation of this request (taken when its context was made).
+    fn live(&self, ctx: &RequestCtx) -> Arc<Live> {
+        ctx.live
+            .as_ref()
+            .map_or_else(|| self.live.current(), Arc::clone)
+    }
 }
 
 /// Per-request state shared across the phases.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// The config generation the request started under, kept to its end across reloads.
+    live: Option<Arc<Live>>,
     /// This request's id (see [`access_log::request_id`]), echoed as `X-Request-ID`.
     request_id: String,
     /// When the request header was read, and the same moment in unix microseconds.
@@ -350,7 +343,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            live: Some(self.live.current()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
@@ -376,12 +372,13 @@ impl ProxyHttp for Gateway {
         // Transfer-Encoding smuggling shape lands in this check too.
         let has_body = has_request_body(session.req_header()) || !session.is_body_empty();
         let req = session.req_header();
+        let live = self.live(ctx);
         let checked = check_request_body(req.method.as_str(), has_body)
-            .and_then(|()| check_request_headers(&self.sources, header_totals(req)));
+            .and_then(|()| check_request_headers(&live.sources, header_totals(req)));
         let (decision, attribution) = match checked {
             Err(rejection) => (
                 Decision::Reject(rejection),
-                Attribution::of_host(&self.sources, request_host(req)),
+                Attribution::of_host(&live.sources, request_host(req)),
             ),
             Ok(()) => {
                 let target = String::from_utf8_lossy(req.raw_path());
@@ -390,7 +387,7 @@ impl ProxyHttp for Gateway {
                     host: request_host(req),
                     target: &target,
                 };
-                decide_attributed(&self.sources, &info, unix_now())
+                decide_attributed(&live.sources, &info, unix_now())
             }
         };
         if let Some(token) = attribution.token_label() {
@@ -484,7 +481,8 @@ impl ProxyHttp for Gateway {
         let Some(forward) = ctx.forward.as_ref() else {
             return Ok(true);
         };
-        match self.inflight.acquire(&self.sources, forward.source_name()) {
+        let live = self.live(ctx);
+        match live.inflight.acquire(&live.sources, forward.source_name()) {
             Ok(slot) => {
                 ctx.inflight = slot;
                 ctx.inflight_gauge = Some(self.metrics.inflight(ctx.attribution.source_label()));
@@ -504,16 +502,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         ctx.following_redirect = false;
+        let live = self.live(ctx);
         if ctx.deadline.is_none() {
             let now = Instant::now();
             ctx.upstream_started = Some(now);
-            let deadline = now + self.upstream.timeout;
+            let deadline = now + live.upstream.timeout;
             ctx.deadline = Some(deadline);
             deadline::arm_origin(deadline, ctx.attribution.source_label());
         }
         // A new attempt: the previous one's connection (if any) is not this request's any more.
         deadline::origin_socket(None);
-        let remaining = ctx.remaining(self.upstream.timeout);
+        let remaining = ctx.remaining(live.upstream.timeout);
         if remaining.is_zero() {
             return Err(ctx.fail(
                 Rejection::origin_timeout(),
@@ -528,7 +527,7 @@ impl ProxyHttp for Gateway {
         };
         if ctx.candidates.is_empty() {
             let origin = forward.origin();
-            let resolved = match self
+            let resolved = match live
                 .resolver
                 .resolve(&origin.host, origin.port, remaining)
                 .await
@@ -564,7 +563,7 @@ impl ProxyHttp for Gateway {
                 "no origin address left to try".to_owned(),
             ));
         };
-        let remaining = ctx.remaining(self.upstream.timeout);
+        let remaining = ctx.remaining(live.upstream.timeout);
         let Some(forward) = ctx.forward.as_ref() else {
             return Err(ctx.fail(
                 Rejection::internal(),
@@ -574,8 +573,8 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(build_peer(
             addr,
             forward.origin(),
-            &self.upstream,
-            self.ca.as_ref(),
+            &live.upstream,
+            live.ca.as_ref(),
             remaining,
         )))
     }

@@ -38,6 +38,24 @@ impl Inflight {
         }
     }
 
+    /// Counters for `sources` after a reload: a source that keeps its name keeps its counter,
+    /// so the fetches still running under the previous config count against the new limit;
+    /// a new source starts at zero.
+    pub fn carried_over(&self, sources: &Sources) -> Self {
+        Inflight {
+            by_source: sources
+                .iter()
+                .map(|s| {
+                    let counter = self
+                        .by_source
+                        .get(&s.name)
+                        .map_or_else(|| Arc::new(AtomicU32::new(0)), Arc::clone);
+                    (s.name.clone(), counter)
+                })
+                .collect(),
+        }
+    }
+
     /// Counts one more fetch for `source` if the core admits it (`None`: no limit to keep).
     ///
     /// # Errors
@@ -89,6 +107,30 @@ mod tests {
         drop((two, again, b));
         assert_eq!(inflight.by_source["a"].load(Ordering::SeqCst), 0);
         assert_eq!(inflight.by_source["b"].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counts_of_the_sources_it_keeps() {
+        let before = sources(1);
+        let inflight = Inflight::new(&before);
+        let held = inflight.acquire(&before, "a").expect("a").expect("slot");
+        let yaml = "limits: {max_inflight_per_source: 1}\nsources:\n  - {name: a, hosts: [a.test], secure_url_tokens: [t]}\n  - {name: c, hosts: [c.test], secure_url_tokens: [t]}\n";
+        let after = RawConfig::from_yaml(yaml)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid")
+            .sources;
+        let renewed = inflight.carried_over(&after);
+        assert_eq!(
+            renewed
+                .acquire(&after, "a")
+                .expect_err("still held")
+                .status(),
+            503
+        );
+        assert!(renewed.acquire(&after, "c").expect("new source").is_some());
+        assert!(!renewed.by_source.contains_key("b"));
+        drop(held);
+        assert!(renewed.acquire(&after, "a").expect("released").is_some());
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! that table instead of binding when the key matches. So ixproxy binds each socket up front,
 //! while it can still fail cleanly and read the real port, and [`PreBound`] puts the fd into
 //! that table under the bound address just before the wrapped service builds its listeners:
-//! the port printed at start is the port served, and it is never released in between.
+//! the port printed at start is the port served, and it is never released in between. On
+//! `ixproxy serve -u` the socket is the one the running process handed over (see
+//! [`super::upgrade`]), put into the table the same way.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +22,29 @@ use pingora::server::{Fds, ListenFds, RuntimeOpts, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service;
 
-/// A TCP listener bound by ixproxy, not yet handed to Pingora.
+/// A TCP listener bound by ixproxy (or inherited on an upgrade), not yet handed to Pingora.
 #[derive(Debug)]
 pub struct BoundListener {
-    listener: TcpListener,
+    listener: Socket,
     addr: SocketAddr,
+}
+
+/// Where a [`BoundListener`]'s socket comes from.
+#[derive(Debug)]
+enum Socket {
+    /// Bound by this process.
+    Bound(TcpListener),
+    /// Received from the process this one takes over from: a listening fd this process owns.
+    Inherited(RawFd),
+}
+
+impl Socket {
+    fn into_raw_fd(self) -> RawFd {
+        match self {
+            Socket::Bound(listener) => listener.into_raw_fd(),
+            Socket::Inherited(fd) => fd,
+        }
+    }
 }
 
 impl BoundListener {
@@ -41,7 +61,19 @@ impl BoundListener {
         // Pingora turns the fd into a tokio listener, which must not block its runtime.
         listener.set_nonblocking(true).map_err(fail)?;
         let addr = listener.local_addr().map_err(fail)?;
-        Ok(BoundListener { listener, addr })
+        Ok(BoundListener {
+            listener: Socket::Bound(listener),
+            addr,
+        })
+    }
+
+    /// A listening socket `fd` on `addr` inherited on a graceful upgrade; Pingora takes it
+    /// over when the service starts.
+    pub fn inherited(addr: SocketAddr, fd: RawFd) -> Self {
+        BoundListener {
+            listener: Socket::Inherited(fd),
+            addr,
+        }
     }
 
     /// The address actually bound: the configured one with port 0 replaced by the kernel's pick.
@@ -54,7 +86,7 @@ impl BoundListener {
 pub struct PreBound<S> {
     inner: S,
     key: String,
-    listener: Option<TcpListener>,
+    listener: Option<Socket>,
 }
 
 impl<A> PreBound<ListeningService<A>> {
@@ -90,6 +122,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service for PreBound<ListeningService
                 // Pingora takes ownership of the fd when it builds the endpoint, and keeps the
                 // number in the table to pass it on at the next upgrade.
                 table.add(self.key.clone(), listener.into_raw_fd());
+            } else if let Socket::Inherited(fd) = listener {
+                let _ = nix::unistd::close(fd);
             }
         }
         self.inner

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use ixproxy_core::cache::CacheResult;
+use ixproxy_core::config::ReloadResult;
 use ixproxy_core::metrics::{
     BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
     VERSION,
@@ -31,6 +32,7 @@ pub struct Metrics {
     upstream_latency: Histogram,
     cache_requests: IntCounterVec,
     cache_bytes: IntGauge,
+    config_reloads: IntCounterVec,
 }
 
 /// Why the metrics could not be set up (only a programming error can cause it).
@@ -117,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
+        let config_reloads = reload_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `add_sources`).
         for result in CacheResult::ALL {
@@ -132,7 +135,15 @@ impl Metrics {
             upstream_latency,
             cache_requests,
             cache_bytes,
+            config_reloads,
         })
+    }
+
+    /// Counts one SIGHUP reload by its result (`ixproxy_config_reloads_total{result}`).
+    pub fn count_reload(&self, result: ReloadResult) {
+        self.config_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     /// Counts what the response cache did for one request.
@@ -226,6 +237,23 @@ impl Drop for InflightGauge {
     }
 }
 
+/// Registers `ixproxy_config_reloads_total{result}`, every result at zero.
+fn reload_counter(registry: &Registry) -> Result<IntCounterVec, MetricsError> {
+    let reloads = IntCounterVec::new(
+        Opts::new(
+            ixproxy_core::metrics::CONFIG_RELOADS_TOTAL,
+            "Config reloads (SIGHUP), by result: ok (in use for new requests) or error (refused, \
+             the running config kept).",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(reloads.clone()))?;
+    for result in ReloadResult::ALL {
+        reloads.with_label_values(&[result.as_str()]);
+    }
+    Ok(reloads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +306,10 @@ mod tests {
         assert!(text.contains("ixproxy_cache_requests_total{result=\"bypass\"} 0"));
         assert!(text.contains("ixproxy_cache_bytes 1234"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("ixproxy_config_reloads_total{result=\"ok\"} 0"));
+        metrics.count_reload(ReloadResult::Error);
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(text.contains("ixproxy_config_reloads_total{result=\"error\"} 1"));
+        assert!(text.contains("ixproxy_config_reloads_total{result=\"ok\"} 0"));
     }
 }

@@ -3,8 +3,9 @@
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
 //! with the admin app ([`admin`]); [`client`] admits client connections and bounds their
-//! timeouts, [`deadline`] the two whole-header deadlines. SIGINT stops at once; SIGTERM drains
-//! for about a second.
+//! timeouts, [`deadline`] the two whole-header deadlines. Signals (README: Operating): SIGHUP
+//! reloads the config ([`reload`] into [`live`]), SIGTERM drains (see [`announce`]), SIGQUIT
+//! hands the listening sockets to a new `ixproxy serve -u` ([`upgrade`]), SIGINT stops at once.
 
 mod access;
 mod admin;
@@ -17,13 +18,18 @@ mod demo;
 mod gateway;
 mod inflight;
 mod listen;
+mod live;
 mod metrics;
 mod peer;
+mod reload;
 mod resolve;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use ixproxy_core::config::MAX_MAX_REDIRECTS;
 use ixproxy_core::Config;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -31,9 +37,9 @@ use pingora::services::listening::Service;
 
 use crate::secrets::{load_config, NativeSecrets};
 
-/// Grace period and runtime shutdown timeout on SIGTERM, in seconds: short, so an orchestrator's
-/// stop is quick (Pingora's defaults add up to more than five minutes).
-const SHUTDOWN_SECONDS: u64 = 1;
+/// Runtime shutdown timeout after the grace period, in seconds: what is still running then is
+/// cut (Pingora's default adds five).
+const RUNTIME_SHUTDOWN_SECONDS: u64 = 1;
 
 /// Arguments of `ixproxy serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,20 +48,33 @@ pub struct ServeArgs {
     /// 127.0.0.1 (gateway :8080, admin :9901).
     #[arg(short, long)]
     pub config: Option<PathBuf>,
+    /// Take over from a running `ixproxy serve` (graceful upgrade): wait on the upgrade socket
+    /// for its listening sockets, which it sends when it gets SIGQUIT, then serve them.
+    #[arg(short = 'u', long)]
+    pub upgrade: bool,
+    /// The upgrade socket: where `-u` waits for the sockets and where this process sends its
+    /// own on SIGQUIT. Both processes must use the same path.
+    #[arg(long, value_name = "PATH", default_value = upgrade::DEFAULT_UPGRADE_SOCK)]
+    pub upgrade_sock: PathBuf,
 }
 
-/// Runs the gateway until SIGINT / SIGTERM.
+/// Runs the gateway until SIGINT / SIGTERM / SIGQUIT (README: Operating).
 ///
-/// With `config_path`, serves that file; without, runs the demo (see [`demo`]) and prints a
-/// signed example URL and the `curl` command to fetch it. Returns exit code 1 with an
+/// With `args.config`, serves that file; without, runs the demo (see [`demo`]) and prints a
+/// signed example URL and the `curl` command to fetch it. With `args.upgrade`, takes the
+/// listening sockets over from the running instance first. Returns exit code 1 with an
 /// `error: …` line on stderr when the config is invalid (the message names the field), the
-/// trust store cannot be built, or a listener cannot be bound; 0 after a signal-initiated stop.
-pub fn run(config_path: Option<&Path>) -> ExitCode {
+/// trust store cannot be built, a listener cannot be bound or no sockets arrive for `-u`; 0
+/// after a signal-initiated stop.
+pub fn run(args: &ServeArgs) -> ExitCode {
     init_logging();
-    match prepare(config_path) {
-        Ok((server, announcement)) => {
+    match prepare(args) {
+        Ok((server, announcement, lifecycle)) => {
             server.run(RunArgs {
-                shutdown_signal: Box::new(announce::AnnounceThenWatch::new(announcement)),
+                shutdown_signal: Box::new(announce::AnnounceThenWatch::new(
+                    announcement,
+                    lifecycle,
+                )),
             });
             ExitCode::SUCCESS
         }
@@ -73,10 +92,49 @@ fn init_logging() {
     let _ = env_logger::Builder::from_env(env).try_init();
 }
 
+/// Pingora's grace period after the listeners closed, in whole seconds (rounded up).
+fn grace_seconds(grace_period: Duration) -> u64 {
+    grace_period.as_secs() + u64::from(grace_period.subsec_nanos() > 0)
+}
+
+/// Binds both listeners, or with `-u` takes the running instance's sockets (binding only an
+/// address it did not serve).
+fn listeners(
+    args: &ServeArgs,
+    config: &Config,
+) -> Result<(listen::BoundListener, listen::BoundListener), String> {
+    if !args.upgrade {
+        // Bound here, not by Pingora: a busy port is a clean error now, and port 0 becomes the
+        // real port that is printed and then served (see `listen`).
+        let listener = listen::BoundListener::bind(config.listen, "listen")?;
+        let admin = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
+        return Ok((listener, admin));
+    }
+    eprintln!(
+        "ixproxy: waiting on {} for the running instance's listening sockets (send it SIGQUIT)",
+        args.upgrade_sock.display()
+    );
+    let mut inherited = upgrade::Inherited::receive(&args.upgrade_sock)?;
+    // An exact address first, so a port-0 field only competes for what is left.
+    if config.listen.port() == 0 {
+        let admin = inherited.take_or_bind(config.admin_listen, "admin_listen")?;
+        let listener = inherited.take_or_bind(config.listen, "listen")?;
+        Ok((listener, admin))
+    } else {
+        let listener = inherited.take_or_bind(config.listen, "listen")?;
+        let admin = inherited.take_or_bind(config.admin_listen, "admin_listen")?;
+        Ok((listener, admin))
+    }
+}
+
 /// Loads the config, checks everything that can fail, and builds the Pingora server.
-/// Also returns what to print once the server watches for signals: both sockets are listening
-/// from the moment they are bound here, so that line only waits for the signal handlers.
-fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement), String> {
+/// Also returns what to print once the server watches for signals (both sockets are listening
+/// from the moment they are bound here, so that line only waits for the signal handlers) and
+/// what the watch runs on SIGHUP and SIGTERM.
+fn prepare(
+    args: &ServeArgs,
+) -> Result<(Server, announce::Announcement, announce::Lifecycle), String> {
+    let config_path = args.config.as_deref();
     let (config, demo_origin) = match config_path {
         Some(path) => (load_config(path)?, None),
         None => {
@@ -89,18 +147,18 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         }
     };
     crate::cli::print_warnings(&ixproxy_core::config::warnings(&config));
-    let ca =
-        peer::load_trust_anchors(config.upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let live = live::LiveConfig::new(live::Live::build(
+        config.sources.clone(),
+        config.upstream.clone(),
+        None,
+    )?);
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(
             "admin_listen: {} is also the gateway's listen address",
             config.admin_listen
         ));
     }
-    // Bound here, not by Pingora: a busy port is a clean error now, and port 0 becomes the
-    // real port that is printed below and then served (see `listen`).
-    let listener = listen::BoundListener::bind(config.listen, "listen")?;
-    let admin_listener = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
+    let (listener, admin_listener) = listeners(args, &config)?;
     let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
     metrics.add_sources(&config.sources);
@@ -109,21 +167,41 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
     }
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = config
+        .operating
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let grace_period = config.operating.grace_period;
+    let upgrade_sock = args
+        .upgrade_sock
+        .to_str()
+        .ok_or_else(|| {
+            format!(
+                "--upgrade-sock: {} is not utf-8",
+                args.upgrade_sock.display()
+            )
+        })?
+        .to_owned();
     let server_conf = ServerConf {
         threads,
-        max_retries: max_attempts(config.sources.limits().max_redirects),
-        grace_period_seconds: Some(SHUTDOWN_SECONDS),
-        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_SECONDS),
+        // A reload may raise max_redirects: Pingora's cap is set for the most it can be.
+        max_retries: max_attempts(MAX_MAX_REDIRECTS),
+        grace_period_seconds: Some(grace_seconds(grace_period)),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
+        upgrade_sock,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
-    let resolver = resolve::OriginResolver::system(config.upstream.connect_timeout)?;
+    let reloader = reload::Reloader::new(
+        config_path.map(Path::to_path_buf),
+        config.clone(),
+        live.clone(),
+        metrics.clone(),
+    );
     let Config {
         upstream,
-        sources,
         client,
         cache,
         operating,
@@ -140,9 +218,9 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     });
     let purger = cache.map(|cache| admin::Purger {
         cache,
-        sources: sources.iter().map(|s| s.name.clone()).collect(),
+        live: live.clone(),
     });
-    let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone(), cache)
+    let gateway = gateway::Gateway::new(live, metrics.clone(), cache)
         .with_access_log(operating.access_log, operating.trusted_proxies);
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let proxy = Service::new(
@@ -154,20 +232,34 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     );
     server.add_service(listen::PreBound::new(proxy, listener));
 
-    let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics, purger));
+    let readiness = admin::Readiness::default();
+    let mut admin = Service::new(
+        "admin".to_owned(),
+        admin::AdminApp::new(metrics, purger, readiness.clone()),
+    );
     admin.threads = Some(1);
     server.add_service(listen::PreBound::new(admin, admin_listener));
 
     // Both sockets are listening from here on (connections queue until Pingora accepts), so
     // whoever reads these addresses can connect at once.
+    let taken_over = if args.upgrade {
+        ", sockets taken over from the running instance"
+    } else {
+        ""
+    };
     let announcement = match demo_origin {
         Some(origin) => announce::Announcement::Stdout(demo::banner(listen, admin_listen, origin)),
         None => announce::Announcement::Stderr(format!(
             "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
-             (/healthz, /metrics), {threads} threads"
+             (/healthz, /metrics), {threads} threads{taken_over}"
         )),
     };
-    Ok((server, announcement))
+    let lifecycle = announce::Lifecycle {
+        reloader,
+        readiness,
+        grace_period,
+    };
+    Ok((server, announcement, lifecycle))
 }
 
 /// Upstream attempts Pingora may make for one request: every redirect hop plus the first URL,
@@ -181,6 +273,22 @@ fn max_attempts(max_redirects: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(path: &Path) -> ServeArgs {
+        ServeArgs {
+            config: Some(path.to_path_buf()),
+            upgrade: false,
+            upgrade_sock: PathBuf::from(upgrade::DEFAULT_UPGRADE_SOCK),
+        }
+    }
+
+    #[test]
+    fn pingoras_grace_period_is_whole_seconds_rounded_up() {
+        assert_eq!(grace_seconds(Duration::ZERO), 0);
+        assert_eq!(grace_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(grace_seconds(Duration::from_secs(5)), 5);
+        assert_eq!(grace_seconds(Duration::from_millis(5001)), 6);
+    }
 
     #[test]
     fn an_address_in_use_is_a_clear_error_naming_the_field() {
@@ -197,7 +305,7 @@ mod tests {
             ),
         )
         .expect("write");
-        let err = prepare(Some(&path)).err().expect("admin port in use");
+        let err = prepare(&args(&path)).err().expect("admin port in use");
         assert!(
             err.starts_with(&format!("admin_listen: cannot listen on {addr}: ")),
             "{err}"
@@ -215,9 +323,9 @@ mod tests {
             "listen: 127.0.0.1:0\nsources:\n  - name: a\n    hosts: []\n    secure_url_tokens: [t]\n",
         )
         .expect("write");
-        let err = prepare(Some(&path)).err().expect("invalid config");
+        let err = prepare(&args(&path)).err().expect("invalid config");
         assert!(err.starts_with("sources[0].hosts"), "{err}");
-        let err = prepare(Some(&dir.join("missing.yaml")))
+        let err = prepare(&args(&dir.join("missing.yaml")))
             .err()
             .expect("missing");
         assert!(err.contains("missing.yaml"), "{err}");

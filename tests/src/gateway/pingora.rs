@@ -1,11 +1,12 @@
 //! The native gateway, `ixproxy serve -c FILE`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::{admin_get, ixproxy_bin, next_instance, require, Gateway, Process};
 use crate::HarnessError;
@@ -32,6 +33,7 @@ pub struct ServeProcess {
     process: Process,
     listen: SocketAddr,
     admin: SocketAddr,
+    config: PathBuf,
     /// Holds the config and log when [`ServeProcess::start_temp`] made the directory; declared
     /// last so the process stops before its log is removed.
     dir: Option<tempfile::TempDir>,
@@ -51,6 +53,21 @@ impl ServeProcess {
         env: &[(String, String)],
         work_dir: &Path,
     ) -> Result<Self, HarnessError> {
+        Self::start_with_args(bin, config, &[], env, work_dir)
+    }
+
+    /// [`ServeProcess::start`] with extra `serve` arguments after `-c FILE` (`-u`,
+    /// `--upgrade-sock PATH`).
+    ///
+    /// # Errors
+    /// As [`ServeProcess::start`].
+    pub fn start_with_args(
+        bin: &Path,
+        config: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        work_dir: &Path,
+    ) -> Result<Self, HarnessError> {
         let instance = next_instance();
         let file = work_dir.join(format!("serve-{instance}.yaml"));
         std::fs::write(&file, config).map_err(|e| HarnessError::io("write config", e))?;
@@ -59,6 +76,7 @@ impl ServeProcess {
             .arg("serve")
             .arg("-c")
             .arg(&file)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)));
         let (mut process, report) = Process::spawn_watching(
             "ixproxy serve",
@@ -77,6 +95,7 @@ impl ServeProcess {
             process,
             listen,
             admin,
+            config: file,
             dir: None,
         })
     }
@@ -139,6 +158,31 @@ impl ServeProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.child.id()
+    }
+
+    /// The config file the process was started with (rewrite it, then send SIGHUP to reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Sends `signal` and returns at once (SIGHUP to reload, SIGTERM or SIGQUIT to start a
+    /// drain that [`ServeProcess::wait_exit`] then waits out).
+    ///
+    /// # Errors
+    /// The signal cannot be sent.
+    pub fn signal(&self, signal: Signal) -> Result<(), HarnessError> {
+        let pid = i32::try_from(self.pid())
+            .map_err(|_| HarnessError::Gateway("pid out of range".to_owned()))?;
+        kill(Pid::from_raw(pid), signal)
+            .map_err(|e| HarnessError::Gateway(format!("kill {pid} with {signal}: {e}")))
+    }
+
+    /// Polls for the process's exit for at most `limit`; `None` when it is still running.
+    ///
+    /// # Errors
+    /// The process cannot be waited for.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<ExitStatus>, HarnessError> {
+        self.process.wait_exit(limit)
     }
 
     /// Everything the process wrote so far (stdout and stderr).

@@ -1,0 +1,131 @@
+//! The part of the config a reload replaces (README: Operating): sources, tokens and secrets,
+//! the request limits, the upstream settings with their trust anchors and resolver, and the
+//! in-flight counters.
+//!
+//! Each request takes one snapshot ([`LiveConfig::current`]) when its context is created and
+//! uses it to its end, so a reload never changes the rules under a request in flight; every
+//! request after the swap sees the new one.
+
+use std::sync::Arc;
+
+use ixproxy_core::config::Upstream;
+use ixproxy_core::Sources;
+use parking_lot::RwLock;
+use pingora::protocols::tls::CaType;
+
+use super::inflight::Inflight;
+use super::peer;
+use super::resolve::OriginResolver;
+
+/// One generation of the reloadable config.
+pub struct Live {
+    /// The validated sources (with the request limits).
+    pub sources: Sources,
+    /// Upstream settings.
+    pub upstream: Upstream,
+    /// Trust anchors for https origins (`upstream.ca_file` plus the system roots), or `None`
+    /// for Pingora's default roots.
+    pub ca: Option<Arc<CaType>>,
+    /// The origin resolver (its lookups are bounded by `upstream.connect_timeout`).
+    pub resolver: OriginResolver,
+    /// Origin fetches in flight per source.
+    pub inflight: Inflight,
+}
+
+impl Live {
+    /// Builds a generation from validated `sources` and `upstream`, reading `upstream.ca_file`;
+    /// after `previous`, it keeps its resolver (and so its DNS cache) when the connect timeout
+    /// is unchanged, and its in-flight counters for the sources that keep their name.
+    ///
+    /// # Errors
+    /// A message naming the field: the CA file cannot be used (`upstream.ca_file: …`), or the
+    /// system resolver configuration cannot be read.
+    pub fn build(
+        sources: Sources,
+        upstream: Upstream,
+        previous: Option<&Live>,
+    ) -> Result<Live, String> {
+        let ca =
+            peer::load_trust_anchors(upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        let resolver = match previous {
+            Some(p) if p.upstream.connect_timeout == upstream.connect_timeout => p.resolver.clone(),
+            _ => OriginResolver::system(upstream.connect_timeout)?,
+        };
+        let inflight = match previous {
+            Some(p) => p.inflight.carried_over(&sources),
+            None => Inflight::new(&sources),
+        };
+        Ok(Live {
+            sources,
+            upstream,
+            ca,
+            resolver,
+            inflight,
+        })
+    }
+}
+
+/// The current [`Live`] generation, shared by the gateway, the admin app and the reloader.
+#[derive(Clone)]
+pub struct LiveConfig(Arc<RwLock<Arc<Live>>>);
+
+impl LiveConfig {
+    /// Serves `live` until the first [`LiveConfig::replace`].
+    pub fn new(live: Live) -> Self {
+        LiveConfig(Arc::new(RwLock::new(Arc::new(live))))
+    }
+
+    /// The generation new requests use (a cheap clone of a shared pointer).
+    pub fn current(&self) -> Arc<Live> {
+        Arc::clone(&self.0.read())
+    }
+
+    /// Makes `live` the generation of every request from now on; requests holding the previous
+    /// one keep it until they end.
+    pub fn replace(&self, live: Live) {
+        *self.0.write() = Arc::new(live);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ixproxy_core::config::{MapSecrets, RawConfig};
+
+    use super::*;
+
+    fn config(token: &str, connect_timeout: &str) -> ixproxy_core::Config {
+        RawConfig::from_yaml(&format!(
+            "upstream: {{connect_timeout: {connect_timeout}}}\nsources:\n  - {{name: a, hosts: \
+             [a.test], secure_url_tokens: [{token}]}}\n"
+        ))
+        .and_then(|raw| raw.validate(&MapSecrets::new()))
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_a_replace_keeps_its_generation() {
+        let first = config("one", "1s");
+        let live = LiveConfig::new(Live::build(first.sources, first.upstream, None).expect("live"));
+        let before = live.current();
+        let second = config("two", "1s");
+        let next = Live::build(second.sources, second.upstream, Some(&before)).expect("live");
+        live.replace(next);
+        let token = |l: &Live| {
+            l.sources
+                .by_name("a")
+                .map(|s| s.tokens[0].expose().to_owned())
+        };
+        assert_eq!(token(&before).as_deref(), Some("one"));
+        assert_eq!(token(&live.current()).as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_an_error_naming_the_field() {
+        let mut config = config("t", "1s");
+        config.upstream.ca_file = Some("/nonexistent/ixproxy-ca.pem".to_owned());
+        let err = Live::build(config.sources, config.upstream, None)
+            .err()
+            .expect("unreadable");
+        assert!(err.starts_with("upstream.ca_file: "), "{err}");
+    }
+}
