@@ -19,6 +19,7 @@ mod listen;
 mod metrics;
 mod peer;
 mod resolve;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,6 +99,13 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     }
     // Bound here, not by Pingora: a busy port is a clean error now, and port 0 becomes the
     // real port that is printed below and then served (see `listen`).
+    // Read before binding: a bad certificate or key is an error naming its field.
+    let tls_certs = config
+        .operating
+        .tls
+        .as_ref()
+        .map(tls::TlsCerts::load)
+        .transpose()?;
     let listener = listen::BoundListener::bind(config.listen, "listen")?;
     let admin_listener = listen::BoundListener::bind(config.admin_listen, "admin_listen")?;
     let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
@@ -120,6 +128,7 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         sources,
         client,
         cache,
+        operating,
         ..
     } = config;
     // A fill holds its key's lock at most until its origin header and one body pause are due;
@@ -136,7 +145,12 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
         sources: sources.iter().map(|s| s.name.clone()).collect(),
     });
     let gateway = gateway::Gateway::new(sources, upstream, ca, resolver, metrics.clone(), cache);
-    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    // h2c: HTTP/2 with prior knowledge on a plain listener (HTTP/1.1 still served); over TLS,
+    // ALPN decides and Pingora ignores this.
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2c = operating.h2c;
+    proxy.server_options = Some(server_options);
     let proxy = Service::new(
         "gateway".to_owned(),
         client::ClientConnections::new(
@@ -144,7 +158,11 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
             client,
         ),
     );
-    server.add_service(listen::PreBound::new(proxy, listener));
+    server.add_service(listen::PreBound::with_tls(
+        proxy,
+        listener,
+        tls_certs.as_ref().map(tls::TlsCerts::settings),
+    ));
 
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(metrics, purger));
     admin.threads = Some(1);
@@ -152,10 +170,11 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
 
     // Both sockets are listening from here on (connections queue until Pingora accepts), so
     // whoever reads these addresses can connect at once.
+    let scheme = if tls_certs.is_some() { "https" } else { "http" };
     let announcement = match demo_origin {
         Some(origin) => announce::Announcement::Stdout(demo::banner(listen, admin_listen, origin)),
         None => announce::Announcement::Stderr(format!(
-            "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
+            "ixproxy: gateway on {scheme}://{listen}, admin on http://{admin_listen} \
              (/healthz, /metrics), {threads} threads"
         )),
     };
