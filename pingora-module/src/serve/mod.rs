@@ -150,6 +150,8 @@ fn prepare(config_path: Option<&Path>) -> Result<(Server, announce::Announcement
     // ALPN decides and Pingora ignores this.
     let mut server_options = pingora::apps::HttpServerOptions::default();
     server_options.h2c = operating.h2c;
+    // An HTTP/2 connection with no stream open is idle, like an HTTP/1 keep-alive one.
+    server_options.h2_idle_timeout = Some(client.idle_timeout);
     proxy.server_options = Some(server_options);
     let proxy = Service::new(
         "gateway".to_owned(),
