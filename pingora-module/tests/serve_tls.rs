@@ -493,3 +493,39 @@ fn unreadable_or_invalid_tls_files_stop_the_start_naming_the_field_never_the_key
         );
     }
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_client_idle_timeout() {
+    let serve = start(&config("h2c: true\nlimits:\n  client_idle_timeout: 1s\n"));
+    let mut tcp = TcpStream::connect_timeout(&serve.listen(), TIMEOUT).expect("connect");
+    tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    // The client connection preface and an empty SETTINGS frame (RFC 9113 §3.4), then nothing.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    let opened = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("an idle HTTP/2 connection stayed open for {TIMEOUT:?}")
+            }
+            Err(_) => break,
+        }
+    }
+    let idle_for = opened.elapsed();
+    // The server spoke HTTP/2: its first frame is SETTINGS (type 4).
+    assert!(got.len() >= 9 && got[3] == 4, "{got:?}");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&idle_for),
+        "closed after {idle_for:?}"
+    );
+}
