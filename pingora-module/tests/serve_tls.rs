@@ -494,14 +494,15 @@ fn unreadable_or_invalid_tls_files_stop_the_start_naming_the_field_never_the_key
     }
 }
 
-#[test]
-fn an_idle_http2_connection_is_closed_after_client_idle_timeout() {
-    let serve = start(&config("h2c: true\nlimits:\n  client_idle_timeout: 1s\n"));
-    let mut tcp = TcpStream::connect_timeout(&serve.listen(), TIMEOUT).expect("connect");
+/// Sends `frames` after the HTTP/2 client preface and an empty SETTINGS frame on a new h2c
+/// connection, then nothing; returns what the server sent and how long until it closed.
+fn h2c_then_silence(addr: SocketAddr, frames: &[u8]) -> (Vec<u8>, Duration) {
+    let mut tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
     tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    // The client connection preface and an empty SETTINGS frame (RFC 9113 §3.4), then nothing.
+    // The client connection preface and an empty SETTINGS frame (RFC 9113 §3.4).
     tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .expect("preface");
+    tcp.write_all(frames).expect("frames");
     let opened = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -516,16 +517,52 @@ fn an_idle_http2_connection_is_closed_after_client_idle_timeout() {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                panic!("an idle HTTP/2 connection stayed open for {TIMEOUT:?}")
+                panic!("the HTTP/2 connection stayed open for {TIMEOUT:?}")
             }
             Err(_) => break,
         }
     }
-    let idle_for = opened.elapsed();
+    (got, opened.elapsed())
+}
+
+/// The type of each whole HTTP/2 frame in `bytes` (9-byte header: 24-bit length, type, flags,
+/// stream id).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = rest.get(9 + len..).unwrap_or_default();
+    }
+    types
+}
+
+#[test]
+fn an_idle_or_stalled_http2_connection_is_closed_after_client_idle_timeout() {
+    let serve = start(&config(
+        "h2c: true\nlimits:\n  client_idle_timeout: 1s\n  client_header_timeout: 1s\n",
+    ));
+    let window = Duration::from_millis(900)..Duration::from_secs(4);
+    // No stream at all.
+    let (got, idle_for) = h2c_then_silence(serve.listen(), &[]);
     // The server spoke HTTP/2: its first frame is SETTINGS (type 4).
-    assert!(got.len() >= 9 && got[3] == 4, "{got:?}");
+    assert_eq!(frame_types(&got).first(), Some(&4), "{got:?}");
     assert!(
-        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&idle_for),
-        "closed after {idle_for:?}"
+        window.contains(&idle_for),
+        "idle: closed after {idle_for:?}"
     );
+    // A HEADERS frame whose header block never ends (no END_HEADERS, no CONTINUATION):
+    // `:method GET`, `:scheme http`, `:path /` from the HPACK static table.
+    let headers = [0, 0, 3, 0x1, 0x0, 0, 0, 0, 1, 0x82, 0x86, 0x84];
+    let (got, stalled_for) = h2c_then_silence(serve.listen(), &headers);
+    assert!(
+        !frame_types(&got).contains(&1),
+        "a response HEADERS frame was sent: {got:?}"
+    );
+    assert!(
+        window.contains(&stalled_for),
+        "stalled header: closed after {stalled_for:?}"
+    );
+    assert_eq!(serve.outcome_count("forwarded").expect("metric"), 0);
 }
