@@ -3,8 +3,8 @@
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
 //! with the admin app ([`admin`]); [`client`] admits client connections and bounds their
-//! timeouts, [`deadline`] the two whole-header deadlines. SIGINT stops at once; SIGTERM drains
-//! for about a second.
+//! timeouts, [`deadline`] the two whole-header deadlines, [`tls`] the certificate and key of
+//! HTTPS on `listen`. SIGINT stops at once; SIGTERM drains for about a second.
 
 mod admin;
 mod announce;
