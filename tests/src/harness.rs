@@ -92,6 +92,15 @@ impl Harness {
     /// # Errors
     /// Origin start-up or file errors.
     pub fn new(vectors: &[Vector]) -> Result<Self, HarnessError> {
+        Harness::with_h2c(vectors, false)
+    }
+
+    /// [`Harness::new`], with `h2c: true` in the config when `h2c` is set (the native gateway
+    /// then also serves HTTP/2 with prior knowledge; Envoy's listener always does).
+    ///
+    /// # Errors
+    /// As [`Harness::new`].
+    pub fn with_h2c(vectors: &[Vector], h2c: bool) -> Result<Self, HarnessError> {
         let origin = RecordingOrigin::start()?;
         let dead_port = DeadPort::bind()?;
         let dir = tempfile::Builder::new()
@@ -199,6 +208,7 @@ impl Harness {
                 "max_body_bytes": MAX_BODY_BYTES,
             },
             "limits": {"max_inflight_per_source": MAX_INFLIGHT_PER_SOURCE},
+            "h2c": h2c,
             "sources": sources,
         });
         let yaml = serde_yaml::to_string(&config)

@@ -10,6 +10,7 @@
 //!   and the outcome the gateway counted.
 //! - [`metrics`]: the outcome counter read from a gateway's admin metrics, and its deltas.
 //! - [`client`]: a raw HTTP/1.1 client that never rewrites the request target.
+//! - [`h2`]: an HTTP/2 (h2c) client for the same requests, and the [`Protocol`] a run speaks.
 //! - [`scripted`]: a raw TCP origin driven by a test's own function, per connection.
 //! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
 //!   aborted transfer, or a time bound.
@@ -18,6 +19,7 @@ pub mod cases;
 pub mod client;
 pub mod dns;
 pub mod gateway;
+pub mod h2;
 pub mod harness;
 pub mod metrics;
 pub mod origin;
@@ -27,9 +29,12 @@ pub mod scripted;
 pub mod tls;
 
 pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};
+pub use h2::Protocol;
 /// The signals [`ServeProcess::stop`] sends.
 pub use nix::sys::signal::Signal;
-pub use runner::{assert_suite_passes, run_suite, Report};
+pub use runner::{
+    assert_suite_passes, assert_suite_passes_over, run_suite, run_suite_over, Report,
+};
 
 use std::path::PathBuf;
 

@@ -7,3 +7,11 @@
 fn every_conformance_case_passes_on_envoy() {
     ixproxy_conformance::assert_suite_passes::<ixproxy_conformance::EnvoyGateway>("envoy");
 }
+
+#[test]
+fn every_conformance_case_passes_on_envoy_over_h2c() {
+    ixproxy_conformance::assert_suite_passes_over::<ixproxy_conformance::EnvoyGateway>(
+        "envoy",
+        ixproxy_conformance::Protocol::H2c,
+    );
+}

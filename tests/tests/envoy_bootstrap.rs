@@ -307,3 +307,39 @@ sources:
     assert_core_reply(&response, &Rejection::origin_address_denied());
     assert_outcome_counts(&envoy, &[("origin_error", 1), ("origin_denied", 2)]);
 }
+
+/// The generated listener's `codec_type: AUTO`: one port serves HTTP/2 with prior knowledge
+/// (h2c) and HTTP/1.1, with the same decision and headers over both.
+#[test]
+fn the_generated_listener_serves_h2c_and_http1_on_one_port() {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir();
+    let config = write(
+        dir.path(),
+        "ixproxy.yaml",
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nsources:\n  - name: local\n    \
+         hosts: [localhost]\n    secure_url_tokens: [tok]\n    allow_private_origins: true\n",
+    );
+    let envoy = EnvoyGateway::start(&config, &[], dir.path())
+        .unwrap_or_else(|e| panic!("envoy does not start: {e}"));
+    let url = format!("http://{}/asset/h2c.jpg", origin.http);
+    let request = RawRequest::get(
+        "localhost",
+        &sign_url("tok", &url, &[], &SignOptions::default()),
+    );
+    // `send_h2c` fails unless the answer came over HTTP/2.
+    let h2 = ixproxy_conformance::h2::send_h2c(envoy.addr(), &request, TIMEOUT)
+        .unwrap_or_else(|e| panic!("h2c: {e}\n{}", envoy.log_tail()));
+    let h1 = send(envoy.addr(), &request, TIMEOUT).unwrap_or_else(|e| panic!("http/1.1: {e}"));
+    for response in [&h2, &h1] {
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(response.body_text(), "asset /asset/h2c.jpg");
+        assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+    }
+    let unknown = RawRequest::get("nobody.test", "/x");
+    let h2 = ixproxy_conformance::h2::send_h2c(envoy.addr(), &unknown, TIMEOUT)
+        .unwrap_or_else(|e| panic!("h2c: {e}"));
+    let reply = Rejection::unknown_host();
+    assert_core_reply(&h2, &reply);
+    assert_eq!(origin.requests().len(), 2);
+}

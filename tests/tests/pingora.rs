@@ -6,3 +6,11 @@
 fn every_conformance_case_passes_on_pingora() {
     ixproxy_conformance::assert_suite_passes::<ixproxy_conformance::PingoraGateway>("pingora");
 }
+
+#[test]
+fn every_conformance_case_passes_on_pingora_over_h2c() {
+    ixproxy_conformance::assert_suite_passes_over::<ixproxy_conformance::PingoraGateway>(
+        "pingora",
+        ixproxy_conformance::Protocol::H2c,
+    );
+}

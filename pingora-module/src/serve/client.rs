@@ -10,8 +10,11 @@
 //! request's first bytes for at most the idle timeout (or until shutdown), hands them to the
 //! next session as its first bytes, and starts that request's header deadline then. Every
 //! session gets the write timeout (each response write must complete within it) and the
-//! header deadline is enforced by [`super::deadline`]. HTTP/2 and custom protocols go through
-//! Pingora's own loop (the header deadline still applies to each stream).
+//! header deadline is enforced by [`super::deadline`]. HTTP/1.1 over TLS (ALPN `http/1.1` or
+//! none) runs this same loop on the decrypted stream. HTTP/2 (ALPN `h2`, or the h2c preface
+//! when `h2c` is on) and custom protocols go through Pingora's own loop: the header deadline
+//! still applies to each stream, and Pingora's `h2_idle_timeout` (`client_idle_timeout`) closes
+//! a connection with no stream open (a header block that never completes opens none).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::{Fds, ListenFds, RuntimeOpts, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service;
@@ -95,6 +96,26 @@ impl<A> PreBound<ListeningService<A>> {
     pub fn new(mut service: ListeningService<A>, listener: BoundListener) -> Self {
         let key = listener.addr.to_string();
         service.add_tcp(&key);
+        PreBound {
+            inner: service,
+            key,
+            listener: Some(listener.listener),
+        }
+    }
+
+    /// Like [`PreBound::new`], with TLS on the endpoint (`tls: None`: plain TCP): Pingora does
+    /// the handshake with `tls` before the application sees the connection. The listen-fd
+    /// table is keyed by address alone, so the pre-bound socket is used all the same.
+    pub fn with_tls(
+        mut service: ListeningService<A>,
+        listener: BoundListener,
+        tls: Option<TlsSettings>,
+    ) -> Self {
+        let Some(tls) = tls else {
+            return PreBound::new(service, listener);
+        };
+        let key = listener.addr.to_string();
+        service.add_tls_with_settings(&key, None, tls);
         PreBound {
             inner: service,
             key,

@@ -3,9 +3,10 @@
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
 //! with the admin app ([`admin`]); [`client`] admits client connections and bounds their
-//! timeouts, [`deadline`] the two whole-header deadlines. Signals (README: Operating): SIGHUP
-//! reloads the config ([`reload`] into [`live`]), SIGTERM drains (see [`announce`]), SIGQUIT
-//! hands the listening sockets to a new `ixproxy serve -u` ([`upgrade`]), SIGINT stops at once.
+//! timeouts, [`deadline`] the two whole-header deadlines, [`tls`] the certificate and key of
+//! HTTPS on `listen`. Signals (README: Operating): SIGHUP reloads the config ([`reload`] into
+//! [`live`], the TLS files included), SIGTERM drains (see [`announce`]), SIGQUIT hands the
+//! listening sockets to a new `ixproxy serve -u` ([`upgrade`]), SIGINT stops at once.
 
 mod access;
 mod admin;
@@ -23,6 +24,7 @@ mod metrics;
 mod peer;
 mod reload;
 mod resolve;
+mod tls;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -158,6 +160,13 @@ fn prepare(
             config.admin_listen
         ));
     }
+    // Read before binding: a bad certificate or key is an error naming its field.
+    let tls_certs = config
+        .operating
+        .tls
+        .as_ref()
+        .map(tls::TlsCerts::load)
+        .transpose()?;
     let (listener, admin_listener) = listeners(args, &config)?;
     let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
     let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
@@ -199,7 +208,8 @@ fn prepare(
         config.clone(),
         live.clone(),
         metrics.clone(),
-    );
+    )
+    .with_tls(tls_certs.clone());
     let Config {
         upstream,
         client,
@@ -222,7 +232,14 @@ fn prepare(
     });
     let gateway = gateway::Gateway::new(live, metrics.clone(), cache)
         .with_access_log(operating.access_log, operating.trusted_proxies);
-    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    // h2c: HTTP/2 with prior knowledge on a plain listener (HTTP/1.1 still served); over TLS,
+    // ALPN decides and Pingora ignores this.
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2c = operating.h2c;
+    // An HTTP/2 connection with no stream open is idle, like an HTTP/1 keep-alive one.
+    server_options.h2_idle_timeout = Some(client.idle_timeout);
+    proxy.server_options = Some(server_options);
     let proxy = Service::new(
         "gateway".to_owned(),
         client::ClientConnections::new(
@@ -230,7 +247,11 @@ fn prepare(
             client,
         ),
     );
-    server.add_service(listen::PreBound::new(proxy, listener));
+    server.add_service(listen::PreBound::with_tls(
+        proxy,
+        listener,
+        tls_certs.as_ref().map(tls::TlsCerts::settings),
+    ));
 
     let readiness = admin::Readiness::default();
     let mut admin = Service::new(
@@ -247,10 +268,11 @@ fn prepare(
     } else {
         ""
     };
+    let scheme = if tls_certs.is_some() { "https" } else { "http" };
     let announcement = match demo_origin {
         Some(origin) => announce::Announcement::Stdout(demo::banner(listen, admin_listen, origin)),
         None => announce::Announcement::Stderr(format!(
-            "ixproxy: gateway on http://{listen}, admin on http://{admin_listen} \
+            "ixproxy: gateway on {scheme}://{listen}, admin on http://{admin_listen} \
              (/healthz, /metrics), {threads} threads{taken_over}"
         )),
     };

@@ -16,6 +16,7 @@ use log::{info, warn};
 
 use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
+use super::tls::TlsCerts;
 use crate::secrets::load_config;
 
 /// Reloads the config file into the running gateway.
@@ -26,6 +27,8 @@ pub struct Reloader {
     started: Config,
     live: LiveConfig,
     metrics: Metrics,
+    /// The certificate and key HTTPS serves, re-read on every reload when TLS is on.
+    tls: Option<TlsCerts>,
 }
 
 /// What a reload that was applied left out.
@@ -44,7 +47,15 @@ impl Reloader {
             started,
             live,
             metrics,
+            tls: None,
         }
+    }
+
+    /// The reloader also re-reading the TLS files into `tls` (when the new config has them;
+    /// switching TLS on or off needs a restart).
+    pub fn with_tls(mut self, tls: Option<TlsCerts>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Handles one SIGHUP: reloads, logs one line for the result (the error names the field,
@@ -90,11 +101,16 @@ impl Reloader {
             new.upstream.clone(),
             Some(&self.live.current()),
         )?;
-        // Steps that apply their own change and may fail go here, each keeping its old state
-        // when it fails (the TLS certificate files: `tls.reload(&files)?`).
+        // Steps that apply their own change and may fail, each keeping its old state when it
+        // fails: the TLS certificate and key (a bad file keeps the running pair and refuses the
+        // whole reload).
+        if let (Some(tls), Some(files)) = (&self.tls, &new.operating.tls) {
+            tls.reload(files)?;
+        }
 
         // The swap: cannot fail. Requests in flight keep the generation they started with.
         self.live.replace(next);
+        self.metrics.add_sources(&new.sources);
         crate::cli::print_warnings(&ixproxy_core::config::warnings(&new));
         Ok(Applied {
             restart_required: restart_required(&self.started, &new),

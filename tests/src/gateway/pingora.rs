@@ -12,13 +12,17 @@ use super::{admin_get, ixproxy_bin, next_instance, require, Gateway, Process};
 use crate::HarnessError;
 
 /// Start of the line `ixproxy serve` writes to stderr once both listeners are bound:
-/// `ixproxy: gateway on http://ADDR, admin on http://ADDR (/healthz, /metrics), N threads`.
-const SERVE_LINE_PREFIX: &str = "ixproxy: gateway on http://";
+/// `ixproxy: gateway on http://ADDR, admin on http://ADDR (/healthz, /metrics), N threads`
+/// (`https://` for the gateway when `tls:` is set).
+const SERVE_LINE_PREFIX: &str = "ixproxy: gateway on ";
 
 /// The gateway and admin addresses of `ixproxy serve`'s start-up line, or `None` for any other
 /// line.
 pub fn parse_serve_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.strip_prefix(SERVE_LINE_PREFIX)?;
+    let rest = rest
+        .strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))?;
     let (gateway, rest) = rest.split_once(", admin on http://")?;
     let (admin, rest) = rest.split_once(' ')?;
     rest.starts_with("(/healthz, /metrics), ")
@@ -255,6 +259,10 @@ mod tests {
         let (gateway, admin) = parse_serve_line(line).expect("serve line");
         assert_eq!(gateway.to_string(), "127.0.0.1:41234");
         assert_eq!(admin.to_string(), "[::1]:9");
+        let tls = "ixproxy: gateway on https://127.0.0.1:443, admin on http://127.0.0.1:9 \
+                   (/healthz, /metrics), 1 threads";
+        let (gateway, _) = parse_serve_line(tls).expect("tls serve line");
+        assert_eq!(gateway.port(), 443);
         assert_eq!(parse_serve_line("[INFO] ixproxy: something else"), None);
         assert_eq!(
             parse_serve_line("ixproxy: gateway on http://127.0.0.1:0x, admin on http://a b"),
