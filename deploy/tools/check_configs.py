@@ -8,8 +8,8 @@
   paths point at placeholder files in a temporary directory;
 - Kubernetes: every secret file the config names is a key of the Secret and lies in the
   directory the Deployment mounts it at; the config is mounted where the container's `-c`
-  points; terminationGracePeriodSeconds covers preStop + server.grace_period + shutdown;
-- systemd: TimeoutStopSec covers server.grace_period + shutdown, and each credential the config
+  points; terminationGracePeriodSeconds covers preStop + 2 x server.grace_period + shutdown;
+- systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
 - the image's runtime conditions, as far as they can be had without a container engine (as
   root, with util-linux's unshare and setpriv): `ixproxy serve` on the Docker config runs as
@@ -138,11 +138,12 @@ def check_kubernetes(binary):
             problems.append(f"{{file: {path}}} is not a key of the mounted Secret")
 
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
-    needed = pre_stop.get("seconds", 0) + grace_period(config_text) + SHUTDOWN_SECONDS
+    # SIGTERM serves on for grace_period, then requests in flight get grace_period again.
+    needed = pre_stop.get("seconds", 0) + 2 * grace_period(config_text) + SHUTDOWN_SECONDS
     termination = pod.get("terminationGracePeriodSeconds", 30)
     if termination <= needed:
         problems.append(
-            f"terminationGracePeriodSeconds {termination} <= preStop + grace_period + "
+            f"terminationGracePeriodSeconds {termination} <= preStop + 2 x grace_period + "
             f"{SHUTDOWN_SECONDS} s = {needed}"
         )
     report("kubernetes: Deployment, Secret and ConfigMap agree", "; ".join(problems))
@@ -156,9 +157,9 @@ def check_systemd(binary):
     settings = re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE)
     problems = []
     stop = [value for key, value in settings if key == "TimeoutStopSec"]
-    needed = grace_period(config_text) + SHUTDOWN_SECONDS
+    needed = 2 * grace_period(config_text) + SHUTDOWN_SECONDS
     if not stop or seconds(stop[-1]) <= needed:
-        problems.append(f"TimeoutStopSec must exceed grace_period + {SHUTDOWN_SECONDS} s")
+        problems.append(f"TimeoutStopSec must exceed 2 x grace_period + {SHUTDOWN_SECONDS} s")
     credentials = {value.split(":", 1)[0] for key, value in settings if key == "LoadCredential"}
     for path in FILE_SECRET.findall(config_text):
         directory, _, name = path.rpartition("/")
