@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::tls::{Issued, TestCa};
-use ixproxy_conformance::ServeProcess;
+use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 
 const TOKEN: &str = "tls-test-token-0123456789";
@@ -565,4 +565,80 @@ fn an_idle_or_stalled_http2_connection_is_closed_after_client_idle_timeout() {
         "stalled header: closed after {stalled_for:?}"
     );
     assert_eq!(serve.outcome_count("forwarded").expect("metric"), 0);
+}
+
+/// Polls `ixproxy_config_reloads_total{result}` (bounded) until it reaches `value`.
+fn await_reloads(serve: &ServeProcess, result: &str, value: u64) {
+    let sample = format!("ixproxy_config_reloads_total{{result=\"{result}\"}}");
+    let started = Instant::now();
+    while serve.metric(&sample).unwrap_or(0) < value {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{sample} never reached {value}:\n{}",
+            serve.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_serves_the_new_certificate_to_new_connections_and_keeps_it_on_a_bad_file() {
+    if !have_curl() {
+        return;
+    }
+    let origin = RecordingOrigin::start().expect("origin");
+    let first = pki();
+    let serve = start(&config(&tls_yaml(&first.cert_file, &first.key_file)));
+    let url = format!(
+        "https://localhost:{}{}",
+        serve.listen().port(),
+        signed(&origin, "/asset/reload.jpg")
+    );
+    let resolve = format!("localhost:{}:127.0.0.1", serve.listen().port());
+    let trusts = |ca: &Path| {
+        let status = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+            ])
+            .arg("--cacert")
+            .arg(ca)
+            .arg(&url)
+            .stderr(Stdio::null())
+            .status()
+            .expect("run curl");
+        status.success()
+    };
+    assert!(trusts(&first.ca_file));
+
+    // Another CA's certificate and key replace the files; SIGHUP makes new handshakes use them.
+    let second = pki();
+    std::fs::copy(&second.cert_file, &first.cert_file).expect("copy cert");
+    std::fs::copy(&second.key_file, &first.key_file).expect("copy key");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_reloads(&serve, "ok", 1);
+    assert!(trusts(&second.ca_file), "the new certificate is not served");
+    assert!(
+        !trusts(&first.ca_file),
+        "the old certificate is still served"
+    );
+
+    // A broken key refuses the whole reload: the running pair stays.
+    std::fs::write(&first.key_file, "not a key\n").expect("write");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_reloads(&serve, "error", 1);
+    assert!(
+        trusts(&second.ca_file),
+        "a bad key file replaced the running pair"
+    );
+    let log = serve.log();
+    assert!(
+        log.contains("tls.key_file"),
+        "the refusal names no field:\n{log}"
+    );
 }
