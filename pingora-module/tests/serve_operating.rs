@@ -391,7 +391,11 @@ fn an_upgrade_takes_the_sockets_over_without_a_failed_request() {
     };
 
     // The loop runs through the old process before the upgrade starts.
-    await_sample(&old, "ixproxy_requests_total{outcome=\"forwarded\"}", 10);
+    await_sample(
+        &old,
+        "ixproxy_requests_total{outcome=\"forwarded\",source=\"a\"}",
+        10,
+    );
 
     // The new process names the ports the old one serves (port 0 would be ambiguous).
     let new_config = config(extra, &token_file).replacen(
@@ -449,7 +453,7 @@ fn an_upgrade_takes_the_sockets_over_without_a_failed_request() {
     assert!(old_exit.success(), "{old_exit}");
     assert!(old.log().contains("SIGQUIT: draining (/readyz 503)"));
     // A few more requests with only the new process left.
-    let forwarded = "ixproxy_requests_total{outcome=\"forwarded\"}";
+    let forwarded = "ixproxy_requests_total{outcome=\"forwarded\",source=\"a\"}";
     let after = new.metric(forwarded).expect("metric");
     await_sample(&new, forwarded, after + 20);
     stop.store(true, Ordering::SeqCst);

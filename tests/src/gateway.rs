@@ -147,8 +147,13 @@ impl Process {
         stop_signal: Signal,
         watch: fn(&str) -> Option<T>,
     ) -> Result<(Self, Receiver<T>), HarnessError> {
-        let out = File::create(&log).map_err(|e| HarnessError::io("create log", e))?;
-        // Appending, so the thread's lines and the child's stdout never overwrite each other.
+        File::create(&log).map_err(|e| HarnessError::io("create log", e))?;
+        // Both appending, so the thread's lines and the child's stdout (the access log) never
+        // overwrite each other.
+        let out = OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(|e| HarnessError::io("open log", e))?;
         let mut copy = OpenOptions::new()
             .append(true)
             .open(&log)
