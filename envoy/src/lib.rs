@@ -110,6 +110,10 @@ pub struct Options {
     pub allow_literal_secrets: bool,
 }
 
+/// The warning for each native-only operating field set in a config given to the generator.
+pub const NATIVE_ONLY_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
+    applies it (Envoy has its own --concurrency, --drain-time-s and listener TLS)";
+
 /// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
 /// by `ixproxy envoy-config` whenever `cache:` is on.
 pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched through the cache \
@@ -204,6 +208,12 @@ fn render(
         warnings.push(ConfigWarning {
             path: "cache".to_owned(),
             message: CACHE_WARNING.to_owned(),
+        });
+    }
+    for field in config.operating.native_only_fields() {
+        warnings.push(ConfigWarning {
+            path: field.to_owned(),
+            message: NATIVE_ONLY_WARNING.to_owned(),
         });
     }
     let env_keys = secrets.names.into_inner();
@@ -576,6 +586,22 @@ mod tests {
         )
         .expect("generates");
         assert!(!without.warnings.iter().any(|w| w.path == "cache"));
+        let native = generate_with(
+            &format!("tls:\n  cert_file: /c\n  key_file: /k\nh2c: true\n{CONFIG}"),
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        let named: Vec<&str> = native
+            .warnings
+            .iter()
+            .filter(|w| w.message == NATIVE_ONLY_WARNING)
+            .map(|w| w.path.as_str())
+            .collect();
+        assert_eq!(named, ["tls", "h2c"]);
     }
 
     #[test]

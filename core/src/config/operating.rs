@@ -103,6 +103,30 @@ impl Default for Operating {
     }
 }
 
+impl Operating {
+    /// The fields set to something other than their default that only the native gateway
+    /// applies (the Envoy bootstrap has its own threads, drain and listener TLS): what
+    /// `ixproxy envoy-config` warns about. `access_log` and `trusted_proxies` are rendered into
+    /// the bootstrap and are not among them.
+    pub fn native_only_fields(&self) -> Vec<&'static str> {
+        let defaults = Operating::default();
+        let mut fields = Vec::new();
+        if self.threads != defaults.threads {
+            fields.push("server.threads");
+        }
+        if self.grace_period != defaults.grace_period {
+            fields.push("server.grace_period");
+        }
+        if self.tls.is_some() {
+            fields.push("tls");
+        }
+        if self.h2c {
+            fields.push("h2c");
+        }
+        fields
+    }
+}
+
 fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
@@ -213,6 +237,23 @@ mod tests {
                 o.access_log
             )),
             Ok((None, Duration::ZERO, AccessLogFormat::Off))
+        );
+    }
+
+    #[test]
+    fn native_only_fields_are_named_when_set() {
+        assert!(operating("")
+            .expect("valid")
+            .native_only_fields()
+            .is_empty());
+        let set = operating(
+            "server:\n  threads: 2\n  grace_period: 1s\ntls:\n  cert_file: /c\n  key_file: /k\n\
+             h2c: true\naccess_log: off\ntrusted_proxies: [10.0.0.0/8]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            set.native_only_fields(),
+            ["server.threads", "server.grace_period", "tls", "h2c"]
         );
     }
 
