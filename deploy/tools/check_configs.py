@@ -182,12 +182,18 @@ def check_read_only_root(binary):
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         print(f"skip {name}: needs root and util-linux's unshare and setpriv")
         return
-    binary = str(Path(binary).resolve())
-    # Not under /tmp: the sandbox gets an empty /tmp of its own.
-    work = Path(binary).parent
+    # Staged outside /tmp, which the sandbox replaces by an empty tmpfs (the checkout itself may
+    # be under /tmp): /var/tmp when it is there, else beside the binary.
+    var_tmp = Path("/var/tmp")
+    work = var_tmp if var_tmp.is_dir() and os.access(var_tmp, os.W_OK) else Path(binary).parent
+    if str(work.resolve()).startswith("/tmp/"):
+        print(f"skip {name}: no staging directory outside /tmp")
+        return
     with tempfile.TemporaryDirectory(prefix="ixproxy-readonly-", dir=work) as tmp:
         root = Path(tmp)
         root.chmod(0o755)
+        binary = str(shutil.copy2(Path(binary).resolve(), root / "ixproxy"))
+        os.chmod(binary, 0o755)
 
         def placeholder(match):
             path = root / match.group(1).lstrip("/")
