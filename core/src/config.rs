@@ -876,5 +876,12 @@ sources:
         .and_then(|raw| raw.validate(&MapSecrets::new()))
         .expect_err("unlabelable");
         assert_eq!(err.path, "sources[0].name");
+        let err = RawConfig::from_yaml(
+            "sources:\n  - {name: web.a, hosts: [a], secure_url_tokens: [t]}\n  - {name: web_a, hosts: [b], secure_url_tokens: [t]}\n",
+        )
+        .and_then(|raw| raw.validate(&MapSecrets::new()))
+        .expect_err("one label for two sources");
+        assert_eq!(err.path, "sources[1].name");
+        assert!(err.message.contains("`web_a`"), "{err}");
     }
 }

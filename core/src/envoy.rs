@@ -100,10 +100,11 @@ pub const STATS_TAGS: [(&str, &str); 5] = [
 ];
 
 /// Envoy filter state properties (`wasm.<name>`) the filter fills for the bootstrap's access log
-/// (`%FILTER_STATE(wasm.<name>:PLAIN)%`): the client's Host (the filter rewrites `:authority` to
+/// (`%FILTER_STATE(wasm.<name>:PLAIN)%`): the request id, the client's Host (the filter rewrites `:authority` to
 /// the origin's), the client address, the source's name, the outcome, the origin host and the cache result. Declared
 /// with the downstream request's life span, so they survive Envoy's internal redirects.
-pub const LOG_PROPERTIES: [&str; 6] = [
+pub const LOG_PROPERTIES: [&str; 7] = [
+    LOG_REQUEST_ID,
     LOG_HOST,
     LOG_CLIENT_IP,
     LOG_SOURCE,
@@ -111,6 +112,9 @@ pub const LOG_PROPERTIES: [&str; 6] = [
     LOG_ORIGIN_HOST,
     LOG_CACHE,
 ];
+/// See [`LOG_PROPERTIES`]: the request id as the filter settled it (never a client value the
+/// core's rule refuses).
+pub const LOG_REQUEST_ID: &str = "ixproxy_request_id";
 /// See [`LOG_PROPERTIES`].
 pub const LOG_HOST: &str = "ixproxy_host";
 /// See [`LOG_PROPERTIES`]: Envoy's downstream address of the client's stream (after

@@ -3,7 +3,8 @@
 //! in Envoy's command operators, on stdout; and `trusted_proxies` as Envoy's XFF original-IP
 //! detection.
 //!
-//! What Envoy knows itself comes from its operators; what only the filter knows (the client's
+//! What Envoy knows itself comes from its operators; what only the filter knows (the request id
+//! it settled, so a client value the core refuses is never logged; the client's
 //! Host, which the filter rewrites to the origin's; the client address of the first stream, as a
 //! stream Envoy recreates for a redirect lacks the `X-Forwarded-For` the filter removed; the
 //! source, the outcome, the origin host and the cache result) from the filter state it fills
@@ -13,7 +14,8 @@
 use ixproxy_core::addr::IpNet;
 use ixproxy_core::config::AccessLogFormat;
 use ixproxy_core::envoy::{
-    INTERNAL_REDIRECT, LOG_CACHE, LOG_CLIENT_IP, LOG_HOST, LOG_ORIGIN_HOST, LOG_OUTCOME, LOG_SOURCE,
+    INTERNAL_REDIRECT, LOG_CACHE, LOG_CLIENT_IP, LOG_HOST, LOG_ORIGIN_HOST, LOG_OUTCOME,
+    LOG_REQUEST_ID, LOG_SOURCE,
 };
 use serde_yaml::Value;
 
@@ -24,7 +26,7 @@ pub(crate) fn fields() -> Vec<(&'static str, String)> {
     let state = |name: &str| format!("%FILTER_STATE(wasm.{name}:PLAIN)%");
     vec![
         ("ts", "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%".to_owned()),
-        ("request_id", "%REQ(X-REQUEST-ID)%".to_owned()),
+        ("request_id", state(LOG_REQUEST_ID)),
         ("client_ip", state(LOG_CLIENT_IP)),
         ("method", "%REQ(:METHOD)%".to_owned()),
         ("host", state(LOG_HOST)),

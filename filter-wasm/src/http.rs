@@ -24,7 +24,7 @@ use ixproxy_core::access_log::{self, REQUEST_ID_HEADER, REQUEST_ID_RANDOM_BYTES}
 use ixproxy_core::cache::CACHE_STATUS;
 use ixproxy_core::envoy::{
     address_without_port, LOG_CACHE, LOG_CLIENT_IP, LOG_HOST, LOG_ORIGIN_HOST, LOG_OUTCOME,
-    LOG_SOURCE,
+    LOG_REQUEST_ID, LOG_SOURCE,
 };
 use ixproxy_core::envoy::{
     cache_result, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
@@ -117,6 +117,7 @@ impl FilterHttp {
             hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
                 .map_err(|status| format!("cannot set the request id: {status:?}"))?;
         }
+        Self::log_property(LOG_REQUEST_ID, &id);
         Ok(())
     }
 
@@ -293,12 +294,13 @@ impl FilterHttp {
         if hop.holds_slot {
             self.slot = Some(inflight_key(&hop.source));
         }
+        // The replaced stream handed its place in the in-flight gauge over, too: taken before
+        // anything can refuse the hop, so the stream that ends the request gives it back.
+        self.source_label = ixproxy_core::metrics::label(&hop.source);
+        self.in_flight = true;
         let Some(previous) = hop.forward(sources) else {
             return self.internal_error("hop state of an unknown source");
         };
-        // The replaced stream handed its place in the in-flight gauge over, too.
-        self.source_label.clone_from(&previous.source().label);
-        self.in_flight = true;
         let (now, now_ms) = match Self::now() {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),

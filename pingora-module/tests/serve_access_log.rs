@@ -90,7 +90,7 @@ fn one_json_line_per_request_with_every_field_and_no_secret() {
             &signed,
             &[
                 ("X-Request-ID", "client.id-1_A"),
-                ("X-Forwarded-For", "203.0.113.5, 127.0.0.9"),
+                ("X-Forwarded-For", "198.51.100.1, 203.0.113.5, 127.0.0.9"),
             ],
         ),
     );
@@ -183,7 +183,8 @@ fn one_json_line_per_request_with_every_field_and_no_secret() {
 #[test]
 fn forwarded_for_is_ignored_from_an_untrusted_peer_and_text_lines_are_key_value() {
     let origin = RecordingOrigin::start().expect("origin");
-    let serve = start(&config("access_log: text\n"));
+    // The loopback peer is not in the list: its X-Forwarded-For is not believed.
+    let serve = start(&config("access_log: text\ntrusted_proxies: [10.0.0.0/8]\n"));
     let url = format!("http://{}/asset/text.jpg", origin.http);
     let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
     let resp = fetch(

@@ -1,5 +1,6 @@
 //! Runs the case table through a gateway and checks what the client got and what the origin saw.
 
+use ixproxy_core::access_log::{is_valid_request_id, REQUEST_ID_HEADER};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -906,6 +907,44 @@ fn describe(recorded: &[Recorded]) -> String {
         .join(", ")
 }
 
+/// Every answer of a request the gateway saw (not one its HTTP codec refused first:
+/// [`crate::cases::NO_OUTCOME`]) carries one `X-Request-ID` under the core's rule: the
+/// client's when it sent exactly one valid id, else one the gateway made.
+fn check_request_id(
+    case: &Case,
+    response: &RawResponse,
+    x: &dyn Fn(&str) -> String,
+    problems: &mut Vec<String>,
+) {
+    if case.expect.outcome.as_deref() == Some(crate::cases::NO_OUTCOME) {
+        return;
+    }
+    let sent: Vec<String> = case
+        .request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
+        .map(|(_, value)| x(value))
+        .collect();
+    let got = response.header_values(REQUEST_ID_HEADER);
+    let [id] = got.as_slice() else {
+        problems.push(format!("X-Request-ID: {got:?} (expected exactly one)"));
+        return;
+    };
+    if !is_valid_request_id(id.as_bytes()) {
+        problems.push(format!("X-Request-ID {id:?} breaks the request id rule"));
+    }
+    if let [client] = sent.as_slice() {
+        let kept = is_valid_request_id(client.as_bytes());
+        if kept != (id == client) {
+            problems.push(format!(
+                "X-Request-ID {id:?} for a client id {client:?} (expected it {})",
+                if kept { "kept" } else { "replaced" }
+            ));
+        }
+    }
+}
+
 fn check_response(
     case: &Case,
     response: &RawResponse,
@@ -946,6 +985,7 @@ fn check_response(
     if !cookies.is_empty() && !expect.absent_headers.iter().any(|h| h == "set-cookie") {
         problems.push(format!("origin Set-Cookie reached the client: {cookies:?}"));
     }
+    check_request_id(case, response, x, problems);
     if expect.max_age_capped_by_expires {
         match (expires, max_age(response)) {
             (None, _) => problems.push("case signs no integer expires".to_owned()),

@@ -95,7 +95,9 @@ fn the_access_log_has_the_native_fields_and_request_ids_are_settled_like_nativel
             &signed,
             &[
                 ("X-Request-ID", "client.id-1_A"),
-                ("X-Forwarded-For", "203.0.113.5"),
+                // The nearest proxy (trusted) appended the client; what came before is the
+                // client's own claim.
+                ("X-Forwarded-For", "198.51.100.1, 203.0.113.5, 127.0.0.9"),
             ],
         ),
     );
@@ -185,25 +187,28 @@ fn the_access_log_has_the_native_fields_and_request_ids_are_settled_like_nativel
 }
 
 #[test]
-fn forwarded_for_is_ignored_without_trusted_proxies() {
-    let dir = tempfile::tempdir().expect("temp dir");
+fn forwarded_for_is_ignored_from_a_peer_outside_trusted_proxies() {
     let origin = RecordingOrigin::start().expect("origin");
-    let envoy = start(dir.path(), "");
     let url = format!("http://{}/asset/a.jpg", origin.http);
     let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
-    let resp = fetch(
-        &envoy,
-        &request(
-            &signed,
-            &[
-                ("X-Request-ID", "plain"),
-                ("X-Forwarded-For", "203.0.113.5"),
-            ],
-        ),
-    );
-    assert_eq!(resp.status, 200);
-    let lines = json_lines(&envoy, 1);
-    assert_eq!(by_id(&lines, "plain")["client_ip"], "127.0.0.1");
+    // No list (use_remote_address), and a list the loopback peer is not in (XFF detection).
+    for extra in ["", "trusted_proxies: [10.0.0.0/8]\n"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let envoy = start(dir.path(), extra);
+        let resp = fetch(
+            &envoy,
+            &request(
+                &signed,
+                &[
+                    ("X-Request-ID", "plain"),
+                    ("X-Forwarded-For", "203.0.113.5"),
+                ],
+            ),
+        );
+        assert_eq!(resp.status, 200, "{extra}");
+        let lines = json_lines(&envoy, 1);
+        assert_eq!(by_id(&lines, "plain")["client_ip"], "127.0.0.1", "{extra}");
+    }
 }
 
 #[test]
