@@ -31,6 +31,8 @@ pub struct Lifecycle {
     pub readiness: Readiness,
     /// `server.grace_period`: how long SIGTERM keeps the listeners serving.
     pub grace_period: Duration,
+    /// `--upgrade-sock`: where SIGQUIT sends the listening sockets.
+    pub upgrade_sock: std::path::PathBuf,
 }
 
 /// Where the announcement goes.
@@ -90,6 +92,7 @@ impl ShutdownSignalWatch for AnnounceThenWatch {
             reloader,
             readiness,
             grace_period,
+            upgrade_sock,
         } = &self.lifecycle;
         loop {
             tokio::select! {
@@ -98,6 +101,16 @@ impl ShutdownSignalWatch for AnnounceThenWatch {
                 }
                 _ = upgrade.recv() => {
                     readiness.drain();
+                    if let Err(e) = super::upgrade::check_private(upgrade_sock) {
+                        // Never hand the sockets to whoever may own that path: drain as on
+                        // SIGTERM instead.
+                        log::error!("SIGQUIT: not handing the listening sockets over: {e}; \
+                                     draining (/readyz 503) for {grace_period:?}");
+                        return tokio::select! {
+                            _ = tokio::time::sleep(*grace_period) => ShutdownSignal::GracefulTerminate,
+                            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
+                        };
+                    }
                     log::info!(
                         "SIGQUIT: draining (/readyz 503); handing the listening sockets to the \
                          new process"

@@ -276,10 +276,16 @@ fn prepare(
              (/healthz, /metrics), {threads} threads{taken_over}"
         )),
     };
+    // A directory that is missing only means no upgrade; one others can write is worth a word.
+    let sock_dir_exists = args.upgrade_sock.parent().is_some_and(Path::is_dir);
+    if let (true, Err(e)) = (sock_dir_exists, upgrade::check_private(&args.upgrade_sock)) {
+        eprintln!("warning: --upgrade-sock: {e}; SIGQUIT will drain without handing over");
+    }
     let lifecycle = announce::Lifecycle {
         reloader,
         readiness,
         grace_period,
+        upgrade_sock: args.upgrade_sock.clone(),
     };
     Ok((server, announcement, lifecycle))
 }

@@ -17,8 +17,45 @@ use pingora::server::Fds;
 
 use super::listen::BoundListener;
 
-/// Default path of the upgrade socket (`--upgrade-sock`).
-pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/ixproxy-upgrade.sock";
+/// Default path of the upgrade socket (`--upgrade-sock`): in a directory only ixproxy's user
+/// writes (systemd's `RuntimeDirectory=ixproxy`).
+pub const DEFAULT_UPGRADE_SOCK: &str = "/run/ixproxy/upgrade.sock";
+
+/// Whether the upgrade socket at `path` is safe to use: its directory exists and no other user
+/// can write to it. In a directory others can write (`/tmp`), another user could create the
+/// socket first and receive the listening sockets on SIGQUIT, or feed a waiting `-u` sockets
+/// of their own; Pingora also makes the socket mode 0666 while it waits.
+///
+/// # Errors
+/// A message naming the directory and what is wrong with it.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        format!(
+            "the upgrade socket's directory {} cannot be used: {e}",
+            dir.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "the upgrade socket's directory {} is not a directory",
+            dir.display()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the upgrade socket's directory {} is writable by other users, who could take the \
+             listening sockets; use a directory only ixproxy's user can write (--upgrade-sock \
+             /run/ixproxy/upgrade.sock with systemd's RuntimeDirectory=ixproxy)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
 
 /// The listening sockets received from the running instance, by the address each served.
 #[derive(Debug)]
@@ -35,17 +72,9 @@ impl Inherited {
     /// received address cannot be read.
     pub fn receive(path: &Path) -> Result<Self, String> {
         let shown = path.display();
-        // Pingora's receiver panics when it cannot bind the socket; the usual cause is checked
-        // first.
-        match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
-                return Err(format!(
-                    "upgrade: the upgrade socket's directory {} does not exist",
-                    dir.display()
-                ))
-            }
-            _ => {}
-        }
+        // Pingora's receiver panics when it cannot bind the socket (a missing directory): the
+        // directory is checked first, and it must be private.
+        check_private(path).map_err(|e| format!("upgrade: {e}"))?;
         let text = path
             .to_str()
             .ok_or_else(|| format!("upgrade: the upgrade socket path {shown} is not utf-8"))?;
@@ -148,6 +177,23 @@ pub fn claim_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upgrade_socket_must_be_in_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).expect("mkdir");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(check_private(&private.join("u.sock")), Ok(()));
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = check_private(&shared.join("u.sock")).expect_err("world-writable");
+        assert!(err.contains("writable by other users"), "{err}");
+        let err = check_private(&dir.path().join("missing/u.sock")).expect_err("missing");
+        assert!(err.contains("cannot be used"), "{err}");
+    }
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("addr")
