@@ -283,6 +283,15 @@ pub(super) fn sources(
                 "a source name needs at least one letter or digit",
             ));
         }
+        if let Some(other) = list.iter().position(|s| s.name == raw_source.name) {
+            return Err(error(
+                format!("{path}.name"),
+                format!(
+                    "duplicate source name `{}` (also sources[{other}])",
+                    raw_source.name
+                ),
+            ));
+        }
         let label = crate::metrics::label(&raw_source.name);
         if let Some(other) = list.iter().position(|s| s.label == label) {
             return Err(error(
@@ -290,15 +299,6 @@ pub(super) fn sources(
                 format!(
                     "`{}` and sources[{other}] `{}` share the metrics label `{label}`",
                     raw_source.name, list[other].name
-                ),
-            ));
-        }
-        if let Some(other) = list.iter().position(|s| s.name == raw_source.name) {
-            return Err(error(
-                format!("{path}.name"),
-                format!(
-                    "duplicate source name `{}` (also sources[{other}])",
-                    raw_source.name
                 ),
             ));
         }

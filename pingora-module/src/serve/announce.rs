@@ -106,10 +106,7 @@ impl ShutdownSignalWatch for AnnounceThenWatch {
                         // SIGTERM instead.
                         log::error!("SIGQUIT: not handing the listening sockets over: {e}; \
                                      draining (/readyz 503) for {grace_period:?}");
-                        return tokio::select! {
-                            _ = tokio::time::sleep(*grace_period) => ShutdownSignal::GracefulTerminate,
-                            _ = interrupt.recv() => ShutdownSignal::FastShutdown,
-                        };
+                        return drain(*grace_period, &mut interrupt, &mut hangup).await;
                     }
                     log::info!(
                         "SIGQUIT: draining (/readyz 503); handing the listening sockets to the \
@@ -124,12 +121,29 @@ impl ShutdownSignalWatch for AnnounceThenWatch {
                          then the listeners close and requests in flight get {grace_period:?} \
                          to finish"
                     );
-                    return tokio::select! {
-                        _ = tokio::time::sleep(*grace_period) => ShutdownSignal::GracefulTerminate,
-                        _ = interrupt.recv() => ShutdownSignal::FastShutdown,
-                    };
+                    return drain(*grace_period, &mut interrupt, &mut hangup).await;
                 }
                 _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+    }
+}
+
+/// The first phase of a drain: the listeners keep serving for `grace_period` (SIGINT ends it at
+/// once); a SIGHUP meanwhile is not applied, and says so.
+async fn drain(
+    grace_period: Duration,
+    interrupt: &mut tokio::signal::unix::Signal,
+    hangup: &mut tokio::signal::unix::Signal,
+) -> ShutdownSignal {
+    let sleep = tokio::time::sleep(grace_period);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return ShutdownSignal::GracefulTerminate,
+            _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+            _ = hangup.recv() => {
+                log::warn!("SIGHUP while draining: not reloaded (the process is stopping)");
             }
         }
     }
