@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ixproxy_conformance::access_log::{assert_forwarded_text_line, by_id, json_lines, text_line};
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::ServeProcess;
@@ -15,6 +16,8 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(15);
 const OLD_TOKEN: &str = "tok-old-0123456789";
 const NEW_TOKEN: &str = "tok-new-0123456789";
+/// How long a line may take to appear in the log.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 
 fn config(extra: &str) -> String {
     format!(
@@ -45,30 +48,6 @@ fn request(target: &str, headers: &[(&str, &str)]) -> RawRequest {
 
 fn fetch(addr: SocketAddr, req: &RawRequest) -> RawResponse {
     send(addr, req, TIMEOUT).unwrap_or_else(|e| panic!("{} {}: {e}", req.method, req.target))
-}
-
-/// The JSON access log lines written so far, waiting (bounded) until `count` are there.
-fn json_lines(serve: &ServeProcess, count: usize) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let lines: Vec<Value> = serve
-            .log()
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-            .collect();
-        if lines.len() >= count || started.elapsed() > Duration::from_secs(5) {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn by_id<'a>(lines: &'a [Value], id: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l["request_id"] == id)
-        .unwrap_or_else(|| panic!("no line with request_id {id} in {lines:#?}"))
 }
 
 #[test]
@@ -125,7 +104,7 @@ fn one_json_line_per_request_with_every_field_and_no_secret() {
         Rejection::unknown_host().status()
     );
 
-    let lines = json_lines(&serve, 3);
+    let lines = json_lines(|| serve.log(), 3, LOG_WAIT);
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let line = by_id(&lines, "client.id-1_A");
     assert_eq!(
@@ -198,33 +177,8 @@ fn forwarded_for_is_ignored_from_an_untrusted_peer_and_text_lines_are_key_value(
         ),
     );
     assert_eq!(resp.status, 200);
-    let started = Instant::now();
-    let line = loop {
-        let found = serve
-            .log()
-            .lines()
-            .find(|l| l.contains("request_id=text-1"))
-            .map(str::to_owned);
-        if let Some(line) = found {
-            break line;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no text line:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(line.starts_with("ts="), "{line}");
-    for part in [
-        " client_ip=127.0.0.1 ",
-        " method=GET host=gw.test source=web.assets outcome=forwarded status=200 ",
-        &format!(" origin_host={} ", origin.http),
-        &format!(" bytes_sent={} ", resp.body.len()),
-        " cache=-",
-    ] {
-        assert!(line.contains(part), "{part:?} not in {line}");
-    }
+    let line = text_line(|| serve.log(), "text-1", LOG_WAIT);
+    assert_forwarded_text_line(&line, &origin.http.to_string(), resp.body.len());
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
 //!   aborted transfer, or a time bound.
 
+pub mod access_log;
 pub mod cases;
 pub mod client;
 pub mod dns;

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ixproxy_conformance::access_log::{assert_forwarded_text_line, by_id, json_lines, text_line};
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::metrics::sample;
 use ixproxy_conformance::origin::RecordingOrigin;
@@ -20,6 +21,8 @@ use serde_json::Value;
 const TIMEOUT: Duration = Duration::from_secs(15);
 const OLD_TOKEN: &str = "tok-old-0123456789";
 const NEW_TOKEN: &str = "tok-new-0123456789";
+/// How long a line may take to appear in the log (Envoy flushes about once a second).
+const LOG_WAIT: Duration = Duration::from_secs(10);
 
 fn start(dir: &Path, extra: &str) -> EnvoyGateway {
     let config = dir.join("ixproxy.yaml");
@@ -52,31 +55,6 @@ fn request(target: &str, headers: &[(&str, &str)]) -> RawRequest {
 fn fetch(envoy: &EnvoyGateway, req: &RawRequest) -> RawResponse {
     send(envoy.addr(), req, TIMEOUT)
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", req.target, envoy.log_tail()))
-}
-
-/// The JSON access log lines so far, waiting (bounded: Envoy flushes its log about once a
-/// second) until `count` are there.
-fn json_lines(envoy: &EnvoyGateway, count: usize) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let lines: Vec<Value> = envoy
-            .log()
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-            .collect();
-        if lines.len() >= count || started.elapsed() > Duration::from_secs(10) {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn by_id<'a>(lines: &'a [Value], id: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l["request_id"] == id)
-        .unwrap_or_else(|| panic!("no line with request_id {id} in {lines:#?}"))
 }
 
 #[test]
@@ -139,7 +117,7 @@ fn the_access_log_has_the_native_fields_and_request_ids_are_settled_like_nativel
         Rejection::unknown_host().status()
     );
 
-    let lines = json_lines(&envoy, 3);
+    let lines = json_lines(|| envoy.log(), 3, LOG_WAIT);
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let line = by_id(&lines, "client.id-1_A");
     assert_eq!(
@@ -206,7 +184,7 @@ fn forwarded_for_is_ignored_from_a_peer_outside_trusted_proxies() {
             ),
         );
         assert_eq!(resp.status, 200, "{extra}");
-        let lines = json_lines(&envoy, 1);
+        let lines = json_lines(|| envoy.log(), 1, LOG_WAIT);
         assert_eq!(by_id(&lines, "plain")["client_ip"], "127.0.0.1", "{extra}");
     }
 }
@@ -321,31 +299,6 @@ fn text_access_lines_are_key_value() {
     let signed = sign_url(OLD_TOKEN, &url, &[], &SignOptions::default());
     let resp = fetch(&envoy, &request(&signed, &[("X-Request-ID", "text-1")]));
     assert_eq!(resp.status, 200);
-    let started = Instant::now();
-    let line = loop {
-        let found = envoy
-            .log()
-            .lines()
-            .find(|l| l.contains("request_id=text-1"))
-            .map(str::to_owned);
-        if let Some(line) = found {
-            break line;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no line:\n{}",
-            envoy.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(line.starts_with("ts="), "{line}");
-    for part in [
-        " client_ip=127.0.0.1 ",
-        " method=GET host=gw.test source=web.assets outcome=forwarded status=200 ",
-        &format!(" origin_host={} ", origin.http),
-        &format!(" bytes_sent={} ", resp.body.len()),
-        " cache=-",
-    ] {
-        assert!(line.contains(part), "{part:?} not in {line}");
-    }
+    let line = text_line(|| envoy.log(), "text-1", LOG_WAIT);
+    assert_forwarded_text_line(&line, &origin.http.to_string(), resp.body.len());
 }
