@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ixproxy_conformance::access_log::{assert_forwarded_text_line, by_id, json_lines, text_line};
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::origin::RecordingOrigin;
-use ixproxy_conformance::ServeProcess;
+use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Rejection;
 use serde_json::Value;
@@ -257,5 +257,57 @@ fn metrics_name_the_source_and_the_token_that_verified() {
             r#"ixproxy_build_info{{runtime="native",version="{version}"}}"#
         )),
         1
+    );
+}
+
+#[test]
+fn a_reload_turns_the_access_log_on_and_applies_new_trusted_proxies() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config("access_log: off\n"));
+    let url = format!("http://{}/asset/reloaded.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    let headers = [("X-Forwarded-For", "203.0.113.5")];
+    assert_eq!(
+        fetch(
+            serve.listen(),
+            &request(&signed, &[("X-Request-ID", "before"), headers[0]])
+        )
+        .status,
+        200
+    );
+    std::fs::write(
+        serve.config_path(),
+        config("access_log: json\ntrusted_proxies: [127.0.0.0/8]\n"),
+    )
+    .expect("rewrite config");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    let started = Instant::now();
+    while serve
+        .metric("ixproxy_config_reloads_total{result=\"ok\"}")
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(started.elapsed() < LOG_WAIT, "no reload:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fetch(
+            serve.listen(),
+            &request(&signed, &[("X-Request-ID", "after"), headers[0]])
+        )
+        .status,
+        200
+    );
+    let lines = json_lines(|| serve.log(), 1, LOG_WAIT);
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the request after the reload is logged: {lines:#?}"
+    );
+    assert_eq!(by_id(&lines, "after")["client_ip"], "203.0.113.5");
+    assert!(
+        !serve.log().contains("needs a restart"),
+        "access_log and trusted_proxies are applied by the reload:\n{}",
+        serve.log()
     );
 }

@@ -70,11 +70,6 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("tls", old_op.tls.is_some() != new_op.tls.is_some()),
         ("h2c", old_op.h2c != new_op.h2c),
-        ("access_log", old_op.access_log != new_op.access_log),
-        (
-            "trusted_proxies",
-            old_op.trusted_proxies != new_op.trusted_proxies,
-        ),
     ]
     .into_iter()
     .filter_map(|(field, changed)| changed.then_some(field))
@@ -129,9 +124,7 @@ mod tests {
                 "server.threads",
                 "server.grace_period",
                 "tls",
-                "h2c",
-                "access_log",
-                "trusted_proxies"
+                "h2c"
             ]
         );
     }

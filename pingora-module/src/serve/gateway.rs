@@ -70,8 +70,6 @@ pub struct Gateway {
     live: LiveConfig,
     metrics: Metrics,
     cache: Option<ResponseCache>,
-    access_log: AccessLogFormat,
-    trusted_proxies: Vec<IpNet>,
 }
 
 impl Gateway {
@@ -82,21 +80,11 @@ impl Gateway {
             live,
             metrics,
             cache,
-            access_log: AccessLogFormat::Off,
-            trusted_proxies: Vec::new(),
         }
     }
 
-    /// The gateway writing `format` access log lines to stdout, believing `X-Forwarded-For`
-    /// from `trusted_proxies`.
-    pub fn with_access_log(mut self, format: AccessLogFormat, trusted_proxies: Vec<IpNet>) -> Self {
-        self.access_log = format;
-        self.trusted_proxies = trusted_proxies;
-        self
-    }
-
     /// The client address of `session` under the core's `trusted_proxies` rule.
-    fn client_ip(&self, session: &Session) -> String {
+    fn client_ip(session: &Session, trusted_proxies: &[IpNet]) -> String {
         let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -112,7 +100,7 @@ impl Gateway {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect::<Vec<_>>();
-        access_log::client_ip(peer, forwarded.into_iter(), &self.trusted_proxies).to_string()
+        access_log::client_ip(peer, forwarded.into_iter(), trusted_proxies).to_string()
     }
 
     /// The config generation of this request (taken when its context was made).
@@ -832,7 +820,8 @@ impl ProxyHttp for Gateway {
             self.metrics
                 .count_cache(ctx.cache_result.unwrap_or(CacheResult::Miss));
         }
-        if self.access_log == AccessLogFormat::Off {
+        let live = self.live(ctx);
+        if live.access_log == AccessLogFormat::Off {
             return;
         }
         let status = session
@@ -846,7 +835,7 @@ impl ProxyHttp for Gateway {
         let record = AccessRecord {
             ts: access_log::rfc3339_millis(arrived_micros),
             request_id: &ctx.request_id,
-            client_ip: self.client_ip(session),
+            client_ip: Self::client_ip(session, &live.trusted_proxies),
             method: req.method.as_str(),
             host: request_host(req),
             source: ctx.attribution.source().map(|s| s.name.as_str()),
@@ -858,7 +847,7 @@ impl ProxyHttp for Gateway {
             upstream_ms: ctx.upstream_latency.map(access_log::millis),
             cache: ctx.cache_result.map(CacheResult::as_str),
         };
-        if let Some(line) = record.render(self.access_log) {
+        if let Some(line) = record.render(live.access_log) {
             super::access::write_line(&line);
         }
     }

@@ -1,6 +1,6 @@
 //! The part of the config a reload replaces (README: Operating): sources, tokens and secrets,
 //! the request limits, the upstream settings with their trust anchors and resolver, and the
-//! in-flight counters.
+//! in-flight counters, the access log format and the trusted proxies.
 //!
 //! Each request takes one snapshot ([`LiveConfig::current`]) when its context is created and
 //! uses it to its end, so a reload never changes the rules under a request in flight; every
@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use ixproxy_core::config::Upstream;
+use ixproxy_core::addr::IpNet;
+use ixproxy_core::config::{AccessLogFormat, Upstream};
 use ixproxy_core::Sources;
 use parking_lot::RwLock;
 use pingora::protocols::tls::CaType;
@@ -30,6 +31,10 @@ pub struct Live {
     pub resolver: OriginResolver,
     /// Origin fetches in flight per source.
     pub inflight: Inflight,
+    /// `access_log` (see [`Live::with_access_log`]; `off` until set).
+    pub access_log: AccessLogFormat,
+    /// `trusted_proxies`.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Live {
@@ -61,7 +66,17 @@ impl Live {
             ca,
             resolver,
             inflight,
+            access_log: AccessLogFormat::Off,
+            trusted_proxies: Vec::new(),
         })
+    }
+
+    /// The generation writing `format` access log lines and believing `X-Forwarded-For` from
+    /// `trusted_proxies`.
+    pub fn with_access_log(mut self, format: AccessLogFormat, trusted_proxies: Vec<IpNet>) -> Self {
+        self.access_log = format;
+        self.trusted_proxies = trusted_proxies;
+        self
     }
 }
 

@@ -149,11 +149,12 @@ fn prepare(
         }
     };
     crate::cli::print_warnings(&ixproxy_core::config::warnings(&config));
-    let live = live::LiveConfig::new(live::Live::build(
-        config.sources.clone(),
-        config.upstream.clone(),
-        None,
-    )?);
+    let live = live::LiveConfig::new(
+        live::Live::build(config.sources.clone(), config.upstream.clone(), None)?.with_access_log(
+            config.operating.access_log,
+            config.operating.trusted_proxies.clone(),
+        ),
+    );
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(
             "admin_listen: {} is also the gateway's listen address",
@@ -230,8 +231,7 @@ fn prepare(
         cache,
         live: live.clone(),
     });
-    let gateway = gateway::Gateway::new(live, metrics.clone(), cache)
-        .with_access_log(operating.access_log, operating.trusted_proxies);
+    let gateway = gateway::Gateway::new(live, metrics.clone(), cache);
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     // h2c: HTTP/2 with prior knowledge on a plain listener (HTTP/1.1 still served); over TLS,
     // ALPN decides and Pingora ignores this.

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use ixproxy_core::config::{restart_required, ReloadResult};
+use ixproxy_core::config::{restart_required, AccessLogFormat, ReloadResult};
 use ixproxy_core::Config;
 use log::{info, warn};
 
@@ -100,7 +100,16 @@ impl Reloader {
             new.sources.clone(),
             new.upstream.clone(),
             Some(&self.live.current()),
-        )?;
+        )?
+        .with_access_log(
+            new.operating.access_log,
+            new.operating.trusted_proxies.clone(),
+        );
+        if new.operating.access_log != AccessLogFormat::Off {
+            // Started once per process; a no-op when it runs already.
+            super::access::start(self.metrics.access_log_dropped())
+                .map_err(|e| format!("access_log: cannot start the writer: {e}"))?;
+        }
         // Steps that apply their own change and may fail, each keeping its old state when it
         // fails: the TLS certificate and key (a bad file keeps the running pair and refuses the
         // whole reload).
