@@ -26,18 +26,20 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The request id of a request: the client's `X-Request-ID` when exactly one valid value was
-/// sent, else 32 lower-case hex characters made from `random`.
-pub fn request_id<'a>(
-    mut client_values: impl Iterator<Item = &'a [u8]>,
-    random: [u8; REQUEST_ID_RANDOM_BYTES],
-) -> String {
+/// The client's `X-Request-ID` (its values, in order) when the request keeps it as its id:
+/// exactly one value was sent and it is valid. Otherwise the request gets [`new_request_id`], so
+/// randomness is drawn only for those.
+pub fn kept_request_id<'a>(mut client_values: impl Iterator<Item = &'a [u8]>) -> Option<&'a str> {
     match (client_values.next(), client_values.next()) {
-        (Some(value), None) if is_valid_request_id(value) => {
-            String::from_utf8_lossy(value).into_owned()
-        }
-        _ => crate::verify::hex_lower(&random),
+        // Valid ids are ASCII, so UTF-8.
+        (Some(value), None) if is_valid_request_id(value) => std::str::from_utf8(value).ok(),
+        _ => None,
     }
+}
+
+/// A request id made by the gateway: 32 lower-case hex characters from `random`.
+pub fn new_request_id(random: [u8; REQUEST_ID_RANDOM_BYTES]) -> String {
+    crate::verify::hex_lower(&random)
 }
 
 /// The client address of a request that arrived from `peer` with these `X-Forwarded-For`
@@ -99,7 +101,7 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 pub struct AccessRecord<'a> {
     /// When the request arrived: RFC 3339 UTC with milliseconds (see [`rfc3339_millis`]).
     pub ts: String,
-    /// See [`request_id`].
+    /// See [`kept_request_id`] and [`new_request_id`].
     pub request_id: &'a str,
     /// See [`client_ip`].
     pub client_ip: String,
@@ -221,13 +223,14 @@ mod tests {
     fn a_valid_client_request_id_is_kept_else_one_is_made() {
         let random = [0xab; REQUEST_ID_RANDOM_BYTES];
         let made = "ab".repeat(REQUEST_ID_RANDOM_BYTES);
+        let id = |values: &[&[u8]]| {
+            kept_request_id(values.iter().copied())
+                .map_or_else(|| new_request_id(random), str::to_owned)
+        };
         let ok: &[u8] = b"req-1.2_X";
-        assert_eq!(request_id([ok].into_iter(), random), "req-1.2_X");
+        assert_eq!(id(&[ok]), "req-1.2_X");
         let longest = "a".repeat(MAX_REQUEST_ID_CHARS);
-        assert_eq!(
-            request_id([longest.as_bytes()].into_iter(), random),
-            longest
-        );
+        assert_eq!(id(&[longest.as_bytes()]), longest);
         let too_long = "a".repeat(MAX_REQUEST_ID_CHARS + 1);
         for bad in [
             &b""[..],
@@ -237,11 +240,11 @@ mod tests {
             b"x\r\ny",
             too_long.as_bytes(),
         ] {
-            assert_eq!(request_id([bad].into_iter(), random), made, "{bad:?}");
+            assert_eq!(id(&[bad]), made, "{bad:?}");
         }
-        assert_eq!(request_id(std::iter::empty(), random), made);
+        assert_eq!(id(&[]), made);
         // Two values: neither is believed.
-        assert_eq!(request_id([ok, ok].into_iter(), random), made);
+        assert_eq!(id(&[ok, ok]), made);
         assert!(is_valid_request_id(made.as_bytes()));
     }
 

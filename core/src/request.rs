@@ -7,7 +7,7 @@ use crate::outcome::Rejection;
 
 /// Client request headers that may reach the origin (lower-case); every other client header is
 /// dropped by the runtimes. `x-request-id` reaches it as the gateway settled it (the client's
-/// when valid, else a new one: see [`crate::access_log::request_id`]), so origin logs join up.
+/// when valid, else a new one: see [`crate::access_log::kept_request_id`]), so origin logs join up.
 pub const FORWARDED_CLIENT_HEADERS: [&str; 8] = [
     "accept",
     "accept-encoding",

@@ -105,18 +105,19 @@ impl FilterHttp {
     /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
     /// a new one, so the access log, the origin and the response (Envoy echoes it) see one id.
     fn settle_request_id(headers: &[(String, Bytes)]) -> Result<(), String> {
-        let sent: Vec<&[u8]> = headers
+        let sent = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
-            .map(|(_, value)| value.as_slice())
-            .collect();
+            .map(|(_, value)| value.as_slice());
+        if let Some(kept) = access_log::kept_request_id(sent) {
+            Self::log_property(LOG_REQUEST_ID, kept);
+            return Ok(());
+        }
         let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
         random.copy_from_slice(&Self::random()?[..REQUEST_ID_RANDOM_BYTES]);
-        let id = access_log::request_id(sent.iter().copied(), random);
-        if sent.len() != 1 || sent[0] != id.as_bytes() {
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
-                .map_err(|status| format!("cannot set the request id: {status:?}"))?;
-        }
+        let id = access_log::new_request_id(random);
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
+            .map_err(|status| format!("cannot set the request id: {status:?}"))?;
         Self::log_property(LOG_REQUEST_ID, &id);
         Ok(())
     }

@@ -98,9 +98,8 @@ impl Gateway {
             .headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>();
-        access_log::client_ip(peer, forwarded.into_iter(), trusted_proxies).to_string()
+            .filter_map(|v| v.to_str().ok());
+        access_log::client_ip(peer, forwarded, trusted_proxies).to_string()
     }
 
     /// The config generation of this request (taken when its context was made).
@@ -116,7 +115,7 @@ impl Gateway {
 pub struct RequestCtx {
     /// The config generation the request started under, kept to its end across reloads.
     live: Option<Arc<Live>>,
-    /// This request's id (see [`access_log::request_id`]), echoed as `X-Request-ID`.
+    /// This request's id (see [`access_log::kept_request_id`]), echoed as `X-Request-ID`.
     request_id: String,
     /// When the request header was read, and the same moment in unix microseconds.
     arrived: Option<(Instant, u64)>,
@@ -203,8 +202,8 @@ fn header_totals(req: &RequestHeader) -> HeaderTotals {
     totals
 }
 
-fn random_bytes() -> Option<[u8; 32]> {
-    let mut random = [0u8; 32];
+fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut random = [0u8; N];
     getrandom::getrandom(&mut random).ok().map(|()| random)
 }
 
@@ -341,14 +340,11 @@ impl ProxyHttp for Gateway {
         deadline::client_header_received();
         ctx.arrived = Some((Instant::now(), unix_micros()));
         let client_ids = session.req_header().headers.get_all(REQUEST_ID_HEADER);
-        ctx.request_id = access_log::request_id(
-            client_ids.iter().map(HeaderValue::as_bytes),
-            random_bytes().map_or([0; 16], |r| {
-                let mut id = [0; 16];
-                id.copy_from_slice(&r[..16]);
-                id
-            }),
-        );
+        ctx.request_id = access_log::kept_request_id(client_ids.iter().map(HeaderValue::as_bytes))
+            .map_or_else(
+                || access_log::new_request_id(random_bytes().unwrap_or_default()),
+                str::to_owned,
+            );
         Ok(())
     }
 
@@ -603,7 +599,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Every attempt (another address, a stale pooled connection, a redirect hop) gets its
         // own origin auth headers: a request id is never sent twice.
-        let Some(random) = random_bytes() else {
+        let Some(random) = random_bytes::<32>() else {
             return Err(ctx.fail(
                 Rejection::internal(),
                 "no randomness for the origin request id".to_owned(),
