@@ -8,6 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc: measured in bench/ against glibc malloc on the same gateway (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Signed-URL Web Proxy gateway compatible with imgix URLs.
 #[derive(Debug, Parser)]
 #[command(name = "ixproxy", version, about)]
