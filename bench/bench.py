@@ -800,6 +800,8 @@ def main():
     ap.add_argument("--only", default=os.environ.get("IXPROXY_BENCH_ONLY", ""),
                     help="comma-separated path keys (default: all)")
     args = ap.parse_args()
+    args.root = os.path.abspath(args.root)
+    args.envoy = os.path.abspath(args.envoy)
     if os.cpu_count() < 2:
         sys.exit("bench: needs 2 CPUs (proxy on CPU 1, load on CPU 0)")
     # The harness itself (sampling, the memory phase's client) stays off the proxy's CPU.

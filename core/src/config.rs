@@ -297,6 +297,10 @@ pub struct RawPluginConfig {
     /// Request limits.
     #[serde(default, skip_serializing_if = "is_default")]
     pub limits: RawLimits,
+    /// The access log format Envoy's bootstrap renders: the filter fills the log's properties
+    /// only when there is a log (absent = `json`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogFormat>,
 }
 
 /// Validated upstream settings.
@@ -513,6 +517,8 @@ pub struct PluginConfig {
     pub sources: Sources,
     /// `upstream.timeout` (default 10s).
     pub timeout: Duration,
+    /// The access log format (`off`: no log properties to fill).
+    pub access_log: AccessLogFormat,
 }
 
 /// The validated whole config.
@@ -603,6 +609,7 @@ impl RawPluginConfig {
         Ok(PluginConfig {
             sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
             timeout: upstream.timeout,
+            access_log: self.access_log.unwrap_or_default(),
         })
     }
 }
@@ -770,6 +777,25 @@ sources:
         assert_eq!(err.to_string(), err.message);
         let err = RawPluginConfig::from_json("{").expect_err("syntax");
         assert_eq!(err.path, "");
+    }
+
+    #[test]
+    fn the_plugin_config_says_whether_envoy_writes_an_access_log() {
+        let sources = r#""sources":[{"name":"a","hosts":["a"],"secure_url_tokens":["t"]}]"#;
+        let format = |extra: &str| {
+            RawPluginConfig::from_json(&format!("{{{sources}{extra}}}"))
+                .and_then(|raw| raw.validate(&MapSecrets::default()))
+                .map(|config| config.access_log)
+        };
+        assert_eq!(
+            format(""),
+            Ok(AccessLogFormat::Json),
+            "absent is the default"
+        );
+        assert_eq!(format(r#","access_log":"off""#), Ok(AccessLogFormat::Off));
+        assert_eq!(format(r#","access_log":"text""#), Ok(AccessLogFormat::Text));
+        let err = format(r#","access_log":"xml""#).expect_err("unknown format");
+        assert_eq!(err.path, "access_log");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Web Proxy origin URLs (README: URL format): the request path decoded once into a validated, typed origin.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use url::{Host, Url};
@@ -48,18 +49,33 @@ impl OriginUrl {
     /// `Host` header / `:authority` value: host (IPv6 in brackets) plus `:port` when not the
     /// scheme default.
     pub fn authority(&self) -> String {
-        let host = self.host_for_url();
-        if self.port == self.scheme.default_port() {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        let mut out = String::with_capacity(self.host.len() + 8);
+        self.push_authority(&mut out);
+        out
     }
 
     /// The web origin, `scheme://authority`: equal for two URLs exactly when their scheme, host
     /// and port are.
     pub fn web_origin(&self) -> String {
-        format!("{}://{}", self.scheme.as_str(), self.authority())
+        let mut out = String::with_capacity(self.host.len() + 16);
+        out.push_str(self.scheme.as_str());
+        out.push_str("://");
+        self.push_authority(&mut out);
+        out
+    }
+
+    fn push_authority(&self, out: &mut String) {
+        if self.host.contains(':') {
+            out.push('[');
+            out.push_str(&self.host);
+            out.push(']');
+        } else {
+            out.push_str(&self.host);
+        }
+        if self.port != self.scheme.default_port() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, ":{}", self.port);
+        }
     }
 
     /// The host as an IP address when it is an IP literal.
@@ -80,14 +96,6 @@ impl OriginUrl {
             self.authority(),
             self.path_and_query
         )
-    }
-
-    fn host_for_url(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        }
     }
 }
 
@@ -137,7 +145,8 @@ pub fn decode_origin(path: &str) -> Result<OriginUrl, OriginError> {
 /// # Errors
 /// As [`decode_origin`].
 pub fn parse_origin(url: &str) -> Result<OriginUrl, OriginError> {
-    if url.chars().any(|c| c.is_ascii_control()) {
+    // ASCII control characters are single bytes; no other character contains such a byte.
+    if url.bytes().any(|b| b.is_ascii_control()) {
         return Err(OriginError::ControlCharacter);
     }
     if !has_http_prefix(url) {
@@ -185,8 +194,12 @@ pub fn parse_origin(url: &str) -> Result<OriginUrl, OriginError> {
 }
 
 fn has_http_prefix(s: &str) -> bool {
-    let lower = |n: usize| s.get(..n).map(str::to_ascii_lowercase);
-    lower(7).as_deref() == Some("http://") || lower(8).as_deref() == Some("https://")
+    let starts = |prefix: &str| {
+        s.as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+    };
+    starts("http://") || starts("https://")
 }
 
 fn percent_decode_strict(input: &str) -> Result<String, OriginError> {

@@ -33,6 +33,18 @@ impl SignedTarget<'_> {
         base
     }
 
+    /// MD5 of [`SignedTarget::base`], hashed piece by piece (no copy of the target).
+    pub fn digest(&self, token: &str) -> [u8; 16] {
+        let mut md5 = Md5::new();
+        md5.update(token.as_bytes());
+        md5.update(self.path.as_bytes());
+        if !self.query.is_empty() {
+            md5.update(b"?");
+            md5.update(self.query.as_bytes());
+        }
+        md5.finalize().into()
+    }
+
     /// Raw `(key, value)` pairs of the signed query (no `s`), in order; a parameter without `=`
     /// has an empty value.
     pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -136,11 +148,13 @@ pub fn verify_token<'a>(
     tokens: &[Secret],
 ) -> Result<(SignedTarget<'a>, usize), SignatureError> {
     let signed = split_target(target)?;
+    // `split_target` admits only 32 lowercase hex characters, so this always decodes.
+    let sent = decode_hex16(signed.signature).ok_or(SignatureError::Malformed)?;
     let mut matched = subtle::Choice::from(0);
     let mut position = 0u64;
     for (i, token) in tokens.iter().enumerate() {
-        let expected = md5_hex(&signed.base(token.expose()));
-        let equal = expected.as_bytes().ct_eq(signed.signature.as_bytes());
+        let expected = signed.digest(token.expose());
+        let equal = expected.as_slice().ct_eq(&sent);
         position.conditional_assign(&(i as u64), equal);
         matched |= equal;
     }
@@ -149,6 +163,26 @@ pub fn verify_token<'a>(
     } else {
         Err(SignatureError::Mismatch)
     }
+}
+
+/// The 16 bytes of 32 lowercase hex characters, or `None` for anything else.
+fn decode_hex16(hex: &str) -> Option<[u8; 16]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let hex = hex.as_bytes();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 pub(crate) fn hex_lower(bytes: &[u8]) -> String {

@@ -554,7 +554,7 @@ fn the_spec_example_validates() {
         .signing_key
         .as_ref()
         .expect("signing key");
-    assert_eq!(key.expose(), "signing-key-value");
+    assert_eq!(key.secret().expose(), "signing-key-value");
     assert!(source.origin_host_allowed("cdn.example.com", 443));
     assert!(source.origin_host_allowed("a.b.example.org", 443));
     assert!(!source.origin_host_allowed("example.org", 443));

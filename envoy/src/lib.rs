@@ -195,6 +195,7 @@ fn render(
             ..RawUpstream::default()
         },
         limits: raw.limits.clone(),
+        access_log: raw.access_log,
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     let secrets = RecordingSecrets::default();

@@ -68,12 +68,19 @@ pub struct FilterHttp {
     /// This stream holds its client request's place in `ixproxy_upstream_inflight` (handed to
     /// a redirect hop's stream like the slot).
     in_flight: bool,
+    /// Whether Envoy writes an access log (the log properties are filled only then).
+    access_log: bool,
 }
 
 impl FilterHttp {
     /// A stream context over the root's validated sources (`None` if configuration failed,
     /// which Envoy normally prevents by refusing the filter).
-    pub fn new(sources: Option<Rc<Sources>>, counters: Rc<Counters>, timeout: Duration) -> Self {
+    pub fn new(
+        sources: Option<Rc<Sources>>,
+        counters: Rc<Counters>,
+        timeout: Duration,
+        access_log: bool,
+    ) -> Self {
         FilterHttp {
             sources,
             counters,
@@ -85,6 +92,7 @@ impl FilterHttp {
             slot: None,
             source_label: NO_SOURCE_LABEL.to_owned(),
             in_flight: false,
+            access_log,
         }
     }
 
@@ -95,8 +103,12 @@ impl FilterHttp {
         }
     }
 
-    /// Sets an access log property (see [`ixproxy_core::envoy::LOG_PROPERTIES`]).
-    fn log_property(name: &str, value: &str) {
+    /// Sets an access log property (see [`ixproxy_core::envoy::LOG_PROPERTIES`]); nothing
+    /// when the access log is off (nobody reads them then).
+    fn log_property(&self, name: &str, value: &str) {
+        if !self.access_log {
+            return;
+        }
         if let Err(status) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
             log::debug!("ixproxy: cannot set {name}: {status:?}");
         }
@@ -104,13 +116,13 @@ impl FilterHttp {
 
     /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
     /// a new one, so the access log, the origin and the response (Envoy echoes it) see one id.
-    fn settle_request_id(headers: &[(String, Bytes)]) -> Result<(), String> {
+    fn settle_request_id(&self, headers: &[(String, Bytes)]) -> Result<(), String> {
         let sent = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
             .map(|(_, value)| value.as_slice());
         if let Some(kept) = access_log::kept_request_id(sent) {
-            Self::log_property(LOG_REQUEST_ID, kept);
+            self.log_property(LOG_REQUEST_ID, kept);
             return Ok(());
         }
         let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
@@ -118,7 +130,7 @@ impl FilterHttp {
         let id = access_log::new_request_id(random);
         hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
             .map_err(|status| format!("cannot set the request id: {status:?}"))?;
-        Self::log_property(LOG_REQUEST_ID, &id);
+        self.log_property(LOG_REQUEST_ID, &id);
         Ok(())
     }
 
@@ -139,6 +151,16 @@ impl FilterHttp {
             .ok()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// The value of `name` (lower case, as Envoy hands header names over) in a header list read
+    /// with [`FilterHttp::headers`], as text like [`FilterHttp::header`]; empty when absent.
+    fn value_of(headers: &[(String, Bytes)], name: &str) -> String {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
     }
 
     fn headers(map: MapType) -> Result<Vec<(String, Bytes)>, String> {
@@ -163,7 +185,7 @@ impl FilterHttp {
         if !self.counted {
             self.counted = true;
             self.counters.increment(&self.source_label, outcome);
-            Self::log_property(LOG_OUTCOME, outcome.as_str());
+            self.log_property(LOG_OUTCOME, outcome.as_str());
         }
     }
 
@@ -171,7 +193,7 @@ impl FilterHttp {
     fn attribute(&mut self, attribution: &Attribution) {
         self.source_label = attribution.source_label().to_owned();
         if let Some(source) = attribution.source() {
-            Self::log_property(LOG_SOURCE, &source.name);
+            self.log_property(LOG_SOURCE, &source.name);
         }
         if let Some(token) = attribution.token_label() {
             self.counters.count_token(&self.source_label, token);
@@ -271,7 +293,9 @@ impl FilterHttp {
         ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
         }
-        Self::log_property(LOG_ORIGIN_HOST, &forward.origin().authority());
+        if self.access_log {
+            self.log_property(LOG_ORIGIN_HOST, &forward.origin().authority());
+        }
         if !self.in_flight {
             self.in_flight = true;
             self.counters.inflight(&self.source_label, 1);
@@ -356,14 +380,17 @@ impl HttpContext for FilterHttp {
                 return self.internal_error(&e);
             }
         }
-        if let Err(e) = Self::settle_request_id(&headers) {
+        if let Err(e) = self.settle_request_id(&headers) {
             return self.internal_error(&e);
         }
-        let method = Self::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
-        let host = Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default();
-        Self::log_property(LOG_HOST, &host);
-        if let Some(address) = Self::property(&["source", "address"]) {
-            Self::log_property(LOG_CLIENT_IP, address_without_port(&address));
+        // The pseudo-headers come with the header list already read: no host call each.
+        let method = Self::value_of(&headers, ":method");
+        let host = Self::value_of(&headers, ":authority");
+        if self.access_log {
+            self.log_property(LOG_HOST, &host);
+            if let Some(address) = Self::property(&["source", "address"]) {
+                self.log_property(LOG_CLIENT_IP, address_without_port(&address));
+            }
         }
         // Envoy's codec has already refused conflicting framing; a request whose stream does not
         // end with its headers carries a body, which a GET or HEAD must not.
@@ -378,7 +405,7 @@ impl HttpContext for FilterHttp {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
-        let target = Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        let target = Self::value_of(&headers, ":path");
         let request = RequestInfo {
             method: &method,
             host: &host,
@@ -429,7 +456,7 @@ impl HttpContext for FilterHttp {
         }
         let result = cache_result(&details, property.as_deref(), stored.as_deref());
         if let Some(result) = result {
-            Self::log_property(LOG_CACHE, result.as_str());
+            self.log_property(LOG_CACHE, result.as_str());
         }
         let status_value = result.map(|result| result.cache_status());
         let fields = match Self::headers(MapType::HttpResponseHeaders) {

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use ixproxy_core::config::{PluginConfig, RawPluginConfig, DEFAULT_TIMEOUT};
+use ixproxy_core::config::{AccessLogFormat, PluginConfig, RawPluginConfig, DEFAULT_TIMEOUT};
 use ixproxy_core::envoy::LOG_PROPERTIES;
 use ixproxy_core::Sources;
 use proxy_wasm::hostcalls;
@@ -27,6 +27,8 @@ pub struct FilterRoot {
     timeout: Option<Duration>,
     /// Whether this root runs as the router's upstream filter ([`UPSTREAM_ROOT_ID`]).
     upstream: bool,
+    /// Whether Envoy writes an access log (`access_log` other than `off`).
+    access_log: bool,
 }
 
 impl Context for FilterRoot {}
@@ -46,7 +48,11 @@ impl RootContext for FilterRoot {
             declare_properties();
         }
         match load_config(plugin_configuration_size) {
-            Ok(PluginConfig { sources, timeout }) => {
+            Ok(PluginConfig {
+                sources,
+                timeout,
+                access_log,
+            }) => {
                 if let Err(e) = inflight::init(&inflight::SharedData, &sources) {
                     log::error!("ixproxy: cannot create the in-flight counters: {e}");
                     return false;
@@ -56,6 +62,7 @@ impl RootContext for FilterRoot {
                 self.counters = Some(Rc::new(Counters::define(&sources)));
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
+                self.access_log = access_log != AccessLogFormat::Off;
                 true
             }
             Err(message) => {
@@ -74,6 +81,7 @@ impl RootContext for FilterRoot {
             self.sources.clone(),
             self.counters.clone().unwrap_or_default(),
             self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            self.access_log,
         )))
     }
 

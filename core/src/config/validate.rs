@@ -12,7 +12,7 @@ use super::{
     RawBasicAuth, RawCache, RawLimits, RawOriginAuth, RawSource, RawUpstream, SecretResolver,
     Source, Sources, Upstream,
 };
-use crate::auth::{BasicAuth, OriginAuth};
+use crate::auth::{BasicAuth, OriginAuth, SigningKey};
 use crate::secret::Secret;
 
 /// Default gateway listener.
@@ -480,7 +480,7 @@ fn origin_auth(
             let field = format!("{path}.request_signing_key");
             let value = resolve(&secret, secrets, &field)?;
             check_signing_key(&value).map_err(|m| error(field, m))?;
-            Some(Secret::new(value))
+            Some(SigningKey::new(Secret::new(value)))
         }
         None => None,
     };

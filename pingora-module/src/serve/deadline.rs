@@ -67,6 +67,12 @@ impl OriginSocket {
         Some(OriginSocket { fd, local, peer })
     }
 
+    /// The socket behind `fd` with addresses already known (Pingora's socket digest, read once
+    /// per connection rather than per request).
+    pub fn with_addrs(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> Self {
+        OriginSocket { fd, local, peer }
+    }
+
     /// Shuts the socket down (both directions) if `fd` is still this connection.
     fn shut_down(&self) -> bool {
         socket_addrs(self.fd) == Some((self.local, self.peer))

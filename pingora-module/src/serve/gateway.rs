@@ -54,6 +54,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use rand::RngCore as _;
 
 use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
@@ -202,9 +203,14 @@ fn header_totals(req: &RequestHeader) -> HeaderTotals {
     totals
 }
 
+/// `N` random bytes from the thread's CSPRNG (ChaCha, seeded and periodically reseeded from
+/// the operating system): request ids and origin request ids need no system call each.
 fn random_bytes<const N: usize>() -> Option<[u8; N]> {
     let mut random = [0u8; N];
-    getrandom::getrandom(&mut random).ok().map(|()| random)
+    rand::thread_rng()
+        .try_fill_bytes(&mut random)
+        .ok()
+        .map(|()| random)
 }
 
 fn unix_micros() -> u64 {
@@ -569,10 +575,18 @@ impl ProxyHttp for Gateway {
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
-        deadline::origin_socket(OriginSocket::of(fd));
+        // A pooled connection's digest has its addresses already: no system call per request.
+        let known = digest
+            .and_then(|d| d.socket_digest.as_deref())
+            .and_then(|s| Some((*s.local_addr()?.as_inet()?, *s.peer_addr()?.as_inet()?)));
+        let socket = match known {
+            Some((local, peer)) => Some(OriginSocket::with_addrs(fd, local, peer)),
+            None => OriginSocket::of(fd),
+        };
+        deadline::origin_socket(socket);
         Ok(())
     }
 
