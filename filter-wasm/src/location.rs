@@ -69,17 +69,32 @@ impl Context for LocationFilter {}
 
 impl HttpContext for LocationFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let request = |name| Self::header(MapType::HttpRequestHeaders, name).unwrap_or_default();
+        // One read of the whole (short) origin request header instead of a host call per name:
+        // the redirect base, the cache policy, and which internal headers are there to remove.
+        let fields = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(fields) => fields,
+            Err(status) => {
+                log::warn!("ixproxy: cannot read the origin request header: {status:?}");
+                Vec::new()
+            }
+        };
+        let value = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
         self.base = Some(format!(
             "{}://{}{}",
-            request(":scheme"),
-            request(":authority"),
-            request(":path")
+            value(":scheme").unwrap_or_default(),
+            value(":authority").unwrap_or_default(),
+            value(":path").unwrap_or_default()
         ));
-        self.ttl = Self::header(MapType::HttpRequestHeaders, CACHE_TTL_HEADER)
-            .as_deref()
-            .and_then(decode_cache_ttl);
+        self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         for name in ORIGIN_REQUEST_REMOVED {
+            if value(name).is_none() {
+                continue;
+            }
             if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
                 log::warn!("ixproxy: cannot remove {name}: {status:?}");
             }
