@@ -130,6 +130,12 @@ class Service:
         self.proc = None
 
     def start(self):
+        # A leftover listener would be measured instead of this service: refuse to start.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                raise RuntimeError(f"{self.name}: port {self.port} is already in use")
+        except OSError:
+            pass
         logf = open(self.log_path, "ab")
         env = dict(os.environ)
         env.update(self.env or {})
@@ -143,6 +149,9 @@ class Service:
         )
         try:
             wait_port(self.port, self.proc)
+            time.sleep(0.3)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with {self.proc.returncode} after listening")
         except RuntimeError as e:
             self.stop()
             with open(self.log_path, errors="replace") as f:

@@ -38,9 +38,11 @@ cargo build --release --locked -p ixproxy -p ixproxy-bench-floor-pingora
 cargo build --release --locked --target wasm32-wasip1 -p ixproxy-filter -p ixproxy-bench-floor-filter
 
 step "criterion: the core next to the raw hashes"
-cargo bench --locked -p ixproxy-core --bench core -- \
-  --warm-up-time "${IXPROXY_BENCH_CRITERION_WARMUP:-2}" \
-  --measurement-time "${IXPROXY_BENCH_CRITERION_SECONDS:-5}" | grep -E '^[a-z_]+/|time:' || true
+if [ "${IXPROXY_BENCH_CRITERION:-1}" != 0 ]; then
+  cargo bench --locked -p ixproxy-core --bench core -- \
+    --warm-up-time "${IXPROXY_BENCH_CRITERION_WARMUP:-2}" \
+    --measurement-time "${IXPROXY_BENCH_CRITERION_SECONDS:-5}" 2>&1 | grep -E '^[a-z_]+/|time:' || true
+fi
 
 step "side-by-side rounds (writes bench/RESULTS.md)"
 # 1,000 keep-alive clients plus their upstream sockets per proxy.

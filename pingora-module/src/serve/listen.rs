@@ -19,9 +19,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::{Fds, ListenFds, RuntimeOpts, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service;
+
+/// Read buffering in front of a plain client connection: none. Pingora's default is a 64 KiB
+/// buffer per connection, which an idle keep-alive connection holds all its life (1,000 idle
+/// connections: 64 MiB); its HTTP layer reads the request head into a buffer of its own anyway,
+/// and a GET or HEAD has no body to read ahead of (bench/NOTES.md).
+fn plain_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
+}
+
+/// Read buffering under TLS: one record (16 KiB of plaintext plus its overhead) per read,
+/// instead of a system call per rustls read.
+const TLS_READ_BUFFER: usize = 17 * 1024;
 
 /// A TCP listener bound by ixproxy (or inherited on an upgrade), not yet handed to Pingora.
 #[derive(Debug)]
@@ -95,7 +108,7 @@ impl<A> PreBound<ListeningService<A>> {
     /// the key Pingora looks up is exactly the one [`PreBound`] fills in.
     pub fn new(mut service: ListeningService<A>, listener: BoundListener) -> Self {
         let key = listener.addr.to_string();
-        service.add_tcp(&key);
+        service.add_listener(ListenerConfig::tcp(&key).l4_buffer(plain_buffers()));
         PreBound {
             inner: service,
             key,
@@ -115,7 +128,11 @@ impl<A> PreBound<ListeningService<A>> {
             return PreBound::new(service, listener);
         };
         let key = listener.addr.to_string();
-        service.add_tls_with_settings(&key, None, tls);
+        service.add_listener(
+            ListenerConfig::tcp(&key)
+                .tls(tls)
+                .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+        );
         PreBound {
             inner: service,
             key,
