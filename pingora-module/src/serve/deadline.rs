@@ -120,44 +120,94 @@ enum Expired {
     Origin,
 }
 
+impl Phase {
+    /// When this phase expires and as what; `None` while disarmed. The origin phase without a
+    /// socket to shut down (or once shut down) waits [`GRACE`] longer, as the backstop.
+    fn due(self) -> Option<(Instant, Expired)> {
+        match self {
+            Phase::Disarmed => None,
+            Phase::ClientHeader(deadline) => Some((deadline, Expired::ClientHeader)),
+            Phase::Origin {
+                deadline,
+                socket: Some(_),
+                nudged: false,
+            } => Some((deadline, Expired::Origin)),
+            Phase::Origin { deadline, .. } => Some((deadline + GRACE, Expired::Origin)),
+        }
+    }
+}
+
+/// A watchdog's phase and when it will next look at it by itself.
+#[derive(Debug, Default)]
+struct State {
+    phase: Phase,
+    /// The time the watchdog sleeps until (`None`: it waits for a notification). A phase
+    /// change that is due no earlier needs no wake-up: the watchdog finds it when it looks.
+    wakes_at: Option<Instant>,
+}
+
 /// The phase deadline of the request running in this task.
+///
+/// Phase changes wake the watchdog only when they make it due earlier than it will look by
+/// itself: a request that moves from the client header to the origin header (whose deadline
+/// is later) and ends wakes it not once, so the request's own task is not polled again for
+/// each phase (bench/NOTES.md).
 #[derive(Debug, Default)]
 pub struct Watchdog {
-    phase: Mutex<Phase>,
+    state: Mutex<State>,
     changed: Notify,
     /// The `source` label a request cut here is counted under.
     source: Mutex<Option<String>>,
 }
 
 impl Watchdog {
-    fn update(&self, f: impl FnOnce(&mut Phase)) {
-        if let Ok(mut phase) = self.phase.lock() {
-            f(&mut phase);
+    /// A watchdog already in `phase`, which it reads when first polled.
+    fn with_phase(phase: Phase) -> Self {
+        Watchdog {
+            state: Mutex::new(State {
+                phase,
+                wakes_at: phase.due().map(|(at, _)| at),
+            }),
+            ..Watchdog::default()
         }
-        self.changed.notify_one();
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Phase)) {
+        let wake = match self.state.lock() {
+            Ok(mut state) => {
+                f(&mut state.phase);
+                match (state.phase.due(), state.wakes_at) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some((due, _)), Some(wakes_at)) => due < wakes_at,
+                }
+            }
+            Err(_) => true,
+        };
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     fn get(&self) -> Phase {
-        self.phase.lock().map(|p| *p).unwrap_or_default()
+        self.state.lock().map(|s| s.phase).unwrap_or_default()
     }
 
     /// Resolves once the armed phase's deadline has passed (for the origin header: after the
     /// socket was shut down and [`GRACE`] went by); never while disarmed.
     async fn expired(&self) -> Expired {
         loop {
-            let phase = self.get();
-            let (at, expired) = match phase {
-                Phase::Disarmed => {
-                    self.changed.notified().await;
-                    continue;
+            let (phase, due) = match self.state.lock() {
+                Ok(mut state) => {
+                    let due = state.phase.due();
+                    state.wakes_at = due.map(|(at, _)| at);
+                    (state.phase, due)
                 }
-                Phase::ClientHeader(deadline) => (deadline, Expired::ClientHeader),
-                Phase::Origin {
-                    deadline,
-                    socket: Some(_),
-                    nudged: false,
-                } => (deadline, Expired::Origin),
-                Phase::Origin { deadline, .. } => (deadline + GRACE, Expired::Origin),
+                Err(_) => (Phase::Disarmed, None),
+            };
+            let Some((at, expired)) = due else {
+                self.changed.notified().await;
+                continue;
             };
             tokio::select! {
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
@@ -175,9 +225,9 @@ impl Watchdog {
                     // Make the pending origin read fail: the gateway then answers 504 itself.
                     let done = socket.shut_down();
                     debug!("origin deadline passed: socket shut down: {done}");
-                    if let Ok(mut p) = self.phase.lock() {
-                        if *p == phase {
-                            *p = Phase::Origin {
+                    if let Ok(mut state) = self.state.lock() {
+                        if state.phase == phase {
+                            state.phase = Phase::Origin {
                                 deadline,
                                 socket: Some(socket),
                                 nudged: true,
@@ -275,8 +325,7 @@ where
         shutdown: &ShutdownWatch,
         header_deadline: Instant,
     ) -> Option<ReusedHttpStream> {
-        let watchdog = Arc::new(Watchdog::default());
-        watchdog.update(|p| *p = Phase::ClientHeader(header_deadline));
+        let watchdog = Arc::new(Watchdog::with_phase(Phase::ClientHeader(header_deadline)));
         let run = self.inner.process_new_http(session, shutdown);
         let guarded = async {
             tokio::select! {
@@ -390,6 +439,52 @@ mod tests {
             tokio::time::timeout(GRACE + Duration::from_millis(200), w.expired())
         );
         assert!(waited.is_err(), "a disarmed watchdog expired");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_wakes_the_watchdog_and_a_later_one_is_found_when_it_looks() {
+        let now = Instant::now();
+        let w = Arc::new(Watchdog::with_phase(Phase::ClientHeader(
+            now + Duration::from_millis(400),
+        )));
+        let w2 = Arc::clone(&w);
+        // Earlier than the watchdog sleeps: it must wake and expire at the new deadline.
+        let earlier = async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            w2.update(|p| *p = Phase::ClientHeader(Instant::now() + Duration::from_millis(20)));
+        };
+        let (_, why) = tokio::join!(
+            earlier,
+            tokio::time::timeout(Duration::from_millis(300), w.expired())
+        );
+        assert_eq!(
+            why.expect("woken for the earlier deadline"),
+            Expired::ClientHeader
+        );
+
+        // Later than the watchdog sleeps: no wake-up, yet the later phase still expires, and
+        // only at its own deadline.
+        let now = Instant::now();
+        let w = Arc::new(Watchdog::with_phase(Phase::ClientHeader(
+            now + Duration::from_millis(30),
+        )));
+        let w2 = Arc::clone(&w);
+        let later = async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            w2.update(|p| {
+                *p = Phase::Origin {
+                    deadline: Instant::now() + Duration::from_millis(60),
+                    socket: None,
+                    nudged: false,
+                }
+            });
+        };
+        let (_, why) = tokio::join!(
+            later,
+            tokio::time::timeout(GRACE + Duration::from_secs(2), w.expired())
+        );
+        assert_eq!(why.expect("the later phase expires"), Expired::Origin);
+        assert!(now.elapsed() >= Duration::from_millis(60) + GRACE);
     }
 
     #[tokio::test]
