@@ -39,7 +39,7 @@ pub fn kept_request_id<'a>(mut client_values: impl Iterator<Item = &'a [u8]>) ->
 
 /// A request id made by the gateway: 32 lower-case hex characters from `random`.
 pub fn new_request_id(random: [u8; REQUEST_ID_RANDOM_BYTES]) -> String {
-    crate::verify::hex_lower(&random)
+    crate::hex::encode(&random, crate::hex::LOWER)
 }
 
 /// The client address of a request that arrived from `peer` with these `X-Forwarded-For`

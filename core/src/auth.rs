@@ -117,7 +117,7 @@ impl SigningKey {
         mac.update(timestamp.as_bytes());
         let mut out = String::with_capacity(3 + 64);
         out.push_str("v1,");
-        push_hex(&mut out, &mac.finalize().into_bytes(), b"0123456789ABCDEF");
+        crate::hex::push(&mut out, &mac.finalize().into_bytes(), crate::hex::UPPER);
         out
     }
 }
@@ -178,7 +178,7 @@ impl OriginAuth {
 
 /// Turns 32 random bytes into the 64 lowercase hex chars of `X-Imgix-Signature-Request-Id`.
 pub fn request_id(random: &[u8; 32]) -> String {
-    hex(random, b"0123456789abcdef")
+    crate::hex::encode(random, crate::hex::LOWER)
 }
 
 /// Computes `v1,` + UPPERCASE hex HMAC-SHA256(key, `<request_id>.<timestamp>`), the key being the
@@ -191,7 +191,7 @@ pub fn request_signature(key: &Secret, request_id: &str, timestamp: &str) -> Str
     let mac = signature_mac(key, request_id, timestamp);
     format!(
         "v1,{}",
-        hex(&mac.finalize().into_bytes(), b"0123456789ABCDEF")
+        crate::hex::encode(&mac.finalize().into_bytes(), crate::hex::UPPER)
     )
 }
 
@@ -220,19 +220,6 @@ fn signature_mac(key: &Secret, request_id: &str, timestamp: &str) -> HmacSha256 
     mac.update(b".");
     mac.update(timestamp.as_bytes());
     mac
-}
-
-fn hex(bytes: &[u8], digits: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes, digits);
-    out
-}
-
-fn push_hex(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
-    for b in bytes {
-        out.push(char::from(digits[usize::from(b >> 4)]));
-        out.push(char::from(digits[usize::from(b & 0x0f)]));
-    }
 }
 
 /// Why an origin-side signature check failed.
@@ -299,7 +286,7 @@ pub fn verify_origin_signature(
         .map_err(|_| OriginSignatureError::MalformedTimestamp)?;
     let expected = signature
         .strip_prefix("v1,")
-        .and_then(decode_upper_hex)
+        .and_then(|hex| crate::hex::decode::<32>(hex, crate::hex::UPPER))
         .ok_or(OriginSignatureError::MalformedSignature)?;
     let skew = now.abs_diff(ts);
     if skew > max_skew {
@@ -308,26 +295,6 @@ pub fn verify_origin_signature(
     signature_mac(key, request_id, timestamp)
         .verify_slice(&expected)
         .map_err(|_| OriginSignatureError::Mismatch)
-}
-
-/// Decodes exactly 64 uppercase hex characters into 32 bytes.
-fn decode_upper_hex(text: &str) -> Option<[u8; 32]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *slot = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -385,7 +352,7 @@ mod tests {
         mac.update(b"id.1");
         let expected = format!(
             "v1,{}",
-            hex(&mac.finalize().into_bytes(), b"0123456789ABCDEF")
+            crate::hex::encode(&mac.finalize().into_bytes(), crate::hex::UPPER)
         );
         assert_eq!(request_signature(&Secret::new("é"), "id", "1"), expected);
         assert_ne!(

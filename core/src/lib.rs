@@ -22,6 +22,7 @@ pub mod decide;
 pub mod envoy;
 pub mod expires;
 pub mod forward;
+mod hex;
 pub mod limits;
 pub mod metrics;
 pub mod origin;

@@ -123,7 +123,7 @@ pub fn split_target(target: &str) -> Result<SignedTarget<'_>, SignatureError> {
 
 /// Lowercase hex MD5 of `base`.
 pub fn md5_hex(base: &str) -> String {
-    hex_lower(&Md5::digest(base.as_bytes()))
+    crate::hex::encode(&Md5::digest(base.as_bytes()), crate::hex::LOWER)
 }
 
 /// Verifies a raw request target against a source's tokens (any one may match).
@@ -149,7 +149,8 @@ pub fn verify_token<'a>(
 ) -> Result<(SignedTarget<'a>, usize), SignatureError> {
     let signed = split_target(target)?;
     // `split_target` admits only 32 lowercase hex characters, so this always decodes.
-    let sent = decode_hex16(signed.signature).ok_or(SignatureError::Malformed)?;
+    let sent: [u8; 16] =
+        crate::hex::decode(signed.signature, crate::hex::LOWER).ok_or(SignatureError::Malformed)?;
     let mut matched = subtle::Choice::from(0);
     let mut position = 0u64;
     for (i, token) in tokens.iter().enumerate() {
@@ -163,36 +164,6 @@ pub fn verify_token<'a>(
     } else {
         Err(SignatureError::Mismatch)
     }
-}
-
-/// The 16 bytes of 32 lowercase hex characters, or `None` for anything else.
-fn decode_hex16(hex: &str) -> Option<[u8; 16]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let hex = hex.as_bytes();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,61 @@
+//! Hex text of byte strings, one case at a time: the signature `s` and request ids are
+//! lowercase, the per-request origin signature uppercase, and each is decoded in its own case
+//! only (a changed case is a different string, never the same signature).
+
+/// Lowercase digits.
+pub(crate) const LOWER: &[u8; 16] = b"0123456789abcdef";
+/// Uppercase digits.
+pub(crate) const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends the hex text of `bytes` in `digits`' case.
+pub(crate) fn push(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
+    for b in bytes {
+        out.push(char::from(digits[usize::from(b >> 4)]));
+        out.push(char::from(digits[usize::from(b & 0x0f)]));
+    }
+}
+
+/// The hex text of `bytes` in `digits`' case.
+pub(crate) fn encode(bytes: &[u8], digits: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push(&mut out, bytes, digits);
+    out
+}
+
+/// The `N` bytes of exactly `2 * N` hex characters in `digits`' case, or `None` for anything
+/// else (another length, a character of the other case, a non-hex character).
+pub(crate) fn decode<const N: usize>(text: &str, digits: &[u8; 16]) -> Option<[u8; N]> {
+    let letters = digits[10];
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        _ if (letters..letters + 6).contains(&c) => Some(c - letters + 10),
+        _ => None,
+    };
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_its_own_case_only() {
+        let bytes = [0x00, 0x0f, 0xab, 0xff];
+        assert_eq!(encode(&bytes, LOWER), "000fabff");
+        assert_eq!(encode(&bytes, UPPER), "000FABFF");
+        assert_eq!(decode::<4>("000fabff", LOWER), Some(bytes));
+        assert_eq!(decode::<4>("000FABFF", UPPER), Some(bytes));
+        assert_eq!(decode::<4>("000FABFF", LOWER), None, "other case");
+        assert_eq!(decode::<4>("000fabff", UPPER), None, "other case");
+        assert_eq!(decode::<4>("000fabf", LOWER), None, "length");
+        assert_eq!(decode::<4>("000fabfg", LOWER), None, "not hex");
+    }
+}
