@@ -111,14 +111,20 @@ impl SigningKey {
     /// `v1,` + UPPERCASE hex HMAC-SHA256 of `<request_id>.<timestamp>` (as
     /// [`request_signature`], from the prepared state).
     pub fn sign(&self, request_id: &str, timestamp: &str) -> String {
+        let mut out = String::with_capacity(3 + 64);
+        out.push_str("v1,");
+        let mac = self.mac(request_id, timestamp);
+        crate::hex::push(&mut out, &mac.finalize().into_bytes(), crate::hex::UPPER);
+        out
+    }
+
+    /// The HMAC over `<request_id>.<timestamp>`, from the prepared state.
+    fn mac(&self, request_id: &str, timestamp: &str) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(request_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
-        let mut out = String::with_capacity(3 + 64);
-        out.push_str("v1,");
-        crate::hex::push(&mut out, &mac.finalize().into_bytes(), crate::hex::UPPER);
-        out
+        mac
     }
 }
 
@@ -188,11 +194,7 @@ pub fn request_id(random: &[u8; 32]) -> String {
 /// it contributes its UTF-8 bytes rather than panicking. Such a key is outside the scheme and
 /// [`verify_origin_signature`] refuses it.
 pub fn request_signature(key: &Secret, request_id: &str, timestamp: &str) -> String {
-    let mac = signature_mac(key, request_id, timestamp);
-    format!(
-        "v1,{}",
-        crate::hex::encode(&mac.finalize().into_bytes(), crate::hex::UPPER)
-    )
+    SigningKey::new(key.clone()).sign(request_id, timestamp)
 }
 
 /// The key as latin-1 bytes: one byte per character up to U+00FF (see [`request_signature`]).
@@ -208,18 +210,6 @@ fn latin1_key(key: &str) -> Vec<u8> {
         }
     }
     bytes
-}
-
-fn signature_mac(key: &Secret, request_id: &str, timestamp: &str) -> HmacSha256 {
-    // HMAC takes keys of any length (long ones are hashed first), so this cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(&latin1_key(key.expose())) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("hmac accepts keys of every length"),
-    };
-    mac.update(request_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.as_bytes());
-    mac
 }
 
 /// Why an origin-side signature check failed.
@@ -292,7 +282,8 @@ pub fn verify_origin_signature(
     if skew > max_skew {
         return Err(OriginSignatureError::OutsideWindow { skew, max_skew });
     }
-    signature_mac(key, request_id, timestamp)
+    SigningKey::new(key.clone())
+        .mac(request_id, timestamp)
         .verify_slice(&expected)
         .map_err(|_| OriginSignatureError::Mismatch)
 }
@@ -332,13 +323,16 @@ mod tests {
         // A latin-1 key above U+007F: its one byte per character, not its UTF-8.
         let key = Secret::new("clé-ÿ");
         let prepared = SigningKey::new(key.clone());
-        assert_eq!(prepared.sign(ID, TS), request_signature(&key, ID, TS));
+        // Used once already, the state still signs another message like a fresh key.
+        let _ = prepared.sign(ID, TS);
+        assert_eq!(
+            prepared.sign(ID, "1"),
+            SigningKey::new(key.clone()).sign(ID, "1")
+        );
         assert_ne!(
             prepared.sign(ID, TS),
             SigningKey::new(Secret::new("clé-y")).sign(ID, TS)
         );
-        // Reused state: signing twice gives the same answer (the state is cloned, not consumed).
-        assert_eq!(prepared.sign(ID, "1"), prepared.sign(ID, "1"));
         assert!(
             !format!("{prepared:?}").contains("clé"),
             "Debug must not show the key"

@@ -71,13 +71,12 @@ impl HttpContext for LocationFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One read of the whole (short) origin request header instead of a host call per name:
         // the redirect base, the cache policy, and which internal headers are there to remove.
-        let fields = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(fields) => fields,
-            Err(status) => {
-                log::warn!("ixproxy: cannot read the origin request header: {status:?}");
-                Vec::new()
-            }
-        };
+        let read = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        if let Err(status) = &read {
+            log::warn!("ixproxy: cannot read the origin request header: {status:?}");
+        }
+        let unread = read.is_err();
+        let fields = read.unwrap_or_default();
         let value = |name: &str| {
             fields
                 .iter()
@@ -91,8 +90,11 @@ impl HttpContext for LocationFilter {
             value(":path").unwrap_or_default()
         ));
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
+        // Present by name, whatever its value's bytes; when the header could not be read, every
+        // one is removed as if present.
+        let present = |name: &str| unread || fields.iter().any(|(n, _)| n == name);
         for name in ORIGIN_REQUEST_REMOVED {
-            if value(name).is_none() {
+            if !present(name) {
                 continue;
             }
             if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
