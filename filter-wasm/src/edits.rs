@@ -23,6 +23,15 @@ pub enum HeaderEdit {
     Remove(String),
 }
 
+impl HeaderEdit {
+    /// The header this edit changes.
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderEdit::Set(name, _) | HeaderEdit::Remove(name) => name,
+        }
+    }
+}
+
 /// A response Envoy sends itself instead of forwarding (`send_http_response`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -134,6 +143,36 @@ pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
                 .map(|(name, value)| HeaderEdit::Set((*name).to_owned(), value.clone())),
         )
         .collect()
+}
+
+/// The header list `fields` (as read from Envoy, lower-case names) after `edits`, applied in
+/// order: a [`HeaderEdit::Set`] replaces every value of its name with one (where the first
+/// was, or at the end), a [`HeaderEdit::Remove`] drops every value. The HTTP context writes the
+/// result with one `proxy_set_header_map_pairs` call instead of one host call per edit.
+pub fn edited(mut fields: Vec<(String, Vec<u8>)>, edits: &[HeaderEdit]) -> Vec<(String, Vec<u8>)> {
+    for edit in edits {
+        match edit {
+            HeaderEdit::Remove(name) => fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            HeaderEdit::Set(name, value) => {
+                match fields
+                    .iter()
+                    .position(|(n, _)| n.eq_ignore_ascii_case(name))
+                {
+                    Some(first) => {
+                        fields[first].1 = value.clone().into_bytes();
+                        let mut index = 0;
+                        fields.retain(|(n, _)| {
+                            let keep = index <= first || !n.eq_ignore_ascii_case(name);
+                            index += 1;
+                            keep
+                        });
+                    }
+                    None => fields.push((name.clone(), value.clone().into_bytes())),
+                }
+            }
+        }
+    }
+    fields
 }
 
 /// Test fixtures shared by the filter's unit tests: forwards decided by the core over a small
@@ -253,6 +292,89 @@ mod tests {
             .rposition(|e| matches!(e, HeaderEdit::Remove(_)));
         let first_set = edits.iter().position(|e| matches!(e, HeaderEdit::Set(..)));
         assert!(last_remove < first_set);
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn edits_apply_to_the_read_header_list_in_order() {
+        let read = fields(&[
+            (":authority", "a.example"),
+            (":path", "/x"),
+            ("cookie", "a=1"),
+            ("accept", "image/*"),
+            ("cookie", "b=2"),
+            ("x-request-id", "old"),
+            ("x-request-id", "older"),
+        ]);
+        let edits = [
+            HeaderEdit::Remove("cookie".into()),
+            set(":authority", "o.example"),
+            set("x-request-id", "new"),
+            set("x-ixproxy-upstream", "tls"),
+            HeaderEdit::Remove("absent".into()),
+        ];
+        assert_eq!(
+            edited(read, &edits),
+            fields(&[
+                (":authority", "o.example"),
+                (":path", "/x"),
+                ("accept", "image/*"),
+                ("x-request-id", "new"),
+                ("x-ixproxy-upstream", "tls"),
+            ])
+        );
+        // A set after a removal of the same name adds it back; a removal after a set drops it.
+        let read = fields(&[("a", "1")]);
+        let edits = [HeaderEdit::Remove("a".into()), set("a", "2"), set("b", "3")];
+        assert_eq!(
+            edited(read.clone(), &edits),
+            fields(&[("a", "2"), ("b", "3")])
+        );
+        let edits = [set("b", "3"), HeaderEdit::Remove("b".into())];
+        assert_eq!(edited(read.clone(), &edits), read);
+        assert_eq!(edited(read.clone(), &[]), read);
+    }
+
+    #[test]
+    fn the_forward_edits_of_a_client_request_leave_only_what_the_origin_gets() {
+        let read = fields(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a.example"),
+            (":path", "/anything"),
+            ("cookie", "session=1"),
+            ("authorization", "Bearer client"),
+            ("x-imgix-origin-secret", "forged"),
+            ("accept", "image/*"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        let f = forward("a.example", "https://o.example/a.jpg");
+        let auth = f.auth_headers(NOW, &[0; 32]);
+        let names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
+        let out = edited(read.clone(), &forward_request_edits(&f, &auth, names));
+        let value = |name: &str| {
+            let values: Vec<&[u8]> = out
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            values
+        };
+        assert_eq!(value(":authority"), [b"o.example"]);
+        assert_eq!(value(":path"), [b"/a.jpg"]);
+        assert_eq!(value(":scheme"), [b"https"]);
+        assert_eq!(value(":method"), [b"GET"]);
+        assert_eq!(value("x-forwarded-proto"), [b"https"]);
+        assert_eq!(value("accept"), [b"image/*"]);
+        // The client's forged secret is gone; the source's own is the only one.
+        assert_eq!(value("x-imgix-origin-secret"), [b"hs"]);
+        assert!(value("cookie").is_empty() && value("authorization").is_empty());
     }
 
     #[test]

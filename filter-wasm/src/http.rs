@@ -41,9 +41,13 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Bytes, MapType};
 
 use crate::edits::{self, HeaderEdit};
+use crate::headers;
 use crate::hop::{self, Hop};
 use crate::inflight::{self, Full, SharedData};
 use crate::metrics::Counters;
+
+/// A request header list as read, and the edits to write to it.
+type Unwritten = (Vec<(String, Bytes)>, Vec<HeaderEdit>);
 
 /// Per-request state.
 pub struct FilterHttp {
@@ -70,6 +74,9 @@ pub struct FilterHttp {
     in_flight: bool,
     /// Whether Envoy writes an access log (the log properties are filled only then).
     access_log: bool,
+    /// The request header list as read and the edits not yet written to it: written in one
+    /// host call when the request is forwarded or refused.
+    unwritten: Option<Unwritten>,
 }
 
 impl FilterHttp {
@@ -93,6 +100,7 @@ impl FilterHttp {
             source_label: NO_SOURCE_LABEL.to_owned(),
             in_flight: false,
             access_log,
+            unwritten: None,
         }
     }
 
@@ -115,23 +123,22 @@ impl FilterHttp {
     }
 
     /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
-    /// a new one, so the access log, the origin and the response (Envoy echoes it) see one id.
-    fn settle_request_id(&self, headers: &[(String, Bytes)]) -> Result<(), String> {
+    /// a new one (the edit returned), so the access log, the origin and the response (Envoy
+    /// echoes it) see one id.
+    fn settle_request_id(&self, headers: &[(String, Bytes)]) -> Result<Option<HeaderEdit>, String> {
         let sent = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
             .map(|(_, value)| value.as_slice());
         if let Some(kept) = access_log::kept_request_id(sent) {
             self.log_property(LOG_REQUEST_ID, kept);
-            return Ok(());
+            return Ok(None);
         }
         let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
         random.copy_from_slice(&Self::random()?[..REQUEST_ID_RANDOM_BYTES]);
         let id = access_log::new_request_id(random);
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, REQUEST_ID_HEADER, Some(&id))
-            .map_err(|status| format!("cannot set the request id: {status:?}"))?;
         self.log_property(LOG_REQUEST_ID, &id);
-        Ok(())
+        Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id)))
     }
 
     /// Gives back the in-flight slot this stream holds, if any.
@@ -143,28 +150,17 @@ impl FilterHttp {
         }
     }
 
-    /// A header value as text; bytes that are not UTF-8 (obs-text) are replaced, which can only
-    /// make a signature or an origin check fail, never pass. The SDK's `get_map`/`get_map_value`
-    /// panic on such bytes, so only the `_bytes` variants are used.
-    fn header(map: MapType, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(map, name)
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    }
-
     /// The value of `name` (lower case, as Envoy hands header names over) in a header list read
-    /// with [`FilterHttp::headers`], as text like [`FilterHttp::header`]; empty when absent.
+    /// with [`headers::read`], as text; empty when absent. Bytes that are not UTF-8
+    /// (obs-text) are replaced, which can only make a signature or an origin check fail, never
+    /// pass. The SDK's `get_map`/`get_map_value` panic on such bytes, so only the `_bytes`
+    /// variants are used.
     fn value_of(headers: &[(String, Bytes)], name: &str) -> String {
         headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default()
-    }
-
-    fn headers(map: MapType) -> Result<Vec<(String, Bytes)>, String> {
-        hostcalls::get_map_bytes(map).map_err(|status| format!("cannot read headers: {status:?}"))
     }
 
     /// An integer property (Envoy encodes them as 8 little-endian bytes).
@@ -200,8 +196,14 @@ impl FilterHttp {
         }
     }
 
-    /// Answers `rejection` locally and counts its outcome.
+    /// Answers `rejection` locally and counts its outcome. The request header edits made so
+    /// far (the client's routing markers gone, the request id Envoy echoes) are written first.
     fn reject(&mut self, rejection: &Rejection) -> Action {
+        if let Some((fields, edits)) = self.unwritten.take() {
+            if let Err(e) = headers::write(MapType::HttpRequestHeaders, Some(fields), &edits) {
+                log::error!("ixproxy: {e}");
+            }
+        }
         self.count(rejection.outcome());
         self.done = true;
         let reply = edits::local_reply(rejection);
@@ -217,19 +219,6 @@ impl FilterHttp {
     fn internal_error(&mut self, why: &str) -> Action {
         log::error!("ixproxy: {why}");
         self.reject(&Rejection::internal())
-    }
-
-    fn apply(map: MapType, edits: &[HeaderEdit]) -> Result<(), String> {
-        for edit in edits {
-            let result = match edit {
-                HeaderEdit::Set(name, value) => {
-                    hostcalls::set_map_value(map, name, Some(value.as_str()))
-                }
-                HeaderEdit::Remove(name) => hostcalls::set_map_value(map, name, None),
-            };
-            result.map_err(|status| format!("cannot edit header: {status:?}"))?;
-        }
-        Ok(())
     }
 
     /// Unix time in seconds and in milliseconds.
@@ -264,7 +253,6 @@ impl FilterHttp {
     fn send(
         &mut self,
         forward: Forward,
-        names: &[String],
         now: u64,
         started_ms: u64,
         timeout_ms: Option<u64>,
@@ -274,15 +262,19 @@ impl FilterHttp {
             Err(e) => return self.internal_error(&e),
         };
         let auth = forward.auth_headers(now, &random);
-        let mut edits =
-            edits::forward_request_edits(&forward, &auth, names.iter().map(String::as_str));
+        let (fields, mut edits) = self.unwritten.take().unwrap_or_default();
+        edits.extend(edits::forward_request_edits(
+            &forward,
+            &auth,
+            fields.iter().map(|(name, _)| name.as_str()),
+        ));
         if let Some(timeout_ms) = timeout_ms {
             edits.push(HeaderEdit::Set(
                 hop::TIMEOUT_HEADER.into(),
                 timeout_ms.to_string(),
             ));
         }
-        if let Err(e) = Self::apply(MapType::HttpRequestHeaders, &edits) {
+        if let Err(e) = headers::write(MapType::HttpRequestHeaders, Some(fields), &edits) {
             return self.internal_error(&e);
         }
         // Without the hop state a redirect cannot be followed (the recreated request would be
@@ -300,17 +292,14 @@ impl FilterHttp {
             self.in_flight = true;
             self.counters.inflight(&self.source_label, 1);
         }
-        // The route was chosen before the filter ran; make Envoy choose again for the new
-        // :scheme. Hosts without this foreign function re-evaluate on header changes themselves.
-        if let Err(status) = hostcalls::call_foreign_function("clear_route_cache", None) {
-            log::debug!("ixproxy: clear_route_cache unavailable: {status:?}");
-        }
+        // No `clear_route_cache` call: writing the request headers made Envoy drop the route it
+        // chose before the filter ran, so it chooses again for the new :scheme and marker.
         self.forward = Some(forward);
         Action::Continue
     }
 
     /// A stream Envoy recreated for an origin redirect: re-validate the hop like the first URL.
-    fn follow(&mut self, sources: &Sources, state: &[u8], names: &[String]) -> Action {
+    fn follow(&mut self, sources: &Sources, state: &[u8], headers: Vec<(String, Bytes)>) -> Action {
         let Some(hop) = Hop::decode(state) else {
             return self.internal_error("unreadable hop state");
         };
@@ -335,13 +324,18 @@ impl FilterHttp {
             return self.reject(&Rejection::origin_timeout());
         };
         let location = hop::hop_location(
-            Self::header(MapType::HttpRequestHeaders, hop::LOCATION_HEADER).as_deref(),
-            &Self::header(MapType::HttpRequestHeaders, ":scheme").unwrap_or_default(),
-            &Self::header(MapType::HttpRequestHeaders, ":authority").unwrap_or_default(),
-            &Self::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default(),
+            headers
+                .iter()
+                .find(|(name, _)| name == hop::LOCATION_HEADER)
+                .map(|(_, value)| String::from_utf8_lossy(value))
+                .as_deref(),
+            &Self::value_of(&headers, ":scheme"),
+            &Self::value_of(&headers, ":authority"),
+            &Self::value_of(&headers, ":path"),
         );
+        self.unwritten = Some((headers, Vec::new()));
         match previous.redirect(&location) {
-            Ok(next) => self.send(next, names, now, hop.started_ms, Some(left_ms)),
+            Ok(next) => self.send(next, now, hop.started_ms, Some(left_ms)),
             Err(rejection) => self.reject(&rejection),
         }
     }
@@ -363,38 +357,43 @@ impl HttpContext for FilterHttp {
         let Some(sources) = self.sources.clone() else {
             return self.internal_error("filter is not configured");
         };
-        let headers = match Self::headers(MapType::HttpRequestHeaders) {
+        let headers = match headers::read(MapType::HttpRequestHeaders) {
             Ok(headers) => headers,
             Err(e) => return self.internal_error(&e),
         };
-        let names: Vec<String> = headers.iter().map(|(name, _)| name.clone()).collect();
-        if let Some(state) = Self::stored_hop() {
-            return self.follow(&sources, &state, &names);
+        // Envoy copies the origin's `Location` into every request it recreates for a redirect,
+        // so only a request with one can be a hop; the hop state (which clients cannot set)
+        // decides, so a client-sent `Location` costs a lookup and nothing else.
+        let may_be_hop = headers.iter().any(|(name, _)| name == hop::LOCATION_HEADER);
+        if let Some(state) = may_be_hop.then(Self::stored_hop).flatten() {
+            return self.follow(&sources, &state, headers);
         }
         // The routing markers are the filter's to set: a client-sent one must not make Envoy's
         // own reply to this request (the bootstrap recognises RBAC refusals by the marker) or
         // anything else treat it as forwarded, even when the filter refuses it.
-        for marker in edits::client_markers(names.iter().map(String::as_str)) {
-            if let Err(e) = Self::apply(MapType::HttpRequestHeaders, &[HeaderEdit::Remove(marker)])
-            {
-                return self.internal_error(&e);
-            }
-        }
-        if let Err(e) = self.settle_request_id(&headers) {
-            return self.internal_error(&e);
+        let mut pending: Vec<HeaderEdit> =
+            edits::client_markers(headers.iter().map(|(name, _)| name.as_str()))
+                .into_iter()
+                .map(HeaderEdit::Remove)
+                .collect();
+        match self.settle_request_id(&headers) {
+            Ok(edit) => pending.extend(edit),
+            Err(e) => return self.internal_error(&e),
         }
         // The pseudo-headers come with the header list already read: no host call each.
         let method = Self::value_of(&headers, ":method");
         let host = Self::value_of(&headers, ":authority");
+        let target = Self::value_of(&headers, ":path");
+        // Envoy's codec has already refused conflicting framing; a request whose stream does not
+        // end with its headers carries a body, which a GET or HEAD must not.
+        let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
+        self.unwritten = Some((headers, pending));
         if self.access_log {
             self.log_property(LOG_HOST, &host);
             if let Some(address) = Self::property(&["source", "address"]) {
                 self.log_property(LOG_CLIENT_IP, address_without_port(&address));
             }
         }
-        // Envoy's codec has already refused conflicting framing; a request whose stream does not
-        // end with its headers carries a body, which a GET or HEAD must not.
-        let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         if let Err(rejection) = check_request_body(&method, !end_of_stream)
             .and_then(|()| check_request_headers(&sources, totals))
         {
@@ -405,7 +404,6 @@ impl HttpContext for FilterHttp {
             Ok(v) => v,
             Err(e) => return self.internal_error(&e),
         };
-        let target = Self::value_of(&headers, ":path");
         let request = RequestInfo {
             method: &method,
             host: &host,
@@ -422,7 +420,7 @@ impl HttpContext for FilterHttp {
                     Ok(Err(Full)) => return self.reject(&Rejection::overloaded()),
                     Err(e) => return self.internal_error(&e),
                 }
-                self.send(*forward, &names, now, now_ms, None)
+                self.send(*forward, now, now_ms, None)
             }
         }
     }
@@ -446,8 +444,15 @@ impl HttpContext for FilterHttp {
         // A cache hit is the origin's answer as stored: it gets every check and edit below, with
         // this request's own `expires` cap. Envoy's cache fetches on a side channel, so for its
         // misses and hits the address comes from the header the upstream role stored.
+        let fields = match headers::read(MapType::HttpResponseHeaders) {
+            Ok(fields) => fields,
+            Err(e) => return self.internal_error(&e),
+        };
         let property = Self::property(&["upstream", "address"]);
-        let stored = Self::header(MapType::HttpResponseHeaders, UPSTREAM_ADDRESS_HEADER);
+        let stored = fields
+            .iter()
+            .find(|(name, _)| name == UPSTREAM_ADDRESS_HEADER)
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned());
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         // The RBAC filter already refused private addresses before connecting; this second
         // line keeps any response of such an address from the client.
@@ -459,10 +464,6 @@ impl HttpContext for FilterHttp {
             self.log_property(LOG_CACHE, result.as_str());
         }
         let status_value = result.map(|result| result.cache_status());
-        let fields = match Self::headers(MapType::HttpResponseHeaders) {
-            Ok(fields) => fields,
-            Err(e) => return self.internal_error(&e),
-        };
         let status = fields
             .iter()
             .find(|(name, _)| name == ":status")
@@ -480,11 +481,12 @@ impl HttpContext for FilterHttp {
             Ok(edits) => edits,
             Err(rejection) => return self.reject(&rejection),
         };
+        drop(head);
         let mut header_edits = edits::response_header_edits(&response_edits);
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
         }
-        if let Err(e) = Self::apply(MapType::HttpResponseHeaders, &header_edits) {
+        if let Err(e) = headers::write(MapType::HttpResponseHeaders, Some(fields), &header_edits) {
             return self.internal_error(&e);
         }
         if end_of_stream {
@@ -522,7 +524,13 @@ impl HttpContext for FilterHttp {
     }
 
     fn on_log(&mut self) {
-        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
+        // A counted request was answered downstream, so it was not handed over to a redirect
+        // and has its outcome: only an uncounted one needs Envoy's reason.
+        let details = if self.counted {
+            String::new()
+        } else {
+            Self::property(&["response", "code_details"]).unwrap_or_default()
+        };
         if handed_over_to_redirect(&details) {
             // The recreated stream continues this client request and holds its slot (and its
             // place in the in-flight gauge) now.

@@ -25,6 +25,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
+use crate::edits::HeaderEdit;
+use crate::headers;
+
 pub use ixproxy_core::envoy::{
     CACHE_TTL_HEADER, FORWARDED_PROTO, ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER,
     UPSTREAM_ROOT_ID,
@@ -56,24 +59,15 @@ pub struct LocationFilter {
     ttl: Option<ixproxy_core::config::CacheTtl>,
 }
 
-impl LocationFilter {
-    fn header(map: MapType, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(map, name)
-            .ok()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
-    }
-}
-
 impl Context for LocationFilter {}
 
 impl HttpContext for LocationFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One read of the whole (short) origin request header instead of a host call per name:
         // the redirect base, the cache policy, and which internal headers are there to remove.
-        let read = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
-        if let Err(status) = &read {
-            log::warn!("ixproxy: cannot read the origin request header: {status:?}");
+        let read = headers::read(MapType::HttpRequestHeaders);
+        if let Err(e) = &read {
+            log::warn!("ixproxy: the origin request header: {e}");
         }
         let unread = read.is_err();
         let fields = read.unwrap_or_default();
@@ -93,34 +87,44 @@ impl HttpContext for LocationFilter {
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
         let present = |name: &str| unread || fields.iter().any(|(n, _)| n == name);
-        for name in ORIGIN_REQUEST_REMOVED {
-            if !present(name) {
-                continue;
-            }
-            if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
-                log::warn!("ixproxy: cannot remove {name}: {status:?}");
-            }
+        let removals: Vec<HeaderEdit> = ORIGIN_REQUEST_REMOVED
+            .iter()
+            .filter(|name| present(name))
+            .map(|name| HeaderEdit::Remove((*name).to_owned()))
+            .collect();
+        let fields = (!unread).then_some(fields);
+        if let Err(e) = headers::write(MapType::HttpRequestHeaders, fields, &removals) {
+            log::warn!("ixproxy: the origin request's internal headers: {e}");
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // One read of the response header and at most one write of all the edits below.
+        let read = headers::read(MapType::HttpResponseHeaders);
+        if let Err(e) = &read {
+            log::warn!("ixproxy: the origin response header: {e}");
+        }
+        let fields = read.ok();
+        let value = |name: &str| {
+            fields
+                .as_deref()?
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        let status: u16 = value(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut edits = Vec::new();
         // The origin's own value never counts; unknown address → no header (the main filter
         // then refuses the response unless the source allows private origins).
         let address = hostcalls::get_property(vec!["upstream", "address"])
             .ok()
             .flatten()
             .and_then(|v| String::from_utf8(v).ok());
-        if let Err(status) = hostcalls::set_map_value(
-            MapType::HttpResponseHeaders,
-            UPSTREAM_ADDRESS_HEADER,
-            address.as_deref(),
-        ) {
-            log::warn!("ixproxy: cannot record the upstream address: {status:?}");
-        }
-        let status: u16 = Self::header(MapType::HttpResponseHeaders, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        edits.push(match address {
+            Some(address) => HeaderEdit::Set(UPSTREAM_ADDRESS_HEADER.to_owned(), address),
+            None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.to_owned()),
+        });
         // A 304 refreshes a stored entry with the headers it carries: under `respect_origin` its
         // own Cache-Control (or none) is the origin's word, otherwise the policy's. A redirect
         // never reaches a client or the cache.
@@ -128,41 +132,28 @@ impl HttpContext for LocationFilter {
         if let (Some(ttl), false, false) =
             (self.ttl, refresh_keeps_origin, is_followed_redirect(status))
         {
-            let fields = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
             let head = OriginHead::of(
                 status,
-                fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+                fields
+                    .iter()
+                    .flatten()
+                    .map(|(n, v)| (n.as_str(), v.as_slice())),
             );
             let policy = policy_cache_control(&ttl, status, head.cache_control().as_deref());
-            if let Err(status) = hostcalls::set_map_value(
-                MapType::HttpResponseHeaders,
-                "cache-control",
-                Some(&policy),
-            ) {
-                log::warn!("ixproxy: cannot set the policy cache-control: {status:?}");
+            edits.push(HeaderEdit::Set("cache-control".to_owned(), policy));
+        }
+        if let (true, Some(base)) = (is_followed_redirect(status), self.base.as_deref()) {
+            let scheme = base.split(':').next().unwrap_or_default();
+            edits.push(HeaderEdit::Set(
+                FORWARDED_PROTO.to_owned(),
+                scheme.to_owned(),
+            ));
+            if let Some(absolute) = value("location").and_then(|l| absolute_location(base, l)) {
+                edits.push(HeaderEdit::Set("location".to_owned(), absolute));
             }
         }
-        if !is_followed_redirect(status) {
-            return Action::Continue;
-        }
-        let Some(base) = self.base.as_deref() else {
-            return Action::Continue;
-        };
-        let scheme = base.split(':').next().unwrap_or_default();
-        if let Err(status) =
-            hostcalls::set_map_value(MapType::HttpResponseHeaders, FORWARDED_PROTO, Some(scheme))
-        {
-            log::warn!("ixproxy: cannot set {FORWARDED_PROTO}: {status:?}");
-        }
-        let Some(location) = Self::header(MapType::HttpResponseHeaders, "location") else {
-            return Action::Continue;
-        };
-        if let Some(absolute) = absolute_location(base, &location) {
-            if let Err(status) =
-                hostcalls::set_map_value(MapType::HttpResponseHeaders, "location", Some(&absolute))
-            {
-                log::warn!("ixproxy: cannot rewrite a relative location: {status:?}");
-            }
+        if let Err(e) = headers::write(MapType::HttpResponseHeaders, fields, &edits) {
+            log::warn!("ixproxy: the origin response header: {e}");
         }
         Action::Continue
     }
