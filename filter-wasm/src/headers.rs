@@ -1,6 +1,6 @@
 //! Header maps as whole lists: one host call reads a map, one writes it back after any number
-//! of edits. Envoy serves each host call through the Wasm boundary, so the number of calls, not
-//! the edits, is what a request pays for (bench/NOTES.md).
+//! of edits, instead of a round trip through the Wasm boundary per header (what those cost is
+//! measured in bench/NOTES.md).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Bytes, MapType};
