@@ -12,6 +12,20 @@ pub fn read(map: MapType) -> Result<Vec<(String, Bytes)>, String> {
     hostcalls::get_map_bytes(map).map_err(|status| format!("cannot read headers: {status:?}"))
 }
 
+/// The first value of `name` (lower case, as Envoy hands names over) in a list read with
+/// [`read`].
+pub fn value<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// [`value`] as text, when it is UTF-8.
+pub fn text<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a str> {
+    value(fields, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// Applies `edits` to `map`. With `fields` (the map as read) the edited list is written back
 /// as the whole map in one host call (Envoy re-evaluates the route after a request header
 /// change); without (the map could not be read) each edit is its own host call, so nothing

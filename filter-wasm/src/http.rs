@@ -156,10 +156,8 @@ impl FilterHttp {
     /// pass. The SDK's `get_map`/`get_map_value` panic on such bytes, so only the `_bytes`
     /// variants are used.
     fn value_of(headers: &[(String, Bytes)], name: &str) -> String {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        headers::value(headers, name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default()
     }
 
@@ -324,10 +322,8 @@ impl FilterHttp {
             return self.reject(&Rejection::origin_timeout());
         };
         let location = hop::hop_location(
-            headers
-                .iter()
-                .find(|(name, _)| name == hop::LOCATION_HEADER)
-                .map(|(_, value)| String::from_utf8_lossy(value))
+            headers::value(&headers, hop::LOCATION_HEADER)
+                .map(String::from_utf8_lossy)
                 .as_deref(),
             &Self::value_of(&headers, ":scheme"),
             &Self::value_of(&headers, ":authority"),
@@ -364,7 +360,7 @@ impl HttpContext for FilterHttp {
         // Envoy copies the origin's `Location` into every request it recreates for a redirect,
         // so only a request with one can be a hop; the hop state (which clients cannot set)
         // decides, so a client-sent `Location` costs a lookup and nothing else.
-        let may_be_hop = headers.iter().any(|(name, _)| name == hop::LOCATION_HEADER);
+        let may_be_hop = headers::value(&headers, hop::LOCATION_HEADER).is_some();
         if let Some(state) = may_be_hop.then(Self::stored_hop).flatten() {
             return self.follow(&sources, &state, headers);
         }
@@ -449,10 +445,8 @@ impl HttpContext for FilterHttp {
             Err(e) => return self.internal_error(&e),
         };
         let property = Self::property(&["upstream", "address"]);
-        let stored = fields
-            .iter()
-            .find(|(name, _)| name == UPSTREAM_ADDRESS_HEADER)
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned());
+        let stored = headers::value(&fields, UPSTREAM_ADDRESS_HEADER)
+            .map(|value| String::from_utf8_lossy(value).into_owned());
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         // The RBAC filter already refused private addresses before connecting; this second
         // line keeps any response of such an address from the client.
@@ -464,10 +458,8 @@ impl HttpContext for FilterHttp {
             self.log_property(LOG_CACHE, result.as_str());
         }
         let status_value = result.map(|result| result.cache_status());
-        let status = fields
-            .iter()
-            .find(|(name, _)| name == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+        let status = headers::text(&fields, ":status")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let head = OriginHead::of(
             status,

@@ -71,12 +71,7 @@ impl HttpContext for LocationFilter {
         }
         let unread = read.is_err();
         let fields = read.unwrap_or_default();
-        let value = |name: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        };
+        let value = |name: &str| headers::text(&fields, name);
         self.base = Some(format!(
             "{}://{}{}",
             value(":scheme").unwrap_or_default(),
@@ -86,7 +81,7 @@ impl HttpContext for LocationFilter {
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
-        let present = |name: &str| unread || fields.iter().any(|(n, _)| n == name);
+        let present = |name: &str| unread || headers::value(&fields, name).is_some();
         let removals: Vec<HeaderEdit> = ORIGIN_REQUEST_REMOVED
             .iter()
             .filter(|name| present(name))
@@ -106,13 +101,7 @@ impl HttpContext for LocationFilter {
             log::warn!("ixproxy: the origin response header: {e}");
         }
         let fields = read.ok();
-        let value = |name: &str| {
-            fields
-                .as_deref()?
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        };
+        let value = |name: &str| headers::text(fields.as_deref()?, name);
         let status: u16 = value(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut edits = Vec::new();
         // The origin's own value never counts; unknown address → no header (the main filter
