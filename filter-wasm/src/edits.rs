@@ -160,12 +160,11 @@ pub fn edited(mut fields: Vec<(String, Vec<u8>)>, edits: &[HeaderEdit]) -> Vec<(
                 {
                     Some(first) => {
                         fields[first].1 = value.clone().into_bytes();
-                        let mut index = 0;
-                        fields.retain(|(n, _)| {
-                            let keep = index <= first || !n.eq_ignore_ascii_case(name);
-                            index += 1;
-                            keep
-                        });
+                        let rest = fields.split_off(first + 1);
+                        fields.extend(
+                            rest.into_iter()
+                                .filter(|(n, _)| !n.eq_ignore_ascii_case(name)),
+                        );
                     }
                     None => fields.push((name.clone(), value.clone().into_bytes())),
                 }

@@ -7,7 +7,8 @@ use proxy_wasm::types::{Bytes, MapType};
 
 use crate::edits::{self, HeaderEdit};
 
-/// Every field of `map`, in order (lower-case names, values as bytes).
+/// Every field of `map`, in order (lower-case names, values as bytes: the SDK's `get_map`
+/// panics on a value that is not UTF-8, so only the `_bytes` calls are used).
 pub fn read(map: MapType) -> Result<Vec<(String, Bytes)>, String> {
     hostcalls::get_map_bytes(map).map_err(|status| format!("cannot read headers: {status:?}"))
 }

@@ -153,8 +153,7 @@ impl FilterHttp {
     /// The value of `name` (lower case, as Envoy hands header names over) in a header list read
     /// with [`headers::read`], as text; empty when absent. Bytes that are not UTF-8
     /// (obs-text) are replaced, which can only make a signature or an origin check fail, never
-    /// pass. The SDK's `get_map`/`get_map_value` panic on such bytes, so only the `_bytes`
-    /// variants are used.
+    /// pass.
     fn value_of(headers: &[(String, Bytes)], name: &str) -> String {
         headers::value(headers, name)
             .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -260,7 +259,11 @@ impl FilterHttp {
             Err(e) => return self.internal_error(&e),
         };
         let auth = forward.auth_headers(now, &random);
-        let (fields, mut edits) = self.unwritten.take().unwrap_or_default();
+        // Every caller stored the request header it read; without it the forward's removals
+        // would not be known, so there is nothing safe to send.
+        let Some((fields, mut edits)) = self.unwritten.take() else {
+            return self.internal_error("the request header was not read before forwarding");
+        };
         edits.extend(edits::forward_request_edits(
             &forward,
             &auth,
@@ -473,7 +476,6 @@ impl HttpContext for FilterHttp {
             Ok(edits) => edits,
             Err(rejection) => return self.reject(&rejection),
         };
-        drop(head);
         let mut header_edits = edits::response_header_edits(&response_edits);
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));

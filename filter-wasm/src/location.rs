@@ -69,9 +69,8 @@ impl HttpContext for LocationFilter {
         if let Err(e) = &read {
             log::warn!("ixproxy: the origin request header: {e}");
         }
-        let unread = read.is_err();
-        let fields = read.unwrap_or_default();
-        let value = |name: &str| headers::text(&fields, name);
+        let fields = read.ok();
+        let value = |name: &str| headers::text(fields.as_deref()?, name);
         self.base = Some(format!(
             "{}://{}{}",
             value(":scheme").unwrap_or_default(),
@@ -81,13 +80,16 @@ impl HttpContext for LocationFilter {
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
-        let present = |name: &str| unread || headers::value(&fields, name).is_some();
+        let present = |name: &str| {
+            fields
+                .as_deref()
+                .is_none_or(|f| headers::value(f, name).is_some())
+        };
         let removals: Vec<HeaderEdit> = ORIGIN_REQUEST_REMOVED
             .iter()
             .filter(|name| present(name))
             .map(|name| HeaderEdit::Remove((*name).to_owned()))
             .collect();
-        let fields = (!unread).then_some(fields);
         if let Err(e) = headers::write(MapType::HttpRequestHeaders, fields, &removals) {
             log::warn!("ixproxy: the origin request's internal headers: {e}");
         }
