@@ -471,15 +471,16 @@ fn an_upgrade_takes_the_sockets_over_without_a_failed_request() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn an_upgrade_with_no_running_instance_exits_with_the_reason() {
-    let dir = work_dir("upgrade-alone");
+/// Spawns `serve -u` in a fresh work directory `name` with its upgrade socket there (stderr
+/// piped); returns the process and the socket's path.
+fn spawn_upgrade(name: &str) -> (std::process::Child, PathBuf) {
+    let dir = work_dir(name);
     let token_file = dir.join("token.txt");
     std::fs::write(&token_file, NEW_TOKEN).expect("token");
     let path = dir.join("c.yaml");
     std::fs::write(&path, config("", &token_file)).expect("config");
-    let sock = dir.join("nobody.sock");
-    let mut child = std::process::Command::new(bin())
+    let sock = dir.join("upgrade.sock");
+    let child = std::process::Command::new(bin())
         .arg("serve")
         .arg("-c")
         .arg(&path)
@@ -490,6 +491,13 @@ fn an_upgrade_with_no_running_instance_exits_with_the_reason() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
+    (child, sock)
+}
+
+#[test]
+fn an_upgrade_with_no_running_instance_exits_with_the_reason() {
+    let (mut child, sock) = spawn_upgrade("upgrade-alone");
+    let dir = sock.parent().expect("dir").to_path_buf();
     // Pingora waits about five seconds for the sockets.
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().expect("wait").is_none() {
@@ -511,5 +519,103 @@ fn an_upgrade_with_no_running_instance_exits_with_the_reason() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `serve -u` on `sock`, waits until it listens there, sends it `signal` and returns its
+/// exit status and stderr.
+fn stop_a_waiting_upgrade(
+    name: &str,
+    signal: Signal,
+) -> (std::process::ExitStatus, String, PathBuf) {
+    let (child, sock) = spawn_upgrade(name);
+    // Pingora waits about five seconds; the socket exists from the start of the wait.
+    let started = Instant::now();
+    while !sock.exists() && started.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sock.exists(), "serve -u made no socket at {sock:?}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, signal).expect("signal");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        sock,
+    )
+}
+
+#[test]
+fn a_waiting_upgrade_stopped_by_sigint_or_sigterm_removes_its_socket() {
+    for (name, signal) in [("wait-int", Signal::SIGINT), ("wait-term", Signal::SIGTERM)] {
+        let (status, stderr, sock) = stop_a_waiting_upgrade(name, signal);
+        assert_eq!(status.code(), Some(1), "{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "ixproxy: {signal} while waiting on {}",
+                sock.display()
+            )),
+            "{stderr}"
+        );
+        assert!(!sock.exists(), "{signal} left {sock:?} behind");
+        let _ = std::fs::remove_dir_all(sock.parent().expect("dir"));
+    }
+}
+
+/// Leaves a unix socket file at `path` with nothing listening on it, as a `serve -u` killed
+/// while it waits does.
+fn stale_socket(path: &Path) {
+    drop(std::os::unix::net::UnixListener::bind(path).expect("bind"));
+    assert!(path.exists());
+}
+
+#[test]
+fn a_stale_upgrade_socket_is_removed_at_start_and_at_exit_and_a_live_one_kept() {
+    let dir = work_dir("stale");
+    let token_file = dir.join("token.txt");
+    std::fs::write(&token_file, NEW_TOKEN).expect("token");
+    let sock = dir.join("upgrade.sock");
+    let sock_arg = sock.to_str().expect("utf-8").to_owned();
+    let start = || {
+        ServeProcess::start_with_args(
+            bin(),
+            &config("server: {grace_period: 0s}\n", &token_file),
+            &["--upgrade-sock", &sock_arg],
+            &[],
+            &dir,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    stale_socket(&sock);
+    let serve = start();
+    assert!(!sock.exists(), "stale socket kept at start");
+    assert!(
+        serve.log().contains("removed the stale upgrade socket"),
+        "{}",
+        serve.log()
+    );
+    // One left while it serves is gone once it stops, by SIGTERM's drain or by SIGINT.
+    stale_socket(&sock);
+    let (status, _) = serve.stop(Signal::SIGTERM).expect("stop");
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "stale socket kept after SIGTERM");
+    let serve = start();
+    stale_socket(&sock);
+    let (status, _) = serve.stop(Signal::SIGINT).expect("stop");
+    assert!(status.success(), "{status}");
+    assert!(!sock.exists(), "stale socket kept after SIGINT");
+    // A socket something listens on (a `serve -u` waiting) is neither removed nor connected to.
+    let serve = start();
+    let waiting = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    waiting.set_nonblocking(true).expect("nonblocking");
+    let (status, _) = serve.stop(Signal::SIGINT).expect("stop");
+    assert!(status.success(), "{status}");
+    assert!(sock.exists(), "a listening socket was removed");
+    assert_eq!(
+        waiting.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the exiting process connected to the waiting socket"
+    );
+    drop(waiting);
     let _ = std::fs::remove_dir_all(&dir);
 }

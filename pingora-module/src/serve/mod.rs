@@ -20,6 +20,7 @@ mod gateway;
 mod inflight;
 mod listen;
 mod live;
+mod logging;
 mod metrics;
 mod peer;
 mod reload;
@@ -69,7 +70,8 @@ pub struct ServeArgs {
 /// trust store cannot be built, a listener cannot be bound or no sockets arrive for `-u`; 0
 /// after a signal-initiated stop.
 pub fn run(args: &ServeArgs) -> ExitCode {
-    init_logging();
+    logging::init();
+    harden();
     match prepare(args) {
         Ok((server, announcement, lifecycle)) => {
             server.run(RunArgs {
@@ -78,6 +80,10 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                     lifecycle,
                 )),
             });
+            // Only in a directory that passes the check: elsewhere the file may not be ours.
+            if upgrade::check_private(&args.upgrade_sock).is_ok() {
+                remove_stale_socket(&args.upgrade_sock);
+            }
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -87,11 +93,23 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging() {
-    // Pingora's own lifecycle logs are info-level chatter; keep warnings from it and the
-    // gateway's per-request lines. RUST_LOG overrides.
-    let env = env_logger::Env::default().default_filter_or("warn,ixproxy=info,serve_dev=info");
-    let _ = env_logger::Builder::from_env(env).try_init();
+/// Makes the process non-dumpable (README: Security): no core file is written of a process
+/// that holds the URL tokens, the origin credentials and the TLS key, and only a process with
+/// `CAP_SYS_PTRACE` can attach to it or read its memory (`/proc/<pid>/` turns root-owned).
+fn harden() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log::warn!("cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {e}");
+    }
+}
+
+/// Removes a stale upgrade socket at `path` (see [`upgrade::remove_stale`]), saying so.
+fn remove_stale_socket(path: &Path) {
+    if upgrade::remove_stale(path) {
+        eprintln!(
+            "ixproxy: removed the stale upgrade socket {} (nothing listened on it)",
+            path.display()
+        );
+    }
 }
 
 /// Pingora's grace period after the listeners closed, in whole seconds (rounded up).
@@ -278,8 +296,12 @@ fn prepare(
     };
     // A directory that is missing only means no upgrade; one others can write is worth a word.
     let sock_dir_exists = args.upgrade_sock.parent().is_some_and(Path::is_dir);
-    if let (true, Err(e)) = (sock_dir_exists, upgrade::check_private(&args.upgrade_sock)) {
-        eprintln!("warning: --upgrade-sock: {e}; SIGQUIT will drain without handing over");
+    match (sock_dir_exists, upgrade::check_private(&args.upgrade_sock)) {
+        (true, Err(e)) => {
+            eprintln!("warning: --upgrade-sock: {e}; SIGQUIT will drain without handing over");
+        }
+        (true, Ok(())) => remove_stale_socket(&args.upgrade_sock),
+        (false, _) => {}
     }
     let lifecycle = announce::Lifecycle {
         reloader,

@@ -10,8 +10,14 @@
 //! address stays bound with nobody accepting on it.
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::path::Path;
+use std::os::fd::{AsFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use pingora::server::Fds;
 
@@ -21,10 +27,12 @@ use super::listen::BoundListener;
 /// writes (systemd's `RuntimeDirectory=ixproxy`).
 pub const DEFAULT_UPGRADE_SOCK: &str = "/run/ixproxy/upgrade.sock";
 
-/// Whether the upgrade socket at `path` is safe to use: its directory exists and no other user
-/// can write to it. In a directory others can write (`/tmp`), another user could create the
-/// socket first and receive the listening sockets on SIGQUIT, or feed a waiting `-u` sockets
-/// of their own; Pingora also makes the socket mode 0666 while it waits.
+/// Whether the upgrade socket at `path` is safe to use: its directory exists, belongs to this
+/// process's effective user or to root, and no other user can write to it. In a directory
+/// others can write (`/tmp`), or one another user owns (and so can make writable, or replace
+/// the socket in), that user could create the socket first and receive the listening sockets
+/// on SIGQUIT, or feed a waiting `-u` sockets of their own; Pingora also makes the socket mode
+/// 0666 while it waits.
 ///
 /// # Errors
 /// A message naming the directory and what is wrong with it.
@@ -46,6 +54,17 @@ pub fn check_private(path: &Path) -> Result<(), String> {
             dir.display()
         ));
     }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(format!(
+            "the upgrade socket's directory {} belongs to uid {}, not to ixproxy's user (uid \
+             {euid}) or root; that user could take the listening sockets; use a directory \
+             ixproxy's user owns (--upgrade-sock /run/ixproxy/upgrade.sock with systemd's \
+             RuntimeDirectory=ixproxy)",
+            dir.display(),
+            meta.uid()
+        ));
+    }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
             "the upgrade socket's directory {} is writable by other users, who could take the \
@@ -55,6 +74,136 @@ pub fn check_private(path: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Removes the upgrade socket at `path` when no process listens on it: one left by a `serve
+/// -u` that was killed (SIGKILL) while it waited. A socket some process listens on (a `-u`
+/// waiting to take over) is left alone, and so is anything that is not a socket. Called at
+/// start and at exit, so a stopped gateway leaves no socket behind. Returns whether it removed
+/// one.
+pub fn remove_stale(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.file_type().is_socket() && !is_listening(path) && std::fs::remove_file(path).is_ok()
+}
+
+/// Whether some process listens on the unix socket bound at `path`, read from
+/// `/proc/net/unix` (unreadable: assumed yes). Not by connecting to it: a waiting `serve -u`
+/// would take that connection for the running instance's transfer, receive no sockets and
+/// bind anew.
+fn is_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return true;
+    };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    table.lines().skip(1).any(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON (0x10000) in Flags
+        // marks a listening socket.
+        let fields: Vec<&str> = line.splitn(8, ' ').filter(|f| !f.is_empty()).collect();
+        let listening = fields
+            .get(3)
+            .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 0x1_0000 != 0);
+        let bound = fields.get(7).map(|p| Path::new(p.trim()));
+        listening && bound.is_some_and(|p| p == path || p == absolute)
+    })
+}
+
+/// While `serve -u` waits for the sockets, SIGINT, SIGTERM, SIGHUP and SIGQUIT stop it as they
+/// would anyway, but remove the socket Pingora listens on first: the signals' default action
+/// would leave it behind. They are blocked in the waiting thread and read from a signalfd by a
+/// watcher; when the wait ends (received, timed out, or a panic in Pingora's receiver) the
+/// watcher is stopped, the signals unblocked (one that came meanwhile then acts as before), and
+/// a socket nobody listens on removed.
+struct WaitSignals {
+    mask: SigSet,
+    path: PathBuf,
+    /// Dropping it wakes the watcher to return.
+    done: Option<UnixStream>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl WaitSignals {
+    fn arm(path: &Path) -> Option<Self> {
+        let mut mask = SigSet::empty();
+        for signal in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            mask.add(signal);
+        }
+        mask.thread_block().ok()?;
+        let armed = (|| {
+            let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).ok()?;
+            let (done, wake) = UnixStream::pair().ok()?;
+            let owned = path.to_path_buf();
+            let watcher = std::thread::Builder::new()
+                .name("upgrade-wait".to_owned())
+                .spawn(move || watch(&signals, &wake, &owned))
+                .ok()?;
+            Some((done, watcher))
+        })();
+        let Some((done, watcher)) = armed else {
+            let _ = mask.thread_unblock();
+            return None;
+        };
+        Some(WaitSignals {
+            mask,
+            path: path.to_path_buf(),
+            done: Some(done),
+            watcher: Some(watcher),
+        })
+    }
+}
+
+impl Drop for WaitSignals {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        let _ = self.mask.thread_unblock();
+        remove_stale(&self.path);
+    }
+}
+
+/// The watcher: waits for one of the signals (then removes the socket and exits 1) or for
+/// `wake` to close (then returns).
+fn watch(signals: &SignalFd, wake: &UnixStream, path: &Path) {
+    loop {
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            if let Ok(Some(info)) = signals.read_signal() {
+                let _ = std::fs::remove_file(path);
+                let name = i32::try_from(info.ssi_signo)
+                    .ok()
+                    .and_then(|n| Signal::try_from(n).ok())
+                    .map_or("a signal", Signal::as_str);
+                eprintln!(
+                    "ixproxy: {name} while waiting on {} for the running instance's sockets: \
+                     stopped, the socket removed",
+                    path.display()
+                );
+                std::process::exit(1);
+            }
+        }
+        if ready(&fds[1]) {
+            return;
+        }
+    }
 }
 
 /// The listening sockets received from the running instance, by the address each served.
@@ -79,7 +228,10 @@ impl Inherited {
             .to_str()
             .ok_or_else(|| format!("upgrade: the upgrade socket path {shown} is not utf-8"))?;
         let mut fds = Fds::new();
-        fds.get_from_sock(text).map_err(|e| {
+        let waiting = WaitSignals::arm(path);
+        let received = fds.get_from_sock(text);
+        drop(waiting);
+        received.map_err(|e| {
             format!(
                 "upgrade: no listening sockets received on {shown} ({e}): is an ixproxy serve \
                  with the same --upgrade-sock running, and was it sent SIGQUIT?"
@@ -193,6 +345,48 @@ mod tests {
         assert!(err.contains("writable by other users"), "{err}");
         let err = check_private(&dir.path().join("missing/u.sock")).expect_err("missing");
         assert!(err.contains("cannot be used"), "{err}");
+    }
+
+    #[test]
+    fn the_upgrade_socket_directory_must_belong_to_ixproxys_user_or_root() {
+        use std::os::unix::fs::PermissionsExt;
+        // Making a directory another user owns needs root (tests run as root here and in CI).
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test chowns a directory: run it as root"
+        );
+        let dir = tempfile::tempdir().expect("dir");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+        let err = check_private(&theirs.join("u.sock")).expect_err("another user's directory");
+        assert!(
+            err.contains("belongs to uid 65534, not to ixproxy's user (uid 0) or root"),
+            "{err}"
+        );
+        // The same directory back in root's hands is fine.
+        std::os::unix::fs::chown(&theirs, Some(0), Some(0)).expect("chown back");
+        assert_eq!(check_private(&theirs.join("u.sock")), Ok(()));
+    }
+
+    #[test]
+    fn a_stale_socket_is_removed_and_a_listening_one_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("u.sock");
+        assert!(!remove_stale(&path), "nothing there");
+        let listening = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(is_listening(&path));
+        assert!(!remove_stale(&path), "a listening socket is kept");
+        assert!(path.exists());
+        // Closing a listener leaves its file behind, as a killed `serve -u` does.
+        drop(listening);
+        assert!(!is_listening(&path));
+        assert!(remove_stale(&path));
+        assert!(!path.exists());
+        std::fs::write(&path, "not a socket").expect("write");
+        assert!(!remove_stale(&path), "only sockets are removed");
+        assert!(path.exists());
     }
 
     fn addr(text: &str) -> SocketAddr {
