@@ -338,13 +338,14 @@ def envoy_dfp_conf(port, admin, wasm=None):
     }
 
 
-def ixproxy_yaml(port, admin):
-    return f"""# bench/bench.py: one source, per-request origin signing, access log off like the peers.
+def ixproxy_yaml(port, admin, origin_port=ORIGIN_PORT, access_log="off"):
+    return f"""# bench/bench.py: one source, per-request origin signing, access log off like the peers
+# (bench/instructions.py: on).
 listen: 127.0.0.1:{port}
 admin_listen: 127.0.0.1:{admin}
 server:
   threads: 1
-access_log: off
+access_log: {access_log}
 limits:
   client_idle_timeout: 300s
 sources:
@@ -353,7 +354,7 @@ sources:
     secure_url_tokens: [{TOKEN}]
     origin_auth:
       request_signing_key: {SIGNING_KEY}
-    allowed_origin_hosts: ["127.0.0.1:{ORIGIN_PORT}"]
+    allowed_origin_hosts: ["127.0.0.1:{origin_port}"]
     allow_private_origins: true
 """
 
