@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest};
-use ixproxy_conformance::scripted::{head_header, OriginConn, ScriptedOrigin};
+use ixproxy_conformance::scripted::{head_header, request_path, OriginConn, ScriptedOrigin};
 use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 
@@ -158,9 +158,20 @@ fn the_config_warnings_are_printed_once_at_start() {
     assert!(!log.contains("tok-a"), "the token is never shown: {log}");
 }
 
-/// An origin that answers every request with a body holding [`BODY_MARK`].
+/// An origin that answers every request with a body holding [`BODY_MARK`], except under
+/// `/echo/`: there a faulty origin echoes the request's target and origin secret in a response
+/// head Pingora cannot parse.
 fn answer_marked(mut conn: OriginConn) {
-    while conn.read_head().is_some() {
+    while let Some(head) = conn.read_head() {
+        if request_path(&head).starts_with("/echo/") {
+            let secret = head_header(&head, "x-imgix-origin-secret").unwrap_or_default();
+            let echo = format!(
+                "HTTP/1.1 200 OK\r\nx-echo: {} {secret}\r\nBad Header Line\r\n\r\n",
+                request_path(&head)
+            );
+            conn.send(echo.as_bytes());
+            return;
+        }
         let body = format!("origin body {BODY_MARK}");
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
@@ -214,6 +225,25 @@ fn no_log_level_prints_a_path_query_signature_token_or_auth_header() {
     let secret = head_header(head, "x-imgix-origin-secret").expect("origin secret");
     let signature = head_header(head, "x-imgix-signature").expect("signature");
     let basic = head_header(head, "authorization").expect("basic auth");
+    // The echoing origin: Pingora's error line for its response quotes the bytes it got.
+    let echo = sign_url(
+        token,
+        &origin.url("/echo/EchoPath6161?EchoQuery=1"),
+        &[],
+        &SignOptions::default(),
+    );
+    let reply = send(serve.listen(), &RawRequest::get("a.test", &echo), TIMEOUT).expect("echo");
+    assert_eq!(reply.status, 502, "{}", serve.log_tail());
+    // Pingora logs its error line before the access log line of that request is queued.
+    let deadline = Instant::now() + TIMEOUT;
+    while !serve.log().contains("\"status\":502") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serve.log().contains("bytes not shown"),
+        "Pingora's line about the echo is there, without the bytes: {}",
+        serve.log_tail()
+    );
     // A request Pingora cannot parse: its raw bytes are what its debug line would print.
     let mut raw = TcpStream::connect(serve.listen()).expect("connect");
     raw.set_read_timeout(Some(TIMEOUT)).expect("timeout");
@@ -253,6 +283,8 @@ fn no_log_level_prints_a_path_query_signature_token_or_auth_header() {
         BODY_MARK,
         "BadReqPath5050",
         "BadReqAuth1717",
+        "EchoPath6161",
+        "EchoQuery",
     ]
     .into_iter()
     .filter(|text| log.contains(text))

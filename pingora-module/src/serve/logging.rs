@@ -29,6 +29,25 @@ fn is_own(target: &str) -> bool {
     krate == "ixproxy" || krate == "ixproxy_core"
 }
 
+/// `text` with the raw bytes Pingora quotes in an error's context (`buf: …`, up to the last
+/// ` cause: `, else to the end) replaced; `None` when there are none. Pingora logs a response
+/// header from the origin it cannot parse that way at error level, and an origin may echo the
+/// request (its path, query and origin auth headers) in it; the last ` cause: ` is Pingora's
+/// own, so bytes the origin sent cannot end the redaction early.
+fn redacted(text: &str) -> Option<String> {
+    let start = text.find("buf: ")? + "buf: ".len();
+    let end = text
+        .rfind(" cause: ")
+        .filter(|&end| end >= start)
+        .unwrap_or(text.len());
+    Some(format!(
+        "{}[{} bytes not shown]{}",
+        &text[..start],
+        end - start,
+        &text[end..]
+    ))
+}
+
 /// env_logger behind the cap.
 struct Capped {
     inner: env_logger::Logger,
@@ -40,8 +59,26 @@ impl Log for Capped {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if allowed(record.target(), record.level()) {
+        if !allowed(record.target(), record.level()) || !self.inner.enabled(record.metadata()) {
+            return;
+        }
+        if is_own(record.target()) {
             self.inner.log(record);
+            return;
+        }
+        // Formatted only for a line that is written: warnings and errors of other crates.
+        let text = record.args().to_string();
+        match redacted(&text) {
+            Some(clean) => self.inner.log(
+                &Record::builder()
+                    .args(format_args!("{clean}"))
+                    .metadata(record.metadata().clone())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            ),
+            None => self.inner.log(record),
         }
     }
 
@@ -84,5 +121,29 @@ mod tests {
         for target in ["ixproxy", "ixproxy::serve::client", "ixproxy_core::sign"] {
             assert!(allowed(target, Level::Trace), "{target}");
         }
+    }
+
+    #[test]
+    fn the_bytes_pingora_quotes_are_not_shown() {
+        // An origin's unparsable response head echoing the request, with a forged " cause: ".
+        let line = "Fail to proxy: Upstream InvalidHTTPHeader context: buf: HTTP/1.1 200 \
+                    OK\\r\\nx: /secret?q cause: secret cause: invalid header name, status: 502";
+        let shown = redacted(line).expect("redacted");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.starts_with("Fail to proxy: Upstream InvalidHTTPHeader context: buf: ["),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(" bytes not shown] cause: invalid header name, status: 502"),
+            "{shown}"
+        );
+        let shown = redacted("Downstream InvalidHTTPHeader context: buf: GET /secret?s=1")
+            .expect("redacted");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(
+            redacted("Upstream ConnectRefused context: 127.0.0.1:1"),
+            None
+        );
     }
 }
