@@ -16,6 +16,9 @@ use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits
 /// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
 /// `Location` its redirect machinery cannot take).
 pub const UNFOLLOWABLE_LOCATION: &str = "location not followable by this runtime";
+/// Why an origin redirect whose `Location` is longer than `limits.max_request_target_bytes`
+/// is not followed.
+pub const LOCATION_TOO_LONG: &str = "location longer than max_request_target_bytes";
 
 /// A request to send to an origin: the source it belongs to, the origin URL of this attempt
 /// and what the response rules need (the `expires` cap, the hop count, the first origin URL's
@@ -149,6 +152,11 @@ impl Forward {
     pub fn redirect(&self, location: &str) -> Result<Forward, Rejection> {
         if self.redirects >= self.limits.max_redirects {
             return Err(Rejection::bad_redirect("too many redirects"));
+        }
+        // The hop's target is bounded like the client's, but an over-long Location is the
+        // origin's fault: a 502, never the client's 414.
+        if location.len() > self.limits.max_request_target_bytes {
+            return Err(Rejection::bad_redirect(LOCATION_TOO_LONG));
         }
         let base = url::Url::parse(&self.origin.to_url_string())
             .map_err(|_| Rejection::bad_redirect("bad base url"))?;

@@ -149,6 +149,19 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     let mut cases = load_cases(&default_cases_path())?;
     cases.extend(vector_cases(&vectors, now_unix()));
     validate(&cases)?;
+    let only = case_filter();
+    if let Some(only) = &only {
+        cases.retain(|case| case.name.contains(only.as_str()));
+        if cases.is_empty() {
+            return Err(HarnessError::Http(format!(
+                "{CASE_FILTER_VAR}={only:?} names no conformance case"
+            )));
+        }
+        println!(
+            "{CASE_FILTER_VAR}={only:?}: {} table case(s), no other check",
+            cases.len()
+        );
+    }
     if protocol == Protocol::H2c {
         cases.retain(|case| match h2_skip_reason(case) {
             Some(why) => {
@@ -164,6 +177,11 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     let start_time = started.elapsed();
     let mut ledger = OutcomeLedger::new(&gateway);
     let mut report = run_cases(&gateway, &harness, &cases, &mut ledger, protocol);
+    if only.is_some() {
+        ledger.finish(&mut report.results);
+        report.start_time = start_time;
+        return Ok(report);
+    }
     let outcomes = hanging_outcomes();
     let hanging = ledger.check(&mut report.results, &outcomes, || {
         serves_while_origins_hang(gateway.addr(), &harness, protocol)
@@ -206,6 +224,19 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     ledger.finish(&mut report.results);
     report.start_time = start_time;
     Ok(report)
+}
+
+/// The environment variable that narrows a conformance run to the table cases whose name
+/// contains its value (`IXPROXY_CASE="redirect Location" cargo test -p ixproxy-conformance
+/// --test pingora`): one case against one runtime in seconds. The checks that are not table
+/// rows (hanging origins, limits, keep-alive, raw origins) are skipped then.
+pub const CASE_FILTER_VAR: &str = "IXPROXY_CASE";
+
+/// The value of [`CASE_FILTER_VAR`], when set and not empty.
+fn case_filter() -> Option<String> {
+    std::env::var(CASE_FILTER_VAR)
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 /// Runs the whole suite against gateway `G` (called `name` in messages) and panics with every
