@@ -261,6 +261,50 @@ pub fn send_keep_alive(
     Ok(responses)
 }
 
+/// What became of the connection after the first response of [`send_then_follow`].
+#[derive(Debug)]
+pub enum FollowUp {
+    /// The response promised to keep the connection and the next request was answered on it.
+    Kept(RawResponse),
+    /// The response said `Connection: close` and the gateway closed the connection; the next
+    /// request was answered on a new one.
+    Closed(RawResponse),
+    /// The response promised to keep the connection, which then failed the next request
+    /// (closed, reset, or answered garbage): a request lost behind a pooling client.
+    Broken(String),
+}
+
+/// Sends `req` on a new connection without asking to close it, reads its response, then
+/// sends `next` the way a pooling client would: on the same connection unless the response
+/// said `Connection: close` (then the server must close it, and `next` goes on a new one).
+///
+/// # Errors
+/// As [`send`] for `req`, or when a connection the response said it would close stays open
+/// and sends more bytes.
+pub fn send_then_follow(
+    addr: SocketAddr,
+    req: &RawRequest,
+    next: &RawRequest,
+    timeout: Duration,
+) -> Result<(RawResponse, FollowUp), HarnessError> {
+    let mut conn = KeepAlive::connect(addr, timeout)?;
+    let first = conn.send(req)?;
+    let closes = first
+        .header_values("connection")
+        .iter()
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    if !closes {
+        let follow = match conn.send(next) {
+            Ok(resp) => FollowUp::Kept(resp),
+            Err(e) => FollowUp::Broken(e.to_string()),
+        };
+        return Ok((first, follow));
+    }
+    conn.expect_closed()?;
+    let resp = send(addr, next, timeout)?;
+    Ok((first, FollowUp::Closed(resp)))
+}
+
 /// One keep-alive connection on which requests are sent one at a time, whenever the caller
 /// wants (for checks that something changes between two requests of the same connection).
 pub struct KeepAlive {
@@ -305,6 +349,39 @@ impl KeepAlive {
                     .map_err(|e| HarnessError::io("set timeout", e))
             },
         )
+    }
+
+    /// Waits (up to the exchange timeout) for the server to close the connection.
+    ///
+    /// # Errors
+    /// The server sent more bytes, or kept the connection open past the timeout.
+    pub fn expect_closed(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut buf = [0u8; 1024];
+        loop {
+            if !self.raw.is_empty() {
+                return Err(HarnessError::Http(format!(
+                    "{} bytes after a response that said Connection: close",
+                    self.raw.len()
+                )));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::Http(
+                    "connection still open after a response that said Connection: close".to_owned(),
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| HarnessError::io("set timeout", e))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(HarnessError::io("wait for close", e)),
+            }
+        }
     }
 
     /// The local address of the connection (the same one for every request sent on it).

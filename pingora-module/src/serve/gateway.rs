@@ -791,6 +791,10 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
+        // Pingora does not reuse a client connection after a proxy failure (its reuse flag is
+        // honoured only before an origin was chosen), so the reply must say so (SPEC §6): a
+        // pooling client then never sends its next request into a closing connection.
+        session.set_keepalive(None);
         // Once the origin's header went out, the status is committed: the connection is cut.
         if session.response_written().is_none() {
             if let Err(write_err) = respond(session, &failure, &ctx.request_id).await {
