@@ -406,7 +406,7 @@ impl Pooled {
             match try_parse(&self.raw, head_request, false) {
                 Ok(Some((response, used))) => {
                     self.raw.drain(..used);
-                    if !says_close(&response) {
+                    if !response.says_close() {
                         self.stream = Some(stream);
                     }
                     return (Exchange::Response(response), reused);
@@ -462,14 +462,6 @@ impl Pooled {
             return (exchange, reused);
         }
     }
-}
-
-fn says_close(response: &RawResponse) -> bool {
-    response
-        .header_values("connection")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 /// What one connection's thread saw.
@@ -930,18 +922,6 @@ mod tests {
         for kind in FAULTY {
             assert!(first.contains(&Kind::Faulty(kind)), "{kind:?}");
         }
-    }
-
-    #[test]
-    fn a_response_says_close_by_any_token_spelling() {
-        let response = |value: &str| RawResponse {
-            status: 502,
-            headers: vec![("connection".to_owned(), value.to_owned())],
-            body: Vec::new(),
-        };
-        assert!(says_close(&response("close")));
-        assert!(says_close(&response("Keep-Alive, Close")));
-        assert!(!says_close(&response("keep-alive")));
     }
 
     #[test]
