@@ -91,6 +91,15 @@ impl RawResponse {
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Whether a `Connection` field holds the `close` token (any case, any list position): the
+    /// server will close the connection after this response, so a client must not reuse it.
+    pub fn says_close(&self) -> bool {
+        self.header_values("connection")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+    }
 }
 
 /// Connects to `addr`, sends `req` and reads the whole response, all within `timeout`.
@@ -289,11 +298,7 @@ pub fn send_then_follow(
 ) -> Result<(RawResponse, FollowUp), HarnessError> {
     let mut conn = KeepAlive::connect(addr, timeout)?;
     let first = conn.send(req)?;
-    let closes = first
-        .header_values("connection")
-        .iter()
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-    if !closes {
+    if !first.says_close() {
         let follow = match conn.send(next) {
             Ok(resp) => FollowUp::Kept(resp),
             Err(e) => FollowUp::Broken(e.to_string()),
@@ -601,6 +606,19 @@ mod tests {
             text,
             "GET /http%3A%2F%2Fx%2F%7E%2e%2E/a?w=1&s=0 HTTP/1.1\r\nHost: a.test\r\nX-A: b\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_response_says_close_by_any_token_spelling() {
+        let response = |value: &str| RawResponse {
+            status: 502,
+            headers: vec![("connection".to_owned(), value.to_owned())],
+            body: Vec::new(),
+        };
+        assert!(response("close").says_close());
+        assert!(response("Keep-Alive, Close").says_close());
+        assert!(!response("keep-alive").says_close());
+        assert!(!response("closed").says_close());
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub trait Gateway: Sized {
     /// The admin listener's address and the path of its Prometheus metrics, where
     /// `ixproxy_requests_total{outcome}` is read (see [`crate::metrics`]).
     fn metrics_endpoint(&self) -> (SocketAddr, &'static str);
+
+    /// The gateway's process id (for its resident memory in `/proc/<pid>/status`).
+    fn pid(&self) -> u32;
 }
 
 /// `CARGO_TARGET_DIR`, or the workspace's `target/`.

@@ -14,6 +14,8 @@
 //! - [`scripted`]: a raw TCP origin driven by a test's own function, per connection.
 //! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
 //!   aborted transfer, or a time bound.
+//! - [`soak`]: a bounded soak of valid, hostile and faulty-origin requests over pooled
+//!   keep-alive connections, with the outcome counts and the gateway's memory checked.
 
 pub mod access_log;
 pub mod cases;
@@ -27,6 +29,7 @@ pub mod origin;
 pub mod raw_origin;
 pub mod runner;
 pub mod scripted;
+pub mod soak;
 pub mod tls;
 
 pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};

@@ -1604,6 +1604,10 @@ mod tests {
         fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
             (self.admin, "/metrics")
         }
+
+        fn pid(&self) -> u32 {
+            std::process::id()
+        }
     }
 
     fn result(name: &str) -> CaseResult {

@@ -200,6 +200,11 @@ impl Gateway for EnvoyGateway {
             "/stats/prometheus?filter=ixproxy_requests_total",
         )
     }
+
+    /// The wrapper `.venv/bin/envoy` execs the real binary, so the child's pid is Envoy's.
+    fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
 }
 
 /// The gateway listener's actual address from the admin API's `/listeners?format=json`:

@@ -267,6 +267,10 @@ impl Gateway for PingoraGateway {
     fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
         (self.serve.admin(), "/metrics")
     }
+
+    fn pid(&self) -> u32 {
+        self.serve.pid()
+    }
 }
 
 #[cfg(test)]
