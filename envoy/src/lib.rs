@@ -184,6 +184,8 @@ fn render(
     let raw = RawConfig::from_yaml(config_yaml)?;
     let literals = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Literal(_)));
     let deferred = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Env { .. }));
+    let secrets = RecordingSecrets::default();
+    let config = raw.clone().validate(&secrets)?;
     // The filter needs the sources and the request-path limits, and the timeout (which it
     // spreads over redirect hops); Envoy's clusters carry the CA file and connect timeout.
     let plugin_json = serde_json::to_string(&RawPluginConfig {
@@ -196,10 +198,9 @@ fn render(
         },
         limits: raw.limits.clone(),
         access_log: raw.access_log,
+        cached: config.cache.is_some(),
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
-    let secrets = RecordingSecrets::default();
-    let config = raw.validate(&secrets)?;
     // A warning about an `{env: NAME}` secret's value would be about the placeholder.
     let mut warnings: Vec<ConfigWarning> = warnings(&config)
         .into_iter()

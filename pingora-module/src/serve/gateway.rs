@@ -415,9 +415,10 @@ impl ProxyHttp for Gateway {
                 "no randomness for the origin request id".to_owned(),
             ));
         };
+        let cached = ctx.cache_used;
         let forward = ctx.decided("upstream_request_filter")?;
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, &auth)?;
+        rewrite_upstream_request(upstream_request, forward, &auth, cached)?;
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
     }

@@ -70,7 +70,8 @@ pub async fn respond(session: &mut Session, rejection: &Rejection, request_id: &
 }
 
 /// Rewrites the client request into the origin request: only the allowlisted client headers
-/// survive, then `Host`, the origin path and query, and `auth` (the origin auth headers of
+/// survive (less the variant-selecting ones when `cached`: the answer may be stored for other
+/// clients, see [`is_forwarded_client_header`]), then `Host`, the origin path and query, and `auth` (the origin auth headers of
 /// this attempt, from [`Forward::auth_headers`]) are set.
 ///
 /// # Errors
@@ -79,11 +80,12 @@ pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
     forward: &Forward,
     auth: &AuthHeaders,
+    cached: bool,
 ) -> Result<()> {
     let dropped: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| !is_forwarded_client_header(name.as_str()))
+        .filter(|name| !is_forwarded_client_header(name.as_str(), cached))
         .cloned()
         .collect();
     for name in &dropped {
@@ -176,7 +178,9 @@ mod tests {
             req.append_header(name, value).expect("header");
         }
         let f = forward("https://o.example:8443/a%20b.png?v=2");
-        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32])).expect("rewrite");
+        let uncached = req.clone();
+        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32]), false)
+            .expect("rewrite");
 
         assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
         let get = |n: &str| {
@@ -209,6 +213,14 @@ mod tests {
             assert!(req.headers[name].is_sensitive(), "{name}");
         }
         assert!(!req.headers["accept"].is_sensitive());
+        // A fill of the response cache: nothing that selects a variant goes with it.
+        let mut fill = uncached;
+        rewrite_upstream_request(&mut fill, &f, &f.auth_headers(NOW, &[0; 32]), true)
+            .expect("rewrite");
+        for gone in ["accept", "user-agent"] {
+            assert!(fill.headers.get(gone).is_none(), "{gone} on a cache fill");
+        }
+        assert_eq!(fill.headers["range"], "bytes=0-9");
         let debug = format!("{req:?}");
         assert!(
             !debug.contains("dTpw") && !debug.contains("\"hs\""),
