@@ -51,6 +51,36 @@ impl Stalled {
             .count()
     }
 
+    /// Checks what a gateway that enforces a write timeout of `timeout` must have done with
+    /// an attack of `streams` streams: each got its response head and was reset at the timeout
+    /// (not before half of it, not later than `slack` after it, counted from its head), and no
+    /// body byte went past the zero window.
+    ///
+    /// # Errors
+    /// What did not hold, with the streams' ends.
+    pub fn check_reset_at(
+        &self,
+        streams: usize,
+        timeout: Duration,
+        slack: Duration,
+    ) -> Result<(), String> {
+        if self.statuses.len() != streams || self.resets() != streams {
+            return Err(format!("{streams} heads and resets expected: {self:?}"));
+        }
+        let off = self.ends.iter().find(|e| {
+            matches!(e, Some(StreamEnd::Reset(after)) if *after < timeout / 2 || *after >= timeout + slack)
+        });
+        if let Some(end) = off {
+            return Err(format!(
+                "a stream ended {end:?}, the timeout is {timeout:?}"
+            ));
+        }
+        if self.body_bytes > 0 {
+            return Err(format!("{} bytes past a zero window", self.body_bytes));
+        }
+        Ok(())
+    }
+
     /// The latest reset, measured from its own response head.
     pub fn latest_reset(&self) -> Option<Duration> {
         self.ends

@@ -19,7 +19,8 @@
 //!
 //! Nothing is armed while the body streams: a pause inside the origin body is bounded by the
 //! per-read `upstream.body_timeout` (see [`super::peer`]), a client that stops reading by
-//! `limits.client_write_timeout`, and a download may take as long as both keep moving.
+//! `limits.client_write_timeout` (Pingora's per-write timeout, which [`Deadlined`] also sets on
+//! every HTTP/2 stream), and a download may take as long as both keep moving.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
