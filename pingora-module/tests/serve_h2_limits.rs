@@ -3,13 +3,14 @@
 //! has each stream reset after `limits.client_write_timeout`, with its in-flight slot, origin
 //! connection and buffered body released, over h2c and over TLS, with and without the cache;
 //! meanwhile and afterwards a second client is served, and the process's memory stays bounded.
+//! A slow reader that keeps granting window is not cut (the timeout bounds each wait).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest};
-use ixproxy_conformance::h2_stall::{fetch_status, stall_at, Stalled, Transport};
+use ixproxy_conformance::h2_stall::{fetch_status, read_slowly, stall_at, Stalled, Transport};
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::tls::TestCa;
 use ixproxy_conformance::ServeProcess;
@@ -228,4 +229,28 @@ fn zero_window_streams_on_cache_fills_are_reset_and_memory_stays_bounded() {
         "{stored} bytes stored behind reset streams"
     );
     assert_eq!(probe(addr, &Transport::H2c, "held.test", origin.http), 200);
+}
+
+/// The write timeout bounds each wait for the client's window, not the download: a client
+/// that grants 128 KiB every 300 ms reads a 1 MiB answer over more than twice the timeout,
+/// whole.
+#[test]
+fn a_slow_h2_reader_that_keeps_granting_window_is_never_cut() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start("h2c: true\n", "held.test", SLOTS);
+    let target = signed(&format!("http://{}/bytes-cl/{OBJECT}", origin.http));
+    let window = 128 * 1024;
+    let pause = Duration::from_millis(300);
+    let (status, received, took) = read_slowly(
+        serve.listen(),
+        &Transport::H2c,
+        "held.test",
+        &target,
+        window,
+        pause,
+    )
+    .unwrap_or_else(|e| panic!("slow reader: {e}"));
+    assert_eq!((status, received), (200, OBJECT));
+    assert!(took > 2 * WRITE_TIMEOUT, "the download took only {took:?}");
+    assert_eq!(serve.outcome_count("forwarded").expect("metrics"), 1);
 }

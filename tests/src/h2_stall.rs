@@ -138,13 +138,81 @@ pub fn fetch_status(
 ) -> Result<u16, HarnessError> {
     let exchange = async {
         let (io, scheme) = connect(addr, transport).await?;
-        fetch(io, scheme, authority, target).await
+        let window = 1024 * 1024;
+        let (status, _) = get(io, scheme, authority, target, window, Duration::ZERO).await?;
+        Ok(status)
     };
     runtime()?.block_on(async {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| HarnessError::Http(format!("no answer within {timeout:?}")))?
     })
+}
+
+/// A slow but honest reader: `GET scheme://authority target` on a new connection to `addr`
+/// over `transport`, granting `window` bytes at a time and waiting `pause` before each grant.
+/// Returns the status, the body bytes received and how long the whole exchange took.
+///
+/// # Errors
+/// The connection, the handshake or the exchange fails (a reset stream included).
+pub fn read_slowly(
+    addr: SocketAddr,
+    transport: &Transport,
+    authority: &str,
+    target: &str,
+    window: u32,
+    pause: Duration,
+) -> Result<(u16, usize, Duration), HarnessError> {
+    runtime()?.block_on(async {
+        let started = Instant::now();
+        let (io, scheme) = connect(addr, transport).await?;
+        let (status, received) = get(io, scheme, authority, target, window, pause).await?;
+        Ok((status, received, started.elapsed()))
+    })
+}
+
+/// `GET scheme://authority target` on `io`, granting `window` bytes at a time, `pause` after
+/// each window used up; the status and the body bytes received.
+async fn get(
+    io: Box<dyn Io>,
+    scheme: &str,
+    authority: &str,
+    target: &str,
+    window: u32,
+    pause: Duration,
+) -> Result<(u16, usize), HarnessError> {
+    let http = |what: &str, e: &dyn std::fmt::Display| HarnessError::Http(format!("{what}: {e}"));
+    let (client, connection) = ::h2::client::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(window)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| http("HTTP/2 handshake", &e))?;
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("{scheme}://{authority}{target}"))
+        .body(())
+        .map_err(|e| http("request", &e))?;
+    let mut client = client.ready().await.map_err(|e| http("ready", &e))?;
+    let (response, _) = client
+        .send_request(request, true)
+        .map_err(|e| http("send request", &e))?;
+    let head = response.await.map_err(|e| http("response", &e))?;
+    let status = head.status().as_u16();
+    let mut body = head.into_body();
+    let (mut received, mut unreleased) = (0, 0);
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| http("body", &e))?;
+        received += data.len();
+        unreleased += data.len();
+        // The window is used up: the server waits for the next grant.
+        if unreleased >= window as usize {
+            tokio::time::sleep(pause).await;
+            let _ = body.flow_control().release_capacity(unreleased);
+            unreleased = 0;
+        }
+    }
+    driver.abort();
+    Ok((status, received))
 }
 
 /// A byte stream either transport gives.
@@ -170,33 +238,6 @@ async fn connect(
         Transport::H2c => (Box::new(tcp), "http"),
         Transport::Tls { ca_der, name } => (Box::new(tls_h2(tcp, ca_der, name).await?), "https"),
     })
-}
-
-async fn fetch<T>(io: T, scheme: &str, authority: &str, target: &str) -> Result<u16, HarnessError>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let http = |what: &str, e: &dyn std::fmt::Display| HarnessError::Http(format!("{what}: {e}"));
-    let (client, connection) = ::h2::client::handshake(io)
-        .await
-        .map_err(|e| http("HTTP/2 handshake", &e))?;
-    let driver = tokio::spawn(connection);
-    let request = http::Request::get(format!("{scheme}://{authority}{target}"))
-        .body(())
-        .map_err(|e| http("request", &e))?;
-    let mut client = client.ready().await.map_err(|e| http("ready", &e))?;
-    let (response, _) = client
-        .send_request(request, true)
-        .map_err(|e| http("send request", &e))?;
-    let head = response.await.map_err(|e| http("response", &e))?;
-    let status = head.status().as_u16();
-    let mut body = head.into_body();
-    while let Some(data) = body.data().await {
-        let data = data.map_err(|e| http("body", &e))?;
-        let _ = body.flow_control().release_capacity(data.len());
-    }
-    driver.abort();
-    Ok(status)
 }
 
 /// A TLS client handshake on `tcp` offering only `h2`; fails unless the server chose it.
