@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest};
+use ixproxy_conformance::gateway::resident_kib;
 use ixproxy_conformance::h2_stall::{fetch_status, read_slowly, stall_at, Stalled, Transport};
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::tls::TestCa;
@@ -97,14 +98,9 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// The resident memory of `pid` in KiB (`VmRSS`).
+/// The resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    resident_kib(pid).expect("VmRSS")
 }
 
 /// Every stream of `stalled` got a head and was reset at the write timeout.
