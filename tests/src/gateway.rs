@@ -93,6 +93,16 @@ pub fn envoy_bin() -> PathBuf {
     )
 }
 
+/// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`); `None` when it
+/// cannot be read (the process is gone, no procfs).
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn require(what: &'static str, path: PathBuf, hint: &'static str) -> Result<PathBuf, HarnessError> {
     if path.is_file() {
         Ok(path)

@@ -32,6 +32,7 @@
 //! writing Pingora's HTTP heads is [`super::http`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +46,7 @@ use ixproxy_core::config::AccessLogFormat;
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::is_followed_redirect;
 use ixproxy_core::{decide_attributed, Attribution, Decision, Outcome, Rejection, RequestInfo};
-use log::warn;
+use log::{debug, warn};
 use pingora::cache::{
     CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
@@ -524,6 +525,15 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        if ctx.client_gone.load(Ordering::Relaxed) {
+            // No client reads this fill any more: stop buffering the origin's body (the
+            // request ends, its slot and origin connection go, nothing is stored). Requests
+            // waiting on the cache lock compete again.
+            *body = None;
+            return Err(
+                Error::explain(ErrorType::WriteError, "client gone: cache fill ended").into_down(),
+            );
+        }
         let len = body.as_ref().map_or(0, |b| b.len() as u64);
         ctx.body_bytes = ctx.body_bytes.saturating_add(len);
         // An error here, once the header went out, cuts the client connection: the transfer
@@ -664,9 +674,17 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &Session,
         ctx: &Self::CTX,
-        _error: &Error,
-        _context: ProxyWarnLogContext,
+        error: &Error,
+        context: ProxyWarnLogContext,
     ) -> bool {
+        if matches!(context, ProxyWarnLogContext::DownstreamCache) {
+            // Pingora calls this where it ignores a client's failure to finish a cache fill
+            // alone; the fill is ended instead (see `upstream_response_body_filter`), so a
+            // client that stops reading cannot make the gateway buffer whole objects.
+            debug!("client failed during a cache fill, the fill ends: {error}");
+            ctx.client_gone.store(true, Ordering::Relaxed);
+            return true;
+        }
         // A followed redirect is a normal retry of the proxy loop, counted in the final log line.
         ctx.following_redirect
     }

@@ -246,7 +246,12 @@ fn prepare(
     let proxy = Service::new(
         "gateway".to_owned(),
         client::ClientConnections::new(
-            deadline::Deadlined::new(proxy, metrics.clone(), client.header_timeout),
+            deadline::Deadlined::new(
+                proxy,
+                metrics.clone(),
+                client.header_timeout,
+                client.write_timeout,
+            ),
             client,
         ),
     );

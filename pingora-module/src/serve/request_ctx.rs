@@ -3,6 +3,7 @@
 //! the forward decision every origin phase needs.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ pub struct RequestCtx {
     pub(super) cache_used: bool,
     /// What the cache did, once the response header went out.
     pub(super) cache_result: Option<CacheResult>,
+    /// The client failed (a write timed out, it went away) while Pingora kept a cache fill
+    /// going: the fill ends at the next origin body chunk. Atomic because Pingora reports it
+    /// through a hook that only sees `&ctx`.
+    pub(super) client_gone: AtomicBool,
 }
 
 impl RequestCtx {
