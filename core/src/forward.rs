@@ -213,6 +213,28 @@ impl Forward {
         }
     }
 
+    /// Checks a stored answer (a cache hit) against the source's **current** policy exactly as
+    /// an origin answer is (SPEC §13): the host of the hop that answered (`stored_origin`, the
+    /// URL stored with it; `None` = this request's own origin URL) must still be allowed, and the
+    /// head must pass [`Forward::check_response`]. A reload that narrows the policy applies to
+    /// stored entries at once.
+    ///
+    /// # Errors
+    /// As [`Forward::check_response`]; 403 [`crate::Outcome::OriginDenied`] for a hop host the
+    /// source no longer allows; 502 [`crate::Outcome::BadRedirect`] for a stored URL that does
+    /// not parse.
+    pub fn check_stored(
+        &self,
+        head: &OriginHead,
+        stored_origin: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if let Some(url) = stored_origin {
+            let origin = parse_origin(url).map_err(Rejection::bad_redirect)?;
+            check_origin_policy(&self.source, &origin)?;
+        }
+        self.check_response(head).map(|_| ())
+    }
+
     /// Checks an origin response head before anything of it reaches the client and returns
     /// the edits that make it the client's: the declared `Content-Length` against
     /// `upstream.max_body_bytes`, the one `Content-Type` (parsed strictly), which must be in

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue};
 use ixproxy_core::access_log::{self, AccessRecord, REQUEST_ID_HEADER};
 use ixproxy_core::addr::IpNet;
-use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS};
+use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS, STORED_ORIGIN_HEADER};
 use ixproxy_core::config::AccessLogFormat;
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::is_followed_redirect;
@@ -238,11 +238,26 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
+        // A stored answer is checked against the source's current policy as an origin answer
+        // is: one the policy now refuses is answered like that origin answer, without the
+        // origin (see `proxy_upstream_filter`).
+        let stored = meta.response_header();
+        let stored_origin = stored
+            .headers
+            .get(STORED_ORIGIN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let checked = ctx
+            .decided("cache_hit_filter")?
+            .check_stored(&origin_head(stored), stored_origin);
+        if let Err(rejection) = checked {
+            ctx.hit_refused = Some(rejection);
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         // A HEAD never revalidates (that would fetch a body for it): a stale entry is a miss.
         let fills = cache_rules::may_fill(session.req_header().method.as_str());
         Ok((!is_fresh && !fills).then_some(ForcedFreshness::ForceMiss))
@@ -275,6 +290,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<bool> {
         // The origin is needed (no cache, a miss, a stale entry): one in-flight slot for this
         // request's origin fetch, every redirect hop included. A hit never takes one.
+        if let Some(rejection) = ctx.hit_refused.take() {
+            ctx.outcome = Some(rejection.outcome());
+            respond(session, &rejection, &ctx.request_id).await?;
+            return Ok(false);
+        }
         let Some(forward) = ctx.forward.as_ref() else {
             return Ok(true);
         };
@@ -439,6 +459,7 @@ impl ProxyHttp for Gateway {
                 "origin deadline passed".to_owned(),
             ));
         }
+        let cache_used = ctx.cache_used;
         let forward = ctx.decided("upstream_response_filter")?;
         let head = origin_head(upstream_response);
         if let (true, Some(location)) = (is_followed_redirect(head.status()), head.location()) {
@@ -476,6 +497,11 @@ impl ProxyHttp for Gateway {
         // `response_filter` (two URLs for one origin object share the entry).
         let edits = cache_rules::storage_edits(edits);
         apply_response_edits(upstream_response, &edits)?;
+        if cache_used {
+            // Stored with the answer, so a hit is re-checked for the hop that gave it.
+            upstream_response
+                .insert_header(STORED_ORIGIN_HEADER, forward.origin().to_url_string())?;
+        }
         // The origin-header phase is over: from here only per-read timeouts apply (the body's
         // pauses, the client's writes), so a slow download is never cut by upstream.timeout.
         ctx.header_done = true;
@@ -501,6 +527,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        resp.remove_header(STORED_ORIGIN_HEADER);
         if let Some(forward) = ctx.forward.as_ref() {
             let stored = cache::joined(resp, header::CACHE_CONTROL);
             if let Some(capped) =

@@ -64,6 +64,9 @@ pub struct RequestCtx {
     /// going: the fill ends at the next origin body chunk. Atomic because Pingora reports it
     /// through a hook that only sees `&ctx`.
     pub(super) client_gone: AtomicBool,
+    /// A cache hit the source's current policy refuses: answered as that origin answer would
+    /// be, without an origin fetch.
+    pub(super) hit_refused: Option<Rejection>,
 }
 
 impl RequestCtx {
