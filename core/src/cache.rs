@@ -20,6 +20,12 @@ use crate::response::ResponseEdits;
 /// through the cache.
 pub const CACHE_STATUS: &str = "cache-status";
 
+/// Internal header of a stored answer (native gateway): the URL of the origin hop that gave it,
+/// so a hit can be checked against the source's current policy for that host ([`crate::Forward::check_stored`]).
+/// Set on what the cache stores, removed from every response before it reaches a client; an
+/// origin's own value never survives the response header allowlist.
+pub const STORED_ORIGIN_HEADER: &str = "x-ixproxy-stored-origin";
+
 /// Statuses whose answers may be stored: RFC 9110's heuristically cacheable statuses that
 /// reach the client whole (not 206, which the cache makes itself from a stored 200; redirects
 /// are followed, never passed on). A transient origin failure (500, 502, 503, 504) is never

@@ -301,6 +301,11 @@ pub struct RawPluginConfig {
     /// only when there is a log (absent = `json`, the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogFormat>,
+    /// Whether Envoy's bootstrap puts the response cache in front of the origin (the config has
+    /// `cache:`): the filter then sends no variant-selecting client header to the origin
+    /// ([`crate::request::is_forwarded_client_header`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// Validated upstream settings.
@@ -519,6 +524,8 @@ pub struct PluginConfig {
     pub timeout: Duration,
     /// The access log format (`off`: no log properties to fill).
     pub access_log: AccessLogFormat,
+    /// Whether answers may be stored by the response cache in front of the origin.
+    pub cached: bool,
 }
 
 /// The validated whole config.
@@ -610,6 +617,7 @@ impl RawPluginConfig {
             sources: validate::sources(self.sources, &self.upstream, &self.limits, secrets)?,
             timeout: upstream.timeout,
             access_log: self.access_log.unwrap_or_default(),
+            cached: self.cached,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::cache::CacheResult;
 use crate::config::{CacheTtl, CacheTtlBehavior};
+use crate::failure::Failure;
 use crate::metrics;
 use crate::outcome::Outcome;
 #[cfg(doc)]
@@ -323,54 +324,95 @@ pub fn inflight_key(source: &str) -> String {
     format!("{INFLIGHT_KEY_PREFIX}{source}")
 }
 
+/// Fragments of Envoy's `response.code_details` that mean a timeout although Envoy's response
+/// flag says `UF` (a connection failure): its `connect_timeout` covers the TCP connect and the TLS
+/// handshake, and either running out is a timeout, a 504 (SPEC §6). The generated bootstrap maps
+/// Envoy's replies carrying one of these to [`Failure::ConnectTimeout`]'s answer before its flag
+/// mappers run.
+pub const CONNECT_TIMEOUT_DETAILS: [&str; 1] = ["{connection_timeout}"];
+
+/// The [`Failure`] behind Envoy's `response.code_details` of a reply it made itself on a request
+/// the filter forwarded (not [`VIA_UPSTREAM`]): Envoy's half of the one failure vocabulary.
+/// `None` for details that are not a failure of the fetch: the RBAC filter refusing a private
+/// resolved address (a policy refusal, [`Outcome::OriginDenied`]) and details the gateway does not
+/// know.
+pub fn failure_of_details(details: &str) -> Option<Failure> {
+    // Envoy cannot tell a TCP connect timeout from a TLS handshake one: both run out its
+    // `connect_timeout`, and both are timeouts.
+    const TIMEOUTS: [(&str, Failure); 9] = [
+        ("response_timeout", Failure::HeaderTimeout),
+        ("upstream_response_timeout", Failure::HeaderTimeout),
+        ("request_overall_timeout", Failure::HeaderTimeout),
+        ("upstream_per_try_timeout", Failure::HeaderTimeout),
+        ("max_duration_timeout", Failure::HeaderTimeout),
+        (
+            "upstream_max_stream_duration_reached",
+            Failure::HeaderTimeout,
+        ),
+        ("stream_idle_timeout", Failure::BodyPause),
+        ("upstream_per_try_idle_timeout", Failure::BodyPause),
+        ("dns_resolution_timeout", Failure::DnsTimeout),
+    ];
+    const OTHERS: [(&str, Failure); 10] = [
+        ("downstream_remote_disconnect", Failure::ClientGone),
+        ("downstream_local_disconnect", Failure::ClientGone),
+        ("client_disconnected", Failure::ClientGone),
+        ("overload_manager", Failure::Overloaded),
+        ("envoy_overloaded", Failure::Overloaded),
+        (
+            "upstream_reset_before_response_started{overflow",
+            Failure::Overloaded,
+        ),
+        ("dns_cache_overflow", Failure::Overloaded),
+        (
+            "dynamic_forward_proxy_pending_request_overflow",
+            Failure::Overloaded,
+        ),
+        ("dns_resolution_failure", Failure::DnsUnknown),
+        ("upstream_response_headers_too_large", Failure::Protocol),
+    ];
+    let found = |table: &[(&str, Failure)]| {
+        table
+            .iter()
+            .find(|(prefix, _)| details.starts_with(prefix))
+            .map(|(_, failure)| *failure)
+    };
+    if CONNECT_TIMEOUT_DETAILS.iter().any(|d| details.contains(d)) {
+        return Some(Failure::ConnectTimeout);
+    }
+    if let Some(failure) = found(&TIMEOUTS).or_else(|| found(&OTHERS)) {
+        return Some(failure);
+    }
+    let reset = |why: &str| details.contains(why);
+    if details.starts_with("upstream_reset_before_response_started")
+        || details.starts_with("upstream_reset_after_response_started")
+    {
+        return Some(if reset("TLS") || reset("tls") {
+            Failure::TlsError
+        } else if reset("connection_failure") {
+            Failure::Refused
+        } else if reset("{protocol_error") {
+            Failure::Protocol
+        } else {
+            Failure::Reset
+        });
+    }
+    details
+        .starts_with("no_healthy_upstream")
+        .then_some(Failure::Refused)
+}
+
 /// The outcome of a response Envoy produced itself on a request the filter forwarded (not
 /// [`VIA_UPSTREAM`]), from its `response.code_details`: the same outcome the native gateway
-/// counts for the same failure.
+/// counts for the same failure ([`failure_of_details`]).
 ///
 /// Unknown details count as [`Outcome::Internal`]: Envoy answered for a reason the gateway does
 /// not expect, which is the gateway's fault rather than the origin's or the client's.
 pub fn local_reply_outcome(details: &str) -> Outcome {
-    const TIMEOUTS: [&str; 8] = [
-        "response_timeout",
-        "stream_idle_timeout",
-        "upstream_response_timeout",
-        "upstream_per_try_timeout",
-        "upstream_per_try_idle_timeout",
-        "request_overall_timeout",
-        "upstream_max_stream_duration_reached",
-        "max_duration_timeout",
-    ];
-    const OVERLOADED: [&str; 5] = [
-        "overload_manager",
-        "envoy_overloaded",
-        "upstream_reset_before_response_started{overflow",
-        "dns_cache_overflow",
-        "dynamic_forward_proxy_pending_request_overflow",
-    ];
-    const ORIGIN: [&str; 5] = [
-        "upstream_reset_before_response_started",
-        "upstream_reset_after_response_started",
-        "no_healthy_upstream",
-        "dns_resolution_failure",
-        "upstream_response_headers_too_large",
-    ];
-    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| details.starts_with(p));
     if details.starts_with("rbac_access_denied") {
-        Outcome::OriginDenied
-    } else if details.starts_with("downstream_remote_disconnect")
-        || details.starts_with("downstream_local_disconnect")
-        || details.starts_with("client_disconnected")
-    {
-        Outcome::ClientClosed
-    } else if starts(&TIMEOUTS) {
-        Outcome::OriginTimeout
-    } else if starts(&OVERLOADED) {
-        Outcome::Overloaded
-    } else if starts(&ORIGIN) {
-        Outcome::OriginError
-    } else {
-        Outcome::Internal
+        return Outcome::OriginDenied;
     }
+    failure_of_details(details).map_or(Outcome::Internal, Failure::outcome)
 }
 
 /// The outcome of a forwarded request whose stream ended before the filter saw its answer end
@@ -454,9 +496,36 @@ mod tests {
             ),
             ("stream_idle_timeout", Outcome::OriginTimeout),
             ("route_not_found", Outcome::Internal),
+            // Seen on Envoy 1.40 for an https origin that accepts the connection and never
+            // answers the TLS handshake (and for a connect that never completes): a timeout.
+            (
+                "upstream_reset_before_response_started{connection_timeout}",
+                Outcome::OriginTimeout,
+            ),
         ] {
             assert_eq!(local_reply_outcome(details), outcome, "{details}");
         }
+        for (details, failure) in [
+            (
+                "upstream_reset_before_response_started{connection_timeout}",
+                Failure::ConnectTimeout,
+            ),
+            (
+                "upstream_reset_before_response_started{remote_connection_failure,TLS_error:_268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED}",
+                Failure::TlsError,
+            ),
+            (
+                "upstream_reset_before_response_started{remote_connection_failure,delayed_connect_error:_Connection_refused}",
+                Failure::Refused,
+            ),
+            ("upstream_reset_after_response_started{remote_reset}", Failure::Reset),
+            ("dns_resolution_failure", Failure::DnsUnknown),
+            ("upstream_response_headers_too_large", Failure::Protocol),
+            ("downstream_remote_disconnect", Failure::ClientGone),
+        ] {
+            assert_eq!(failure_of_details(details), Some(failure), "{details}");
+        }
+        assert_eq!(failure_of_details("route_not_found"), None);
         // Seen on Envoy 1.40: the stream it replaces to follow a redirect logs this.
         assert_eq!(unfinished_stream_outcome("internal_redirect"), None);
         assert_eq!(unfinished_stream_outcome(""), None);

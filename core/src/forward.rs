@@ -16,6 +16,9 @@ use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits
 /// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
 /// `Location` its redirect machinery cannot take).
 pub const UNFOLLOWABLE_LOCATION: &str = "location not followable by this runtime";
+/// Why an origin redirect whose `Location` is longer than `limits.max_request_target_bytes`
+/// is not followed.
+pub const LOCATION_TOO_LONG: &str = "location longer than max_request_target_bytes";
 
 /// A request to send to an origin: the source it belongs to, the origin URL of this attempt
 /// and what the response rules need (the `expires` cap, the hop count, the first origin URL's
@@ -150,6 +153,11 @@ impl Forward {
         if self.redirects >= self.limits.max_redirects {
             return Err(Rejection::bad_redirect("too many redirects"));
         }
+        // The hop's target is bounded like the client's, but an over-long Location is the
+        // origin's fault: a 502, never the client's 414.
+        if location.len() > self.limits.max_request_target_bytes {
+            return Err(Rejection::bad_redirect(LOCATION_TOO_LONG));
+        }
         let base = url::Url::parse(&self.origin.to_url_string())
             .map_err(|_| Rejection::bad_redirect("bad base url"))?;
         let target = base
@@ -203,6 +211,28 @@ impl Forward {
         } else {
             Err(Rejection::origin_address_denied())
         }
+    }
+
+    /// Checks a stored answer (a cache hit) against the source's **current** policy exactly as
+    /// an origin answer is (SPEC §13): the host of the hop that answered (`stored_origin`, the
+    /// URL stored with it; `None` = this request's own origin URL) must still be allowed, and the
+    /// head must pass [`Forward::check_response`]. A reload that narrows the policy applies to
+    /// stored entries at once.
+    ///
+    /// # Errors
+    /// As [`Forward::check_response`]; 403 [`crate::Outcome::OriginDenied`] for a hop host the
+    /// source no longer allows; 502 [`crate::Outcome::BadRedirect`] for a stored URL that does
+    /// not parse.
+    pub fn check_stored(
+        &self,
+        head: &OriginHead,
+        stored_origin: Option<&str>,
+    ) -> Result<(), Rejection> {
+        if let Some(url) = stored_origin {
+            let origin = parse_origin(url).map_err(Rejection::bad_redirect)?;
+            check_origin_policy(&self.source, &origin)?;
+        }
+        self.check_response(head).map(|_| ())
     }
 
     /// Checks an origin response head before anything of it reaches the client and returns

@@ -21,6 +21,7 @@ pub mod config;
 pub mod decide;
 pub mod envoy;
 pub mod expires;
+pub mod failure;
 pub mod forward;
 mod hex;
 pub mod limits;
@@ -35,6 +36,7 @@ pub mod verify;
 
 pub use config::{Config, ConfigError, Source, Sources};
 pub use decide::{decide, decide_attributed, Attribution, Decision, RequestInfo};
+pub use failure::Failure;
 pub use forward::Forward;
 pub use origin::{OriginError, OriginUrl, Scheme};
 pub use outcome::{Outcome, Rejection};

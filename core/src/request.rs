@@ -19,11 +19,20 @@ pub const FORWARDED_CLIENT_HEADERS: [&str; 8] = [
     crate::access_log::REQUEST_ID_HEADER,
 ];
 
-/// Whether a client request header (any case) may be forwarded to the origin.
-pub fn is_forwarded_client_header(name: &str) -> bool {
-    FORWARDED_CLIENT_HEADERS
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+/// Forwarded client headers with which an origin can choose what it answers (content type,
+/// encoding, language, a build for a browser). The response cache is keyed on the URL alone, so
+/// a request whose answer may be stored for other clients never sends them (SPEC §13): one
+/// client's `Accept-Encoding: gzip` or `Accept: image/avif` would otherwise choose what the
+/// next client gets.
+pub const VARIANT_SELECTING_HEADERS: [&str; 4] =
+    ["accept", "accept-encoding", "accept-language", "user-agent"];
+
+/// Whether a client request header (any case) may be forwarded to the origin: one of
+/// [`FORWARDED_CLIENT_HEADERS`], and, when `cached` (the response cache is on, so the answer may
+/// be stored for other clients), not one of [`VARIANT_SELECTING_HEADERS`].
+pub fn is_forwarded_client_header(name: &str, cached: bool) -> bool {
+    let listed = |list: &[&str]| list.iter().any(|h| h.eq_ignore_ascii_case(name));
+    listed(&FORWARDED_CLIENT_HEADERS) && !(cached && listed(&VARIANT_SELECTING_HEADERS))
 }
 
 /// The number of request header fields and their total size (names plus values), counted the
@@ -112,6 +121,25 @@ mod tests {
                 bytes: 4 + 9 + 6 + 3 + 5 + 10
             }
         );
+    }
+
+    #[test]
+    fn no_variant_selecting_header_reaches_the_origin_when_the_answer_may_be_stored() {
+        for name in ["Accept", "accept-encoding", "Accept-Language", "User-Agent"] {
+            assert!(is_forwarded_client_header(name, false), "{name}");
+            assert!(!is_forwarded_client_header(name, true), "{name}");
+        }
+        for name in [
+            "range",
+            "If-None-Match",
+            "if-modified-since",
+            "x-request-id",
+        ] {
+            assert!(is_forwarded_client_header(name, true), "{name}");
+        }
+        for name in ["cookie", "authorization", "x-forwarded-for"] {
+            assert!(!is_forwarded_client_header(name, false), "{name}");
+        }
     }
 
     #[test]

@@ -533,6 +533,14 @@ fn redirects_are_revalidated_and_bounded() {
         let r = first.redirect(location).expect_err(location);
         assert_eq!(r.status(), status, "{location}: {r:?}");
     }
+
+    // A Location longer than max_request_target_bytes (600 in this config) is the origin's
+    // fault: a 502 bad_redirect, never the client's 414.
+    let long = format!("/{}", "a".repeat(600));
+    let r = first.redirect(&long).expect_err("over-long Location");
+    assert_eq!((r.status(), r.outcome()), (502, Outcome::BadRedirect));
+    let at_limit = first.redirect(&long[..600]);
+    assert!(at_limit.is_ok(), "exactly the limit: {at_limit:?}");
 }
 
 #[test]

@@ -121,6 +121,14 @@ filter's own channel: an origin redirect there is a 502, upstream.timeout and bo
 apply, concurrent misses each fetch the origin, and max_bytes is not enforced (nothing is \
 evicted)";
 
+/// Said by `ixproxy envoy-config` when `limits.client_write_timeout` is shorter than
+/// `upstream.body_timeout`: on Envoy one stream idle timer bounds both (see the route's
+/// `idle_timeout` in `listener`).
+pub const CLIENT_STALL_WARNING: &str = "on envoy a stream whose client stops reading while the \
+origin's body still streams is reset after upstream.body_timeout, not this shorter \
+client_write_timeout: envoy's stream idle timer cannot tell it from an origin that pauses (set \
+upstream.body_timeout to at most client_write_timeout for the same bound on both runtimes)";
+
 /// A generated bootstrap and what is worth telling the user about the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
@@ -184,6 +192,8 @@ fn render(
     let raw = RawConfig::from_yaml(config_yaml)?;
     let literals = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Literal(_)));
     let deferred = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Env { .. }));
+    let secrets = RecordingSecrets::default();
+    let config = raw.clone().validate(&secrets)?;
     // The filter needs the sources and the request-path limits, and the timeout (which it
     // spreads over redirect hops); Envoy's clusters carry the CA file and connect timeout.
     let plugin_json = serde_json::to_string(&RawPluginConfig {
@@ -196,10 +206,9 @@ fn render(
         },
         limits: raw.limits.clone(),
         access_log: raw.access_log,
+        cached: config.cache.is_some(),
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
-    let secrets = RecordingSecrets::default();
-    let config = raw.validate(&secrets)?;
     // A warning about an `{env: NAME}` secret's value would be about the placeholder.
     let mut warnings: Vec<ConfigWarning> = warnings(&config)
         .into_iter()
@@ -209,6 +218,12 @@ fn render(
         warnings.push(ConfigWarning {
             path: "cache".to_owned(),
             message: CACHE_WARNING.to_owned(),
+        });
+    }
+    if config.client.write_timeout < config.upstream.body_timeout {
+        warnings.push(ConfigWarning {
+            path: "limits.client_write_timeout".to_owned(),
+            message: CLIENT_STALL_WARNING.to_owned(),
         });
     }
     for field in config.operating.native_only_fields() {
@@ -603,6 +618,30 @@ mod tests {
             .map(|w| w.path.as_str())
             .collect();
         assert_eq!(named, ["tls", "h2c"]);
+    }
+
+    #[test]
+    fn a_write_timeout_shorter_than_the_body_timeout_is_warned_about() {
+        let stall = |limits: &str| {
+            let yaml = format!("{CONFIG}{limits}");
+            let options = Options {
+                allow_literal_secrets: true,
+            };
+            generate_with(&yaml, Path::new("."), Path::new("/x.wasm"), &options)
+                .expect("generates")
+                .warnings
+                .into_iter()
+                .filter(|w| w.message == CLIENT_STALL_WARNING)
+                .map(|w| w.path)
+                .collect::<Vec<_>>()
+        };
+        // Both 30 s by default: one bound, nothing to say; a longer write timeout neither.
+        assert!(stall("").is_empty());
+        assert!(stall("limits: {client_write_timeout: 60s}\n").is_empty());
+        assert_eq!(
+            stall("limits: {client_write_timeout: 5s}\n"),
+            ["limits.client_write_timeout"]
+        );
     }
 
     #[test]

@@ -72,8 +72,12 @@ fn http_connection_manager(p: &Parts) -> Value {
             // A stream with no activity either way; the routes replace it with
             // `upstream.body_timeout` for forwarded requests.
             "stream_idle_timeout" => duration(p.client.idle_timeout),
-            // A response Envoy cannot hand to a client that stopped reading: dropped after
-            // `client_write_timeout`.
+            // A response whose end Envoy holds for a client that stopped reading (the origin's
+            // body complete, the rest waiting on the client's flow-control window or socket;
+            // a local reply too): reset after `client_write_timeout`. Envoy 1.40 arms this
+            // timer only once the stream has ended on its side; while the origin's body still
+            // streams, the route's `idle_timeout` bounds a client that reads nothing (see
+            // `route`).
             "stream_flush_timeout" => duration(p.client.write_timeout),
             "common_http_protocol_options" => map! {
                 // A keep-alive connection without a request in flight is closed after
@@ -163,8 +167,19 @@ fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
                 "num_retries" => 0,
                 "per_try_timeout" => duration(p.timeout),
             },
-            // The longest pause of a forwarded stream (an origin body that stalls, or a client
-            // that stops reading it): `upstream.body_timeout`.
+            // The longest pause of a forwarded stream: `upstream.body_timeout`. It is also
+            // what bounds a client that reads nothing while the body still streams (an HTTP/2
+            // stream with a zero window, an HTTP/1 socket that is not read): Envoy then stops
+            // reading the origin (flow control), and its stream idle timer cannot tell that
+            // from an origin that pauses; Envoy 1.40 has no timer on a stream held back by
+            // its client alone (`stream_flush_timeout` starts only once the body is complete,
+            // the HTTP/2 options have none). One timer, two bounds: `client_write_timeout`
+            // cannot shorten it without cutting origins that pause within `body_timeout` (or
+            // answer within `upstream.timeout`: the timer runs before the response header
+            // too), nor lengthen it without letting origins pause longer. So a stream whose
+            // client stops reading is reset after `body_timeout` (with its slot and origin
+            // request), and `ixproxy envoy-config` warns when that is later than
+            // `client_write_timeout` (`CLIENT_STALL_WARNING`).
             "idle_timeout" => duration(p.body_timeout),
             "internal_redirect_policy" => map! {
                 "max_internal_redirects" => p.limits.max_redirects,

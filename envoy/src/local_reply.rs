@@ -8,11 +8,11 @@
 //! filter's own replies carry no response flag and are matched by none of them.
 
 use ixproxy_core::envoy::{
-    DNS_CACHE_OVERFLOW_STATUS, ENVOY_TIMEOUT_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS,
-    OVERLOADED_FLAGS, UPSTREAM_HEADER,
+    CONNECT_TIMEOUT_DETAILS, DNS_CACHE_OVERFLOW_STATUS, ENVOY_TIMEOUT_STATUS, ORIGIN_ERROR_FLAGS,
+    ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS, UPSTREAM_HEADER,
 };
 use ixproxy_core::outcome::LOCAL_REPLY_HEADERS;
-use ixproxy_core::Rejection;
+use ixproxy_core::{Failure, Rejection};
 use serde_yaml::Value;
 
 use crate::strings;
@@ -22,6 +22,8 @@ use crate::strings;
 pub(crate) fn local_reply_config() -> Value {
     map! {
         "mappers" => vec![
+            // Before the `UF` mapper: a connect or TLS handshake that ran out of time is a 504.
+            details_mapper(&CONNECT_TIMEOUT_DETAILS, Failure::ConnectTimeout),
             flag_mapper(&ORIGIN_ERROR_FLAGS, &Rejection::origin_error()),
             // Envoy's 504 only: `SI` on a request the client never finished is its 408.
             only_status(
@@ -43,6 +45,31 @@ pub(crate) fn local_reply_config() -> Value {
             every_other_reply(),
         ],
     }
+}
+
+/// A mapper for Envoy's replies whose `response.code_details` contain one of `fragments`: they
+/// get the core's answer to `failure`.
+fn details_mapper(fragments: &[&str], failure: Failure) -> Value {
+    let expression = fragments
+        .iter()
+        .map(|f| format!("response.code_details.contains({f:?})"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let rejection = failure.rejection().unwrap_or_else(Rejection::internal);
+    let mut mapper = map! {
+        "filter" => map! {
+            "extension_filter" => map! {
+                "name" => "envoy.access_loggers.extension_filters.cel",
+                "typed_config" => crate::typed(
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                    map! { "expression" => expression },
+                ),
+            },
+        },
+        "status_code" => u32::from(rejection.status()),
+    };
+    render_reply(&mut mapper, &rejection);
+    mapper
 }
 
 /// A mapper for Envoy's replies carrying one of `flags`: Envoy's status (503 for most of them)

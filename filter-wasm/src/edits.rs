@@ -52,7 +52,8 @@ pub fn local_reply(rejection: &Rejection) -> LocalReply {
     }
 }
 
-/// The request header edits that turn the client request into the origin request.
+/// The request header edits that turn the client request into the origin request (`cached`:
+/// the response cache sits in front of the origin, so no variant-selecting header goes along).
 ///
 /// `client_header_names` are the names currently in the request header map. Every non-pseudo
 /// header outside the forwarded allowlist, except [`FORWARDED_PROTO`], is removed (so client
@@ -64,11 +65,12 @@ pub fn forward_request_edits<'a>(
     forward: &Forward,
     auth: &AuthHeaders,
     client_header_names: impl IntoIterator<Item = &'a str>,
+    cached: bool,
 ) -> Vec<HeaderEdit> {
     let mut removed: Vec<String> = Vec::new();
     for name in client_header_names {
         if name.starts_with(':')
-            || is_forwarded_client_header(name)
+            || is_forwarded_client_header(name, cached)
             || name.eq_ignore_ascii_case(FORWARDED_PROTO)
         {
             continue;
@@ -249,7 +251,7 @@ mod tests {
         ];
         let f = forward("a.example", "https://cdn.example.com:8443/a.jpg?x=1");
         let auth = f.auth_headers(NOW, &[0; 32]);
-        let edits = forward_request_edits(&f, &auth, client);
+        let edits = forward_request_edits(&f, &auth, client, false);
         let removed: Vec<&str> = edits
             .iter()
             .filter_map(|e| match e {
@@ -268,6 +270,17 @@ mod tests {
                 "x-forwarded-for"
             ]
         );
+        // With the response cache in front of the origin, the variant-selecting headers go too.
+        let cached = forward_request_edits(&f, &auth, client, true);
+        let removed_cached: Vec<&str> = cached
+            .iter()
+            .filter_map(|e| match e {
+                HeaderEdit::Remove(n) => Some(n.as_str()),
+                HeaderEdit::Set(..) => None,
+            })
+            .collect();
+        assert_eq!(removed_cached[..2], ["accept", "authorization"]);
+        assert!(removed_cached.contains(&"user-agent") && !removed_cached.contains(&"range"));
         let sets: Vec<&HeaderEdit> = edits
             .iter()
             .filter(|e| matches!(e, HeaderEdit::Set(..)))
@@ -356,7 +369,10 @@ mod tests {
         let f = forward("a.example", "https://o.example/a.jpg");
         let auth = f.auth_headers(NOW, &[0; 32]);
         let names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
-        let out = edited(read.clone(), &forward_request_edits(&f, &auth, names));
+        let out = edited(
+            read.clone(),
+            &forward_request_edits(&f, &auth, names, false),
+        );
         let value = |name: &str| {
             let values: Vec<&[u8]> = out
                 .iter()
@@ -393,7 +409,8 @@ mod tests {
     #[test]
     fn plain_http_origins_use_the_plain_cluster() {
         let private = forward("d.example", "http://127.0.0.1:8000/x");
-        let edits = forward_request_edits(&private, &private.auth_headers(NOW, &[0; 32]), []);
+        let edits =
+            forward_request_edits(&private, &private.auth_headers(NOW, &[0; 32]), [], false);
         assert!(edits.contains(&set(ALLOW_PRIVATE_HEADER, "1")));
         assert!(edits.contains(&set(UPSTREAM_HEADER, UPSTREAM_PLAIN)));
         assert!(edits.contains(&set(":authority", "127.0.0.1:8000")));

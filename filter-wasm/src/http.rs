@@ -74,6 +74,9 @@ pub struct FilterHttp {
     in_flight: bool,
     /// Whether Envoy writes an access log (the log properties are filled only then).
     access_log: bool,
+    /// Whether the response cache sits in front of the origin: no variant-selecting client
+    /// header goes to it then.
+    cached: bool,
     /// The request header list as read and the edits not yet written to it: written in one
     /// host call when the request is forwarded or refused.
     unwritten: Option<Unwritten>,
@@ -87,6 +90,7 @@ impl FilterHttp {
         counters: Rc<Counters>,
         timeout: Duration,
         access_log: bool,
+        cached: bool,
     ) -> Self {
         FilterHttp {
             sources,
@@ -100,6 +104,7 @@ impl FilterHttp {
             source_label: NO_SOURCE_LABEL.to_owned(),
             in_flight: false,
             access_log,
+            cached,
             unwritten: None,
         }
     }
@@ -268,6 +273,7 @@ impl FilterHttp {
             &forward,
             &auth,
             fields.iter().map(|(name, _)| name.as_str()),
+            self.cached,
         ));
         if let Some(timeout_ms) = timeout_ms {
             edits.push(HeaderEdit::Set(

@@ -29,6 +29,8 @@ pub struct FilterRoot {
     upstream: bool,
     /// Whether Envoy writes an access log (`access_log` other than `off`).
     access_log: bool,
+    /// Whether the response cache sits in front of the origin.
+    cached: bool,
 }
 
 impl Context for FilterRoot {}
@@ -52,6 +54,7 @@ impl RootContext for FilterRoot {
                 sources,
                 timeout,
                 access_log,
+                cached,
             }) => {
                 if let Err(e) = inflight::init(&inflight::SharedData, &sources) {
                     log::error!("ixproxy: cannot create the in-flight counters: {e}");
@@ -63,6 +66,7 @@ impl RootContext for FilterRoot {
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
                 self.access_log = access_log != AccessLogFormat::Off;
+                self.cached = cached;
                 true
             }
             Err(message) => {
@@ -82,6 +86,7 @@ impl RootContext for FilterRoot {
             self.counters.clone().unwrap_or_default(),
             self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             self.access_log,
+            self.cached,
         )))
     }
 

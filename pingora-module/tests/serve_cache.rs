@@ -589,3 +589,130 @@ fn memory_stays_within_max_bytes_after_six_times_that_much() {
         Some("ixproxy; hit")
     );
 }
+
+/// Replaces the running config with `yaml`, sends SIGHUP and waits for the reload to count.
+fn reload(serve: &ServeProcess, yaml: &str, reloads_before: u64) {
+    const RELOAD_OK: &str = "ixproxy_config_reloads_total{result=\"ok\"}";
+    std::fs::write(serve.config_path(), yaml).expect("write config");
+    serve
+        .signal(ixproxy_conformance::Signal::SIGHUP)
+        .expect("SIGHUP");
+    for _ in 0..250 {
+        if metric(serve, RELOAD_OK) > reloads_before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the reload was not applied:\n{}", serve.log_tail());
+}
+
+#[test]
+fn a_hit_is_refused_at_once_when_a_reload_narrows_the_policy() {
+    let (serve, origin) = start();
+    let asset = format!("http://{}/image/narrowed.png", origin.http);
+    // Through a redirect hop on another host name of the same origin.
+    let hop = format!(
+        "http://{}/redirect/302?to=http://localhost:{}/image/hop.png",
+        origin.http,
+        origin.http.port()
+    );
+    for url in [&asset, &hop] {
+        let first = get(&serve, url);
+        assert_eq!(
+            (first.status, status_of(&first)),
+            (200, Some("ixproxy; fwd=miss"))
+        );
+        let hit = get(&serve, url);
+        assert_eq!(
+            (hit.status, status_of(&hit)),
+            (200, Some("ixproxy; hit")),
+            "{url}"
+        );
+        for r in [&first, &hit] {
+            assert_eq!(
+                r.header("x-ixproxy-stored-origin"),
+                None,
+                "internal header leaked"
+            );
+        }
+    }
+    let fetched = origin.requests().len();
+
+    // Only JPEG now: the stored PNGs are refused like an origin's PNG, without the origin.
+    let narrowed = config("").replace(
+        "  - name: assets\n    hosts: [assets.test]\n",
+        "  - name: assets\n    hosts: [assets.test]\n    allowed_content_types: [image/jpeg]\n",
+    );
+    reload(&serve, &narrowed, 0);
+    for url in [&asset, &hop] {
+        let refused = get(&serve, url);
+        assert_eq!(refused.status, 403, "{url}: {}", refused.body_text());
+    }
+    assert_eq!(
+        serve
+            .settled_outcome_count("content_type_denied", 2, TIMEOUT)
+            .expect("metric"),
+        2
+    );
+
+    // Any type again, but the hop's host is no longer allowed: only the hop's entry is refused.
+    let hosts = config("").replace(
+        "  - name: assets\n    hosts: [assets.test]\n",
+        "  - name: assets\n    hosts: [assets.test]\n    allowed_origin_hosts: [127.0.0.1]\n",
+    );
+    reload(&serve, &hosts, 1);
+    let served = get(&serve, &asset);
+    assert_eq!(
+        (served.status, status_of(&served)),
+        (200, Some("ixproxy; hit"))
+    );
+    let refused = get(&serve, &hop);
+    assert_eq!(refused.status, 403, "{}", refused.body_text());
+    assert_eq!(
+        serve
+            .settled_outcome_count("origin_denied", 1, TIMEOUT)
+            .expect("metric"),
+        1
+    );
+    assert_eq!(
+        origin.requests().len(),
+        fetched,
+        "no origin fetch for a refused hit"
+    );
+}
+
+#[test]
+fn a_fill_sends_the_origin_no_client_header_that_selects_a_variant() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/image/variant.png", origin.http);
+    let headers = [
+        ("Accept", "image/avif"),
+        ("Accept-Encoding", "gzip"),
+        ("Accept-Language", "fr"),
+        ("User-Agent", "chooser/1"),
+    ];
+    let miss = request(
+        serve.listen(),
+        "GET",
+        "assets.test",
+        &signed(&url, &[]),
+        &headers,
+    );
+    assert_eq!(
+        (miss.status, status_of(&miss)),
+        (200, Some("ixproxy; fwd=miss"))
+    );
+    let seen = fetches(&origin, "/image/variant.png");
+    assert_eq!(seen.len(), 1, "one origin fetch");
+    for name in ["accept", "accept-encoding", "accept-language", "user-agent"] {
+        assert!(
+            seen[0].header_values(name).is_empty(),
+            "{name}: {:?}",
+            seen[0]
+        );
+    }
+    // Whatever the next client prefers, it gets the one stored answer.
+    let hit = get(&serve, &url);
+    assert_eq!((hit.status, status_of(&hit)), (200, Some("ixproxy; hit")));
+    assert_eq!(hit.body, miss.body);
+}

@@ -221,7 +221,12 @@ fn curl_negotiates_http2_over_tls_and_gets_the_origin_body_with_the_security_hea
     let seen = origin.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "/asset/over-h2.jpg");
-    assert_eq!(serve.outcome_count("forwarded").expect("metric"), 1);
+    assert_eq!(
+        serve
+            .settled_outcome_count("forwarded", 1, Duration::from_secs(5))
+            .expect("metric"),
+        1
+    );
 
     // A client that does not trust the CA gets no answer at all.
     let unknown = Command::new("curl")
@@ -264,7 +269,12 @@ fn http1_over_tls_keeps_two_requests_on_one_connection() {
     for t in &transfers {
         assert_security_headers(t);
     }
-    assert_eq!(serve.outcome_count("forwarded").expect("metric"), 2);
+    assert_eq!(
+        serve
+            .settled_outcome_count("forwarded", 2, Duration::from_secs(5))
+            .expect("metric"),
+        2
+    );
 }
 
 #[test]
@@ -292,7 +302,12 @@ fn h2c_with_prior_knowledge_and_http1_share_the_plain_port() {
         "{h1:?}"
     );
     assert!(body.starts_with("asset /asset/h1.jpg"), "{body}");
-    assert_eq!(serve.outcome_count("forwarded").expect("metric"), 2);
+    assert_eq!(
+        serve
+            .settled_outcome_count("forwarded", 2, Duration::from_secs(5))
+            .expect("metric"),
+        2
+    );
 
     // Without `h2c: true` the preface is not HTTP/2: no HTTP/2 answer.
     let plain = start(&config(""));

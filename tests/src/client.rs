@@ -91,6 +91,15 @@ impl RawResponse {
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Whether a `Connection` field holds the `close` token (any case, any list position): the
+    /// server will close the connection after this response, so a client must not reuse it.
+    pub fn says_close(&self) -> bool {
+        self.header_values("connection")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+    }
 }
 
 /// Connects to `addr`, sends `req` and reads the whole response, all within `timeout`.
@@ -261,6 +270,46 @@ pub fn send_keep_alive(
     Ok(responses)
 }
 
+/// What became of the connection after the first response of [`send_then_follow`].
+#[derive(Debug)]
+pub enum FollowUp {
+    /// The response promised to keep the connection and the next request was answered on it.
+    Kept(RawResponse),
+    /// The response said `Connection: close` and the gateway closed the connection; the next
+    /// request was answered on a new one.
+    Closed(RawResponse),
+    /// The response promised to keep the connection, which then failed the next request
+    /// (closed, reset, or answered garbage): a request lost behind a pooling client.
+    Broken(String),
+}
+
+/// Sends `req` on a new connection without asking to close it, reads its response, then
+/// sends `next` the way a pooling client would: on the same connection unless the response
+/// said `Connection: close` (then the server must close it, and `next` goes on a new one).
+///
+/// # Errors
+/// As [`send`] for `req`, or when a connection the response said it would close stays open
+/// and sends more bytes.
+pub fn send_then_follow(
+    addr: SocketAddr,
+    req: &RawRequest,
+    next: &RawRequest,
+    timeout: Duration,
+) -> Result<(RawResponse, FollowUp), HarnessError> {
+    let mut conn = KeepAlive::connect(addr, timeout)?;
+    let first = conn.send(req)?;
+    if !first.says_close() {
+        let follow = match conn.send(next) {
+            Ok(resp) => FollowUp::Kept(resp),
+            Err(e) => FollowUp::Broken(e.to_string()),
+        };
+        return Ok((first, follow));
+    }
+    conn.expect_closed()?;
+    let resp = send(addr, next, timeout)?;
+    Ok((first, FollowUp::Closed(resp)))
+}
+
 /// One keep-alive connection on which requests are sent one at a time, whenever the caller
 /// wants (for checks that something changes between two requests of the same connection).
 pub struct KeepAlive {
@@ -305,6 +354,39 @@ impl KeepAlive {
                     .map_err(|e| HarnessError::io("set timeout", e))
             },
         )
+    }
+
+    /// Waits (up to the exchange timeout) for the server to close the connection.
+    ///
+    /// # Errors
+    /// The server sent more bytes, or kept the connection open past the timeout.
+    pub fn expect_closed(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut buf = [0u8; 1024];
+        loop {
+            if !self.raw.is_empty() {
+                return Err(HarnessError::Http(format!(
+                    "{} bytes after a response that said Connection: close",
+                    self.raw.len()
+                )));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::Http(
+                    "connection still open after a response that said Connection: close".to_owned(),
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| HarnessError::io("set timeout", e))?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(HarnessError::io("wait for close", e)),
+            }
+        }
     }
 
     /// The local address of the connection (the same one for every request sent on it).
@@ -524,6 +606,19 @@ mod tests {
             text,
             "GET /http%3A%2F%2Fx%2F%7E%2e%2E/a?w=1&s=0 HTTP/1.1\r\nHost: a.test\r\nX-A: b\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_response_says_close_by_any_token_spelling() {
+        let response = |value: &str| RawResponse {
+            status: 502,
+            headers: vec![("connection".to_owned(), value.to_owned())],
+            body: Vec::new(),
+        };
+        assert!(response("close").says_close());
+        assert!(response("Keep-Alive, Close").says_close());
+        assert!(!response("keep-alive").says_close());
+        assert!(!response("closed").says_close());
     }
 
     #[test]

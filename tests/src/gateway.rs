@@ -60,6 +60,9 @@ pub trait Gateway: Sized {
     /// The admin listener's address and the path of its Prometheus metrics, where
     /// `ixproxy_requests_total{outcome}` is read (see [`crate::metrics`]).
     fn metrics_endpoint(&self) -> (SocketAddr, &'static str);
+
+    /// The gateway's process id (for its resident memory in `/proc/<pid>/status`).
+    fn pid(&self) -> u32;
 }
 
 /// `CARGO_TARGET_DIR`, or the workspace's `target/`.
@@ -88,6 +91,16 @@ pub fn envoy_bin() -> PathBuf {
         || crate::workspace_root().join(".venv/bin/envoy"),
         PathBuf::from,
     )
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`); `None` when it
+/// cannot be read (the process is gone, no procfs).
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn require(what: &'static str, path: PathBuf, hint: &'static str) -> Result<PathBuf, HarnessError> {

@@ -60,6 +60,9 @@ pub struct Harness {
     /// A loopback port nothing listens on (held for the harness's lifetime, so it stays so).
     pub dead: SocketAddr,
     _dead_port: DeadPort,
+    /// A loopback port that accepts connections and never says anything ([`SilentPort`]).
+    pub silent: SocketAddr,
+    _silent_port: SilentPort,
     /// A host name that resolves to a loopback address through `/etc/hosts` but that the
     /// core cannot recognise as private by its spelling (see [`loopback_alias`]).
     pub loopback_alias: String,
@@ -103,6 +106,7 @@ impl Harness {
     pub fn with_h2c(vectors: &[Vector], h2c: bool) -> Result<Self, HarnessError> {
         let origin = RecordingOrigin::start()?;
         let dead_port = DeadPort::bind()?;
+        let silent_port = SilentPort::bind()?;
         let dir = tempfile::Builder::new()
             .prefix("ixproxy-conformance-")
             .tempdir()
@@ -237,6 +241,8 @@ impl Harness {
             auth,
             dead: dead_port.addr(),
             _dead_port: dead_port,
+            silent: silent_port.addr(),
+            _silent_port: silent_port,
             dir,
         })
     }
@@ -260,6 +266,7 @@ impl Harness {
             ("{https}", format!("https://{}", o.https)),
             ("{https_wrong}", format!("https://{}", o.https_wrong)),
             ("{dead}", format!("http://{}", self.dead)),
+            ("{silent_authority}", self.silent.to_string()),
             ("{http_authority}", o.http.to_string()),
             ("{https_authority}", o.https.to_string()),
             ("{http_port}", o.http.port().to_string()),
@@ -330,6 +337,35 @@ impl DeadPort {
     /// The refusing address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+/// A loopback TCP port that completes every TCP handshake and then stays silent for as long as
+/// this lives: the socket listens but nothing ever accepts, so the kernel queues the
+/// connections and no byte (no TLS ServerHello, no HTTP response) ever comes back. An `https`
+/// origin there times out in its TLS handshake, an `http` one waiting for its header.
+#[derive(Debug)]
+pub struct SilentPort {
+    listener: std::net::TcpListener,
+}
+
+impl SilentPort {
+    /// Listens on a free port of `127.0.0.1`.
+    ///
+    /// # Errors
+    /// The socket cannot be bound.
+    pub fn bind() -> Result<Self, HarnessError> {
+        let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .map_err(|e| HarnessError::io("bind silent port", e))?;
+        Ok(SilentPort { listener })
+    }
+
+    /// The silent address.
+    pub fn addr(&self) -> SocketAddr {
+        // A bound listener always has its address; 0.0.0.0:0 would refuse, never pass.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 

@@ -11,9 +11,12 @@
 //! - [`metrics`]: the outcome counter read from a gateway's admin metrics, and its deltas.
 //! - [`client`]: a raw HTTP/1.1 client that never rewrites the request target.
 //! - [`h2`]: an HTTP/2 (h2c) client for the same requests, and the [`Protocol`] a run speaks.
+//! - [`h2_stall`]: a hostile HTTP/2 client that opens streams and never reads them.
 //! - [`scripted`]: a raw TCP origin driven by a test's own function, per connection.
 //! - [`raw_origin`]: the checks after the table that need a scripted origin, every byte of an
 //!   aborted transfer, or a time bound.
+//! - [`soak`]: a bounded soak of valid, hostile and faulty-origin requests over pooled
+//!   keep-alive connections, with the outcome counts and the gateway's memory checked.
 
 pub mod access_log;
 pub mod cases;
@@ -21,12 +24,14 @@ pub mod client;
 pub mod dns;
 pub mod gateway;
 pub mod h2;
+pub mod h2_stall;
 pub mod harness;
 pub mod metrics;
 pub mod origin;
 pub mod raw_origin;
 pub mod runner;
 pub mod scripted;
+pub mod soak;
 pub mod tls;
 
 pub use gateway::{EnvoyGateway, Gateway, PingoraGateway, ServeProcess};

@@ -566,6 +566,13 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
             return response;
         }
     }
+    if let Some(n) = number("/long-location/") {
+        // A redirect whose Location alone is n bytes (a short request, a long answer).
+        let location = format!("/asset/{}", "a".repeat(n.saturating_sub("/asset/".len())));
+        let mut response = text(StatusCode::FOUND, REDIRECT_BODY);
+        header(&mut response, LOCATION, &location);
+        return response;
+    }
     if let Some(n) = number("/bytes/") {
         return with_body(StatusCode::OK, Scripted::streamed(&pattern(n), false));
     }

@@ -13,7 +13,7 @@ use crate::cases::{
     default_cases_path, default_vectors_path, expand, load_cases, load_vectors, tamper, validate,
     vector_cases, Case, OriginExpect,
 };
-use crate::client::{send_keep_alive, RawRequest, RawResponse};
+use crate::client::{send_keep_alive, send_then_follow, FollowUp, RawRequest, RawResponse};
 use crate::gateway::Gateway;
 use crate::h2::Protocol;
 use crate::harness::{Harness, MAX_INFLIGHT_PER_SOURCE};
@@ -149,6 +149,19 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     let mut cases = load_cases(&default_cases_path())?;
     cases.extend(vector_cases(&vectors, now_unix()));
     validate(&cases)?;
+    let only = case_filter();
+    if let Some(only) = &only {
+        cases.retain(|case| case.name.contains(only.as_str()));
+        if cases.is_empty() {
+            return Err(HarnessError::Http(format!(
+                "{CASE_FILTER_VAR}={only:?} names no conformance case"
+            )));
+        }
+        println!(
+            "{CASE_FILTER_VAR}={only:?}: {} table case(s), no other check",
+            cases.len()
+        );
+    }
     if protocol == Protocol::H2c {
         cases.retain(|case| match h2_skip_reason(case) {
             Some(why) => {
@@ -164,6 +177,11 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     let start_time = started.elapsed();
     let mut ledger = OutcomeLedger::new(&gateway);
     let mut report = run_cases(&gateway, &harness, &cases, &mut ledger, protocol);
+    if only.is_some() {
+        ledger.finish(&mut report.results);
+        report.start_time = start_time;
+        return Ok(report);
+    }
     let outcomes = hanging_outcomes();
     let hanging = ledger.check(&mut report.results, &outcomes, || {
         serves_while_origins_hang(gateway.addr(), &harness, protocol)
@@ -206,6 +224,19 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
     ledger.finish(&mut report.results);
     report.start_time = start_time;
     Ok(report)
+}
+
+/// The environment variable that narrows a conformance run to the table cases whose name
+/// contains its value (`IXPROXY_CASE="redirect Location" cargo test -p ixproxy-conformance
+/// --test pingora`): one case against one runtime in seconds. The checks that are not table
+/// rows (hanging origins, limits, keep-alive, raw origins) are skipped then.
+pub const CASE_FILTER_VAR: &str = "IXPROXY_CASE";
+
+/// The value of [`CASE_FILTER_VAR`], when set and not empty.
+fn case_filter() -> Option<String> {
+    std::env::var(CASE_FILTER_VAR)
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 /// Runs the whole suite against gateway `G` (called `name` in messages) and panics with every
@@ -255,7 +286,11 @@ pub fn run_cases<G: Gateway>(
     let mut results = Vec::with_capacity(cases.len());
     for case in cases {
         let outcomes: Vec<Outcome> = match case.expect.counted() {
-            Ok(counted) => counted.outcome().into_iter().collect(),
+            Ok(counted) => counted
+                .outcome()
+                .into_iter()
+                .chain(follows_up(case, protocol).then_some(FOLLOW_UP_OUTCOME))
+                .collect(),
             Err(e) => {
                 results.push(CaseResult {
                     name: case.name.clone(),
@@ -445,7 +480,16 @@ fn run_case(
     harness.origin.clear();
     let sent_at = now_unix();
     let started = Instant::now();
-    let sent = protocol.send(addr, &request, CLIENT_TIMEOUT);
+    let sent = if follows_up(case, protocol) {
+        send_then_follow(addr, &request, &follow_up_request(), CLIENT_TIMEOUT).map(
+            |(response, follow)| {
+                check_follow_up(&response, follow, &mut result.problems);
+                response
+            },
+        )
+    } else {
+        protocol.send(addr, &request, CLIENT_TIMEOUT)
+    };
     result.elapsed = started.elapsed();
     let values = harness.placeholders();
     let x = |s: &str| expand(s, &values, now);
@@ -484,6 +528,54 @@ fn run_case(
         }
     }
     result
+}
+
+/// What the request sent after each HTTP/1 case counts ([`follow_up_request`]).
+const FOLLOW_UP_OUTCOME: Outcome = Outcome::BadSignature;
+
+/// Whether an HTTP/1 case is followed by a second request the way a pooling client sends it
+/// (SPEC §6: a response after which the gateway closes says `Connection: close`; a connection
+/// kept open must serve the next request). Not after an aborted transfer (the client knows the
+/// connection is dead) nor when the case sets `Connection` itself.
+fn follows_up(case: &Case, protocol: Protocol) -> bool {
+    protocol == Protocol::Http1
+        && !case.expect.aborted
+        && !case
+            .request
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+}
+
+/// The request a pooling client sends next: a bad signature for source a, answered by the
+/// gateway itself (403) without contacting any origin, so it leaves the case's origin
+/// recordings alone.
+fn follow_up_request() -> RawRequest {
+    RawRequest::get(
+        "a.test",
+        "/https%3A%2F%2Fexample.com%2Ffollow-up.jpg?s=00000000000000000000000000000000",
+    )
+}
+
+/// Problems with what happened to the connection after `first`.
+fn check_follow_up(first: &RawResponse, follow: FollowUp, problems: &mut Vec<String>) {
+    let next = match follow {
+        FollowUp::Kept(next) | FollowUp::Closed(next) => next,
+        FollowUp::Broken(why) => {
+            problems.push(format!(
+                "the {} response did not say Connection: close, but the next request on the \
+                 connection failed: {why}",
+                first.status
+            ));
+            return;
+        }
+    };
+    if next.status != 403 {
+        problems.push(format!(
+            "the request after it got {} instead of 403 (bad signature)",
+            next.status
+        ));
+    }
 }
 
 /// HTTP/1 connection-specific headers. HTTP/2 forbids them (RFC 9113 §8.2.2) and the client
@@ -1511,6 +1603,10 @@ mod tests {
 
         fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
             (self.admin, "/metrics")
+        }
+
+        fn pid(&self) -> u32 {
+            std::process::id()
         }
     }
 

@@ -395,3 +395,33 @@ fn envoy_1_40_cache_misses_follow_no_redirect_and_no_upstream_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(4), "{silent:?}");
     assert_ne!(silent.status, 200, "{silent:?}");
 }
+
+#[test]
+fn a_fill_sends_the_origin_no_client_header_that_selects_a_variant() {
+    let s = start(PRIVATE, |_| {});
+    let url = s.origin.url("/fresh/variant.png");
+    let mut req = RawRequest::get(
+        "localhost",
+        &sign_url("tok", &url, &[], &SignOptions::default()),
+    );
+    req.headers = [
+        ("Accept", "image/avif"),
+        ("Accept-Encoding", "gzip"),
+        ("Accept-Language", "fr"),
+        ("User-Agent", "chooser/1"),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+    .collect();
+    let miss = send(s.envoy.addr(), &req, TIMEOUT).expect("answered");
+    assert_eq!(miss.header(CACHE_STATUS), Some(FWD_MISS), "{miss:?}");
+    let heads = s.origin.heads("/fresh/variant.png");
+    assert_eq!(heads.len(), 1, "one origin fetch: {heads:?}");
+    for name in ["accept", "accept-encoding", "accept-language", "user-agent"] {
+        assert_eq!(head_header(&heads[0], name), None, "{name}: {}", heads[0]);
+    }
+    // Whatever the next client prefers, it gets the one stored answer.
+    let hit = get(&s, &url, &[]);
+    assert_eq!(hit.header(CACHE_STATUS), Some(HIT), "{hit:?}");
+    assert_eq!(hit.body_text(), miss.body_text());
+}

@@ -2,7 +2,8 @@
 //! filter: a circuit breaker overflow is the core's 503 `overloaded` (so `OVERLOADED_FLAGS` are
 //! the flags Envoy 1.40 sets), no `server` header reaches a client, a client request holds
 //! one `max_inflight_per_source` slot across its redirect hops, given back when it ends, and
-//! the replies Envoy's codec makes itself carry the core's local reply headers.
+//! the replies Envoy's codec makes itself carry the core's local reply headers, and an HTTP/2
+//! client that opens streams and never reads them has them reset and its slots given back.
 //!
 //! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
@@ -247,5 +248,84 @@ sources:
     assert_eq!(response.status, 400, "{response:?}");
     for (name, value) in ixproxy_core::outcome::LOCAL_REPLY_HEADERS {
         assert_eq!(response.header(name), Some(value), "{name}: {response:?}");
+    }
+}
+
+/// The zero-window HTTP/2 attacker of SPEC §10 against Envoy over h2c: 60 streams for 1 MiB
+/// answers with `max_inflight_per_source: 50`, never read. While the streams stall they hold
+/// every slot of their source (a second client gets 503); Envoy resets each at the route's
+/// `idle_timeout` (`upstream.body_timeout`; the 503s, whose whole body waits in Envoy, at
+/// `stream_flush_timeout`, `client_write_timeout`; both 2 s here, see `envoy/src/listener.rs`)
+/// and the second client is served again. Envoy's memory stays within its per-stream buffers.
+#[test]
+fn a_zero_window_h2c_client_is_reset_and_gives_its_slots_back() {
+    use ixproxy_conformance::h2_stall::{stall_at, Transport};
+    const SLOTS: usize = 50;
+    const STREAMS: usize = 60;
+    const STALL: Duration = Duration::from_secs(2);
+    const SLACK: Duration = Duration::from_millis(1500);
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir();
+    let config = write(
+        dir.path(),
+        "ixproxy.yaml",
+        &format!(
+            "
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+upstream: {{timeout: 2s, body_timeout: 2s}}
+limits: {{client_write_timeout: 2s, max_inflight_per_source: {SLOTS}}}
+sources:
+  - name: local
+    hosts: [localhost]
+    secure_url_tokens: [tok]
+    allow_private_origins: true
+"
+        ),
+    );
+    let envoy = EnvoyGateway::start_edited(&config, &[], dir.path(), |_| {})
+        .unwrap_or_else(|e| panic!("envoy does not start: {e}"));
+    let addr = envoy.addr();
+    let url = |path: &str| format!("http://{}{path}", origin.http);
+    let targets: Vec<String> = (0..STREAMS)
+        .map(|i| signed("localhost", &url(&format!("/bytes-cl/1048576?i={i}"))).target)
+        .collect();
+    let rss = || ixproxy_conformance::gateway::resident_kib(envoy.pid()).expect("VmRSS");
+    let before = rss();
+    let attacker = std::thread::spawn(move || {
+        let hold = Duration::from_secs(10);
+        stall_at(addr, &Transport::H2c, "localhost", &targets, hold)
+    });
+    let probe = || {
+        send(addr, &signed("localhost", &url("/asset/probe")), TIMEOUT)
+            .expect("probe answered")
+            .status
+    };
+
+    // Every slot held by the stalled streams: the source's other clients are refused.
+    let started = Instant::now();
+    let mut refused = false;
+    while !refused && started.elapsed() < STALL {
+        refused = origin.requests().len() >= SLOTS && probe() == 503;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "the attack never held every slot");
+
+    let mut peak = before;
+    while !attacker.is_finished() {
+        peak = peak.max(rss());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stalled = attacker.join().expect("attacker").expect("attack");
+    // Envoy stops reading each origin at its 32 KiB per-stream buffer (measured: +2.1 to
+    // +2.5 MiB for the 60 streams).
+    let grown = peak.saturating_sub(before);
+    eprintln!("Envoy RSS {before} KiB before, peak {peak} KiB (+{grown} KiB) under the attack");
+    assert!(grown < 16 * 1024, "Envoy's RSS grew by {grown} KiB");
+    if let Err(e) = stalled.check_reset_at(STREAMS, STALL, SLACK) {
+        panic!("{e}");
+    }
+    for _ in 0..3 {
+        assert_eq!(probe(), 200);
     }
 }

@@ -35,6 +35,9 @@ use prometheus::IntGauge;
 /// and key, the LRU index node, the body's shared allocation header.
 pub const ENTRY_OVERHEAD: usize = 256;
 
+/// The most a fill reserves before its body arrives (the body then grows by doubling).
+pub const FILL_RESERVE_BYTES: usize = 64 * 1024;
+
 /// One stored answer.
 struct Entry {
     /// Serialised [`CacheMeta`] (internal part, header part).
@@ -210,12 +213,16 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let epoch = self.inner.lock().purges;
+        // Reserved up front: the declared length, but at most FILL_RESERVE_BYTES; the body
+        // grows with what actually arrives, so a fill a stalled client cuts short (or an
+        // origin that declares more than it sends) holds no more than it received.
         let expected = meta
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(0)
-            .min(self.max_object_bytes);
+            .min(self.max_object_bytes)
+            .min(FILL_RESERVE_BYTES);
         Ok(Box::new(Fill {
             store: self,
             key: key.combined_bin(),

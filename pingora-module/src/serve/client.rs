@@ -13,8 +13,9 @@
 //! header deadline is enforced by [`super::deadline`]. HTTP/1.1 over TLS (ALPN `http/1.1` or
 //! none) runs this same loop on the decrypted stream. HTTP/2 (ALPN `h2`, or the h2c preface
 //! when `h2c` is on) and custom protocols go through Pingora's own loop: the header deadline
-//! still applies to each stream, and Pingora's `h2_idle_timeout` (`client_idle_timeout`) closes
-//! a connection with no stream open (a header block that never completes opens none).
+//! and the write timeout still apply to each stream (set by [`super::deadline`]), and
+//! Pingora's `h2_idle_timeout` (`client_idle_timeout`) closes a connection with no stream open
+//! (a header block that never completes opens none).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -19,7 +19,8 @@
 //!
 //! Nothing is armed while the body streams: a pause inside the origin body is bounded by the
 //! per-read `upstream.body_timeout` (see [`super::peer`]), a client that stops reading by
-//! `limits.client_write_timeout`, and a download may take as long as both keep moving.
+//! `limits.client_write_timeout` (Pingora's per-write timeout, which [`Deadlined`] also sets on
+//! every HTTP/2 stream), and a download may take as long as both keep moving.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -299,16 +300,24 @@ pub struct Deadlined<A> {
     inner: Arc<A>,
     metrics: Metrics,
     header_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl<A> Deadlined<A> {
     /// Wraps `inner`; requests cut by the origin backstop are counted in `metrics`; a request
-    /// header must be complete `header_timeout` after its session starts.
-    pub fn new(inner: A, metrics: Metrics, header_timeout: Duration) -> Self {
+    /// header must be complete `header_timeout` after its session starts; each response write
+    /// of an HTTP/2 stream must complete within `write_timeout` (`client_write_timeout`).
+    pub fn new(
+        inner: A,
+        metrics: Metrics,
+        header_timeout: Duration,
+        write_timeout: Duration,
+    ) -> Self {
         Deadlined {
             inner: Arc::new(inner),
             metrics,
             header_timeout,
+            write_timeout,
         }
     }
 }
@@ -359,12 +368,19 @@ impl<A> HttpServerApp for Deadlined<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    /// Sessions Pingora starts itself (HTTP/2 streams): the header deadline runs from now.
+    /// Sessions Pingora starts itself (HTTP/2 streams, over TLS or h2c): the header deadline
+    /// runs from now, and each body write must complete within the write timeout, as on
+    /// HTTP/1. Pingora's h2 session waits for the client's flow-control window inside that
+    /// write (`poll_capacity`), so a stream whose client grants no window fails there: the
+    /// request ends with its slot and origin connection released and the stream is reset
+    /// (Pingora drops its send half unfinished); the gateway also ends a cache fill that no
+    /// client reads any more (see `super::gateway`).
     async fn process_new_http(
         self: &Arc<Self>,
-        session: ServerSession,
+        mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        session.set_write_timeout(Some(self.write_timeout));
         let deadline = Instant::now() + self.header_timeout;
         self.run_session(session, shutdown, deadline).await
     }

@@ -24,29 +24,29 @@
 //!   The core's response edits (the header allowlist, the policy `Cache-Control`) are applied
 //!   in `upstream_response_filter`, before the cache stores the answer; `response_filter`, which
 //!   runs for hits too, caps `Cache-Control` at this URL's `expires` and adds `Cache-Status`.
-//! - `fail_to_proxy` answers failures with the core's rejection while no header went out;
+//! - `fail_to_proxy` answers failures with the core's rejection while no header went out (a
+//!   Pingora error becomes the core's [`ixproxy_core::Failure`] in [`super::failure`]);
 //!   `logging` counts the request's one outcome and logs.
+//!
+//! The request's state across these phases is [`super::request_ctx::RequestCtx`]; reading and
+//! writing Pingora's HTTP heads is [`super::http`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method};
+use http::{header, HeaderValue};
 use ixproxy_core::access_log::{self, AccessRecord, REQUEST_ID_HEADER};
 use ixproxy_core::addr::IpNet;
-use ixproxy_core::auth::AuthHeaders;
-use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS};
+use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS, STORED_ORIGIN_HEADER};
 use ixproxy_core::config::AccessLogFormat;
-use ixproxy_core::request::{
-    check_request_body, check_request_headers, is_forwarded_client_header, HeaderTotals,
-};
-use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
-use ixproxy_core::{
-    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo,
-};
-use log::warn;
+use ixproxy_core::request::{check_request_body, check_request_headers};
+use ixproxy_core::response::is_followed_redirect;
+use ixproxy_core::{decide_attributed, Attribution, Decision, Outcome, Rejection, RequestInfo};
+use log::{debug, warn};
 use pingora::cache::{
     CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
@@ -58,11 +58,16 @@ use rand::RngCore as _;
 
 use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
-use super::inflight::Slot;
+use super::failure;
+use super::http::{
+    apply_response_edits, has_request_body, header_totals, origin_head, request_host, respond,
+    rewrite_upstream_request,
+};
 use super::live::{Live, LiveConfig};
-use super::metrics::{InflightGauge, Metrics};
+use super::metrics::Metrics;
 use super::peer::build_peer;
-use super::resolve::{candidates, ResolveError};
+use super::request_ctx::RequestCtx;
+use super::resolve::candidates;
 
 /// The gateway: the reloadable config (sources, upstream settings, trust anchors, the origin
 /// resolver, the in-flight counters; see [`super::live`]), metrics and the response cache (when
@@ -111,98 +116,6 @@ impl Gateway {
     }
 }
 
-/// Per-request state shared across the phases.
-#[derive(Default)]
-pub struct RequestCtx {
-    /// The config generation the request started under, kept to its end across reloads.
-    live: Option<Arc<Live>>,
-    /// This request's id (see [`access_log::kept_request_id`]), echoed as `X-Request-ID`.
-    request_id: String,
-    /// When the request header was read, and the same moment in unix microseconds.
-    arrived: Option<(Instant, u64)>,
-    /// The source and token the request is counted under.
-    attribution: Attribution,
-    /// The request counted in `ixproxy_upstream_inflight` while it fetches from the origin.
-    inflight_gauge: Option<InflightGauge>,
-    /// The core's decision when it forwards; replaced by the next hop when a redirect is
-    /// followed.
-    forward: Option<Box<Forward>>,
-    /// The outcome of a rejection answered in `request_filter`.
-    outcome: Option<Outcome>,
-    /// The checked addresses of the current hop's origin (reused on retries: no second
-    /// lookup; cleared when a redirect moves to the next hop).
-    candidates: Vec<SocketAddr>,
-    /// Index in `candidates` of the address to connect to.
-    candidate: usize,
-    /// When the origin request started (first resolution included).
-    upstream_started: Option<Instant>,
-    /// `upstream_started` + `upstream.timeout`: the final origin response header (every hop
-    /// included) must arrive before it.
-    deadline: Option<Instant>,
-    /// The final origin response header was accepted: the deadline no longer applies.
-    header_done: bool,
-    /// This request's origin fetch, counted against `max_inflight_per_source` until the
-    /// context is dropped.
-    inflight: Option<Slot>,
-    /// Time to the final origin response header.
-    upstream_latency: Option<Duration>,
-    /// Origin response body bytes received so far for the current response.
-    body_bytes: u64,
-    /// Why the gateway answers (or cut the transfer) itself, once decided.
-    failure: Option<Rejection>,
-    /// Set while a followed redirect is being retried (not an error worth a warning).
-    following_redirect: bool,
-    /// The response cache was looked up for this request.
-    cache_used: bool,
-    /// What the cache did, once the response header went out.
-    cache_result: Option<CacheResult>,
-}
-
-impl RequestCtx {
-    /// Time left before the deadline (the full timeout before the origin request starts).
-    fn remaining(&self, timeout: Duration) -> Duration {
-        self.deadline
-            .map_or(timeout, |d| d.saturating_duration_since(Instant::now()))
-    }
-
-    /// Whether the origin-header deadline has passed while it still applies.
-    fn past_deadline(&self) -> bool {
-        !self.header_done && self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Records `failure` and returns the error that stops the proxy loop (never retried).
-    fn fail(&mut self, failure: Rejection, context: String) -> Box<Error> {
-        let mut err = Error::explain(ErrorType::HTTPStatus(failure.status()), context);
-        err.set_retry(false);
-        self.failure = Some(failure);
-        err
-    }
-}
-
-/// Whether a client request carries a body (framing headers present, other than an explicit
-/// `Content-Length: 0`).
-fn has_request_body(req: &RequestHeader) -> bool {
-    if req.headers.contains_key(header::TRANSFER_ENCODING) {
-        return true;
-    }
-    req.headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .any(|v| v.as_bytes().trim_ascii() != b"0")
-}
-
-/// The client's header totals under the core's counting rule: every field, and an HTTP/2
-/// `:authority` (which Pingora keeps in the URI, not among the headers) as `Host`.
-fn header_totals(req: &RequestHeader) -> HeaderTotals {
-    let mut totals = HeaderTotals::of(req.headers.iter().map(|(n, v)| (n.as_str(), v.len())));
-    if !req.headers.contains_key(header::HOST) {
-        if let Some(authority) = req.uri.authority() {
-            totals.add(":authority", authority.as_str().len());
-        }
-    }
-    totals
-}
-
 /// `N` random bytes from the thread's CSPRNG (ChaCha, seeded and periodically reseeded from
 /// the operating system): request ids and origin request ids need no system call each.
 fn random_bytes<const N: usize>() -> Option<[u8; N]> {
@@ -223,112 +136,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The Host a request was sent to: the `Host` header, or the HTTP/2 `:authority`.
-fn request_host(req: &RequestHeader) -> &str {
-    req.headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-}
-
-/// Writes the core's local reply for `rejection` (no body for HEAD), with the request's id.
-async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
-    let body = Bytes::from(rejection.body());
-    let mut resp = ResponseHeader::build(rejection.status(), Some(5))?;
-    for (name, value) in rejection.headers() {
-        resp.insert_header(name, value)?;
-    }
-    if !request_id.is_empty() {
-        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    let head_only = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
-
-/// Rewrites the client request into the origin request: only the allowlisted client headers
-/// survive, then `Host`, the origin path and query, and `auth` (the origin auth headers of
-/// this attempt, from [`Forward::auth_headers`]) are set.
-///
-/// # Errors
-/// A header value or path the HTTP types refuse (the core never produces one).
-pub fn rewrite_upstream_request(
-    req: &mut RequestHeader,
-    forward: &Forward,
-    auth: &AuthHeaders,
-) -> Result<()> {
-    let dropped: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|name| !is_forwarded_client_header(name.as_str()))
-        .cloned()
-        .collect();
-    for name in &dropped {
-        req.remove_header(name);
-    }
-    req.insert_header(header::HOST, forward.origin().authority())?;
-    req.set_raw_path(forward.origin().path_and_query.as_bytes())?;
-    for (name, value) in auth.iter() {
-        // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
-        let mut value = HeaderValue::from_str(value)
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth value", e))?;
-        value.set_sensitive(true);
-        req.insert_header(name, value)?;
-    }
-    Ok(())
-}
-
-/// The origin response head as the core reads it.
-fn origin_head(resp: &ResponseHeader) -> OriginHead {
-    OriginHead::of(
-        resp.status.as_u16(),
-        resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-    )
-}
-
-/// Applies the core's response edits to the origin's response header.
-///
-/// # Errors
-/// A header value the HTTP types refuse (not produced by the core).
-pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &ResponseEdits) -> Result<()> {
-    for name in &edits.remove {
-        resp.remove_header(name.as_str());
-    }
-    for (name, value) in &edits.set {
-        resp.insert_header(*name, value.as_str())?;
-    }
-    Ok(())
-}
-
-/// The core's answer for a proxy error not already classified by the phases, or `None` when
-/// the client went away (nobody to answer).
-fn classify_error(e: &Error) -> Option<Rejection> {
-    use ErrorType::*;
-    if *e.esource() == ErrorSource::Downstream {
-        // The client went away or sent garbage: nobody to answer, or a plain 400.
-        return match e.etype() {
-            WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
-            _ => Some(Rejection::bad_request()),
-        };
-    }
-    Some(match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-            Rejection::origin_timeout()
-        }
-        HTTPStatus(500) | InternalError if *e.esource() != ErrorSource::Upstream => {
-            Rejection::internal()
-        }
-        _ => Rejection::origin_error(),
-    })
 }
 
 #[async_trait]
@@ -431,11 +238,26 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
+        // A stored answer is checked against the source's current policy as an origin answer
+        // is: one the policy now refuses is answered like that origin answer, without the
+        // origin (see `proxy_upstream_filter`).
+        let stored = meta.response_header();
+        let stored_origin = stored
+            .headers
+            .get(STORED_ORIGIN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let checked = ctx
+            .decided("cache_hit_filter")?
+            .check_stored(&origin_head(stored), stored_origin);
+        if let Err(rejection) = checked {
+            ctx.hit_refused = Some(rejection);
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         // A HEAD never revalidates (that would fetch a body for it): a stale entry is a miss.
         let fills = cache_rules::may_fill(session.req_header().method.as_str());
         Ok((!is_fresh && !fills).then_some(ForcedFreshness::ForceMiss))
@@ -468,6 +290,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<bool> {
         // The origin is needed (no cache, a miss, a stale entry): one in-flight slot for this
         // request's origin fetch, every redirect hop included. A hit never takes one.
+        if let Some(rejection) = ctx.hit_refused.take() {
+            ctx.outcome = Some(rejection.outcome());
+            respond(session, &rejection, &ctx.request_id).await?;
+            return Ok(false);
+        }
         let Some(forward) = ctx.forward.as_ref() else {
             return Ok(true);
         };
@@ -509,13 +336,8 @@ impl ProxyHttp for Gateway {
                 "origin deadline passed".to_owned(),
             ));
         }
-        let Some(forward) = ctx.forward.as_ref() else {
-            return Err(ctx.fail(
-                Rejection::internal(),
-                "upstream_peer without a forward decision".to_owned(),
-            ));
-        };
         if ctx.candidates.is_empty() {
+            let forward = ctx.decided("upstream_peer")?;
             let origin = forward.origin();
             let resolved = match live
                 .resolver
@@ -529,11 +351,11 @@ impl ProxyHttp for Gateway {
                         let why = rejection.reason().to_owned();
                         (rejection, why)
                     }),
-                Err(e @ ResolveError::TimedOut) => {
-                    Err((Rejection::origin_timeout(), e.to_string()))
-                }
-                Err(e @ ResolveError::NotFound(_)) => {
-                    Err((Rejection::origin_error(), e.to_string()))
+                Err(e) => {
+                    let rejection = failure::of_resolve(&e)
+                        .rejection()
+                        .unwrap_or_else(Rejection::origin_error);
+                    Err((rejection, e.to_string()))
                 }
             };
             match resolved {
@@ -554,12 +376,7 @@ impl ProxyHttp for Gateway {
             ));
         };
         let remaining = ctx.remaining(live.upstream.timeout);
-        let Some(forward) = ctx.forward.as_ref() else {
-            return Err(ctx.fail(
-                Rejection::internal(),
-                "upstream_peer without a forward decision".to_owned(),
-            ));
-        };
+        let forward = ctx.decided("upstream_peer")?;
         Ok(Box::new(build_peer(
             addr,
             forward.origin(),
@@ -619,11 +436,10 @@ impl ProxyHttp for Gateway {
                 "no randomness for the origin request id".to_owned(),
             ));
         };
-        let Some(forward) = ctx.forward.as_ref() else {
-            return Err(ctx.fail(Rejection::internal(), "no forward decision".to_owned()));
-        };
+        let cached = ctx.cache_used;
+        let forward = ctx.decided("upstream_request_filter")?;
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, &auth)?;
+        rewrite_upstream_request(upstream_request, forward, &auth, cached)?;
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
     }
@@ -643,9 +459,8 @@ impl ProxyHttp for Gateway {
                 "origin deadline passed".to_owned(),
             ));
         }
-        let Some(forward) = ctx.forward.as_ref() else {
-            return Err(ctx.fail(Rejection::internal(), "no forward decision".to_owned()));
-        };
+        let cache_used = ctx.cache_used;
+        let forward = ctx.decided("upstream_response_filter")?;
         let head = origin_head(upstream_response);
         if let (true, Some(location)) = (is_followed_redirect(head.status()), head.location()) {
             // Nothing of this response reaches the client: the error below ends the attempt
@@ -682,6 +497,11 @@ impl ProxyHttp for Gateway {
         // `response_filter` (two URLs for one origin object share the entry).
         let edits = cache_rules::storage_edits(edits);
         apply_response_edits(upstream_response, &edits)?;
+        if cache_used {
+            // Stored with the answer, so a hit is re-checked for the hop that gave it.
+            upstream_response
+                .insert_header(STORED_ORIGIN_HEADER, forward.origin().to_url_string())?;
+        }
         // The origin-header phase is over: from here only per-read timeouts apply (the body's
         // pauses, the client's writes), so a slow download is never cut by upstream.timeout.
         ctx.header_done = true;
@@ -707,6 +527,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        resp.remove_header(STORED_ORIGIN_HEADER);
         if let Some(forward) = ctx.forward.as_ref() {
             let stored = cache::joined(resp, header::CACHE_CONTROL);
             if let Some(capped) =
@@ -731,6 +552,15 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        if ctx.client_gone.load(Ordering::Relaxed) {
+            // No client reads this fill any more: stop buffering the origin's body (the
+            // request ends, its slot and origin connection go, nothing is stored). Requests
+            // waiting on the cache lock compete again.
+            *body = None;
+            return Err(
+                Error::explain(ErrorType::WriteError, "client gone: cache fill ended").into_down(),
+            );
+        }
         let len = body.as_ref().map_or(0, |b| b.len() as u64);
         ctx.body_bytes = ctx.body_bytes.saturating_add(len);
         // An error here, once the header went out, cuts the client connection: the transfer
@@ -782,7 +612,7 @@ impl ProxyHttp for Gateway {
             if ctx.past_deadline() && *e.esource() == ErrorSource::Upstream {
                 Some(Rejection::origin_timeout())
             } else {
-                classify_error(e)
+                failure::answer(e, ctx.header_done)
             }
         });
         let Some(failure) = failure else {
@@ -791,6 +621,10 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
+        // Pingora does not reuse a client connection after a proxy failure (its reuse flag is
+        // honoured only before an origin was chosen), so the reply must say so (SPEC §6): a
+        // pooling client then never sends its next request into a closing connection.
+        session.set_keepalive(None);
         // Once the origin's header went out, the status is committed: the connection is cut.
         if session.response_written().is_none() {
             if let Err(write_err) = respond(session, &failure, &ctx.request_id).await {
@@ -814,7 +648,8 @@ impl ProxyHttp for Gateway {
             (None, Some(failure), _) => failure.outcome(),
             (None, None, true) => match e {
                 None => Outcome::Forwarded,
-                Some(e) => classify_error(e).map_or(Outcome::ClientClosed, |r| r.outcome()),
+                Some(e) => failure::answer(e, ctx.header_done)
+                    .map_or(Outcome::ClientClosed, |r| r.outcome()),
             },
             // Never decided (the client went away before its request was read).
             (None, None, false) => return,
@@ -866,9 +701,17 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &Session,
         ctx: &Self::CTX,
-        _error: &Error,
-        _context: ProxyWarnLogContext,
+        error: &Error,
+        context: ProxyWarnLogContext,
     ) -> bool {
+        if matches!(context, ProxyWarnLogContext::DownstreamCache) {
+            // Pingora calls this where it ignores a client's failure to finish a cache fill
+            // alone; the fill is ended instead (see `upstream_response_body_filter`), so a
+            // client that stops reading cannot make the gateway buffer whole objects.
+            debug!("client failed during a cache fill, the fill ends: {error}");
+            ctx.client_gone.store(true, Ordering::Relaxed);
+            return true;
+        }
         // A followed redirect is a normal retry of the proxy loop, counted in the final log line.
         ctx.following_redirect
     }
@@ -884,170 +727,5 @@ impl ProxyHttp for Gateway {
         // Pingora puts this in its error logs; keep the signed target out of them.
         let req = session.req_header();
         format!("{} host={}", req.method, request_host(req))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ixproxy_core::config::{MapSecrets, RawConfig};
-    use ixproxy_core::sign::{sign_url, SignOptions};
-
-    const NOW: u64 = 1_700_000_000;
-
-    /// The core's forward for `url` on a source with Basic auth `u:p` and handshake `hs`.
-    fn forward(url: &str) -> Forward {
-        let yaml = "sources:
-  - name: assets
-    hosts: [gw.example.com]
-    secure_url_tokens: [t]
-    origin_auth: {basic_auth: {username: u, password: p}, request_handshake: hs}
-    allowed_origin_hosts: [o.example]
-";
-        let sources = RawConfig::from_yaml(yaml)
-            .and_then(|raw| raw.validate(&MapSecrets::new()))
-            .expect("valid")
-            .sources;
-        let target = sign_url("t", url, &[], &SignOptions::default());
-        let info = RequestInfo {
-            method: "GET",
-            host: "gw.example.com",
-            target: &target,
-        };
-        match ixproxy_core::decide(&sources, &info, NOW) {
-            Decision::Forward(f) => *f,
-            Decision::Reject(r) => panic!("{url}: {r:?}"),
-        }
-    }
-
-    #[test]
-    fn only_allowlisted_client_headers_reach_the_origin() {
-        let mut req = RequestHeader::build("GET", b"/https%3A%2F%2Fo.example%2Fa.png?s=abc", None)
-            .expect("req");
-        for (name, value) in [
-            ("Host", "gw.example.com"),
-            ("Accept", "image/webp"),
-            ("Range", "bytes=0-9"),
-            ("User-Agent", "curl/8"),
-            ("If-None-Match", "\"e\""),
-            ("Cookie", "session=1"),
-            ("Authorization", "Bearer client"),
-            ("X-Imgix-Origin-Secret", "forged"),
-            ("X-Forwarded-For", "10.0.0.1"),
-            ("Proxy-Authorization", "Basic x"),
-        ] {
-            req.append_header(name, value).expect("header");
-        }
-        let f = forward("https://o.example:8443/a%20b.png?v=2");
-        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32])).expect("rewrite");
-
-        assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
-        let get = |n: &str| {
-            req.headers
-                .get_all(n)
-                .iter()
-                .map(|v| v.to_str().expect("ascii").to_owned())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(get("host"), ["o.example:8443"]);
-        assert_eq!(
-            get("x-imgix-origin-secret"),
-            ["hs"],
-            "client value replaced"
-        );
-        assert_eq!(
-            get("authorization"),
-            ["Basic dTpw"],
-            "client value replaced"
-        );
-        assert_eq!(get("accept"), ["image/webp"]);
-        assert_eq!(get("range"), ["bytes=0-9"]);
-        assert_eq!(get("user-agent"), ["curl/8"]);
-        assert_eq!(get("if-none-match"), ["\"e\""]);
-        for gone in ["cookie", "x-forwarded-for", "proxy-authorization"] {
-            assert!(get(gone).is_empty(), "{gone} must not reach the origin");
-        }
-        // The origin auth values are sensitive: `Debug` of the request never prints them.
-        for name in ["authorization", "x-imgix-origin-secret"] {
-            assert!(req.headers[name].is_sensitive(), "{name}");
-        }
-        assert!(!req.headers["accept"].is_sensitive());
-        let debug = format!("{req:?}");
-        assert!(
-            !debug.contains("dTpw") && !debug.contains("\"hs\""),
-            "{debug}"
-        );
-    }
-
-    #[test]
-    fn response_edits_apply_to_the_origin_header() {
-        let mut resp = ResponseHeader::build(200, None).expect("resp");
-        resp.append_header("Cache-Control", "public, max-age=31536000")
-            .expect("h");
-        resp.append_header("Set-Cookie", "a=1").expect("h");
-        resp.append_header("Set-Cookie", "b=2").expect("h");
-        resp.append_header("ETag", "\"x\"").expect("h");
-        resp.append_header("Transfer-Encoding", "chunked")
-            .expect("h");
-        let edits = ResponseEdits {
-            remove: vec!["set-cookie".to_owned()],
-            set: vec![("cache-control", "public, max-age=60".to_owned())],
-            policy_cache_control: None,
-        };
-        assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
-        apply_response_edits(&mut resp, &edits).expect("rewrite");
-        assert_eq!(resp.headers["cache-control"], "public, max-age=60");
-        assert!(resp.headers.get("set-cookie").is_none());
-        assert_eq!(resp.headers["etag"], "\"x\"");
-        assert_eq!(
-            resp.headers["transfer-encoding"], "chunked",
-            "framing stays Pingora's"
-        );
-    }
-
-    fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/x?s=0", None).expect("req");
-        for (n, v) in headers {
-            req.append_header(n.to_string(), *v).expect("header");
-        }
-        req
-    }
-
-    #[test]
-    fn request_bodies_and_header_totals_are_measured() {
-        assert!(!has_request_body(&req_with(&[])));
-        assert!(!has_request_body(&req_with(&[("Content-Length", "0")])));
-        assert!(has_request_body(&req_with(&[("Content-Length", "1")])));
-        assert!(has_request_body(&req_with(&[(
-            "Transfer-Encoding",
-            "chunked"
-        )])));
-        let totals = header_totals(&req_with(&[("Accept", "a/b"), ("X-A", "1")]));
-        assert_eq!(
-            (totals.count, totals.bytes),
-            (2, "accept".len() + 3 + "x-a".len() + 1)
-        );
-    }
-
-    #[test]
-    fn proxy_errors_map_to_502_or_504() {
-        let up =
-            |t: ErrorType| classify_error(&Error::new_up(t)).map(|f| (f.status(), f.outcome()));
-        const TIMEOUT: Outcome = Outcome::OriginTimeout;
-        const ERROR: Outcome = Outcome::OriginError;
-        assert_eq!(up(ErrorType::ConnectTimedout), Some((504, TIMEOUT)));
-        assert_eq!(up(ErrorType::ReadTimedout), Some((504, TIMEOUT)));
-        assert_eq!(up(ErrorType::TLSHandshakeTimedout), Some((504, TIMEOUT)));
-        assert_eq!(up(ErrorType::ConnectRefused), Some((502, ERROR)));
-        assert_eq!(up(ErrorType::TLSHandshakeFailure), Some((502, ERROR)));
-        assert_eq!(up(ErrorType::InvalidCert), Some((502, ERROR)));
-        assert_eq!(up(ErrorType::ConnectionClosed), Some((502, ERROR)));
-        let gone = Error::new_down(ErrorType::ConnectionClosed);
-        assert_eq!(classify_error(&gone), None, "no answer to a closed client");
-        let garbage = Error::new_down(ErrorType::InvalidHTTPHeader);
-        assert_eq!(
-            classify_error(&garbage).map(|r| (r.status(), r.outcome())),
-            Some((400, Outcome::BadRequest))
-        );
     }
 }

@@ -16,7 +16,9 @@ mod cache_store;
 mod client;
 mod deadline;
 mod demo;
+mod failure;
 mod gateway;
+mod http;
 mod inflight;
 mod listen;
 mod live;
@@ -24,6 +26,7 @@ mod logging;
 mod metrics;
 mod peer;
 mod reload;
+mod request_ctx;
 mod resolve;
 mod tls;
 mod upgrade;
@@ -261,7 +264,12 @@ fn prepare(
     let proxy = Service::new(
         "gateway".to_owned(),
         client::ClientConnections::new(
-            deadline::Deadlined::new(proxy, metrics.clone(), client.header_timeout),
+            deadline::Deadlined::new(
+                proxy,
+                metrics.clone(),
+                client.header_timeout,
+                client.write_timeout,
+            ),
             client,
         ),
     );

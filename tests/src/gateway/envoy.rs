@@ -95,6 +95,11 @@ impl EnvoyGateway {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// The address of Envoy's admin API (`/stats/prometheus`, `/listeners`, ...).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
@@ -199,6 +204,11 @@ impl Gateway for EnvoyGateway {
             self.admin,
             "/stats/prometheus?filter=ixproxy_requests_total",
         )
+    }
+
+    /// The wrapper `.venv/bin/envoy` execs the real binary, so the child's pid is Envoy's.
+    fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 }
 

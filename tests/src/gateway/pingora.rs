@@ -159,6 +159,27 @@ impl ServeProcess {
         Ok(counts.get(outcome).unwrap_or(0))
     }
 
+    /// [`Self::outcome_count`] once it has reached `at_least` (polled every 20 ms for at most
+    /// `limit`): a response can reach the client just before its outcome is counted.
+    ///
+    /// # Errors
+    /// As [`Self::outcome_count`].
+    pub fn settled_outcome_count(
+        &self,
+        outcome: &str,
+        at_least: u64,
+        limit: Duration,
+    ) -> Result<u64, HarnessError> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let count = self.outcome_count(outcome)?;
+            if count >= at_least || std::time::Instant::now() >= deadline {
+                return Ok(count);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.child.id()
@@ -245,6 +266,10 @@ impl Gateway for PingoraGateway {
 
     fn metrics_endpoint(&self) -> (SocketAddr, &'static str) {
         (self.serve.admin(), "/metrics")
+    }
+
+    fn pid(&self) -> u32 {
+        self.serve.pid()
     }
 }
 

@@ -1,0 +1,280 @@
+//! The HTTP-type half of the Pingora adapter: what the gateway reads from the client's request
+//! head (its Host, whether it carries a body, its header totals) and how it writes Pingora's
+//! heads (the core's local reply, the origin request rewritten from the client's, the core's
+//! edits of the origin's response head). No decision is made here: each function carries out a
+//! rule of the core.
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method};
+use ixproxy_core::access_log::REQUEST_ID_HEADER;
+use ixproxy_core::auth::AuthHeaders;
+use ixproxy_core::request::{is_forwarded_client_header, HeaderTotals};
+use ixproxy_core::response::{OriginHead, ResponseEdits};
+use ixproxy_core::{Forward, Rejection};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+/// Whether a client request carries a body (framing headers present, other than an explicit
+/// `Content-Length: 0`).
+pub fn has_request_body(req: &RequestHeader) -> bool {
+    if req.headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    req.headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
+/// The client's header totals under the core's counting rule: every field, and an HTTP/2
+/// `:authority` (which Pingora keeps in the URI, not among the headers) as `Host`.
+pub fn header_totals(req: &RequestHeader) -> HeaderTotals {
+    let mut totals = HeaderTotals::of(req.headers.iter().map(|(n, v)| (n.as_str(), v.len())));
+    if !req.headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri.authority() {
+            totals.add(":authority", authority.as_str().len());
+        }
+    }
+    totals
+}
+
+/// The Host a request was sent to: the `Host` header, or the HTTP/2 `:authority`.
+pub fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Writes the core's local reply for `rejection` (no body for HEAD), with the request's id.
+pub async fn respond(session: &mut Session, rejection: &Rejection, request_id: &str) -> Result<()> {
+    let body = Bytes::from(rejection.body());
+    let mut resp = ResponseHeader::build(rejection.status(), Some(5))?;
+    for (name, value) in rejection.headers() {
+        resp.insert_header(name, value)?;
+    }
+    if !request_id.is_empty() {
+        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Rewrites the client request into the origin request: only the allowlisted client headers
+/// survive (less the variant-selecting ones when `cached`: the answer may be stored for other
+/// clients, see [`is_forwarded_client_header`]), then `Host`, the origin path and query, and `auth` (the origin auth headers of
+/// this attempt, from [`Forward::auth_headers`]) are set.
+///
+/// # Errors
+/// A header value or path the HTTP types refuse (the core never produces one).
+pub fn rewrite_upstream_request(
+    req: &mut RequestHeader,
+    forward: &Forward,
+    auth: &AuthHeaders,
+    cached: bool,
+) -> Result<()> {
+    let dropped: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| !is_forwarded_client_header(name.as_str(), cached))
+        .cloned()
+        .collect();
+    for name in &dropped {
+        req.remove_header(name);
+    }
+    req.insert_header(header::HOST, forward.origin().authority())?;
+    req.set_raw_path(forward.origin().path_and_query.as_bytes())?;
+    for (name, value) in auth.iter() {
+        // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth value", e))?;
+        value.set_sensitive(true);
+        req.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// The origin response head as the core reads it.
+pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
+    OriginHead::of(
+        resp.status.as_u16(),
+        resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    )
+}
+
+/// Applies the core's response edits to the origin's response header.
+///
+/// # Errors
+/// A header value the HTTP types refuse (not produced by the core).
+pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &ResponseEdits) -> Result<()> {
+    for name in &edits.remove {
+        resp.remove_header(name.as_str());
+    }
+    for (name, value) in &edits.set {
+        resp.insert_header(*name, value.as_str())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ixproxy_core::config::{MapSecrets, RawConfig};
+    use ixproxy_core::sign::{sign_url, SignOptions};
+    use ixproxy_core::{Decision, RequestInfo};
+
+    const NOW: u64 = 1_700_000_000;
+
+    /// The core's forward for `url` on a source with Basic auth `u:p` and handshake `hs`.
+    fn forward(url: &str) -> Forward {
+        let yaml = "sources:
+  - name: assets
+    hosts: [gw.example.com]
+    secure_url_tokens: [t]
+    origin_auth: {basic_auth: {username: u, password: p}, request_handshake: hs}
+    allowed_origin_hosts: [o.example]
+";
+        let sources = RawConfig::from_yaml(yaml)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid")
+            .sources;
+        let target = sign_url("t", url, &[], &SignOptions::default());
+        let info = RequestInfo {
+            method: "GET",
+            host: "gw.example.com",
+            target: &target,
+        };
+        match ixproxy_core::decide(&sources, &info, NOW) {
+            Decision::Forward(f) => *f,
+            Decision::Reject(r) => panic!("{url}: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn only_allowlisted_client_headers_reach_the_origin() {
+        let mut req = RequestHeader::build("GET", b"/https%3A%2F%2Fo.example%2Fa.png?s=abc", None)
+            .expect("req");
+        for (name, value) in [
+            ("Host", "gw.example.com"),
+            ("Accept", "image/webp"),
+            ("Range", "bytes=0-9"),
+            ("User-Agent", "curl/8"),
+            ("If-None-Match", "\"e\""),
+            ("Cookie", "session=1"),
+            ("Authorization", "Bearer client"),
+            ("X-Imgix-Origin-Secret", "forged"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Proxy-Authorization", "Basic x"),
+        ] {
+            req.append_header(name, value).expect("header");
+        }
+        let f = forward("https://o.example:8443/a%20b.png?v=2");
+        let uncached = req.clone();
+        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32]), false)
+            .expect("rewrite");
+
+        assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
+        let get = |n: &str| {
+            req.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("host"), ["o.example:8443"]);
+        assert_eq!(
+            get("x-imgix-origin-secret"),
+            ["hs"],
+            "client value replaced"
+        );
+        assert_eq!(
+            get("authorization"),
+            ["Basic dTpw"],
+            "client value replaced"
+        );
+        assert_eq!(get("accept"), ["image/webp"]);
+        assert_eq!(get("range"), ["bytes=0-9"]);
+        assert_eq!(get("user-agent"), ["curl/8"]);
+        assert_eq!(get("if-none-match"), ["\"e\""]);
+        for gone in ["cookie", "x-forwarded-for", "proxy-authorization"] {
+            assert!(get(gone).is_empty(), "{gone} must not reach the origin");
+        }
+        // The origin auth values are sensitive: `Debug` of the request never prints them.
+        for name in ["authorization", "x-imgix-origin-secret"] {
+            assert!(req.headers[name].is_sensitive(), "{name}");
+        }
+        assert!(!req.headers["accept"].is_sensitive());
+        // A fill of the response cache: nothing that selects a variant goes with it.
+        let mut fill = uncached;
+        rewrite_upstream_request(&mut fill, &f, &f.auth_headers(NOW, &[0; 32]), true)
+            .expect("rewrite");
+        for gone in ["accept", "user-agent"] {
+            assert!(fill.headers.get(gone).is_none(), "{gone} on a cache fill");
+        }
+        assert_eq!(fill.headers["range"], "bytes=0-9");
+        let debug = format!("{req:?}");
+        assert!(
+            !debug.contains("dTpw") && !debug.contains("\"hs\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn response_edits_apply_to_the_origin_header() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.append_header("Cache-Control", "public, max-age=31536000")
+            .expect("h");
+        resp.append_header("Set-Cookie", "a=1").expect("h");
+        resp.append_header("Set-Cookie", "b=2").expect("h");
+        resp.append_header("ETag", "\"x\"").expect("h");
+        resp.append_header("Transfer-Encoding", "chunked")
+            .expect("h");
+        let edits = ResponseEdits {
+            remove: vec!["set-cookie".to_owned()],
+            set: vec![("cache-control", "public, max-age=60".to_owned())],
+            policy_cache_control: None,
+        };
+        assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
+        apply_response_edits(&mut resp, &edits).expect("rewrite");
+        assert_eq!(resp.headers["cache-control"], "public, max-age=60");
+        assert!(resp.headers.get("set-cookie").is_none());
+        assert_eq!(resp.headers["etag"], "\"x\"");
+        assert_eq!(
+            resp.headers["transfer-encoding"], "chunked",
+            "framing stays Pingora's"
+        );
+    }
+
+    fn req_with(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/x?s=0", None).expect("req");
+        for (n, v) in headers {
+            req.append_header(n.to_string(), *v).expect("header");
+        }
+        req
+    }
+
+    #[test]
+    fn request_bodies_and_header_totals_are_measured() {
+        assert!(!has_request_body(&req_with(&[])));
+        assert!(!has_request_body(&req_with(&[("Content-Length", "0")])));
+        assert!(has_request_body(&req_with(&[("Content-Length", "1")])));
+        assert!(has_request_body(&req_with(&[(
+            "Transfer-Encoding",
+            "chunked"
+        )])));
+        let totals = header_totals(&req_with(&[("Accept", "a/b"), ("X-A", "1")]));
+        assert_eq!(
+            (totals.count, totals.bytes),
+            (2, "accept".len() + 3 + "x-a".len() + 1)
+        );
+    }
+}
