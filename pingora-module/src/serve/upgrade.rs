@@ -99,16 +99,29 @@ fn is_listening(path: &Path) -> bool {
     };
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     table.lines().skip(1).any(|line| {
-        // Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON (0x10000) in Flags
-        // marks a listening socket.
-        let fields: Vec<&str> = line.splitn(8, ' ').filter(|f| !f.is_empty()).collect();
-        let listening = fields
-            .get(3)
+        let (fields, bound) = unix_table_row(line);
+        // __SO_ACCEPTCON (0x10000) in Flags marks a listening socket.
+        let listening = fields[3]
             .and_then(|flags| u32::from_str_radix(flags, 16).ok())
             .is_some_and(|flags| flags & 0x1_0000 != 0);
-        let bound = fields.get(7).map(|p| Path::new(p.trim()));
-        listening && bound.is_some_and(|p| p == path || p == absolute)
+        let bound = Path::new(bound);
+        listening && (bound == path || bound == absolute)
     })
+}
+
+/// One row of `/proc/net/unix`: its seven fields (Num RefCount Protocol Flags Type St Inode,
+/// padded with spaces, so split on runs of them) and the bound path after them (which may hold
+/// spaces itself; empty for an unbound socket).
+fn unix_table_row(line: &str) -> ([Option<&str>; 7], &str) {
+    let mut fields = [None; 7];
+    let mut rest = line;
+    for field in &mut fields {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ').unwrap_or(rest.len());
+        *field = Some(&rest[..end]).filter(|f| !f.is_empty());
+        rest = &rest[end..];
+    }
+    (fields, rest.trim_start_matches(' ').trim_end())
 }
 
 /// While `serve -u` waits for the sockets, SIGINT, SIGTERM, SIGHUP and SIGQUIT stop it as they
@@ -368,6 +381,19 @@ mod tests {
         // The same directory back in root's hands is fine.
         std::os::unix::fs::chown(&theirs, Some(0), Some(0)).expect("chown back");
         assert_eq!(check_private(&theirs.join("u.sock")), Ok(()));
+    }
+
+    #[test]
+    fn proc_net_unix_rows_are_read_across_padding_and_spaces_in_paths() {
+        let (fields, path) = unix_table_row(
+            "0000000000000000: 00000002 00000000 00010000 0001 01   123 /run/a b/u.sock",
+        );
+        assert_eq!(fields[3], Some("00010000"));
+        assert_eq!(fields[6], Some("123"));
+        assert_eq!(path, "/run/a b/u.sock");
+        let (fields, path) =
+            unix_table_row("0000000000000000: 00000003 00000000 00000000 0001 03 40981");
+        assert_eq!((fields[3], path), (Some("00000000"), ""));
     }
 
     #[test]
