@@ -527,7 +527,10 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        resp.remove_header(STORED_ORIGIN_HEADER);
+        if ctx.cache_used {
+            // Only what the cache stored carries it.
+            resp.remove_header(STORED_ORIGIN_HEADER);
+        }
         if let Some(forward) = ctx.forward.as_ref() {
             let stored = cache::joined(resp, header::CACHE_CONTROL);
             if let Some(capped) =
