@@ -53,30 +53,8 @@ fn config(yaml: &str, what: &str) -> Config {
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// A Kubernetes quantity (`384Mi`, `1Gi`, `400M`, `268435456`) in bytes.
-fn quantity(text: &str) -> u64 {
-    let units: [(&str, u64); 6] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("k", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
-    let (number, unit) = units
-        .iter()
-        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, *unit)))
-        .unwrap_or((text, 1));
-    number
-        .trim()
-        .parse::<u64>()
-        .unwrap_or_else(|e| panic!("quantity {text}: {e}"))
-        * unit
-}
-
-/// A systemd size (`MemoryMax=256M`: K, M, G are powers of 1024).
-fn systemd_size(text: &str) -> u64 {
-    let units = [("K", 1u64 << 10), ("M", 1 << 20), ("G", 1 << 30)];
+/// `text` in bytes: a number with at most one of the `units` suffixes.
+fn size(text: &str, units: &[(&str, u64)]) -> u64 {
     let (number, unit) = units
         .iter()
         .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, *unit)))
@@ -86,6 +64,26 @@ fn systemd_size(text: &str) -> u64 {
         .parse::<u64>()
         .unwrap_or_else(|e| panic!("size {text}: {e}"))
         * unit
+}
+
+/// A Kubernetes quantity (`384Mi`, `1Gi`, `400M`, `268435456`) in bytes.
+fn quantity(text: &str) -> u64 {
+    size(
+        text,
+        &[
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("k", 1000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+        ],
+    )
+}
+
+/// A systemd size (`MemoryMax=256M`: K, M, G are powers of 1024).
+fn systemd_size(text: &str) -> u64 {
+    size(text, &[("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)])
 }
 
 /// What `config` may hold at most, by the inequality above, with its terms for the message.
