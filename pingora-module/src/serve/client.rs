@@ -250,6 +250,10 @@ where
         head: &mut BytesMut,
         deadline: Instant,
     ) -> Option<()> {
+        // Usually the first read held the whole head: no timer then.
+        if head_ends(head) {
+            return Some(());
+        }
         let read = async {
             let mut scanned = 0;
             loop {
@@ -292,11 +296,14 @@ async fn read_first(stream: &mut Stream) -> Option<BytesMut> {
 }
 
 /// Whether `bytes` holds the empty line that ends a request head (CRLF or a bare LF, both of
-/// which Pingora's parser accepts).
+/// which Pingora's parser accepts). A head usually ends the read that completes it, so the end
+/// of `bytes` is looked at first.
 fn head_ends(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(i, b)| {
-        *b == b'\n' && matches!(bytes.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..]))
-    })
+    bytes.ends_with(b"\n\r\n")
+        || bytes.ends_with(b"\n\n")
+        || bytes.iter().enumerate().any(|(i, b)| {
+            *b == b'\n' && matches!(bytes.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..]))
+        })
 }
 
 #[async_trait]
@@ -349,6 +356,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line_with_crlf_or_a_bare_lf() {
+        assert!(head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\n"));
+        // Followed by a pipelined request or a body: the end is inside.
+        assert!(head_ends(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n"
+        ));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\nxyz"));
+        // Not yet: a partial header, a header line just ended, or an end still to come.
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!head_ends(b""));
+    }
 
     #[test]
     fn keepalive_is_whole_seconds_rounded_up_never_zero() {
