@@ -192,6 +192,10 @@ pub struct RawLimits {
     /// Client connections open at once (default 10000); more are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Client connections open at once from one client address (default 0 = no limit; native
+    /// gateway only); more from that address are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<usize>,
     /// Origin fetches in flight per source (default 0 = unlimited); over it → 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inflight_per_source: Option<u32>,
@@ -374,6 +378,22 @@ pub struct ClientLimits {
     pub write_timeout: Duration,
     /// Client connections open at once.
     pub max_connections: usize,
+    /// Client connections open at once from one client address; 0 = no limit. Only the native
+    /// gateway applies it.
+    pub max_connections_per_client: usize,
+}
+
+impl ClientLimits {
+    /// The fields set to something other than their default that only the native gateway
+    /// applies (Envoy has no per-address connection limit): what `ixproxy envoy-config` warns
+    /// about, with [`Operating::native_only_fields`].
+    pub fn native_only_fields(&self) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.max_connections_per_client != 0 {
+            fields.push("limits.max_connections_per_client");
+        }
+        fields
+    }
 }
 
 /// Validated limits; everything on the request path needs, carried by [`Sources`].

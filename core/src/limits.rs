@@ -1,5 +1,6 @@
 //! Rules over how much one gateway takes on at once (README: Configuration, `limits:`): client
-//! connections open together and origin fetches in flight per source. The runtimes count; the
+//! connections open together, in all and from one client address, and origin fetches in flight
+//! per source. The runtimes count; the
 //! core says whether one more is admitted and what the client gets when it is not.
 
 use crate::config::{ClientLimits, Limits};
@@ -8,6 +9,14 @@ use crate::outcome::Rejection;
 /// Whether one more client connection may be served while `open` are already being served.
 pub fn admits_connection(limits: &ClientLimits, open: usize) -> bool {
     open < limits.max_connections
+}
+
+/// Whether one more connection from a client address may be served while `open_from_client`
+/// connections from that address are already being served (`limits.max_connections_per_client`,
+/// 0 = no limit), so that one address cannot take every slot of `max_connections`. Asked after
+/// [`admits_connection`]; a connection refused by either is closed at once.
+pub fn admits_client_connection(limits: &ClientLimits, open_from_client: usize) -> bool {
+    limits.max_connections_per_client == 0 || open_from_client < limits.max_connections_per_client
 }
 
 /// Whether one more origin fetch of a source may start while `in_flight` of its fetches are
@@ -47,11 +56,32 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
             max_connections: 2,
+            max_connections_per_client: 0,
         };
         assert!(admits_connection(&limits, 0));
         assert!(admits_connection(&limits, 1));
         assert!(!admits_connection(&limits, 2));
         assert!(!admits_connection(&limits, 3));
+    }
+
+    #[test]
+    fn connections_from_one_address_are_admitted_below_its_share_and_zero_is_no_limit() {
+        let mut limits = ClientLimits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            max_connections: 100,
+            max_connections_per_client: 0,
+        };
+        assert!(admits_client_connection(&limits, 0));
+        assert!(
+            admits_client_connection(&limits, usize::MAX - 1),
+            "0 = no limit"
+        );
+        limits.max_connections_per_client = 3;
+        assert!(admits_client_connection(&limits, 2));
+        assert!(!admits_client_connection(&limits, 3));
+        assert!(!admits_client_connection(&limits, 4));
     }
 
     #[test]

@@ -475,6 +475,24 @@ fn cases() -> Vec<Case> {
             "limits.max_connections",
             "greater than zero",
         ),
+        case(
+            "max_connections_per_client is a share of max_connections",
+            edit(
+                "sources:\n",
+                "limits: {max_connections: 10, max_connections_per_client: 11}\nsources:\n",
+            ),
+            "limits.max_connections_per_client",
+            "at most limits.max_connections (10)",
+        ),
+        case(
+            "max_connections_per_client is a count",
+            edit(
+                "sources:\n",
+                "limits: {max_connections_per_client: -1}\nsources:\n",
+            ),
+            "limits.max_connections_per_client",
+            "expected usize",
+        ),
     ]
 }
 
@@ -590,6 +608,10 @@ fn defaults_apply_when_fields_are_absent() {
     assert_eq!(config.client.idle_timeout, Duration::from_secs(30));
     assert_eq!(config.client.write_timeout, Duration::from_secs(30));
     assert_eq!(config.client.max_connections, 10_000);
+    assert_eq!(
+        config.client.max_connections_per_client, 0,
+        "no per-client limit"
+    );
     assert_eq!(config.sources.limits().max_inflight_per_source, 0);
     let source = config.sources.by_host("a.test").expect("source");
     assert_eq!(source.origin_auth, Default::default());

@@ -112,7 +112,8 @@ pub struct Options {
 
 /// The warning for each native-only operating field set in a config given to the generator.
 pub const NATIVE_ONLY_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
-    applies it (Envoy has its own --concurrency, --drain-time-s and listener TLS)";
+    applies it (Envoy has its own --concurrency, --drain-time-s and listener TLS, and no \
+    per-client connection limit)";
 
 /// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
 /// by `ixproxy envoy-config` whenever `cache:` is on.
@@ -226,7 +227,8 @@ fn render(
             message: CLIENT_STALL_WARNING.to_owned(),
         });
     }
-    for field in config.operating.native_only_fields() {
+    let native_only = config.client.native_only_fields().into_iter();
+    for field in native_only.chain(config.operating.native_only_fields()) {
         warnings.push(ConfigWarning {
             path: field.to_owned(),
             message: NATIVE_ONLY_WARNING.to_owned(),
@@ -603,7 +605,10 @@ mod tests {
         .expect("generates");
         assert!(!without.warnings.iter().any(|w| w.path == "cache"));
         let native = generate_with(
-            &format!("tls:\n  cert_file: /c\n  key_file: /k\nh2c: true\n{CONFIG}"),
+            &format!(
+                "limits: {{max_connections_per_client: 5}}\ntls:\n  cert_file: /c\n  \
+                 key_file: /k\nh2c: true\n{CONFIG}"
+            ),
             Path::new("."),
             Path::new("/x.wasm"),
             &Options {
@@ -617,7 +622,7 @@ mod tests {
             .filter(|w| w.message == NATIVE_ONLY_WARNING)
             .map(|w| w.path.as_str())
             .collect();
-        assert_eq!(named, ["tls", "h2c"]);
+        assert_eq!(named, ["limits.max_connections_per_client", "tls", "h2c"]);
     }
 
     #[test]

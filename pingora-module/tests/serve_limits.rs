@@ -1,12 +1,15 @@
 //! The client connection limits and timeouts and the origin body timeout of `ixproxy serve`
 //! (README: The native gateway), on the real binary with 1 s timeouts: idle, slow-header and
 //! slow-reading clients are dropped at their timeouts while other clients are served,
-//! `max_connections` refuses the connection over it, `max_inflight_per_source` answers 503
+//! `max_connections` refuses the connection over it, `max_connections_per_client` refuses one
+//! address's connections over its share while another address is served,
+//! `max_inflight_per_source` answers 503
 //! and releases its slots on every path, an origin pausing inside its body longer than
 //! `upstream.body_timeout` is cut, and a slow download outlives `upstream.timeout`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -323,6 +326,92 @@ fn max_connections_closes_the_connection_over_it_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served, "no connection admitted after one closed");
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8).
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let SocketAddr::V4(to) = to else {
+        panic!("the gateway listens on 127.0.0.1")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+    )
+    .expect("bind");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// Whether the server closed `conn` within `limit` without sending anything.
+fn closed_unanswered_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    let (got, closed) = read_to_close(conn, limit);
+    got.is_empty() && closed.is_some()
+}
+
+#[test]
+fn one_client_address_cannot_take_every_connection() {
+    const SHARE: usize = 5;
+    let origin = RecordingOrigin::start().expect("origin");
+    let config = CONFIG
+        .replace(
+            "max_connections: 50",
+            &format!("max_connections: 8\n  max_connections_per_client: {SHARE}"),
+        )
+        .replace("client_header_timeout: 1s", "client_header_timeout: 30s");
+    let serve = start(&config);
+    let addr = serve.listen();
+    let attacker = Ipv4Addr::new(127, 0, 0, 1);
+    let ok = format!("http://{}/asset/ok.jpg", origin.http);
+    let req = RawRequest::get("other.test", &signed(&ok));
+
+    // Slowloris from one address: more partial headers than its share, each kept open.
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..SHARE + 3 {
+        let mut conn = connect_from(attacker, addr);
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: held.test\r\nX-Slow: ")
+            .expect("partial header");
+        if closed_unanswered_within(&mut conn, Duration::from_millis(300)) {
+            refused += 1;
+        } else {
+            open.push(conn);
+        }
+    }
+    assert_eq!((open.len(), refused), (SHARE, 3));
+
+    // A second address is still served, and its connection is not counted against the first.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), addr);
+    other.write_all(&req.to_bytes_with(true)).expect("send");
+    let (got, _) = read_to_close(&mut other, TIMEOUT);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+
+    // Once one of the first address's connections closes, it gets that slot back.
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..40 {
+        let mut again = connect_from(attacker, addr);
+        again.write_all(&req.to_bytes_with(true)).expect("send");
+        let (got, _) = read_to_close(&mut again, TIMEOUT);
+        if got.starts_with(b"HTTP/1.1 200 ") {
+            served = true;
+            break;
+        }
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        served,
+        "no slot given back to 127.0.0.1 after one of its connections closed"
+    );
 }
 
 /// `/hold`: the head at once, then 15 body bytes over 3 s (each pause within the body

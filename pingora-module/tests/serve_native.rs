@@ -1,5 +1,6 @@
 //! What only the native gateway does, checked on the real `ixproxy serve`: origin TLS trust from
-//! `upstream.ca_file`, pooled origin connections, bounded memory under origin faults, its own
+//! `upstream.ca_file`, pooled origin connections, bounded memory under origin faults and for
+//! connections that never finish their request header, its own
 //! outcome counters (`origin_error`, `origin_timeout` are native labels), and the two refusals
 //! whose shape differs on Envoy. Everything runtime-neutral is in the conformance suite.
 
@@ -275,4 +276,52 @@ fn memory_stays_bounded_under_origin_faults_and_over_limit_bodies() {
         growth_mib < 64,
         "gateway memory grew by {growth_mib} MiB ({before} → {after} KiB)"
     );
+}
+
+/// The gateway's RSS once two reads 200 ms apart differ by less than 256 KiB (at most 5 s).
+fn settled_rss_kib(serve: &ServeProcess) -> u64 {
+    let mut last = rss_kib(serve);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss_kib(serve);
+        if now.abs_diff(last) < 256 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_header_holds_no_proxy_session() {
+    // Well under a default 1024-descriptor limit in this process and the gateway's.
+    const CONNECTIONS: u64 = 800;
+    /// A proxy session per partial header cost 35 KB (release), 34 KB (debug); with the head
+    /// read first, 15 KB (release) and 13 to 15 KB (debug). README: Limits.
+    const BOUND: u64 = 24 * 1024;
+    let serve = start(&CONFIG.replace(
+        "sources:",
+        "limits:\n  client_header_timeout: 60s\n  max_connections: 2000\nsources:",
+    ));
+    let addr = serve.listen();
+    for _ in 0..20 {
+        let refused = send(addr, &RawRequest::get("gw.test", "/x"), TIMEOUT).expect("warm-up");
+        assert_eq!(refused.status, 403);
+    }
+    let before = settled_rss_kib(&serve);
+    let held: Vec<std::net::TcpStream> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+            std::io::Write::write_all(&mut conn, b"GET /x HTTP/1.1\r\nHost: gw.test\r\nX-Slow: ")
+                .expect("partial header");
+            conn
+        })
+        .collect();
+    let after = settled_rss_kib(&serve);
+    let per_connection = after.saturating_sub(before) * 1024 / CONNECTIONS;
+    assert!(
+        per_connection < BOUND,
+        "{CONNECTIONS} partial headers: RSS {before} -> {after} KiB, {per_connection} B each"
+    );
+    drop(held);
 }

@@ -1,7 +1,8 @@
 //! `ixproxy serve` with `tls:` and `h2c:` (README: TLS and HTTP/2), driven by the real `curl`
 //! and a rustls client: HTTP/2 negotiated through ALPN over TLS, HTTP/1.1 over TLS on one
 //! keep-alive connection with the client timeouts still enforced, h2c with prior knowledge and
-//! HTTP/1.1 on the same plain port, and the start-up errors for bad certificate or key files.
+//! HTTP/1.1 on the same plain port, silent TLS handshakes held to `max_connections` and
+//! `client_header_timeout`, and the start-up errors for bad certificate or key files.
 //! A CA and the gateway's certificate are generated for each test. Without `curl` on the PATH
 //! the curl tests print why and pass.
 
@@ -428,6 +429,87 @@ fn http1_over_tls_keeps_the_client_header_and_idle_timeouts() {
         pki.issued.cert_der,
         "the configured certificate is served"
     );
+}
+
+/// How long after its connect `conn` was closed by the server (EOF or reset), if within
+/// `limit`.
+fn closed_after(mut conn: TcpStream, connected: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 1024];
+    let end = connected + limit;
+    loop {
+        let left = end.checked_duration_since(Instant::now())?;
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(connected.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(connected.elapsed())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn silent_tls_handshakes_count_in_max_connections_and_end_at_the_header_timeout() {
+    const LIMIT: usize = 20;
+    const EXTRA: usize = 10;
+    let pki = pki();
+    let origin = RecordingOrigin::start().expect("origin");
+    let limits = format!("limits:\n  client_header_timeout: 1s\n  max_connections: {LIMIT}\n");
+    let serve = start(&config(&format!(
+        "{}{limits}",
+        tls_yaml(&pki.cert_file, &pki.key_file)
+    )));
+
+    // An attacker opens TCP connections to the HTTPS port and never starts the handshake.
+    let silent: Vec<(TcpStream, Instant)> = (0..LIMIT + EXTRA)
+        .map(|_| {
+            let conn = TcpStream::connect_timeout(&serve.listen(), TIMEOUT).expect("connect");
+            (conn, Instant::now())
+        })
+        .collect();
+    let closed: Vec<Option<Duration>> = std::thread::scope(|scope| {
+        let waits: Vec<_> = silent
+            .into_iter()
+            .map(|(conn, at)| scope.spawn(move || closed_after(conn, at, Duration::from_secs(5))))
+            .collect();
+        waits
+            .into_iter()
+            .map(|w| w.join().expect("reader"))
+            .collect()
+    });
+    let at_once = closed
+        .iter()
+        .filter(|c| c.is_some_and(|took| took < Duration::from_millis(500)))
+        .count();
+    let at_timeout = closed
+        .iter()
+        .filter(|c| {
+            c.is_some_and(|took| {
+                (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took)
+            })
+        })
+        .count();
+    assert_eq!(
+        (at_once, at_timeout),
+        (EXTRA, LIMIT),
+        "closed after: {closed:?}"
+    );
+
+    // Their slots are free again: a real TLS client is served.
+    let mut tls = tls_connect(serve.listen(), &pki.ca);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        signed(&origin, "/asset/after.jpg")
+    );
+    tls.write_all(request.as_bytes()).expect("send");
+    tls.flush().expect("flush");
+    let (got, _) = read_to_close(&mut tls);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
 }
 
 fn tls_peer_cert(tls: &rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> Vec<u8> {

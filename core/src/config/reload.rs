@@ -62,6 +62,10 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
             "limits.max_connections",
             old_client.max_connections != new_client.max_connections,
         ),
+        (
+            "limits.max_connections_per_client",
+            old_client.max_connections_per_client != new_client.max_connections_per_client,
+        ),
         ("cache", running.cache != new.cache),
         ("server.threads", old_op.threads != new_op.threads),
         (
@@ -109,7 +113,7 @@ mod tests {
         let running = config("");
         let new = config(
             "listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:2\nlimits: {client_idle_timeout: 1s, \
-             max_connections: 5}\ncache: {max_bytes: 1000, max_object_bytes: 100}\nserver: {threads: 2, grace_period: \
+             max_connections: 5, max_connections_per_client: 3}\ncache: {max_bytes: 1000, max_object_bytes: 100}\nserver: {threads: 2, grace_period: \
              1s}\ntls: {cert_file: /c, key_file: /k}\nh2c: true\naccess_log: text\n\
              trusted_proxies: [10.0.0.0/8]\n",
         );
@@ -120,6 +124,7 @@ mod tests {
                 "admin_listen",
                 "limits.client_idle_timeout",
                 "limits.max_connections",
+                "limits.max_connections_per_client",
                 "cache",
                 "server.threads",
                 "server.grace_period",

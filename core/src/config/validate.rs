@@ -131,6 +131,14 @@ pub(super) fn client_limits(raw: &RawLimits) -> Result<ClientLimits, ConfigError
         Some(0) => return Err(error("limits.max_connections", "must be greater than zero")),
         other => other.unwrap_or(DEFAULT_MAX_CONNECTIONS),
     };
+    let max_connections_per_client = raw.max_connections_per_client.unwrap_or(0);
+    // A share as large as the whole could never refuse anything: a mistake, not a setting.
+    if max_connections_per_client > max_connections {
+        return Err(error(
+            "limits.max_connections_per_client",
+            format!("at most limits.max_connections ({max_connections}); 0 = no per-client limit"),
+        ));
+    }
     Ok(ClientLimits {
         header_timeout: duration(
             raw.client_header_timeout.as_deref(),
@@ -148,6 +156,7 @@ pub(super) fn client_limits(raw: &RawLimits) -> Result<ClientLimits, ConfigError
             "limits.client_write_timeout",
         )?,
         max_connections,
+        max_connections_per_client,
     })
 }
 

@@ -1,22 +1,29 @@
 //! Client connections of the gateway listener (README: The native gateway): how many are served
-//! at once (`limits.max_connections`), how long one may sit idle between requests
-//! (`client_idle_timeout`), take to send a request header (`client_header_timeout`) or leave a
+//! at once (`limits.max_connections`, and `limits.max_connections_per_client` from one client
+//! address), how long one may sit idle between requests (`client_idle_timeout`), take to
+//! finish its TLS handshake and send a request header (`client_header_timeout`) or leave a
 //! response write without progress (`client_write_timeout`).
 //!
 //! [`ClientConnections`] is the listener's application. It admits each accepted connection by
-//! the core's [`admits_connection`] rule (one over the limit is closed at once, before any byte
-//! is read) and runs the HTTP/1 keep-alive loop itself instead of Pingora's, whose keep-alive
-//! wait becomes unbounded after the first request: between requests it waits for the next
-//! request's first bytes for at most the idle timeout (or until shutdown), hands them to the
-//! next session as its first bytes, and starts that request's header deadline then. Every
-//! session gets the write timeout (each response write must complete within it) and the
-//! header deadline is enforced by [`super::deadline`]. HTTP/1.1 over TLS (ALPN `http/1.1` or
-//! none) runs this same loop on the decrypted stream. HTTP/2 (ALPN `h2`, or the h2c preface
-//! when `h2c` is on) and custom protocols go through Pingora's own loop: the header deadline
-//! and the write timeout still apply to each stream (set by [`super::deadline`]), and
-//! Pingora's `h2_idle_timeout` (`client_idle_timeout`) closes a connection with no stream open
-//! (a header block that never completes opens none).
+//! the core's [`admits_connection`] and [`admits_client_connection`] rules (one over either
+//! limit is closed at once, before any byte is read). On HTTPS it then runs the TLS handshake
+//! itself, within the header deadline that starts at accept: the listener is plain TCP, because
+//! Pingora's TLS listener shakes hands before any application sees the connection, outside
+//! every limit and under a fixed 60 s timeout. It runs the HTTP/1 keep-alive loop itself
+//! instead of Pingora's, whose keep-alive wait becomes unbounded after the first request:
+//! between requests it waits for the next request's first bytes for at most the idle timeout
+//! (or until shutdown), hands them to the next session as its first bytes, and starts that
+//! request's header deadline then. Every session gets the write timeout (each response write
+//! must complete within it) and the header deadline is enforced by [`super::deadline`].
+//! HTTP/1.1 over TLS (ALPN `http/1.1` or none) runs this same loop on the decrypted stream.
+//! HTTP/2 (ALPN `h2`, or the h2c preface when `h2c` is on) and custom protocols go through
+//! Pingora's own loop: the header deadline and the write timeout still apply to each stream
+//! (set by [`super::deadline`]), and Pingora's `h2_idle_timeout` (`client_idle_timeout`) closes
+//! a connection with no stream open (a header block that never completes opens none).
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +31,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use ixproxy_core::config::ClientLimits;
-use ixproxy_core::limits::admits_connection;
+use ixproxy_core::limits::{admits_client_connection, admits_connection};
 use log::debug;
-use pingora::apps::{HttpServerApp, ServerApp};
+use parking_lot::Mutex;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -36,41 +46,129 @@ use super::deadline::Deadlined;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), for recognising h2c like Pingora does.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// First read of a keep-alive connection's next request.
-const FIRST_READ_BYTES: usize = 4096;
+/// First read of a request head, into the connection's future rather than the heap: a
+/// connection waiting for a request holds no buffer of its own (README: Limits).
+const FIRST_READ_BYTES: usize = 1024;
+/// Room for a head that did not fit its first read.
+const HEAD_BYTES: usize = 4096;
+/// Longest request head [`ClientConnections::read_head`] collects before the session starts:
+/// above `limits.max_request_target_bytes` + `max_request_header_bytes` by default, so the
+/// session's parser sees a longer head and refuses it (414 / 431) like any other.
+const HEAD_READ_LIMIT: usize = 64 * 1024;
 
-/// The listener application: admission, the keep-alive loop and the per-session timeouts
-/// around the gateway.
+/// The listener application: admission, the TLS handshake, the keep-alive loop and the
+/// per-session timeouts around the gateway.
 pub struct ClientConnections<A> {
     app: Arc<Deadlined<A>>,
     limits: ClientLimits,
-    open: Arc<AtomicUsize>,
+    open: Arc<Open>,
+    /// The HTTPS acceptor (`tls:`), or `None` for plain HTTP.
+    tls: Option<Acceptor>,
 }
 
-/// One admitted connection; the count goes down when it is dropped.
-struct Admitted(Arc<AtomicUsize>);
+/// The connections being served: in all, and per client address while
+/// `max_connections_per_client` is set. An address is in the map only while it has a
+/// connection open, so the map never holds more than `max_connections` entries.
+#[derive(Default)]
+struct Open {
+    all: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; its counts go down when it is dropped.
+struct Admitted {
+    open: Arc<Open>,
+    /// The address counted in `per_client`, if any.
+    client: Option<IpAddr>,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(client) = self.client {
+            if let Entry::Occupied(mut open) = self.open.per_client.lock().entry(client) {
+                *open.get_mut() -= 1;
+                if *open.get() == 0 {
+                    open.remove();
+                }
+            }
+        }
+        self.open.all.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// The client address of `stream`, IPv4-mapped IPv6 as IPv4 (one client, one count).
+fn client_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    let addr = digest.peer_addr()?.as_inet()?;
+    Some(addr.ip().to_canonical())
+}
+
 impl<A> ClientConnections<A> {
-    /// Serves `app` under `limits`.
-    pub fn new(app: Deadlined<A>, limits: ClientLimits) -> Self {
+    /// Serves `app` under `limits`, with the TLS handshake of `tls` first on every connection
+    /// when it is set.
+    pub fn new(app: Deadlined<A>, limits: ClientLimits, tls: Option<Acceptor>) -> Self {
         ClientConnections {
             app: Arc::new(app),
             limits,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::default(),
+            tls,
         }
     }
 
-    /// Counts the connection in, if the core admits one more.
-    fn admit(&self) -> Option<Admitted> {
-        let before = self.open.fetch_add(1, Ordering::SeqCst);
-        let admitted = Admitted(Arc::clone(&self.open));
-        admits_connection(&self.limits, before).then_some(admitted)
+    /// Counts the connection in, if the core admits one more in all and from its address;
+    /// otherwise the limit that refused it.
+    fn admit(&self, stream: &Stream) -> Result<Admitted, &'static str> {
+        let before = self.open.all.fetch_add(1, Ordering::SeqCst);
+        let mut admitted = Admitted {
+            open: Arc::clone(&self.open),
+            client: None,
+        };
+        if !admits_connection(&self.limits, before) {
+            return Err("limits.max_connections");
+        }
+        if self.limits.max_connections_per_client == 0 {
+            return Ok(admitted);
+        }
+        // Without an address (not TCP) there is no client to count against.
+        let Some(client) = client_ip(stream) else {
+            return Ok(admitted);
+        };
+        let mut per_client = self.open.per_client.lock();
+        let from_client = per_client.get(&client).copied().unwrap_or(0);
+        if !admits_client_connection(&self.limits, from_client) {
+            return Err("limits.max_connections_per_client");
+        }
+        per_client.insert(client, from_client + 1);
+        admitted.client = Some(client);
+        Ok(admitted)
+    }
+
+    /// The TLS handshake of `stream`, when HTTPS is on, finished by `deadline`; `None` when it
+    /// failed or took too long (the connection is then closed).
+    async fn handshake(&self, stream: Stream, deadline: Instant) -> Option<Stream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(stream);
+        };
+        // The listener is plain TCP (`listen::PreBound::new`): every stream it hands over is
+        // Pingora's L4 stream, which its TLS acceptor takes.
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            debug!("connection closed: not a TCP stream on the HTTPS listener");
+            return None;
+        };
+        // Boxed: the handshake's state is large (rustls' included) and lives only until it ends,
+        // not in the connection's future for all its life.
+        let handshake = Box::pin(acceptor.tls_handshake(*l4));
+        match tokio::time::timeout_at(deadline.into(), handshake).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                debug!("TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                debug!("TLS handshake not done within client_header_timeout: connection closed");
+                None
+            }
+        }
     }
 }
 
@@ -84,8 +182,9 @@ impl<A> ClientConnections<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    /// Whether Pingora would serve `stream` as HTTP/1 (no h2 ALPN, no h2c preface, not custom).
-    async fn is_http1(&self, stream: &mut Stream) -> bool {
+    /// Whether Pingora would serve `stream` as HTTP/1 (no h2 ALPN, no h2c preface, not custom);
+    /// the preface must arrive by the header `deadline`.
+    async fn is_http1(&self, stream: &mut Stream, deadline: Instant) -> bool {
         let options = self.app.server_options();
         if options.is_some_and(|o| o.force_custom)
             || matches!(
@@ -98,7 +197,7 @@ where
         if stream.get_ssl_digest().is_none() && options.is_some_and(|o| o.h2c) {
             let mut preface = [0u8; H2_PREFACE.len()];
             let peek = stream.try_peek(&mut preface);
-            return match tokio::time::timeout(self.limits.header_timeout, peek).await {
+            return match tokio::time::timeout_at(deadline.into(), peek).await {
                 Ok(Ok(true)) => preface != H2_PREFACE,
                 _ => true,
             };
@@ -125,13 +224,11 @@ where
         stream: &mut Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<BytesMut> {
-        let mut first = BytesMut::with_capacity(FIRST_READ_BYTES);
         let mut shutdown = shutdown.clone();
-        let read = tokio::time::timeout(self.limits.idle_timeout, stream.read_buf(&mut first));
+        let read = tokio::time::timeout(self.limits.idle_timeout, read_first(stream));
         tokio::select! {
             read = read => match read {
-                Ok(Ok(n)) if n > 0 => Some(first),
-                Ok(_) => None,
+                Ok(first) => first,
                 Err(_) => {
                     debug!("keep-alive connection idle past client_idle_timeout: closed");
                     None
@@ -140,6 +237,73 @@ where
             _ = shutdown.wait_for(|stopping| *stopping) => None,
         }
     }
+
+    /// Reads the request head into `head` (which may hold its first bytes already) until it
+    /// is complete, [`HEAD_READ_LIMIT`] bytes long, or `deadline` passes; `None` when the
+    /// client closed or the deadline passed (the connection is then closed, nothing counted:
+    /// no request was received). A session is made only for a head read this way, so a
+    /// connection that has not sent its whole head holds this buffer and no more, instead of
+    /// a whole proxy session (README: Limits).
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        head: &mut BytesMut,
+        deadline: Instant,
+    ) -> Option<()> {
+        // Usually the first read held the whole head: no timer then.
+        if head_ends(head) {
+            return Some(());
+        }
+        let read = async {
+            let mut scanned = 0;
+            loop {
+                if head_ends(&head[scanned..]) || head.len() >= HEAD_READ_LIMIT {
+                    return Some(());
+                }
+                // An end split across two reads is found from the previous read's last bytes.
+                scanned = head.len().saturating_sub(2);
+                if head.is_empty() {
+                    *head = read_first(stream).await?;
+                    continue;
+                }
+                if head.capacity() == head.len() {
+                    head.reserve(head.len());
+                }
+                match stream.read_buf(head).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return None,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(done) => done,
+            Err(_) => {
+                debug!("client request header not complete in time: connection closed");
+                None
+            }
+        }
+    }
+}
+
+/// The first bytes of a request head, read into a buffer on the stack and then copied to one
+/// sized for what came: `None` when the client closed or failed.
+async fn read_first(stream: &mut Stream) -> Option<BytesMut> {
+    let mut first = [0u8; FIRST_READ_BYTES];
+    let n = stream.read(&mut first).await.ok().filter(|n| *n > 0)?;
+    let mut head = BytesMut::with_capacity(if n == first.len() { HEAD_BYTES } else { n });
+    head.extend_from_slice(&first[..n]);
+    Some(head)
+}
+
+/// Whether `bytes` holds the empty line that ends a request head (CRLF or a bare LF, both of
+/// which Pingora's parser accepts). A head usually ends the read that completes it, so the end
+/// of `bytes` is looked at first.
+fn head_ends(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"\n\r\n")
+        || bytes.ends_with(b"\n\n")
+        || bytes.iter().enumerate().any(|(i, b)| {
+            *b == b'\n' && matches!(bytes.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..]))
+        })
 }
 
 #[async_trait]
@@ -149,37 +313,38 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let accepted = Instant::now();
-        let Some(_admitted) = self.admit() else {
-            debug!(
-                "connection closed at once: {} client connections open (limits.max_connections)",
-                self.limits.max_connections
-            );
-            return None;
+        let mut header_deadline = Instant::now() + self.limits.header_timeout;
+        let _admitted = match self.admit(&stream) {
+            Ok(admitted) => admitted,
+            Err(limit) => {
+                debug!("connection closed at once: over {limit}");
+                return None;
+            }
         };
-        if !self.is_http1(&mut stream).await {
+        let mut stream = self.handshake(stream, header_deadline).await?;
+        if !self.is_http1(&mut stream, header_deadline).await {
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        let mut session = ServerSession::new_http1(stream);
-        self.configure(&mut session, shutdown);
-        let mut header_deadline = accepted + self.limits.header_timeout;
+        let mut head = BytesMut::new();
+        let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let reused = self
-                .app
-                .run_session(session, shutdown, header_deadline)
+            self.read_head(&mut stream, &mut head, header_deadline)
                 .await?;
-            let (mut stream, settings) = reused.consume();
-            let first = self.next_request(&mut stream, shutdown).await?;
-            header_deadline = Instant::now() + self.limits.header_timeout;
-            session = ServerSession::new_http1(stream);
+            let mut session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            session.set_pipelined_prefix(first);
+            session.set_pipelined_prefix(head);
             self.configure(&mut session, shutdown);
+            // Boxed for the request's time only: inline, its state would sit in the
+            // connection's future while it waits for a head (README: Limits).
+            let reused = Box::pin(self.app.run_session(session, shutdown, header_deadline)).await?;
+            (stream, settings) = reused.consume();
+            head = self.next_request(&mut stream, shutdown).await?;
+            header_deadline = Instant::now() + self.limits.header_timeout;
         }
     }
 
@@ -191,6 +356,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line_with_crlf_or_a_bare_lf() {
+        assert!(head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\n"));
+        // Followed by a pipelined request or a body: the end is inside.
+        assert!(head_ends(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n"
+        ));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\nxyz"));
+        // Not yet: a partial header, a header line just ended, or an end still to come.
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!head_ends(b""));
+    }
 
     #[test]
     fn keepalive_is_whole_seconds_rounded_up_never_zero() {

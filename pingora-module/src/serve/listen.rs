@@ -18,23 +18,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::{Fds, ListenFds, RuntimeOpts, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service;
 
-/// Read buffering in front of a plain client connection: none. Pingora's default is a 64 KiB
-/// buffer per connection, which an idle keep-alive connection holds all its life (1,000 idle
-/// connections: 64 MiB); its HTTP layer reads the request head into a buffer of its own anyway,
-/// and a GET or HEAD has no body to read ahead of (bench/NOTES.md).
+/// Read buffering in front of a client connection: none, plain or TLS. Pingora's default is a
+/// 64 KiB buffer per connection, which an idle keep-alive connection holds all its life (1,000
+/// idle connections: 64 MiB); its HTTP layer reads the request head into a buffer of its own
+/// anyway, and a GET or HEAD has no body to read ahead of (bench/NOTES.md). Under TLS a client
+/// sends a request in one small record, which rustls reads in one call without it; a 17 KiB
+/// buffer there cost 23 KB per connection (bench/conn_memory.py, README: Limits).
 fn plain_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }
-
-/// Read buffering under TLS: one record (16 KiB of plaintext plus its overhead) per read,
-/// instead of a system call per rustls read.
-const TLS_READ_BUFFER: usize = 17 * 1024;
 
 /// A TCP listener bound by ixproxy (or inherited on an upgrade), not yet handed to Pingora.
 #[derive(Debug)]
@@ -109,30 +106,6 @@ impl<A> PreBound<ListeningService<A>> {
     pub fn new(mut service: ListeningService<A>, listener: BoundListener) -> Self {
         let key = listener.addr.to_string();
         service.add_listener(ListenerConfig::tcp(&key).l4_buffer(plain_buffers()));
-        PreBound {
-            inner: service,
-            key,
-            listener: Some(listener.listener),
-        }
-    }
-
-    /// Like [`PreBound::new`], with TLS on the endpoint (`tls: None`: plain TCP): Pingora does
-    /// the handshake with `tls` before the application sees the connection. The listen-fd
-    /// table is keyed by address alone, so the pre-bound socket is used all the same.
-    pub fn with_tls(
-        mut service: ListeningService<A>,
-        listener: BoundListener,
-        tls: Option<TlsSettings>,
-    ) -> Self {
-        let Some(tls) = tls else {
-            return PreBound::new(service, listener);
-        };
-        let key = listener.addr.to_string();
-        service.add_listener(
-            ListenerConfig::tcp(&key)
-                .tls(tls)
-                .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
-        );
         PreBound {
             inner: service,
             key,

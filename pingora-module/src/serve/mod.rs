@@ -271,13 +271,12 @@ fn prepare(
                 client.write_timeout,
             ),
             client,
+            tls_certs.as_ref().map(tls::TlsCerts::acceptor),
         ),
     );
-    server.add_service(listen::PreBound::with_tls(
-        proxy,
-        listener,
-        tls_certs.as_ref().map(tls::TlsCerts::settings),
-    ));
+    // Plain TCP even with `tls:`: the gateway shakes hands itself, after admission and under
+    // the header deadline (see `client`).
+    server.add_service(listen::PreBound::new(proxy, listener));
 
     let readiness = admin::Readiness::default();
     let mut admin = Service::new(

@@ -1,5 +1,6 @@
 //! HTTPS on the gateway listener (README: TLS and HTTP/2): the certificate and key of `tls:`,
-//! read at start and again on every reload, served through Pingora's rustls listener.
+//! read at start and again on every reload, served through Pingora's rustls acceptor (whose
+//! handshake [`super::client`] runs once it has admitted a connection).
 //!
 //! Pingora's `TlsSettings` can load a cert/key pair from files only once, when the listener is
 //! built, and then panics on a bad file. So ixproxy reads and checks both files itself
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use ixproxy_core::config::TlsFiles;
 use parking_lot::RwLock;
-use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::protocols::ALPN;
 use pingora::tls::install_default_crypto_provider;
 use rustls::crypto::CryptoProvider;
@@ -64,9 +65,9 @@ impl TlsCerts {
         Ok(())
     }
 
-    /// Pingora listener settings that serve these certificates, offering `h2` and `http/1.1`
+    /// A Pingora TLS acceptor that serves these certificates, offering `h2` and `http/1.1`
     /// through ALPN.
-    pub fn settings(&self) -> TlsSettings {
+    pub fn acceptor(&self) -> Acceptor {
         // With a resolver, `intermediate`'s file paths are never read (and cannot fail).
         let mut settings = match TlsSettings::intermediate("", "") {
             Ok(settings) => settings,
@@ -74,7 +75,8 @@ impl TlsCerts {
         };
         settings.set_cert_resolver(Arc::new(Resolver(self.clone())));
         settings.set_alpn(ALPN::H2H1);
-        settings
+        // With a resolver and no offload pool, `build` has nothing that can fail.
+        settings.build()
     }
 }
 
@@ -134,7 +136,6 @@ mod tests {
     use super::*;
 
     use ixproxy_conformance::tls::{Issued, TestCa};
-    use pingora::listeners::tls::Acceptor;
     use pingora::protocols::l4::stream::Stream as L4Stream;
     use pingora::tls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,7 +155,7 @@ mod tests {
     /// A listener on 127.0.0.1 whose connections Pingora's rustls acceptor (built from
     /// `certs`' settings) answers with an echo of each read.
     async fn echo_server(certs: &TlsCerts) -> std::net::SocketAddr {
-        let acceptor: Acceptor = certs.settings().build();
+        let acceptor = certs.acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
