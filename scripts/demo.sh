@@ -4,5 +4,6 @@
 # toolchain. Arguments go to `ixproxy serve` (for example `--config my.yaml`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/need-cmake.sh
+. scripts/apt-need.sh
+apt_need cmake cmake
 exec cargo run --release --locked -p ixproxy -- serve "$@"

@@ -10,13 +10,10 @@ root=$(pwd)
 step() { printf '\n==> %s\n' "$*"; }
 
 step "prerequisites"
-. scripts/need-cmake.sh
+. scripts/apt-need.sh
+apt_need cmake cmake
 # valgrind: the instructions-per-request check below (bench/instructions.sh).
-if ! command -v valgrind >/dev/null 2>&1; then
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  ${sudo_cmd:-} apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive ${sudo_cmd:-} apt-get install -y -qq valgrind >/dev/null
-fi
+apt_need valgrind valgrind
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
