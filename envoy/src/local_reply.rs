@@ -206,8 +206,20 @@ mod tests {
             (&ORIGIN_TIMEOUT_FLAGS, Rejection::origin_timeout()),
             (&OVERLOADED_FLAGS, Rejection::overloaded()),
         ];
+        // First, before the `UF` mapper: Envoy's connect timeout (TCP or TLS handshake).
+        let timeout = Rejection::origin_timeout();
+        let details = &mappers[0];
+        let cel = &details["filter"]["extension_filter"];
+        assert_eq!(cel["name"], "envoy.access_loggers.extension_filters.cel");
+        assert_eq!(
+            cel["typed_config"]["expression"],
+            "response.code_details.contains(\"{connection_timeout}\")"
+        );
+        assert_eq!(details["status_code"], u64::from(timeout.status()));
+        assert_eq!(details["body"]["inline_string"], timeout.body().as_str());
+        assert_reply_headers(details, &timeout);
         for (i, (flags, rejection)) in expected.iter().enumerate() {
-            let mapper = &mappers[i];
+            let mapper = &mappers[i + 1];
             let flag_filter = if i == 1 {
                 // Timeouts: only Envoy's 504 (not the 408 of an unfinished request).
                 let both = &mapper["filter"]["and_filter"]["filters"];
@@ -245,11 +257,11 @@ mod tests {
                 assert!(keys.iter().any(|k| k == key), "{key} missing: {keys:?}");
             }
         }
-        assert!(!keys(&mappers[0]).iter().any(|k| k == "retry-after"));
-        assert!(keys(&mappers[2]).iter().any(|k| k == "retry-after"));
+        assert!(!keys(&mappers[1]).iter().any(|k| k == "retry-after"));
+        assert!(keys(&mappers[3]).iter().any(|k| k == "retry-after"));
 
         let denied = Rejection::origin_address_denied();
-        let rbac = &mappers[3];
+        let rbac = &mappers[4];
         let filters = &rbac["filter"]["and_filter"]["filters"];
         assert_eq!(
             filters[0]["status_code_filter"]["comparison"]["value"]["default_value"],
@@ -265,7 +277,7 @@ mod tests {
 
         // The dynamic forward proxy's flagless 503 (DNS cache full) before the router.
         let overloaded = Rejection::overloaded();
-        let dns = &mappers[4];
+        let dns = &mappers[5];
         let filters = &dns["filter"]["and_filter"]["filters"];
         assert_eq!(
             filters[0]["status_code_filter"]["comparison"]["value"]["default_value"],
@@ -280,7 +292,7 @@ mod tests {
         assert_reply_headers(dns, &overloaded);
         // Last, every other local reply (Envoy's codec refusals): status and body untouched,
         // the core's local reply headers added.
-        let rest = &mappers[5];
+        let rest = &mappers[6];
         assert_eq!(
             rest["filter"]["status_code_filter"]["comparison"]["op"],
             "GE"
@@ -296,7 +308,7 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(mappers.as_sequence().map(Vec::len), Some(6));
+        assert_eq!(mappers.as_sequence().map(Vec::len), Some(7));
     }
 
     /// The mapper sends exactly the rejection's headers.
