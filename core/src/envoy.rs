@@ -294,6 +294,20 @@ pub fn response_upstream_address<'a>(
     property.or(stored)
 }
 
+/// The failure behind a response that reached the filter through Envoy's cache without coming
+/// from any origin: not a hit, and neither `upstream.address` nor the
+/// [`UPSTREAM_ADDRESS_HEADER`] the upstream role adds to every origin answer on the cache's side
+/// channel (`None` from [`response_upstream_address`]). Envoy 1.40's cache hands its own reply to
+/// a fill that failed (refused, reset, timed out) to the client stream as if an origin had sent
+/// it, so its details say only that the fill ended; a known failure in them counts, otherwise it
+/// is a reset (a 502, like a connection that broke).
+pub fn cache_fill_failure(details: &str) -> Failure {
+    match failure_of_details(details) {
+        Some(failure) if failure != Failure::ClientGone => failure,
+        _ => Failure::Reset,
+    }
+}
+
 /// What Envoy's cache did for a forwarded response (its `Cache-Status` is
 /// [`CacheResult::cache_status`]), or `None` when the cache took no part (no cache configured,
 /// or a request it does not cache, which Envoy sends through the router): a hit is
@@ -329,7 +343,7 @@ pub fn inflight_key(source: &str) -> String {
 /// handshake, and either running out is a timeout, a 504 (SPEC §6). The generated bootstrap maps
 /// Envoy's replies carrying one of these to [`Failure::ConnectTimeout`]'s answer before its flag
 /// mappers run.
-pub const CONNECT_TIMEOUT_DETAILS: [&str; 1] = ["{connection_timeout}"];
+pub const CONNECT_TIMEOUT_DETAILS: [&str; 1] = ["{connection_timeout"];
 
 /// The [`Failure`] behind Envoy's `response.code_details` of a reply it made itself on a request
 /// the filter forwarded (not [`VIA_UPSTREAM`]): Envoy's half of the one failure vocabulary.

@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(cel["name"], "envoy.access_loggers.extension_filters.cel");
         assert_eq!(
             cel["typed_config"]["expression"],
-            "response.code_details.contains(\"{connection_timeout}\")"
+            "response.code_details.contains(\"{connection_timeout\")"
         );
         assert_eq!(details["status_code"], u64::from(timeout.status()));
         assert_eq!(details["body"]["inline_string"], timeout.body().as_str());

@@ -27,8 +27,9 @@ use ixproxy_core::envoy::{
     LOG_REQUEST_ID, LOG_SOURCE,
 };
 use ixproxy_core::envoy::{
-    cache_result, client_header_totals, handed_over_to_redirect, inflight_key, is_cache_hit,
-    local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER, VIA_UPSTREAM,
+    cache_fill_failure, cache_result, client_header_totals, handed_over_to_redirect, inflight_key,
+    is_cache_hit, local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER,
+    VIA_UPSTREAM,
 };
 use ixproxy_core::metrics::NO_SOURCE_LABEL;
 use ixproxy_core::request::{check_request_body, check_request_headers};
@@ -457,6 +458,14 @@ impl HttpContext for FilterHttp {
         let stored = headers::value(&fields, UPSTREAM_ADDRESS_HEADER)
             .map(|value| String::from_utf8_lossy(value).into_owned());
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
+        if self.cached && upstream.is_none() && !is_cache_hit(&details) {
+            // No origin answered: Envoy's cache passes its own reply to a failed fill on as if
+            // an origin had sent it. It gets the core's answer for the failure instead.
+            let rejection = cache_fill_failure(&details)
+                .rejection()
+                .unwrap_or_else(Rejection::origin_error);
+            return self.reject(&rejection);
+        }
         // The RBAC filter already refused private addresses before connecting; this second
         // line keeps any response of such an address from the client.
         if let Err(rejection) = forward.check_upstream_address(upstream) {

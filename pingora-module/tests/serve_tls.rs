@@ -325,6 +325,15 @@ fn tls_connect(
     addr: SocketAddr,
     ca: &TestCa,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_connect_alpn(addr, ca, b"http/1.1")
+}
+
+/// [`tls_connect`] offering only `alpn`.
+fn tls_connect_alpn(
+    addr: SocketAddr,
+    ca: &TestCa,
+    alpn: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().into()).expect("ca");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -333,7 +342,7 @@ fn tls_connect(
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
@@ -738,4 +747,45 @@ fn sighup_serves_the_new_certificate_to_new_connections_and_keeps_it_on_a_bad_fi
         log.contains("tls.key_file"),
         "the refusal names no field:\n{log}"
     );
+}
+
+#[test]
+fn an_http2_client_that_opens_no_stream_is_closed_at_the_header_timeout() {
+    const LIMIT: usize = 3;
+    let pki = pki();
+    let origin = RecordingOrigin::start().expect("origin");
+    let limits = format!(
+        "limits:\n  client_header_timeout: 1s\n  client_idle_timeout: 30s\n  max_connections: {LIMIT}\n"
+    );
+    let serve = start(&config(&format!(
+        "{}{limits}",
+        tls_yaml(&pki.cert_file, &pki.key_file)
+    )));
+    // Every slot taken by a client that negotiates h2, then sends not even the preface.
+    let silent: Vec<_> = (0..LIMIT)
+        .map(|_| {
+            let tls = tls_connect_alpn(serve.listen(), &pki.ca, b"h2");
+            assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+            (tls, Instant::now())
+        })
+        .collect();
+    for (mut tls, at) in silent {
+        let (_, closed) = read_to_close(&mut tls);
+        let took = closed.duration_since(at);
+        assert!(
+            took < Duration::from_secs(4),
+            "an h2 connection without a stream held its slot for {took:?}"
+        );
+    }
+    // The slots are free again.
+    let mut tls = tls_connect(serve.listen(), &pki.ca);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        signed(&origin, "/asset/after-h2.jpg")
+    );
+    tls.write_all(request.as_bytes()).expect("send");
+    tls.flush().expect("flush");
+    let (got, _) = read_to_close(&mut tls);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
 }

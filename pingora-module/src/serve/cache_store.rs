@@ -370,7 +370,13 @@ impl HandleMiss for Fill {
         if self.over {
             return Ok(MissFinishType::Created(0));
         }
-        let body = self.body.freeze();
+        // A body that grew by doubling may hold up to twice its length; only its length is
+        // counted against `max_bytes`, so what is stored holds no more than that.
+        let body = if self.body.capacity() > self.body.len() + self.body.len() / 8 {
+            bytes::Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
         // The stored header says the body's length, so hits (and ranges of them) are framed by
         // Content-Length even when the origin sent its answer chunked.
         let mut meta = CacheMeta::deserialize(&self.meta.0, &self.meta.1)?;

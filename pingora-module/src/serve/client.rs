@@ -51,9 +51,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FIRST_READ_BYTES: usize = 1024;
 /// Room for a head that did not fit its first read.
 const HEAD_BYTES: usize = 4096;
-/// Longest request head [`ClientConnections::read_head`] collects before the session starts:
-/// above `limits.max_request_target_bytes` + `max_request_header_bytes` by default, so the
-/// session's parser sees a longer head and refuses it (414 / 431) like any other.
+/// Longest request head [`ClientConnections::read_head`] collects: above
+/// `limits.max_request_target_bytes` + `max_request_header_bytes` by default (40 KiB), so a head
+/// a little over them still reaches the core's 414 / 431. A client whose head is not complete
+/// within it is closed without a reply: no session is ever started on an incomplete head, so
+/// no connection holds more than this while it sends one (README: Limits).
 const HEAD_READ_LIMIT: usize = 64 * 1024;
 
 /// The listener application: admission, the TLS handshake, the keep-alive loop and the
@@ -251,14 +253,18 @@ where
         deadline: Instant,
     ) -> Option<()> {
         // Usually the first read held the whole head: no timer then.
-        if head_ends(head) {
+        if head_ends(head, 0) {
             return Some(());
         }
         let read = async {
             let mut scanned = 0;
             loop {
-                if head_ends(&head[scanned..]) || head.len() >= HEAD_READ_LIMIT {
+                if head_ends(head, scanned) {
                     return Some(());
+                }
+                if head.len() >= HEAD_READ_LIMIT {
+                    debug!("request head over {HEAD_READ_LIMIT} bytes: connection closed");
+                    return None;
                 }
                 // An end split across two reads is found from the previous read's last bytes.
                 scanned = head.len().saturating_sub(2);
@@ -298,7 +304,14 @@ async fn read_first(stream: &mut Stream) -> Option<BytesMut> {
 /// Whether `bytes` holds the empty line that ends a request head (CRLF or a bare LF, both of
 /// which Pingora's parser accepts). A head usually ends the read that completes it, so the end
 /// of `bytes` is looked at first.
-fn head_ends(bytes: &[u8]) -> bool {
+/// Only what follows `from` is searched (a head's earlier bytes were searched before); blank
+/// lines before the request line, which the parser skips, end nothing.
+fn head_ends(head: &[u8], from: usize) -> bool {
+    let start = head
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(head.len());
+    let bytes = &head[start.max(from).min(head.len())..];
     bytes.ends_with(b"\n\r\n")
         || bytes.ends_with(b"\n\n")
         || bytes.iter().enumerate().any(|(i, b)| {
@@ -326,7 +339,23 @@ where
         };
         let mut stream = self.handshake(stream, header_deadline).await?;
         if !self.is_http1(&mut stream, header_deadline).await {
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
+            // HTTP/2: Pingora waits for the client's preface and first stream without a
+            // timeout; the header deadline from accept ends that wait (a connection that opens
+            // no stream in time is closed), then its own idle timeout applies.
+            let Some(peer) = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+            else {
+                return ServerApp::process_new(&self.app, stream, shutdown).await;
+            };
+            let first = self.app.first_streams().expect(peer);
+            return tokio::select! {
+                served = ServerApp::process_new(&self.app, stream, shutdown) => served,
+                () = first.missed(header_deadline) => {
+                    debug!("HTTP/2 connection opened no stream within client_header_timeout: closed");
+                    None
+                }
+            };
         }
         let mut head = BytesMut::new();
         let mut settings: Option<HttpPersistentSettings> = None;
@@ -359,18 +388,23 @@ mod tests {
 
     #[test]
     fn a_head_ends_at_its_first_empty_line_with_crlf_or_a_bare_lf() {
-        assert!(head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\n", 0));
         // Followed by a pipelined request or a body: the end is inside.
         assert!(head_ends(
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n",
+            0
         ));
-        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\nxyz"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: a\n\nxyz", 0));
         // Not yet: a partial header, a header line just ended, or an end still to come.
-        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "));
-        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n"));
-        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
-        assert!(!head_ends(b""));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ", 0));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0));
+        assert!(!head_ends(b"", 0));
+        // Blank lines before the request line are skipped by the parser: no end yet.
+        assert!(!head_ends(b"\r\n\r\nGET / HTTP/1.1\r\nX-Slow: ", 0));
+        assert!(head_ends(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+        assert!(!head_ends(b"\r\n\r\n", 0));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! `limits.client_write_timeout` (Pingora's per-write timeout, which [`Deadlined`] also sets on
 //! every HTTP/2 stream), and a download may take as long as both keep moving.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
@@ -301,6 +302,65 @@ pub struct Deadlined<A> {
     metrics: Metrics,
     header_timeout: Duration,
     write_timeout: Duration,
+    first_streams: FirstStreams,
+}
+
+/// HTTP/2 connections handed to Pingora's loop that have not opened a stream yet, by client
+/// address. Pingora waits for an HTTP/2 client's connection preface and first stream with no
+/// timeout of its own (its `h2_idle_timeout` starts after that), so the connection's header
+/// deadline (from accept, see [`super::client`]) must end that wait: the first stream's
+/// session reports here.
+#[derive(Debug, Default, Clone)]
+pub struct FirstStreams(Arc<Mutex<HashMap<SocketAddr, Arc<Notify>>>>);
+
+impl FirstStreams {
+    /// Registers the connection from `peer`; the returned guard unregisters it when dropped.
+    pub fn expect(&self, peer: SocketAddr) -> FirstStream {
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut waiting) = self.0.lock() {
+            waiting.insert(peer, Arc::clone(&notify));
+        }
+        FirstStream {
+            streams: self.clone(),
+            peer,
+            notify,
+        }
+    }
+
+    /// A stream of the connection from `peer` started.
+    fn started(&self, peer: SocketAddr) {
+        let notify = self.0.lock().ok().and_then(|mut w| w.remove(&peer));
+        if let Some(notify) = notify {
+            notify.notify_one();
+        }
+    }
+}
+
+/// One registered HTTP/2 connection (see [`FirstStreams`]).
+#[derive(Debug)]
+pub struct FirstStream {
+    streams: FirstStreams,
+    peer: SocketAddr,
+    notify: Arc<Notify>,
+}
+
+impl FirstStream {
+    /// Resolves at `deadline` unless the connection's first stream started before it; never
+    /// resolves once it did.
+    pub async fn missed(&self, deadline: Instant) {
+        tokio::select! {
+            () = self.notify.notified() => std::future::pending::<()>().await,
+            () = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
+impl Drop for FirstStream {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.streams.0.lock() {
+            waiting.remove(&self.peer);
+        }
+    }
 }
 
 impl<A> Deadlined<A> {
@@ -318,7 +378,13 @@ impl<A> Deadlined<A> {
             metrics,
             header_timeout,
             write_timeout,
+            first_streams: FirstStreams::default(),
         }
+    }
+
+    /// The HTTP/2 connections waiting for their first stream.
+    pub fn first_streams(&self) -> &FirstStreams {
+        &self.first_streams
     }
 }
 
@@ -381,6 +447,9 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         session.set_write_timeout(Some(self.write_timeout));
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            self.first_streams.started(*peer);
+        }
         let deadline = Instant::now() + self.header_timeout;
         self.run_session(session, shutdown, deadline).await
     }
