@@ -19,6 +19,22 @@ pub fn admits_client_connection(limits: &ClientLimits, open_from_client: usize) 
     limits.max_connections_per_client == 0 || open_from_client < limits.max_connections_per_client
 }
 
+/// Room in a request head beyond its target and header fields: the method, the version, the
+/// spaces and line ends.
+const HEAD_SLACK_BYTES: usize = 1024;
+
+/// The longest request head a runtime collects before the request is decided: the target and
+/// header limits (`limits.max_request_target_bytes` + `max_request_header_bytes`) and
+/// [`HEAD_SLACK_BYTES`]. A head within it reaches the core, whose 414 / 431 answer an
+/// over-limit one; a client still sending past it is closed without a reply, so one
+/// connection's head costs at most this much memory (README: Limits).
+pub fn max_request_head_bytes(limits: &Limits) -> usize {
+    limits
+        .max_request_target_bytes
+        .saturating_add(limits.max_request_header_bytes)
+        .saturating_add(HEAD_SLACK_BYTES)
+}
+
 /// Whether one more origin fetch of a source may start while `in_flight` of its fetches are
 /// already running, under `limits.max_inflight_per_source` = `limit` (0 = unlimited). Redirect
 /// hops belong to the request that holds the slot and do not ask again. For a runtime that

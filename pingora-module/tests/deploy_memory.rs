@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use ixproxy_core::config::{RawConfig, SecretResolver};
+use ixproxy_core::limits::max_request_head_bytes;
 use ixproxy_core::Config;
 
 const MIB: u64 = 1024 * 1024;
@@ -88,11 +89,14 @@ fn systemd_size(text: &str) -> u64 {
 
 /// What `config` may hold at most, by the inequality above, with its terms for the message.
 fn worst_case(config: &Config, what: &str) -> (u64, String) {
-    let per_connection = if config.operating.tls.is_some() {
-        TLS_CONNECTION_BYTES
-    } else {
-        CONNECTION_BYTES
-    };
+    // A connection may also hold a request head still being sent, up to the head limit.
+    let head = max_request_head_bytes(config.sources.limits()) as u64;
+    let per_connection = head
+        + if config.operating.tls.is_some() {
+            TLS_CONNECTION_BYTES
+        } else {
+            CONNECTION_BYTES
+        };
     let connections = config.client.max_connections as u64 * per_connection;
     let (cache, fills) = match &config.cache {
         None => (0, 0),

@@ -325,3 +325,40 @@ fn a_connection_that_never_finishes_its_header_holds_no_proxy_session() {
     );
     drop(held);
 }
+
+#[test]
+fn a_head_still_growing_past_the_head_limit_is_closed_at_once() {
+    // The default limits: 8 KiB target + 32 KiB of header fields + 1 KiB of request line.
+    const HEAD_LIMIT: usize = 8 * 1024 + 32 * 1024 + 1024;
+    let serve = start(&CONFIG.replace(
+        "sources:",
+        "limits:\n  client_header_timeout: 60s\nsources:",
+    ));
+    let mut conn = std::net::TcpStream::connect(serve.listen()).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    // One header field that never ends, past the limit; written while the gateway may already
+    // have closed its side, so a write error is the expected end as well.
+    let field = [b'a'; 1024];
+    let _ = std::io::Write::write_all(&mut conn, b"GET /x HTTP/1.1\r\nHost: gw.test\r\nX-Big: ");
+    for _ in 0..HEAD_LIMIT / field.len() + 8 {
+        if std::io::Write::write_all(&mut conn, &field).is_err() {
+            break;
+        }
+    }
+    let mut buf = [0u8; 1024];
+    let end = std::io::Read::read(&mut conn, &mut buf);
+    assert!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection must be closed without a reply, got {end:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}, not at once (client_header_timeout is 60 s)",
+        started.elapsed()
+    );
+}

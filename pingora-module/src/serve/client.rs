@@ -51,12 +51,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FIRST_READ_BYTES: usize = 1024;
 /// Room for a head that did not fit its first read.
 const HEAD_BYTES: usize = 4096;
-/// Longest request head [`ClientConnections::read_head`] collects: above
-/// `limits.max_request_target_bytes` + `max_request_header_bytes` by default (40 KiB), so a head
-/// a little over them still reaches the core's 414 / 431. A client whose head is not complete
-/// within it is closed without a reply: no session is ever started on an incomplete head, so
-/// no connection holds more than this while it sends one (README: Limits).
-const HEAD_READ_LIMIT: usize = 64 * 1024;
 
 /// The listener application: admission, the TLS handshake, the keep-alive loop and the
 /// per-session timeouts around the gateway.
@@ -66,6 +60,11 @@ pub struct ClientConnections<A> {
     open: Arc<Open>,
     /// The HTTPS acceptor (`tls:`), or `None` for plain HTTP.
     tls: Option<Acceptor>,
+    /// The longest request head collected (`ixproxy_core::limits::max_request_head_bytes` of
+    /// the limits at start):
+    /// a client still sending past it is closed without a reply, and no session is started on
+    /// an incomplete head.
+    head_limit: usize,
 }
 
 /// The connections being served: in all, and per client address while
@@ -107,13 +106,19 @@ fn client_ip(stream: &Stream) -> Option<IpAddr> {
 
 impl<A> ClientConnections<A> {
     /// Serves `app` under `limits`, with the TLS handshake of `tls` first on every connection
-    /// when it is set.
-    pub fn new(app: Deadlined<A>, limits: ClientLimits, tls: Option<Acceptor>) -> Self {
+    /// when it is set, collecting request heads of up to `head_limit` bytes.
+    pub fn new(
+        app: Deadlined<A>,
+        limits: ClientLimits,
+        tls: Option<Acceptor>,
+        head_limit: usize,
+    ) -> Self {
         ClientConnections {
             app: Arc::new(app),
             limits,
             open: Arc::default(),
             tls,
+            head_limit,
         }
     }
 
@@ -241,7 +246,7 @@ where
     }
 
     /// Reads the request head into `head` (which may hold its first bytes already) until it
-    /// is complete, [`HEAD_READ_LIMIT`] bytes long, or `deadline` passes; `None` when the
+    /// is complete, `head_limit` bytes long (then `None`: closed), or `deadline` passes; `None` when the
     /// client closed or the deadline passed (the connection is then closed, nothing counted:
     /// no request was received). A session is made only for a head read this way, so a
     /// connection that has not sent its whole head holds this buffer and no more, instead of
@@ -262,8 +267,9 @@ where
                 if head_ends(head, scanned) {
                     return Some(());
                 }
-                if head.len() >= HEAD_READ_LIMIT {
-                    debug!("request head over {HEAD_READ_LIMIT} bytes: connection closed");
+                let limit = self.head_limit;
+                if head.len() >= limit {
+                    debug!("request head over {limit} bytes: connection closed");
                     return None;
                 }
                 // An end split across two reads is found from the previous read's last bytes.
@@ -273,7 +279,11 @@ where
                     continue;
                 }
                 if head.capacity() == head.len() {
-                    head.reserve(head.len());
+                    // Doubled, but never past the limit (BytesMut's own growth could double
+                    // past it): what one connection's head may cost is the limit.
+                    let mut bigger = BytesMut::with_capacity((head.len() * 2).min(limit));
+                    bigger.extend_from_slice(head);
+                    *head = bigger;
                 }
                 match stream.read_buf(head).await {
                     Ok(n) if n > 0 => {}

@@ -36,6 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ixproxy_core::config::MAX_MAX_REDIRECTS;
+use ixproxy_core::limits::max_request_head_bytes;
 use ixproxy_core::Config;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -272,6 +273,7 @@ fn prepare(
             ),
             client,
             tls_certs.as_ref().map(tls::TlsCerts::acceptor),
+            max_request_head_bytes(config.sources.limits()),
         ),
     );
     // Plain TCP even with `tls:`: the gateway shakes hands itself, after admission and under
