@@ -362,3 +362,37 @@ fn a_head_still_growing_past_the_head_limit_is_closed_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+fn pipelined_requests_are_answered_or_the_first_reply_says_close() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(CONFIG);
+    let mut conn = std::net::TcpStream::connect(serve.listen()).expect("connect");
+    conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let request = |path: &str, connection: &str| {
+        let url = format!("http://{}{path}", origin.http);
+        format!(
+            "GET {} HTTP/1.1\r\nHost: gw.test\r\nConnection: {connection}\r\n\r\n",
+            signed(&url)
+        )
+    };
+    // Two requests in one write, as a pipelining client sends them; the last asks to close.
+    let both = request("/asset/p1.jpg", "keep-alive") + &request("/asset/p2.jpg", "close");
+    std::io::Write::write_all(&mut conn, both.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut conn, &mut raw);
+    let (first, used) = ixproxy_conformance::client::try_parse(&raw, false, true)
+        .expect("a response")
+        .expect("a whole response");
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&raw));
+    let closes = first
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    if !closes {
+        // The connection was kept: the second request must be answered on it.
+        let second = ixproxy_conformance::client::try_parse(&raw[used..], false, true)
+            .expect("a second response")
+            .map(|(r, _)| r.status);
+        assert_eq!(second, Some(200), "{}", String::from_utf8_lossy(&raw));
+    }
+}

@@ -376,13 +376,24 @@ where
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
+            // Only this request's head goes to the session. Bytes after it are a pipelined
+            // request (served next, on this connection: Pingora would otherwise refuse to reuse
+            // a connection with bytes left over, after a reply that promised to keep it) or a
+            // body (which the gateway refuses: the connection then closes with the reply).
+            let rest = memchr::memmem::find(&head, b"\r\n\r\n")
+                .map(|end| end + 4)
+                .filter(|&end| end < head.len())
+                .map(|end| head.split_off(end));
             session.set_pipelined_prefix(head);
             self.configure(&mut session, shutdown);
             // Boxed for the request's time only: inline, its state would sit in the
             // connection's future while it waits for a head (README: Limits).
             let reused = Box::pin(self.app.run_session(session, shutdown, header_deadline)).await?;
             (stream, settings) = reused.consume();
-            head = self.next_request(&mut stream, shutdown).await?;
+            head = match rest {
+                Some(pipelined) => pipelined,
+                None => self.next_request(&mut stream, shutdown).await?,
+            };
             header_deadline = Instant::now() + self.limits.header_timeout;
         }
     }
