@@ -314,6 +314,21 @@ async fn read_first(stream: &mut Stream) -> Option<BytesMut> {
 /// Whether `bytes` holds the empty line that ends a request head (CRLF or a bare LF, both of
 /// which Pingora's parser accepts). A head usually ends the read that completes it, so the end
 /// of `bytes` is looked at first.
+/// Where the first request head in `head` ends (just after its empty line, CRLF or a bare LF),
+/// blank lines before the request line skipped; `None` when it has not ended. One pass over
+/// the line ends only (memchr), since it runs for every request.
+fn head_end(head: &[u8]) -> Option<usize> {
+    let start = head.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    memchr::memchr_iter(b'\n', &head[start..]).find_map(|i| {
+        let after = start + i + 1;
+        match head.get(after..) {
+            Some([b'\n', ..]) => Some(after + 1),
+            Some([b'\r', b'\n', ..]) => Some(after + 2),
+            _ => None,
+        }
+    })
+}
+
 /// Only what follows `from` is searched (a head's earlier bytes were searched before); blank
 /// lines before the request line, which the parser skips, end nothing.
 fn head_ends(head: &[u8], from: usize) -> bool {
@@ -380,8 +395,7 @@ where
             // request (served next, on this connection: Pingora would otherwise refuse to reuse
             // a connection with bytes left over, after a reply that promised to keep it) or a
             // body (which the gateway refuses: the connection then closes with the reply).
-            let rest = memchr::memmem::find(&head, b"\r\n\r\n")
-                .map(|end| end + 4)
+            let rest = head_end(&head)
                 .filter(|&end| end < head.len())
                 .map(|end| head.split_off(end));
             session.set_pipelined_prefix(head);
@@ -426,6 +440,15 @@ mod tests {
         assert!(!head_ends(b"\r\n\r\nGET / HTTP/1.1\r\nX-Slow: ", 0));
         assert!(head_ends(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
         assert!(!head_ends(b"\r\n\r\n", 0));
+        // Where the first head ends: the bytes after it are the next request.
+        let two = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            head_end(two),
+            Some(two.len() - "GET /b HTTP/1.1\r\n\r\n".len())
+        );
+        assert_eq!(head_end(b"GET /a HTTP/1.1\nHost: a\n\nrest"), Some(25));
+        assert_eq!(head_end(b"GET /a HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"\r\n\r\n"), None);
     }
 
     #[test]
