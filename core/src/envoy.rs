@@ -339,11 +339,12 @@ pub fn inflight_key(source: &str) -> String {
 }
 
 /// Fragments of Envoy's `response.code_details` that mean a timeout although Envoy's response
-/// flag says `UF` (a connection failure): its `connect_timeout` covers the TCP connect and the TLS
-/// handshake, and either running out is a timeout, a 504 (SPEC §6). The generated bootstrap maps
-/// Envoy's replies carrying one of these to [`Failure::ConnectTimeout`]'s answer before its flag
-/// mappers run.
-pub const CONNECT_TIMEOUT_DETAILS: [&str; 1] = ["{connection_timeout"];
+/// flag says a failure (`UF`, `DF`): its `connect_timeout` covers the TCP connect and the TLS
+/// handshake, and its DNS cache's lookup can time out (`resolve_timeout`, in the details of a
+/// `dns_resolution_failure` in Envoy 1.40's binary). Any of them running out is a timeout, a 504
+/// (SPEC §6): the generated bootstrap maps Envoy's replies carrying one of these to the core's
+/// timeout answer before its flag mappers run.
+pub const TIMEOUT_DETAILS: [&str; 2] = ["{connection_timeout", "resolve_timeout"];
 
 /// The [`Failure`] behind Envoy's `response.code_details` of a reply it made itself on a request
 /// the filter forwarded (not [`VIA_UPSTREAM`]): Envoy's half of the one failure vocabulary.
@@ -353,7 +354,7 @@ pub const CONNECT_TIMEOUT_DETAILS: [&str; 1] = ["{connection_timeout"];
 pub fn failure_of_details(details: &str) -> Option<Failure> {
     // Envoy cannot tell a TCP connect timeout from a TLS handshake one: both run out its
     // `connect_timeout`, and both are timeouts.
-    const TIMEOUTS: [(&str, Failure); 9] = [
+    const TIMEOUTS: [(&str, Failure); 8] = [
         ("response_timeout", Failure::HeaderTimeout),
         ("upstream_response_timeout", Failure::HeaderTimeout),
         ("request_overall_timeout", Failure::HeaderTimeout),
@@ -365,7 +366,6 @@ pub fn failure_of_details(details: &str) -> Option<Failure> {
         ),
         ("stream_idle_timeout", Failure::BodyPause),
         ("upstream_per_try_idle_timeout", Failure::BodyPause),
-        ("dns_resolution_timeout", Failure::DnsTimeout),
     ];
     const OTHERS: [(&str, Failure); 10] = [
         ("downstream_remote_disconnect", Failure::ClientGone),
@@ -391,8 +391,11 @@ pub fn failure_of_details(details: &str) -> Option<Failure> {
             .find(|(prefix, _)| details.starts_with(prefix))
             .map(|(_, failure)| *failure)
     };
-    if CONNECT_TIMEOUT_DETAILS.iter().any(|d| details.contains(d)) {
+    if details.contains(TIMEOUT_DETAILS[0]) {
         return Some(Failure::ConnectTimeout);
+    }
+    if details.contains(TIMEOUT_DETAILS[1]) {
+        return Some(Failure::DnsTimeout);
     }
     if let Some(failure) = found(&TIMEOUTS).or_else(|| found(&OTHERS)) {
         return Some(failure);
@@ -534,6 +537,7 @@ mod tests {
             ),
             ("upstream_reset_after_response_started{remote_reset}", Failure::Reset),
             ("dns_resolution_failure", Failure::DnsUnknown),
+            ("dns_resolution_failure{resolve_timeout}", Failure::DnsTimeout),
             ("upstream_response_headers_too_large", Failure::Protocol),
             ("downstream_remote_disconnect", Failure::ClientGone),
         ] {

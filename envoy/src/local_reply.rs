@@ -8,8 +8,8 @@
 //! filter's own replies carry no response flag and are matched by none of them.
 
 use ixproxy_core::envoy::{
-    CONNECT_TIMEOUT_DETAILS, DNS_CACHE_OVERFLOW_STATUS, ENVOY_TIMEOUT_STATUS, ORIGIN_ERROR_FLAGS,
-    ORIGIN_TIMEOUT_FLAGS, OVERLOADED_FLAGS, UPSTREAM_HEADER,
+    DNS_CACHE_OVERFLOW_STATUS, ENVOY_TIMEOUT_STATUS, ORIGIN_ERROR_FLAGS, ORIGIN_TIMEOUT_FLAGS,
+    OVERLOADED_FLAGS, TIMEOUT_DETAILS, UPSTREAM_HEADER,
 };
 use ixproxy_core::outcome::LOCAL_REPLY_HEADERS;
 use ixproxy_core::{Failure, Rejection};
@@ -22,8 +22,9 @@ use crate::strings;
 pub(crate) fn local_reply_config() -> Value {
     map! {
         "mappers" => vec![
-            // Before the `UF` mapper: a connect or TLS handshake that ran out of time is a 504.
-            details_mapper(&CONNECT_TIMEOUT_DETAILS, Failure::ConnectTimeout),
+            // Before the flag mappers: a connect, TLS handshake or DNS lookup that ran out of
+            // time is a 504.
+            details_mapper(&TIMEOUT_DETAILS, Failure::ConnectTimeout),
             flag_mapper(&ORIGIN_ERROR_FLAGS, &Rejection::origin_error()),
             // Envoy's 504 only: `SI` on a request the client never finished is its 408.
             only_status(
@@ -213,7 +214,8 @@ mod tests {
         assert_eq!(cel["name"], "envoy.access_loggers.extension_filters.cel");
         assert_eq!(
             cel["typed_config"]["expression"],
-            "response.code_details.contains(\"{connection_timeout\")"
+            "response.code_details.contains(\"{connection_timeout\") || \
+             response.code_details.contains(\"resolve_timeout\")"
         );
         assert_eq!(details["status_code"], u64::from(timeout.status()));
         assert_eq!(details["body"]["inline_string"], timeout.body().as_str());

@@ -262,8 +262,8 @@ fn a_zero_window_h2c_client_is_reset_and_gives_its_slots_back() {
     use ixproxy_conformance::h2_stall::{stall_at, Transport};
     const SLOTS: usize = 50;
     const STREAMS: usize = 60;
-    const STALL: Duration = Duration::from_secs(2);
-    const SLACK: Duration = Duration::from_millis(1500);
+    const STALL: Duration = Duration::from_secs(4);
+    const SLACK: Duration = Duration::from_millis(2500);
     let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = temp_dir();
     let config = write(
@@ -273,14 +273,15 @@ fn a_zero_window_h2c_client_is_reset_and_gives_its_slots_back() {
             "
 listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
-upstream: {{timeout: 2s, body_timeout: 2s}}
-limits: {{client_write_timeout: 2s, max_inflight_per_source: {SLOTS}}}
+upstream: {{timeout: 2s, body_timeout: {stall}s}}
+limits: {{client_write_timeout: {stall}s, max_inflight_per_source: {SLOTS}}}
 sources:
   - name: local
     hosts: [localhost]
     secure_url_tokens: [tok]
     allow_private_origins: true
-"
+",
+            stall = STALL.as_secs()
         ),
     );
     let envoy = EnvoyGateway::start_edited(&config, &[], dir.path(), |_| {})
@@ -305,7 +306,7 @@ sources:
     // Every slot held by the stalled streams: the source's other clients are refused.
     let started = Instant::now();
     let mut refused = false;
-    while !refused && started.elapsed() < STALL {
+    while !refused && !attacker.is_finished() && started.elapsed() < STALL * 2 {
         refused = origin.requests().len() >= SLOTS && probe() == 503;
         std::thread::sleep(Duration::from_millis(20));
     }
