@@ -73,6 +73,41 @@ pub fn check_private(path: &Path) -> Result<(), String> {
             dir.display()
         ));
     }
+    // The path up to it: another user's symbolic link could later point elsewhere, and a
+    // directory another user owns or can write (without the sticky bit, as on /tmp) could have
+    // the socket's directory replaced.
+    for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        let link = std::fs::symlink_metadata(ancestor).map_err(|e| {
+            format!(
+                "the upgrade socket's path {} cannot be used: {e}",
+                ancestor.display()
+            )
+        })?;
+        let theirs = |uid: u32| uid != euid && uid != 0;
+        if link.file_type().is_symlink() && theirs(link.uid()) {
+            return Err(format!(
+                "the upgrade socket's path {} is a symbolic link of uid {}, who could point it \
+                 elsewhere and take the listening sockets",
+                ancestor.display(),
+                link.uid()
+            ));
+        }
+        let target = std::fs::metadata(ancestor).map_err(|e| {
+            format!(
+                "the upgrade socket's path {} cannot be used: {e}",
+                ancestor.display()
+            )
+        })?;
+        let open_to_others = target.mode() & 0o022 != 0 && target.mode() & 0o1000 == 0;
+        if theirs(target.uid()) || open_to_others {
+            return Err(format!(
+                "the upgrade socket's path {} belongs to uid {} or is writable by other users, \
+                 who could replace the directory and take the listening sockets",
+                ancestor.display(),
+                target.uid()
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -381,6 +416,21 @@ mod tests {
         // The same directory back in root's hands is fine.
         std::os::unix::fs::chown(&theirs, Some(0), Some(0)).expect("chown back");
         assert_eq!(check_private(&theirs.join("u.sock")), Ok(()));
+        // Reached through another user's symbolic link: refused (they could repoint it).
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&theirs, &link).expect("symlink");
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).expect("lchown");
+        let err = check_private(&link.join("u.sock")).expect_err("another user's link");
+        assert!(err.contains("is a symbolic link of uid 65534"), "{err}");
+        // Below a directory another user owns: refused too.
+        let above = dir.path().join("above");
+        std::fs::create_dir(&above).expect("mkdir");
+        std::fs::create_dir(above.join("mine")).expect("mkdir");
+        std::fs::set_permissions(above.join("mine"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::os::unix::fs::chown(&above, Some(65534), Some(65534)).expect("chown");
+        let err = check_private(&above.join("mine/u.sock")).expect_err("another user's parent");
+        assert!(err.contains("belongs to uid 65534"), "{err}");
     }
 
     #[test]
