@@ -23,7 +23,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,9 +99,13 @@ impl Drop for Admitted {
 
 /// The client address of `stream`, IPv4-mapped IPv6 as IPv4 (one client, one count).
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
+    client_addr(stream).map(|addr| addr.ip().to_canonical())
+}
+
+/// The client's address and port of `stream` (TCP only).
+fn client_addr(stream: &Stream) -> Option<SocketAddr> {
     let digest = stream.get_socket_digest()?;
-    let addr = digest.peer_addr()?.as_inet()?;
-    Some(addr.ip().to_canonical())
+    digest.peer_addr()?.as_inet().copied()
 }
 
 impl<A> ClientConnections<A> {
@@ -367,10 +371,7 @@ where
             // HTTP/2: Pingora waits for the client's preface and first stream without a
             // timeout; the header deadline from accept ends that wait (a connection that opens
             // no stream in time is closed), then its own idle timeout applies.
-            let Some(peer) = stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
-            else {
+            let Some(peer) = client_addr(&stream) else {
                 return ServerApp::process_new(&self.app, stream, shutdown).await;
             };
             let first = self.app.first_streams().expect(peer);
