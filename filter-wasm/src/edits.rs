@@ -252,15 +252,17 @@ mod tests {
         let f = forward("a.example", "https://cdn.example.com:8443/a.jpg?x=1");
         let auth = f.auth_headers(NOW, &[0; 32]);
         let edits = forward_request_edits(&f, &auth, client, false);
-        let removed: Vec<&str> = edits
-            .iter()
-            .filter_map(|e| match e {
-                HeaderEdit::Remove(n) => Some(n.as_str()),
-                HeaderEdit::Set(..) => None,
-            })
-            .collect();
+        let removed = |edits: &[HeaderEdit]| -> Vec<String> {
+            edits
+                .iter()
+                .filter_map(|e| match e {
+                    HeaderEdit::Remove(n) => Some(n.clone()),
+                    HeaderEdit::Set(..) => None,
+                })
+                .collect()
+        };
         assert_eq!(
-            removed,
+            removed(&edits),
             [
                 "authorization",
                 "cookie",
@@ -272,15 +274,12 @@ mod tests {
         );
         // With the response cache in front of the origin, the variant-selecting headers go too.
         let cached = forward_request_edits(&f, &auth, client, true);
-        let removed_cached: Vec<&str> = cached
-            .iter()
-            .filter_map(|e| match e {
-                HeaderEdit::Remove(n) => Some(n.as_str()),
-                HeaderEdit::Set(..) => None,
-            })
-            .collect();
+        let removed_cached = removed(&cached);
         assert_eq!(removed_cached[..2], ["accept", "authorization"]);
-        assert!(removed_cached.contains(&"user-agent") && !removed_cached.contains(&"range"));
+        assert!(
+            removed_cached.iter().any(|n| n == "user-agent")
+                && !removed_cached.iter().any(|n| n == "range")
+        );
         let sets: Vec<&HeaderEdit> = edits
             .iter()
             .filter(|e| matches!(e, HeaderEdit::Set(..)))

@@ -14,6 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::gateway::resident_kib;
 use ixproxy_conformance::origin::{pattern, Recorded, RecordingOrigin};
 use ixproxy_conformance::ServeProcess;
 use ixproxy_core::sign::{sign_url, SignOptions};
@@ -525,13 +526,7 @@ fn a_range_on_a_cached_object_is_a_206_from_the_cache_and_head_stores_no_body() 
 
 /// The resident set size of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .expect("VmRSS")
+    resident_kib(pid).expect("VmRSS") * 1024
 }
 
 #[test]

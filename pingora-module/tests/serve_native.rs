@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ixproxy_conformance::client::{send, send_until_close, RawRequest, RawResponse};
+use ixproxy_conformance::gateway::resident_kib;
 use ixproxy_conformance::harness::DeadPort;
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::scripted::{OriginConn, ScriptedOrigin};
@@ -65,12 +66,7 @@ fn metric(serve: &ServeProcess, outcome: &str) -> u64 {
 
 /// Resident memory of the gateway process, in KiB.
 fn rss_kib(serve: &ServeProcess) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", serve.pid()))
-        .expect("/proc status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    resident_kib(serve.pid()).expect("VmRSS")
 }
 
 /// Behaviours the recording origin cannot produce, by path.

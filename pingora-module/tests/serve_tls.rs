@@ -356,6 +356,20 @@ fn tls_connect_alpn(
     tls
 }
 
+/// A real TLS client (HTTP/1.1) gets the origin's 200 for `path`: the gateway has a slot for it.
+fn assert_served(serve: &ServeProcess, ca: &TestCa, origin: &RecordingOrigin, path: &str) {
+    let mut tls = tls_connect(serve.listen(), ca);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        signed(origin, path)
+    );
+    tls.write_all(request.as_bytes()).expect("send");
+    tls.flush().expect("flush");
+    let (got, _) = read_to_close(&mut tls);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+}
+
 /// Reads until the server closes; returns what arrived and when the close came.
 fn read_to_close(
     tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
@@ -509,16 +523,7 @@ fn silent_tls_handshakes_count_in_max_connections_and_end_at_the_header_timeout(
     );
 
     // Their slots are free again: a real TLS client is served.
-    let mut tls = tls_connect(serve.listen(), &pki.ca);
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        signed(&origin, "/asset/after.jpg")
-    );
-    tls.write_all(request.as_bytes()).expect("send");
-    tls.flush().expect("flush");
-    let (got, _) = read_to_close(&mut tls);
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_served(&serve, &pki.ca, &origin, "/asset/after.jpg");
 }
 
 fn tls_peer_cert(tls: &rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> Vec<u8> {
@@ -778,14 +783,5 @@ fn an_http2_client_that_opens_no_stream_is_closed_at_the_header_timeout() {
         );
     }
     // The slots are free again.
-    let mut tls = tls_connect(serve.listen(), &pki.ca);
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        signed(&origin, "/asset/after-h2.jpg")
-    );
-    tls.write_all(request.as_bytes()).expect("send");
-    tls.flush().expect("flush");
-    let (got, _) = read_to_close(&mut tls);
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_served(&serve, &pki.ca, &origin, "/asset/after-h2.jpg");
 }

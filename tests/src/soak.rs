@@ -29,6 +29,7 @@ use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Outcome;
 
 use crate::client::{try_parse, RawRequest, RawResponse};
+use crate::gateway::resident_kib;
 use crate::gateway::Gateway;
 use crate::harness::DeadPort;
 use crate::metrics::{await_deltas, scrape, Deltas};
@@ -602,15 +603,6 @@ fn run_connection(
     run
 }
 
-/// The resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The soak's duration: [`DURATION_ENV`] seconds, or [`DEFAULT_DURATION`].
 pub fn duration() -> Duration {
     std::env::var(DURATION_ENV)
@@ -735,7 +727,7 @@ pub fn run<G: Gateway>(duration: Duration, work_dir: &Path) -> Result<SoakReport
     let pid = gateway.pid();
     let (admin, metrics_path) = gateway.metrics_endpoint();
     let before = scrape(admin, metrics_path).map_err(HarnessError::Http)?;
-    let rss_before = rss_kib(pid).unwrap_or(0);
+    let rss_before = resident_kib(pid).unwrap_or(0);
 
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -750,7 +742,7 @@ pub fn run<G: Gateway>(duration: Duration, work_dir: &Path) -> Result<SoakReport
                 // Bounded by the duration, plus slack for the last exchanges.
                 let limit = until + EXCHANGE_TIMEOUT * 2;
                 while !done.load(Ordering::SeqCst) && Instant::now() < limit {
-                    let rss = rss_kib(pid).unwrap_or(0);
+                    let rss = resident_kib(pid).unwrap_or(0);
                     peak = peak.max(rss);
                     if warm.is_none() && Instant::now() >= warmed {
                         warm = Some(rss);
@@ -812,7 +804,7 @@ pub fn run<G: Gateway>(duration: Duration, work_dir: &Path) -> Result<SoakReport
     let count_problem = await_deltas(admin, metrics_path, G::NAME, &before, &expected)
         .err()
         .map(|m| format!("{} ({counted} requests reached the gateway)", m.problem));
-    let rss_after = rss_kib(pid).unwrap_or(0);
+    let rss_after = resident_kib(pid).unwrap_or(0);
     Ok(SoakReport {
         runtime: G::NAME,
         elapsed,
