@@ -24,7 +24,8 @@ filter the same response as in bench/run.sh. Ports are OS-assigned.
         --floor target/profiling/floor-pingora [--requests 2000] [--max-ratio 2.05]
 
 Prints one line per proxy and the ratio; with --max-ratio, exits 1 when serve/floor is above
-it. --annotate FILE writes callgrind_annotate's per-function table of serve's measured window.
+it. --annotate FILE writes callgrind_annotate's per-function table of serve's measured window
+(and the floor's to FILE.floor).
 """
 
 import argparse
@@ -326,13 +327,13 @@ def main():
                 if lines < args.warmup + args.requests:
                     sys.exit(f"serve wrote {lines} access log lines for "
                              f"{args.warmup + args.requests} requests")
-                if args.annotate:
-                    cleaned = args.annotate + ".callgrind"
-                    without_zero_calls(dump, cleaned)
-                    with open(args.annotate, "w") as f:
-                        subprocess.run(["callgrind_annotate", "--inclusive=no", cleaned],
-                                       stdout=f, stderr=subprocess.DEVNULL, check=True,
-                                       timeout=300)
+            if args.annotate:
+                base = args.annotate if name == "serve" else f"{args.annotate}.{name}"
+                without_zero_calls(dump, base + ".callgrind")
+                with open(base, "w") as f:
+                    subprocess.run(["callgrind_annotate", "--inclusive=no", base + ".callgrind"],
+                                   stdout=f, stderr=subprocess.DEVNULL, check=True,
+                                   timeout=300)
     origin.close()
     if origin.refused:
         sys.exit(f"the origin refused {origin.refused} unsigned requests")
