@@ -6,8 +6,6 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
-
 use crate::addr::IpNet;
 use crate::config::AccessLogFormat;
 
@@ -97,14 +95,18 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 }
 
 /// One request's access log record (every field of the README's table).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// [`render_into`](Self::render_into) writes it without serde, formatting or allocation: it runs
+/// once per request on the native gateway's hot path (bench/NOTES.md, access log).
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessRecord<'a> {
-    /// When the request arrived: RFC 3339 UTC with milliseconds (see [`rfc3339_millis`]).
-    pub ts: String,
+    /// When the request arrived, in microseconds since the epoch; written as RFC 3339 UTC with
+    /// milliseconds (see [`rfc3339_millis`]).
+    pub ts_micros: u64,
     /// See [`kept_request_id`] and [`new_request_id`].
     pub request_id: &'a str,
-    /// See [`client_ip`].
-    pub client_ip: String,
+    /// See [`client_ip`]; `None` for a client without an address (a Unix socket), written `-`.
+    pub client_ip: Option<IpAddr>,
     /// The request method as sent.
     pub method: &'a str,
     /// The Host (or `:authority`) as sent.
@@ -119,82 +121,238 @@ pub struct AccessRecord<'a> {
     pub origin_host: Option<&'a str>,
     /// Response body bytes sent to the client.
     pub bytes_sent: u64,
-    /// From the request's arrival to its end, in milliseconds (microsecond precision).
-    pub duration_ms: f64,
-    /// From the start of the origin request to its response header; `None` without one.
-    pub upstream_ms: Option<f64>,
+    /// From the request's arrival to its end, in microseconds; written as `duration_ms`,
+    /// milliseconds with three decimals.
+    pub duration_us: u64,
+    /// From the start of the origin request to its response header, in microseconds (written
+    /// as `upstream_ms`); `None` without one.
+    pub upstream_us: Option<u64>,
     /// What the response cache did; `None` when it was not used.
     pub cache: Option<&'a str>,
 }
 
-/// A duration in milliseconds with microsecond precision, as the record holds it.
-pub fn millis(duration: std::time::Duration) -> f64 {
-    (duration.as_micros() as f64) / 1000.0
+/// A duration in whole microseconds, as the record holds it.
+pub fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl AccessRecord<'_> {
     /// The line for `format` (no trailing newline); `None` for [`AccessLogFormat::Off`].
     pub fn render(&self, format: AccessLogFormat) -> Option<String> {
+        let mut line = String::with_capacity(320);
+        self.render_into(format, &mut line).then_some(line)
+    }
+
+    /// Appends the line for `format` (no trailing newline) to `out`; false (nothing written)
+    /// for [`AccessLogFormat::Off`].
+    pub fn render_into(&self, format: AccessLogFormat, out: &mut String) -> bool {
         match format {
-            AccessLogFormat::Off => None,
-            // Serializing plain strings and numbers cannot fail.
-            AccessLogFormat::Json => serde_json::to_string(self).ok(),
-            AccessLogFormat::Text => Some(self.text()),
+            AccessLogFormat::Off => return false,
+            AccessLogFormat::Json => self.json(out),
+            AccessLogFormat::Text => self.text(out),
         }
+        true
+    }
+
+    /// One JSON object, in the README's field order; `null` for an absent value. Strings are
+    /// escaped as serde_json does (quote, backslash, control characters).
+    fn json(&self, out: &mut String) {
+        let opt = |out: &mut String, v: Option<&str>| match v {
+            Some(v) => json_string(out, v),
+            None => out.push_str("null"),
+        };
+        out.push_str("{\"ts\":\"");
+        push_rfc3339_millis(out, self.ts_micros);
+        out.push_str("\",\"request_id\":");
+        json_string(out, self.request_id);
+        out.push_str(",\"client_ip\":\"");
+        push_ip(out, self.client_ip);
+        out.push_str("\",\"method\":");
+        json_string(out, self.method);
+        out.push_str(",\"host\":");
+        json_string(out, self.host);
+        out.push_str(",\"source\":");
+        opt(out, self.source);
+        out.push_str(",\"outcome\":");
+        json_string(out, self.outcome);
+        out.push_str(",\"status\":");
+        push_u64(out, u64::from(self.status));
+        out.push_str(",\"origin_host\":");
+        opt(out, self.origin_host);
+        out.push_str(",\"bytes_sent\":");
+        push_u64(out, self.bytes_sent);
+        out.push_str(",\"duration_ms\":");
+        push_millis(out, self.duration_us);
+        out.push_str(",\"upstream_ms\":");
+        match self.upstream_us {
+            Some(us) => push_millis(out, us),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"cache\":");
+        opt(out, self.cache);
+        out.push('}');
     }
 
     /// `key=value` pairs in the JSON field order; `-` for an absent value, client-sent values
     /// quoted when they hold a space, a quote, `=` or a control character.
-    fn text(&self) -> String {
-        let opt = |v: Option<&str>| text_value(v.unwrap_or("-"));
-        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"));
-        format!(
-            "ts={} request_id={} client_ip={} method={} host={} source={} outcome={} status={} \
-             origin_host={} bytes_sent={} duration_ms={:.3} upstream_ms={} cache={}",
-            self.ts,
-            text_value(self.request_id),
-            self.client_ip,
-            text_value(self.method),
-            text_value(self.host),
-            opt(self.source),
-            self.outcome,
-            self.status,
-            opt(self.origin_host),
-            self.bytes_sent,
-            self.duration_ms,
-            ms(self.upstream_ms),
-            opt(self.cache),
-        )
+    fn text(&self, out: &mut String) {
+        let opt = |out: &mut String, v: Option<&str>| text_value(out, v.unwrap_or("-"));
+        out.push_str("ts=");
+        push_rfc3339_millis(out, self.ts_micros);
+        out.push_str(" request_id=");
+        text_value(out, self.request_id);
+        out.push_str(" client_ip=");
+        push_ip(out, self.client_ip);
+        out.push_str(" method=");
+        text_value(out, self.method);
+        out.push_str(" host=");
+        text_value(out, self.host);
+        out.push_str(" source=");
+        opt(out, self.source);
+        out.push_str(" outcome=");
+        out.push_str(self.outcome);
+        out.push_str(" status=");
+        push_u64(out, u64::from(self.status));
+        out.push_str(" origin_host=");
+        opt(out, self.origin_host);
+        out.push_str(" bytes_sent=");
+        push_u64(out, self.bytes_sent);
+        out.push_str(" duration_ms=");
+        push_millis(out, self.duration_us);
+        out.push_str(" upstream_ms=");
+        match self.upstream_us {
+            Some(us) => push_millis(out, us),
+            None => out.push('-'),
+        }
+        out.push_str(" cache=");
+        opt(out, self.cache);
     }
 }
 
-fn text_value(value: &str) -> String {
+fn text_value(out: &mut String, value: &str) {
     let plain = !value.is_empty()
         && value
             .chars()
             .all(|c| !c.is_control() && !matches!(c, ' ' | '"' | '=' | '\\'));
     if plain {
-        value.to_owned()
+        out.push_str(value);
     } else {
         // JSON string escaping: unambiguous, and a control character cannot forge a line.
-        serde_json::to_string(value).unwrap_or_default()
+        json_string(out, value);
+    }
+}
+
+/// `value` as a JSON string: quote, backslash and control characters escaped (serde_json's
+/// rule), the rest as is.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in value.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[plain..i]);
+        plain = i + 1;
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            crate::hex::push(out, &[b], crate::hex::LOWER);
+        } else {
+            out.push_str(escape);
+        }
+    }
+    out.push_str(&value[plain..]);
+    out.push('"');
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `n` in decimal, at least `width` digits (zero-padded).
+fn push_padded(out: &mut String, n: u64, width: u32) {
+    let mut bound = 10u64.pow(width.saturating_sub(1));
+    while bound > 1 && n < bound {
+        out.push('0');
+        bound /= 10;
+    }
+    push_u64(out, n);
+}
+
+/// Microseconds as milliseconds with three decimals: `12.345`.
+fn push_millis(out: &mut String, micros: u64) {
+    push_u64(out, micros / 1000);
+    out.push('.');
+    push_padded(out, micros % 1000, 3);
+}
+
+/// An address as `Display` writes it; IPv4 without the formatting machinery. `-` for none.
+fn push_ip(out: &mut String, ip: Option<IpAddr>) {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        Some(ip @ IpAddr::V6(_)) => {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push('-'),
     }
 }
 
 /// `unix_micros` (microseconds since the epoch) as RFC 3339 UTC with milliseconds:
 /// `2026-12-01T11:32:32.123Z`.
 pub fn rfc3339_millis(unix_micros: u64) -> String {
+    let mut out = String::with_capacity(24);
+    push_rfc3339_millis(&mut out, unix_micros);
+    out
+}
+
+fn push_rfc3339_millis(out: &mut String, unix_micros: u64) {
     let secs = unix_micros / 1_000_000;
-    let millis = (unix_micros / 1000) % 1000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, month, 2);
+    out.push('-');
+    push_padded(out, day, 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem % 3600) / 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, (unix_micros / 1000) % 1000, 3);
+    out.push('Z');
 }
 
 /// The proleptic Gregorian date of `days` after 1970-01-01 (H. Hinnant's algorithm).
@@ -307,9 +465,9 @@ mod tests {
 
     fn record() -> AccessRecord<'static> {
         AccessRecord {
-            ts: rfc3339_millis(1_764_588_752_123_456),
+            ts_micros: 1_764_588_752_123_456,
             request_id: "abc",
-            client_ip: "192.0.2.1".into(),
+            client_ip: Some(ip("192.0.2.1")),
             method: "GET",
             host: "a.test",
             source: Some("a"),
@@ -317,8 +475,8 @@ mod tests {
             status: 200,
             origin_host: Some("origin.test:8443"),
             bytes_sent: 1024,
-            duration_ms: 12.345,
-            upstream_ms: Some(3.5),
+            duration_us: 12_345,
+            upstream_us: Some(3_500),
             cache: None,
         }
     }
@@ -374,6 +532,55 @@ mod tests {
         assert!(line.contains(r#"method="GET\n" "#), "{line}");
         assert!(line.contains(" upstream_ms=3.500 cache=-"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn json_lines_escape_what_serde_json_escapes_and_format_numbers_exactly() {
+        let hostile = [
+            "plain.example",
+            "quote\"back\\slash",
+            "ctl\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}",
+            "caf\u{e9} \u{1f600}",
+            "",
+        ];
+        for value in hostile {
+            let mut rec = record();
+            rec.host = value;
+            rec.source = Some(value);
+            let line = rec.render(AccessLogFormat::Json).expect("json");
+            let parsed: serde_json::Value = serde_json::from_str(&line).expect(&line);
+            assert_eq!(parsed["host"], value);
+            let expected = serde_json::to_string(value).expect("json");
+            assert!(line.contains(&format!("\"host\":{expected},")), "{line}");
+        }
+        let mut rec = record();
+        rec.client_ip = Some(ip("2001:db8::1"));
+        rec.duration_us = 7;
+        rec.upstream_us = None;
+        rec.bytes_sent = u64::MAX;
+        let line = rec.render(AccessLogFormat::Json).expect("json");
+        assert!(line.contains(r#""client_ip":"2001:db8::1""#), "{line}");
+        assert!(
+            line.contains(r#""duration_ms":0.007,"upstream_ms":null"#),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(r#""bytes_sent":{},"#, u64::MAX)),
+            "{line}"
+        );
+        for v4 in ["0.0.0.0", "10.200.3.45", "255.255.255.255"] {
+            rec.client_ip = Some(ip(v4));
+            let line = rec.render(AccessLogFormat::Text).expect("text");
+            assert!(line.contains(&format!(" client_ip={v4} ")), "{line}");
+        }
+        rec.client_ip = None;
+        let line = rec.render(AccessLogFormat::Json).expect("json");
+        assert!(line.contains(r#""client_ip":"-""#), "{line}");
+        let line = record().render(AccessLogFormat::Json).expect("json");
+        assert!(
+            line.contains(r#""duration_ms":12.345,"upstream_ms":3.500,"#),
+            "{line}"
+        );
     }
 
     #[test]

@@ -462,6 +462,8 @@ pub struct Source {
     pub allowed_content_types: Option<Vec<String>>,
     /// Cache TTL settings.
     pub cache_ttl: CacheTtl,
+    /// This source's position in `sources` (what per-source tables are indexed by).
+    pub position: usize,
 }
 
 impl Source {

@@ -76,6 +76,11 @@ impl Attribution {
         let source = self.source.as_deref()?;
         source.token_labels.get(self.token?).map(String::as_str)
     }
+
+    /// The position in `secure_url_tokens` of the token that verified the signature.
+    pub fn token_position(&self) -> Option<usize> {
+        self.token
+    }
 }
 
 /// [`decide`], also returning the request's [`Attribution`] for metrics and the access log.

@@ -9,6 +9,7 @@ pub(crate) const UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Appends the hex text of `bytes` in `digits`' case.
 pub(crate) fn push(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
+    out.reserve(bytes.len() * 2);
     for b in bytes {
         out.push(char::from(digits[usize::from(b >> 4)]));
         out.push(char::from(digits[usize::from(b & 0x0f)]));

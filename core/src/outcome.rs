@@ -77,6 +77,11 @@ impl Outcome {
         Outcome::ClientClosed,
     ];
 
+    /// The outcome's position in [`Outcome::ALL`] (for tables of per-outcome series).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label (`forwarded`, `bad_signature`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -347,6 +352,11 @@ mod tests {
     #[test]
     fn labels_are_distinct_and_round_trip() {
         for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(
+                outcome.index(),
+                i,
+                "{outcome:?}: ALL is in declaration order"
+            );
             let label = outcome.as_str();
             assert!(
                 label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),

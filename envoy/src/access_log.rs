@@ -111,14 +111,14 @@ pub(crate) fn original_ip_detection(trusted: &[IpNet]) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ixproxy_core::access_log::{rfc3339_millis, AccessRecord};
+    use ixproxy_core::access_log::AccessRecord;
 
     #[test]
     fn every_field_of_the_native_line_has_an_operator_and_none_reads_the_path() {
         let record = AccessRecord {
-            ts: rfc3339_millis(0),
+            ts_micros: 0,
             request_id: "r",
-            client_ip: "192.0.2.1".into(),
+            client_ip: "192.0.2.1".parse().ok(),
             method: "GET",
             host: "h",
             source: None,
@@ -126,8 +126,8 @@ mod tests {
             status: 200,
             origin_host: None,
             bytes_sent: 0,
-            duration_ms: 0.0,
-            upstream_ms: None,
+            duration_us: 0,
+            upstream_us: None,
             cache: None,
         };
         let json: serde_json::Value =

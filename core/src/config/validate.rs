@@ -337,7 +337,9 @@ pub(super) fn sources(
             index.insert(key.clone(), i);
             hosts.push(key);
         }
-        list.push(source(raw_source, hosts, secrets, &path)?);
+        let mut source = source(raw_source, hosts, secrets, &path)?;
+        source.position = i;
+        list.push(source);
     }
     Ok(Sources {
         list: list.into_iter().map(Arc::new).collect(),
@@ -424,6 +426,7 @@ fn source(
         None => None,
     };
     Ok(Source {
+        position: 0,
         cache_ttl,
         label: crate::metrics::label(&raw.name),
         name: raw.name,

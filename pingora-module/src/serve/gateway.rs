@@ -89,23 +89,17 @@ impl Gateway {
         }
     }
 
-    /// The client address of `session` under the core's `trusted_proxies` rule.
-    fn client_ip(session: &Session, trusted_proxies: &[IpNet]) -> String {
-        let Some(peer) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        else {
-            // A Unix-socket client: no address to report.
-            return "-".to_owned();
-        };
+    /// The client address of `session` under the core's `trusted_proxies` rule; `None` for a
+    /// Unix-socket client.
+    fn client_ip(session: &Session, trusted_proxies: &[IpNet]) -> Option<std::net::IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
         let forwarded = session
             .req_header()
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok());
-        access_log::client_ip(peer, forwarded, trusted_proxies).to_string()
+        Some(access_log::client_ip(peer, forwarded, trusted_proxies))
     }
 
     /// The config generation of this request (taken when its context was made).
@@ -187,8 +181,11 @@ impl ProxyHttp for Gateway {
                 decide_attributed(&live.sources, &info, unix_now())
             }
         };
-        if let Some(token) = attribution.token_label() {
-            self.metrics.count_token(attribution.source_label(), token);
+        if let (Some(series), Some(token)) = (
+            live.series.of(attribution.source().map(AsRef::as_ref)),
+            attribution.token_position(),
+        ) {
+            series.count_token(token);
         }
         ctx.attribution = attribution;
         match decision {
@@ -302,7 +299,10 @@ impl ProxyHttp for Gateway {
         match live.inflight.acquire(&live.sources, forward.source_name()) {
             Ok(slot) => {
                 ctx.inflight = slot;
-                ctx.inflight_gauge = Some(self.metrics.inflight(ctx.attribution.source_label()));
+                ctx.inflight_gauge = live
+                    .series
+                    .of(ctx.attribution.source().map(AsRef::as_ref))
+                    .map(super::metrics::SourceSeries::inflight);
                 Ok(true)
             }
             Err(rejection) => {
@@ -437,11 +437,9 @@ impl ProxyHttp for Gateway {
             ));
         };
         let cached = ctx.cache_used;
-        let forward = ctx.decided("upstream_request_filter")?;
+        let (forward, request_id) = ctx.decided_with_id("upstream_request_filter")?;
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, &auth, cached)?;
-        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        Ok(())
+        rewrite_upstream_request(upstream_request, forward, &auth, cached, request_id)
     }
 
     async fn upstream_response_filter(
@@ -659,16 +657,16 @@ impl ProxyHttp for Gateway {
         };
         // The fetch is over (its slot goes when the context is dropped).
         ctx.inflight_gauge = None;
-        let source = ctx.attribution.source_label();
-        self.metrics.count(source, outcome);
+        let live = self.live(ctx);
         let bytes_sent = session.body_bytes_sent() as u64;
-        self.metrics.count_bytes(source, bytes_sent);
+        if let Some(series) = live.series.of(ctx.attribution.source().map(AsRef::as_ref)) {
+            series.count(outcome, bytes_sent);
+        }
         if ctx.cache_used {
             // A lookup whose origin fetch failed before any header went out counts as a miss.
             self.metrics
                 .count_cache(ctx.cache_result.unwrap_or(CacheResult::Miss));
         }
-        let live = self.live(ctx);
         if live.access_log == AccessLogFormat::Off {
             return;
         }
@@ -681,7 +679,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let origin_host = ctx.forward.as_ref().map(|f| f.origin().authority());
         let record = AccessRecord {
-            ts: access_log::rfc3339_millis(arrived_micros),
+            ts_micros: arrived_micros,
             request_id: &ctx.request_id,
             client_ip: Self::client_ip(session, &live.trusted_proxies),
             method: req.method.as_str(),
@@ -691,13 +689,11 @@ impl ProxyHttp for Gateway {
             status,
             origin_host: origin_host.as_deref(),
             bytes_sent,
-            duration_ms: access_log::millis(arrived.elapsed()),
-            upstream_ms: ctx.upstream_latency.map(access_log::millis),
+            duration_us: access_log::micros(arrived.elapsed()),
+            upstream_us: ctx.upstream_latency.map(access_log::micros),
             cache: ctx.cache_result.map(CacheResult::as_str),
         };
-        if let Some(line) = record.render(live.access_log) {
-            super::access::write_line(&line);
-        }
+        super::access::log(&record, live.access_log);
     }
 
     fn suppress_proxy_warn_log(

@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use pingora::protocols::tls::CaType;
 
 use super::inflight::Inflight;
+use super::metrics::SeriesTable;
 use super::peer;
 use super::resolve::OriginResolver;
 
@@ -35,6 +36,8 @@ pub struct Live {
     pub access_log: AccessLogFormat,
     /// `trusted_proxies`.
     pub trusted_proxies: Vec<IpNet>,
+    /// The metrics series of `sources` (see [`Live::with_series`]; empty until set).
+    pub series: SeriesTable,
 }
 
 impl Live {
@@ -68,7 +71,15 @@ impl Live {
             inflight,
             access_log: AccessLogFormat::Off,
             trusted_proxies: Vec::new(),
+            series: SeriesTable::default(),
         })
+    }
+
+    /// The generation counting into `series` (made by [`super::metrics::Metrics::series`] from
+    /// its sources).
+    pub fn with_series(mut self, series: SeriesTable) -> Self {
+        self.series = series;
+        self
     }
 
     /// The generation writing `format` access log lines and believing `X-Forwarded-For` from

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ixproxy_core::cache::CacheResult;
 use ixproxy_core::config::ReloadResult;
+use ixproxy_core::config::Source;
 use ixproxy_core::metrics::{
     BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
     VERSION,
@@ -160,18 +161,27 @@ impl Metrics {
 
     /// Shows every outcome of every source of `sources` (and of no source) at zero, and each
     /// source's bytes and in-flight series, so dashboards see all series before the first
-    /// request. Sources added by a reload are added the same way.
-    pub fn add_sources(&self, sources: &Sources) {
-        let labels = sources
-            .iter()
-            .map(|s| s.label.as_str())
-            .chain([ixproxy_core::metrics::NO_SOURCE_LABEL]);
-        for source in labels {
-            for outcome in Outcome::ALL {
-                self.requests.with_label_values(&[source, outcome.as_str()]);
-            }
-            self.response_bytes.with_label_values(&[source]);
-            self.upstream_inflight.with_label_values(&[source]);
+    /// request; returns those series as a table for requests of this config generation.
+    /// Sources added by a reload are added the same way.
+    pub fn series(&self, sources: &Sources) -> SeriesTable {
+        let one = |label: &str, token_labels: &[String]| SourceSeries {
+            requests: Outcome::ALL
+                .iter()
+                .map(|o| self.requests.with_label_values(&[label, o.as_str()]))
+                .collect(),
+            bytes: self.response_bytes.with_label_values(&[label]),
+            inflight: self.upstream_inflight.with_label_values(&[label]),
+            tokens: token_labels
+                .iter()
+                .map(|t| self.token_verifications.with_label_values(&[label, t]))
+                .collect(),
+        };
+        SeriesTable {
+            sources: sources
+                .iter()
+                .map(|s| one(&s.label, &s.token_labels))
+                .collect(),
+            none: Some(one(ixproxy_core::metrics::NO_SOURCE_LABEL, &[])),
         }
     }
 
@@ -180,27 +190,6 @@ impl Metrics {
         self.requests
             .with_label_values(&[source, outcome.as_str()])
             .inc();
-    }
-
-    /// Adds the response body bytes one request of `source` sent.
-    pub fn count_bytes(&self, source: &str, bytes: u64) {
-        self.response_bytes
-            .with_label_values(&[source])
-            .inc_by(bytes);
-    }
-
-    /// Counts one request of `source` whose signature `token` (its label) verified.
-    pub fn count_token(&self, source: &str, token: &str) {
-        self.token_verifications
-            .with_label_values(&[source, token])
-            .inc();
-    }
-
-    /// One origin fetch of `source` in flight, counted until the guard is dropped.
-    pub fn inflight(&self, source: &str) -> InflightGauge {
-        let gauge = self.upstream_inflight.with_label_values(&[source]);
-        gauge.inc();
-        InflightGauge(gauge)
     }
 
     /// The counter of access log lines dropped.
@@ -225,6 +214,58 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The series of every source of one config generation, and of requests without a source:
+/// a request's counters are an index away, with no label hashing or lock on its path.
+#[derive(Default)]
+pub struct SeriesTable {
+    sources: Vec<SourceSeries>,
+    none: Option<SourceSeries>,
+}
+
+impl SeriesTable {
+    /// The series of `source` (by its position), or of requests without one; `None` for a table
+    /// made without the metrics (tests).
+    pub fn of(&self, source: Option<&Source>) -> Option<&SourceSeries> {
+        match source {
+            Some(source) => self.sources.get(source.position),
+            None => self.none.as_ref(),
+        }
+    }
+}
+
+/// One source's series (or the no-source one).
+pub struct SourceSeries {
+    /// `ixproxy_requests_total`, by [`Outcome::index`].
+    requests: Vec<IntCounter>,
+    bytes: IntCounter,
+    inflight: IntGauge,
+    /// `ixproxy_token_verifications_total`, in `token_labels` order.
+    tokens: Vec<IntCounter>,
+}
+
+impl SourceSeries {
+    /// Counts one request with `outcome` and the response body bytes it sent.
+    pub fn count(&self, outcome: Outcome, bytes_sent: u64) {
+        if let Some(counter) = self.requests.get(outcome.index()) {
+            counter.inc();
+        }
+        self.bytes.inc_by(bytes_sent);
+    }
+
+    /// Counts one request whose signature the token at `position` verified.
+    pub fn count_token(&self, position: usize) {
+        if let Some(counter) = self.tokens.get(position) {
+            counter.inc();
+        }
+    }
+
+    /// One origin fetch in flight, counted until the guard is dropped.
+    pub fn inflight(&self) -> InflightGauge {
+        self.inflight.inc();
+        InflightGauge(self.inflight.clone())
     }
 }
 
@@ -262,18 +303,19 @@ mod tests {
     fn every_outcome_is_exposed_and_counted() {
         let metrics = Metrics::new().expect("metrics");
         let sources = ixproxy_core::config::RawConfig::from_yaml(
-            "sources:\n  - {name: web.a, hosts: [a.test], secure_url_tokens: [t]}\n",
+            "sources:\n  - {name: web.a, hosts: [a.test], secure_url_tokens: [t, {id: new, value: u}]}\n",
         )
         .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
         .expect("valid")
         .sources;
-        metrics.add_sources(&sources);
-        metrics.count("web_a", Outcome::Forwarded);
-        metrics.count("web_a", Outcome::Forwarded);
-        metrics.count("-", Outcome::OriginTimeout);
-        metrics.count_bytes("web_a", 100);
-        metrics.count_token("web_a", "new");
-        let fetch = metrics.inflight("web_a");
+        let table = metrics.series(&sources);
+        let web_a = table.of(sources.iter().next()).expect("web.a");
+        web_a.count(Outcome::Forwarded, 60);
+        web_a.count(Outcome::Forwarded, 40);
+        table.of(None).expect("-").count(Outcome::OriginTimeout, 0);
+        metrics.count("-", Outcome::BadSignature);
+        web_a.count_token(1);
+        let fetch = web_a.inflight();
         metrics.observe_upstream_latency(Duration::from_millis(30));
         metrics.count_cache(CacheResult::Hit);
         metrics.cache_bytes().set(1234);
@@ -289,6 +331,8 @@ mod tests {
             "ixproxy_requests_total{outcome=\"forwarded\",source=\"web_a\"} 2",
             "ixproxy_requests_total{outcome=\"origin_timeout\",source=\"-\"} 1",
             "ixproxy_requests_total{outcome=\"bad_signature\",source=\"web_a\"} 0",
+            "ixproxy_requests_total{outcome=\"bad_signature\",source=\"-\"} 1",
+            "ixproxy_token_verifications_total{source=\"web_a\",token=\"0\"} 0",
             "ixproxy_response_bytes_total{source=\"web_a\"} 100",
             "ixproxy_token_verifications_total{source=\"web_a\",token=\"new\"} 1",
             "ixproxy_upstream_inflight{source=\"web_a\"} 1",

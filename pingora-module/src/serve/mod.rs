@@ -84,6 +84,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                     lifecycle,
                 )),
             });
+            access::flush();
             // Only in a directory that passes the check: elsewhere the file may not be ours.
             if upgrade::check_private(&args.upgrade_sock).is_ok() {
                 remove_stale_socket(&args.upgrade_sock);
@@ -171,11 +172,14 @@ fn prepare(
         }
     };
     crate::cli::print_warnings(&ixproxy_core::config::warnings(&config));
+    let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
     let live = live::LiveConfig::new(
-        live::Live::build(config.sources.clone(), config.upstream.clone(), None)?.with_access_log(
-            config.operating.access_log,
-            config.operating.trusted_proxies.clone(),
-        ),
+        live::Live::build(config.sources.clone(), config.upstream.clone(), None)?
+            .with_access_log(
+                config.operating.access_log,
+                config.operating.trusted_proxies.clone(),
+            )
+            .with_series(metrics.series(&config.sources)),
     );
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(
@@ -192,8 +196,6 @@ fn prepare(
         .transpose()?;
     let (listener, admin_listener) = listeners(args, &config)?;
     let (listen, admin_listen) = (listener.addr(), admin_listener.addr());
-    let metrics = metrics::Metrics::new().map_err(|e| e.to_string())?;
-    metrics.add_sources(&config.sources);
     if config.operating.access_log != ixproxy_core::config::AccessLogFormat::Off {
         access::start(metrics.access_log_dropped())
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;

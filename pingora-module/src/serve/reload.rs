@@ -118,8 +118,8 @@ impl Reloader {
         }
 
         // The swap: cannot fail. Requests in flight keep the generation they started with.
+        let next = next.with_series(self.metrics.series(&new.sources));
         self.live.replace(next);
-        self.metrics.add_sources(&new.sources);
         crate::cli::print_warnings(&ixproxy_core::config::warnings(&new));
         Ok(Applied {
             restart_required: restart_required(&self.started, &new),

@@ -93,8 +93,14 @@ impl RequestCtx {
     /// error (a 500, recorded) when there is none (a phase Pingora runs only after
     /// `request_filter` forwarded, so it cannot happen).
     pub(super) fn decided(&mut self, phase: &str) -> Result<&Forward> {
+        self.decided_with_id(phase).map(|(forward, _)| forward)
+    }
+
+    /// [`Self::decided`] with the request's id, for the phase that writes both into the origin
+    /// request.
+    pub(super) fn decided_with_id(&mut self, phase: &str) -> Result<(&Forward, &str)> {
         match self.forward {
-            Some(ref forward) => Ok(forward),
+            Some(ref forward) => Ok((forward, &self.request_id)),
             None => Err(self.fail(
                 Rejection::internal(),
                 format!("{phase} without a forward decision"),
