@@ -246,8 +246,16 @@ fn text_value(out: &mut String, value: &str) {
 /// rule), the rest as is.
 fn json_string(out: &mut String, value: &str) {
     out.push('"');
+    let bytes = value.bytes();
+    // A fold without early exit: the compiler checks many bytes per instruction.
+    if !bytes.clone().fold(false, |any, b| any | needs_escape(b)) {
+        // Every value a well-behaved client sends: one copy.
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     let mut plain = 0;
-    for (i, b) in value.bytes().enumerate() {
+    for (i, b) in bytes.enumerate() {
         let escape = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -272,50 +280,85 @@ fn json_string(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// `n` in decimal.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// ASCII digits, written right to left into a stack buffer and appended with one copy; one
+/// place more than `u64::MAX` needs, for [`push_millis`]' point.
+struct Digits {
+    buf: [u8; DIGITS],
+    at: usize,
+}
+
+const DIGITS: usize = 21;
+
+impl Digits {
+    /// `n` in decimal, at least `width` digits (zero-padded; at most 20).
+    fn of(mut n: u64, width: usize) -> Digits {
+        let mut d = Digits {
+            buf: [b'0'; DIGITS],
+            at: DIGITS,
+        };
+        let stop = DIGITS - width.min(DIGITS - 1);
+        loop {
+            d.at -= 1;
+            d.buf[d.at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        d.at = d.at.min(stop);
+        d
     }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
+
+    fn push_to(&self, out: &mut String) {
+        // Only ASCII digits and a point are written, so this never falls back.
+        out.push_str(std::str::from_utf8(&self.buf[self.at..]).unwrap_or("0"));
     }
 }
 
-/// `n` in decimal, at least `width` digits (zero-padded).
-fn push_padded(out: &mut String, n: u64, width: u32) {
-    let mut bound = 10u64.pow(width.saturating_sub(1));
-    while bound > 1 && n < bound {
-        out.push('0');
-        bound /= 10;
-    }
-    push_u64(out, n);
+/// `n` in decimal.
+fn push_u64(out: &mut String, n: u64) {
+    Digits::of(n, 1).push_to(out);
 }
 
 /// Microseconds as milliseconds with three decimals: `12.345`.
 fn push_millis(out: &mut String, micros: u64) {
-    push_u64(out, micros / 1000);
-    out.push('.');
-    push_padded(out, micros % 1000, 3);
+    let mut d = Digits::of(micros, 4);
+    // The point goes before the last three digits: the integer part moves one place left
+    // (at most 20 digits, so the first place is free).
+    let point = DIGITS - 3;
+    d.buf.copy_within(d.at..point, d.at - 1);
+    d.at -= 1;
+    d.buf[point - 1] = b'.';
+    d.push_to(out);
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting machinery. `-` for none.
 fn push_ip(out: &mut String, ip: Option<IpAddr>) {
     match ip {
         Some(IpAddr::V4(v4)) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                push_u64(out, u64::from(octet));
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + (octet / 10) % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
         Some(ip @ IpAddr::V6(_)) => {
             use std::fmt::Write as _;
@@ -339,20 +382,27 @@ fn push_rfc3339_millis(out: &mut String, unix_micros: u64) {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    push_padded(out, year, 4);
-    out.push('-');
-    push_padded(out, month, 2);
-    out.push('-');
-    push_padded(out, day, 2);
-    out.push('T');
-    push_padded(out, rem / 3600, 2);
-    out.push(':');
-    push_padded(out, (rem % 3600) / 60, 2);
-    out.push(':');
-    push_padded(out, rem % 60, 2);
-    out.push('.');
-    push_padded(out, (unix_micros / 1000) % 1000, 3);
-    out.push('Z');
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem % 3600) / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, (unix_micros / 1000) % 1000);
+    if year > 9999 {
+        // Past the four-digit years of RFC 3339: written in full rather than wrapped.
+        push_u64(out, year);
+        out.push_str(std::str::from_utf8(&text[4..]).unwrap_or_default());
+    } else {
+        out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+    }
 }
 
 /// The proleptic Gregorian date of `days` after 1970-01-01 (H. Hinnant's algorithm).
@@ -559,6 +609,9 @@ mod tests {
         rec.upstream_us = None;
         rec.bytes_sent = u64::MAX;
         let line = rec.render(AccessLogFormat::Json).expect("json");
+        let mut longest = String::new();
+        push_millis(&mut longest, u64::MAX);
+        assert_eq!(longest, "18446744073709551.615");
         assert!(line.contains(r#""client_ip":"2001:db8::1""#), "{line}");
         assert!(
             line.contains(r#""duration_ms":0.007,"upstream_ms":null"#),
