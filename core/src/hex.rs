@@ -7,12 +7,17 @@ pub(crate) const LOWER: &[u8; 16] = b"0123456789abcdef";
 /// Uppercase digits.
 pub(crate) const UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Appends the hex text of `bytes` in `digits`' case.
+/// Appends the hex text of `bytes` in `digits`' case: pairs of digits into a stack buffer, then
+/// one copy per 64 bytes (request ids and signatures are made per request).
 pub(crate) fn push(out: &mut String, bytes: &[u8], digits: &[u8; 16]) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(digits[usize::from(b >> 4)]));
-        out.push(char::from(digits[usize::from(b & 0x0f)]));
+    let mut text = [0u8; 128];
+    for chunk in bytes.chunks(64) {
+        for (pair, b) in text.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = digits[usize::from(b >> 4)];
+            pair[1] = digits[usize::from(b & 0x0f)];
+        }
+        // Hex digits are ASCII: never the fallback.
+        out.push_str(std::str::from_utf8(&text[..chunk.len() * 2]).unwrap_or_default());
     }
 }
 
@@ -58,5 +63,15 @@ mod tests {
         assert_eq!(decode::<4>("000fabff", UPPER), None, "other case");
         assert_eq!(decode::<4>("000fabf", LOWER), None, "length");
         assert_eq!(decode::<4>("000fabfg", LOWER), None, "not hex");
+    }
+
+    #[test]
+    fn long_inputs_are_encoded_whole_across_buffer_chunks() {
+        let bytes: Vec<u8> = (0..=255u8).chain(0..=9).collect();
+        let text = encode(&bytes, LOWER);
+        assert_eq!(text.len(), bytes.len() * 2);
+        for (i, b) in bytes.iter().enumerate() {
+            assert_eq!(&text[2 * i..2 * i + 2], format!("{b:02x}"), "byte {i}");
+        }
     }
 }
