@@ -39,6 +39,17 @@ impl AuthHeaders {
     }
 }
 
+impl IntoIterator for AuthHeaders {
+    type Item = (&'static str, String);
+    type IntoIter = std::vec::IntoIter<(&'static str, String)>;
+
+    /// The headers as owned `(name, value)` pairs, in sending order (values move into the
+    /// request without a copy).
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 impl fmt::Debug for AuthHeaders {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()

@@ -439,7 +439,7 @@ impl ProxyHttp for Gateway {
         let cached = ctx.cache_used;
         let (forward, request_id) = ctx.decided_with_id("upstream_request_filter")?;
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, &auth, cached, request_id)
+        rewrite_upstream_request(upstream_request, forward, auth, cached, request_id)
     }
 
     async fn upstream_response_filter(
@@ -494,7 +494,7 @@ impl ProxyHttp for Gateway {
         // The stored head carries the uncapped value; each response gets its own URL's cap in
         // `response_filter` (two URLs for one origin object share the entry).
         let edits = cache_rules::storage_edits(edits);
-        apply_response_edits(upstream_response, &edits)?;
+        apply_response_edits(upstream_response, edits)?;
         if cache_used {
             // Stored with the answer, so a hit is re-checked for the hop that gave it.
             upstream_response

@@ -85,7 +85,7 @@ pub async fn respond(session: &mut Session, rejection: &Rejection, request_id: &
 pub fn rewrite_upstream_request(
     req: &mut RequestHeader,
     forward: &Forward,
-    auth: &AuthHeaders,
+    auth: AuthHeaders,
     cached: bool,
     request_id: &str,
 ) -> Result<()> {
@@ -106,15 +106,10 @@ pub fn rewrite_upstream_request(
             }
         }
     }
-    origin.append_header(
-        "host",
-        HeaderValue::from_str(&forward.origin().authority())
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin host", e))?,
-    )?;
-    for (name, value) in auth.iter() {
+    origin.append_header("host", owned_value(forward.origin().authority())?)?;
+    for (name, value) in auth {
         // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
-        let mut value = HeaderValue::from_str(value)
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth value", e))?;
+        let mut value = owned_value(value)?;
         value.set_sensitive(true);
         origin.append_header(name, value)?;
     }
@@ -135,14 +130,23 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
 ///
 /// # Errors
 /// A header value the HTTP types refuse (not produced by the core).
-pub fn apply_response_edits(resp: &mut ResponseHeader, edits: &ResponseEdits) -> Result<()> {
+pub fn apply_response_edits(resp: &mut ResponseHeader, edits: ResponseEdits) -> Result<()> {
     for name in &edits.remove {
         resp.remove_header(name.as_str());
     }
-    for (name, value) in &edits.set {
-        resp.insert_header(*name, value.as_str())?;
+    for (name, value) in edits.set {
+        resp.insert_header(name, owned_value(value)?)?;
     }
     Ok(())
+}
+
+/// `value` as a header value without copying it (`&str` values are copied into new storage).
+///
+/// # Errors
+/// A value the HTTP types refuse (not produced by the core).
+pub fn owned_value(value: String) -> Result<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(value))
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header value", e))
 }
 
 #[cfg(test)]
@@ -200,7 +204,7 @@ mod tests {
         }
         let f = forward("https://o.example:8443/a%20b.png?v=2");
         let uncached = req.clone();
-        rewrite_upstream_request(&mut req, &f, &f.auth_headers(NOW, &[0; 32]), false, "id-1")
+        rewrite_upstream_request(&mut req, &f, f.auth_headers(NOW, &[0; 32]), false, "id-1")
             .expect("rewrite");
 
         assert_eq!(req.raw_path(), b"/a%20b.png?v=2");
@@ -242,7 +246,7 @@ mod tests {
         assert!(!req.headers["accept"].is_sensitive());
         // A fill of the response cache: nothing that selects a variant goes with it.
         let mut fill = uncached;
-        rewrite_upstream_request(&mut fill, &f, &f.auth_headers(NOW, &[0; 32]), true, "id-1")
+        rewrite_upstream_request(&mut fill, &f, f.auth_headers(NOW, &[0; 32]), true, "id-1")
             .expect("rewrite");
         for gone in ["accept", "user-agent"] {
             assert!(fill.headers.get(gone).is_none(), "{gone} on a cache fill");
@@ -271,7 +275,7 @@ mod tests {
             policy_cache_control: None,
         };
         assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
-        apply_response_edits(&mut resp, &edits).expect("rewrite");
+        apply_response_edits(&mut resp, edits).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "public, max-age=60");
         assert!(resp.headers.get("set-cookie").is_none());
         assert_eq!(resp.headers["etag"], "\"x\"");
