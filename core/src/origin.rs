@@ -157,12 +157,11 @@ pub enum OriginError {
 /// Bad percent-encoding, not absolute http(s), no host, userinfo, bad port, control characters.
 pub fn decode_origin(path: &str) -> Result<OriginUrl, OriginError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let decoded = if http_prefix_len(rest).is_some() {
-        rest.to_owned()
+    if http_prefix_len(rest).is_some() {
+        parse_origin(rest)
     } else {
-        percent_decode_strict(rest)?
-    };
-    parse_origin(&decoded)
+        parse_origin(&percent_decode_strict(rest)?)
+    }
 }
 
 /// Validates an absolute origin URL string (already decoded).
