@@ -31,8 +31,8 @@ pub struct Forward {
     source: Arc<Source>,
     limits: Limits,
     origin: OriginUrl,
-    /// The first origin URL's web origin; unset on the client's own request, whose origin URL
-    /// is the first (built only when asked for: the native runtime never needs the string).
+    /// The first origin URL's web origin. On the client's own request that is `origin`'s,
+    /// built only when asked for (the Envoy filter's hop state; the native runtime never asks).
     auth_origin: OnceLock<String>,
     max_age: Option<u64>,
     redirects: u32,
