@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_allowed};
 use crate::auth::AuthHeaders;
@@ -31,7 +31,9 @@ pub struct Forward {
     source: Arc<Source>,
     limits: Limits,
     origin: OriginUrl,
-    auth_origin: String,
+    /// The first origin URL's web origin. On the client's own request that is `origin`'s,
+    /// built only when asked for (the Envoy filter's hop state; the native runtime never asks).
+    auth_origin: OnceLock<String>,
     max_age: Option<u64>,
     redirects: u32,
 }
@@ -47,7 +49,7 @@ impl Forward {
         Forward {
             source: Arc::clone(source),
             limits,
-            auth_origin: origin.web_origin(),
+            auth_origin: OnceLock::new(),
             origin,
             max_age,
             redirects: 0,
@@ -72,7 +74,7 @@ impl Forward {
             source: Arc::clone(sources.by_name(source)?),
             limits: *sources.limits(),
             origin: parse_origin(origin_url).ok()?,
-            auth_origin: auth_origin.to_owned(),
+            auth_origin: OnceLock::from(auth_origin.to_owned()),
             max_age,
             redirects,
         })
@@ -96,7 +98,7 @@ impl Forward {
     /// The web origin (`scheme://authority`) of the first origin URL: origin auth goes only to
     /// hops with the same scheme, host and port.
     pub fn auth_origin(&self) -> &str {
-        &self.auth_origin
+        self.auth_origin.get_or_init(|| self.origin.web_origin())
     }
 
     /// Upper bound for the response's `Cache-Control` max-age, from `expires`.
@@ -139,7 +141,10 @@ impl Forward {
     pub fn may_receive_auth(&self) -> bool {
         self.source
             .origin_auth_host_allowed(&self.origin.host, self.origin.port)
-            && self.origin.web_origin() == self.auth_origin
+            && self
+                .auth_origin
+                .get()
+                .is_none_or(|first| self.origin.has_web_origin(first))
     }
 
     /// Follows an origin redirect: resolves `location` against the current origin URL and
@@ -169,7 +174,7 @@ impl Forward {
             source: Arc::clone(&self.source),
             limits: self.limits,
             origin,
-            auth_origin: self.auth_origin.clone(),
+            auth_origin: OnceLock::from(self.auth_origin().to_owned()),
             max_age: self.max_age,
             redirects: self.redirects + 1,
         })
@@ -284,7 +289,7 @@ impl fmt::Debug for Forward {
         f.debug_struct("Forward")
             .field("source", &self.source.name)
             .field("origin", &self.origin.to_url_string())
-            .field("auth_origin", &self.auth_origin)
+            .field("auth_origin", &self.auth_origin())
             .field("max_age", &self.max_age)
             .field("redirects", &self.redirects)
             .finish()
@@ -296,7 +301,7 @@ impl PartialEq for Forward {
         self.source.name == other.source.name
             && self.limits == other.limits
             && self.origin == other.origin
-            && self.auth_origin == other.auth_origin
+            && self.auth_origin() == other.auth_origin()
             && self.max_age == other.max_age
             && self.redirects == other.redirects
     }

@@ -63,6 +63,11 @@ mod tests {
         assert_eq!(decode::<4>("000fabff", UPPER), None, "other case");
         assert_eq!(decode::<4>("000fabf", LOWER), None, "length");
         assert_eq!(decode::<4>("000fabfg", LOWER), None, "not hex");
+        let all: [u8; 256] = std::array::from_fn(|i| i as u8);
+        let text = encode(&all, LOWER);
+        assert_eq!(&text[..6], "000102");
+        assert_eq!(&text[506..], "fdfeff");
+        assert_eq!(decode::<256>(&text, LOWER), Some(all), "several chunks");
     }
 
     #[test]

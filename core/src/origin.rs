@@ -1,9 +1,8 @@
 //! Web Proxy origin URLs (README: URL format): the request path decoded once into a validated, typed origin.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use url::{Host, Url};
+use url::{Host, Position, Url};
 
 /// Origin scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,8 +72,34 @@ impl OriginUrl {
             out.push_str(&self.host);
         }
         if self.port != self.scheme.default_port() {
-            // Writing to a String cannot fail.
-            let _ = write!(out, ":{}", self.port);
+            out.push(':');
+            push_decimal(out, u64::from(self.port));
+        }
+    }
+
+    /// Whether `web_origin` is this URL's [`OriginUrl::web_origin`], compared in place (the
+    /// origin auth check runs on every origin request; building the string would allocate).
+    pub fn has_web_origin(&self, web_origin: &str) -> bool {
+        let Some(authority) = web_origin
+            .strip_prefix(self.scheme.as_str())
+            .and_then(|rest| rest.strip_prefix("://"))
+        else {
+            return false;
+        };
+        let after_host = if self.host.contains(':') {
+            authority
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_prefix(self.host.as_str()))
+                .and_then(|rest| rest.strip_prefix(']'))
+        } else {
+            authority.strip_prefix(self.host.as_str())
+        };
+        match after_host {
+            Some(port) if self.port != self.scheme.default_port() => {
+                port.strip_prefix(':') == Some(decimal(u64::from(self.port), &mut [0; 20]))
+            }
+            Some(rest) => rest.is_empty(),
+            None => false,
         }
     }
 
@@ -132,12 +157,11 @@ pub enum OriginError {
 /// Bad percent-encoding, not absolute http(s), no host, userinfo, bad port, control characters.
 pub fn decode_origin(path: &str) -> Result<OriginUrl, OriginError> {
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let decoded = if has_http_prefix(rest) {
-        rest.to_owned()
+    if http_prefix_len(rest).is_some() {
+        parse_origin(rest)
     } else {
-        percent_decode_strict(rest)?
-    };
-    parse_origin(&decoded)
+        parse_origin(&percent_decode_strict(rest)?)
+    }
 }
 
 /// Validates an absolute origin URL string (already decoded).
@@ -149,14 +173,16 @@ pub fn parse_origin(url: &str) -> Result<OriginUrl, OriginError> {
     if url.bytes().any(|b| b.is_ascii_control()) {
         return Err(OriginError::ControlCharacter);
     }
-    if !has_http_prefix(url) {
+    let Some(prefix) = http_prefix_len(url) else {
         return Err(OriginError::NotAbsoluteHttp);
-    }
-    let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
+    };
+    // The authority: after `http://` or `https://`, up to the first of `/?#\\`.
+    let after_scheme = &url.as_bytes()[prefix..];
     let authority_end = after_scheme
-        .find(['/', '?', '#', '\\'])
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
         .unwrap_or(after_scheme.len());
-    if after_scheme[..authority_end].contains('@') {
+    if after_scheme[..authority_end].contains(&b'@') {
         return Err(OriginError::Userinfo);
     }
     let parsed = Url::parse(url).map_err(|e| OriginError::Invalid(e.to_string()))?;
@@ -170,7 +196,11 @@ pub fn parse_origin(url: &str) -> Result<OriginUrl, OriginError> {
     }
     let host = match parsed.host() {
         Some(Host::Domain(d)) if !d.is_empty() => d.to_ascii_lowercase(),
-        Some(Host::Ipv4(ip)) => ip.to_string(),
+        // The parser has already written the address in dotted decimal, as `Ipv4Addr`'s
+        // `Display` does: copied rather than formatted again.
+        Some(Host::Ipv4(_)) => parsed.host_str().unwrap_or_default().to_owned(),
+        // Formatted by `Ipv6Addr` (RFC 5952), which differs from the URL's own serialisation
+        // for IPv4-mapped addresses.
         Some(Host::Ipv6(ip)) => ip.to_string(),
         _ => return Err(OriginError::Invalid("missing host".to_owned())),
     };
@@ -180,46 +210,67 @@ pub fn parse_origin(url: &str) -> Result<OriginUrl, OriginError> {
     if port == 0 {
         return Err(OriginError::BadPort);
     }
-    let mut path_and_query = parsed.path().to_owned();
-    if let Some(query) = parsed.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
     Ok(OriginUrl {
         scheme,
         host,
         port,
-        path_and_query,
+        // The path, then `?` and the query when there is one (never the fragment).
+        path_and_query: parsed[Position::BeforePath..Position::AfterQuery].to_owned(),
     })
 }
 
-fn has_http_prefix(s: &str) -> bool {
-    let starts = |prefix: &str| {
+/// The length of `s`'s `http://` or `https://` prefix (any case), if it has one.
+fn http_prefix_len(s: &str) -> Option<usize> {
+    ["http://", "https://"].into_iter().find_map(|prefix| {
         s.as_bytes()
             .get(..prefix.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
-    };
-    starts("http://") || starts("https://")
+            .then_some(prefix.len())
+    })
+}
+
+/// Appends `n` in decimal: what `write!(out, "{n}")` writes, without the formatting machinery
+/// (on every request: the authority's port, a `Cache-Control` max-age).
+pub(crate) fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(decimal(n, &mut [0; 20]));
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written, so this is always UTF-8.
+    std::str::from_utf8(&buf[start..]).unwrap_or_default()
 }
 
 fn percent_decode_strict(input: &str) -> Result<String, OriginError> {
+    let hex = |b: Option<&u8>| match b? {
+        b @ b'0'..=b'9' => Some(b - b'0'),
+        b @ b'a'..=b'f' => Some(b - b'a' + 10),
+        b @ b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).and_then(|b| char::from(*b).to_digit(16));
-            let lo = bytes.get(i + 2).and_then(|b| char::from(*b).to_digit(16));
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
-                _ => return Err(OriginError::BadPercentEncoding),
-            }
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+    let mut rest = bytes;
+    // Copies each run up to the next `%` whole, then decodes the escape.
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        out.extend_from_slice(&rest[..at]);
+        match (hex(rest.get(at + 1)), hex(rest.get(at + 2))) {
+            (Some(hi), Some(lo)) => out.push((hi << 4) | lo),
+            _ => return Err(OriginError::BadPercentEncoding),
         }
+        rest = &rest[at + 3..];
     }
+    out.extend_from_slice(rest);
     String::from_utf8(out).map_err(|_| OriginError::NotUtf8)
 }
 
@@ -267,6 +318,28 @@ mod tests {
             (o.host.as_str(), o.authority().as_str()),
             ("::1", "[::1]:8080")
         );
+    }
+
+    #[test]
+    fn web_origin_is_compared_in_place() {
+        for (path, other) in [
+            ("/http://a.example/x", "http://a.example:80"),
+            ("/https://a.example:8443/x", "https://a.example:443"),
+            ("/http://a.example:8080/x", "http://a.example:808"),
+            ("/http://[::1]:8080/x", "http://::1:8080"),
+            ("/http://127.0.0.1/x", "https://127.0.0.1"),
+            ("/http://a.example/x", "http://a.example.evil"),
+        ] {
+            let o = ok(path);
+            assert!(o.has_web_origin(&o.web_origin()), "{path}");
+            assert!(!o.has_web_origin(other), "{path} vs {other}");
+            assert!(!o.has_web_origin(""), "{path}");
+        }
+        assert_eq!(
+            ok("/http://a.example:65535/").web_origin(),
+            "http://a.example:65535"
+        );
+        assert_eq!(ok("/http://a.example:1/").authority(), "a.example:1");
     }
 
     #[test]

@@ -228,25 +228,25 @@ impl OriginHead {
         if name.starts_with(':') {
             return;
         }
-        let text = || String::from_utf8_lossy(value).trim().to_owned();
+        // Only the values kept are copied (a length is read in place).
+        let text = || String::from_utf8_lossy(value);
         if name.eq_ignore_ascii_case("content-type") {
-            self.content_types.push(text());
+            self.content_types.push(text().trim().to_owned());
         } else if name.eq_ignore_ascii_case("content-length") {
-            self.lengths.push(text().parse().ok());
+            self.lengths.push(text().trim().parse().ok());
         } else if name.eq_ignore_ascii_case("cache-control") {
-            self.cache_control.push(text());
+            self.cache_control.push(text().trim().to_owned());
         } else if name.eq_ignore_ascii_case("location") {
-            self.location.get_or_insert_with(text);
+            self.location
+                .get_or_insert_with(|| text().trim().to_owned());
         }
         let kept = RESPONSE_HEADER_ALLOWLIST
             .iter()
             .chain(FRAMING_HEADERS.iter())
             .any(|h| h.eq_ignore_ascii_case(name));
-        if !kept {
-            let lower = name.to_ascii_lowercase();
-            if !self.removed.contains(&lower) {
-                self.removed.push(lower);
-            }
+        // `removed` holds lower-case names: a repeated field is found without lower-casing it.
+        if !kept && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            self.removed.push(name.to_ascii_lowercase());
         }
     }
 
@@ -309,7 +309,12 @@ impl OriginHead {
 /// [`OriginHead::cache_control`]). A cache stores the answer under this value; each response
 /// then gets its own URL's `expires` cap ([`crate::expires::cap_cache_control`]).
 pub fn policy_cache_control(ttl: &CacheTtl, status: u16, origin: Option<&str>) -> String {
-    let public = |seconds: u64| format!("public, max-age={seconds}");
+    let public = |seconds: u64| {
+        let mut value = String::with_capacity(36);
+        value.push_str("public, max-age=");
+        crate::origin::push_decimal(&mut value, seconds);
+        value
+    };
     if (400..600).contains(&status) {
         return public(ttl.error_ttl);
     }
