@@ -139,13 +139,17 @@ pub fn micros(duration: std::time::Duration) -> u64 {
 impl AccessRecord<'_> {
     /// The line for `format` (no trailing newline); `None` for [`AccessLogFormat::Off`].
     pub fn render(&self, format: AccessLogFormat) -> Option<String> {
-        let mut line = String::with_capacity(320);
-        self.render_into(format, &mut line).then_some(line)
+        let mut line = Vec::with_capacity(320);
+        if !self.render_into(format, &mut line) {
+            return None;
+        }
+        // Every piece is ASCII or a whole `&str`: always UTF-8.
+        String::from_utf8(line).ok()
     }
 
-    /// Appends the line for `format` (no trailing newline) to `out`; false (nothing written)
-    /// for [`AccessLogFormat::Off`].
-    pub fn render_into(&self, format: AccessLogFormat, out: &mut String) -> bool {
+    /// Appends the line for `format` (no trailing newline, UTF-8) to `out`; false (nothing
+    /// written) for [`AccessLogFormat::Off`].
+    pub fn render_into(&self, format: AccessLogFormat, out: &mut Vec<u8>) -> bool {
         match format {
             AccessLogFormat::Off => return false,
             AccessLogFormat::Json => self.json(out),
@@ -156,86 +160,86 @@ impl AccessRecord<'_> {
 
     /// One JSON object, in the README's field order; `null` for an absent value. Strings are
     /// escaped as serde_json does (quote, backslash, control characters).
-    fn json(&self, out: &mut String) {
-        let opt = |out: &mut String, v: Option<&str>| match v {
+    fn json(&self, out: &mut Vec<u8>) {
+        let opt = |out: &mut Vec<u8>, v: Option<&str>| match v {
             Some(v) => json_string(out, v),
-            None => out.push_str("null"),
+            None => out.extend_from_slice(b"null"),
         };
-        out.push_str("{\"ts\":\"");
+        out.extend_from_slice(b"{\"ts\":\"");
         push_rfc3339_millis(out, self.ts_micros);
-        out.push_str("\",\"request_id\":");
+        out.extend_from_slice(b"\",\"request_id\":");
         json_string(out, self.request_id);
-        out.push_str(",\"client_ip\":\"");
+        out.extend_from_slice(b",\"client_ip\":\"");
         push_ip(out, self.client_ip);
-        out.push_str("\",\"method\":");
+        out.extend_from_slice(b"\",\"method\":");
         json_string(out, self.method);
-        out.push_str(",\"host\":");
+        out.extend_from_slice(b",\"host\":");
         json_string(out, self.host);
-        out.push_str(",\"source\":");
+        out.extend_from_slice(b",\"source\":");
         opt(out, self.source);
-        out.push_str(",\"outcome\":");
+        out.extend_from_slice(b",\"outcome\":");
         json_string(out, self.outcome);
-        out.push_str(",\"status\":");
+        out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
-        out.push_str(",\"origin_host\":");
+        out.extend_from_slice(b",\"origin_host\":");
         opt(out, self.origin_host);
-        out.push_str(",\"bytes_sent\":");
+        out.extend_from_slice(b",\"bytes_sent\":");
         push_u64(out, self.bytes_sent);
-        out.push_str(",\"duration_ms\":");
+        out.extend_from_slice(b",\"duration_ms\":");
         push_millis(out, self.duration_us);
-        out.push_str(",\"upstream_ms\":");
+        out.extend_from_slice(b",\"upstream_ms\":");
         match self.upstream_us {
             Some(us) => push_millis(out, us),
-            None => out.push_str("null"),
+            None => out.extend_from_slice(b"null"),
         }
-        out.push_str(",\"cache\":");
+        out.extend_from_slice(b",\"cache\":");
         opt(out, self.cache);
-        out.push('}');
+        out.push(b'}');
     }
 
     /// `key=value` pairs in the JSON field order; `-` for an absent value, client-sent values
     /// quoted when they hold a space, a quote, `=` or a control character.
-    fn text(&self, out: &mut String) {
-        let opt = |out: &mut String, v: Option<&str>| text_value(out, v.unwrap_or("-"));
-        out.push_str("ts=");
+    fn text(&self, out: &mut Vec<u8>) {
+        let opt = |out: &mut Vec<u8>, v: Option<&str>| text_value(out, v.unwrap_or("-"));
+        out.extend_from_slice(b"ts=");
         push_rfc3339_millis(out, self.ts_micros);
-        out.push_str(" request_id=");
+        out.extend_from_slice(b" request_id=");
         text_value(out, self.request_id);
-        out.push_str(" client_ip=");
+        out.extend_from_slice(b" client_ip=");
         push_ip(out, self.client_ip);
-        out.push_str(" method=");
+        out.extend_from_slice(b" method=");
         text_value(out, self.method);
-        out.push_str(" host=");
+        out.extend_from_slice(b" host=");
         text_value(out, self.host);
-        out.push_str(" source=");
+        out.extend_from_slice(b" source=");
         opt(out, self.source);
-        out.push_str(" outcome=");
-        out.push_str(self.outcome);
-        out.push_str(" status=");
+        out.extend_from_slice(b" outcome=");
+        out.extend_from_slice(self.outcome.as_bytes());
+        out.extend_from_slice(b" status=");
         push_u64(out, u64::from(self.status));
-        out.push_str(" origin_host=");
+        out.extend_from_slice(b" origin_host=");
         opt(out, self.origin_host);
-        out.push_str(" bytes_sent=");
+        out.extend_from_slice(b" bytes_sent=");
         push_u64(out, self.bytes_sent);
-        out.push_str(" duration_ms=");
+        out.extend_from_slice(b" duration_ms=");
         push_millis(out, self.duration_us);
-        out.push_str(" upstream_ms=");
+        out.extend_from_slice(b" upstream_ms=");
         match self.upstream_us {
             Some(us) => push_millis(out, us),
-            None => out.push('-'),
+            None => out.push(b'-'),
         }
-        out.push_str(" cache=");
+        out.extend_from_slice(b" cache=");
         opt(out, self.cache);
     }
 }
 
-fn text_value(out: &mut String, value: &str) {
+fn text_value(out: &mut Vec<u8>, value: &str) {
     let plain = !value.is_empty()
         && value
             .chars()
             .all(|c| !c.is_control() && !matches!(c, ' ' | '"' | '=' | '\\'));
     if plain {
-        out.push_str(value);
+        out.extend_from_slice(value.as_bytes());
     } else {
         // JSON string escaping: unambiguous, and a control character cannot forge a line.
         json_string(out, value);
@@ -244,140 +248,93 @@ fn text_value(out: &mut String, value: &str) {
 
 /// `value` as a JSON string: quote, backslash and control characters escaped (serde_json's
 /// rule), the rest as is.
-fn json_string(out: &mut String, value: &str) {
-    out.push('"');
-    let bytes = value.bytes();
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    out.push(b'"');
     // A fold without early exit: the compiler checks many bytes per instruction.
-    if !bytes.clone().fold(false, |any, b| any | needs_escape(b)) {
+    if !bytes.iter().fold(false, |any, &b| any | needs_escape(b)) {
         // Every value a well-behaved client sends: one copy.
-        out.push_str(value);
-        out.push('"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
         return;
     }
-    let mut plain = 0;
-    for (i, b) in bytes.enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&value[plain..i]);
-        plain = i + 1;
-        if escape.is_empty() {
-            out.push_str("\\u00");
-            crate::hex::push(out, &[b], crate::hex::LOWER);
-        } else {
-            out.push_str(escape);
+    for &b in bytes {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0..=0x1f => {
+                let hex = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(hex[usize::from(b >> 4)]);
+                out.push(hex[usize::from(b & 0x0f)]);
+            }
+            _ => out.push(b),
         }
     }
-    out.push_str(&value[plain..]);
-    out.push('"');
+    out.push(b'"');
 }
 
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// ASCII digits, written right to left into a stack buffer and appended with one copy; one
-/// place more than `u64::MAX` needs, for [`push_millis`]' point.
-struct Digits {
-    buf: [u8; DIGITS],
-    at: usize,
-}
-
-const DIGITS: usize = 21;
-
-impl Digits {
-    /// `n` in decimal, at least `width` digits (zero-padded; at most 20).
-    fn of(mut n: u64, width: usize) -> Digits {
-        let mut d = Digits {
-            buf: [b'0'; DIGITS],
-            at: DIGITS,
-        };
-        let stop = DIGITS - width.min(DIGITS - 1);
-        loop {
-            d.at -= 1;
-            d.buf[d.at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        d.at = d.at.min(stop);
-        d
-    }
-
-    fn push_to(&self, out: &mut String) {
-        // Only ASCII digits and a point are written, so this never falls back.
-        out.push_str(std::str::from_utf8(&self.buf[self.at..]).unwrap_or("0"));
-    }
-}
-
 /// `n` in decimal.
-fn push_u64(out: &mut String, n: u64) {
-    Digits::of(n, 1).push_to(out);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Microseconds as milliseconds with three decimals: `12.345`.
-fn push_millis(out: &mut String, micros: u64) {
-    let mut d = Digits::of(micros, 4);
-    // The point goes before the last three digits: the integer part moves one place left
-    // (at most 20 digits, so the first place is free).
-    let point = DIGITS - 3;
-    d.buf.copy_within(d.at..point, d.at - 1);
-    d.at -= 1;
-    d.buf[point - 1] = b'.';
-    d.push_to(out);
+fn push_millis(out: &mut Vec<u8>, micros: u64) {
+    push_u64(out, micros / 1000);
+    let fraction = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting machinery. `-` for none.
-fn push_ip(out: &mut String, ip: Option<IpAddr>) {
+fn push_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
     match ip {
         Some(IpAddr::V4(v4)) => {
-            let mut text = [0u8; 15];
-            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
+                    out.push(b'.');
                 }
                 if octet >= 100 {
-                    text[len] = b'0' + octet / 100;
-                    len += 1;
+                    out.push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    text[len] = b'0' + (octet / 10) % 10;
-                    len += 1;
+                    out.push(b'0' + (octet / 10) % 10);
                 }
-                text[len] = b'0' + octet % 10;
-                len += 1;
+                out.push(b'0' + octet % 10);
             }
-            out.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         }
         Some(ip @ IpAddr::V6(_)) => {
-            use std::fmt::Write as _;
-            // Writing to a String cannot fail.
+            use std::io::Write as _;
+            // Writing to a Vec cannot fail.
             let _ = write!(out, "{ip}");
         }
-        None => out.push('-'),
+        None => out.push(b'-'),
     }
 }
 
 /// `unix_micros` (microseconds since the epoch) as RFC 3339 UTC with milliseconds:
 /// `2026-12-01T11:32:32.123Z`.
 pub fn rfc3339_millis(unix_micros: u64) -> String {
-    let mut out = String::with_capacity(24);
+    let mut out = Vec::with_capacity(24);
     push_rfc3339_millis(&mut out, unix_micros);
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn push_rfc3339_millis(out: &mut String, unix_micros: u64) {
+fn push_rfc3339_millis(out: &mut Vec<u8>, unix_micros: u64) {
     let secs = unix_micros / 1_000_000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
@@ -399,9 +356,9 @@ fn push_rfc3339_millis(out: &mut String, unix_micros: u64) {
     if year > 9999 {
         // Past the four-digit years of RFC 3339: written in full rather than wrapped.
         push_u64(out, year);
-        out.push_str(std::str::from_utf8(&text[4..]).unwrap_or_default());
+        out.extend_from_slice(&text[4..]);
     } else {
-        out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+        out.extend_from_slice(&text);
     }
 }
 
@@ -609,9 +566,9 @@ mod tests {
         rec.upstream_us = None;
         rec.bytes_sent = u64::MAX;
         let line = rec.render(AccessLogFormat::Json).expect("json");
-        let mut longest = String::new();
+        let mut longest = Vec::new();
         push_millis(&mut longest, u64::MAX);
-        assert_eq!(longest, "18446744073709551.615");
+        assert_eq!(longest, b"18446744073709551.615");
         assert!(line.contains(r#""client_ip":"2001:db8::1""#), "{line}");
         assert!(
             line.contains(r#""duration_ms":0.007,"upstream_ms":null"#),

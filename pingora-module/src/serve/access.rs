@@ -37,7 +37,7 @@ static WRITER: OnceLock<Writer> = OnceLock::new();
 
 thread_local! {
     /// Each worker's line buffer, reused by every request on that thread.
-    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
 /// Starts the writer thread (once per process); `dropped` counts lines that found the batch
@@ -69,8 +69,8 @@ pub fn log(record: &AccessRecord<'_>, format: AccessLogFormat) {
     LINE.with_borrow_mut(|line| {
         line.clear();
         if record.render_into(format, line) {
-            line.push('\n');
-            writer.append(line.as_bytes());
+            line.push(b'\n');
+            writer.append(line);
         }
     });
 }
