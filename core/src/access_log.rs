@@ -4,10 +4,14 @@
 //! A line never holds the path, the query, `s`, a token or an auth header: the path and query
 //! carry the signature and the origin URL, so the record has no field for them at all.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 
 use crate::addr::IpNet;
+use crate::cache::CacheResult;
 use crate::config::AccessLogFormat;
+use crate::origin::OriginUrl;
+use crate::Outcome;
 
 /// The request and response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -113,12 +117,13 @@ pub struct AccessRecord<'a> {
     pub host: &'a str,
     /// The source's name; `None` when the Host names no source.
     pub source: Option<&'a str>,
-    /// The request's one outcome label.
-    pub outcome: &'a str,
+    /// The request's one outcome.
+    pub outcome: Outcome,
     /// The status sent; 0 when no response header went out.
     pub status: u16,
-    /// The origin's host (and port when not the scheme's default), of the last hop.
-    pub origin_host: Option<&'a str>,
+    /// The origin of the last hop: written as `origin_host`, its host (and port when not the
+    /// scheme's default, see [`OriginUrl::authority`]).
+    pub origin: Option<&'a OriginUrl>,
     /// Response body bytes sent to the client.
     pub bytes_sent: u64,
     /// From the request's arrival to its end, in microseconds; written as `duration_ms`,
@@ -128,7 +133,7 @@ pub struct AccessRecord<'a> {
     /// as `upstream_ms`); `None` without one.
     pub upstream_us: Option<u64>,
     /// What the response cache did; `None` when it was not used.
-    pub cache: Option<&'a str>,
+    pub cache: Option<CacheResult>,
 }
 
 /// A duration in whole microseconds, as the record holds it.
@@ -177,12 +182,21 @@ impl AccessRecord<'_> {
         json_string(out, self.host);
         out.extend_from_slice(b",\"source\":");
         opt(out, self.source);
-        out.extend_from_slice(b",\"outcome\":");
-        json_string(out, self.outcome);
+        // Labels of the core's own: nothing to escape.
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
-        out.extend_from_slice(b",\"origin_host\":");
-        opt(out, self.origin_host);
+        // A punycode name, an address and a port: nothing to escape.
+        match self.origin {
+            Some(origin) => {
+                out.extend_from_slice(b",\"origin_host\":\"");
+                origin.write_authority(out);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b",\"origin_host\":null"),
+        }
         out.extend_from_slice(b",\"bytes_sent\":");
         push_u64(out, self.bytes_sent);
         out.extend_from_slice(b",\"duration_ms\":");
@@ -192,9 +206,14 @@ impl AccessRecord<'_> {
             Some(us) => push_millis(out, us),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"cache\":");
-        opt(out, self.cache);
-        out.push(b'}');
+        match self.cache {
+            Some(cache) => {
+                out.extend_from_slice(b",\"cache\":\"");
+                out.extend_from_slice(cache.as_str().as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+            None => out.extend_from_slice(b",\"cache\":null}"),
+        }
     }
 
     /// `key=value` pairs in the JSON field order; `-` for an absent value, client-sent values
@@ -214,11 +233,14 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b" source=");
         opt(out, self.source);
         out.extend_from_slice(b" outcome=");
-        out.extend_from_slice(self.outcome.as_bytes());
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
         out.extend_from_slice(b" status=");
         push_u64(out, u64::from(self.status));
         out.extend_from_slice(b" origin_host=");
-        opt(out, self.origin_host);
+        match self.origin {
+            Some(origin) => origin.write_authority(out),
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(b" bytes_sent=");
         push_u64(out, self.bytes_sent);
         out.extend_from_slice(b" duration_ms=");
@@ -229,7 +251,7 @@ impl AccessRecord<'_> {
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" cache=");
-        opt(out, self.cache);
+        out.extend_from_slice(self.cache.map_or("-", CacheResult::as_str).as_bytes());
     }
 }
 
@@ -251,8 +273,7 @@ fn text_value(out: &mut Vec<u8>, value: &str) {
 fn json_string(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.push(b'"');
-    // A fold without early exit: the compiler checks many bytes per instruction.
-    if !bytes.iter().fold(false, |any, &b| any | needs_escape(b)) {
+    if !any_needs_escape(bytes) {
         // Every value a well-behaved client sends: one copy.
         out.extend_from_slice(bytes);
         out.push(b'"');
@@ -283,6 +304,30 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// Whether any byte of `bytes` [`needs_escape`], eight at a time: a byte below 0x20, or equal to
+/// `"` or `\\`, leaves its high bit set in one of the three words below (the classic "has a
+/// zero byte" test; a false alarm only sends the value down the exact per-byte path).
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        if below_space
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            != 0
+        {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| needs_escape(b))
+}
+
 /// `n` in decimal.
 fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -291,31 +336,32 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
 /// Microseconds as milliseconds with three decimals: `12.345`.
 fn push_millis(out: &mut Vec<u8>, micros: u64) {
     push_u64(out, micros / 1000);
-    let fraction = micros % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (fraction / 100) as u8,
-        b'0' + (fraction / 10 % 10) as u8,
-        b'0' + (fraction % 10) as u8,
-    ]);
+    let mut fraction = *b".000";
+    put_digits(&mut fraction[1..], micros % 1000);
+    out.extend_from_slice(&fraction);
 }
 
 /// An address as `Display` writes it; IPv4 without the formatting machinery. `-` for none.
 fn push_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
     match ip {
         Some(IpAddr::V4(v4)) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
+            let mut text = [0u8; 16];
+            let mut len = 0;
+            for octet in v4.octets() {
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + (octet / 10) % 10);
+                    text[len] = b'0' + (octet / 10) % 10;
+                    len += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[len] = b'0' + octet % 10;
+                text[len + 1] = b'.';
+                len += 2;
             }
+            // Without the last octet's point.
+            out.extend_from_slice(&text[..len - 1]);
         }
         Some(ip @ IpAddr::V6(_)) => {
             use std::io::Write as _;
@@ -334,31 +380,57 @@ pub fn rfc3339_millis(unix_micros: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+thread_local! {
+    /// The last second written and its `YYYY-MM-DDTHH:MM:SS` text: the lines of one second
+    /// share it, so the calendar is worked out once per second per thread.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
 fn push_rfc3339_millis(out: &mut Vec<u8>, unix_micros: u64) {
     let secs = unix_micros / 1_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (n % 10) as u8;
-            n /= 10;
+    let (cached, mut text) = SECOND.get();
+    if cached != secs {
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        let (year, month, day) = civil_from_days(days);
+        if year > 9999 {
+            // Past the four-digit years of RFC 3339: written in full rather than wrapped.
+            push_u64(out, year);
+            let mut rest = *b"-00-00T00:00:00";
+            put_digits(&mut rest[1..3], month);
+            put_digits(&mut rest[4..6], day);
+            put_digits(&mut rest[7..9], rem / 3600);
+            put_digits(&mut rest[10..12], (rem % 3600) / 60);
+            put_digits(&mut rest[13..15], rem % 60);
+            out.extend_from_slice(&rest);
+            push_millis_part(out, unix_micros);
+            return;
         }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, rem / 3600);
-    put(14, 2, (rem % 3600) / 60);
-    put(17, 2, rem % 60);
-    put(20, 3, (unix_micros / 1000) % 1000);
-    if year > 9999 {
-        // Past the four-digit years of RFC 3339: written in full rather than wrapped.
-        push_u64(out, year);
-        out.extend_from_slice(&text[4..]);
-    } else {
-        out.extend_from_slice(&text);
+        text = *b"0000-00-00T00:00:00";
+        put_digits(&mut text[0..4], year);
+        put_digits(&mut text[5..7], month);
+        put_digits(&mut text[8..10], day);
+        put_digits(&mut text[11..13], rem / 3600);
+        put_digits(&mut text[14..16], (rem % 3600) / 60);
+        put_digits(&mut text[17..19], rem % 60);
+        SECOND.set((secs, text));
+    }
+    out.extend_from_slice(&text);
+    push_millis_part(out, unix_micros);
+}
+
+/// `.mmmZ` of `unix_micros`.
+fn push_millis_part(out: &mut Vec<u8>, unix_micros: u64) {
+    let mut millis = *b".000Z";
+    put_digits(&mut millis[1..4], (unix_micros / 1000) % 1000);
+    out.extend_from_slice(&millis);
+}
+
+/// `n`'s last `digits.len()` decimal digits into `digits`, zero-padded.
+fn put_digits(digits: &mut [u8], mut n: u64) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -470,6 +542,8 @@ mod tests {
         );
     }
 
+    static ORIGIN: std::sync::OnceLock<OriginUrl> = std::sync::OnceLock::new();
+
     fn record() -> AccessRecord<'static> {
         AccessRecord {
             ts_micros: 1_764_588_752_123_456,
@@ -478,9 +552,16 @@ mod tests {
             method: "GET",
             host: "a.test",
             source: Some("a"),
-            outcome: "forwarded",
+            outcome: Outcome::Forwarded,
             status: 200,
-            origin_host: Some("origin.test:8443"),
+            origin: ORIGIN
+                .get_or_init(|| OriginUrl {
+                    scheme: crate::origin::Scheme::Https,
+                    host: "origin.test".into(),
+                    port: 8443,
+                    path_and_query: "/a.png".into(),
+                })
+                .into(),
             bytes_sent: 1024,
             duration_us: 12_345,
             upstream_us: Some(3_500),
@@ -591,6 +672,32 @@ mod tests {
             line.contains(r#""duration_ms":12.345,"upstream_ms":3.500,"#),
             "{line}"
         );
+        let mut hit = record();
+        hit.cache = Some(CacheResult::Hit);
+        let line = hit.render(AccessLogFormat::Json).expect("json");
+        let tail = r#""outcome":"forwarded","status":200,"origin_host":"origin.test:8443","bytes_sent":1024,"duration_ms":12.345,"upstream_ms":3.500,"cache":"hit"}"#;
+        assert!(line.ends_with(tail), "{line}");
+        let text = hit.render(AccessLogFormat::Text).expect("text");
+        let tail = " outcome=forwarded status=200 origin_host=origin.test:8443 bytes_sent=1024 \
+                    duration_ms=12.345 upstream_ms=3.500 cache=hit";
+        assert!(text.ends_with(tail), "{text}");
+    }
+
+    #[test]
+    fn the_word_scan_finds_every_byte_that_needs_escaping_at_every_position() {
+        for b in 0..=255u8 {
+            for at in 0..19 {
+                let mut bytes = [b'a'; 19];
+                bytes[at] = b;
+                assert_eq!(
+                    any_needs_escape(&bytes),
+                    needs_escape(b),
+                    "byte {b:#04x} at {at}"
+                );
+            }
+        }
+        // Bytes above 0x7f next to each other (UTF-8) are plain.
+        assert!(!any_needs_escape("caf\u{e9}\u{1f600}\u{1f600}".as_bytes()));
     }
 
     #[test]
@@ -603,6 +710,19 @@ mod tests {
         assert_eq!(
             rfc3339_millis(4_107_542_399_999_999),
             "2100-02-28T23:59:59.999Z"
+        );
+        // The same second again (its text cached), then the next millisecond and second.
+        assert_eq!(
+            rfc3339_millis(4_107_542_399_000_000),
+            "2100-02-28T23:59:59.000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(4_107_542_400_001_000),
+            "2100-03-01T00:00:00.001Z"
+        );
+        assert_eq!(
+            rfc3339_millis(253_402_300_800_000_000),
+            "10000-01-01T00:00:00.000Z"
         );
     }
 }

@@ -63,6 +63,22 @@ impl OriginUrl {
         out
     }
 
+    /// [`OriginUrl::authority`] appended to `out` as bytes, without a `String` of its own (the
+    /// access log writes it for every request).
+    pub fn write_authority(&self, out: &mut Vec<u8>) {
+        if self.host.contains(':') {
+            out.push(b'[');
+            out.extend_from_slice(self.host.as_bytes());
+            out.push(b']');
+        } else {
+            out.extend_from_slice(self.host.as_bytes());
+        }
+        if self.port != self.scheme.default_port() {
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(self.port).as_bytes());
+        }
+    }
+
     fn push_authority(&self, out: &mut String) {
         if self.host.contains(':') {
             out.push('[');

@@ -681,7 +681,6 @@ impl ProxyHttp for Gateway {
             .arrived
             .unwrap_or_else(|| (Instant::now(), unix_micros()));
         let req = session.req_header();
-        let origin_host = ctx.forward.as_ref().map(|f| f.origin().authority());
         let record = AccessRecord {
             ts_micros: arrived_micros,
             request_id: &ctx.request_id,
@@ -689,13 +688,13 @@ impl ProxyHttp for Gateway {
             method: req.method.as_str(),
             host: request_host(req),
             source: ctx.attribution.source().map(|s| s.name.as_str()),
-            outcome: outcome.as_str(),
+            outcome,
             status,
-            origin_host: origin_host.as_deref(),
+            origin: ctx.forward.as_ref().map(|f| f.origin()),
             bytes_sent,
             duration_us: access_log::micros(arrived.elapsed()),
             upstream_us: ctx.upstream_latency.map(access_log::micros),
-            cache: ctx.cache_result.map(CacheResult::as_str),
+            cache: ctx.cache_result,
         };
         super::access::log(&record, live.access_log);
     }
