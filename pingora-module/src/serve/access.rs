@@ -1,15 +1,14 @@
 //! The access log's writer: lines go to stdout from a thread of their own, so a slow reader of
 //! stdout (a full pipe, a stalled log shipper) never holds up a request.
 //!
-//! A request renders its line into its worker thread's reused buffer and appends it to one
-//! shared batch under a lock held for the copy only. The writer thread wakes when a batch starts
+//! A request renders its line straight into one shared batch, under a lock held for that
+//! alone (about a thousand instructions). The writer thread wakes when a batch starts
 //! (never per line), lets it fill for [`BATCH_WINDOW`] (less when it passes [`FLUSH_BYTES`]),
 //! then swaps it out and writes it with one `write` call: under load that is one wake-up and
 //! one system call per batch of hundreds of lines, none per line. A batch is bounded by
 //! [`MAX_BATCH_BYTES`]; a line that finds it full is dropped and counted in
 //! `ixproxy_access_log_dropped_total` rather than blocking the worker.
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -25,6 +24,9 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// The most a batch may hold while stdout is slow (the former queue's 16 Ki lines of ~250
 /// bytes); lines beyond it are dropped and counted.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// The room a batch must have left to take another line (a longer one, which only a request
+/// head near its size limit full of escaped characters makes, is taken back and dropped).
+const LINE_ROOM: usize = 64 * 1024;
 
 struct Writer {
     batch: Mutex<Vec<u8>>,
@@ -34,11 +36,6 @@ struct Writer {
 }
 
 static WRITER: OnceLock<Writer> = OnceLock::new();
-
-thread_local! {
-    /// Each worker's line buffer, reused by every request on that thread.
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-}
 
 /// Starts the writer thread (once per process); `dropped` counts lines that found the batch
 /// full.
@@ -63,16 +60,9 @@ pub fn start(dropped: IntCounter) -> std::io::Result<()> {
 /// Renders `record` in `format` and queues it as one line; a no-op before [`start`] and for
 /// [`AccessLogFormat::Off`].
 pub fn log(record: &AccessRecord<'_>, format: AccessLogFormat) {
-    let Some(writer) = WRITER.get() else {
-        return;
-    };
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        if record.render_into(format, line) {
-            line.push(b'\n');
-            writer.append(line);
-        }
-    });
+    if let Some(writer) = WRITER.get() {
+        writer.append(|batch| record.render_into(format, batch));
+    }
 }
 
 /// Writes what is batched now, from the calling thread (at exit: the last window's lines are
@@ -93,15 +83,27 @@ impl Writer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn append(&self, line: &[u8]) {
+    /// Renders one line straight into the batch (no copy of its own), under the lock; a line
+    /// that would take the batch past [`MAX_BATCH_BYTES`] is taken back and counted as dropped.
+    fn append(&self, render: impl FnOnce(&mut Vec<u8>) -> bool) {
         let mut batch = self.lock();
         let before = batch.len();
-        if before + line.len() > MAX_BATCH_BYTES {
+        // Room for any line is checked first, so the batch never grows past its bound.
+        if before + LINE_ROOM > MAX_BATCH_BYTES {
             drop(batch);
             self.dropped.inc();
             return;
         }
-        batch.extend_from_slice(line);
+        if !render(&mut batch) {
+            return;
+        }
+        if batch.len() >= MAX_BATCH_BYTES {
+            batch.truncate(before);
+            drop(batch);
+            self.dropped.inc();
+            return;
+        }
+        batch.push(b'\n');
         let after = batch.len();
         drop(batch);
         // The writer sleeps on an empty batch and wakes early for a full one: only these two
