@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::access_log::{assert_forwarded_text_line, by_id, json_lines, text_line};
-use ixproxy_conformance::client::{send, RawRequest, RawResponse};
+use ixproxy_conformance::client::{send, KeepAlive, RawRequest, RawResponse};
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
@@ -309,5 +309,61 @@ fn a_reload_turns_the_access_log_on_and_applies_new_trusted_proxies() {
         !serve.log().contains("needs a restart"),
         "access_log and trusted_proxies are applied by the reload:\n{}",
         serve.log()
+    );
+}
+
+/// The process's write system calls so far (`syscw` of `/proc/PID/io`: `write`, `writev` and
+/// the like, on sockets and stdout alike).
+fn write_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/io (the tests run as root or as the owner): {e}"));
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscw in {io}"))
+}
+
+/// Write system calls while `requests` signed requests go over one keep-alive connection, and
+/// the log text once every line is in.
+fn writes_for(access_log: &str, requests: usize) -> (u64, String) {
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config(&format!("access_log: {access_log}\n")));
+    let url = format!("http://{}/asset/batched.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    let mut conn = KeepAlive::connect(serve.listen(), TIMEOUT).expect("connect");
+    // The first request sets up the origin connection, the log writer and the timers.
+    assert_eq!(
+        conn.send(&request(&signed, &[])).expect("first").status,
+        200
+    );
+    let before = write_syscalls(serve.pid());
+    for i in 0..requests {
+        let resp = conn.send(&request(&signed, &[])).expect("request");
+        assert_eq!(resp.status, 200, "request {i}");
+    }
+    let lines = if access_log == "off" {
+        0
+    } else {
+        json_lines(|| serve.log(), requests + 1, LOG_WAIT).len()
+    };
+    let writes = write_syscalls(serve.pid()) - before;
+    if access_log != "off" {
+        assert_eq!(lines, requests + 1, "every request logged");
+    }
+    (writes, serve.log())
+}
+
+#[test]
+fn access_log_lines_are_written_in_batches_not_one_system_call_each() {
+    const REQUESTS: usize = 300;
+    let (with_log, _) = writes_for("json", REQUESTS);
+    let (without_log, log) = writes_for("off", REQUESTS);
+    // The same requests make the same socket writes; what the log adds is one write per batch
+    // (every 50 ms at most): a write per line would add 300.
+    let added = with_log.saturating_sub(without_log);
+    assert!(
+        added <= (REQUESTS / 10) as u64,
+        "the access log added {added} write calls for {REQUESTS} lines ({with_log} with, \
+         {without_log} without)\n{log}"
     );
 }
