@@ -176,7 +176,7 @@ impl OriginAuth {
             headers.push((ORIGIN_SECRET, handshake.expose().to_owned()));
         }
         if let Some(key) = &self.signing_key {
-            let timestamp = now.to_string();
+            let timestamp = itoa::Buffer::new().format(now).to_owned();
             let id = request_id(random);
             let signature = key.sign(&id, &timestamp);
             headers.push((SIGNATURE_TIMESTAMP, timestamp));

@@ -533,10 +533,11 @@ impl ProxyHttp for Gateway {
             // Only what the cache stored carries it.
             resp.remove_header(STORED_ORIGIN_HEADER);
         }
-        if let Some(forward) = ctx.forward.as_ref() {
+        // Only a URL with `expires` caps anything: the stored value is read for those alone.
+        if let Some(max_age) = ctx.forward.as_ref().and_then(|f| f.max_age()) {
             let stored = cache::joined(resp, header::CACHE_CONTROL);
             if let Some(capped) =
-                cache_rules::client_cache_control(stored.as_deref(), forward.max_age())
+                cache_rules::client_cache_control(stored.as_deref(), Some(max_age))
             {
                 resp.insert_header(header::CACHE_CONTROL, capped)?;
             }
