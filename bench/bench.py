@@ -431,6 +431,11 @@ def build_paths(args, workdir):
     serve_yaml = os.path.join(workdir, "ixproxy-serve.yaml")
     with open(serve_yaml, "w") as f:
         f.write(ixproxy_yaml(18088, 18188))
+    # The configuration the targets of issue 18 name: the JSON access log on, its lines in a
+    # file (the service's stdout), as a deployment writing to a file or a pipe has them.
+    serve_log_yaml = os.path.join(workdir, "ixproxy-serve-log.yaml")
+    with open(serve_log_yaml, "w") as f:
+        f.write(ixproxy_yaml(18089, 18189, access_log="json"))
 
     origin = Service("origin", nginx_conf(workdir, "origin", ORIGIN_PORT, origin_body(files)),
                      ORIGIN_PORT, workdir, LOAD_CPU)
@@ -465,6 +470,11 @@ def build_paths(args, workdir):
                                "--upgrade-sock", os.path.join(workdir, "upgrade.sock")],
                      18088, workdir, PROXY_CPU),
              18088, lambda n: imgix_target(origin_of("s", n)), floor="pingora"),
+        Path("serve-log", "ixproxy serve, JSON access log", "native",
+             Service("serve-log", [ixproxy, "serve", "-c", serve_log_yaml,
+                                   "--upgrade-sock", os.path.join(workdir, "upgrade-log.sock")],
+                     18089, workdir, PROXY_CPU),
+             18089, lambda n: imgix_target(origin_of("s", n)), floor="pingora"),
     ]
     return origin, paths
 
@@ -797,6 +807,14 @@ def write_results(args, paths, results, memory, crit, elapsed):
         target("`ixproxy serve` req/s ≥ 0.95× nginx", f"{r:.2f}×", r >= 0.95)
         r = paired("serve", "nginx", k, "p99")
         target("`ixproxy serve` p99 ≤ nginx p99 + 20%", f"{s['p99']:.3f} ms vs {ng['p99']:.3f} ms ({r:.2f}×)", r <= 1.2)
+    sl = med.get(("serve-log", k))
+    if sl and pf:
+        r = paired("serve-log", "pingora", k, "cpu_us")
+        target("`ixproxy serve` (JSON access log) CPU/request ≤ 1.35× bare Pingora (issue 18)",
+               f"{r:.2f}×", r <= 1.35)
+        r = paired("serve-log", "pingora", k, "rps")
+        target("`ixproxy serve` (JSON access log) req/s ≥ 0.75× bare Pingora (issue 18)",
+               f"{r:.2f}×", r >= 0.75)
     e, d = med.get(("envoy-ix", k)), med.get(("envoy-dfp", k))
     if e and d:
         r = paired("envoy-ix", "envoy-dfp", k, "cpu_us")
