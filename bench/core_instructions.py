@@ -37,7 +37,7 @@ ROWS = [
     ("op_hmac", "  raw HMAC-SHA256 of <request id>.<timestamp>", None),
     ("op_origin_head", "OriginHead::of (nginx static-file head, 8 fields)", None),
     ("op_check_response", "Forward::check_response (that head)", None),
-    ("op_access_log", "AccessRecord::render (JSON line)", None),
+    ("op_access_log", "AccessRecord::render_into (JSON line, reused buffer)", None),
 ]
 DECIDE = "op_decide_params"
 
