@@ -365,7 +365,14 @@ pub fn response_edits(
 ) -> ResponseEdits {
     let mut set = Vec::with_capacity(4);
     match media_type {
-        Some(media_type) => set.push(("content-type", media_type.to_header_value())),
+        Some(media_type) => {
+            let value = media_type.to_header_value();
+            // The origin's one Content-Type, already in normal form, stays as it is: setting it
+            // again would change nothing but cost a header rewrite on every response.
+            if head.content_types != [value.as_str()] {
+                set.push(("content-type", value));
+            }
+        }
         None if status_has_body(head.status()) => {
             set.push(("content-type", DEFAULT_CONTENT_TYPE.to_owned()));
         }
@@ -490,6 +497,17 @@ mod tests {
             Some("public, max-age=31536000"),
             "the cache stores the uncapped policy value"
         );
+        // One Content-Type already in normal form is left as it is; two are made one.
+        let normal = edits(&head(&[("Content-Type", "image/png")]), None);
+        assert!(!normal.set.iter().any(|(n, _)| *n == "content-type"));
+        let two = head(&[("Content-Type", "image/png"), ("Content-Type", "image/png")]);
+        let two = response_edits(
+            &two,
+            Some(&MediaType::parse("image/png").expect("type")),
+            &CacheTtl::default(),
+            None,
+        );
+        assert_eq!(two.set[0], ("content-type", "image/png".to_owned()));
         let not_modified = OriginHead::new(304);
         assert!(
             !response_edits(&not_modified, None, &CacheTtl::default(), None)

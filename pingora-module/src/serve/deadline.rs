@@ -40,6 +40,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use ixproxy_core::config::Source;
 use ixproxy_core::metrics::NO_SOURCE_LABEL;
 use ixproxy_core::Outcome;
 
@@ -158,8 +159,8 @@ struct State {
 pub struct Watchdog {
     state: Mutex<State>,
     changed: Notify,
-    /// The `source` label a request cut here is counted under.
-    source: Mutex<Option<String>>,
+    /// The source a request cut here is counted under (its label; none: `-`).
+    source: Mutex<Option<Arc<Source>>>,
 }
 
 impl Watchdog {
@@ -260,10 +261,10 @@ pub fn client_header_received() {
 }
 
 /// Arms the origin-header deadline (the first resolution of a request; later hops keep it).
-pub fn arm_origin(deadline: Instant, source: &str) {
+pub fn arm_origin(deadline: Instant, source: Option<&Arc<Source>>) {
     with_watchdog(|w| {
-        if let Ok(mut label) = w.source.lock() {
-            *label = Some(source.to_owned());
+        if let Ok(mut slot) = w.source.lock() {
+            *slot = source.cloned();
         }
         w.update(|p| {
             *p = Phase::Origin {
@@ -413,8 +414,8 @@ where
                         Expired::Origin => {
                             let outcome = Outcome::OriginTimeout;
                             let source = watchdog.source.lock().ok().and_then(|s| s.clone());
-                            let source = source.as_deref().unwrap_or(NO_SOURCE_LABEL);
-                            self.metrics.count(source, outcome);
+                            let label = source.as_ref().map_or(NO_SOURCE_LABEL, |s| &s.label);
+                            self.metrics.count(label, outcome);
                             info!(
                                 "request cut: origin response header past its deadline outcome={}",
                                 outcome.as_str()
@@ -617,7 +618,7 @@ mod tests {
                 // Only the client header phase is disarmed by its end.
                 client_header_received();
                 assert_eq!(w.get(), Phase::Disarmed);
-                arm_origin(deadline, "a");
+                arm_origin(deadline, None);
                 client_header_received();
                 origin_socket(None);
                 assert!(matches!(w.get(), Phase::Origin { socket: None, .. }));
@@ -626,7 +627,7 @@ mod tests {
             .await;
         assert_eq!(w.get(), Phase::Disarmed);
         // Outside a scope they are no-ops, not panics.
-        arm_origin(deadline, "a");
+        arm_origin(deadline, None);
         disarm();
     }
 }

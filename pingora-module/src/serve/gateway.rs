@@ -329,7 +329,7 @@ impl ProxyHttp for Gateway {
             ctx.upstream_started = Some(now);
             let deadline = now + live.upstream.timeout;
             ctx.deadline = Some(deadline);
-            deadline::arm_origin(deadline, ctx.attribution.source_label());
+            deadline::arm_origin(deadline, ctx.attribution.source());
         }
         // A new attempt: the previous one's connection (if any) is not this request's any more.
         deadline::origin_socket(None);
