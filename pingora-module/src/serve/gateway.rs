@@ -176,7 +176,11 @@ impl ProxyHttp for Gateway {
                 Attribution::of_host(&live.sources, request_host(req)),
             ),
             Ok(()) => {
-                let target = String::from_utf8_lossy(req.raw_path());
+                // A valid target (every signed one) is borrowed after the fast UTF-8 check;
+                // `from_utf8_lossy` walks it chunk by chunk even then.
+                let raw = req.raw_path();
+                let target = std::str::from_utf8(raw)
+                    .map_or_else(|_| String::from_utf8_lossy(raw), std::borrow::Cow::Borrowed);
                 let info = RequestInfo {
                     method: req.method.as_str(),
                     host: request_host(req),
