@@ -5,9 +5,9 @@
 //! rule of the core.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use ixproxy_core::access_log::REQUEST_ID_HEADER;
-use ixproxy_core::auth::AuthHeaders;
+use ixproxy_core::auth::{self, AuthHeaders};
 use ixproxy_core::request::{is_forwarded_client_header, HeaderTotals, FORWARDED_CLIENT_HEADERS};
 use ixproxy_core::response::{OriginHead, ResponseEdits};
 use ixproxy_core::{Forward, Rejection};
@@ -76,9 +76,11 @@ pub async fn respond(session: &mut Session, rejection: &Rejection, request_id: &
 /// [`Forward::auth_headers`]) and the request's id.
 ///
 /// The request is built anew rather than edited: Pingora's client request keeps a second map
-/// of header-name case, so each removal and insertion there hashes twice and grows both maps;
-/// a new head without it, sized for what it gets, costs a fraction (bench/NOTES.md). Header
-/// names go out in Pingora's title case, which HTTP/1.1 origins treat as any other case.
+/// of header-name case, so each removal and insertion there hashes twice, parses the name
+/// again and grows both maps. A new head without it, its header map sized for what it gets and
+/// filled with names that are already parsed (the client's own, and constants), costs a
+/// fraction (bench/NOTES.md). Header names go out in Pingora's title case, which HTTP/1.1
+/// origins treat as any other case.
 ///
 /// # Errors
 /// A header value or path the HTTP types refuse (the core never produces one).
@@ -89,33 +91,53 @@ pub fn rewrite_upstream_request(
     cached: bool,
     request_id: &str,
 ) -> Result<()> {
-    let size = FORWARDED_CLIENT_HEADERS.len() + 8;
-    let mut origin = RequestHeader::build_no_case(
-        req.method.clone(),
-        forward.origin().path_and_query.as_bytes(),
-        Some(size),
-    )?;
+    let mut headers = HeaderMap::with_capacity(FORWARDED_CLIENT_HEADERS.len() + 8);
     for (name, value) in &req.headers {
-        // The allowlist's own `&'static` spelling: no name is copied or parsed anew.
-        let listed = FORWARDED_CLIENT_HEADERS
-            .iter()
-            .find(|listed| **listed == name.as_str());
-        if let Some(&listed) = listed {
-            if listed != REQUEST_ID_HEADER && is_forwarded_client_header(listed, cached) {
-                origin.append_header(listed, value.clone())?;
-            }
+        if *name != X_REQUEST_ID && is_forwarded_client_header(name.as_str(), cached) {
+            headers.append(name.clone(), value.clone());
         }
     }
-    origin.append_header("host", owned_value(forward.origin().authority())?)?;
+    headers.insert(header::HOST, owned_value(forward.origin().authority())?);
     for (name, value) in auth {
         // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
         let mut value = owned_value(value)?;
         value.set_sensitive(true);
-        origin.append_header(name, value)?;
+        headers.append(auth_header_name(name)?, value);
     }
-    origin.append_header(REQUEST_ID_HEADER, request_id)?;
+    headers.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(request_id)
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request id", e))?,
+    );
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = req.method.clone();
+    parts.headers = headers;
+    let mut origin = RequestHeader::from(parts);
+    origin.set_raw_path(forward.origin().path_and_query.as_bytes())?;
     *req = origin;
     Ok(())
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+
+/// The parsed name of one of the core's origin auth headers: a constant for each, so none is
+/// parsed or copied per request.
+fn auth_header_name(name: &'static str) -> Result<HeaderName> {
+    const ORIGIN_SECRET: HeaderName = HeaderName::from_static(auth::ORIGIN_SECRET);
+    const SIGNATURE_TIMESTAMP: HeaderName = HeaderName::from_static(auth::SIGNATURE_TIMESTAMP);
+    const SIGNATURE_REQUEST_ID: HeaderName = HeaderName::from_static(auth::SIGNATURE_REQUEST_ID);
+    const SIGNATURE: HeaderName = HeaderName::from_static(auth::SIGNATURE);
+    const SIGNATURE_HOST: HeaderName = HeaderName::from_static(auth::SIGNATURE_HOST);
+    Ok(match name {
+        auth::AUTHORIZATION => header::AUTHORIZATION,
+        auth::ORIGIN_SECRET => ORIGIN_SECRET,
+        auth::SIGNATURE_TIMESTAMP => SIGNATURE_TIMESTAMP,
+        auth::SIGNATURE_REQUEST_ID => SIGNATURE_REQUEST_ID,
+        auth::SIGNATURE => SIGNATURE,
+        auth::SIGNATURE_HOST => SIGNATURE_HOST,
+        other => HeaderName::from_bytes(other.as_bytes())
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth name", e))?,
+    })
 }
 
 /// The origin response head as the core reads it.
@@ -257,6 +279,22 @@ mod tests {
             !debug.contains("dTpw") && !debug.contains("\"hs\""),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn every_origin_auth_header_name_has_its_own_constant() {
+        for name in [
+            auth::AUTHORIZATION,
+            auth::ORIGIN_SECRET,
+            auth::SIGNATURE_TIMESTAMP,
+            auth::SIGNATURE_REQUEST_ID,
+            auth::SIGNATURE,
+            auth::SIGNATURE_HOST,
+            "x-another",
+        ] {
+            assert_eq!(auth_header_name(name).expect("valid").as_str(), name);
+        }
+        assert_eq!(X_REQUEST_ID.as_str(), REQUEST_ID_HEADER);
     }
 
     #[test]
