@@ -226,8 +226,10 @@ pub fn is_cache_hit(details: &str) -> bool {
     details == RESPONSE_FROM_CACHE
 }
 
-/// Response header the filter's upstream role (on every origin response, before Envoy's cache
-/// stores it) sets to the address Envoy connected to, after removing any origin-sent one. Envoy
+/// Response header the filter's upstream role (with the cache: on every origin response, before
+/// Envoy's cache stores it) sets to the address Envoy connected to, after removing any
+/// origin-sent one; without the cache the filter reads `upstream.address` itself and ignores the
+/// header (the origin's then). Envoy
 /// 1.40's cache fetches cacheable requests on its own side channel, so the downstream stream
 /// never learns `upstream.address`, neither on the miss nor on later hits: the stored header is
 /// what the filter checks instead. Never reaches the client (not on the response allowlist).
@@ -249,8 +251,9 @@ pub const ORIGIN_REQUEST_REMOVED: [&str; 6] = [
 /// ([`encode_cache_ttl`]), for its upstream role: that role sees the origin's response before
 /// Envoy's cache stores it and replaces its `Cache-Control` with the §12 policy value
 /// ([`crate::response::policy_cache_control`], uncapped), so the cache keeps the policy's
-/// freshness. A client-sent one never survives (not on the forwarded allowlist); the upstream
-/// role removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
+/// freshness. Set only with the cache (its presence is how the upstream role knows the cache is
+/// on). A client-sent one never survives (not on the forwarded allowlist); the upstream role
+/// removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
 pub const CACHE_TTL_HEADER: &str = "x-ixproxy-cache-ttl";
 
 /// [`CACHE_TTL_HEADER`]'s value: `<behavior> <cache_ttl> <cache_ttl_error>`, behavior as in the

@@ -78,9 +78,15 @@ pub struct FilterHttp {
     /// Whether the response cache sits in front of the origin: no variant-selecting client
     /// header goes to it then.
     cached: bool,
-    /// The request header list as read and the edits not yet written to it: written in one
-    /// host call when the request is forwarded or refused.
+    /// The request header list as read and the edits not yet written to it: written (those
+    /// that change it) when the request is forwarded or refused.
     unwritten: Option<Unwritten>,
+    /// Random bytes drawn with the request id's, for the origin auth headers: one host call
+    /// for both.
+    spare_random: Option<[u8; 32]>,
+    /// Set once the whole origin answer reached the client through this filter: the body
+    /// bytes it counted are then Envoy's `response.size`, not asked for again.
+    delivered: bool,
 }
 
 impl FilterHttp {
@@ -107,6 +113,8 @@ impl FilterHttp {
             access_log,
             cached,
             unwritten: None,
+            spare_random: None,
+            delivered: false,
         }
     }
 
@@ -131,7 +139,10 @@ impl FilterHttp {
     /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
     /// a new one (the edit returned), so the access log, the origin and the response (Envoy
     /// echoes it) see one id.
-    fn settle_request_id(&self, headers: &[(String, Bytes)]) -> Result<Option<HeaderEdit>, String> {
+    fn settle_request_id(
+        &mut self,
+        headers: &[(String, Bytes)],
+    ) -> Result<Option<HeaderEdit>, String> {
         let sent = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
@@ -140,8 +151,15 @@ impl FilterHttp {
             self.log_property(LOG_REQUEST_ID, kept);
             return Ok(None);
         }
+        // The origin auth headers' bytes come with the id's: one host call for both.
+        let mut drawn = [0u8; REQUEST_ID_RANDOM_BYTES + 32];
+        getrandom::getrandom(&mut drawn).map_err(|e| format!("no randomness: {e}"))?;
+        let (id_bytes, spare) = drawn.split_at(REQUEST_ID_RANDOM_BYTES);
         let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
-        random.copy_from_slice(&Self::random()?[..REQUEST_ID_RANDOM_BYTES]);
+        random.copy_from_slice(id_bytes);
+        let mut auth = [0u8; 32];
+        auth.copy_from_slice(spare);
+        self.spare_random = Some(auth);
         let id = access_log::new_request_id(random);
         self.log_property(LOG_REQUEST_ID, &id);
         Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id)))
@@ -260,7 +278,9 @@ impl FilterHttp {
         started_ms: u64,
         timeout_ms: Option<u64>,
     ) -> Action {
-        let random = match Self::random() {
+        // Fresh bytes for every origin request: the ones drawn with this stream's request id
+        // are used once.
+        let random = match self.spare_random.take().map_or_else(Self::random, Ok) {
             Ok(random) => random,
             Err(e) => return self.internal_error(&e),
         };
@@ -300,7 +320,7 @@ impl FilterHttp {
             self.in_flight = true;
             self.counters.inflight(&self.source_label, 1);
         }
-        // No `clear_route_cache` call: writing the request headers made Envoy drop the route it
+        // No `clear_route_cache` call: each request header edit made Envoy drop the route it
         // chose before the filter ran, so it chooses again for the new :scheme and marker.
         self.forward = Some(forward);
         Action::Continue
@@ -454,8 +474,18 @@ impl HttpContext for FilterHttp {
             Ok(fields) => fields,
             Err(e) => return self.internal_error(&e),
         };
-        let property = Self::property(&["upstream", "address"]);
-        let stored = headers::value(&fields, UPSTREAM_ADDRESS_HEADER)
+        // The address serves the private-address check below and, with the cache, tells a
+        // fill from a hit; a source that allows private origins without the cache needs
+        // neither, and is spared the host call. Only with the cache does the upstream role
+        // store it (and remove an origin-sent one): without, that header is the origin's and
+        // never counts.
+        let property = (self.cached || !forward.allow_private())
+            .then(|| Self::property(&["upstream", "address"]))
+            .flatten();
+        let stored = self
+            .cached
+            .then(|| headers::value(&fields, UPSTREAM_ADDRESS_HEADER))
+            .flatten()
             .map(|value| String::from_utf8_lossy(value).into_owned());
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         if self.cached && upstream.is_none() && !is_cache_hit(&details) {
@@ -499,6 +529,7 @@ impl HttpContext for FilterHttp {
             return self.internal_error(&e);
         }
         if end_of_stream {
+            self.delivered = true;
             self.count(Outcome::Forwarded);
         }
         Action::Continue
@@ -527,6 +558,7 @@ impl HttpContext for FilterHttp {
             return Action::Pause;
         }
         if end_of_stream {
+            self.delivered = true;
             self.count(Outcome::Forwarded);
         }
         Action::Continue
@@ -549,10 +581,15 @@ impl HttpContext for FilterHttp {
         }
         self.release_slot();
         self.leave_inflight();
-        // The body bytes this client request got (Envoy's count: a local reply's too).
-        if let Some(size) = Self::int_property(&["response", "size"]) {
-            self.counters
-                .add_bytes(&self.source_label, u64::try_from(size).unwrap_or(0));
+        // The body bytes this client request got: the filter's own count of a whole origin
+        // answer, else Envoy's (a local reply's too).
+        let size = if self.delivered {
+            Some(self.body_bytes)
+        } else {
+            Self::int_property(&["response", "size"]).map(|size| u64::try_from(size).unwrap_or(0))
+        };
+        if let Some(size) = size {
+            self.counters.add_bytes(&self.source_label, size);
         }
         if self.counted || self.forward.is_none() {
             return;

@@ -18,6 +18,11 @@
 //!   checks for misses and hits alike; and it replaces the origin's `Cache-Control` with the
 //!   source's policy value (README: Cache TTL policy, uncapped), so that is what the cache stores
 //!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]).
+//!
+//! Without the cache (no [`CACHE_TTL_HEADER`] on the origin request) only a redirect needs the
+//! response side: any other response costs one host call (its status) and no edit, and each
+//! request-side removal is its own host call (usually only `x-forwarded-proto`): Envoy makes a
+//! single edit far more cheaply than it rewrites a whole map (bench/NOTES.md).
 
 use ixproxy_core::envoy::decode_cache_ttl;
 use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
@@ -57,6 +62,8 @@ pub struct LocationFilter {
     base: Option<String>,
     /// The source's cache TTL settings, from the main filter ([`CACHE_TTL_HEADER`]).
     ttl: Option<ixproxy_core::config::CacheTtl>,
+    /// Whether the cache is on: the main filter sent [`CACHE_TTL_HEADER`].
+    cached: bool,
 }
 
 impl Context for LocationFilter {}
@@ -77,6 +84,9 @@ impl HttpContext for LocationFilter {
             value(":authority").unwrap_or_default(),
             value(":path").unwrap_or_default()
         ));
+        self.cached = fields
+            .as_deref()
+            .is_some_and(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
@@ -90,14 +100,27 @@ impl HttpContext for LocationFilter {
             .filter(|name| present(name))
             .map(|name| HeaderEdit::Remove((*name).to_owned()))
             .collect();
-        if let Err(e) = headers::write(MapType::HttpRequestHeaders, fields, &removals) {
+        if let Err(e) = headers::write(MapType::HttpRequestHeaders, None, &removals) {
             log::warn!("ixproxy: the origin request's internal headers: {e}");
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // One read of the response header and at most one write of all the edits below.
+        // Without the cache only a redirect needs this role: the main filter takes the address
+        // from Envoy's `upstream.address` itself. One host call for the status then, and
+        // nothing else on any other response.
+        if !self.cached {
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+                .unwrap_or(0);
+            if !is_followed_redirect(status) {
+                return Action::Continue;
+            }
+        }
+        // One read of the response header, then the edits below that change it.
         let read = headers::read(MapType::HttpResponseHeaders);
         if let Err(e) = &read {
             log::warn!("ixproxy: the origin response header: {e}");
