@@ -229,7 +229,7 @@ def main():
             if args.objects:
                 objects, functions = by_object(dump)
                 for ob, cost in sorted(objects.items(), key=lambda kv: -kv[1])[:8]:
-                    if cost == 0:
+                    if cost < args.requests:  # under one per request
                         continue
                     print(f"  {cost / args.requests:>10,.0f}  {ob}")
                 for (ob, fn), cost in sorted(functions.items(), key=lambda kv: -kv[1])[:15]:

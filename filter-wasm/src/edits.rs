@@ -2,6 +2,8 @@
 //! Envoy header edits and local replies. No host calls, so it is tested natively; the HTTP
 //! context only applies these plans.
 
+use std::borrow::Cow;
+
 use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::request::is_forwarded_client_header;
 use ixproxy_core::response::ResponseEdits;
@@ -14,13 +16,17 @@ pub const UPSTREAM_TLS: &str = "tls";
 /// [`UPSTREAM_HEADER`] value routed to the plain-HTTP dynamic-forward-proxy cluster.
 pub const UPSTREAM_PLAIN: &str = "plain";
 
+/// A header name or value: most are constants, which then cost the filter no allocation (each
+/// one an allocation and a copy in the Wasm module's allocator, measured in bench/NOTES.md).
+pub type Text = Cow<'static, str>;
+
 /// One change to a header map, applied in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Replace every value of the header (lower-case name) with this one.
-    Set(String, String),
+    Set(Text, Text),
     /// Remove every value of the header (lower-case name).
-    Remove(String),
+    Remove(Text),
 }
 
 impl HeaderEdit {
@@ -86,11 +92,17 @@ pub fn forward_request_edits<'a>(
     } else {
         UPSTREAM_PLAIN
     };
-    let mut edits: Vec<HeaderEdit> = removed.into_iter().map(HeaderEdit::Remove).collect();
-    edits.push(HeaderEdit::Set(":authority".into(), origin.authority()));
+    let mut edits: Vec<HeaderEdit> = removed
+        .into_iter()
+        .map(|name| HeaderEdit::Remove(name.into()))
+        .collect();
+    edits.push(HeaderEdit::Set(
+        ":authority".into(),
+        origin.authority().into(),
+    ));
     edits.push(HeaderEdit::Set(
         ":path".into(),
-        origin.path_and_query.clone(),
+        origin.path_and_query.clone().into(),
     ));
     edits.push(HeaderEdit::Set(
         ":scheme".into(),
@@ -109,12 +121,12 @@ pub fn forward_request_edits<'a>(
     if cached {
         edits.push(HeaderEdit::Set(
             CACHE_TTL_HEADER.into(),
-            encode_cache_ttl(&forward.source().cache_ttl),
+            encode_cache_ttl(&forward.source().cache_ttl).into(),
         ));
     }
     edits.extend(
         auth.iter()
-            .map(|(name, value)| HeaderEdit::Set(name.to_owned(), value.to_owned())),
+            .map(|(name, value)| HeaderEdit::Set(name.into(), value.to_owned().into())),
     );
     edits
 }
@@ -127,8 +139,11 @@ pub fn client_markers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
         let forged = [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]
             .iter()
             .any(|m| m.eq_ignore_ascii_case(name));
+        if !forged {
+            continue;
+        }
         let lower = name.to_ascii_lowercase();
-        if forged && !found.contains(&lower) {
+        if !found.contains(&lower) {
             found.push(lower);
         }
     }
@@ -136,16 +151,16 @@ pub fn client_markers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
 }
 
 /// The core's response edits as header map edits: removals first, then sets.
-pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
+pub fn response_header_edits(edits: ResponseEdits) -> Vec<HeaderEdit> {
     edits
         .remove
-        .iter()
-        .map(|name| HeaderEdit::Remove(name.clone()))
+        .into_iter()
+        .map(|name| HeaderEdit::Remove(name.into()))
         .chain(
             edits
                 .set
-                .iter()
-                .map(|(name, value)| HeaderEdit::Set((*name).to_owned(), value.clone())),
+                .into_iter()
+                .map(|(name, value)| HeaderEdit::Set(name.into(), value.into())),
         )
         .collect()
 }
@@ -166,7 +181,10 @@ pub fn edited(mut fields: Vec<(String, Vec<u8>)>, edits: &[HeaderEdit]) -> Vec<(
 /// The edits among `edits` that change the header list `fields` (applied in order, with
 /// [`edited`]'s semantics): removing a name that is not there, or setting a name that already
 /// has exactly that one value, changes nothing, and each edit left out is a host call saved.
-pub fn changing<'a>(fields: &'a [(String, Vec<u8>)], edits: &'a [HeaderEdit]) -> Vec<HeaderEdit> {
+pub fn changing<'a>(
+    fields: &'a [(String, Vec<u8>)],
+    edits: &'a [HeaderEdit],
+) -> Vec<&'a HeaderEdit> {
     let mut current: Vec<(&str, &[u8])> = fields
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_slice()))
@@ -186,7 +204,7 @@ pub fn changing<'a>(fields: &'a [(String, Vec<u8>)], edits: &'a [HeaderEdit]) ->
         };
         if changes {
             apply(&mut current, edit, |name, value| (name, value.as_bytes()));
-            kept.push(edit.clone());
+            kept.push(edit);
         }
     }
     kept
@@ -268,7 +286,7 @@ mod tests {
     use ixproxy_core::Outcome;
 
     fn set(name: &str, value: &str) -> HeaderEdit {
-        HeaderEdit::Set(name.into(), value.into())
+        HeaderEdit::Set(name.to_owned().into(), value.to_owned().into())
     }
 
     #[test]
@@ -297,7 +315,7 @@ mod tests {
             edits
                 .iter()
                 .filter_map(|e| match e {
-                    HeaderEdit::Remove(n) => Some(n.clone()),
+                    HeaderEdit::Remove(n) => Some(n.to_string()),
                     HeaderEdit::Set(..) => None,
                 })
                 .collect()
@@ -374,7 +392,7 @@ mod tests {
             set("cache-control", "no-store"),
             set("cache-control", "no-store"),
         ];
-        let kept = changing(&read, &edits);
+        let kept: Vec<HeaderEdit> = changing(&read, &edits).into_iter().cloned().collect();
         assert_eq!(
             kept,
             [
@@ -531,7 +549,7 @@ mod tests {
                 ("content-type", b"image/png"),
             ],
         );
-        let edits = response_header_edits(&f.check_response(&head).expect("allowed"));
+        let edits = response_header_edits(f.check_response(&head).expect("allowed"));
         assert_eq!(edits[0], HeaderEdit::Remove("set-cookie".into()));
         assert!(edits.contains(&set("cache-control", "public, max-age=60")));
         assert!(edits.contains(&set("x-content-type-options", "nosniff")));

@@ -38,15 +38,11 @@ pub fn write(
     fields: Option<Vec<(String, Bytes)>>,
     edits: &[HeaderEdit],
 ) -> Result<(), String> {
-    let kept;
-    let edits = match fields {
-        Some(fields) => {
-            kept = edits::changing(&fields, edits);
-            &kept[..]
-        }
-        None => edits,
+    let kept = match &fields {
+        Some(fields) => edits::changing(fields, edits),
+        None => edits.iter().collect(),
     };
-    for edit in edits {
+    for edit in kept {
         let result = match edit {
             HeaderEdit::Set(name, value) => {
                 hostcalls::set_map_value_bytes(map, name, Some(value.as_bytes()))

@@ -162,7 +162,7 @@ impl FilterHttp {
         self.spare_random = Some(auth);
         let id = access_log::new_request_id(random);
         self.log_property(LOG_REQUEST_ID, &id);
-        Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id)))
+        Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id.into())))
     }
 
     /// Gives back the in-flight slot this stream holds, if any.
@@ -194,7 +194,10 @@ impl FilterHttp {
         hostcalls::get_property(path.to_vec())
             .ok()
             .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map(|v| {
+                String::from_utf8(v)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
     }
 
     /// Counts `outcome` unless this request already has its outcome.
@@ -299,7 +302,7 @@ impl FilterHttp {
         if let Some(timeout_ms) = timeout_ms {
             edits.push(HeaderEdit::Set(
                 hop::TIMEOUT_HEADER.into(),
-                timeout_ms.to_string(),
+                timeout_ms.to_string().into(),
             ));
         }
         if let Err(e) = headers::write(MapType::HttpRequestHeaders, Some(fields), &edits) {
@@ -400,7 +403,7 @@ impl HttpContext for FilterHttp {
         let mut pending: Vec<HeaderEdit> =
             edits::client_markers(headers.iter().map(|(name, _)| name.as_str()))
                 .into_iter()
-                .map(HeaderEdit::Remove)
+                .map(|name| HeaderEdit::Remove(name.into()))
                 .collect();
         match self.settle_request_id(&headers) {
             Ok(edit) => pending.extend(edit),
@@ -521,7 +524,7 @@ impl HttpContext for FilterHttp {
             Ok(edits) => edits,
             Err(rejection) => return self.reject(&rejection),
         };
-        let mut header_edits = edits::response_header_edits(&response_edits);
+        let mut header_edits = edits::response_header_edits(response_edits);
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
         }

@@ -28,7 +28,7 @@ use ixproxy_core::envoy::decode_cache_ttl;
 use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, Bytes, MapType};
 
 use crate::edits::HeaderEdit;
 use crate::headers;
@@ -59,11 +59,27 @@ fn ttl_respects_origin(ttl: Option<&ixproxy_core::config::CacheTtl>) -> bool {
 /// are not readable any more in the response phase; asking for them there is an error).
 #[derive(Debug, Default)]
 pub struct LocationFilter {
-    base: Option<String>,
+    /// The attempt's request header as read (the redirect base is made from it only for a
+    /// redirect).
+    request: Option<Vec<(String, Bytes)>>,
     /// The source's cache TTL settings, from the main filter ([`CACHE_TTL_HEADER`]).
     ttl: Option<ixproxy_core::config::CacheTtl>,
     /// Whether the cache is on: the main filter sent [`CACHE_TTL_HEADER`].
     cached: bool,
+}
+
+impl LocationFilter {
+    /// The attempt's URL, `scheme://authority/path`: what a relative `Location` resolves
+    /// against.
+    fn base(&self) -> String {
+        let value = |name: &str| headers::text(self.request.as_deref()?, name);
+        format!(
+            "{}://{}{}",
+            value(":scheme").unwrap_or_default(),
+            value(":authority").unwrap_or_default(),
+            value(":path").unwrap_or_default()
+        )
+    }
 }
 
 impl Context for LocationFilter {}
@@ -78,12 +94,6 @@ impl HttpContext for LocationFilter {
         }
         let fields = read.ok();
         let value = |name: &str| headers::text(fields.as_deref()?, name);
-        self.base = Some(format!(
-            "{}://{}{}",
-            value(":scheme").unwrap_or_default(),
-            value(":authority").unwrap_or_default(),
-            value(":path").unwrap_or_default()
-        ));
         self.cached = fields
             .as_deref()
             .is_some_and(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
@@ -98,11 +108,12 @@ impl HttpContext for LocationFilter {
         let removals: Vec<HeaderEdit> = ORIGIN_REQUEST_REMOVED
             .iter()
             .filter(|name| present(name))
-            .map(|name| HeaderEdit::Remove((*name).to_owned()))
+            .map(|name| HeaderEdit::Remove((*name).into()))
             .collect();
         if let Err(e) = headers::write(MapType::HttpRequestHeaders, None, &removals) {
             log::warn!("ixproxy: the origin request's internal headers: {e}");
         }
+        self.request = fields;
         Action::Continue
     }
 
@@ -136,8 +147,8 @@ impl HttpContext for LocationFilter {
             .flatten()
             .and_then(|v| String::from_utf8(v).ok());
         edits.push(match address {
-            Some(address) => HeaderEdit::Set(UPSTREAM_ADDRESS_HEADER.to_owned(), address),
-            None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.to_owned()),
+            Some(address) => HeaderEdit::Set(UPSTREAM_ADDRESS_HEADER.into(), address.into()),
+            None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.into()),
         });
         // A 304 refreshes a stored entry with the headers it carries: under `respect_origin` its
         // own Cache-Control (or none) is the origin's word, otherwise the policy's. A redirect
@@ -154,16 +165,18 @@ impl HttpContext for LocationFilter {
                     .map(|(n, v)| (n.as_str(), v.as_slice())),
             );
             let policy = policy_cache_control(&ttl, status, head.cache_control().as_deref());
-            edits.push(HeaderEdit::Set("cache-control".to_owned(), policy));
+            edits.push(HeaderEdit::Set("cache-control".into(), policy.into()));
         }
-        if let (true, Some(base)) = (is_followed_redirect(status), self.base.as_deref()) {
+        if is_followed_redirect(status) {
+            let base = self.base();
+            let base = base.as_str();
             let scheme = base.split(':').next().unwrap_or_default();
             edits.push(HeaderEdit::Set(
-                FORWARDED_PROTO.to_owned(),
-                scheme.to_owned(),
+                FORWARDED_PROTO.into(),
+                scheme.to_owned().into(),
             ));
             if let Some(absolute) = value("location").and_then(|l| absolute_location(base, l)) {
-                edits.push(HeaderEdit::Set("location".to_owned(), absolute));
+                edits.push(HeaderEdit::Set("location".into(), absolute.into()));
             }
         }
         if let Err(e) = headers::write(MapType::HttpResponseHeaders, fields, &edits) {
