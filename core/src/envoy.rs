@@ -27,9 +27,9 @@ pub const LOCATION_HEADER: &str = "location";
 
 /// Envoy's route matching finds no route for a request without it, and that includes the
 /// request Envoy recreates to follow an origin redirect. The filter overwrites it with the origin
-/// URL's scheme (its value never comes from the client); the filter's upstream role removes it
-/// from the origin request and puts it on redirect responses, from which Envoy copies it into the
-/// recreated request.
+/// URL's scheme (its value never comes from the client); the routes (without the cache) or the
+/// filter's upstream role (with it) remove it from the origin request, and the role puts it on
+/// redirect responses, from which Envoy copies it into the recreated request.
 pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// Root id of the filter's second role, as the router's upstream HTTP filter: it makes a

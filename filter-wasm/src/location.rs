@@ -5,10 +5,10 @@
 //! - it makes a relative `Location` of an origin redirect absolute, against the URL of the
 //!   attempt that got it, so Envoy's internal redirect (which only takes absolute URLs) can
 //!   follow it;
-//! - it removes `x-forwarded-proto` from the origin request. Envoy finds no route for a request
-//!   without that header, and upstream filters edit the very header map Envoy later recreates a
-//!   redirected request from, so the header is put back on redirect responses instead, for
-//!   Envoy to copy into the recreated request (`response_headers_to_copy`);
+//! - it puts `x-forwarded-proto` back on redirect responses, for Envoy to copy into the request
+//!   it recreates (`response_headers_to_copy`): Envoy finds no route for a request without that
+//!   header, and its removal from the origin request (by the routes, or by this role with the
+//!   cache) edits the very header map Envoy recreates a redirected request from;
 //! - with Envoy's HTTP cache (which fetches cacheable requests on its own side channel, past the
 //!   routes' header removal; the bootstrap then installs this role on the clusters, where that
 //!   channel runs it too) it removes the routing markers and the channel's own
@@ -20,9 +20,9 @@
 //!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]).
 //!
 //! Without the cache (no [`CACHE_TTL_HEADER`] on the origin request) only a redirect needs the
-//! response side: any other response costs one host call (its status) and no edit, and each
-//! request-side removal is its own host call (usually only `x-forwarded-proto`): Envoy makes a
-//! single edit far more cheaply than it rewrites a whole map (bench/NOTES.md).
+//! response side: any other response costs one host call (its status) and no edit, and the
+//! request side normally finds nothing to remove. Each removal is its own host call: Envoy makes
+//! a single edit far more cheaply than it rewrites a whole map (bench/NOTES.md).
 
 use ixproxy_core::envoy::decode_cache_ttl;
 use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
