@@ -119,7 +119,8 @@ pub const LOG_REQUEST_ID: &str = "ixproxy_request_id";
 /// See [`LOG_PROPERTIES`].
 pub const LOG_HOST: &str = "ixproxy_host";
 /// See [`LOG_PROPERTIES`]: Envoy's downstream address of the client's stream (after
-/// `trusted_proxies`), without its port.
+/// `trusted_proxies`), without its port; filled only with `trusted_proxies` (without, the
+/// bootstrap logs Envoy's own operator, see [`crate::config::RawPluginConfig::client_ip_by_envoy`]).
 pub const LOG_CLIENT_IP: &str = "ixproxy_client_ip";
 /// See [`LOG_PROPERTIES`].
 pub const LOG_SOURCE: &str = "ixproxy_source";

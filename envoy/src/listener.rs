@@ -51,7 +51,7 @@ fn http_connection_manager(p: &Parts) -> Value {
             "generate_request_id" => false,
             "preserve_external_request_id" => true,
             "always_set_request_id_in_response" => true,
-            "access_log" => access_log(p.access_log),
+            "access_log" => access_log(p.access_log, p.trusted_proxies.is_empty()),
             // An edge proxy: the client is the peer of the connection, whatever
             // `x-forwarded-for` claims (unless the peer is one of `trusted_proxies`, see
             // `original_ip_detection_extensions`), and nothing is appended to it (the filter

@@ -75,6 +75,9 @@ pub struct FilterHttp {
     in_flight: bool,
     /// Whether Envoy writes an access log (the log properties are filled only then).
     access_log: bool,
+    /// Whether the client address log property is the filter's to fill (see
+    /// [`ixproxy_core::config::RawPluginConfig::client_ip_by_envoy`]).
+    log_client_ip: bool,
     /// Whether the response cache sits in front of the origin: no variant-selecting client
     /// header goes to it then.
     cached: bool,
@@ -97,6 +100,7 @@ impl FilterHttp {
         counters: Rc<Counters>,
         timeout: Duration,
         access_log: bool,
+        log_client_ip: bool,
         cached: bool,
     ) -> Self {
         FilterHttp {
@@ -111,6 +115,7 @@ impl FilterHttp {
             source_label: NO_SOURCE_LABEL.to_owned(),
             in_flight: false,
             access_log,
+            log_client_ip,
             cached,
             unwritten: None,
             spare_random: None,
@@ -417,8 +422,8 @@ impl HttpContext for FilterHttp {
         // end with its headers carries a body, which a GET or HEAD must not.
         let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         self.unwritten = Some((headers, pending));
-        if self.access_log {
-            self.log_property(LOG_HOST, &host);
+        self.log_property(LOG_HOST, &host);
+        if self.log_client_ip {
             if let Some(address) = Self::property(&["source", "address"]) {
                 self.log_property(LOG_CLIENT_IP, address_without_port(&address));
             }
