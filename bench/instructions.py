@@ -173,7 +173,8 @@ def free_port():
 
 
 def callgrind_control(flag, pid, prefix):
-    out = subprocess.run(["callgrind_control", f"--vgdb-prefix={prefix}", flag, str(pid)],
+    """Runs `callgrind_control FLAG PID` (FLAG may hold an argument: `-i on`)."""
+    out = subprocess.run(["callgrind_control", f"--vgdb-prefix={prefix}", *flag.split(), str(pid)],
                          capture_output=True, text=True, timeout=120)
     if out.returncode != 0 or "Error" in out.stdout:
         raise RuntimeError(f"callgrind_control {flag} {pid}: {out.stdout}{out.stderr}")
@@ -205,14 +206,23 @@ def without_zero_calls(src, dst):
             out.write(line)
 
 
-def measure(name, cmd, workdir, ready, host, target, args, stdout=None):
-    """Runs cmd under callgrind; returns (instructions of the measured window, dump file)."""
+def measure(name, cmd, workdir, ready, host, target, args, stdout=None, valgrind_args=(),
+            instrument_late=False, settled=None, stop_signal=signal.SIGINT):
+    """Runs cmd under callgrind (with `valgrind_args` added); returns (instructions of the
+    measured window, dump file, seconds the window took). `instrument_late` starts it without
+    callgrind's instrumentation, which is switched on after the warm-up: the same counts for
+    the window, and a start-up several times faster (Envoy compiling its Wasm module). After
+    the dump, `settled` (when given) is polled until it returns non-None (the process wrote
+    all its output), then the process gets `stop_signal`."""
     out_base = os.path.join(workdir, f"callgrind.{name}")
     log_path = os.path.join(workdir, f"{name}.stderr")
     prefix = os.path.join(workdir, f"vgdb-{name}")
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_base}",
           "--vgdb=yes", f"--vgdb-prefix={prefix}", "--compress-strings=no",
-          "--compress-pos=no"] + cmd
+          "--compress-pos=no", *valgrind_args]
+    if instrument_late:
+        vg.append("--instr-atstart=no")
+    vg += cmd
     with open(log_path, "w") as err:
         proc = subprocess.Popen(vg, stdout=stdout or subprocess.DEVNULL, stderr=err,
                                 cwd=workdir)
@@ -223,6 +233,8 @@ def measure(name, cmd, workdir, ready, host, target, args, stdout=None):
         served, failure = client.run(args.warmup)
         if failure:
             raise RuntimeError(f"{name}: warm-up failed after {served}: {failure}")
+        if instrument_late:
+            callgrind_control("-i on", proc.pid, prefix)
         callgrind_control("-z", proc.pid, prefix)
         started = time.monotonic()
         served, failure = client.run(args.requests)
@@ -234,11 +246,13 @@ def measure(name, cmd, workdir, ready, host, target, args, stdout=None):
         if not dumps:
             raise RuntimeError(f"{name}: callgrind_control -d wrote no dump")
         dump = max(dumps, key=os.path.getmtime)
+        if settled:
+            wait_for(f"{name}'s output", proc, log_path, settled, timeout=60)
         return total_instructions(dump), dump, took
     finally:
         if client:
             client.close()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -246,8 +260,8 @@ def measure(name, cmd, workdir, ready, host, target, args, stdout=None):
             proc.wait()
 
 
-def wait_for(what, proc, log_path, found):
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_for(what, proc, log_path, found, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             with open(log_path) as f:
@@ -256,7 +270,7 @@ def wait_for(what, proc, log_path, found):
         if value is not None:
             return value
         time.sleep(0.2)
-    raise RuntimeError(f"{what} not ready after {START_TIMEOUT:.0f} s")
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
 
 
 def serve_ready(proc, log_path):
@@ -279,22 +293,40 @@ def floor_ready(port):
     return ready
 
 
+def load_arguments(ap):
+    """The load options of an instruction count (this script's and envoy_instructions.py's)."""
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--connections", type=int, default=4)
+
+
+def require_valgrind():
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (Debian: apt-get install valgrind)")
+
+
+def annotate(dump, base):
+    """Writes callgrind_annotate's per-function table (self cost) of `dump` to `base`, and the
+    dump it was made from to `base`.callgrind."""
+    without_zero_calls(dump, base + ".callgrind")
+    with open(base, "w") as f:
+        subprocess.run(["callgrind_annotate", "--inclusive=no", base + ".callgrind"],
+                       stdout=f, stderr=subprocess.DEVNULL, check=True, timeout=300)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ixproxy", required=True)
     ap.add_argument("--floor", required=True)
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--connections", type=int, default=4)
+    load_arguments(ap)
     ap.add_argument("--max-ratio", type=float)
     ap.add_argument("--access-log", choices=["json", "text", "off"], default="json",
                     help="serve's access_log (json by default, as the gate measures)")
     ap.add_argument("--annotate", help="write callgrind_annotate's table of serve's window to "
                     "this file (and the raw dump to FILE.callgrind)")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing (Debian: apt-get install valgrind)")
+    require_valgrind()
 
     origin = Origin()
     origin_url = f"http://127.0.0.1:{origin.port}/s/1k.png"
@@ -330,12 +362,7 @@ def main():
                     sys.exit(f"serve wrote {lines} access log lines for "
                              f"{args.warmup + args.requests} requests")
             if args.annotate:
-                base = args.annotate if name == "serve" else f"{args.annotate}.{name}"
-                without_zero_calls(dump, base + ".callgrind")
-                with open(base, "w") as f:
-                    subprocess.run(["callgrind_annotate", "--inclusive=no", base + ".callgrind"],
-                                   stdout=f, stderr=subprocess.DEVNULL, check=True,
-                                   timeout=300)
+                annotate(dump, args.annotate if name == "serve" else f"{args.annotate}.{name}")
     origin.close()
     if origin.refused:
         sys.exit(f"the origin refused {origin.refused} unsigned requests")

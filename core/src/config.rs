@@ -310,6 +310,11 @@ pub struct RawPluginConfig {
     /// ([`crate::request::is_forwarded_client_header`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// Whether Envoy's bootstrap logs the client address with its own operator (no
+    /// `trusted_proxies`: every stream of a request, a redirect's too, has the connection's peer
+    /// as its downstream address), so the filter need not fill that log property.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_ip_by_envoy: bool,
 }
 
 /// Validated upstream settings.
@@ -548,6 +553,8 @@ pub struct PluginConfig {
     pub access_log: AccessLogFormat,
     /// Whether answers may be stored by the response cache in front of the origin.
     pub cached: bool,
+    /// Whether Envoy logs the client address itself ([`RawPluginConfig::client_ip_by_envoy`]).
+    pub client_ip_by_envoy: bool,
 }
 
 /// The validated whole config.
@@ -640,6 +647,7 @@ impl RawPluginConfig {
             timeout: upstream.timeout,
             access_log: self.access_log.unwrap_or_default(),
             cached: self.cached,
+            client_ip_by_envoy: self.client_ip_by_envoy,
         })
     }
 }

@@ -27,9 +27,9 @@ pub const LOCATION_HEADER: &str = "location";
 
 /// Envoy's route matching finds no route for a request without it, and that includes the
 /// request Envoy recreates to follow an origin redirect. The filter overwrites it with the origin
-/// URL's scheme (its value never comes from the client); the filter's upstream role removes it
-/// from the origin request and puts it on redirect responses, from which Envoy copies it into the
-/// recreated request.
+/// URL's scheme (its value never comes from the client); the routes (without the cache) or the
+/// filter's upstream role (with it) remove it from the origin request, and the role puts it on
+/// redirect responses, from which Envoy copies it into the recreated request.
 pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// Root id of the filter's second role, as the router's upstream HTTP filter: it makes a
@@ -119,7 +119,8 @@ pub const LOG_REQUEST_ID: &str = "ixproxy_request_id";
 /// See [`LOG_PROPERTIES`].
 pub const LOG_HOST: &str = "ixproxy_host";
 /// See [`LOG_PROPERTIES`]: Envoy's downstream address of the client's stream (after
-/// `trusted_proxies`), without its port.
+/// `trusted_proxies`), without its port; filled only with `trusted_proxies` (without, the
+/// bootstrap logs Envoy's own operator, see [`crate::config::RawPluginConfig::client_ip_by_envoy`]).
 pub const LOG_CLIENT_IP: &str = "ixproxy_client_ip";
 /// See [`LOG_PROPERTIES`].
 pub const LOG_SOURCE: &str = "ixproxy_source";
@@ -226,8 +227,10 @@ pub fn is_cache_hit(details: &str) -> bool {
     details == RESPONSE_FROM_CACHE
 }
 
-/// Response header the filter's upstream role (on every origin response, before Envoy's cache
-/// stores it) sets to the address Envoy connected to, after removing any origin-sent one. Envoy
+/// Response header the filter's upstream role (with the cache: on every origin response, before
+/// Envoy's cache stores it) sets to the address Envoy connected to, after removing any
+/// origin-sent one; without the cache the filter reads `upstream.address` itself and ignores the
+/// header (the origin's then). Envoy
 /// 1.40's cache fetches cacheable requests on its own side channel, so the downstream stream
 /// never learns `upstream.address`, neither on the miss nor on later hits: the stored header is
 /// what the filter checks instead. Never reaches the client (not on the response allowlist).
@@ -249,8 +252,9 @@ pub const ORIGIN_REQUEST_REMOVED: [&str; 6] = [
 /// ([`encode_cache_ttl`]), for its upstream role: that role sees the origin's response before
 /// Envoy's cache stores it and replaces its `Cache-Control` with the §12 policy value
 /// ([`crate::response::policy_cache_control`], uncapped), so the cache keeps the policy's
-/// freshness. A client-sent one never survives (not on the forwarded allowlist); the upstream
-/// role removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
+/// freshness. Set only with the cache (its presence is how the upstream role knows the cache is
+/// on). A client-sent one never survives (not on the forwarded allowlist); the upstream role
+/// removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
 pub const CACHE_TTL_HEADER: &str = "x-ixproxy-cache-ttl";
 
 /// [`CACHE_TTL_HEADER`]'s value: `<behavior> <cache_ttl> <cache_ttl_error>`, behavior as in the

@@ -5,8 +5,9 @@
 //!
 //! What Envoy knows itself comes from its operators; what only the filter knows (the request id
 //! it settled, so a client value the core refuses is never logged; the client's
-//! Host, which the filter rewrites to the origin's; the client address of the first stream, as a
-//! stream Envoy recreates for a redirect lacks the `X-Forwarded-For` the filter removed; the
+//! Host, which the filter rewrites to the origin's; with `trusted_proxies`, the client address of
+//! the first stream, as a stream Envoy recreates for a redirect lacks the `X-Forwarded-For` the
+//! filter removed (without, it is the connection's peer on every stream: Envoy's operator); the
 //! source, the outcome, the origin host and the cache result) from the filter state it fills
 //! ([`LOG_PROPERTIES`](ixproxy_core::envoy::LOG_PROPERTIES)). Never `:path`: it carries the
 //! signature and the origin URL.
@@ -21,13 +22,22 @@ use serde_yaml::Value;
 
 use crate::typed;
 
-/// The Envoy command operator of each access log field, in the native line's order.
-pub(crate) fn fields() -> Vec<(&'static str, String)> {
+/// The Envoy command operator of each access log field, in the native line's order. Without
+/// `trusted_proxies` (`client_ip_by_envoy`) the client address is Envoy's own operator: every
+/// stream of the request, one recreated for a redirect too, has the connection's peer as its
+/// downstream address, and the filter is spared two host calls (bench/NOTES.md); with them, the
+/// address found in the first stream's `X-Forwarded-For` is the filter's to keep.
+pub(crate) fn fields(client_ip_by_envoy: bool) -> Vec<(&'static str, String)> {
     let state = |name: &str| format!("%FILTER_STATE(wasm.{name}:PLAIN)%");
+    let client_ip = if client_ip_by_envoy {
+        "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%".to_owned()
+    } else {
+        state(LOG_CLIENT_IP)
+    };
     vec![
         ("ts", "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%".to_owned()),
         ("request_id", state(LOG_REQUEST_ID)),
-        ("client_ip", state(LOG_CLIENT_IP)),
+        ("client_ip", client_ip),
         ("method", "%REQ(:METHOD)%".to_owned()),
         ("host", state(LOG_HOST)),
         ("source", state(LOG_SOURCE)),
@@ -41,19 +51,20 @@ pub(crate) fn fields() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The connection manager's `access_log` list for `format` (empty for `off`).
-pub(crate) fn access_log(format: AccessLogFormat) -> Vec<Value> {
+/// The connection manager's `access_log` list for `format` (empty for `off`); see [`fields`]
+/// for `client_ip_by_envoy`.
+pub(crate) fn access_log(format: AccessLogFormat, client_ip_by_envoy: bool) -> Vec<Value> {
     let log_format = match format {
         AccessLogFormat::Off => return Vec::new(),
         AccessLogFormat::Json => {
             let mut object = serde_yaml::Mapping::new();
-            for (name, operator) in fields() {
+            for (name, operator) in fields(client_ip_by_envoy) {
                 object.insert(name.into(), operator.into());
             }
             map! { "json_format" => Value::Mapping(object) }
         }
         AccessLogFormat::Text => {
-            let line = fields()
+            let line = fields(client_ip_by_envoy)
                 .into_iter()
                 .map(|(name, operator)| format!("{name}={operator}"))
                 .collect::<Vec<_>>()
@@ -112,6 +123,32 @@ pub(crate) fn original_ip_detection(trusted: &[IpNet]) -> Vec<Value> {
 mod tests {
     use super::*;
     use ixproxy_core::access_log::AccessRecord;
+    use crate::testing::{generate_ok, hcm, wasm_config, CONFIG};
+
+    #[test]
+    fn envoy_logs_the_client_address_itself_unless_proxies_are_trusted() {
+        for (yaml, by_envoy) in [
+            (CONFIG.to_owned(), true),
+            (format!("{CONFIG}trusted_proxies: [10.0.0.0/8]\n"), false),
+        ] {
+            let (_, bootstrap) = generate_ok(&yaml);
+            let line = &hcm(&bootstrap)["access_log"][0]["typed_config"]["log_format"];
+            let operator = line["json_format"]["client_ip"]
+                .as_str()
+                .expect("client_ip");
+            assert_eq!(operator.starts_with("%DOWNSTREAM_REMOTE_ADDRESS"), by_envoy);
+            let plugin: serde_json::Value = serde_json::from_str(
+                wasm_config(&bootstrap)["configuration"]["value"]
+                    .as_str()
+                    .expect("plugin configuration"),
+            )
+            .expect("json");
+            assert_eq!(
+                plugin["client_ip_by_envoy"].as_bool().unwrap_or(false),
+                by_envoy
+            );
+        }
+    }
 
     #[test]
     fn every_field_of_the_native_line_has_an_operator_and_none_reads_the_path() {
@@ -139,15 +176,31 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        let envoy: Vec<&str> = fields().iter().map(|(name, _)| *name).collect();
-        let (mut a, mut b) = (native.clone(), envoy.clone());
-        a.sort_unstable();
-        b.sort_unstable();
-        assert_eq!(a, b);
-        for (_, operator) in fields() {
-            assert!(!operator.contains(":PATH") && !operator.contains("ORIGINAL_PATH"));
+        for by_envoy in [false, true] {
+            let envoy: Vec<&str> = fields(by_envoy).iter().map(|(name, _)| *name).collect();
+            let (mut a, mut b) = (native.clone(), envoy.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b);
+            for (_, operator) in fields(by_envoy) {
+                assert!(!operator.contains(":PATH") && !operator.contains("ORIGINAL_PATH"));
+            }
+            assert!(access_log(AccessLogFormat::Off, by_envoy).is_empty());
+            assert_eq!(access_log(AccessLogFormat::Json, by_envoy).len(), 1);
         }
-        assert!(access_log(AccessLogFormat::Off).is_empty());
-        assert_eq!(access_log(AccessLogFormat::Json).len(), 1);
+        let client_ip = |by_envoy| {
+            fields(by_envoy)
+                .into_iter()
+                .find(|(name, _)| *name == "client_ip")
+                .map(|(_, operator)| operator)
+        };
+        assert_eq!(
+            client_ip(true).as_deref(),
+            Some("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")
+        );
+        assert_eq!(
+            client_ip(false),
+            Some(format!("%FILTER_STATE(wasm.{LOG_CLIENT_IP}:PLAIN)%"))
+        );
     }
 }

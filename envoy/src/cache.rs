@@ -37,7 +37,7 @@ pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use ixproxy_core::envoy::UPSTREAM_ROOT_ID;
+    use ixproxy_core::envoy::{FORWARDED_PROTO, UPSTREAM_ROOT_ID};
 
     use crate::clusters::{PLAIN_CLUSTER, TLS_CLUSTER};
     use crate::testing::{cluster, generate_ok, hcm, CONFIG};
@@ -98,6 +98,15 @@ mod tests {
         assert!(cluster(&bootstrap, TLS_CLUSTER)
             .get("transport_socket")
             .is_some());
+        // `x-forwarded-proto` stays for the upstream role to remove: the cache's side channel
+        // skips the routes' removals.
+        let routes = &hcm(&bootstrap)["route_config"]["virtual_hosts"][0]["routes"];
+        for route in routes.as_sequence().expect("routes") {
+            let removed = route["request_headers_to_remove"]
+                .as_sequence()
+                .expect("removed");
+            assert!(!removed.iter().any(|h| h == FORWARDED_PROTO), "{removed:?}");
+        }
     }
 
     #[test]

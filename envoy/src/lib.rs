@@ -208,6 +208,7 @@ fn render(
         limits: raw.limits.clone(),
         access_log: raw.access_log,
         cached: config.cache.is_some(),
+        client_ip_by_envoy: config.operating.trusted_proxies.is_empty(),
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     // A warning about an `{env: NAME}` secret's value would be about the placeholder.

@@ -51,7 +51,7 @@ fn http_connection_manager(p: &Parts) -> Value {
             "generate_request_id" => false,
             "preserve_external_request_id" => true,
             "always_set_request_id_in_response" => true,
-            "access_log" => access_log(p.access_log),
+            "access_log" => access_log(p.access_log, p.trusted_proxies.is_empty()),
             // An edge proxy: the client is the peer of the connection, whatever
             // `x-forwarded-for` claims (unless the peer is one of `trusted_proxies`, see
             // `original_ip_detection_extensions`), and nothing is appended to it (the filter
@@ -147,6 +147,14 @@ fn router(p: &Parts) -> Value {
 /// host, RBAC checks its address); the origin's `Location` is copied into the request for the
 /// filter. No predicate is set: the filter is the policy.
 fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
+    // `x-forwarded-proto` too without the cache: the routes edit the header map Envoy recreates a
+    // redirected request from, as the upstream role's removal does, and the role puts it back
+    // on redirect responses either way; here it costs the role no host call. With the cache the
+    // role removes it (the cache's side channel skips these removals).
+    let mut removed = vec![UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER];
+    if p.cache.is_none() {
+        removed.push(FORWARDED_PROTO);
+    }
     map! {
         "match" => map! {
             "prefix" => "/",
@@ -190,8 +198,7 @@ fn route(scheme: &str, cluster: &str, p: &Parts) -> Value {
                 "allow_cross_scheme_redirect" => true,
             },
         },
-        // Not `x-forwarded-proto` (see FORWARDED_PROTO): the upstream filter removes it.
-        "request_headers_to_remove" => strings(&[UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]),
+        "request_headers_to_remove" => strings(&removed),
     }
 }
 
@@ -249,7 +256,7 @@ mod tests {
             assert_eq!(route["match"]["headers"][0]["name"], ":scheme");
             assert_eq!(route["match"]["headers"][0]["string_match"]["exact"], value);
             let removed = serde_yaml::to_string(&route["request_headers_to_remove"]).expect("yaml");
-            for header in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER] {
+            for header in [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER, FORWARDED_PROTO] {
                 assert!(removed.contains(header), "{header} not stripped: {removed}");
             }
         }

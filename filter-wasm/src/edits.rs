@@ -2,6 +2,8 @@
 //! Envoy header edits and local replies. No host calls, so it is tested natively; the HTTP
 //! context only applies these plans.
 
+use std::borrow::Cow;
+
 use ixproxy_core::auth::AuthHeaders;
 use ixproxy_core::request::is_forwarded_client_header;
 use ixproxy_core::response::ResponseEdits;
@@ -14,13 +16,17 @@ pub const UPSTREAM_TLS: &str = "tls";
 /// [`UPSTREAM_HEADER`] value routed to the plain-HTTP dynamic-forward-proxy cluster.
 pub const UPSTREAM_PLAIN: &str = "plain";
 
+/// A header name or value: most are constants, which then cost the filter no allocation (each
+/// one an allocation and a copy in the Wasm module's allocator, measured in bench/NOTES.md).
+pub type Text = Cow<'static, str>;
+
 /// One change to a header map, applied in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Replace every value of the header (lower-case name) with this one.
-    Set(String, String),
+    Set(Text, Text),
     /// Remove every value of the header (lower-case name).
-    Remove(String),
+    Remove(Text),
 }
 
 impl HeaderEdit {
@@ -86,11 +92,17 @@ pub fn forward_request_edits<'a>(
     } else {
         UPSTREAM_PLAIN
     };
-    let mut edits: Vec<HeaderEdit> = removed.into_iter().map(HeaderEdit::Remove).collect();
-    edits.push(HeaderEdit::Set(":authority".into(), origin.authority()));
+    let mut edits: Vec<HeaderEdit> = removed
+        .into_iter()
+        .map(|name| HeaderEdit::Remove(name.into()))
+        .collect();
+    edits.push(HeaderEdit::Set(
+        ":authority".into(),
+        origin.authority().into(),
+    ));
     edits.push(HeaderEdit::Set(
         ":path".into(),
-        origin.path_and_query.clone(),
+        origin.path_and_query.clone().into(),
     ));
     edits.push(HeaderEdit::Set(
         ":scheme".into(),
@@ -104,14 +116,17 @@ pub fn forward_request_edits<'a>(
     if forward.allow_private() {
         edits.push(HeaderEdit::Set(ALLOW_PRIVATE_HEADER.into(), "1".into()));
     }
-    // For the upstream role, which stores the policy Cache-Control for Envoy's cache.
-    edits.push(HeaderEdit::Set(
-        CACHE_TTL_HEADER.into(),
-        encode_cache_ttl(&forward.source().cache_ttl),
-    ));
+    // For the upstream role, which stores the policy Cache-Control for Envoy's cache; without
+    // the cache there is nothing to store, and the role has nothing to remove either.
+    if cached {
+        edits.push(HeaderEdit::Set(
+            CACHE_TTL_HEADER.into(),
+            encode_cache_ttl(&forward.source().cache_ttl).into(),
+        ));
+    }
     edits.extend(
         auth.iter()
-            .map(|(name, value)| HeaderEdit::Set(name.to_owned(), value.to_owned())),
+            .map(|(name, value)| HeaderEdit::Set(name.into(), value.to_owned().into())),
     );
     edits
 }
@@ -124,8 +139,11 @@ pub fn client_markers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
         let forged = [UPSTREAM_HEADER, ALLOW_PRIVATE_HEADER]
             .iter()
             .any(|m| m.eq_ignore_ascii_case(name));
+        if !forged {
+            continue;
+        }
         let lower = name.to_ascii_lowercase();
-        if forged && !found.contains(&lower) {
+        if !found.contains(&lower) {
             found.push(lower);
         }
     }
@@ -133,47 +151,88 @@ pub fn client_markers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
 }
 
 /// The core's response edits as header map edits: removals first, then sets.
-pub fn response_header_edits(edits: &ResponseEdits) -> Vec<HeaderEdit> {
+pub fn response_header_edits(edits: ResponseEdits) -> Vec<HeaderEdit> {
     edits
         .remove
-        .iter()
-        .map(|name| HeaderEdit::Remove(name.clone()))
+        .into_iter()
+        .map(|name| HeaderEdit::Remove(name.into()))
         .chain(
             edits
                 .set
-                .iter()
-                .map(|(name, value)| HeaderEdit::Set((*name).to_owned(), value.clone())),
+                .into_iter()
+                .map(|(name, value)| HeaderEdit::Set(name.into(), value.into())),
         )
         .collect()
 }
 
 /// The header list `fields` (as read from Envoy, lower-case names) after `edits`, applied in
 /// order: a [`HeaderEdit::Set`] replaces every value of its name with one (where the first
-/// was, or at the end), a [`HeaderEdit::Remove`] drops every value. The HTTP context writes the
-/// result with one `proxy_set_header_map_pairs` call instead of one host call per edit.
+/// was, or at the end), a [`HeaderEdit::Remove`] drops every value: what Envoy makes of the
+/// edits written one by one, against which [`changing`] is checked.
 pub fn edited(mut fields: Vec<(String, Vec<u8>)>, edits: &[HeaderEdit]) -> Vec<(String, Vec<u8>)> {
     for edit in edits {
-        match edit {
-            HeaderEdit::Remove(name) => fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
-            HeaderEdit::Set(name, value) => {
-                match fields
-                    .iter()
-                    .position(|(n, _)| n.eq_ignore_ascii_case(name))
-                {
-                    Some(first) => {
-                        fields[first].1 = value.clone().into_bytes();
-                        let rest = fields.split_off(first + 1);
-                        fields.extend(
-                            rest.into_iter()
-                                .filter(|(n, _)| !n.eq_ignore_ascii_case(name)),
-                        );
-                    }
-                    None => fields.push((name.clone(), value.clone().into_bytes())),
-                }
-            }
-        }
+        apply(&mut fields, edit, |name, value| {
+            (name.to_owned(), value.as_bytes().to_vec())
+        });
     }
     fields
+}
+
+/// The edits among `edits` that change the header list `fields` (applied in order, with
+/// [`edited`]'s semantics): removing a name that is not there, or setting a name that already
+/// has exactly that one value, changes nothing, and each edit left out is a host call saved.
+pub fn changing<'a>(
+    fields: &'a [(String, Vec<u8>)],
+    edits: &'a [HeaderEdit],
+) -> Vec<&'a HeaderEdit> {
+    let mut current: Vec<(&str, &[u8])> = fields
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect();
+    let mut kept = Vec::new();
+    for edit in edits {
+        let name = edit.name();
+        let mut values = current
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        let changes = match edit {
+            HeaderEdit::Remove(_) => values.next().is_some(),
+            HeaderEdit::Set(_, value) => {
+                values.next() != Some(value.as_bytes()) || values.next().is_some()
+            }
+        };
+        if changes {
+            apply(&mut current, edit, |name, value| (name, value.as_bytes()));
+            kept.push(edit);
+        }
+    }
+    kept
+}
+
+/// Applies one edit to a header list ([`edited`]'s semantics); `field` makes the field a set
+/// stores from its name and value.
+fn apply<'e, N: AsRef<str>, V>(
+    fields: &mut Vec<(N, V)>,
+    edit: &'e HeaderEdit,
+    field: impl FnOnce(&'e str, &'e str) -> (N, V),
+) {
+    let same = |n: &N, name: &str| n.as_ref().eq_ignore_ascii_case(name);
+    match edit {
+        HeaderEdit::Remove(name) => fields.retain(|(n, _)| !same(n, name)),
+        HeaderEdit::Set(name, value) => match fields.iter().position(|(n, _)| same(n, name)) {
+            Some(first) => {
+                fields[first].1 = field(name, value).1;
+                let mut index = 0;
+                fields.retain(|(n, _)| {
+                    let keep = index <= first || !same(n, name);
+                    index += 1;
+                    keep
+                });
+            }
+            None => fields.push(field(name, value)),
+        },
+    }
 }
 
 /// Test fixtures shared by the filter's unit tests: forwards decided by the core over a small
@@ -227,7 +286,7 @@ mod tests {
     use ixproxy_core::Outcome;
 
     fn set(name: &str, value: &str) -> HeaderEdit {
-        HeaderEdit::Set(name.into(), value.into())
+        HeaderEdit::Set(name.to_owned().into(), value.to_owned().into())
     }
 
     #[test]
@@ -256,7 +315,7 @@ mod tests {
             edits
                 .iter()
                 .filter_map(|e| match e {
-                    HeaderEdit::Remove(n) => Some(n.clone()),
+                    HeaderEdit::Remove(n) => Some(n.to_string()),
                     HeaderEdit::Set(..) => None,
                 })
                 .collect()
@@ -292,11 +351,11 @@ mod tests {
                 &set(":scheme", "https"),
                 &set(FORWARDED_PROTO, "https"),
                 &set(UPSTREAM_HEADER, UPSTREAM_TLS),
-                // The source's default cache TTL settings, for the upstream role.
-                &set(CACHE_TTL_HEADER, "respect_origin 31536000 300"),
                 &set("x-imgix-origin-secret", "hs"),
             ]
         );
+        // With the cache, the source's default cache TTL settings go to the upstream role.
+        assert!(cached.contains(&set(CACHE_TTL_HEADER, "respect_origin 31536000 300")));
         // Removals come first, so the origin auth header the filter sets survives.
         let last_remove = edits
             .iter()
@@ -310,6 +369,40 @@ mod tests {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn only_edits_that_change_the_list_are_kept() {
+        let read = fields(&[
+            (":status", "200"),
+            ("content-type", "image/png"),
+            ("server", "nginx"),
+            ("vary", "a"),
+            ("vary", "b"),
+            ("x-content-type-options", "nosniff"),
+        ]);
+        let edits = [
+            HeaderEdit::Remove("server".into()),
+            HeaderEdit::Remove("absent".into()),
+            HeaderEdit::Remove("Server".into()),
+            set("content-type", "image/png"),
+            set("x-content-type-options", "nosniff"),
+            set("vary", "a"),
+            set("vary", "a"),
+            set("cache-control", "no-store"),
+            set("cache-control", "no-store"),
+        ];
+        let kept: Vec<HeaderEdit> = changing(&read, &edits).into_iter().cloned().collect();
+        assert_eq!(
+            kept,
+            [
+                HeaderEdit::Remove("server".into()),
+                set("vary", "a"),
+                set("cache-control", "no-store"),
+            ]
+        );
+        // The kept edits alone leave the list as all of them would.
+        assert_eq!(edited(read.clone(), &kept), edited(read, &edits));
     }
 
     #[test]
@@ -456,7 +549,7 @@ mod tests {
                 ("content-type", b"image/png"),
             ],
         );
-        let edits = response_header_edits(&f.check_response(&head).expect("allowed"));
+        let edits = response_header_edits(f.check_response(&head).expect("allowed"));
         assert_eq!(edits[0], HeaderEdit::Remove("set-cookie".into()));
         assert!(edits.contains(&set("cache-control", "public, max-age=60")));
         assert!(edits.contains(&set("x-content-type-options", "nosniff")));

@@ -1,6 +1,6 @@
-//! Header maps as whole lists: one host call reads a map, one writes it back after any number
-//! of edits, instead of a round trip through the Wasm boundary per header (what those cost is
-//! measured in bench/NOTES.md).
+//! Header maps: one host call reads a whole map (instead of a round trip through the Wasm
+//! boundary per header), and only the edits that change it are written, one host call each
+//! (what each way costs is measured in bench/NOTES.md).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Bytes, MapType};
@@ -27,39 +27,31 @@ pub fn text<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a str> {
     value(fields, name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Applies `edits` to `map`. With `fields` (the map as read) the edited list is written back
-/// as the whole map in one host call (Envoy re-evaluates the route after a request header
-/// change); without (the map could not be read) each edit is its own host call, so nothing
-/// unread is lost. No call when there is nothing to change.
+/// Applies `edits` to `map`, one host call per edit that changes it: with `fields` (the map as
+/// read) edits that change nothing ([`edits::changing`]) are left out; without (the map could
+/// not be read) every edit is made, so nothing unread is lost. No call when nothing changes.
+/// Writing the whole edited map back in one call (`proxy_set_header_map_pairs`, which makes
+/// Envoy remove every field and add each again) costs Envoy about as much as the ~10 single
+/// edits of a forwarded request, and far more than the few of a response (bench/NOTES.md).
 pub fn write(
     map: MapType,
     fields: Option<Vec<(String, Bytes)>>,
     edits: &[HeaderEdit],
 ) -> Result<(), String> {
-    if edits.is_empty() {
-        return Ok(());
-    }
-    let Some(fields) = fields else {
-        for edit in edits {
-            let result = match edit {
-                HeaderEdit::Set(name, value) => {
-                    hostcalls::set_map_value_bytes(map, name, Some(value.as_bytes()))
-                }
-                HeaderEdit::Remove(name) => hostcalls::set_map_value_bytes(map, name, None),
-            };
-            result.map_err(|status| {
-                format!("cannot edit header {name}: {status:?}", name = edit.name())
-            })?;
-        }
-        return Ok(());
+    let kept = match &fields {
+        Some(fields) => edits::changing(fields, edits),
+        None => edits.iter().collect(),
     };
-    let fields = edits::edited(fields, edits);
-    hostcalls::set_map_bytes(
-        map,
-        fields
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect(),
-    )
-    .map_err(|status| format!("cannot write headers: {status:?}"))
+    for edit in kept {
+        let result = match edit {
+            HeaderEdit::Set(name, value) => {
+                hostcalls::set_map_value_bytes(map, name, Some(value.as_bytes()))
+            }
+            HeaderEdit::Remove(name) => hostcalls::set_map_value_bytes(map, name, None),
+        };
+        result.map_err(|status| {
+            format!("cannot edit header {name}: {status:?}", name = edit.name())
+        })?;
+    }
+    Ok(())
 }

@@ -75,12 +75,21 @@ pub struct FilterHttp {
     in_flight: bool,
     /// Whether Envoy writes an access log (the log properties are filled only then).
     access_log: bool,
+    /// Whether the client address log property is the filter's to fill (see
+    /// [`ixproxy_core::config::RawPluginConfig::client_ip_by_envoy`]).
+    log_client_ip: bool,
     /// Whether the response cache sits in front of the origin: no variant-selecting client
     /// header goes to it then.
     cached: bool,
-    /// The request header list as read and the edits not yet written to it: written in one
-    /// host call when the request is forwarded or refused.
+    /// The request header list as read and the edits not yet written to it: written (those
+    /// that change it) when the request is forwarded or refused.
     unwritten: Option<Unwritten>,
+    /// Random bytes drawn with the request id's, for the origin auth headers: one host call
+    /// for both.
+    spare_random: Option<[u8; 32]>,
+    /// Set once the whole origin answer reached the client through this filter: the body
+    /// bytes it counted are then Envoy's `response.size`, not asked for again.
+    delivered: bool,
 }
 
 impl FilterHttp {
@@ -91,6 +100,7 @@ impl FilterHttp {
         counters: Rc<Counters>,
         timeout: Duration,
         access_log: bool,
+        log_client_ip: bool,
         cached: bool,
     ) -> Self {
         FilterHttp {
@@ -105,8 +115,11 @@ impl FilterHttp {
             source_label: NO_SOURCE_LABEL.to_owned(),
             in_flight: false,
             access_log,
+            log_client_ip,
             cached,
             unwritten: None,
+            spare_random: None,
+            delivered: false,
         }
     }
 
@@ -131,7 +144,10 @@ impl FilterHttp {
     /// Keeps the client's `X-Request-ID` when the core's rule accepts it, else replaces it with
     /// a new one (the edit returned), so the access log, the origin and the response (Envoy
     /// echoes it) see one id.
-    fn settle_request_id(&self, headers: &[(String, Bytes)]) -> Result<Option<HeaderEdit>, String> {
+    fn settle_request_id(
+        &mut self,
+        headers: &[(String, Bytes)],
+    ) -> Result<Option<HeaderEdit>, String> {
         let sent = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID_HEADER))
@@ -140,11 +156,18 @@ impl FilterHttp {
             self.log_property(LOG_REQUEST_ID, kept);
             return Ok(None);
         }
+        // The origin auth headers' bytes come with the id's: one host call for both.
+        let mut drawn = [0u8; REQUEST_ID_RANDOM_BYTES + 32];
+        getrandom::getrandom(&mut drawn).map_err(|e| format!("no randomness: {e}"))?;
+        let (id_bytes, spare) = drawn.split_at(REQUEST_ID_RANDOM_BYTES);
         let mut random = [0u8; REQUEST_ID_RANDOM_BYTES];
-        random.copy_from_slice(&Self::random()?[..REQUEST_ID_RANDOM_BYTES]);
+        random.copy_from_slice(id_bytes);
+        let mut auth = [0u8; 32];
+        auth.copy_from_slice(spare);
+        self.spare_random = Some(auth);
         let id = access_log::new_request_id(random);
         self.log_property(LOG_REQUEST_ID, &id);
-        Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id)))
+        Ok(Some(HeaderEdit::Set(REQUEST_ID_HEADER.into(), id.into())))
     }
 
     /// Gives back the in-flight slot this stream holds, if any.
@@ -176,7 +199,10 @@ impl FilterHttp {
         hostcalls::get_property(path.to_vec())
             .ok()
             .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map(|v| {
+                String::from_utf8(v)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
     }
 
     /// Counts `outcome` unless this request already has its outcome.
@@ -260,7 +286,9 @@ impl FilterHttp {
         started_ms: u64,
         timeout_ms: Option<u64>,
     ) -> Action {
-        let random = match Self::random() {
+        // Fresh bytes for every origin request: the ones drawn with this stream's request id
+        // are used once.
+        let random = match self.spare_random.take().map_or_else(Self::random, Ok) {
             Ok(random) => random,
             Err(e) => return self.internal_error(&e),
         };
@@ -279,7 +307,7 @@ impl FilterHttp {
         if let Some(timeout_ms) = timeout_ms {
             edits.push(HeaderEdit::Set(
                 hop::TIMEOUT_HEADER.into(),
-                timeout_ms.to_string(),
+                timeout_ms.to_string().into(),
             ));
         }
         if let Err(e) = headers::write(MapType::HttpRequestHeaders, Some(fields), &edits) {
@@ -300,7 +328,7 @@ impl FilterHttp {
             self.in_flight = true;
             self.counters.inflight(&self.source_label, 1);
         }
-        // No `clear_route_cache` call: writing the request headers made Envoy drop the route it
+        // No `clear_route_cache` call: each request header edit made Envoy drop the route it
         // chose before the filter ran, so it chooses again for the new :scheme and marker.
         self.forward = Some(forward);
         Action::Continue
@@ -380,7 +408,7 @@ impl HttpContext for FilterHttp {
         let mut pending: Vec<HeaderEdit> =
             edits::client_markers(headers.iter().map(|(name, _)| name.as_str()))
                 .into_iter()
-                .map(HeaderEdit::Remove)
+                .map(|name| HeaderEdit::Remove(name.into()))
                 .collect();
         match self.settle_request_id(&headers) {
             Ok(edit) => pending.extend(edit),
@@ -394,8 +422,8 @@ impl HttpContext for FilterHttp {
         // end with its headers carries a body, which a GET or HEAD must not.
         let totals = client_header_totals(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         self.unwritten = Some((headers, pending));
-        if self.access_log {
-            self.log_property(LOG_HOST, &host);
+        self.log_property(LOG_HOST, &host);
+        if self.log_client_ip {
             if let Some(address) = Self::property(&["source", "address"]) {
                 self.log_property(LOG_CLIENT_IP, address_without_port(&address));
             }
@@ -454,8 +482,18 @@ impl HttpContext for FilterHttp {
             Ok(fields) => fields,
             Err(e) => return self.internal_error(&e),
         };
-        let property = Self::property(&["upstream", "address"]);
-        let stored = headers::value(&fields, UPSTREAM_ADDRESS_HEADER)
+        // The address serves the private-address check below and, with the cache, tells a
+        // fill from a hit; a source that allows private origins without the cache needs
+        // neither, and is spared the host call. Only with the cache does the upstream role
+        // store it (and remove an origin-sent one): without, that header is the origin's and
+        // never counts.
+        let property = (self.cached || !forward.allow_private())
+            .then(|| Self::property(&["upstream", "address"]))
+            .flatten();
+        let stored = self
+            .cached
+            .then(|| headers::value(&fields, UPSTREAM_ADDRESS_HEADER))
+            .flatten()
             .map(|value| String::from_utf8_lossy(value).into_owned());
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         if self.cached && upstream.is_none() && !is_cache_hit(&details) {
@@ -491,7 +529,7 @@ impl HttpContext for FilterHttp {
             Ok(edits) => edits,
             Err(rejection) => return self.reject(&rejection),
         };
-        let mut header_edits = edits::response_header_edits(&response_edits);
+        let mut header_edits = edits::response_header_edits(response_edits);
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
         }
@@ -499,6 +537,7 @@ impl HttpContext for FilterHttp {
             return self.internal_error(&e);
         }
         if end_of_stream {
+            self.delivered = true;
             self.count(Outcome::Forwarded);
         }
         Action::Continue
@@ -527,6 +566,7 @@ impl HttpContext for FilterHttp {
             return Action::Pause;
         }
         if end_of_stream {
+            self.delivered = true;
             self.count(Outcome::Forwarded);
         }
         Action::Continue
@@ -549,10 +589,15 @@ impl HttpContext for FilterHttp {
         }
         self.release_slot();
         self.leave_inflight();
-        // The body bytes this client request got (Envoy's count: a local reply's too).
-        if let Some(size) = Self::int_property(&["response", "size"]) {
-            self.counters
-                .add_bytes(&self.source_label, u64::try_from(size).unwrap_or(0));
+        // The body bytes this client request got: the filter's own count of a whole origin
+        // answer, else Envoy's (a local reply's too).
+        let size = if self.delivered {
+            Some(self.body_bytes)
+        } else {
+            Self::int_property(&["response", "size"]).map(|size| u64::try_from(size).unwrap_or(0))
+        };
+        if let Some(size) = size {
+            self.counters.add_bytes(&self.source_label, size);
         }
         if self.counted || self.forward.is_none() {
             return;

@@ -5,10 +5,10 @@
 //! - it makes a relative `Location` of an origin redirect absolute, against the URL of the
 //!   attempt that got it, so Envoy's internal redirect (which only takes absolute URLs) can
 //!   follow it;
-//! - it removes `x-forwarded-proto` from the origin request. Envoy finds no route for a request
-//!   without that header, and upstream filters edit the very header map Envoy later recreates a
-//!   redirected request from, so the header is put back on redirect responses instead, for
-//!   Envoy to copy into the recreated request (`response_headers_to_copy`);
+//! - it puts `x-forwarded-proto` back on redirect responses, for Envoy to copy into the request
+//!   it recreates (`response_headers_to_copy`): Envoy finds no route for a request without that
+//!   header, and its removal from the origin request (by the routes, or by this role with the
+//!   cache) edits the very header map Envoy recreates a redirected request from;
 //! - with Envoy's HTTP cache (which fetches cacheable requests on its own side channel, past the
 //!   routes' header removal; the bootstrap then installs this role on the clusters, where that
 //!   channel runs it too) it removes the routing markers and the channel's own
@@ -18,12 +18,17 @@
 //!   checks for misses and hits alike; and it replaces the origin's `Cache-Control` with the
 //!   source's policy value (README: Cache TTL policy, uncapped), so that is what the cache stores
 //!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]).
+//!
+//! Without the cache (no [`CACHE_TTL_HEADER`] on the origin request) only a redirect needs the
+//! response side: any other response costs one host call (its status) and no edit, and the
+//! request side normally finds nothing to remove. Each removal is its own host call: Envoy makes
+//! a single edit far more cheaply than it rewrites a whole map (bench/NOTES.md).
 
 use ixproxy_core::envoy::decode_cache_ttl;
 use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, Bytes, MapType};
 
 use crate::edits::HeaderEdit;
 use crate::headers;
@@ -54,9 +59,27 @@ fn ttl_respects_origin(ttl: Option<&ixproxy_core::config::CacheTtl>) -> bool {
 /// are not readable any more in the response phase; asking for them there is an error).
 #[derive(Debug, Default)]
 pub struct LocationFilter {
-    base: Option<String>,
+    /// The attempt's request header as read (the redirect base is made from it only for a
+    /// redirect).
+    request: Option<Vec<(String, Bytes)>>,
     /// The source's cache TTL settings, from the main filter ([`CACHE_TTL_HEADER`]).
     ttl: Option<ixproxy_core::config::CacheTtl>,
+    /// Whether the cache is on: the main filter sent [`CACHE_TTL_HEADER`].
+    cached: bool,
+}
+
+impl LocationFilter {
+    /// The attempt's URL, `scheme://authority/path`: what a relative `Location` resolves
+    /// against.
+    fn base(&self) -> String {
+        let value = |name: &str| headers::text(self.request.as_deref()?, name);
+        format!(
+            "{}://{}{}",
+            value(":scheme").unwrap_or_default(),
+            value(":authority").unwrap_or_default(),
+            value(":path").unwrap_or_default()
+        )
+    }
 }
 
 impl Context for LocationFilter {}
@@ -71,12 +94,9 @@ impl HttpContext for LocationFilter {
         }
         let fields = read.ok();
         let value = |name: &str| headers::text(fields.as_deref()?, name);
-        self.base = Some(format!(
-            "{}://{}{}",
-            value(":scheme").unwrap_or_default(),
-            value(":authority").unwrap_or_default(),
-            value(":path").unwrap_or_default()
-        ));
+        self.cached = fields
+            .as_deref()
+            .is_some_and(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
@@ -88,16 +108,30 @@ impl HttpContext for LocationFilter {
         let removals: Vec<HeaderEdit> = ORIGIN_REQUEST_REMOVED
             .iter()
             .filter(|name| present(name))
-            .map(|name| HeaderEdit::Remove((*name).to_owned()))
+            .map(|name| HeaderEdit::Remove((*name).into()))
             .collect();
-        if let Err(e) = headers::write(MapType::HttpRequestHeaders, fields, &removals) {
+        if let Err(e) = headers::write(MapType::HttpRequestHeaders, None, &removals) {
             log::warn!("ixproxy: the origin request's internal headers: {e}");
         }
+        self.request = fields;
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // One read of the response header and at most one write of all the edits below.
+        // Without the cache only a redirect needs this role: the main filter takes the address
+        // from Envoy's `upstream.address` itself. One host call for the status then, and
+        // nothing else on any other response.
+        if !self.cached {
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+                .unwrap_or(0);
+            if !is_followed_redirect(status) {
+                return Action::Continue;
+            }
+        }
+        // One read of the response header, then the edits below that change it.
         let read = headers::read(MapType::HttpResponseHeaders);
         if let Err(e) = &read {
             log::warn!("ixproxy: the origin response header: {e}");
@@ -113,8 +147,8 @@ impl HttpContext for LocationFilter {
             .flatten()
             .and_then(|v| String::from_utf8(v).ok());
         edits.push(match address {
-            Some(address) => HeaderEdit::Set(UPSTREAM_ADDRESS_HEADER.to_owned(), address),
-            None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.to_owned()),
+            Some(address) => HeaderEdit::Set(UPSTREAM_ADDRESS_HEADER.into(), address.into()),
+            None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.into()),
         });
         // A 304 refreshes a stored entry with the headers it carries: under `respect_origin` its
         // own Cache-Control (or none) is the origin's word, otherwise the policy's. A redirect
@@ -131,16 +165,18 @@ impl HttpContext for LocationFilter {
                     .map(|(n, v)| (n.as_str(), v.as_slice())),
             );
             let policy = policy_cache_control(&ttl, status, head.cache_control().as_deref());
-            edits.push(HeaderEdit::Set("cache-control".to_owned(), policy));
+            edits.push(HeaderEdit::Set("cache-control".into(), policy.into()));
         }
-        if let (true, Some(base)) = (is_followed_redirect(status), self.base.as_deref()) {
+        if is_followed_redirect(status) {
+            let base = self.base();
+            let base = base.as_str();
             let scheme = base.split(':').next().unwrap_or_default();
             edits.push(HeaderEdit::Set(
-                FORWARDED_PROTO.to_owned(),
-                scheme.to_owned(),
+                FORWARDED_PROTO.into(),
+                scheme.to_owned().into(),
             ));
             if let Some(absolute) = value("location").and_then(|l| absolute_location(base, l)) {
-                edits.push(HeaderEdit::Set("location".to_owned(), absolute));
+                edits.push(HeaderEdit::Set("location".into(), absolute.into()));
             }
         }
         if let Err(e) = headers::write(MapType::HttpResponseHeaders, fields, &edits) {

@@ -31,6 +31,9 @@ pub struct FilterRoot {
     access_log: bool,
     /// Whether the response cache sits in front of the origin.
     cached: bool,
+    /// Whether the filter fills the client address log property (Envoy's own operator logs it
+    /// when no trusted proxy is configured).
+    log_client_ip: bool,
 }
 
 impl Context for FilterRoot {}
@@ -55,6 +58,7 @@ impl RootContext for FilterRoot {
                 timeout,
                 access_log,
                 cached,
+                client_ip_by_envoy,
             }) => {
                 if let Err(e) = inflight::init(&inflight::SharedData, &sources) {
                     log::error!("ixproxy: cannot create the in-flight counters: {e}");
@@ -66,6 +70,7 @@ impl RootContext for FilterRoot {
                 self.sources = Some(Rc::new(sources));
                 self.timeout = Some(timeout);
                 self.access_log = access_log != AccessLogFormat::Off;
+                self.log_client_ip = self.access_log && !client_ip_by_envoy;
                 self.cached = cached;
                 true
             }
@@ -86,6 +91,7 @@ impl RootContext for FilterRoot {
             self.counters.clone().unwrap_or_default(),
             self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             self.access_log,
+            self.log_client_ip,
             self.cached,
         )))
     }
