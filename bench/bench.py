@@ -787,8 +787,10 @@ def write_results(args, paths, results, memory, crit, elapsed):
     w(f"Release `ixproxy_filter.wasm`: {wasm_size:,} bytes ({wasm_size / 1000:.0f} KB).")
     w("")
 
-    # Targets (issue 12), on the 1 KiB body.
-    w("## Targets (1 KiB body)")
+    # Targets (issue 18), on the 1 KiB body: ixproxy serve as it runs in production (the JSON
+    # access log on) against the bare Pingora floor, the Envoy filter against DFP. The
+    # instruction-count targets are bench/instructions.sh's and bench/core_instructions.py's.
+    w("## Targets (issue 18, 1 KiB body)")
     w("")
     w("| target | measured | met |")
     w("| --- | --- | --- |")
@@ -797,38 +799,27 @@ def write_results(args, paths, results, memory, crit, elapsed):
     def target(name, value, ok):
         w(f"| {name} | {value} | {'yes' if ok else '**no**'} |")
 
-    s, pf, ng = med.get(("serve", k)), med.get(("pingora", k)), med.get(("nginx", k))
-    if s and pf and ng:
-        r = paired("serve", "pingora", k, "cpu_us")
-        target("`ixproxy serve` CPU/request ≤ 1.10× bare Pingora", f"{r:.2f}×", r <= 1.10)
-        r = paired("serve", "nginx", k, "cpu_us")
-        target("`ixproxy serve` CPU/request ≤ 1.35× nginx", f"{r:.2f}×", r <= 1.35)
-        r = paired("serve", "nginx", k, "rps")
-        target("`ixproxy serve` req/s ≥ 0.95× nginx", f"{r:.2f}×", r >= 0.95)
-        r = paired("serve", "nginx", k, "p99")
-        target("`ixproxy serve` p99 ≤ nginx p99 + 20%", f"{s['p99']:.3f} ms vs {ng['p99']:.3f} ms ({r:.2f}×)", r <= 1.2)
-    sl = med.get(("serve-log", k))
-    if sl and pf:
+    if med.get(("serve-log", k)) and med.get(("pingora", k)):
         r = paired("serve-log", "pingora", k, "cpu_us")
-        target("`ixproxy serve` (JSON access log) CPU/request ≤ 1.35× bare Pingora (issue 18)",
-               f"{r:.2f}×", r <= 1.35)
+        target("`ixproxy serve` (JSON access log) CPU/request ≤ 1.35× bare Pingora", f"{r:.2f}×",
+               r <= 1.35)
         r = paired("serve-log", "pingora", k, "rps")
-        target("`ixproxy serve` (JSON access log) req/s ≥ 0.75× bare Pingora (issue 18)",
-               f"{r:.2f}×", r >= 0.75)
-    e, d = med.get(("envoy-ix", k)), med.get(("envoy-dfp", k))
-    if e and d:
+        target("`ixproxy serve` (JSON access log) req/s ≥ 0.75× bare Pingora", f"{r:.2f}×",
+               r >= 0.75)
+    if med.get(("envoy-ix", k)) and med.get(("envoy-dfp", k)):
         r = paired("envoy-ix", "envoy-dfp", k, "cpu_us")
-        target("Envoy + ixproxy CPU/request ≤ 1.35× Envoy DFP", f"{r:.2f}×", r <= 1.35)
+        target("Envoy + ixproxy CPU/request ≤ 1.6× Envoy DFP", f"{r:.2f}×", r <= 1.6)
     dec = crit.get(("decide", "ixproxy decide (forward)"))
     raw = crit.get(("decide", "raw md5 of the base"))
     if dec and raw:
-        target("`decide` ≤ 2 µs native", f"{dec / 1000:.2f} µs", dec <= 2000)
-        target("`decide` ≤ 1.5× the raw MD5 of its bytes", f"{ratio(dec, raw):.2f}×", ratio(dec, raw) <= 1.5)
-    target("release `.wasm` ≤ 300 KB", f"{wasm_size / 1000:.0f} KB", wasm_size <= 300_000)
+        target("`decide` ≤ 1.5× the raw MD5 of its bytes (criterion time; the target's own "
+               "measure is instructions: bench/core_instructions.py)",
+               f"{ratio(dec, raw):.2f}×", ratio(dec, raw) <= 1.5)
     m = memory.get("serve")
     if m:
         added = (m["loaded_kib"] - m["idle_kib"]) / 1024
-        target(f"{MEMORY_CONNECTIONS:,} idle keep-alive connections ≤ 64 MiB RSS above idle (native)", f"{added:.1f} MiB", added <= 64)
+        target(f"{MEMORY_CONNECTIONS:,} idle keep-alive connections ≤ 64 MiB RSS above idle "
+               "(native, issue 12)", f"{added:.1f} MiB", added <= 64)
     w("")
     w("## Machine and versions")
     w("")

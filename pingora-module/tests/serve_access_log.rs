@@ -367,3 +367,20 @@ fn access_log_lines_are_written_in_batches_not_one_system_call_each() {
          {without_log} without)\n{log}"
     );
 }
+
+#[test]
+fn the_last_batch_is_written_when_the_gateway_stops_at_once() {
+    let origin = RecordingOrigin::start().expect("origin");
+    let mut serve = start(&config("access_log: json\n"));
+    let url = format!("http://{}/asset/last.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    let resp = fetch(serve.listen(), &request(&signed, &[("X-Request-ID", "the-last")]));
+    assert_eq!(resp.status, 200);
+    // At once: well inside the batch's 50 ms window, then SIGINT (no grace period).
+    serve.signal(Signal::SIGINT).expect("SIGINT");
+    let status = serve.wait_exit(TIMEOUT).expect("wait");
+    assert!(status.is_some(), "still running:\n{}", serve.log());
+    // Nothing is waited for: the line must be there once the process is gone.
+    let lines = json_lines(|| serve.log(), 1, Duration::ZERO);
+    assert_eq!(by_id(&lines, "the-last")["status"], 200, "{}", serve.log());
+}
