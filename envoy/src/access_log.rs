@@ -122,8 +122,8 @@ pub(crate) fn original_ip_detection(trusted: &[IpNet]) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ixproxy_core::access_log::AccessRecord;
     use crate::testing::{generate_ok, hcm, wasm_config, CONFIG};
+    use ixproxy_core::access_log::AccessRecord;
 
     #[test]
     fn envoy_logs_the_client_address_itself_unless_proxies_are_trusted() {

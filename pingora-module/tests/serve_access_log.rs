@@ -374,7 +374,10 @@ fn the_last_batch_is_written_when_the_gateway_stops_at_once() {
     let mut serve = start(&config("access_log: json\n"));
     let url = format!("http://{}/asset/last.jpg", origin.http);
     let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
-    let resp = fetch(serve.listen(), &request(&signed, &[("X-Request-ID", "the-last")]));
+    let resp = fetch(
+        serve.listen(),
+        &request(&signed, &[("X-Request-ID", "the-last")]),
+    );
     assert_eq!(resp.status, 200);
     // At once: well inside the batch's 50 ms window, then SIGINT (no grace period).
     serve.signal(Signal::SIGINT).expect("SIGINT");

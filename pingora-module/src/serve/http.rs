@@ -102,7 +102,7 @@ pub fn rewrite_upstream_request(
         // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
         let mut value = owned_value(value)?;
         value.set_sensitive(true);
-        headers.append(auth_header_name(name)?, value);
+        headers.append(known_header_name(name)?, value);
     }
     headers.insert(
         X_REQUEST_ID,
@@ -120,9 +120,9 @@ pub fn rewrite_upstream_request(
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
-/// The parsed name of one of the core's origin auth headers: a constant for each, so none is
-/// parsed or copied per request.
-fn auth_header_name(name: &'static str) -> Result<HeaderName> {
+/// The parsed name of a header the core sets (the origin auth headers, the response edits): a
+/// constant for each, so none is parsed or copied per request.
+fn known_header_name(name: &'static str) -> Result<HeaderName> {
     const ORIGIN_SECRET: HeaderName = HeaderName::from_static(auth::ORIGIN_SECRET);
     const SIGNATURE_TIMESTAMP: HeaderName = HeaderName::from_static(auth::SIGNATURE_TIMESTAMP);
     const SIGNATURE_REQUEST_ID: HeaderName = HeaderName::from_static(auth::SIGNATURE_REQUEST_ID);
@@ -135,8 +135,12 @@ fn auth_header_name(name: &'static str) -> Result<HeaderName> {
         auth::SIGNATURE_REQUEST_ID => SIGNATURE_REQUEST_ID,
         auth::SIGNATURE => SIGNATURE,
         auth::SIGNATURE_HOST => SIGNATURE_HOST,
+        "content-type" => header::CONTENT_TYPE,
+        "cache-control" => header::CACHE_CONTROL,
+        "x-content-type-options" => header::X_CONTENT_TYPE_OPTIONS,
+        "content-security-policy" => header::CONTENT_SECURITY_POLICY,
         other => HeaderName::from_bytes(other.as_bytes())
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "origin auth name", e))?,
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?,
     })
 }
 
@@ -148,17 +152,34 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
     )
 }
 
-/// Applies the core's response edits to the origin's response header.
+/// Applies the core's response edits to the origin's response header: the fields the edits
+/// neither remove nor set, in their order, then the set ones.
+///
+/// Like the origin request (see [`rewrite_upstream_request`]), the head is made anew from a
+/// header map rather than edited in place: Pingora's response head keeps a second map of
+/// header-name case, so every removal and insertion there parses the name again and hashes
+/// into both maps. Names go out in Pingora's title case, as for any head without that map.
 ///
 /// # Errors
 /// A header value the HTTP types refuse (not produced by the core).
 pub fn apply_response_edits(resp: &mut ResponseHeader, edits: ResponseEdits) -> Result<()> {
-    for name in &edits.remove {
-        resp.remove_header(name.as_str());
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + edits.set.len());
+    for (name, value) in &resp.headers {
+        let name_str = name.as_str();
+        let edited = edits.remove.iter().any(|removed| removed == name_str)
+            || edits.set.iter().any(|(set, _)| *set == name_str);
+        if !edited {
+            headers.append(name.clone(), value.clone());
+        }
     }
     for (name, value) in edits.set {
-        resp.insert_header(name, owned_value(value)?)?;
+        headers.append(known_header_name(name)?, owned_value(value)?);
     }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = resp.status;
+    parts.version = resp.version;
+    parts.headers = headers;
+    *resp = ResponseHeader::from(parts);
     Ok(())
 }
 
@@ -282,8 +303,12 @@ mod tests {
     }
 
     #[test]
-    fn every_origin_auth_header_name_has_its_own_constant() {
+    fn every_header_name_the_core_sets_has_its_own_constant() {
         for name in [
+            "content-type",
+            "cache-control",
+            ixproxy_core::response::NOSNIFF.0,
+            ixproxy_core::response::CONTENT_SECURITY_POLICY.0,
             auth::AUTHORIZATION,
             auth::ORIGIN_SECRET,
             auth::SIGNATURE_TIMESTAMP,
@@ -292,7 +317,7 @@ mod tests {
             auth::SIGNATURE_HOST,
             "x-another",
         ] {
-            assert_eq!(auth_header_name(name).expect("valid").as_str(), name);
+            assert_eq!(known_header_name(name).expect("valid").as_str(), name);
         }
         assert_eq!(X_REQUEST_ID.as_str(), REQUEST_ID_HEADER);
     }
