@@ -66,7 +66,8 @@ impl OriginUrl {
     /// [`OriginUrl::authority`] appended to `out` as bytes, without a `String` of its own (the
     /// access log writes it for every request).
     pub fn write_authority(&self, out: &mut Vec<u8>) {
-        if self.host.contains(':') {
+        // Only an IPv6 host has a colon (a short byte loop: cheaper than `str::contains`).
+        if self.host.bytes().any(|b| b == b':') {
             out.push(b'[');
             out.extend_from_slice(self.host.as_bytes());
             out.push(b']');
