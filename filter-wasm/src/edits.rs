@@ -546,10 +546,16 @@ mod tests {
             [
                 ("cache-control", &b"public, max-age=3600"[..]),
                 ("set-cookie", b"a=1"),
-                ("content-type", b"image/png"),
+                ("content-type", b"Image/PNG"),
             ],
         );
         let edits = response_header_edits(f.check_response(&head).expect("allowed"));
+        // A Content-Type already in normal form is left as the origin sent it.
+        let normal = OriginHead::of(200, [("content-type", &b"image/png"[..])]);
+        let normal = response_header_edits(f.check_response(&normal).expect("allowed"));
+        assert!(!normal
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "content-type")));
         assert_eq!(edits[0], HeaderEdit::Remove("set-cookie".into()));
         assert!(edits.contains(&set("cache-control", "public, max-age=60")));
         assert!(edits.contains(&set("x-content-type-options", "nosniff")));

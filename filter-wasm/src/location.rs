@@ -94,9 +94,11 @@ impl HttpContext for LocationFilter {
         }
         let fields = read.ok();
         let value = |name: &str| headers::text(fields.as_deref()?, name);
+        // When the header could not be read the cache is taken to be on: the response side then
+        // does its whole work (the stored upstream address set or removed), never less.
         self.cached = fields
             .as_deref()
-            .is_some_and(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
+            .is_none_or(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
         self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.

@@ -312,59 +312,84 @@ fn a_reload_turns_the_access_log_on_and_applies_new_trusted_proxies() {
     );
 }
 
-/// The process's write system calls so far (`syscw` of `/proc/PID/io`: `write`, `writev` and
-/// the like, on sockets and stdout alike).
-fn write_syscalls(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/io (the tests run as root or as the owner): {e}"));
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no syscw in {io}"))
+/// The write system calls the access log's writer thread (`ixproxy-access-log`) made so far
+/// (`syscw` of `/proc/PID/task/TID/io`: `write`, `writev` and the like).
+fn log_thread_writes(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // `comm` holds the first 15 bytes of the thread's name.
+        if !"ixproxy-access-log".starts_with(comm.trim()) || comm.trim().len() < 14 {
+            continue;
+        }
+        let io = std::fs::read_to_string(task.path().join("io")).unwrap_or_else(|e| {
+            panic!(
+                "{}/io (the tests run as root or as the owner): {e}",
+                task.path().display()
+            )
+        });
+        return io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no syscw in {io}"));
+    }
+    panic!("no access log writer thread in /proc/{pid}/task");
 }
 
-/// Write system calls while `requests` signed requests go over one keep-alive connection, and
-/// the log text once every line is in.
-fn writes_for(access_log: &str, requests: usize) -> (u64, String) {
-    let origin = RecordingOrigin::start().expect("origin");
-    let serve = start(&config(&format!("access_log: {access_log}\n")));
-    let url = format!("http://{}/asset/batched.jpg", origin.http);
-    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
-    let mut conn = KeepAlive::connect(serve.listen(), TIMEOUT).expect("connect");
-    // The first request sets up the origin connection, the log writer and the timers.
-    assert_eq!(
-        conn.send(&request(&signed, &[])).expect("first").status,
-        200
-    );
-    let before = write_syscalls(serve.pid());
-    for i in 0..requests {
-        let resp = conn.send(&request(&signed, &[])).expect("request");
-        assert_eq!(resp.status, 200, "request {i}");
-    }
-    let lines = if access_log == "off" {
-        0
-    } else {
-        json_lines(|| serve.log(), requests + 1, LOG_WAIT).len()
-    };
-    let writes = write_syscalls(serve.pid()) - before;
-    if access_log != "off" {
-        assert_eq!(lines, requests + 1, "every request logged");
-    }
-    (writes, serve.log())
-}
+/// Keep-alive connections the load of the batching test uses, each sending its share at once.
+const CONNECTIONS: usize = 4;
+/// The writer's batch window (`serve::access`).
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 #[test]
 fn access_log_lines_are_written_in_batches_not_one_system_call_each() {
-    const REQUESTS: usize = 300;
-    let (with_log, _) = writes_for("json", REQUESTS);
-    let (without_log, log) = writes_for("off", REQUESTS);
-    // The same requests make the same socket writes; what the log adds is one write per batch
-    // (every 50 ms at most): a write per line would add 300.
-    let added = with_log.saturating_sub(without_log);
+    const REQUESTS: usize = 400;
+    let origin = RecordingOrigin::start().expect("origin");
+    let serve = start(&config("access_log: json\n"));
+    let url = format!("http://{}/asset/batched.jpg", origin.http);
+    let signed = sign_url(NEW_TOKEN, &url, &[], &SignOptions::default());
+    let mut conns: Vec<KeepAlive> = (0..CONNECTIONS)
+        .map(|_| KeepAlive::connect(serve.listen(), TIMEOUT).expect("connect"))
+        .collect();
+    // A first request on each sets up the origin connections and starts the log's batches.
+    for conn in &mut conns {
+        assert_eq!(
+            conn.send(&request(&signed, &[])).expect("first").status,
+            200
+        );
+    }
+    json_lines(|| serve.log(), CONNECTIONS, LOG_WAIT);
+    let before = log_thread_writes(serve.pid());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for mut conn in conns {
+            let signed = &signed;
+            scope.spawn(move || {
+                for i in 0..REQUESTS / CONNECTIONS {
+                    let resp = conn.send(&request(signed, &[])).expect("request");
+                    assert_eq!(resp.status, 200, "request {i}");
+                }
+            });
+        }
+    });
+    let took = started.elapsed();
+    let lines = json_lines(|| serve.log(), REQUESTS + CONNECTIONS, LOG_WAIT).len();
+    assert_eq!(lines, REQUESTS + CONNECTIONS, "every request logged");
+    let writes = log_thread_writes(serve.pid()) - before;
+    // One write per batch, at most one batch per window while lines keep coming (and the one
+    // that ends after them); a write per line would be 400. Only a load of several lines per
+    // window can tell the two apart.
+    let windows = (took.as_millis() / BATCH_WINDOW.as_millis()) as u64 + 2;
     assert!(
-        added <= (REQUESTS / 10) as u64,
-        "the access log added {added} write calls for {REQUESTS} lines ({with_log} with, \
-         {without_log} without)\n{log}"
+        windows * 3 <= REQUESTS as u64,
+        "{REQUESTS} requests took {took:?}: under three lines per {BATCH_WINDOW:?} window, \
+         batching cannot be told from a write per line"
+    );
+    assert!(
+        writes <= windows,
+        "the access log's thread made {writes} write calls for {REQUESTS} lines over {took:?} \
+         (at most {windows} batches)"
     );
 }
 

@@ -10,6 +10,7 @@
 //! `ixproxy_access_log_dropped_total` rather than blocking the worker.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -28,11 +29,22 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// head near its size limit full of escaped characters makes, is taken back and dropped).
 const LINE_ROOM: usize = 64 * 1024;
 
+/// How long the gateway, once stopped, waits for the writer thread to write the last batch (a
+/// stalled stdout reader must not keep the process from exiting).
+const LAST_BATCH_WAIT: Duration = Duration::from_secs(1);
+
 struct Writer {
     batch: Mutex<Vec<u8>>,
-    /// Signalled when a batch starts, and when it passes [`FLUSH_BYTES`].
+    /// Signalled when a batch starts, when it passes [`FLUSH_BYTES`], and at [`flush`].
     ready: Condvar,
     dropped: IntCounter,
+    /// Whether the writer thread runs (set once it was spawned).
+    running: AtomicBool,
+    /// Set by [`flush`]: the writer thread writes what is batched and ends.
+    stopping: AtomicBool,
+    /// Set when the writer thread has ended, for whatever reason.
+    ended: Mutex<bool>,
+    ended_signal: Condvar,
 }
 
 static WRITER: OnceLock<Writer> = OnceLock::new();
@@ -43,17 +55,29 @@ static WRITER: OnceLock<Writer> = OnceLock::new();
 /// # Errors
 /// The thread cannot be spawned.
 pub fn start(dropped: IntCounter) -> std::io::Result<()> {
-    if WRITER.get().is_some() {
-        return Ok(());
-    }
     let writer = WRITER.get_or_init(|| Writer {
         batch: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
         ready: Condvar::new(),
         dropped,
+        running: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        ended: Mutex::new(false),
+        ended_signal: Condvar::new(),
     });
-    std::thread::Builder::new()
+    if writer.running.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let spawned = std::thread::Builder::new()
         .name("ixproxy-access-log".to_owned())
-        .spawn(move || drain(writer))?;
+        .spawn(move || {
+            drain(writer);
+            writer.end();
+        });
+    if let Err(e) = spawned {
+        // The next start (a later reload) tries again.
+        writer.running.store(false, Ordering::Release);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -65,17 +89,40 @@ pub fn log(record: &AccessRecord<'_>, format: AccessLogFormat) {
     }
 }
 
-/// Writes what is batched now, from the calling thread (at exit: the last window's lines are
-/// not lost).
+/// Has the writer thread write what is batched now and end, waiting at most
+/// [`LAST_BATCH_WAIT`] for it (at exit: the last window's lines are not lost, and a stalled
+/// stdout does not keep the process alive).
 pub fn flush() {
-    if let Some(writer) = WRITER.get() {
-        let batch = std::mem::take(&mut *writer.lock());
-        // Nothing is left to report a failing stdout to.
-        let _ = write_batch(&batch);
-    }
+    let Some(writer) = WRITER.get().filter(|w| w.running.load(Ordering::Acquire)) else {
+        return;
+    };
+    writer.stopping.store(true, Ordering::Release);
+    // Under the batch's lock: the writer is either waiting (and is woken) or will see the flag.
+    drop(writer.lock());
+    writer.ready.notify_one();
+    let ended = writer
+        .ended
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = writer
+        .ended_signal
+        .wait_timeout_while(ended, LAST_BATCH_WAIT, |ended| !*ended);
 }
 
 impl Writer {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn end(&self) {
+        let mut ended = self
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *ended = true;
+        self.ended_signal.notify_all();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         // A panic while holding the lock leaves at worst a torn line: keep logging.
         self.batch
@@ -114,27 +161,31 @@ impl Writer {
     }
 }
 
-/// Waits for a batch, lets it collect for its window, writes it; ends when stdout fails.
+/// Waits for a batch, lets it collect for its window, writes it; ends when stdout fails, or
+/// once [`flush`] asked and what was batched is written.
 fn drain(writer: &Writer) {
     let mut spare = Vec::with_capacity(FLUSH_BYTES);
     loop {
         let mut batch = writer.lock();
-        while batch.is_empty() {
+        while batch.is_empty() && !writer.stopping() {
             batch = writer
                 .ready
                 .wait(batch)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        if batch.len() < FLUSH_BYTES {
+        if batch.len() < FLUSH_BYTES && !writer.stopping() {
             batch = writer
                 .ready
-                .wait_timeout_while(batch, BATCH_WINDOW, |b| b.len() < FLUSH_BYTES)
+                .wait_timeout_while(batch, BATCH_WINDOW, |b| {
+                    b.len() < FLUSH_BYTES && !writer.stopping()
+                })
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+        let last = writer.stopping();
         std::mem::swap(&mut *batch, &mut spare);
         drop(batch);
-        if write_batch(&spare).is_err() {
+        if write_batch(&spare).is_err() || last {
             return;
         }
         spare.clear();

@@ -111,6 +111,9 @@ pub fn rewrite_upstream_request(
     );
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = req.method.clone();
+    // What Pingora chose for the origin's protocol (it sets HTTP/2 before this filter for an
+    // h2 origin, and checks it after).
+    parts.version = req.version;
     parts.headers = headers;
     let mut origin = RequestHeader::from(parts);
     origin.set_raw_path(forward.origin().path_and_query.as_bytes())?;
