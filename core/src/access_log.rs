@@ -105,7 +105,7 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessRecord<'a> {
     /// When the request arrived, in microseconds since the epoch; written as RFC 3339 UTC with
-    /// milliseconds (see [`rfc3339_millis`]).
+    /// milliseconds (`2026-12-01T11:32:32.123Z`).
     pub ts_micros: u64,
     /// See [`kept_request_id`] and [`new_request_id`].
     pub request_id: &'a str,
@@ -401,20 +401,14 @@ fn push_ip_uncached(out: &mut Vec<u8>, ip: Option<IpAddr>) {
     }
 }
 
-/// `unix_micros` (microseconds since the epoch) as RFC 3339 UTC with milliseconds:
-/// `2026-12-01T11:32:32.123Z`.
-pub fn rfc3339_millis(unix_micros: u64) -> String {
-    let mut out = Vec::with_capacity(24);
-    push_rfc3339_millis(&mut out, unix_micros);
-    String::from_utf8(out).unwrap_or_default()
-}
-
 thread_local! {
     /// The last second written and its `YYYY-MM-DDTHH:MM:SS` text: the lines of one second
     /// share it, so the calendar is worked out once per second per thread.
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
 }
 
+/// `unix_micros` (microseconds since the epoch) as RFC 3339 UTC with milliseconds:
+/// `2026-12-01T11:32:32.123Z`.
 fn push_rfc3339_millis(out: &mut Vec<u8>, unix_micros: u64) {
     let secs = unix_micros / 1_000_000;
     let (cached, mut text) = SECOND.get();
@@ -480,6 +474,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rfc3339_millis(unix_micros: u64) -> String {
+        let mut out = Vec::new();
+        push_rfc3339_millis(&mut out, unix_micros);
+        String::from_utf8(out).expect("ascii")
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

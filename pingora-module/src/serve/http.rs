@@ -131,6 +131,8 @@ fn known_header_name(name: &'static str) -> Result<HeaderName> {
     const SIGNATURE_REQUEST_ID: HeaderName = HeaderName::from_static(auth::SIGNATURE_REQUEST_ID);
     const SIGNATURE: HeaderName = HeaderName::from_static(auth::SIGNATURE);
     const SIGNATURE_HOST: HeaderName = HeaderName::from_static(auth::SIGNATURE_HOST);
+    const NOSNIFF: &str = ixproxy_core::response::NOSNIFF.0;
+    const CONTENT_SECURITY_POLICY: &str = ixproxy_core::response::CONTENT_SECURITY_POLICY.0;
     Ok(match name {
         auth::AUTHORIZATION => header::AUTHORIZATION,
         auth::ORIGIN_SECRET => ORIGIN_SECRET,
@@ -140,8 +142,8 @@ fn known_header_name(name: &'static str) -> Result<HeaderName> {
         auth::SIGNATURE_HOST => SIGNATURE_HOST,
         "content-type" => header::CONTENT_TYPE,
         "cache-control" => header::CACHE_CONTROL,
-        "x-content-type-options" => header::X_CONTENT_TYPE_OPTIONS,
-        "content-security-policy" => header::CONTENT_SECURITY_POLICY,
+        NOSNIFF => header::X_CONTENT_TYPE_OPTIONS,
+        CONTENT_SECURITY_POLICY => header::CONTENT_SECURITY_POLICY,
         other => HeaderName::from_bytes(other.as_bytes())
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?,
     })
