@@ -189,10 +189,9 @@ impl ProxyHttp for Gateway {
                 decide_attributed(&live.sources, &info, unix_now())
             }
         };
-        if let (Some(series), Some(token)) = (
-            live.series.of(attribution.source().map(AsRef::as_ref)),
-            attribution.token_position(),
-        ) {
+        if let (Some(series), Some(token)) =
+            (live.series.of(&attribution), attribution.token_position())
+        {
             series.count_token(token);
         }
         ctx.attribution = attribution;
@@ -309,7 +308,7 @@ impl ProxyHttp for Gateway {
                 ctx.inflight = slot;
                 ctx.inflight_gauge = live
                     .series
-                    .of(ctx.attribution.source().map(AsRef::as_ref))
+                    .of(&ctx.attribution)
                     .map(super::metrics::SourceSeries::inflight);
                 Ok(true)
             }
@@ -668,7 +667,7 @@ impl ProxyHttp for Gateway {
         ctx.inflight_gauge = None;
         let live = self.live(ctx);
         let bytes_sent = session.body_bytes_sent() as u64;
-        if let Some(series) = live.series.of(ctx.attribution.source().map(AsRef::as_ref)) {
+        if let Some(series) = live.series.of(&ctx.attribution) {
             series.count(outcome, bytes_sent);
         }
         if ctx.cache_used {

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use ixproxy_core::cache::CacheResult;
 use ixproxy_core::config::ReloadResult;
-use ixproxy_core::config::Source;
 use ixproxy_core::metrics::{
     BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
     VERSION,
 };
-use ixproxy_core::{Outcome, Sources};
+use ixproxy_core::{Attribution, Outcome, Sources};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -122,7 +121,7 @@ impl Metrics {
         registry.register(Box::new(cache_bytes.clone()))?;
         let config_reloads = reload_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
-        // series of each source start at zero in `add_sources`).
+        // series of each source start at zero in `series`).
         for result in CacheResult::ALL {
             cache_requests.with_label_values(&[result.as_str()]);
         }
@@ -226,10 +225,10 @@ pub struct SeriesTable {
 }
 
 impl SeriesTable {
-    /// The series of `source` (by its position), or of requests without one; `None` for a table
-    /// made without the metrics (tests).
-    pub fn of(&self, source: Option<&Source>) -> Option<&SourceSeries> {
-        match source {
+    /// The series of a request's source (by its position), or of requests without one; `None`
+    /// for a table made without the metrics (tests).
+    pub fn of(&self, attribution: &Attribution) -> Option<&SourceSeries> {
+        match attribution.source() {
             Some(source) => self.sources.get(source.position),
             None => self.none.as_ref(),
         }
@@ -309,10 +308,15 @@ mod tests {
         .expect("valid")
         .sources;
         let table = metrics.series(&sources);
-        let web_a = table.of(sources.iter().next()).expect("web.a");
+        let web_a = table
+            .of(&Attribution::of_host(&sources, "a.test"))
+            .expect("web.a");
         web_a.count(Outcome::Forwarded, 60);
         web_a.count(Outcome::Forwarded, 40);
-        table.of(None).expect("-").count(Outcome::OriginTimeout, 0);
+        table
+            .of(&Attribution::default())
+            .expect("-")
+            .count(Outcome::OriginTimeout, 0);
         metrics.count("-", Outcome::BadSignature);
         web_a.count_token(1);
         let fetch = web_a.inflight();
