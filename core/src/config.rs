@@ -18,6 +18,7 @@ use crate::secret::Secret;
 
 mod hosts;
 mod operating;
+mod purge;
 mod reload;
 mod secrets;
 mod validate;
@@ -26,6 +27,7 @@ mod warnings;
 pub use operating::{
     AccessLogFormat, Operating, RawServer, RawTls, TlsFiles, DEFAULT_GRACE_PERIOD, MAX_THREADS,
 };
+pub use purge::MIN_PURGE_API_KEY_CHARS;
 pub use reload::{restart_required, ReloadResult};
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use validate::{
@@ -152,6 +154,10 @@ pub struct RawConfig {
     pub trusted_proxies: Vec<String>,
     /// Sources.
     pub sources: Vec<RawSource>,
+    /// The keys of imgix's purge API on the admin listener (`POST /api/v1/purge`, native
+    /// gateway), each a secret; none = no purge API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purge_api_keys: Vec<SecretRef>,
 }
 
 /// `cache:` (serde layer): the response cache, all sources together.
@@ -574,6 +580,8 @@ pub struct Config {
     pub operating: Operating,
     /// Sources.
     pub sources: Sources,
+    /// The keys imgix's purge API admits (`purge_api_keys`); empty = no purge API.
+    pub purge_api_keys: Vec<Secret>,
 }
 
 impl RawConfig {
@@ -616,6 +624,7 @@ impl RawConfig {
             client: validate::client_limits(&self.limits)?,
             cache: validate::cache(self.cache.as_ref())?,
             upstream: validate::upstream(self.upstream)?,
+            purge_api_keys: purge::keys(&self.purge_api_keys, secrets)?,
         })
     }
 }

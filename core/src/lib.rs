@@ -28,6 +28,7 @@ pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod outcome;
+pub mod purge_api;
 pub mod request;
 pub mod response;
 pub mod secret;

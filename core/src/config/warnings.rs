@@ -30,7 +30,8 @@ impl fmt::Display for ConfigWarning {
 
 /// The warnings for a validated config, in field order: an `admin_listen` that is not a
 /// loopback address, then every `secure_url_tokens` entry shorter than [`MIN_TOKEN_CHARS`]
-/// characters (counted, never shown). Empty when there is nothing to say.
+/// characters (counted, never shown), then those about `purge_api_keys`
+/// ([`super::purge`]). Empty when there is nothing to say.
 pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
     let mut out = Vec::new();
     let admin = config.admin_listen;
@@ -56,6 +57,7 @@ pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
             }
         }
     }
+    out.extend(super::purge::warnings(config));
     out
 }
 
