@@ -115,6 +115,12 @@ pub const NATIVE_ONLY_WARNING: &str = "not rendered into the Envoy bootstrap: on
     applies it (Envoy has its own --concurrency, --drain-time-s and listener TLS, and no \
     per-client connection limit)";
 
+/// Said by `ixproxy envoy-config` when `purge_api_keys` is set: imgix's purge API is served by
+/// the native gateway's admin listener only.
+pub const PURGE_API_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
+    has imgix's purge API (Envoy's admin listener is Envoy's own and its cache has no purge); the \
+    keys are not read";
+
 /// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
 /// by `ixproxy envoy-config` whenever `cache:` is on.
 pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched through the cache \
@@ -190,7 +196,10 @@ fn render(
     system_ca: &Path,
     options: &Options,
 ) -> Result<Generated, EnvoyConfigError> {
-    let raw = RawConfig::from_yaml(config_yaml)?;
+    let mut raw = RawConfig::from_yaml(config_yaml)?;
+    // Envoy has no purge API: its keys are neither resolved here (an `{env:}` key would join
+    // the Wasm VM's environment, a `{file:}` one cannot be read) nor rendered, only named.
+    let purge_api_keys = std::mem::take(&mut raw.purge_api_keys);
     let literals = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Literal(_)));
     let deferred = secret_paths(&raw.sources, |s| matches!(s, SecretRef::Env { .. }));
     let secrets = RecordingSecrets::default();
@@ -233,6 +242,12 @@ fn render(
         warnings.push(ConfigWarning {
             path: field.to_owned(),
             message: NATIVE_ONLY_WARNING.to_owned(),
+        });
+    }
+    if !purge_api_keys.is_empty() {
+        warnings.push(ConfigWarning {
+            path: "purge_api_keys".to_owned(),
+            message: PURGE_API_WARNING.to_owned(),
         });
     }
     let env_keys = secrets.names.into_inner();
@@ -624,6 +639,49 @@ mod tests {
             .map(|w| w.path.as_str())
             .collect();
         assert_eq!(named, ["limits.max_connections_per_client", "tls", "h2c"]);
+    }
+
+    #[test]
+    fn purge_api_keys_are_named_native_only_and_never_read_nor_rendered() {
+        // A `{file:}` key (the filter could not read one) and an `{env:}` key whose name must
+        // not reach the Wasm VM's environment.
+        let yaml = format!(
+            "purge_api_keys: [{{file: /run/ixproxy/purge}}, {{env: IXPROXY_PURGE_KEY}}, \
+             literal-purge-key]\n{CONFIG}"
+        );
+        let generated = generate_with(
+            &yaml,
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        let named: Vec<&str> = generated
+            .warnings
+            .iter()
+            .filter(|w| w.message == PURGE_API_WARNING)
+            .map(|w| w.path.as_str())
+            .collect();
+        assert_eq!(named, ["purge_api_keys"]);
+        for absent in [
+            "IXPROXY_PURGE_KEY",
+            "/run/ixproxy/purge",
+            "literal-purge-key",
+        ] {
+            assert!(!generated.bootstrap.contains(absent), "{absent}");
+        }
+        let plain = generate_with(
+            CONFIG,
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        assert!(!plain.warnings.iter().any(|w| w.path == "purge_api_keys"));
     }
 
     #[test]
