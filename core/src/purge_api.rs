@@ -34,8 +34,9 @@ pub const PURGE_API_PATH: &str = "/api/v1/purge";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole request body must arrive within this, else 408 and the connection closes: a
-/// client that trickles its body cannot hold the admin listener's one thread's attention.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// client that trickles its body cannot hold the admin listener's one thread's attention, and
+/// a purge document (at most [`MAX_BODY_BYTES`]) needs far less on any network.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `Content-Type` of every answer (JSON:API's media type, which imgix answers with).
 pub const CONTENT_TYPE: &str = "application/vnd.api+json";
@@ -327,7 +328,8 @@ pub struct PurgeTarget {
 
 impl PurgeTarget {
     /// The cache keys to remove (one: this source's entry for the origin URL, whatever params
-    /// the URLs that filled it carried).
+    /// the URLs that filled it carried); what a runtime's purge of
+    /// ([`Self::source`], [`Self::origin_url`]) removes.
     pub fn keys(&self) -> Vec<String> {
         purge_keys([self.source.as_str()], &self.origin_url)
     }

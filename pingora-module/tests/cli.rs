@@ -325,6 +325,35 @@ fn check_warns_about_short_tokens_and_a_public_admin_listener_but_accepts_them()
 }
 
 #[test]
+fn check_names_each_bad_purge_api_key_and_warns_about_weak_ones() {
+    let quiet = VALID.replace("[aBcD1234]", "[0123456789abcdef]");
+    let refused = check_yaml(
+        "purge-empty",
+        &format!("purge_api_keys: [ak_0123456789abcdef, '']\n{quiet}"),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("purge_api_keys[1]: must not be empty"),
+        "{}",
+        stderr(&refused)
+    );
+    let weak = check_yaml("purge-weak", &format!("purge_api_keys: [hunter2]\n{quiet}"));
+    assert_eq!(weak.status.code(), Some(0), "{}", stderr(&weak));
+    let err = stderr(&weak);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("warning: purge_api_keys[0]: key shorter than 16 characters"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("warning: purge_api_keys: no cache"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "a warning must not show the key");
+}
+
+#[test]
 fn envoy_config_refuses_literal_secrets_unless_allowed() {
     let wasm = ["--wasm", "/opt/ixproxy_filter.wasm"];
     let out = with_config("literal", VALID, "envoy-config", &wasm);

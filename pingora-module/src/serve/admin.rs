@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (serving, or draining), `/metrics` for
-//! Prometheus and, with the response cache on, `POST /cache/purge?url=…`.
+//! Prometheus, with the response cache on, `POST /cache/purge?url=…`, and with
+//! `purge_api_keys`, imgix's purge API (`POST /api/v1/purge`, [`ixproxy_core::purge_api`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,11 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
 use ixproxy_core::cache::parse_purge;
+use ixproxy_core::purge_api::{self, PurgeApiError};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use super::cache::ResponseCache;
-use super::live::LiveConfig;
+use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
 
 /// What a purge needs: the cache and the current sources (a purge removes the URL's entry
@@ -46,6 +48,9 @@ pub struct AdminApp {
     metrics: Metrics,
     purger: Option<Purger>,
     readiness: Readiness,
+    /// The reloadable config whose current generation holds the purge API's keys and the
+    /// sources its URLs name; `None`: no purge API.
+    purge_api: Option<LiveConfig>,
 }
 
 impl AdminApp {
@@ -56,7 +61,79 @@ impl AdminApp {
             metrics,
             purger,
             readiness,
+            purge_api: None,
         }
+    }
+
+    /// The app also serving imgix's purge API with the keys and sources of `live`'s current
+    /// generation (a reload changes both); while there are no keys, the path is not found.
+    pub fn with_purge_api(mut self, live: LiveConfig) -> Self {
+        self.purge_api = Some(live);
+        self
+    }
+
+    /// imgix's purge API for one request, counted by result: the core's answer with its
+    /// `Content-Type` (`WWW-Authenticate` on a 401, `Allow` on a 405).
+    async fn purge_api(&self, session: &mut ServerSession, live: &Live) -> Response<Vec<u8>> {
+        let id = purge_api::answer_id(rand::random());
+        let (status, body, label) = match self.purge_api_result(session, live, &id).await {
+            Ok(body) => (StatusCode::OK, body, purge_api::PURGED_LABEL),
+            Err(e) => (
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                e.answer(&id),
+                e.label(),
+            ),
+        };
+        self.metrics.count_purge_api(label);
+        let mut response = reply(status, purge_api::CONTENT_TYPE, body);
+        let extra = match status {
+            StatusCode::UNAUTHORIZED => {
+                Some((header::WWW_AUTHENTICATE, purge_api::WWW_AUTHENTICATE))
+            }
+            StatusCode::METHOD_NOT_ALLOWED => Some((header::ALLOW, purge_api::ALLOW)),
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            response
+                .headers_mut()
+                .insert(name, header::HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    /// Admits the request before its body is read (an unread body then closes the
+    /// connection), reads the body within the core's bounds, and purges what its URL names.
+    async fn purge_api_result(
+        &self,
+        session: &mut ServerSession,
+        live: &Live,
+        id: &str,
+    ) -> Result<Vec<u8>, PurgeApiError> {
+        let req = session.req_header();
+        let content_length = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        purge_api::admit(
+            req.method.as_str(),
+            req.headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes()),
+            req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            content_length,
+            &live.purge_api_keys,
+        )?;
+        let body = tokio::time::timeout(purge_api::BODY_TIMEOUT, read_body(session))
+            .await
+            .map_err(|_| PurgeApiError::Timeout)??;
+        let request = purge_api::parse_document(&body)?;
+        let target = purge_api::resolve(&live.sources, &request.url)?;
+        // Without a cache nothing is stored, so nothing stale can be served: the purge holds.
+        let purged = self.purger.as_ref().map_or(0, |p| {
+            p.cache.purge([target.source.as_str()], &target.origin_url)
+        });
+        Ok(purge_api::purged_answer(id, &request, &target, purged))
     }
 
     /// The response for a request: `/healthz` → 200 `ok`, `/readyz` → 200 `ready` while
@@ -147,9 +224,32 @@ fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
     response
 }
 
+/// The request body, at most [`purge_api::MAX_BODY_BYTES`] (the caller bounds the time).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, PurgeApiError> {
+    let mut body = Vec::new();
+    loop {
+        let chunk = session.read_request_body().await.map_err(|e| {
+            PurgeApiError::BadDocument(format!("body: could not be read ({})", e.etype().as_str()))
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if body.len() + chunk.len() > purge_api::MAX_BODY_BYTES {
+            return Err(PurgeApiError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() == purge_api::PURGE_API_PATH {
+            let live = self.purge_api.as_ref().map(LiveConfig::current);
+            if let Some(live) = live.filter(|l| !l.purge_api_keys.is_empty()) {
+                return self.purge_api(session, &live).await;
+            }
+        }
         let req = session.req_header();
         let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
         let query = req.uri.query().map(str::to_owned);

@@ -1,6 +1,6 @@
 //! The part of the config a reload replaces (README: Operating): sources, tokens and secrets,
 //! the request limits, the upstream settings with their trust anchors and resolver, and the
-//! in-flight counters, the access log format and the trusted proxies.
+//! in-flight counters, the access log format, the trusted proxies and the purge API's keys.
 //!
 //! Each request takes one snapshot ([`LiveConfig::current`]) when its context is created and
 //! uses it to its end, so a reload never changes the rules under a request in flight; every
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ixproxy_core::addr::IpNet;
 use ixproxy_core::config::{AccessLogFormat, Upstream};
-use ixproxy_core::Sources;
+use ixproxy_core::{Secret, Sources};
 use parking_lot::RwLock;
 use pingora::protocols::tls::CaType;
 
@@ -38,6 +38,8 @@ pub struct Live {
     pub trusted_proxies: Vec<IpNet>,
     /// The metrics series of `sources` (see [`Live::with_series`]; empty until set).
     pub series: SeriesTable,
+    /// The keys imgix's purge API admits (see [`Live::with_purge_api_keys`]; none until set).
+    pub purge_api_keys: Vec<Secret>,
 }
 
 impl Live {
@@ -72,6 +74,7 @@ impl Live {
             access_log: AccessLogFormat::Off,
             trusted_proxies: Vec::new(),
             series: SeriesTable::default(),
+            purge_api_keys: Vec::new(),
         })
     }
 
@@ -79,6 +82,12 @@ impl Live {
     /// its sources).
     pub fn with_series(mut self, series: SeriesTable) -> Self {
         self.series = series;
+        self
+    }
+
+    /// The generation admitting `keys` to imgix's purge API (`purge_api_keys`).
+    pub fn with_purge_api_keys(mut self, keys: Vec<Secret>) -> Self {
+        self.purge_api_keys = keys;
         self
     }
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     cache_requests: IntCounterVec,
     cache_bytes: IntGauge,
     config_reloads: IntCounterVec,
+    purge_api_requests: IntCounterVec,
 }
 
 /// Why the metrics could not be set up (only a programming error can cause it).
@@ -120,6 +121,7 @@ impl Metrics {
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
         let config_reloads = reload_counter(&registry)?;
+        let purge_api_requests = purge_api_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
         for result in CacheResult::ALL {
@@ -136,7 +138,14 @@ impl Metrics {
             cache_requests,
             cache_bytes,
             config_reloads,
+            purge_api_requests,
         })
+    }
+
+    /// Counts one request to imgix's purge API by its result label (`purged`, or the
+    /// refusal's, [`ixproxy_core::purge_api::PurgeApiError::label`]).
+    pub fn count_purge_api(&self, result: &str) {
+        self.purge_api_requests.with_label_values(&[result]).inc();
     }
 
     /// Counts one SIGHUP reload by its result (`ixproxy_config_reloads_total{result}`).
@@ -275,6 +284,24 @@ impl Drop for InflightGauge {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Registers `ixproxy_purge_api_requests_total{result}`, every result at zero.
+fn purge_api_counter(registry: &Registry) -> Result<IntCounterVec, MetricsError> {
+    use ixproxy_core::purge_api::{PurgeApiError, PURGED_LABEL};
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "ixproxy_purge_api_requests_total",
+            "Requests to imgix's purge API on the admin listener (POST /api/v1/purge), by \
+             result: purged, or why it was refused.",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    for result in std::iter::once(PURGED_LABEL).chain(PurgeApiError::LABELS) {
+        requests.with_label_values(&[result]);
+    }
+    Ok(requests)
 }
 
 /// Registers `ixproxy_config_reloads_total{result}`, every result at zero.

@@ -179,7 +179,8 @@ fn prepare(
                 config.operating.access_log,
                 config.operating.trusted_proxies.clone(),
             )
-            .with_series(metrics.series(&config.sources)),
+            .with_series(metrics.series(&config.sources))
+            .with_purge_api_keys(config.purge_api_keys.clone()),
     );
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(
@@ -255,6 +256,7 @@ fn prepare(
         cache,
         live: live.clone(),
     });
+    let purge_api = live.clone();
     let gateway = gateway::Gateway::new(live, metrics.clone(), cache);
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     // h2c: HTTP/2 with prior knowledge on a plain listener (HTTP/1.1 still served); over TLS,
@@ -285,7 +287,7 @@ fn prepare(
     let readiness = admin::Readiness::default();
     let mut admin = Service::new(
         "admin".to_owned(),
-        admin::AdminApp::new(metrics, purger, readiness.clone()),
+        admin::AdminApp::new(metrics, purger, readiness.clone()).with_purge_api(purge_api),
     );
     admin.threads = Some(1);
     server.add_service(listen::PreBound::new(admin, admin_listener));
