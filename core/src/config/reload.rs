@@ -4,7 +4,8 @@
 //! Everything the request path reads per request is reloadable: the sources (hosts, tokens,
 //! origin auth and every secret), the request and response limits carried by [`Sources`]
 //! (`max_request_*`, `max_redirects`, `max_body_bytes`, `max_inflight_per_source`) and
-//! `upstream` (timeouts, `ca_file`). What the process fixed when it started (sockets, worker
+//! `upstream` (timeouts, `ca_file`), and the purge API's keys (`purge_api_keys`, read per
+//! admin request). What the process fixed when it started (sockets, worker
 //! threads, the cache's memory, the listener's protocol and connection handling, the shutdown
 //! timings) is not: [`restart_required`] names each such field that differs, and the runtime
 //! keeps its running value.
