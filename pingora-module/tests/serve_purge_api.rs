@@ -1,10 +1,12 @@
 //! imgix's purge API on the admin listener of `ixproxy serve` (README: Caching, *imgix's purge
 //! API*), on the real binary with the response cache on, in front of the recording origin.
 //!
-//! imgix's own client cannot run here (imgix-rb needs Ruby, and posts to a hard-coded
-//! `https://api.imgix.com`), so the purge is the exact request its source builds, headers and
-//! body (imgix/imgix-rb `lib/imgix/client.rb`, `Client#purge` and `create_request`, 4.1.1; the
-//! header list is its own test's, `test/units/purge_test.rb` `mock_headers`):
+//! imgix's own Node client, imgix-management-js (`tests/imgix-client/purge.cjs`, installed by
+//! `npm ci` there; scripts/test-all.sh does it), purges through it and reads its answers. The
+//! other purges are the exact request imgix-rb builds (imgix-rb needs Ruby, and posts only to
+//! `https://api.imgix.com`), headers and body (imgix/imgix-rb `lib/imgix/client.rb`,
+//! `Client#purge` and `create_request`, 4.1.1; the header list is its own test's,
+//! `test/units/purge_test.rb` `mock_headers`):
 //!
 //! ```ruby
 //! req = Net::HTTP::Post.new(endpoint.path)          # "/api/v1/purge"
@@ -18,6 +20,7 @@
 //! `Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3`.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
@@ -354,4 +357,84 @@ fn a_trickled_body_is_cut_off_and_keys_reload_on_sighup() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(gone.status, 404, "{}", gone.body_text());
+}
+
+/// Runs imgix-management-js's purge of `url` with `key` against the admin listener (see
+/// `tests/imgix-client/purge.cjs`) and returns what it printed: `{"status": 200, "body": …}` or
+/// `{"status": N, "error": …}`. Waits at most [`TIMEOUT`].
+fn imgix_management_js_purge(serve: &ServeProcess, key: &str, url: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imgix-client");
+    assert!(
+        dir.join("node_modules/imgix-management-js").is_dir(),
+        "imgix's client is not installed: run `npm ci` in {} (scripts/test-all.sh does)",
+        dir.display()
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("purge.cjs"))
+        .args([&serve.admin().to_string(), key, url])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("imgix-management-js did not finish within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn imgix_s_own_management_client_purges_and_reads_the_answers() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/16?management-js", origin.http);
+    assert_eq!(
+        cache_status(&serve, &url, &[("w", "10")]),
+        "ixproxy; fwd=miss"
+    );
+    assert_eq!(cache_status(&serve, &url, &[("w", "20")]), "ixproxy; hit");
+    let path = signed(&url, &[]);
+    let purge_url = format!(
+        "https://assets.test{}",
+        path.split('?').next().unwrap_or_default()
+    );
+
+    let refused = imgix_management_js_purge(&serve, "ak_not-a-key", &purge_url);
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert_eq!(refused["error"]["errors"][0]["status"], "401", "{refused}");
+    assert_eq!(cache_status(&serve, &url, &[("w", "30")]), "ixproxy; hit");
+
+    let purged = imgix_management_js_purge(&serve, KEY, &purge_url);
+    assert_eq!(purged["status"], 200, "{purged}");
+    let data = &purged["body"]["data"];
+    assert_eq!(
+        (&data["type"], &data["attributes"]["url"]),
+        (&"purges".into(), &purge_url.as_str().into()),
+        "{purged}"
+    );
+    assert_eq!(purged["body"]["meta"]["purged"], 1, "{purged}");
+    assert_eq!(
+        cache_status(&serve, &url, &[("w", "10")]),
+        "ixproxy; fwd=miss"
+    );
+
+    let unknown = imgix_management_js_purge(&serve, KEY, "https://nobody.test/x");
+    assert_eq!(unknown["status"], 404, "{unknown}");
+    assert_eq!(
+        unknown["error"]["errors"][0]["source"]["pointer"],
+        "/data/attributes/url"
+    );
 }
