@@ -114,6 +114,16 @@ impl PurgeApiError {
         }
     }
 
+    /// The header the refusal carries besides `Content-Type` (lower-case name, value):
+    /// `www-authenticate` on a 401, `allow` on a 405.
+    pub fn header(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            PurgeApiError::Unauthorized => Some(("www-authenticate", WWW_AUTHENTICATE)),
+            PurgeApiError::Method => Some(("allow", ALLOW)),
+            _ => None,
+        }
+    }
+
     /// The `ixproxy_purge_api_requests_total{result}` label.
     pub fn label(&self) -> &'static str {
         let i = match self {
@@ -680,6 +690,12 @@ mod tests {
         .iter()
         .map(|e| (e.status(), e.label()))
         .collect();
+        assert_eq!(
+            PurgeApiError::Unauthorized.header(),
+            Some(("www-authenticate", "Bearer realm=\"ixproxy\""))
+        );
+        assert_eq!(PurgeApiError::Method.header(), Some(("allow", "POST")));
+        assert_eq!(PurgeApiError::TooLarge.header(), None);
         assert_eq!(
             statuses,
             [

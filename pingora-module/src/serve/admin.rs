@@ -73,30 +73,28 @@ impl AdminApp {
     }
 
     /// imgix's purge API for one request, counted by result: the core's answer with its
-    /// `Content-Type` (`WWW-Authenticate` on a 401, `Allow` on a 405).
+    /// `Content-Type` and the refusal's header (`WWW-Authenticate` on a 401, `Allow` on a 405).
     async fn purge_api(&self, session: &mut ServerSession, live: &Live) -> Response<Vec<u8>> {
         let id = purge_api::answer_id(rand::random());
-        let (status, body, label) = match self.purge_api_result(session, live, &id).await {
-            Ok(body) => (StatusCode::OK, body, purge_api::PURGED_LABEL),
+        let (status, body, label, extra) = match self.purge_api_result(session, live, &id).await {
+            Ok(body) => (StatusCode::OK, body, purge_api::PURGED_LABEL, None),
             Err(e) => (
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
                 e.answer(&id),
                 e.label(),
+                e.header(),
             ),
         };
         self.metrics.count_purge_api(label);
         let mut response = reply(status, purge_api::CONTENT_TYPE, body);
-        let extra = match status {
-            StatusCode::UNAUTHORIZED => {
-                Some((header::WWW_AUTHENTICATE, purge_api::WWW_AUTHENTICATE))
-            }
-            StatusCode::METHOD_NOT_ALLOWED => Some((header::ALLOW, purge_api::ALLOW)),
-            _ => None,
-        };
-        if let Some((name, value)) = extra {
-            response
-                .headers_mut()
-                .insert(name, header::HeaderValue::from_static(value));
+        let extra = extra.map(|(name, value)| {
+            (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                header::HeaderValue::from_str(value),
+            )
+        });
+        if let Some((Ok(name), Ok(value))) = extra {
+            response.headers_mut().insert(name, value);
         }
         response
     }
