@@ -34,8 +34,8 @@ pub const PURGE_API_PATH: &str = "/api/v1/purge";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole request body must arrive within this, else 408 and the connection closes: a
-/// client that trickles its body cannot hold the admin listener's one thread's attention, and
-/// a purge document (at most [`MAX_BODY_BYTES`]) needs far less on any network.
+/// client that trickles its body holds its connection and buffer no longer, and a purge
+/// document (at most [`MAX_BODY_BYTES`]) needs far less on any network.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `Content-Type` of every answer (JSON:API's media type, which imgix answers with).

@@ -19,6 +19,8 @@
 //! with `url = "https://#{@domain}" + path` and Net::HTTP's own `Accept: */*` and
 //! `Accept-Encoding: gzip;q=1.0,deflate;q=0.6,identity;q=0.3`.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -437,4 +439,49 @@ fn imgix_s_own_management_client_purges_and_reads_the_answers() {
         unknown["error"]["errors"][0]["source"]["pointer"],
         "/data/attributes/url"
     );
+}
+
+/// Sends `req`'s head with `Expect: 100-continue` and returns what arrives before any body
+/// byte is sent (read until the server closes or stops for 2 s), then, if that was a `100`,
+/// sends the body and returns the whole exchange read until the server closes.
+fn expect_continue(serve: &ServeProcess, req: &RawRequest) -> (String, String) {
+    let mut stream = TcpStream::connect(serve.admin()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut head = RawRequest {
+        body: Vec::new(),
+        ..req.clone()
+    };
+    head.headers
+        .push(("Expect".to_owned(), "100-continue".to_owned()));
+    stream.write_all(&head.to_bytes()).expect("write head");
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).unwrap_or(0);
+    let first = String::from_utf8_lossy(&first[..n]).into_owned();
+    if !first.starts_with("HTTP/1.1 100") {
+        return (first, String::new());
+    }
+    stream.write_all(&req.body).expect("write body");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    (first, String::from_utf8_lossy(&rest).into_owned())
+}
+
+#[test]
+fn an_admitted_request_that_expects_100_continue_is_asked_for_its_body() {
+    let (serve, _origin) = start();
+    let body = document("https://assets.test/https%3A%2F%2Fo.test%2Fa.png");
+    let json_api = "application/vnd.api+json";
+    let admitted = imgix_rb_purge("POST", Some(&format!("Bearer {KEY}")), json_api, &body);
+    let (first, rest) = expect_continue(&serve, &admitted);
+    assert!(first.starts_with("HTTP/1.1 100 Continue\r\n"), "{first}");
+    assert!(
+        (first.clone() + &rest).contains("HTTP/1.1 200 OK\r\n"),
+        "{first}{rest}"
+    );
+    // An unknown key never gets to send its body: the answer comes at once.
+    let refused = imgix_rb_purge("POST", Some("Bearer ak_wrong"), json_api, &body);
+    let (first, _) = expect_continue(&serve, &refused);
+    assert!(first.starts_with("HTTP/1.1 401 "), "{first}");
 }

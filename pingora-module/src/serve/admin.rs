@@ -122,6 +122,15 @@ impl AdminApp {
             content_length,
             &live.purge_api_keys,
         )?;
+        // Only an admitted request is asked for its body (curl waits a second for this before
+        // sending a body over 1 KiB). A failed write shows up as a failed read just below.
+        let expects_continue = req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            let _ = session.write_continue_response().await;
+        }
         let body = tokio::time::timeout(purge_api::BODY_TIMEOUT, read_body(session))
             .await
             .map_err(|_| PurgeApiError::Timeout)??;
