@@ -47,10 +47,6 @@ pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"ixproxy\"";
 /// The `Allow` value of a 405.
 pub const ALLOW: &str = "POST";
 
-/// The request media types accepted (parameters such as `charset` ignored): JSON:API's, which
-/// imgix's SDKs send, and plain JSON, which scripts and plugins often do.
-const REQUEST_MEDIA_TYPES: [&str; 2] = ["application/vnd.api+json", "application/json"];
-
 /// The longest `detail` an error answer quotes (serde's syntax errors name a line and column,
 /// never the value, so this only bounds a pathological message).
 const MAX_DETAIL_CHARS: usize = 200;
@@ -65,10 +61,6 @@ pub enum PurgeApiError {
     /// `WWW-Authenticate: Bearer`).
     #[error("a valid api key is required: Authorization: Bearer <key>")]
     Unauthorized,
-    /// A `Content-Type` other than `application/vnd.api+json` or `application/json`, or none
-    /// (→ 415).
-    #[error("the body must be application/vnd.api+json or application/json")]
-    MediaType,
     /// A body over [`MAX_BODY_BYTES`] (→ 413).
     #[error("the body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
@@ -90,10 +82,9 @@ pub enum PurgeApiError {
 
 impl PurgeApiError {
     /// Every metric label of a refusal, in variant order.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 7] = [
         "method",
         "unauthorized",
-        "media_type",
         "too_large",
         "timeout",
         "bad_document",
@@ -106,7 +97,6 @@ impl PurgeApiError {
         match self {
             PurgeApiError::Method => 405,
             PurgeApiError::Unauthorized => 401,
-            PurgeApiError::MediaType => 415,
             PurgeApiError::TooLarge => 413,
             PurgeApiError::Timeout => 408,
             PurgeApiError::BadDocument(_) | PurgeApiError::BadUrl(_) => 400,
@@ -129,12 +119,11 @@ impl PurgeApiError {
         let i = match self {
             PurgeApiError::Method => 0,
             PurgeApiError::Unauthorized => 1,
-            PurgeApiError::MediaType => 2,
-            PurgeApiError::TooLarge => 3,
-            PurgeApiError::Timeout => 4,
-            PurgeApiError::BadDocument(_) => 5,
-            PurgeApiError::BadUrl(_) => 6,
-            PurgeApiError::UnknownSource => 7,
+            PurgeApiError::TooLarge => 2,
+            PurgeApiError::Timeout => 3,
+            PurgeApiError::BadDocument(_) => 4,
+            PurgeApiError::BadUrl(_) => 5,
+            PurgeApiError::UnknownSource => 6,
         };
         Self::LABELS[i]
     }
@@ -182,7 +171,6 @@ fn title(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
         _ => "Error",
     }
 }
@@ -246,8 +234,9 @@ pub fn authorize<'a>(
 }
 
 /// What can be checked before the body is read, in this order: the method, the key
-/// ([`authorize`]), the `Content-Type`, and a declared `Content-Length` over
-/// [`MAX_BODY_BYTES`]. The runtime then reads at most [`MAX_BODY_BYTES`] within
+/// ([`authorize`]) and a declared `Content-Length` over [`MAX_BODY_BYTES`]. The `Content-Type`
+/// is not checked: imgix's SDKs send JSON:API's, scripts often plain JSON or none, and a body
+/// that is not imgix's document is a 400 whatever its label (SPEC §15). The runtime then reads at most [`MAX_BODY_BYTES`] within
 /// [`BODY_TIMEOUT`] ([`PurgeApiError::TooLarge`], [`PurgeApiError::Timeout`]).
 ///
 /// # Errors
@@ -255,7 +244,6 @@ pub fn authorize<'a>(
 pub fn admit<'a>(
     method: &str,
     authorization: impl IntoIterator<Item = &'a [u8]>,
-    content_type: Option<&[u8]>,
     content_length: Option<u64>,
     keys: &[Secret],
 ) -> Result<(), PurgeApiError> {
@@ -263,16 +251,6 @@ pub fn admit<'a>(
         return Err(PurgeApiError::Method);
     }
     authorize(authorization, keys)?;
-    let media_type = content_type
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim());
-    if !media_type.is_some_and(|m| {
-        REQUEST_MEDIA_TYPES
-            .iter()
-            .any(|t| m.eq_ignore_ascii_case(t))
-    }) {
-        return Err(PurgeApiError::MediaType);
-    }
     if content_length.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(PurgeApiError::TooLarge);
     }
@@ -475,42 +453,16 @@ mod tests {
     }
 
     #[test]
-    fn admission_checks_method_key_media_type_and_declared_length_in_order() {
+    fn admission_checks_method_key_and_declared_length_in_order() {
         let auth = [&b"Bearer second"[..]];
-        let json_api = Some(&b"application/vnd.api+json"[..]);
-        let admit =
-            |method, auth: &[&[u8]], ct, len| admit(method, auth.iter().copied(), ct, len, &keys());
-        assert_eq!(admit("POST", &auth, json_api, Some(120)), Ok(()));
+        let admit = |method, auth: &[&[u8]], len| admit(method, auth.iter().copied(), len, &keys());
+        assert_eq!(admit("POST", &auth, Some(120)), Ok(()));
+        assert_eq!(admit("POST", &auth, None), Ok(()));
+        assert_eq!(admit("GET", &[], None), Err(PurgeApiError::Method));
+        assert_eq!(admit("POST", &[], None), Err(PurgeApiError::Unauthorized));
+        assert_eq!(admit("POST", &auth, Some(MAX_BODY_BYTES as u64)), Ok(()));
         assert_eq!(
-            admit(
-                "POST",
-                &auth,
-                Some(b"Application/JSON; charset=utf-8"),
-                None
-            ),
-            Ok(())
-        );
-        assert_eq!(admit("GET", &[], None, None), Err(PurgeApiError::Method));
-        assert_eq!(
-            admit("POST", &[], json_api, None),
-            Err(PurgeApiError::Unauthorized)
-        );
-        for ct in [
-            None,
-            Some(&b"text/plain"[..]),
-            Some(b"application/x-www-form-urlencoded"),
-        ] {
-            assert_eq!(
-                admit("POST", &auth, ct, None),
-                Err(PurgeApiError::MediaType)
-            );
-        }
-        assert_eq!(
-            admit("POST", &auth, json_api, Some(MAX_BODY_BYTES as u64)),
-            Ok(())
-        );
-        assert_eq!(
-            admit("POST", &auth, json_api, Some(MAX_BODY_BYTES as u64 + 1)),
+            admit("POST", &auth, Some(MAX_BODY_BYTES as u64 + 1)),
             Err(PurgeApiError::TooLarge)
         );
     }
@@ -680,7 +632,6 @@ mod tests {
         let statuses: Vec<(u16, &str)> = [
             PurgeApiError::Method,
             PurgeApiError::Unauthorized,
-            PurgeApiError::MediaType,
             PurgeApiError::TooLarge,
             PurgeApiError::Timeout,
             PurgeApiError::BadDocument(String::new()),
@@ -701,7 +652,6 @@ mod tests {
             [
                 (405, "method"),
                 (401, "unauthorized"),
-                (415, "media_type"),
                 (413, "too_large"),
                 (408, "timeout"),
                 (400, "bad_document"),

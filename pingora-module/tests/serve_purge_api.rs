@@ -208,7 +208,7 @@ fn refusals_answer_json_api_errors_and_purge_nothing() {
     ));
     let auth = format!("Bearer {KEY}");
     let json_api = "application/vnd.api+json";
-    // A request with the right key and media type: only its body is wrong.
+    // A request with the right key: only its body is wrong.
     let keyed = |body: &[u8]| imgix_rb_purge("POST", Some(&auth), json_api, body);
     let cases: Vec<(RawRequest, u16, &str)> = vec![
         (
@@ -232,9 +232,15 @@ fn refusals_answer_json_api_errors_and_purge_nothing() {
             "method",
         ),
         (
-            imgix_rb_purge("POST", Some(&auth), "text/plain", &good),
-            415,
-            "media_type",
+            // The label is not what is checked: a form body is not imgix's document.
+            imgix_rb_purge(
+                "POST",
+                Some(&auth),
+                "application/x-www-form-urlencoded",
+                b"url=x",
+            ),
+            400,
+            "bad_document",
         ),
         (keyed(b"{\"data\":"), 400, "bad_document"),
         (
@@ -284,8 +290,8 @@ fn refusals_answer_json_api_errors_and_purge_nothing() {
         // The key never comes back, whatever the refusal.
         assert!(!response.body_text().contains(KEY), "{json}");
     }
-    for label in ["unauthorized", "bad_document"] {
-        assert_eq!(purged_metric(&serve, label), 3, "{label}");
+    for (label, count) in [("unauthorized", 3), ("bad_document", 4)] {
+        assert_eq!(purged_metric(&serve, label), count, "{label}");
     }
     assert_eq!(purged_metric(&serve, "purged"), 0);
     assert_eq!(

@@ -118,7 +118,6 @@ impl AdminApp {
                 .get_all(header::AUTHORIZATION)
                 .iter()
                 .map(|v| v.as_bytes()),
-            req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
             content_length,
             &live.purge_api_keys,
         )?;
