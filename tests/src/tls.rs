@@ -112,6 +112,19 @@ impl TestCa {
         })
     }
 
+    /// A server certificate for the DNS names `names` (`*.example.com` wildcards allowed), with
+    /// common name `cn` (how a test tells certificates apart in what a client saw).
+    ///
+    /// # Errors
+    /// As [`TestCa::issue`].
+    pub fn issue_names(&self, names: &[&str], cn: &str) -> Result<Issued, HarnessError> {
+        let sans = names
+            .iter()
+            .map(|name| Ok(SanType::DnsName((*name).try_into().map_err(tls_err)?)))
+            .collect::<Result<Vec<_>, HarnessError>>()?;
+        self.issue(sans, cn)
+    }
+
     /// A server certificate for `localhost` and `127.0.0.1`.
     ///
     /// # Errors
