@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::origin::RecordingOrigin;
-use ixproxy_conformance::tls::{Issued, TestCa};
+use ixproxy_conformance::tls::{
+    certificates_yaml, have_curl, served_by_sni, write_issued, Issued, SniCertificates, TestCa,
+    SNI_TEST_HOSTS,
+};
 use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 
@@ -90,22 +93,6 @@ fn signed(origin: &RecordingOrigin, path: &str) -> String {
         &[],
         &SignOptions::default(),
     )
-}
-
-/// Whether `curl` can be run; prints why not when it cannot.
-fn have_curl() -> bool {
-    let found = Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        println!(
-            "skipped: curl is not on the PATH (needed to drive HTTP/2 and TLS as a user would)"
-        );
-    }
-    found
 }
 
 /// One transfer of a curl run: what `-w` reported and the headers `-D` wrote.
@@ -796,60 +783,11 @@ fn an_http2_client_that_opens_no_stream_is_closed_at_the_header_timeout() {
     assert_served(&serve, &pki.ca, &origin, "/asset/after-h2.jpg");
 }
 
-/// Writes `issued` as `<name>.crt` / `<name>.key` under `dir` (overwriting); returns both paths.
-fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &issued.cert_pem).expect("write cert");
-    std::fs::write(&key, &issued.key_pem).expect("write key");
-    (cert, key)
-}
-
-/// `tls.certificates` with one entry per `(hosts, cert_file, key_file)`.
-fn certificates_yaml(entries: &[(&str, &(PathBuf, PathBuf))]) -> String {
-    let mut yaml = "tls:\n  certificates:\n".to_owned();
-    for (hosts, (cert, key)) in entries {
-        yaml.push_str(&format!(
-            "    - hosts: {hosts}\n      cert_file: {}\n      key_file: {}\n",
-            cert.display(),
-            key.display()
-        ));
-    }
-    yaml
-}
-
-/// What curl saw on one request for `path` to `https://host:port` (`host` resolved to
-/// 127.0.0.1 unless it is an address): the HTTP version, the status and the common name of the
-/// certificate served. `args` first (`--cacert`, `-k`, `--http2`, …).
-fn curl_sni(port: u16, host: &str, path: &str, args: &[&str]) -> (String, u16, String) {
-    let mut command = Command::new("curl");
-    command
-        .args(["-sS", "--path-as-is", "--max-time", "10", "-o", "/dev/null"])
-        .args(["-w", "%{http_version} %{http_code}\\n%{certs}"])
-        .args(args);
-    if host.parse::<std::net::IpAddr>().is_err() {
-        command.args(["--resolve", &format!("{host}:{port}:127.0.0.1")]);
-    }
-    let out = command
-        .arg(format!("https://{host}:{port}{path}"))
-        .output()
-        .expect("run curl");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl {host}: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (first, certs) = stdout.split_once('\n').expect("-w lines");
-    let (version, status) = first.split_once(' ').expect("version and status");
-    // `%{certs}`: the served chain, leaf first, each with a `Subject:CN = …` line.
-    let subject = certs
-        .lines()
-        .find_map(|l| l.strip_prefix("Subject:"))
-        .and_then(|s| s.trim().strip_prefix("CN = "))
-        .unwrap_or_else(|| panic!("no subject in curl's %{{certs}}: {certs}"))
-        .to_owned();
-    (version.to_owned(), status.parse().expect("status"), subject)
+/// [`served_by_sni`] as `"<HTTP version> <status> <certificate's common name>"`, failing the
+/// test when curl fails.
+fn served(port: u16, host: &str, path: &str, args: &[&str]) -> String {
+    let seen = served_by_sni(port, host, path, args).unwrap_or_else(|e| panic!("{e}"));
+    format!("{} {} {}", seen.version, seen.status, seen.cn)
 }
 
 #[test]
@@ -858,34 +796,17 @@ fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
         return;
     }
     let origin = RecordingOrigin::start().expect("origin");
-    let ca = TestCa::generate("ixproxy serve SNI test CA").expect("ca");
-    let dir = tempfile::Builder::new()
-        .prefix("ixproxy-serve-sni-")
-        .tempdir()
-        .expect("temp dir");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-    let issue = |names: &[&str], cn: &str| ca.issue_names(names, cn).expect("issue");
-    let default = write_issued(
-        dir.path(),
-        "default",
-        &issue(&["localhost"], "cert-default"),
-    );
-    let ab = write_issued(dir.path(), "ab", &issue(&["a.test", "b.test"], "cert-ab"));
-    let wild = write_issued(dir.path(), "wild", &issue(&["*.wild.test"], "cert-wild"));
-    let tls = certificates_yaml(&[
-        ("[localhost]", &default),
-        ("[a.test, B.Test]", &ab),
-        ("[\"*.wild.test\"]", &wild),
-    ]);
+    let certs = SniCertificates::generate().expect("certificates");
+    let (ca, ca_file, tls) = (&certs.ca, &certs.ca_file, &certs.tls_yaml);
     let serve = start(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{tls}sources:\n  - name: a\n    \
-         hosts: [localhost, a.test, b.test, img.wild.test, deep.img.wild.test, other.test, \
-         127.0.0.1]\n    secure_url_tokens: [{TOKEN}]\n    allow_private_origins: true\n"
+         hosts: {SNI_TEST_HOSTS}\n    secure_url_tokens: [{TOKEN}]\n    \
+         allow_private_origins: true\n"
     ));
     let port = serve.listen().port();
     let path = signed(&origin, "/asset/sni.jpg");
     let ca_arg = ca_file.display().to_string();
+    // curl offers h2 over TLS unless told otherwise.
     let trusted = ["--cacert", ca_arg.as_str()];
     let h2 = ["--http2", "--cacert", ca_arg.as_str()];
 
@@ -896,32 +817,26 @@ fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
         ("img.wild.test", "cert-wild"),
         ("localhost", "cert-default"),
     ] {
-        let seen = curl_sni(port, host, &path, &h2);
-        assert_eq!(seen, ("2".to_owned(), 200, cn.to_owned()), "{host}");
+        let seen = served(port, host, &path, &h2);
+        assert_eq!(seen, format!("2 200 {cn}"), "{host}");
     }
-    let seen = curl_sni(port, "a.test", &path, &["--http1.1", "--cacert", &ca_arg]);
-    assert_eq!(seen, ("1.1".to_owned(), 200, "cert-ab".to_owned()));
+    let seen = served(port, "a.test", &path, &["--http1.1", "--cacert", &ca_arg]);
+    assert_eq!(seen, "1.1 200 cert-ab");
     // A name no entry lists (a wildcard covers one label only) and a client without SNI (curl
     // sends none to an address) get the first entry's certificate.
     for host in ["other.test", "deep.img.wild.test", "127.0.0.1"] {
-        let seen = curl_sni(port, host, &path, &["--http2", "-k"]);
-        assert_eq!(
-            seen,
-            ("2".to_owned(), 200, "cert-default".to_owned()),
-            "{host}"
-        );
+        let seen = served(port, host, &path, &["--http2", "-k"]);
+        assert_eq!(seen, "2 200 cert-default", "{host}");
     }
 
     // A connection made before the reload, its request sent after it.
-    let mut before = tls_connect_to(serve.listen(), &ca, "a.test", b"http/1.1");
+    let mut before = tls_connect_to(serve.listen(), ca, "a.test", b"http/1.1");
     let old_leaf = tls_peer_cert(&before);
 
     // One entry's files replaced: SIGHUP serves the new certificate to new connections.
-    write_issued(
-        dir.path(),
-        "ab",
-        &issue(&["a.test", "b.test"], "cert-ab-renewed"),
-    );
+    certs
+        .reissue(1, &["a.test", "b.test"], "cert-ab-renewed")
+        .expect("reissue");
     serve.signal(Signal::SIGHUP).expect("SIGHUP");
     await_reloads(&serve, "ok", 1);
     for (host, cn) in [
@@ -929,7 +844,11 @@ fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
         ("b.test", "cert-ab-renewed"),
         ("img.wild.test", "cert-wild"),
     ] {
-        assert_eq!(curl_sni(port, host, &path, &trusted).2, cn, "{host}");
+        assert_eq!(
+            served(port, host, &path, &trusted),
+            format!("2 200 {cn}"),
+            "{host}"
+        );
     }
     let request = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
     before.write_all(request.as_bytes()).expect("send");
@@ -940,7 +859,7 @@ fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
     assert_eq!(tls_peer_cert(&before), old_leaf);
 
     // A broken key in another entry refuses the whole reload, naming that entry.
-    std::fs::write(&wild.1, "not a key\n").expect("break key");
+    std::fs::write(&certs.files[2].1, "not a key\n").expect("break key");
     serve.signal(Signal::SIGHUP).expect("SIGHUP");
     await_reloads(&serve, "error", 1);
     let log = serve.log();
@@ -949,12 +868,12 @@ fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
         "the refusal names no entry:\n{log}"
     );
     assert_eq!(
-        curl_sni(port, "img.wild.test", &path, &trusted).2,
-        "cert-wild"
+        served(port, "img.wild.test", &path, &trusted),
+        "2 200 cert-wild"
     );
     assert_eq!(
-        curl_sni(port, "a.test", &path, &trusted).2,
-        "cert-ab-renewed"
+        served(port, "a.test", &path, &trusted),
+        "2 200 cert-ab-renewed"
     );
 }
 
@@ -963,7 +882,7 @@ fn check_reads_every_certificate_and_names_the_entry_that_fails() {
     let pki = pki();
     let dir = pki.dir.path();
     let other = pki.ca.issue_names(&["b.test"], "other").expect("other");
-    let other_pair = write_issued(dir, "other", &other);
+    let other_pair = write_issued(dir, "other", &other).expect("write");
     let pair = (pki.cert_file.clone(), pki.key_file.clone());
     let check = |tls: &str| {
         let path = dir.join("check.yaml");

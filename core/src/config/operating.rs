@@ -147,9 +147,9 @@ impl Default for Operating {
 
 impl Operating {
     /// The fields set to something other than their default that only the native gateway
-    /// applies (the Envoy bootstrap has its own threads, drain and listener TLS): what
-    /// `ixproxy envoy-config` warns about. `access_log` and `trusted_proxies` are rendered into
-    /// the bootstrap and are not among them.
+    /// applies (the Envoy bootstrap has its own threads and drain): what `ixproxy envoy-config`
+    /// warns about. `access_log`, `trusted_proxies` and `tls` are rendered into the bootstrap
+    /// and are not among them.
     pub fn native_only_fields(&self) -> Vec<&'static str> {
         let defaults = Operating::default();
         let mut fields = Vec::new();
@@ -158,9 +158,6 @@ impl Operating {
         }
         if self.grace_period != defaults.grace_period {
             fields.push("server.grace_period");
-        }
-        if self.tls.is_some() {
-            fields.push("tls");
         }
         if self.h2c {
             fields.push("h2c");
@@ -396,7 +393,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             set.native_only_fields(),
-            ["server.threads", "server.grace_period", "tls", "h2c"]
+            ["server.threads", "server.grace_period", "h2c"]
         );
     }
 
