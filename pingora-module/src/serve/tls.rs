@@ -74,7 +74,9 @@ impl CertSet {
 
     /// The certificate for a client hello naming `sni` (rustls hands it over lower-cased).
     fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
-        let Some(name) = sni else {
+        // The single pair of `tls: {cert_file, key_file}` hashes nothing.
+        let Some(name) = sni.filter(|_| !(self.exact.is_empty() && self.wildcard.is_empty()))
+        else {
             return &self.default;
         };
         let name = name.strip_suffix('.').unwrap_or(name);
