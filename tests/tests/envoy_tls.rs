@@ -1,11 +1,16 @@
 //! `tls.certificates` rendered by `ixproxy envoy-config` and served by the real Envoy 1.40 with
 //! the built filter (README: TLS and HTTP/2): `envoy --mode validate` accepts the filter
 //! chains, and `curl --resolve` gets each name's certificate, HTTP/2 over each, and the first
-//! entry's for other names and without SNI.
+//! entry's for other names and without SNI; a client that sends no hello is closed at
+//! `client_header_timeout`.
 //!
 //! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`); a missing one fails with how to build it.
 //! Without `curl` on the PATH the test prints why and passes.
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::tls::{have_curl, served_by_sni, SniCertificates, SNI_TEST_HOSTS};
@@ -26,7 +31,8 @@ fn envoy_serves_each_certificate_by_sni_and_the_first_one_as_the_default() {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{tls}sources:\n  - name: a\n    \
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n\
+             limits: {{client_header_timeout: 1s}}\n{tls}sources:\n  - name: a\n    \
              hosts: {SNI_TEST_HOSTS}\n    secure_url_tokens: [{TOKEN}]\n    \
              allow_private_origins: true\n"
         ),
@@ -82,4 +88,22 @@ fn envoy_serves_each_certificate_by_sni_and_the_first_one_as_the_default() {
     );
     // Every request above reached the origin: 4 + 1 + 2 + 1.
     assert_eq!(origin.requests().len(), 8);
+
+    // A client that never sends its hello is closed at client_header_timeout (1 s).
+    let mut silent = TcpStream::connect(envoy.addr()).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let connected = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = silent.read(&mut buf);
+    let after = connected.elapsed();
+    assert!(
+        matches!(read, Ok(0)) || matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{read:?} after {after:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "closed after {after:?}"
+    );
 }
