@@ -25,7 +25,8 @@ mod validate;
 mod warnings;
 
 pub use operating::{
-    AccessLogFormat, Operating, RawServer, RawTls, TlsFiles, DEFAULT_GRACE_PERIOD, MAX_THREADS,
+    AccessLogFormat, Operating, RawCertificate, RawServer, RawTls, Tls, TlsCertificate, TlsFiles,
+    DEFAULT_GRACE_PERIOD, MAX_THREADS,
 };
 pub use purge::MIN_PURGE_API_KEY_CHARS;
 pub use reload::{restart_required, ReloadResult};

@@ -13,6 +13,7 @@
 //! from `ixproxy_core`, so the bootstrap, the filter and the native gateway cannot drift apart.
 //!
 //! - [`listener`](crate::listener): the listener, its HTTP connection manager and the routes;
+//! - [`listener_tls`](crate::listener_tls): `tls:` as filter chains chosen by SNI;
 //! - [`local_reply`](crate::local_reply): Envoy's own replies mapped onto the core's rejections;
 //! - [`rbac`](crate::rbac): the filter refusing private resolved origin addresses;
 //! - [`clusters`](crate::clusters): the two dynamic-forward-proxy clusters, TLS and trusted CAs;
@@ -56,6 +57,7 @@ mod bounds;
 mod cache;
 mod clusters;
 mod listener;
+mod listener_tls;
 mod local_reply;
 mod rbac;
 mod wasm;
@@ -112,8 +114,8 @@ pub struct Options {
 
 /// The warning for each native-only operating field set in a config given to the generator.
 pub const NATIVE_ONLY_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
-    applies it (Envoy has its own --concurrency, --drain-time-s and listener TLS, and no \
-    per-client connection limit)";
+    applies it (Envoy has its own --concurrency and --drain-time-s, and no per-client connection \
+    limit)";
 
 /// Said by `ixproxy envoy-config` when `purge_api_keys` is set: imgix's purge API is served by
 /// the native gateway's admin listener only.
@@ -284,6 +286,11 @@ fn render(
         trusted_ca,
         access_log: config.operating.access_log,
         trusted_proxies: config.operating.trusted_proxies.clone(),
+        tls: config
+            .operating
+            .tls
+            .as_ref()
+            .map(|tls| listener_tls::absolute(tls, config_dir)),
     });
     let yaml = serde_yaml::to_string(&bootstrap)
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
@@ -392,6 +399,8 @@ struct Parts {
     access_log: ixproxy_core::config::AccessLogFormat,
     /// `trusted_proxies`.
     trusted_proxies: Vec<ixproxy_core::addr::IpNet>,
+    /// `tls:`, its files made absolute.
+    tls: Option<ixproxy_core::config::Tls>,
 }
 
 fn bootstrap(p: &Parts) -> Value {
@@ -638,7 +647,8 @@ mod tests {
             .filter(|w| w.message == NATIVE_ONLY_WARNING)
             .map(|w| w.path.as_str())
             .collect();
-        assert_eq!(named, ["limits.max_connections_per_client", "tls", "h2c"]);
+        // `tls` is rendered (see `listener_tls`).
+        assert_eq!(named, ["limits.max_connections_per_client", "h2c"]);
     }
 
     #[test]

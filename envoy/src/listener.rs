@@ -1,4 +1,4 @@
-//! The gateway listener: its HTTP connection manager (codec limits, no target rewriting, the
+//! The gateway listener (its TLS filter chains in [`crate::listener_tls`]): its HTTP connection manager (codec limits, no target rewriting, the
 //! local reply mapping), the HTTP filter chain, and the two routes with their redirect policy.
 
 use ixproxy_core::config::Limits;
@@ -12,6 +12,7 @@ use crate::access_log::{access_log, original_ip_detection};
 use crate::bounds::{http2_protocol_options, PER_CONNECTION_BUFFER_LIMIT_BYTES};
 use crate::cache::cache_filter;
 use crate::clusters::{dns_cache, PLAIN_CLUSTER, TLS_CLUSTER};
+use crate::listener_tls::listener_fields;
 use crate::local_reply::local_reply_config;
 use crate::rbac::private_origin_filter;
 use crate::wasm::{upstream_http_filters, wasm_filter};
@@ -22,17 +23,19 @@ const NAME: &str = "ixproxy";
 
 /// The `static_resources.listeners` entry on `listen`.
 pub(crate) fn listener(p: &Parts) -> Value {
-    map! {
+    let mut listener = map! {
         "name" => NAME,
         "address" => socket_address(p.listen),
         "per_connection_buffer_limit_bytes" => PER_CONNECTION_BUFFER_LIMIT_BYTES,
-        "filter_chains" => vec![map! {
-            "filters" => vec![map! {
-                "name" => "envoy.filters.network.http_connection_manager",
-                "typed_config" => http_connection_manager(p),
-            }],
-        }],
+    };
+    let hcm = map! {
+        "name" => "envoy.filters.network.http_connection_manager",
+        "typed_config" => http_connection_manager(p),
+    };
+    for (key, value) in listener_fields(p.tls.as_ref(), p.client.header_timeout, hcm) {
+        listener[key] = value;
     }
+    listener
 }
 
 fn http_connection_manager(p: &Parts) -> Value {

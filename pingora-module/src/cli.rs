@@ -149,10 +149,18 @@ pub fn print_warnings(warnings: &[ConfigWarning]) {
     }
 }
 
-/// Validates a config file; prints a summary (and the config's warnings on stderr; they do not
+/// Validates a config file and reads its TLS certificates and keys; prints a summary (and the config's warnings on stderr; they do not
 /// change the exit code) or the error naming the field.
 pub fn check(args: &CheckArgs) -> ExitCode {
-    match load_config(&args.config) {
+    // The TLS files are read as `ixproxy serve` reads them: a certificate that would stop the
+    // start (or a reload) is an error here too, naming its field.
+    let loaded = load_config(&args.config).and_then(|config| {
+        if let Some(tls) = &config.operating.tls {
+            crate::serve::check_tls(tls)?;
+        }
+        Ok(config)
+    });
+    match loaded {
         Ok(config) => {
             print_warnings(&warnings(&config));
             let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();

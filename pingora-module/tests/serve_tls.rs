@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::origin::RecordingOrigin;
-use ixproxy_conformance::tls::{Issued, TestCa};
+use ixproxy_conformance::tls::{
+    certificates_yaml, have_curl, served_by_sni, write_issued, Issued, SniCertificates, TestCa,
+    SNI_TEST_HOSTS,
+};
 use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 
@@ -90,22 +93,6 @@ fn signed(origin: &RecordingOrigin, path: &str) -> String {
         &[],
         &SignOptions::default(),
     )
-}
-
-/// Whether `curl` can be run; prints why not when it cannot.
-fn have_curl() -> bool {
-    let found = Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        println!(
-            "skipped: curl is not on the PATH (needed to drive HTTP/2 and TLS as a user would)"
-        );
-    }
-    found
 }
 
 /// One transfer of a curl run: what `-w` reported and the headers `-D` wrote.
@@ -334,6 +321,16 @@ fn tls_connect_alpn(
     ca: &TestCa,
     alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_connect_to(addr, ca, "localhost", alpn)
+}
+
+/// [`tls_connect_alpn`] sending (and checking the certificate against) `name`.
+fn tls_connect_to(
+    addr: SocketAddr,
+    ca: &TestCa,
+    name: &str,
+    alpn: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().into()).expect("ca");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -343,7 +340,7 @@ fn tls_connect_alpn(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
     tcp.set_read_timeout(Some(TIMEOUT)).expect("timeout");
@@ -784,4 +781,140 @@ fn an_http2_client_that_opens_no_stream_is_closed_at_the_header_timeout() {
     }
     // The slots are free again.
     assert_served(&serve, &pki.ca, &origin, "/asset/after-h2.jpg");
+}
+
+/// [`served_by_sni`] as `"<HTTP version> <status> <certificate's common name>"`, failing the
+/// test when curl fails.
+fn served(port: u16, host: &str, path: &str, args: &[&str]) -> String {
+    let seen = served_by_sni(port, host, path, args).unwrap_or_else(|e| panic!("{e}"));
+    format!("{} {} {}", seen.version, seen.status, seen.cn)
+}
+
+#[test]
+fn certificates_are_chosen_by_sni_served_over_http2_and_swapped_on_sighup() {
+    if !have_curl() {
+        return;
+    }
+    let origin = RecordingOrigin::start().expect("origin");
+    let certs = SniCertificates::generate().expect("certificates");
+    let (ca, ca_file, tls) = (&certs.ca, &certs.ca_file, &certs.tls_yaml);
+    let serve = start(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{tls}sources:\n  - name: a\n    \
+         hosts: {SNI_TEST_HOSTS}\n    secure_url_tokens: [{TOKEN}]\n    \
+         allow_private_origins: true\n"
+    ));
+    let port = serve.listen().port();
+    let path = signed(&origin, "/asset/sni.jpg");
+    let ca_arg = ca_file.display().to_string();
+    // curl offers h2 over TLS unless told otherwise.
+    let trusted = ["--cacert", ca_arg.as_str()];
+    let h2 = ["--http2", "--cacert", ca_arg.as_str()];
+
+    // Each name gets its own certificate, which curl checks against the name; HTTP/2 on each.
+    for (host, cn) in [
+        ("a.test", "cert-ab"),
+        ("b.test", "cert-ab"),
+        ("img.wild.test", "cert-wild"),
+        ("localhost", "cert-default"),
+    ] {
+        let seen = served(port, host, &path, &h2);
+        assert_eq!(seen, format!("2 200 {cn}"), "{host}");
+    }
+    let seen = served(port, "a.test", &path, &["--http1.1", "--cacert", &ca_arg]);
+    assert_eq!(seen, "1.1 200 cert-ab");
+    // A name no entry lists (a wildcard covers one label only) and a client without SNI (curl
+    // sends none to an address) get the first entry's certificate.
+    for host in ["other.test", "deep.img.wild.test", "127.0.0.1"] {
+        let seen = served(port, host, &path, &["--http2", "-k"]);
+        assert_eq!(seen, "2 200 cert-default", "{host}");
+    }
+
+    // A connection made before the reload, its request sent after it.
+    let mut before = tls_connect_to(serve.listen(), ca, "a.test", b"http/1.1");
+    let old_leaf = tls_peer_cert(&before);
+
+    // One entry's files replaced: SIGHUP serves the new certificate to new connections.
+    certs
+        .reissue(1, &["a.test", "b.test"], "cert-ab-renewed")
+        .expect("reissue");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_reloads(&serve, "ok", 1);
+    for (host, cn) in [
+        ("a.test", "cert-ab-renewed"),
+        ("b.test", "cert-ab-renewed"),
+        ("img.wild.test", "cert-wild"),
+    ] {
+        assert_eq!(
+            served(port, host, &path, &trusted),
+            format!("2 200 {cn}"),
+            "{host}"
+        );
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    before.write_all(request.as_bytes()).expect("send");
+    before.flush().expect("flush");
+    let (got, _) = read_to_close(&mut before);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(tls_peer_cert(&before), old_leaf);
+
+    // A broken key in another entry refuses the whole reload, naming that entry.
+    std::fs::write(&certs.files[2].1, "not a key\n").expect("break key");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_reloads(&serve, "error", 1);
+    let log = serve.log();
+    assert!(
+        log.contains("tls.certificates[2].key_file"),
+        "the refusal names no entry:\n{log}"
+    );
+    assert_eq!(
+        served(port, "img.wild.test", &path, &trusted),
+        "2 200 cert-wild"
+    );
+    assert_eq!(
+        served(port, "a.test", &path, &trusted),
+        "2 200 cert-ab-renewed"
+    );
+}
+
+#[test]
+fn check_reads_every_certificate_and_names_the_entry_that_fails() {
+    let pki = pki();
+    let dir = pki.dir.path();
+    let other = pki.ca.issue_names(&["b.test"], "other").expect("other");
+    let other_pair = write_issued(dir, "other", &other).expect("write");
+    let pair = (pki.cert_file.clone(), pki.key_file.clone());
+    let check = |tls: &str| {
+        let path = dir.join("check.yaml");
+        std::fs::write(&path, config(tls)).expect("write");
+        let out = Command::new(bin())
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = certificates_yaml(&[("[localhost]", &pair), ("[b.test]", &other_pair)]);
+    assert_eq!(check(&good).0, Some(0), "{}", check(&good).1);
+    // The second entry's key is the first entry's: not the key of its certificate.
+    let mismatched = (other_pair.0.clone(), pki.key_file.clone());
+    for (tls, wanted) in [
+        (
+            certificates_yaml(&[("[localhost]", &pair), ("[b.test]", &mismatched)]),
+            "error: tls.certificates[1].key_file: the key in ",
+        ),
+        (
+            certificates_yaml(&[("[localhost]", &pair), ("[a.test, LOCALHOST]", &other_pair)]),
+            "error: tls.certificates[1].hosts[1]: localhost is already tls.certificates[0].hosts[0]",
+        ),
+        (tls_yaml(&pki.cert_file, &other_pair.1), "error: tls.key_file: the key in "),
+    ] {
+        let (code, stderr) = check(&tls);
+        assert_eq!(code, Some(1), "{tls}: {stderr}");
+        assert!(stderr.starts_with(wanted), "{tls}: {stderr}");
+    }
 }

@@ -3,6 +3,8 @@
 //! [`TestCa`] issues more (the gateway's own HTTPS certificates in the TLS tests).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use rcgen::{
@@ -112,6 +114,19 @@ impl TestCa {
         })
     }
 
+    /// A server certificate for the DNS names `names` (`*.example.com` wildcards allowed), with
+    /// common name `cn` (how a test tells certificates apart in what a client saw).
+    ///
+    /// # Errors
+    /// As [`TestCa::issue`].
+    pub fn issue_names(&self, names: &[&str], cn: &str) -> Result<Issued, HarnessError> {
+        let sans = names
+            .iter()
+            .map(|name| Ok(SanType::DnsName((*name).try_into().map_err(tls_err)?)))
+            .collect::<Result<Vec<_>, HarnessError>>()?;
+        self.issue(sans, cn)
+    }
+
     /// A server certificate for `localhost` and `127.0.0.1`.
     ///
     /// # Errors
@@ -152,5 +167,184 @@ impl TestPki {
     /// The CA that signed [`TestPki::good`] and [`TestPki::wrong`].
     pub fn ca(&self) -> &TestCa {
         &self.ca
+    }
+}
+
+/// Whether `curl` can be run; prints why not when it cannot (the curl tests then pass).
+pub fn have_curl() -> bool {
+    let found = Command::new("curl")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        println!(
+            "skipped: curl is not on the PATH (needed to drive HTTP/2 and TLS as a user would)"
+        );
+    }
+    found
+}
+
+/// Writes `issued` as `<name>.crt` / `<name>.key` under `dir` (overwriting); returns both paths.
+///
+/// # Errors
+/// A file that cannot be written.
+pub fn write_issued(
+    dir: &Path,
+    name: &str,
+    issued: &Issued,
+) -> Result<(PathBuf, PathBuf), HarnessError> {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &issued.cert_pem).map_err(|e| HarnessError::io("write cert", e))?;
+    std::fs::write(&key, &issued.key_pem).map_err(|e| HarnessError::io("write key", e))?;
+    Ok((cert, key))
+}
+
+/// An ixproxy `tls:` block with one `certificates` entry per `(hosts, (cert_file, key_file))`,
+/// `hosts` written as YAML (`[a.test, "*.wild.test"]`).
+pub fn certificates_yaml(entries: &[(&str, &(PathBuf, PathBuf))]) -> String {
+    let mut yaml = "tls:\n  certificates:\n".to_owned();
+    for (hosts, (cert, key)) in entries {
+        yaml.push_str(&format!(
+            "    - hosts: {hosts}\n      cert_file: {}\n      key_file: {}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    yaml
+}
+
+/// What `curl` saw on one HTTPS request (see [`served_by_sni`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// `%{http_version}`: `2` or `1.1`.
+    pub version: String,
+    /// The response status.
+    pub status: u16,
+    /// The common name of the certificate the server sent.
+    pub cn: String,
+}
+
+/// Runs `curl` for `path` on `https://host:port`, `host` resolved to 127.0.0.1 (`--resolve`,
+/// so `host` is the SNI and the name checked) unless it is an address (then curl sends no
+/// SNI); `args` go first (`--cacert FILE` or `-k`, `--http2`, ...).
+///
+/// # Errors
+/// curl that cannot run or fails (a certificate that does not name `host` with `--cacert`
+/// included), or output without the certificate's subject.
+pub fn served_by_sni(
+    port: u16,
+    host: &str,
+    path: &str,
+    args: &[&str],
+) -> Result<Served, HarnessError> {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--path-as-is", "--max-time", "10", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}\\n%{certs}"])
+        .args(args);
+    if host.parse::<IpAddr>().is_err() {
+        command.args(["--resolve", &format!("{host}:{port}:127.0.0.1")]);
+    }
+    let out = command
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .map_err(|e| HarnessError::io("run curl", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fail = |why: &str| {
+        HarnessError::Http(format!(
+            "curl {host}: {why}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    };
+    if !out.status.success() {
+        return Err(fail("failed"));
+    }
+    let (first, certs) = stdout.split_once('\n').ok_or_else(|| fail("no -w lines"))?;
+    let (version, status) = first.split_once(' ').ok_or_else(|| fail("no status"))?;
+    // `%{certs}`: the chain the server sent, leaf first, each with a `Subject:CN = ...` line.
+    let cn = certs
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject:"))
+        .and_then(|s| s.trim().strip_prefix("CN = "))
+        .ok_or_else(|| fail("no certificate subject"))?;
+    Ok(Served {
+        version: version.to_owned(),
+        status: status.parse().map_err(|_| fail("status"))?,
+        cn: cn.to_owned(),
+    })
+}
+
+/// The certificates of the SNI tests, each with its own common name, written with their CA
+/// under a temporary directory: `cert-default` for `localhost` (the first entry, so also the
+/// default), `cert-ab` for `a.test` and `b.test` (listed as `B.Test`: names are
+/// case-insensitive), `cert-wild` for `*.wild.test`.
+pub struct SniCertificates {
+    /// The CA that signed them.
+    pub ca: TestCa,
+    /// Where the files are (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The CA certificate's file (`curl --cacert`).
+    pub ca_file: PathBuf,
+    /// The ixproxy `tls:` block naming them.
+    pub tls_yaml: String,
+    /// Each entry's certificate and key files, in config order.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+/// A source `hosts` list holding every name the SNI tests request.
+pub const SNI_TEST_HOSTS: &str =
+    "[localhost, a.test, b.test, img.wild.test, deep.img.wild.test, other.test, 127.0.0.1]";
+
+impl SniCertificates {
+    /// Generates the CA and the three certificates and writes them.
+    ///
+    /// # Errors
+    /// Key generation, signing or a file that cannot be written.
+    pub fn generate() -> Result<Self, HarnessError> {
+        let ca = TestCa::generate("ixproxy SNI test CA")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ixproxy-sni-")
+            .tempdir()
+            .map_err(|e| HarnessError::io("temp dir", e))?;
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).map_err(|e| HarnessError::io("write ca", e))?;
+        let mut files = Vec::new();
+        for (name, names, cn) in [
+            ("default", &["localhost"][..], "cert-default"),
+            ("ab", &["a.test", "b.test"][..], "cert-ab"),
+            ("wild", &["*.wild.test"][..], "cert-wild"),
+        ] {
+            files.push(write_issued(dir.path(), name, &ca.issue_names(names, cn)?)?);
+        }
+        let tls_yaml = certificates_yaml(&[
+            ("[localhost]", &files[0]),
+            ("[a.test, B.Test]", &files[1]),
+            ("[\"*.wild.test\"]", &files[2]),
+        ]);
+        Ok(SniCertificates {
+            ca,
+            dir,
+            ca_file,
+            tls_yaml,
+            files,
+        })
+    }
+
+    /// Replaces entry `index`'s files with a new certificate for `names` called `cn`.
+    ///
+    /// # Errors
+    /// As [`SniCertificates::generate`].
+    pub fn reissue(&self, index: usize, names: &[&str], cn: &str) -> Result<(), HarnessError> {
+        let issued = self.ca.issue_names(names, cn)?;
+        let (cert, key) = self
+            .files
+            .get(index)
+            .ok_or_else(|| HarnessError::Tls(format!("no entry {index}")))?;
+        std::fs::write(cert, &issued.cert_pem).map_err(|e| HarnessError::io("write cert", e))?;
+        std::fs::write(key, &issued.key_pem).map_err(|e| HarnessError::io("write key", e))?;
+        Ok(())
     }
 }

@@ -3,8 +3,8 @@
 //! The config file (or, without one, the built-in demo) is validated by the core; the gateway
 //! is a thin [`gateway::Gateway`] adapter over the core's decision, served by Pingora together
 //! with the admin app ([`admin`]); [`client`] admits client connections and bounds their
-//! timeouts, [`deadline`] the two whole-header deadlines, [`tls`] the certificate and key of
-//! HTTPS on `listen`. Signals (README: Operating): SIGHUP reloads the config ([`reload`] into
+//! timeouts, [`deadline`] the two whole-header deadlines, [`tls`] the certificates of HTTPS
+//! on `listen` (chosen by SNI). Signals (README: Operating): SIGHUP reloads the config ([`reload`] into
 //! [`live`], the TLS files included), SIGTERM drains (see [`announce`]), SIGQUIT hands the
 //! listening sockets to a new `ixproxy serve -u` ([`upgrade`]), SIGINT stops at once.
 
@@ -43,6 +43,8 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::secrets::{load_config, NativeSecrets};
+
+pub use tls::check as check_tls;
 
 /// Runtime shutdown timeout after the grace period, in seconds: what is still running then is
 /// cut (Pingora's default adds five).
@@ -188,7 +190,8 @@ fn prepare(
             config.admin_listen
         ));
     }
-    // Read before binding: a bad certificate or key is an error naming its field.
+    // Read before binding: a bad certificate or key is an error naming its field
+    // (`tls.certificates[1].key_file`).
     let tls_certs = config
         .operating
         .tls

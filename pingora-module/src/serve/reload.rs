@@ -27,7 +27,7 @@ pub struct Reloader {
     started: Config,
     live: LiveConfig,
     metrics: Metrics,
-    /// The certificate and key HTTPS serves, re-read on every reload when TLS is on.
+    /// The certificates HTTPS serves, re-read on every reload when TLS is on.
     tls: Option<TlsCerts>,
 }
 
@@ -112,8 +112,8 @@ impl Reloader {
                 .map_err(|e| format!("access_log: cannot start the writer: {e}"))?;
         }
         // Steps that apply their own change and may fail, each keeping its old state when it
-        // fails: the TLS certificate and key (a bad file keeps the running pair and refuses the
-        // whole reload).
+        // fails: the TLS certificates (a bad file in any entry keeps the running set and refuses
+        // the whole reload).
         if let (Some(tls), Some(files)) = (&self.tls, &new.operating.tls) {
             tls.reload(files)?;
         }
