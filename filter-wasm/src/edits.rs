@@ -170,7 +170,10 @@ pub fn push_gateway_response_edits(
             }
         };
         edits.push(HeaderEdit::Set(cors::ALLOW_ORIGIN.into(), value(allow)));
-        edits.push(HeaderEdit::Set(cors::TIMING_ALLOW_ORIGIN.into(), value(allow)));
+        edits.push(HeaderEdit::Set(
+            cors::TIMING_ALLOW_ORIGIN.into(),
+            value(allow),
+        ));
     }
     if wanted.resource_policy {
         edits.push(HeaderEdit::Set(
@@ -183,7 +186,8 @@ pub fn push_gateway_response_edits(
             edits.push(HeaderEdit::Set(cors::VARY.into(), merged.into()));
         }
     }
-    if let (Some(disposition), true) = (forward.content_disposition(), (200..300).contains(&status)) {
+    if let (Some(disposition), true) = (forward.content_disposition(), (200..300).contains(&status))
+    {
         edits.push(HeaderEdit::Set(
             CONTENT_DISPOSITION.into(),
             disposition.to_owned().into(),
@@ -370,7 +374,10 @@ mod tests {
             "the default allocates nothing"
         );
         f.set_content_disposition(Some("attachment; filename=\"a\"".into()));
-        assert_eq!(edits(&f, None, 200)[3], set(CONTENT_DISPOSITION, "attachment; filename=\"a\""));
+        assert_eq!(
+            edits(&f, None, 200)[3],
+            set(CONTENT_DISPOSITION, "attachment; filename=\"a\"")
+        );
         assert_eq!(edits(&f, None, 404).len(), 3, "no download of an error");
     }
 
@@ -401,14 +408,23 @@ mod tests {
         };
         let f = decided("https://o.example/a.jpg");
         let edits = forward_request_edits(&f, &AuthHeaders::default(), ["user-agent"], false);
-        assert!(!edits.iter().any(|e| e.name() == "user-agent"), "forwarded as sent");
+        assert!(
+            !edits.iter().any(|e| e.name() == "user-agent"),
+            "forwarded as sent"
+        );
         assert!(edits.contains(&set("x-api-key", "k3y")));
         let other = decided("https://p.example/a.jpg");
         let edits = forward_request_edits(&other, &AuthHeaders::default(), ["user-agent"], false);
         assert!(!edits.iter().any(|e| e.name() == "x-api-key"));
         // A listed Origin is echoed with Vary; another gets Vary alone.
         let mut out = Vec::new();
-        push_gateway_response_edits(&mut out, &f, Some("https://app.example"), 200, Some("Accept"));
+        push_gateway_response_edits(
+            &mut out,
+            &f,
+            Some("https://app.example"),
+            200,
+            Some("Accept"),
+        );
         assert_eq!(
             out,
             [
@@ -422,7 +438,10 @@ mod tests {
         push_gateway_response_edits(&mut out, &f, Some("https://evil.example"), 200, None);
         assert_eq!(
             out,
-            [set(cors::RESOURCE_POLICY, "cross-origin"), set("vary", "Origin")]
+            [
+                set(cors::RESOURCE_POLICY, "cross-origin"),
+                set("vary", "Origin")
+            ]
         );
     }
 

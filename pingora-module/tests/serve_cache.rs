@@ -738,7 +738,10 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
     let dl = [("dl", "first.bin".to_owned())];
     let miss = send_pages(&dl, "http://app.test");
     assert_eq!(status_of(&miss), Some("ixproxy; fwd=miss"));
-    assert_eq!(miss.header("access-control-allow-origin"), Some("http://app.test"));
+    assert_eq!(
+        miss.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
     assert_eq!(miss.header("vary"), Some("Origin"));
     assert!(miss
         .header("content-disposition")
@@ -763,7 +766,10 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
     assert_eq!(status_of(&hit), Some("ixproxy; hit"));
     assert_eq!(hit.header("access-control-allow-origin"), Some("*"));
     assert_eq!(hit.header("timing-allow-origin"), Some("*"));
-    assert_eq!(hit.header("cross-origin-resource-policy"), Some("cross-origin"));
+    assert_eq!(
+        hit.header("cross-origin-resource-policy"),
+        Some("cross-origin")
+    );
     assert_eq!(fetches(&origin, "/fresh/600/10").len(), 2);
 }
 
@@ -794,6 +800,13 @@ fn disabling_a_source_on_reload_refuses_its_hits_and_enabling_serves_them_again(
     assert_eq!(other.status, 200);
     reload(&serve, &config(""), 1);
     let again = get(&serve, &url);
-    assert_eq!((again.status, status_of(&again)), (200, Some("ixproxy; hit")));
-    assert_eq!(fetches(&origin, "/fresh/600/10").len(), 2, "assets once, other once");
+    assert_eq!(
+        (again.status, status_of(&again)),
+        (200, Some("ixproxy; hit"))
+    );
+    assert_eq!(
+        fetches(&origin, "/fresh/600/10").len(),
+        2,
+        "assets once, other once"
+    );
 }

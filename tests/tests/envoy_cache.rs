@@ -490,7 +490,10 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
     };
     let miss = send_page(&[("dl", "first.bin")], "http://app.test");
     assert_eq!(miss.header(CACHE_STATUS), Some(FWD_MISS), "{miss:?}");
-    assert_eq!(miss.header("access-control-allow-origin"), Some("http://app.test"));
+    assert_eq!(
+        miss.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
     assert_eq!(miss.header("vary"), Some("Origin"));
     assert!(
         miss.header("content-disposition")
@@ -506,10 +509,17 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
     assert_eq!(other.header("content-disposition"), None);
     let renamed = send_page(&[("dl", "second.bin")], "http://app.test");
     assert_eq!(renamed.header(CACHE_STATUS), Some(HIT), "{renamed:?}");
-    assert_eq!(renamed.header("access-control-allow-origin"), Some("http://app.test"));
+    assert_eq!(
+        renamed.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
     assert_eq!(renamed.header_values("vary"), ["Origin"], "added once");
     assert!(renamed
         .header("content-disposition")
         .is_some_and(|v| v.contains("filename=\"second.bin\"")));
-    assert_eq!(s.origin.heads("/fresh/cors.png").len(), 1, "one origin fetch");
+    assert_eq!(
+        s.origin.heads("/fresh/cors.png").len(),
+        1,
+        "one origin fetch"
+    );
 }
