@@ -61,7 +61,7 @@ use super::deadline::{self, OriginSocket};
 use super::failure;
 use super::http::{
     apply_response_edits, gateway_response_headers, has_request_body, header_totals, origin_head,
-    request_host, respond, rewrite_upstream_request, GatewayHeaders,
+    request_host, respond, rewrite_upstream_request,
 };
 use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
@@ -503,16 +503,7 @@ impl ProxyHttp for Gateway {
         let edits = cache_rules::storage_edits(edits);
         // Without the cache, the gateway's own headers (CORS, dl) go into the head rebuilt here;
         // with it they are added per response in `response_filter`, never stored.
-        let gateway = if cache_used {
-            GatewayHeaders::default()
-        } else {
-            gateway_response_headers(
-                forward,
-                session.req_header(),
-                upstream_response.status,
-                || cache::joined(upstream_response, header::VARY),
-            )?
-        };
+        let gateway = (!cache_used).then(|| (forward, session.req_header()));
         apply_response_edits(upstream_response, edits, gateway)?;
         if cache_used {
             // Stored with the answer, so a hit is re-checked for the hop that gave it.
@@ -559,13 +550,19 @@ impl ProxyHttp for Gateway {
         }
         if let (true, Some(forward)) = (ctx.cache_used, ctx.forward.as_ref()) {
             // A hit or a fill: the stored head has none of the gateway's own headers.
-            let gateway =
-                gateway_response_headers(forward, session.req_header(), resp.status, || {
-                    cache::joined(resp, header::VARY)
-                })?;
-            for (name, value) in gateway.into_iter().flatten() {
-                resp.insert_header(name, value)?;
-            }
+            let vary = forward
+                .cors()
+                .needs_request_origin()
+                .then(|| cache::joined(resp, header::VARY))
+                .flatten();
+            let status = resp.status;
+            gateway_response_headers(
+                forward,
+                session.req_header(),
+                status,
+                vary.as_deref(),
+                |name, value| resp.insert_header(name, value),
+            )?;
         }
         if ctx.cache_used {
             if let Some(result) = cache::result_of(session.cache.phase()) {

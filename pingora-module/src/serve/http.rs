@@ -156,20 +156,20 @@ fn header_value(value: &str) -> Result<HeaderValue> {
 }
 
 /// The headers the gateway adds to a forwarded response for this request (never stored by the
-/// cache): the source's CORS headers ([`ixproxy_core::cors`]), `Vary` with `Origin` in list
-/// mode (`vary`: the response's own `Vary`, read only then), and `Content-Disposition` for a
-/// signed `dl` on a 2xx. At most five, in a fixed array: the default (three CORS headers, all
-/// constants) allocates nothing.
+/// cache), each handed to `put`: the source's CORS headers ([`ixproxy_core::cors`]), `Vary`
+/// with `Origin` in list mode (`vary`: the response's own `Vary`, read by the caller only when
+/// [`ixproxy_core::cors::Cors::needs_request_origin`]), and `Content-Disposition` for a signed
+/// `dl` on a 2xx. The default (three CORS headers) is all constants: no allocation, no parse.
 ///
 /// # Errors
-/// A header value the HTTP types refuse (not produced by the core).
+/// A header value the HTTP types refuse (not produced by the core), or `put`'s error.
 pub fn gateway_response_headers(
     forward: &Forward,
     req: &RequestHeader,
     status: http::StatusCode,
-    vary: impl FnOnce() -> Option<String>,
-) -> Result<GatewayHeaders> {
-    let mut out: GatewayHeaders = Default::default();
+    vary: Option<&str>,
+    mut put: impl FnMut(HeaderName, HeaderValue) -> Result<()>,
+) -> Result<()> {
     let cors = forward.cors();
     let sent = if cors.needs_request_origin() {
         req.headers.get(header::ORIGIN)
@@ -183,25 +183,22 @@ pub fn gateway_response_headers(
             Some(sent) if allow != cors::ANY_ORIGIN => sent.clone(),
             _ => ANY_ORIGIN,
         };
-        out[0] = Some((header::ACCESS_CONTROL_ALLOW_ORIGIN, value.clone()));
-        out[1] = Some((TIMING_ALLOW_ORIGIN, value));
+        put(header::ACCESS_CONTROL_ALLOW_ORIGIN, value.clone())?;
+        put(TIMING_ALLOW_ORIGIN, value)?;
     }
     if wanted.resource_policy {
-        out[2] = Some((RESOURCE_POLICY, CROSS_ORIGIN));
+        put(RESOURCE_POLICY, CROSS_ORIGIN)?;
     }
     if wanted.vary_origin {
-        if let Some(merged) = cors::vary_with_origin(vary().as_deref()) {
-            out[3] = Some((header::VARY, owned_value(merged)?));
+        if let Some(merged) = cors::vary_with_origin(vary) {
+            put(header::VARY, owned_value(merged)?)?;
         }
     }
     if let (Some(disposition), true) = (forward.content_disposition(), status.is_success()) {
-        out[4] = Some((header::CONTENT_DISPOSITION, header_value(disposition)?));
+        put(header::CONTENT_DISPOSITION, header_value(disposition)?)?;
     }
-    Ok(out)
+    Ok(())
 }
-
-/// What [`gateway_response_headers`] returns: each slot a header to set, or `None`.
-pub type GatewayHeaders = [Option<(HeaderName, HeaderValue)>; 5];
 
 /// The parsed name of a header the core sets (the origin auth headers, the response edits): a
 /// constant for each, so none is parsed or copied per request.
@@ -238,9 +235,9 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
 }
 
 /// Applies the core's response edits to the origin's response header: the fields the edits
-/// neither remove nor set, in their order, then the set ones, then the `gateway` headers
-/// ([`gateway_response_headers`]; empty when the cache stores this head: they are added per
-/// response then).
+/// neither remove nor set, in their order, then the set ones, then the gateway's own headers
+/// for `gateway`'s forward and client request ([`gateway_response_headers`]; `None` when the
+/// cache stores this head: they are added per response then).
 ///
 /// Like the origin request (see [`rewrite_upstream_request`]), the head is made anew from a
 /// header map rather than edited in place: Pingora's response head keeps a second map of
@@ -252,14 +249,20 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
 pub fn apply_response_edits(
     resp: &mut ResponseHeader,
     edits: ResponseEdits,
-    gateway: GatewayHeaders,
+    gateway: Option<(&Forward, &RequestHeader)>,
 ) -> Result<()> {
+    // The gateway's headers other than Vary are never on the origin allowlist (the edits
+    // remove the origin's); only a Vary that gains Origin replaces the origin's.
+    let merged_vary = gateway.is_some_and(|(f, _)| f.cors().needs_request_origin());
+    let vary = merged_vary
+        .then(|| super::cache::joined(resp, header::VARY))
+        .flatten();
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + edits.set.len() + 3);
     for (name, value) in &resp.headers {
         let name_str = name.as_str();
         let edited = edits.remove.iter().any(|removed| removed == name_str)
             || edits.set.iter().any(|(set, _)| *set == name_str)
-            || gateway.iter().flatten().any(|(set, _)| set == name);
+            || (merged_vary && *name == header::VARY);
         if !edited {
             headers.append(name.clone(), value.clone());
         }
@@ -267,8 +270,11 @@ pub fn apply_response_edits(
     for (name, value) in edits.set {
         headers.append(known_header_name(name)?, owned_value(value)?);
     }
-    for (name, value) in gateway.into_iter().flatten() {
-        headers.append(name, value);
+    if let Some((forward, req)) = gateway {
+        gateway_response_headers(forward, req, resp.status, vary.as_deref(), |name, value| {
+            headers.append(name, value);
+            Ok(())
+        })?;
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = resp.status;
@@ -409,12 +415,13 @@ mod tests {
         let f = forward("https://o.example/a.png");
         let set = |status: u16, f: &Forward, req: &RequestHeader| {
             let status = http::StatusCode::from_u16(status).expect("status");
-            gateway_response_headers(f, req, status, || Some("Accept-Encoding".to_owned()))
-                .expect("headers")
-                .into_iter()
-                .flatten()
-                .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
-                .collect::<Vec<_>>()
+            let mut out = Vec::new();
+            gateway_response_headers(f, req, status, Some("Accept-Encoding"), |n, v| {
+                out.push((n.to_string(), v.to_str().expect("ascii").to_owned()));
+                Ok(())
+            })
+            .expect("headers");
+            out
         };
         let default = [
             ("access-control-allow-origin".to_owned(), "*".to_owned()),
@@ -513,7 +520,7 @@ mod tests {
             policy_cache_control: None,
         };
         assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
-        apply_response_edits(&mut resp, edits, Default::default()).expect("rewrite");
+        apply_response_edits(&mut resp, edits, None).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "public, max-age=60");
         assert!(resp.headers.get("set-cookie").is_none());
         assert_eq!(resp.headers["etag"], "\"x\"");
