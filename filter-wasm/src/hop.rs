@@ -220,14 +220,15 @@ mod tests {
         // Anything but the filter's own encoding is refused, truncated or padded ones too.
         for bad in [
             &b""[..],
-            b"ixhop3",
+            b"ixhop4",
             b"ixhop1" as &[u8],
-            &[b"ixhop2".as_slice(), &encoded[6..]].concat(),
-            b"ixhop31:21:01:01:01:x1:x1:x",
+            &[b"ixhop3".as_slice(), &encoded[6..]].concat(),
+            b"ixhop41:21:01:01:01:x1:x1:x0:0:",
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixhop31:11:01:x1:x1:x1:x1:x",
-            b"ixhop399999999999999999999:x",
+            b"ixhop41:11:01:x1:x1:x1:x1:x0:0:",
+            b"ixhop41:11:01:01:01:x1:x1:x0:",
+            b"ixhop499999999999999999999:x",
         ] {
             assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
