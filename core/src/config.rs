@@ -14,9 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::OriginAuth;
+use crate::cors::Cors;
+use crate::identity::{OriginHeader, OriginUserAgent};
 use crate::secret::Secret;
 
 mod hosts;
+mod imgix;
 mod operating;
 mod purge;
 mod reload;
@@ -263,6 +266,46 @@ pub struct RawSource {
     /// Seconds, for origin 4xx/5xx answers (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl_error: Option<u64>,
+    /// `false`: every request of the source is answered 410 (default `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The gateway's CORS headers: absent = `{allow_origin: "*"}`, `off`, or a list of origins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<RawCors>,
+    /// `User-Agent` of origin requests (default `ixproxy/<version>`; `forward` = the client's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_user_agent: Option<String>,
+    /// Fixed headers sent with the origin auth headers (name to secret value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_headers: Option<BTreeMap<String, SecretRef>>,
+}
+
+/// `cors:` (serde layer): the word `off`, or `{allow_origin: ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawCors {
+    /// `off` (any other word is a validation error naming the field).
+    Keyword(String),
+    /// `{allow_origin: "*"}` or `{allow_origin: [origins]}`.
+    Allow(RawCorsAllow),
+}
+
+/// `cors: {allow_origin: ...}` (serde layer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCorsAllow {
+    /// `"*"` or a list of web origins (`scheme://host[:port]`).
+    pub allow_origin: RawAllowOrigin,
+}
+
+/// `allow_origin:` (serde layer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawAllowOrigin {
+    /// `"*"` (any other single string is a validation error).
+    One(String),
+    /// Web origins.
+    List(Vec<String>),
 }
 
 /// `origin_auth:` (serde layer).
@@ -465,8 +508,9 @@ pub struct Source {
     pub origin_auth: OriginAuth,
     /// `None` = any public host; `Some(empty list)` = no host at all.
     pub allowed_origin_hosts: Option<Vec<HostPattern>>,
-    /// Origin hosts that receive the origin auth headers (`origin_auth.hosts`, default
-    /// `allowed_origin_hosts`); empty when the source has no origin auth.
+    /// Origin hosts that receive the origin auth headers and `origin_headers`
+    /// (`origin_auth.hosts`, default `allowed_origin_hosts`); empty when the source has neither
+    /// origin auth nor `origin_headers`.
     pub origin_auth_hosts: Vec<HostPattern>,
     /// Allow private/loopback origins.
     pub allow_private_origins: bool,
@@ -476,6 +520,15 @@ pub struct Source {
     pub cache_ttl: CacheTtl,
     /// This source's position in `sources` (what per-source tables are indexed by).
     pub position: usize,
+    /// `false`: every request is answered 410 `source_disabled` right after the Host lookup.
+    pub enabled: bool,
+    /// The gateway's CORS headers on forwarded responses.
+    pub cors: Cors,
+    /// `User-Agent` of origin requests.
+    pub origin_user_agent: OriginUserAgent,
+    /// Fixed origin request headers, sent only where the origin auth headers go
+    /// ([`crate::Forward::may_receive_auth`]).
+    pub origin_headers: Vec<OriginHeader>,
 }
 
 impl Source {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Source, Sources};
+use crate::disposition::content_disposition;
 use crate::expires::{check_target_expires, ExpiresError};
 use crate::forward::{check_origin_policy, Forward};
 use crate::origin::decode_origin;
@@ -32,8 +33,8 @@ pub enum Decision {
 
 /// Decides what to do with one request.
 ///
-/// `now` is unix seconds from the host clock. Check order: method, target length, host,
-/// signature, `expires`, then the origin URL and the source's origin policy, so an unsigned
+/// `now` is unix seconds from the host clock. Check order: method, target length, host (a
+/// disabled source answers 410 here), signature, `expires`, then the origin URL and the source's origin policy, so an unsigned
 /// request learns nothing about the origin URL. Needs no randomness and touches no origin
 /// credential: those are for [`Forward::auth_headers`], once per origin attempt.
 pub fn decide(sources: &Sources, req: &RequestInfo<'_>, now: u64) -> Decision {
@@ -113,6 +114,9 @@ fn decide_inner(
         .by_host(req.host)
         .ok_or_else(Rejection::unknown_host)?;
     attribution.source = Some(Arc::clone(source));
+    if !source.enabled {
+        return Err(Rejection::source_disabled());
+    }
     let (signed, token) =
         verify::verify_token(req.target, &source.tokens).map_err(Rejection::bad_signature)?;
     attribution.token = Some(token);
@@ -124,5 +128,12 @@ fn decide_inner(
 
     let origin = decode_origin(signed.path).map_err(Rejection::bad_origin_url)?;
     check_origin_policy(source, &origin)?;
-    Ok(Forward::new(source, *sources.limits(), origin, max_age))
+    let mut forward = Forward::new(source, *sources.limits(), origin, max_age);
+    // Only a signed query can ask for a download.
+    if !signed.query.is_empty() {
+        let path = forward.origin().path_and_query.as_str();
+        let disposition = content_disposition(signed.params(), path);
+        forward.set_content_disposition(disposition);
+    }
+    Ok(forward)
 }

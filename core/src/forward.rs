@@ -9,8 +9,11 @@ use std::sync::{Arc, OnceLock};
 use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_allowed};
 use crate::auth::AuthHeaders;
 use crate::config::{Limits, Source, Sources};
+use crate::cors::Cors;
+use crate::identity::{OriginHeader, OriginUserAgent, USER_AGENT};
 use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
+use crate::request::is_forwarded_client_header;
 use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits};
 
 /// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
@@ -36,6 +39,8 @@ pub struct Forward {
     auth_origin: OnceLock<String>,
     max_age: Option<u64>,
     redirects: u32,
+    /// The `Content-Disposition` a signed `dl`/`dl64` asks for (see [`crate::disposition`]).
+    content_disposition: Option<String>,
 }
 
 impl Forward {
@@ -53,6 +58,7 @@ impl Forward {
             origin,
             max_age,
             redirects: 0,
+            content_disposition: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl Forward {
             auth_origin: OnceLock::from(auth_origin.to_owned()),
             max_age,
             redirects,
+            content_disposition: None,
         })
     }
 
@@ -147,6 +154,49 @@ impl Forward {
                 .is_none_or(|first| self.origin.has_web_origin(first))
     }
 
+    /// The `Content-Disposition` value every successful (2xx) response to this request carries
+    /// (a signed `dl`/`dl64`, see [`crate::disposition`]), hits included; `None` without one.
+    pub fn content_disposition(&self) -> Option<&str> {
+        self.content_disposition.as_deref()
+    }
+
+    /// Sets what [`Forward::content_disposition`] returns: [`crate::decide`] sets it from the
+    /// signed params; a runtime that resumes a forward ([`Forward::resume`]) sets it again from
+    /// the state it kept.
+    pub fn set_content_disposition(&mut self, value: Option<String>) {
+        self.content_disposition = value;
+    }
+
+    /// The source's CORS setting, for the headers of each response ([`Cors::headers`]).
+    pub fn cors(&self) -> &Cors {
+        &self.source.cors
+    }
+
+    /// The `User-Agent` every attempt of this forward sends, or `None` when the source
+    /// forwards the client's (`origin_user_agent: forward`).
+    pub fn origin_user_agent(&self) -> Option<&str> {
+        self.source.origin_user_agent.fixed()
+    }
+
+    /// Whether a client request header (any case) goes to the origin: the forwarded-header
+    /// rule ([`is_forwarded_client_header`]), less the client's `User-Agent` when the source
+    /// sends its own ([`Forward::origin_user_agent`]).
+    pub fn forwards_client_header(&self, name: &str, cached: bool) -> bool {
+        is_forwarded_client_header(name, cached)
+            && (self.source.origin_user_agent == OriginUserAgent::Forward
+                || !name.eq_ignore_ascii_case(USER_AGENT))
+    }
+
+    /// The source's `origin_headers` for this attempt: all of them where the origin auth headers
+    /// go ([`Forward::may_receive_auth`]: `origin_auth.hosts`, and on a redirect hop the first
+    /// URL's scheme, host and port), none elsewhere.
+    pub fn origin_headers(&self) -> &[OriginHeader] {
+        if self.source.origin_headers.is_empty() || !self.may_receive_auth() {
+            return &[];
+        }
+        &self.source.origin_headers
+    }
+
     /// Follows an origin redirect: resolves `location` against the current origin URL and
     /// re-validates it like the first URL (http/https, no userinfo, valid port, the source's
     /// `allowed_origin_hosts` and private-address rules).
@@ -177,6 +227,7 @@ impl Forward {
             auth_origin: OnceLock::from(self.auth_origin().to_owned()),
             max_age: self.max_age,
             redirects: self.redirects + 1,
+            content_disposition: self.content_disposition.clone(),
         })
     }
 
@@ -304,6 +355,7 @@ impl PartialEq for Forward {
             && self.auth_origin() == other.auth_origin()
             && self.max_age == other.max_age
             && self.redirects == other.redirects
+            && self.content_disposition == other.content_disposition
     }
 }
 

@@ -51,11 +51,13 @@ pub enum Outcome {
     /// The client went away before its answer was complete; nobody is left to answer, and the
     /// origin is not to blame.
     ClientClosed,
+    /// The Host names a source with `enabled: false` (410), cache hits included.
+    SourceDisabled,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering metrics.
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Forwarded,
         Outcome::BadSignature,
         Outcome::Expired,
@@ -75,6 +77,7 @@ impl Outcome {
         Outcome::Overloaded,
         Outcome::Internal,
         Outcome::ClientClosed,
+        Outcome::SourceDisabled,
     ];
 
     /// The outcome's position in [`Outcome::ALL`] (for tables of per-outcome series).
@@ -104,6 +107,7 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::Internal => "internal",
             Outcome::ClientClosed => "client_closed",
+            Outcome::SourceDisabled => "source_disabled",
         }
     }
 
@@ -207,6 +211,12 @@ impl Rejection {
     /// 410 for a Host no source serves.
     pub const fn unknown_host() -> Rejection {
         Rejection::fixed(410, Outcome::UnknownHost, "no source serves this host")
+    }
+
+    /// 410 for a source with `enabled: false`: said before the signature is looked at, so
+    /// nothing else about the request is revealed.
+    pub const fn source_disabled() -> Rejection {
+        Rejection::fixed(410, Outcome::SourceDisabled, "this source is disabled")
     }
 
     /// 403 for a missing, malformed or wrong signature; `why` is the signature error.
@@ -386,6 +396,7 @@ mod tests {
                 Outcome::RequestTooLarge,
             ),
             (Rejection::unknown_host(), 410, Outcome::UnknownHost),
+            (Rejection::source_disabled(), 410, Outcome::SourceDisabled),
             (Rejection::bad_signature("x"), 403, Outcome::BadSignature),
             (Rejection::expired("x"), 404, Outcome::Expired),
             (Rejection::bad_expires("x"), 400, Outcome::BadExpires),

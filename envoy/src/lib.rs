@@ -334,6 +334,9 @@ fn secret_paths(sources: &[RawSource], pick: fn(&SecretRef) -> bool) -> Vec<Stri
                 &token.secret,
             );
         }
+        for (name, secret) in source.origin_headers.iter().flatten() {
+            add(format!("sources[{i}].origin_headers.{name}"), secret);
+        }
         let Some(auth) = &source.origin_auth else {
             continue;
         };
@@ -600,6 +603,28 @@ mod tests {
             generated.bootstrap.contains("- USER_NAME"),
             "{}",
             generated.bootstrap
+        );
+    }
+
+    #[test]
+    fn origin_headers_are_secrets_like_the_origin_auth() {
+        let yaml = |value: &str| {
+            format!(
+                "sources:\n  - name: a\n    hosts: [a.test]\n    secure_url_tokens: [{{env: T}}]\n    \
+                 allowed_origin_hosts: [o.example]\n    origin_headers: {{X-Api-Key: {value}}}\n"
+            )
+        };
+        let err = generate(&yaml("hunter2-key"), Path::new("."), Path::new("/x.wasm"))
+            .expect_err("a literal origin header");
+        let EnvoyConfigError::LiteralSecrets { paths } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(paths, &["sources[0].origin_headers.X-Api-Key"]);
+        assert!(!err.to_string().contains("hunter2"));
+        let (_, bootstrap) = generate_ok(&yaml("{env: API_KEY}"));
+        assert_eq!(
+            wasm_config(&bootstrap)["vm_config"]["environment_variables"]["host_env_keys"],
+            serde_yaml::from_str::<Value>("[T, API_KEY]").expect("yaml")
         );
     }
 

@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 
 use ixproxy_core::auth::AuthHeaders;
-use ixproxy_core::request::is_forwarded_client_header;
+use ixproxy_core::cors;
+use ixproxy_core::disposition::CONTENT_DISPOSITION;
+use ixproxy_core::identity::{OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT, USER_AGENT};
 use ixproxy_core::response::ResponseEdits;
 use ixproxy_core::{Forward, Rejection};
 
@@ -76,7 +78,7 @@ pub fn forward_request_edits<'a>(
     let mut removed: Vec<String> = Vec::new();
     for name in client_header_names {
         if name.starts_with(':')
-            || is_forwarded_client_header(name, cached)
+            || forward.forwards_client_header(name, cached)
             || name.eq_ignore_ascii_case(FORWARDED_PROTO)
         {
             continue;
@@ -124,11 +126,73 @@ pub fn forward_request_edits<'a>(
             encode_cache_ttl(&forward.source().cache_ttl).into(),
         ));
     }
+    // The source's User-Agent replaces the client's (removed above) on every origin request.
+    let user_agent: Option<Text> = match &forward.source().origin_user_agent {
+        OriginUserAgent::Default => Some(Text::Borrowed(DEFAULT_ORIGIN_USER_AGENT)),
+        OriginUserAgent::Custom(custom) => Some(custom.clone().into()),
+        OriginUserAgent::Forward => None,
+    };
+    if let Some(value) = user_agent {
+        edits.push(HeaderEdit::Set(USER_AGENT.into(), value));
+    }
+    edits.extend(forward.origin_headers().iter().map(|fixed| {
+        HeaderEdit::Set(
+            fixed.name.clone().into(),
+            fixed.value.expose().to_owned().into(),
+        )
+    }));
     edits.extend(
         auth.iter()
             .map(|(name, value)| HeaderEdit::Set(name.into(), value.to_owned().into())),
     );
     edits
+}
+
+/// Appends to `edits` the headers the gateway adds to a forwarded response (a hit too): the
+/// source's CORS headers for a request that sent `request_origin`
+/// ([`ixproxy_core::cors::Cors::headers`]), `Vary`
+/// with `Origin` in list mode (`vary`: the response's own), and `Content-Disposition` for a
+/// signed `dl` on a 2xx. The default (`*`) costs no allocation.
+pub fn push_gateway_response_edits(
+    edits: &mut Vec<HeaderEdit>,
+    forward: &Forward,
+    request_origin: Option<&str>,
+    status: u16,
+    vary: Option<&str>,
+) {
+    let wanted = forward.cors().headers(request_origin);
+    if let Some(allow) = wanted.allow_origin {
+        let value = |allow: &str| -> Text {
+            if allow == cors::ANY_ORIGIN {
+                Text::Borrowed(cors::ANY_ORIGIN)
+            } else {
+                allow.to_owned().into()
+            }
+        };
+        edits.push(HeaderEdit::Set(cors::ALLOW_ORIGIN.into(), value(allow)));
+        edits.push(HeaderEdit::Set(
+            cors::TIMING_ALLOW_ORIGIN.into(),
+            value(allow),
+        ));
+    }
+    if wanted.resource_policy {
+        edits.push(HeaderEdit::Set(
+            cors::RESOURCE_POLICY.into(),
+            cors::CROSS_ORIGIN.into(),
+        ));
+    }
+    if wanted.vary_origin {
+        if let Some(merged) = cors::vary_with_origin(vary) {
+            edits.push(HeaderEdit::Set(cors::VARY.into(), merged.into()));
+        }
+    }
+    if let (Some(disposition), true) = (forward.content_disposition(), (200..300).contains(&status))
+    {
+        edits.push(HeaderEdit::Set(
+            CONTENT_DISPOSITION.into(),
+            disposition.to_owned().into(),
+        ));
+    }
 }
 
 /// The routing markers the filter sets ([`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`]) found
@@ -290,6 +354,98 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_response_edits_follow_the_source_and_the_request() {
+        let mut f = forward("a.example", "https://o.example/a.jpg");
+        let edits = |f: &Forward, origin: Option<&str>, status: u16| {
+            let mut edits = Vec::new();
+            push_gateway_response_edits(&mut edits, f, origin, status, Some("Accept"));
+            edits
+        };
+        let default = [
+            set(cors::ALLOW_ORIGIN, "*"),
+            set(cors::TIMING_ALLOW_ORIGIN, "*"),
+            set(cors::RESOURCE_POLICY, "cross-origin"),
+        ];
+        assert_eq!(edits(&f, Some("https://x.example"), 500), default);
+        assert!(
+            edits(&f, None, 200)
+                .iter()
+                .all(|e| matches!(e, HeaderEdit::Set(Text::Borrowed(_), Text::Borrowed(_)))),
+            "the default allocates nothing"
+        );
+        f.set_content_disposition(Some("attachment; filename=\"a\"".into()));
+        assert_eq!(
+            edits(&f, None, 200)[3],
+            set(CONTENT_DISPOSITION, "attachment; filename=\"a\"")
+        );
+        assert_eq!(edits(&f, None, 404).len(), 3, "no download of an error");
+    }
+
+    #[test]
+    fn the_origin_identity_follows_the_source() {
+        let json = r#"{"sources": [
+            {"name": "s", "hosts": ["s.example"], "secure_url_tokens": ["t"],
+             "allowed_origin_hosts": ["o.example", "p.example"],
+             "origin_auth": {"hosts": ["o.example"]},
+             "origin_user_agent": "forward",
+             "origin_headers": {"X-Api-Key": "k3y"},
+             "cors": {"allow_origin": ["https://app.example"]}}]}"#;
+        let sources = ixproxy_core::config::RawPluginConfig::from_json(json)
+            .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
+            .expect("valid")
+            .sources;
+        let decided = |url: &str| {
+            let target = ixproxy_core::sign::sign_url("t", url, &[], &Default::default());
+            let request = ixproxy_core::RequestInfo {
+                method: "GET",
+                host: "s.example",
+                target: &target,
+            };
+            match ixproxy_core::decide(&sources, &request, NOW) {
+                ixproxy_core::Decision::Forward(f) => *f,
+                ixproxy_core::Decision::Reject(r) => panic!("{r:?}"),
+            }
+        };
+        let f = decided("https://o.example/a.jpg");
+        let edits = forward_request_edits(&f, &AuthHeaders::default(), ["user-agent"], false);
+        assert!(
+            !edits.iter().any(|e| e.name() == "user-agent"),
+            "forwarded as sent"
+        );
+        assert!(edits.contains(&set("x-api-key", "k3y")));
+        let other = decided("https://p.example/a.jpg");
+        let edits = forward_request_edits(&other, &AuthHeaders::default(), ["user-agent"], false);
+        assert!(!edits.iter().any(|e| e.name() == "x-api-key"));
+        // A listed Origin is echoed with Vary; another gets Vary alone.
+        let mut out = Vec::new();
+        push_gateway_response_edits(
+            &mut out,
+            &f,
+            Some("https://app.example"),
+            200,
+            Some("Accept"),
+        );
+        assert_eq!(
+            out,
+            [
+                set(cors::ALLOW_ORIGIN, "https://app.example"),
+                set(cors::TIMING_ALLOW_ORIGIN, "https://app.example"),
+                set(cors::RESOURCE_POLICY, "cross-origin"),
+                set("vary", "Accept, Origin"),
+            ]
+        );
+        let mut out = Vec::new();
+        push_gateway_response_edits(&mut out, &f, Some("https://evil.example"), 200, None);
+        assert_eq!(
+            out,
+            [
+                set(cors::RESOURCE_POLICY, "cross-origin"),
+                set("vary", "Origin")
+            ]
+        );
+    }
+
+    #[test]
     fn forward_strips_client_headers_and_targets_the_origin() {
         let client = [
             ":method",
@@ -328,7 +484,8 @@ mod tests {
                 "x-imgix-origin-secret",
                 "x-ixproxy-upstream",
                 "x-ixproxy-allow-private",
-                "x-forwarded-for"
+                "x-forwarded-for",
+                "user-agent"
             ]
         );
         // With the response cache in front of the origin, the variant-selecting headers go too.
@@ -351,6 +508,7 @@ mod tests {
                 &set(":scheme", "https"),
                 &set(FORWARDED_PROTO, "https"),
                 &set(UPSTREAM_HEADER, UPSTREAM_TLS),
+                &set(USER_AGENT, DEFAULT_ORIGIN_USER_AGENT),
                 &set("x-imgix-origin-secret", "hs"),
             ]
         );

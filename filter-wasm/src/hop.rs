@@ -50,10 +50,15 @@ pub struct Hop {
     /// Whether the request holds one of its source's in-flight slots: the stream Envoy replaces
     /// hands it to the hop's stream, which releases it when the request ends.
     pub holds_slot: bool,
+    /// The client's `Origin`, kept only for a source with a CORS list (the origin request
+    /// Envoy recreates no longer carries it).
+    pub request_origin: Option<String>,
+    /// The `Content-Disposition` the client's signed `dl` asked for.
+    pub content_disposition: Option<String>,
 }
 
 impl Hop {
-    const MAGIC: &'static [u8] = b"ixhop3";
+    const MAGIC: &'static [u8] = b"ixhop4";
 
     /// The hop state of a forward of a client request that arrived at `started_ms`, holding an
     /// in-flight slot or not.
@@ -66,7 +71,15 @@ impl Hop {
             auth_origin: forward.auth_origin().to_owned(),
             redirects: forward.redirects(),
             max_age: forward.max_age(),
+            request_origin: None,
+            content_disposition: forward.content_disposition().map(str::to_owned),
         }
+    }
+
+    /// This state with the client's `Origin` (see [`Hop::request_origin`]).
+    pub fn with_request_origin(mut self, origin: Option<&str>) -> Hop {
+        self.request_origin = origin.map(str::to_owned);
+        self
     }
 
     /// Length-prefixed fields after a magic tag (no field can break the framing).
@@ -82,6 +95,8 @@ impl Hop {
             self.source.as_str(),
             self.auth_origin.as_str(),
             self.origin_url.as_str(),
+            self.request_origin.as_deref().unwrap_or_default(),
+            self.content_disposition.as_deref().unwrap_or_default(),
         ];
         let mut out = Self::MAGIC.to_vec();
         for field in fields {
@@ -95,7 +110,7 @@ impl Hop {
     /// Parses [`Hop::encode`]'s output; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Hop> {
         let mut rest = bytes.strip_prefix(Self::MAGIC)?;
-        let mut fields: Vec<String> = Vec::with_capacity(7);
+        let mut fields: Vec<String> = Vec::with_capacity(9);
         while !rest.is_empty() {
             let colon = rest.iter().position(|&b| b == b':')?;
             let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
@@ -103,8 +118,9 @@ impl Hop {
             fields.push(String::from_utf8(value.to_vec()).ok()?);
             rest = &rest[colon + 1 + len..];
         }
-        let [slot, started, redirects, max_age, source, auth_origin, origin_url]: [String; 7] =
+        let [slot, started, redirects, max_age, source, auth_origin, origin_url, request_origin, content_disposition]: [String; 9] =
             fields.try_into().ok()?;
+        let present = |value: String| (!value.is_empty()).then_some(value);
         Some(Hop {
             holds_slot: match slot.as_str() {
                 "1" => true,
@@ -121,20 +137,24 @@ impl Hop {
             source,
             auth_origin,
             origin_url,
+            request_origin: present(request_origin),
+            content_disposition: present(content_disposition),
         })
     }
 
     /// The forward this hop state describes (see [`Forward::resume`]); `None` if the source is
     /// gone (reconfigured) or the URL no longer parses.
     pub fn forward(&self, sources: &Sources) -> Option<Forward> {
-        Forward::resume(
+        let mut forward = Forward::resume(
             sources,
             &self.source,
             &self.origin_url,
             &self.auth_origin,
             self.redirects,
             self.max_age,
-        )
+        )?;
+        forward.set_content_disposition(self.content_disposition.clone());
+        Some(forward)
     }
 }
 
@@ -176,8 +196,16 @@ mod tests {
             redirects: 3,
             max_age: Some(60),
             holds_slot: true,
+            request_origin: Some("https://app.example:8443".into()),
+            content_disposition: Some("attachment; filename=\"a:1\"".into()),
         };
         assert_eq!(Hop::decode(&hop.encode()), Some(hop.clone()));
+        let neither = Hop {
+            request_origin: None,
+            content_disposition: None,
+            ..hop.clone()
+        };
+        assert_eq!(Hop::decode(&neither.encode()), Some(neither));
         let no_slot = Hop {
             holds_slot: false,
             ..hop.clone()
@@ -192,14 +220,15 @@ mod tests {
         // Anything but the filter's own encoding is refused, truncated or padded ones too.
         for bad in [
             &b""[..],
-            b"ixhop3",
+            b"ixhop4",
             b"ixhop1" as &[u8],
-            &[b"ixhop2".as_slice(), &encoded[6..]].concat(),
-            b"ixhop31:21:01:01:01:x1:x1:x",
+            &[b"ixhop3".as_slice(), &encoded[6..]].concat(),
+            b"ixhop41:21:01:01:01:x1:x1:x0:0:",
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixhop31:11:01:x1:x1:x1:x1:x",
-            b"ixhop399999999999999999999:x",
+            b"ixhop41:11:01:x1:x1:x1:x1:x0:0:",
+            b"ixhop41:11:01:01:01:x1:x1:x0:",
+            b"ixhop499999999999999999999:x",
         ] {
             assert_eq!(Hop::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
@@ -214,6 +243,13 @@ mod tests {
             .expect("restores");
         assert_eq!(restored.origin(), first.origin());
         assert_eq!((restored.redirects(), restored.max_age()), (0, Some(60)));
+        // The client's dl survives the hop.
+        let mut named = first.clone();
+        named.set_content_disposition(Some("attachment; filename=\"x\"".into()));
+        let back = Hop::decode(&Hop::of(&named, 5, false).encode())
+            .and_then(|hop| hop.forward(&sources))
+            .expect("restores");
+        assert_eq!(back.content_disposition(), named.content_disposition());
         let random = [7u8; 32];
         // Same host: fresh origin auth; other allowed host: none; other host: refused.
         let same = restored.redirect("/b.jpg").expect("same host");

@@ -22,6 +22,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ixproxy_core::access_log::{self, REQUEST_ID_HEADER, REQUEST_ID_RANDOM_BYTES};
 use ixproxy_core::cache::CACHE_STATUS;
+use ixproxy_core::cors::{ORIGIN_HEADER, VARY};
 use ixproxy_core::envoy::{
     address_without_port, LOG_CACHE, LOG_CLIENT_IP, LOG_HOST, LOG_ORIGIN_HOST, LOG_OUTCOME,
     LOG_REQUEST_ID, LOG_SOURCE,
@@ -90,6 +91,9 @@ pub struct FilterHttp {
     /// Set once the whole origin answer reached the client through this filter: the body
     /// bytes it counted are then Envoy's `response.size`, not asked for again.
     delivered: bool,
+    /// The client's `Origin`, kept only for a source with a CORS list (handed to a redirect
+    /// hop's stream through the hop state: the recreated request no longer carries it).
+    request_origin: Option<String>,
 }
 
 impl FilterHttp {
@@ -120,6 +124,7 @@ impl FilterHttp {
             unwritten: None,
             spare_random: None,
             delivered: false,
+            request_origin: None,
         }
     }
 
@@ -298,6 +303,9 @@ impl FilterHttp {
         let Some((fields, mut edits)) = self.unwritten.take() else {
             return self.internal_error("the request header was not read before forwarding");
         };
+        if forward.cors().needs_request_origin() && self.request_origin.is_none() {
+            self.request_origin = headers::text(&fields, ORIGIN_HEADER).map(str::to_owned);
+        }
         edits.extend(edits::forward_request_edits(
             &forward,
             &auth,
@@ -317,7 +325,11 @@ impl FilterHttp {
         // judged as a client request and refused), so failing to store it is an error.
         if let Err(status) = hostcalls::set_property(
             vec![hop::HOP_PROPERTY],
-            Some(&Hop::of(&forward, started_ms, self.slot.is_some()).encode()),
+            Some(
+                &Hop::of(&forward, started_ms, self.slot.is_some())
+                    .with_request_origin(self.request_origin.as_deref())
+                    .encode(),
+            ),
         ) {
             return self.internal_error(&format!("cannot store the hop state: {status:?}"));
         }
@@ -348,6 +360,7 @@ impl FilterHttp {
         // anything can refuse the hop, so the stream that ends the request gives it back.
         self.source_label = ixproxy_core::metrics::label(&hop.source);
         self.in_flight = true;
+        self.request_origin = hop.request_origin.clone();
         let Some(previous) = hop.forward(sources) else {
             return self.internal_error("hop state of an unknown source");
         };
@@ -530,6 +543,23 @@ impl HttpContext for FilterHttp {
             Err(rejection) => return self.reject(&rejection),
         };
         let mut header_edits = edits::response_header_edits(response_edits);
+        // The gateway's own headers (CORS, dl): Envoy's cache stored the head before this
+        // filter's encode path, so a hit gets them here too and the cache never holds them.
+        let vary = forward.cors().needs_request_origin().then(|| {
+            let values: Vec<String> = fields
+                .iter()
+                .filter(|(name, _)| name == VARY)
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+                .collect();
+            values.join(", ")
+        });
+        edits::push_gateway_response_edits(
+            &mut header_edits,
+            forward,
+            self.request_origin.as_deref(),
+            status,
+            vary.as_deref().filter(|v| !v.is_empty()),
+        );
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
         }

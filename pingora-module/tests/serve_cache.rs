@@ -60,6 +60,11 @@ sources:
     allow_private_origins: true
     cache_ttl_behavior: override_origin
     cache_ttl: 1
+  - name: pages
+    hosts: [pages.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    cors: {{allow_origin: [\"http://app.test\"]}}
 "
     )
 }
@@ -699,15 +704,109 @@ fn a_fill_sends_the_origin_no_client_header_that_selects_a_variant() {
     );
     let seen = fetches(&origin, "/image/variant.png");
     assert_eq!(seen.len(), 1, "one origin fetch");
-    for name in ["accept", "accept-encoding", "accept-language", "user-agent"] {
+    for name in ["accept", "accept-encoding", "accept-language"] {
         assert!(
             seen[0].header_values(name).is_empty(),
             "{name}: {:?}",
             seen[0]
         );
     }
+    // The source's own user agent, the same for every client.
+    assert_eq!(
+        seen[0].header_values("user-agent"),
+        [ixproxy_core::identity::DEFAULT_ORIGIN_USER_AGENT]
+    );
     // Whatever the next client prefers, it gets the one stored answer.
     let hit = get(&serve, &url);
     assert_eq!((hit.status, status_of(&hit)), (200, Some("ixproxy; hit")));
     assert_eq!(hit.body, miss.body);
+}
+
+#[test]
+fn cors_and_dl_are_added_per_response_and_never_stored() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/10?cors", origin.http);
+    let send_pages = |params: &[(&str, String)], page: &str| {
+        request(
+            serve.listen(),
+            "GET",
+            "pages.test",
+            &signed(&url, params),
+            &[("Origin", page)],
+        )
+    };
+    let dl = [("dl", "first.bin".to_owned())];
+    let miss = send_pages(&dl, "http://app.test");
+    assert_eq!(status_of(&miss), Some("ixproxy; fwd=miss"));
+    assert_eq!(
+        miss.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    assert_eq!(miss.header("vary"), Some("Origin"));
+    assert!(miss
+        .header("content-disposition")
+        .is_some_and(|v| v.contains("filename=\"first.bin\"")));
+    // A hit for another page and another (or no) dl: this request's headers, not the fill's.
+    let other_page = send_pages(&[], "https://evil.test");
+    assert_eq!(status_of(&other_page), Some("ixproxy; hit"));
+    assert_eq!(other_page.header("access-control-allow-origin"), None);
+    assert_eq!(other_page.header("timing-allow-origin"), None);
+    assert_eq!(other_page.header("vary"), Some("Origin"));
+    assert_eq!(other_page.header("content-disposition"), None);
+    let renamed = send_pages(&[("dl", "second.bin".to_owned())], "http://app.test");
+    assert_eq!(status_of(&renamed), Some("ixproxy; hit"));
+    assert!(renamed
+        .header("content-disposition")
+        .is_some_and(|v| v.contains("filename=\"second.bin\"")));
+    assert_eq!(renamed.header_values("vary"), ["Origin"], "added once");
+    // The default source's hit carries imgix's three headers.
+    let asset = format!("http://{}/fresh/600/10?default", origin.http);
+    get(&serve, &asset);
+    let hit = get(&serve, &asset);
+    assert_eq!(status_of(&hit), Some("ixproxy; hit"));
+    assert_eq!(hit.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(hit.header("timing-allow-origin"), Some("*"));
+    assert_eq!(
+        hit.header("cross-origin-resource-policy"),
+        Some("cross-origin")
+    );
+    assert_eq!(fetches(&origin, "/fresh/600/10").len(), 2);
+}
+
+#[test]
+fn disabling_a_source_on_reload_refuses_its_hits_and_enabling_serves_them_again() {
+    let (serve, origin) = start();
+    let url = format!("http://{}/fresh/600/10?toggle", origin.http);
+    get(&serve, &url);
+    assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; hit"));
+    let disabled = config("").replace(
+        "  - name: assets\n    hosts: [assets.test]\n",
+        "  - name: assets\n    hosts: [assets.test]\n    enabled: false\n",
+    );
+    reload(&serve, &disabled, 0);
+    let refused = get(&serve, &url);
+    assert_eq!(refused.status, 410, "{}", refused.body_text());
+    assert_eq!(status_of(&refused), None, "the cache is not consulted");
+    let unsigned = request(serve.listen(), "GET", "assets.test", "/x?s=00", &[]);
+    assert_eq!(unsigned.status, 410, "before the signature");
+    assert_eq!(
+        serve
+            .settled_outcome_count("source_disabled", 2, TIMEOUT)
+            .expect("metric"),
+        2
+    );
+    // Other sources are unaffected; enabling again serves the stored entry.
+    let other = request(serve.listen(), "GET", "other.test", &signed(&url, &[]), &[]);
+    assert_eq!(other.status, 200);
+    reload(&serve, &config(""), 1);
+    let again = get(&serve, &url);
+    assert_eq!(
+        (again.status, status_of(&again)),
+        (200, Some("ixproxy; hit"))
+    );
+    assert_eq!(
+        fetches(&origin, "/fresh/600/10").len(),
+        2,
+        "assets once, other once"
+    );
 }

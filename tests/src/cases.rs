@@ -556,7 +556,7 @@ mod tests {
                 assert!(
                     [
                         "a.new", "a.old", "b.main", "c.main", "d.main", "e.main", "f.main",
-                        "r.main", "o.main", "m.main"
+                        "r.main", "o.main", "m.main", "g.main", "h.main", "i.main", "j.main"
                     ]
                     .contains(&sign.token.as_str()),
                     "{}: unknown token {}",

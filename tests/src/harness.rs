@@ -17,6 +17,13 @@ use crate::HarnessError;
 
 /// Environment variable holding source `a`'s Basic auth password (an `{env: NAME}` secret).
 pub const PASSWORD_ENV: &str = "IXPROXY_CONFORMANCE_ORIGIN_PASSWORD";
+/// Environment variable holding source `i`'s `X-Api-Key` origin header (an `{env: NAME}`
+/// secret, resolved in Envoy's Wasm VM too).
+pub const ORIGIN_KEY_ENV: &str = "IXPROXY_CONFORMANCE_ORIGIN_KEY";
+/// Source `i`'s `X-Api-Key` value.
+pub const ORIGIN_KEY: &str = "conformance-api-key-5c1";
+/// Source `h`'s `origin_user_agent`.
+pub const CUSTOM_USER_AGENT: &str = "conformance-fetcher/7 (+https://ops.example)";
 /// Origin connect timeout in the test config.
 pub const CONNECT_TIMEOUT: &str = "1s";
 /// Origin timeout in the test config, until the response header (`/slow/...` takes longer).
@@ -125,6 +132,10 @@ impl Harness {
             ("r.main", "rSourceToken444"),
             ("o.main", "oSourceToken555"),
             ("m.main", "mSourceToken666"),
+            ("g.main", "gSourceToken777"),
+            ("h.main", "hSourceToken888"),
+            ("i.main", "iSourceToken999"),
+            ("j.main", "jSourceToken000"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -187,7 +198,26 @@ impl Harness {
         let o = ttl_source("o", "o.test", "o.main", "override_origin");
         let m = ttl_source("m", "m.test", "m.main", "enforce_minimum");
 
-        let mut sources = vec![a, b, c, d, e, f, r, o, m];
+        // SPEC §15: `g` answers two listed page origins and forwards the client's user agent,
+        // `h` has CORS off and its own user agent, `i` sends fixed origin headers to 127.0.0.1
+        // only (its origin_auth.hosts; it may also fetch localhost), `j` is disabled.
+        let mut g = source("g", &["g.test"], &[token("g.main")]);
+        g["cors"] = json!({"allow_origin": ["http://app.test", "https://app2.test:8443"]});
+        g["origin_user_agent"] = json!("forward");
+        let mut h = source("h", &["h.test"], &[token("h.main")]);
+        h["cors"] = json!("off");
+        h["origin_user_agent"] = json!(CUSTOM_USER_AGENT);
+        let mut i = source("i", &["i.test"], &[token("i.main")]);
+        i["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        i["origin_auth"] = json!({"hosts": ["127.0.0.1"]});
+        i["origin_headers"] = json!({
+            "X-Api-Key": {"env": ORIGIN_KEY_ENV},
+            "Referer": "https://www.example/",
+        });
+        let mut j = source("j", &["j.test"], &[token("j.main")]);
+        j["enabled"] = json!(false);
+
+        let mut sources = vec![a, b, c, d, e, f, r, o, m, g, h, i, j];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();
@@ -236,7 +266,10 @@ impl Harness {
             loopback_alias,
             origin,
             config_path,
-            env: vec![(PASSWORD_ENV.to_owned(), password.to_owned())],
+            env: vec![
+                (PASSWORD_ENV.to_owned(), password.to_owned()),
+                (ORIGIN_KEY_ENV.to_owned(), ORIGIN_KEY.to_owned()),
+            ],
             tokens,
             auth,
             dead: dead_port.addr(),
@@ -272,6 +305,12 @@ impl Harness {
             ("{http_port}", o.http.port().to_string()),
             ("{https_port}", o.https.port().to_string()),
             ("{loopback_alias}", self.loopback_alias.clone()),
+            (
+                "{default_user_agent}",
+                ixproxy_core::identity::DEFAULT_ORIGIN_USER_AGENT.to_owned(),
+            ),
+            ("{custom_user_agent}", CUSTOM_USER_AGENT.to_owned()),
+            ("{origin_key}", ORIGIN_KEY.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

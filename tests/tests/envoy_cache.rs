@@ -417,9 +417,14 @@ fn a_fill_sends_the_origin_no_client_header_that_selects_a_variant() {
     assert_eq!(miss.header(CACHE_STATUS), Some(FWD_MISS), "{miss:?}");
     let heads = s.origin.heads("/fresh/variant.png");
     assert_eq!(heads.len(), 1, "one origin fetch: {heads:?}");
-    for name in ["accept", "accept-encoding", "accept-language", "user-agent"] {
+    for name in ["accept", "accept-encoding", "accept-language"] {
         assert_eq!(head_header(&heads[0], name), None, "{name}: {}", heads[0]);
     }
+    // The source's own user agent, the same for every client.
+    assert_eq!(
+        head_header(&heads[0], "user-agent").as_deref(),
+        Some(ixproxy_core::identity::DEFAULT_ORIGIN_USER_AGENT)
+    );
     // Whatever the next client prefers, it gets the one stored answer.
     let hit = get(&s, &url, &[]);
     assert_eq!(hit.header(CACHE_STATUS), Some(HIT), "{hit:?}");
@@ -462,4 +467,59 @@ fn a_failed_fill_gets_the_cores_answer_not_envoys_reply() {
     }
     let forwarded = outcome_count(&s.envoy, "forwarded");
     assert!(matches!(forwarded.as_str(), "" | "0"), "{forwarded}");
+}
+
+#[test]
+fn cors_and_dl_are_added_per_response_and_never_stored() {
+    let s = start(
+        "    allow_private_origins: true\n    cors: {allow_origin: [\"http://app.test\"]}\n",
+        |_| {},
+    );
+    let url = s.origin.url("/fresh/cors.png");
+    let send_page = |params: &[(&str, &str)], page: &str| {
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut req = RawRequest::get(
+            "localhost",
+            &sign_url("tok", &url, &params, &SignOptions::default()),
+        );
+        req.headers = vec![("Origin".to_owned(), page.to_owned())];
+        send(s.envoy.addr(), &req, TIMEOUT).expect("answered")
+    };
+    let miss = send_page(&[("dl", "first.bin")], "http://app.test");
+    assert_eq!(miss.header(CACHE_STATUS), Some(FWD_MISS), "{miss:?}");
+    assert_eq!(
+        miss.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    assert_eq!(miss.header("vary"), Some("Origin"));
+    assert!(
+        miss.header("content-disposition")
+            .is_some_and(|v| v.contains("filename=\"first.bin\"")),
+        "{miss:?}"
+    );
+    // A hit for another page and no dl: this request's headers, not the fill's.
+    let other = send_page(&[], "https://evil.test");
+    assert_eq!(other.header(CACHE_STATUS), Some(HIT), "{other:?}");
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    assert_eq!(other.header("timing-allow-origin"), None);
+    assert_eq!(other.header("vary"), Some("Origin"));
+    assert_eq!(other.header("content-disposition"), None);
+    let renamed = send_page(&[("dl", "second.bin")], "http://app.test");
+    assert_eq!(renamed.header(CACHE_STATUS), Some(HIT), "{renamed:?}");
+    assert_eq!(
+        renamed.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    assert_eq!(renamed.header_values("vary"), ["Origin"], "added once");
+    assert!(renamed
+        .header("content-disposition")
+        .is_some_and(|v| v.contains("filename=\"second.bin\"")));
+    assert_eq!(
+        s.origin.heads("/fresh/cors.png").len(),
+        1,
+        "one origin fetch"
+    );
 }

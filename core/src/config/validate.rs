@@ -391,6 +391,8 @@ fn source(
         )?),
         None => None,
     };
+    let extras = super::imgix::extras(&raw, secrets, path)?;
+    let auth_hosts_given = raw.origin_auth.as_ref().is_some_and(|a| a.hosts.is_some());
     let auth_path = format!("{path}.origin_auth");
     let (origin_auth, origin_auth_hosts) = match raw.origin_auth {
         Some(mut auth) => {
@@ -412,6 +414,13 @@ fn source(
         }
         None => (OriginAuth::default(), Vec::new()),
     };
+    let origin_auth_hosts = super::imgix::header_hosts(
+        origin_auth_hosts,
+        auth_hosts_given,
+        allowed_origin_hosts.as_ref(),
+        &extras,
+        path,
+    )?;
     let allowed_content_types = match raw.allowed_content_types {
         Some(types) => Some(
             types
@@ -438,6 +447,10 @@ fn source(
         origin_auth_hosts,
         allow_private_origins: raw.allow_private_origins,
         allowed_content_types,
+        enabled: extras.enabled,
+        cors: extras.cors,
+        origin_user_agent: extras.origin_user_agent,
+        origin_headers: extras.origin_headers,
     })
 }
 

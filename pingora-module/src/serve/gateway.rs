@@ -60,8 +60,8 @@ use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
 use super::failure;
 use super::http::{
-    apply_response_edits, has_request_body, header_totals, origin_head, request_host, respond,
-    rewrite_upstream_request,
+    apply_response_edits, gateway_response_headers, has_request_body, header_totals, origin_head,
+    request_host, respond, rewrite_upstream_request,
 };
 use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
@@ -451,7 +451,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -501,7 +501,10 @@ impl ProxyHttp for Gateway {
         // The stored head carries the uncapped value; each response gets its own URL's cap in
         // `response_filter` (two URLs for one origin object share the entry).
         let edits = cache_rules::storage_edits(edits);
-        apply_response_edits(upstream_response, edits)?;
+        // Without the cache, the gateway's own headers (CORS, dl) go into the head rebuilt here;
+        // with it they are added per response in `response_filter`, never stored.
+        let gateway = (!cache_used).then(|| (forward, session.req_header()));
+        apply_response_edits(upstream_response, edits, gateway)?;
         if cache_used {
             // Stored with the answer, so a hit is re-checked for the hop that gave it.
             upstream_response
@@ -544,6 +547,22 @@ impl ProxyHttp for Gateway {
             {
                 resp.insert_header(header::CACHE_CONTROL, capped)?;
             }
+        }
+        if let (true, Some(forward)) = (ctx.cache_used, ctx.forward.as_ref()) {
+            // A hit or a fill: the stored head has none of the gateway's own headers.
+            let vary = forward
+                .cors()
+                .needs_request_origin()
+                .then(|| cache::joined(resp, header::VARY))
+                .flatten();
+            let status = resp.status;
+            gateway_response_headers(
+                forward,
+                session.req_header(),
+                status,
+                vary.as_deref(),
+                |name, value| resp.insert_header(name, value),
+            )?;
         }
         if ctx.cache_used {
             if let Some(result) = cache::result_of(session.cache.phase()) {

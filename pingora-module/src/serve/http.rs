@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use ixproxy_core::access_log::REQUEST_ID_HEADER;
 use ixproxy_core::auth::{self, AuthHeaders};
-use ixproxy_core::request::{is_forwarded_client_header, HeaderTotals, FORWARDED_CLIENT_HEADERS};
+use ixproxy_core::cors;
+use ixproxy_core::identity::{OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT};
+use ixproxy_core::request::{HeaderTotals, FORWARDED_CLIENT_HEADERS};
 use ixproxy_core::response::{OriginHead, ResponseEdits};
 use ixproxy_core::{Forward, Rejection};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -71,8 +73,9 @@ pub async fn respond(session: &mut Session, rejection: &Rejection, request_id: &
 
 /// Makes the origin request from the client's: the client's method, then the origin path and
 /// query, and only the allowlisted client headers (less the variant-selecting ones when
-/// `cached`: the answer may be stored for other clients, see [`is_forwarded_client_header`]),
-/// then `Host`, `auth` (the origin auth headers of this attempt, from
+/// `cached`: the answer may be stored for other clients, and the client's `User-Agent` unless
+/// the source forwards it, see [`Forward::forwards_client_header`]), then `Host`, the source's
+/// `User-Agent` and its `origin_headers` ([`Forward::origin_headers`]), `auth` (the origin auth headers of this attempt, from
 /// [`Forward::auth_headers`]) and the request's id.
 ///
 /// The request is built anew rather than edited: Pingora's client request keeps a second map
@@ -93,11 +96,29 @@ pub fn rewrite_upstream_request(
 ) -> Result<()> {
     let mut headers = HeaderMap::with_capacity(FORWARDED_CLIENT_HEADERS.len() + 8);
     for (name, value) in &req.headers {
-        if *name != X_REQUEST_ID && is_forwarded_client_header(name.as_str(), cached) {
+        if *name != X_REQUEST_ID && forward.forwards_client_header(name.as_str(), cached) {
             headers.append(name.clone(), value.clone());
         }
     }
     headers.insert(header::HOST, owned_value(forward.origin().authority())?);
+    match &forward.source().origin_user_agent {
+        // The default on every origin request: a constant, no allocation.
+        OriginUserAgent::Default => {
+            headers.insert(header::USER_AGENT, DEFAULT_USER_AGENT);
+        }
+        OriginUserAgent::Custom(value) => {
+            headers.insert(header::USER_AGENT, header_value(value)?);
+        }
+        OriginUserAgent::Forward => {}
+    }
+    for fixed in forward.origin_headers() {
+        // A secret like the origin auth values; it replaces a client header of that name.
+        let mut value = header_value(fixed.value.expose())?;
+        value.set_sensitive(true);
+        let name = HeaderName::from_bytes(fixed.name.as_bytes())
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?;
+        headers.insert(name, value);
+    }
     for (name, value) in auth {
         // Sensitive: never printed by a debug log of the request, never HPACK-indexed.
         let mut value = owned_value(value)?;
@@ -122,6 +143,62 @@ pub fn rewrite_upstream_request(
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const DEFAULT_USER_AGENT: HeaderValue = HeaderValue::from_static(DEFAULT_ORIGIN_USER_AGENT);
+const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static(cors::TIMING_ALLOW_ORIGIN);
+const RESOURCE_POLICY: HeaderName = HeaderName::from_static(cors::RESOURCE_POLICY);
+const ANY_ORIGIN: HeaderValue = HeaderValue::from_static(cors::ANY_ORIGIN);
+const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static(cors::CROSS_ORIGIN);
+
+/// A header value from configuration or the core (copied).
+fn header_value(value: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header value", e))
+}
+
+/// The headers the gateway adds to a forwarded response for this request (never stored by the
+/// cache), each handed to `put`: the source's CORS headers ([`ixproxy_core::cors`]), `Vary`
+/// with `Origin` in list mode (`vary`: the response's own `Vary`, read by the caller only when
+/// [`ixproxy_core::cors::Cors::needs_request_origin`]), and `Content-Disposition` for a signed
+/// `dl` on a 2xx. The default (three CORS headers) is all constants: no allocation, no parse.
+///
+/// # Errors
+/// A header value the HTTP types refuse (not produced by the core), or `put`'s error.
+pub fn gateway_response_headers(
+    forward: &Forward,
+    req: &RequestHeader,
+    status: http::StatusCode,
+    vary: Option<&str>,
+    mut put: impl FnMut(HeaderName, HeaderValue) -> Result<()>,
+) -> Result<()> {
+    let cors = forward.cors();
+    let sent = if cors.needs_request_origin() {
+        req.headers.get(header::ORIGIN)
+    } else {
+        None
+    };
+    let wanted = cors.headers(sent.and_then(|v| v.to_str().ok()));
+    if let Some(allow) = wanted.allow_origin {
+        let value = match sent {
+            // The listed Origin is echoed as the client sent it.
+            Some(sent) if allow != cors::ANY_ORIGIN => sent.clone(),
+            _ => ANY_ORIGIN,
+        };
+        put(header::ACCESS_CONTROL_ALLOW_ORIGIN, value.clone())?;
+        put(TIMING_ALLOW_ORIGIN, value)?;
+    }
+    if wanted.resource_policy {
+        put(RESOURCE_POLICY, CROSS_ORIGIN)?;
+    }
+    if wanted.vary_origin {
+        if let Some(merged) = cors::vary_with_origin(vary) {
+            put(header::VARY, owned_value(merged)?)?;
+        }
+    }
+    if let (Some(disposition), true) = (forward.content_disposition(), status.is_success()) {
+        put(header::CONTENT_DISPOSITION, header_value(disposition)?)?;
+    }
+    Ok(())
+}
 
 /// The parsed name of a header the core sets (the origin auth headers, the response edits): a
 /// constant for each, so none is parsed or copied per request.
@@ -158,7 +235,9 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
 }
 
 /// Applies the core's response edits to the origin's response header: the fields the edits
-/// neither remove nor set, in their order, then the set ones.
+/// neither remove nor set, in their order, then the set ones, then the gateway's own headers
+/// for `gateway`'s forward and client request ([`gateway_response_headers`]; `None` when the
+/// cache stores this head: they are added per response then).
 ///
 /// Like the origin request (see [`rewrite_upstream_request`]), the head is made anew from a
 /// header map rather than edited in place: Pingora's response head keeps a second map of
@@ -167,18 +246,35 @@ pub fn origin_head(resp: &ResponseHeader) -> OriginHead {
 ///
 /// # Errors
 /// A header value the HTTP types refuse (not produced by the core).
-pub fn apply_response_edits(resp: &mut ResponseHeader, edits: ResponseEdits) -> Result<()> {
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + edits.set.len());
+pub fn apply_response_edits(
+    resp: &mut ResponseHeader,
+    edits: ResponseEdits,
+    gateway: Option<(&Forward, &RequestHeader)>,
+) -> Result<()> {
+    // The gateway's headers other than Vary are never on the origin allowlist (the edits
+    // remove the origin's); only a Vary that gains Origin replaces the origin's.
+    let merged_vary = gateway.is_some_and(|(f, _)| f.cors().needs_request_origin());
+    let vary = merged_vary
+        .then(|| super::cache::joined(resp, header::VARY))
+        .flatten();
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + edits.set.len() + 3);
     for (name, value) in &resp.headers {
         let name_str = name.as_str();
         let edited = edits.remove.iter().any(|removed| removed == name_str)
-            || edits.set.iter().any(|(set, _)| *set == name_str);
+            || edits.set.iter().any(|(set, _)| *set == name_str)
+            || (merged_vary && *name == header::VARY);
         if !edited {
             headers.append(name.clone(), value.clone());
         }
     }
     for (name, value) in edits.set {
         headers.append(known_header_name(name)?, owned_value(value)?);
+    }
+    if let Some((forward, req)) = gateway {
+        gateway_response_headers(forward, req, resp.status, vary.as_deref(), |name, value| {
+            headers.append(name, value);
+            Ok(())
+        })?;
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = resp.status;
@@ -276,7 +372,11 @@ mod tests {
         );
         assert_eq!(get("accept"), ["image/webp"]);
         assert_eq!(get("range"), ["bytes=0-9"]);
-        assert_eq!(get("user-agent"), ["curl/8"]);
+        assert_eq!(
+            get("user-agent"),
+            [DEFAULT_ORIGIN_USER_AGENT],
+            "the source's, not the client's"
+        );
         assert_eq!(get("if-none-match"), ["\"e\""]);
         assert_eq!(
             get("x-request-id"),
@@ -296,15 +396,92 @@ mod tests {
         let mut fill = uncached;
         rewrite_upstream_request(&mut fill, &f, f.auth_headers(NOW, &[0; 32]), true, "id-1")
             .expect("rewrite");
-        for gone in ["accept", "user-agent"] {
-            assert!(fill.headers.get(gone).is_none(), "{gone} on a cache fill");
-        }
+        assert!(
+            fill.headers.get("accept").is_none(),
+            "accept on a cache fill"
+        );
+        assert_eq!(fill.headers["user-agent"], DEFAULT_ORIGIN_USER_AGENT);
         assert_eq!(fill.headers["range"], "bytes=0-9");
         let debug = format!("{req:?}");
         assert!(
             !debug.contains("dTpw") && !debug.contains("\"hs\""),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_gateway_headers_follow_the_source_and_the_request() {
+        let req = RequestHeader::build("GET", b"/x", None).expect("req");
+        let f = forward("https://o.example/a.png");
+        let set = |status: u16, f: &Forward, req: &RequestHeader| {
+            let status = http::StatusCode::from_u16(status).expect("status");
+            let mut out = Vec::new();
+            gateway_response_headers(f, req, status, Some("Accept-Encoding"), |n, v| {
+                out.push((n.to_string(), v.to_str().expect("ascii").to_owned()));
+                Ok(())
+            })
+            .expect("headers");
+            out
+        };
+        let default = [
+            ("access-control-allow-origin".to_owned(), "*".to_owned()),
+            ("timing-allow-origin".to_owned(), "*".to_owned()),
+            (
+                "cross-origin-resource-policy".to_owned(),
+                "cross-origin".to_owned(),
+            ),
+        ];
+        assert_eq!(set(200, &f, &req), default);
+        assert_eq!(set(404, &f, &req), default, "any status");
+        let mut f = f;
+        f.set_content_disposition(Some("attachment; filename=\"a\"".to_owned()));
+        assert_eq!(set(200, &f, &req).len(), 4);
+        assert_eq!(set(206, &f, &req)[3].0, "content-disposition");
+        assert_eq!(set(404, &f, &req).len(), 3, "no download of an error");
+    }
+
+    #[test]
+    fn origin_identity_headers_reach_the_auth_host_only() {
+        let yaml = "sources:
+  - name: assets
+    hosts: [gw.example.com]
+    secure_url_tokens: [t]
+    origin_auth: {hosts: [o.example]}
+    origin_user_agent: forward
+    origin_headers: {X-Api-Key: k3y, Accept: image/png}
+";
+        let sources = RawConfig::from_yaml(yaml)
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid")
+            .sources;
+        let forward = |url: &str| {
+            let target = sign_url("t", url, &[], &SignOptions::default());
+            let info = RequestInfo {
+                method: "GET",
+                host: "gw.example.com",
+                target: &target,
+            };
+            match ixproxy_core::decide(&sources, &info, NOW) {
+                Decision::Forward(f) => *f,
+                Decision::Reject(r) => panic!("{url}: {r:?}"),
+            }
+        };
+        let client = req_with(&[("User-Agent", "browser/1"), ("Accept", "image/webp")]);
+        let mut req = client.clone();
+        let f = forward("https://o.example/a.png");
+        rewrite_upstream_request(&mut req, &f, AuthHeaders::default(), false, "id")
+            .expect("rewrite");
+        assert_eq!(req.headers["user-agent"], "browser/1", "forwarded");
+        assert_eq!(req.headers["x-api-key"], "k3y");
+        assert!(req.headers["x-api-key"].is_sensitive());
+        let accept: Vec<_> = req.headers.get_all("accept").iter().collect();
+        assert_eq!(accept, ["image/png"], "the source's replaces the client's");
+        let mut req = client;
+        let f = forward("https://elsewhere.example/a.png");
+        rewrite_upstream_request(&mut req, &f, AuthHeaders::default(), false, "id")
+            .expect("rewrite");
+        assert!(req.headers.get("x-api-key").is_none());
+        assert_eq!(req.headers["accept"], "image/webp");
     }
 
     #[test]
@@ -343,7 +520,7 @@ mod tests {
             policy_cache_control: None,
         };
         assert_eq!(origin_head(&resp).removed(), ["set-cookie"]);
-        apply_response_edits(&mut resp, edits).expect("rewrite");
+        apply_response_edits(&mut resp, edits, None).expect("rewrite");
         assert_eq!(resp.headers["cache-control"], "public, max-age=60");
         assert!(resp.headers.get("set-cookie").is_none());
         assert_eq!(resp.headers["etag"], "\"x\"");
