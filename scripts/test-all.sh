@@ -26,6 +26,9 @@ export IXPROXY_ENVOY="$root/.venv/bin/envoy"
 # imgix's own purge client (imgix-management-js, from the committed lock file; about a second)
 # for pingora-module/tests/serve_purge_api.rs.
 apt_need node nodejs
+# curl drives TLS (SNI, `--resolve`) and HTTP/2 as a user would in the serve_tls and envoy_tls
+# tests.
+apt_need curl curl
 apt_need npm npm
 (cd pingora-module/tests/imgix-client &&
   npm ci --no-audit --no-fund --loglevel=error --engine-strict=false >/dev/null)

@@ -4,7 +4,8 @@
 //! is signed like any gateway parameter, never forwarded, and not part of the cache key (the
 //! key is the source and the decoded origin URL); the header is added per response, hits too.
 //!
-//! The name is made safe before either form is built: control characters, `"`, `\` and `/`
+//! The name is made safe before either form is built: control characters, invisible Unicode
+//! format characters (bidi overrides, zero-width), `"`, `\` and `/`
 //! become `_` (so `../x` cannot name a path and CR/LF can never split the header); the ASCII
 //! form also replaces every non-ASCII character and `%` (some browsers percent-decode
 //! `filename`); the name is cut at [`MAX_FILENAME_CHARS`] characters. `+` is a plus sign: the
@@ -81,7 +82,7 @@ fn safe_name(name: &str) -> String {
         .chars()
         .take(MAX_FILENAME_CHARS)
         .map(|c| {
-            if c.is_control() || matches!(c, '"' | '\\' | '/') {
+            if c.is_control() || is_invisible_format(c) || matches!(c, '"' | '\\' | '/') {
                 '_'
             } else {
                 c
@@ -93,6 +94,15 @@ fn safe_name(name: &str) -> String {
     } else {
         safe
     }
+}
+
+/// Unicode format and separator characters a file name must not carry: bidi overrides,
+/// embeddings and isolates (`invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`), zero-width
+/// characters, the line and paragraph separators and the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// RFC 8187 `attr-char`: what `filename*` carries unencoded.
@@ -183,6 +193,8 @@ mod tests {
             ("100%25.jpg", "100_.jpg"),
             ("%00%7F%C2%85", "___"),
             ("%FF.jpg", "_.jpg"),
+            ("invoice%E2%80%AEfdp.exe", "invoice_fdp.exe"),
+            ("a%E2%80%8Bb%E2%81%A6c%E2%80%A8d%EF%BB%BF", "a_b_c_d_"),
         ] {
             let value = dl(raw);
             assert_inert(&value);
@@ -196,6 +208,10 @@ mod tests {
         assert!(
             dl("a%0D%0Ab").ends_with("''a__b"),
             "controls replaced first"
+        );
+        assert!(
+            dl("invoice%E2%80%AEfdp.exe").ends_with("''invoice_fdp.exe"),
+            "no bidi override in either form"
         );
     }
 

@@ -170,7 +170,10 @@ impl TestPki {
     }
 }
 
-/// Whether `curl` can be run; prints why not when it cannot (the curl tests then pass).
+/// Whether `curl` can be run; prints why not when it cannot (the curl tests then pass on a
+/// developer's machine). Under CI (`CI` set, as `.ci/run` does), where `scripts/test-all.sh`
+/// installs curl, a missing curl fails instead: the SNI and HTTP/2 checks must never pass
+/// unrun there.
 pub fn have_curl() -> bool {
     let found = Command::new("curl")
         .arg("--version")
@@ -179,6 +182,10 @@ pub fn have_curl() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "curl is not on the PATH under CI (scripts/test-all.sh installs it)"
+        );
         println!(
             "skipped: curl is not on the PATH (needed to drive HTTP/2 and TLS as a user would)"
         );
