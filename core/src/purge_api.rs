@@ -329,7 +329,8 @@ impl PurgeTarget {
 /// `/https://…` form), the query and fragment are ignored.
 ///
 /// # Errors
-/// [`PurgeApiError::BadUrl`] for a URL that is not absolute http(s), has userinfo or no path,
+/// [`PurgeApiError::BadUrl`] for a URL that is not absolute http(s), has userinfo, no host or
+/// no path,
 /// or whose path is not a usable origin URL; [`PurgeApiError::UnknownSource`] for a host no
 /// source serves.
 pub fn resolve(sources: &Sources, url: &str) -> Result<PurgeTarget, PurgeApiError> {
@@ -346,6 +347,9 @@ pub fn resolve(sources: &Sources, url: &str) -> Result<PurgeTarget, PurgeApiErro
     let (authority, tail) = rest.split_at(authority_end);
     if authority.contains('@') {
         return Err(bad("must not contain userinfo"));
+    }
+    if authority.is_empty() {
+        return Err(bad("has no host"));
     }
     let path = &tail[..tail.find(['?', '#']).unwrap_or(tail.len())];
     let source = sources
@@ -583,6 +587,7 @@ mod tests {
             "https://assets.test/ftp%3A%2F%2Fo.test%2F",
             "https://assets.test/https%3A%2F%2Fo.test%2F%0A",
             "https://assets.test/%zz",
+            "https:///https%3A%2F%2Fo.test%2F",
             "",
         ] {
             let err = resolve(&sources, url).expect_err(url);
