@@ -2,7 +2,8 @@
 //! the client's SNI, and each chain carries its certificate in its transport socket. So every
 //! `tls.certificates` entry with hosts is one chain matching them
 //! (`filter_chain_match.server_names`: Envoy matches exact names before `*.` wildcards, as the
-//! native gateway does), and the first entry is also the chain without a match: the default for
+//! native gateway does; unlike it, Envoy's `*.example.com` also matches deeper names, and an SNI
+//! with a trailing dot matches no name and gets the default), and the first entry is also the chain without a match: the default for
 //! other names and for clients that send no SNI. `tls: {cert_file, key_file}` is that default
 //! chain alone. Each chain holds the same HTTP connection manager.
 //!
