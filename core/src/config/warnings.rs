@@ -30,7 +30,8 @@ impl fmt::Display for ConfigWarning {
 
 /// The warnings for a validated config, in field order: an `admin_listen` that is not a
 /// loopback address, then every `secure_url_tokens` entry shorter than [`MIN_TOKEN_CHARS`]
-/// characters (counted, never shown), then those about `purge_api_keys`
+/// characters (counted, never shown), `origin_headers` that no host receives (an empty
+/// `origin_auth.hosts`), then those about `purge_api_keys`
 /// ([`super::purge`]). Empty when there is nothing to say.
 pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
     let mut out = Vec::new();
@@ -55,6 +56,14 @@ pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
                     ),
                 });
             }
+        }
+    }
+    for (i, source) in config.sources.iter().enumerate() {
+        if !source.origin_headers.is_empty() && source.origin_auth_hosts.is_empty() {
+            out.push(ConfigWarning {
+                path: format!("sources[{i}].origin_headers"),
+                message: "origin_auth.hosts is empty: these headers go to no origin".into(),
+            });
         }
     }
     out.extend(super::purge::warnings(config));
@@ -131,5 +140,18 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hunter2") && !found[1].to_string().contains("short-env"));
+    }
+
+    #[test]
+    fn origin_headers_that_no_host_receives_are_named() {
+        let source = "name: a, hosts: [a.test], secure_url_tokens: [0123456789abcdef]";
+        let found = warnings_for(&format!(
+            "sources:\n  - {{{source}, origin_headers: {{X-Api-Key: k}}, origin_auth: {{hosts: []}}}}\n"
+        ));
+        assert_eq!(paths(&found), ["sources[0].origin_headers"]);
+        let found = warnings_for(&format!(
+            "sources:\n  - {{{source}, origin_headers: {{X-Api-Key: k}}, origin_auth: {{hosts: [o.test]}}}}\n"
+        ));
+        assert!(found.is_empty(), "{found:?}");
     }
 }
