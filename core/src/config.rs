@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::OriginAuth;
 use crate::secret::Secret;
 
+mod fallbacks;
 mod hosts;
 mod operating;
 mod reload;
@@ -256,6 +257,18 @@ pub struct RawSource {
     /// Seconds, for origin 4xx/5xx answers (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl_error: Option<u64>,
+    /// Fallback image URL served when the origin answers 404 or 410 (SPEC §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_missing: Option<String>,
+    /// Append the request's gateway params to `image_missing`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_missing_append_qs: bool,
+    /// Fallback image URL served on any other origin failure (SPEC §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_error: Option<String>,
+    /// Append the request's gateway params to `image_error`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_error_append_qs: bool,
 }
 
 /// `origin_auth:` (serde layer).
@@ -469,6 +482,10 @@ pub struct Source {
     pub cache_ttl: CacheTtl,
     /// This source's position in `sources` (what per-source tables are indexed by).
     pub position: usize,
+    /// `image_missing` (SPEC §15).
+    pub image_missing: Option<crate::fallback::FallbackImage>,
+    /// `image_error` (SPEC §15).
+    pub image_error: Option<crate::fallback::FallbackImage>,
 }
 
 impl Source {
@@ -489,6 +506,20 @@ impl Source {
     /// the source's origin auth headers (`origin_auth.hosts`).
     pub fn origin_auth_host_allowed(&self, host: &str, port: u16) -> bool {
         self.origin_auth_hosts.iter().any(|p| p.matches(host, port))
+    }
+
+    /// The source's fallback image of `kind`, if it has one.
+    pub fn fallback(&self, kind: crate::FallbackKind) -> Option<&crate::fallback::FallbackImage> {
+        match kind {
+            crate::FallbackKind::Missing => self.image_missing.as_ref(),
+            crate::FallbackKind::Error => self.image_error.as_ref(),
+        }
+    }
+
+    /// Whether the source has any fallback image: the one check a runtime makes on the paths
+    /// where a fallback could apply, so a source without them pays nothing more.
+    pub fn has_fallbacks(&self) -> bool {
+        self.image_missing.is_some() || self.image_error.is_some()
     }
 }
 
