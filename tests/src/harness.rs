@@ -125,6 +125,8 @@ impl Harness {
             ("r.main", "rSourceToken444"),
             ("o.main", "oSourceToken555"),
             ("m.main", "mSourceToken666"),
+            ("g.main", "gSourceToken777"),
+            ("h.main", "hSourceToken888"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -187,7 +189,28 @@ impl Harness {
         let o = ttl_source("o", "o.test", "o.main", "override_origin");
         let m = ttl_source("m", "m.test", "m.main", "enforce_minimum");
 
-        let mut sources = vec![a, b, c, d, e, f, r, o, m];
+        // Fallback images (SPEC §15), served by the recording origin. `g`: both images, only
+        // `image/` answers, `a`'s origin auth for 127.0.0.1 (the images' host too). `h`: the
+        // missing image with the request's params appended, an error image that fails itself
+        // (a 500), origin auth only for localhost (so never for its 127.0.0.1 images).
+        let http = origin.http;
+        let mut g = source("g", &["g.test"], &[token("g.main")]);
+        g["allowed_content_types"] = json!(["image/"]);
+        g["cache_ttl_error"] = json!(30);
+        g["origin_auth"] = a["origin_auth"].clone();
+        g["origin_auth"]["hosts"] = json!(["127.0.0.1"]);
+        g["image_missing"] = json!(format!("http://{http}/image/missing.png"));
+        g["image_error"] = json!(format!("http://{http}/image/error.png"));
+        let mut h = source("h", &["h.test"], &[token("h.main")]);
+        h["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        h["cache_ttl_error"] = json!(30);
+        h["origin_auth"] = a["origin_auth"].clone();
+        h["origin_auth"]["hosts"] = json!(["localhost"]);
+        h["image_missing"] = json!(format!("http://{http}/image/m.png?v=1"));
+        h["image_missing_append_qs"] = json!(true);
+        h["image_error"] = json!(format!("http://{http}/status/500"));
+
+        let mut sources = vec![a, b, c, d, e, f, r, o, m, g, h];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();
@@ -230,7 +253,8 @@ impl Harness {
         };
         let mut auth = BTreeMap::new();
         auth.insert("a".to_owned(), expected.clone());
-        auth.insert("f".to_owned(), expected);
+        auth.insert("f".to_owned(), expected.clone());
+        auth.insert("g".to_owned(), expected);
 
         Ok(Harness {
             loopback_alias,
