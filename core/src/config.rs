@@ -328,6 +328,11 @@ pub struct RawPluginConfig {
     /// as its downstream address), so the filter need not fill that log property.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_ip_by_envoy: bool,
+    /// Whether Envoy's bootstrap has the custom response filter that takes the filter's
+    /// fallback hops ([`crate::fallback::FALLBACK_HOP_HEADER`]); without it the filter serves no
+    /// fallback image and answers as if the source had none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_redirects: bool,
 }
 
 /// Validated upstream settings.
@@ -586,6 +591,8 @@ pub struct PluginConfig {
     pub cached: bool,
     /// Whether Envoy logs the client address itself ([`RawPluginConfig::client_ip_by_envoy`]).
     pub client_ip_by_envoy: bool,
+    /// Whether fallback images can be served ([`RawPluginConfig::fallback_redirects`]).
+    pub fallback_redirects: bool,
 }
 
 /// The validated whole config.
@@ -679,6 +686,7 @@ impl RawPluginConfig {
             access_log: self.access_log.unwrap_or_default(),
             cached: self.cached,
             client_ip_by_envoy: self.client_ip_by_envoy,
+            fallback_redirects: self.fallback_redirects,
         })
     }
 }

@@ -19,6 +19,21 @@ pub const FALLBACK_HEADER: &str = "x-ixproxy-fallback";
 pub const FALLBACK_DROPPED_CLIENT_HEADERS: [&str; 3] =
     ["range", "if-none-match", "if-modified-since"];
 
+/// Envoy: the response header the filter sets on an answer its fallback image replaces; the
+/// bootstrap's custom response filter (after the ixproxy filter in the encode order) matches it
+/// and recreates the request for [`FALLBACK_AUTHORITY`], which the filter recognises by the
+/// fallback state it stored ([`FALLBACK_PROPERTY`]). Never sent to a client or an origin.
+pub const FALLBACK_HOP_HEADER: &str = "x-ixproxy-fallback-hop";
+
+/// Envoy: the authority of the request the custom response filter recreates for a fallback
+/// image (a reserved name, RFC 2606: no client request for it belongs to any source).
+pub const FALLBACK_AUTHORITY: &str = "ixproxy-fallback.invalid";
+
+/// Envoy filter state property (`wasm.ixproxy_fallback`) carrying the fallback state of a
+/// request to the stream Envoy recreates for its fallback image (declared like the hop state,
+/// so clients cannot set it).
+pub const FALLBACK_PROPERTY: &str = "ixproxy_fallback";
+
 /// Which fallback image answers a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FallbackKind {
@@ -52,7 +67,13 @@ impl FallbackKind {
     /// of the origin (unreachable, slow, a response that cannot be passed on). A refusal of the
     /// client's request (signature, `expires`, origin policy, limits) or `overloaded` has none.
     pub fn of_rejection(rejection: &Rejection) -> Option<FallbackKind> {
-        match rejection.outcome() {
+        FallbackKind::of_outcome(rejection.outcome())
+    }
+
+    /// [`FallbackKind::of_rejection`] by the outcome alone (what the Envoy filter knows of
+    /// Envoy's own replies).
+    pub fn of_outcome(outcome: Outcome) -> Option<FallbackKind> {
+        match outcome {
             Outcome::OriginError
             | Outcome::OriginTimeout
             | Outcome::BadOriginResponse
@@ -85,8 +106,16 @@ impl FallbackImage {
         if !self.append_qs {
             return Ok(self.url.clone());
         }
-        let params = gateway_params(target);
-        if params.is_empty() {
+        self.url_with_params(&gateway_params(target))
+    }
+
+    /// [`FallbackImage::url_for`] with the request's [`gateway_params`] already taken (the
+    /// Envoy filter keeps them across redirect hops).
+    ///
+    /// # Errors
+    /// As [`FallbackImage::url_for`].
+    pub fn url_with_params(&self, params: &str) -> Result<OriginUrl, OriginError> {
+        if !self.append_qs || params.is_empty() {
             return Ok(self.url.clone());
         }
         let mut url = self.url.to_url_string();
@@ -95,8 +124,23 @@ impl FallbackImage {
         } else {
             '?'
         });
-        url.push_str(&params);
+        url.push_str(params);
         parse_origin(&url)
+    }
+}
+
+/// The gateway's answer to a failure of outcome `outcome` (one [`FallbackKind::of_outcome`]
+/// gives a fallback for), rebuilt where only its outcome was kept (the Envoy filter's fallback
+/// stream, when the fallback image failed too): same status and outcome, a generic reason.
+pub fn original_rejection(outcome: Outcome) -> Rejection {
+    match outcome {
+        Outcome::OriginError => Rejection::origin_error(),
+        Outcome::OriginTimeout => Rejection::origin_timeout(),
+        Outcome::BadOriginResponse => Rejection::bad_origin_response("unusable origin response"),
+        Outcome::BadRedirect => Rejection::bad_redirect("unusable redirect"),
+        Outcome::OriginTooLarge => Rejection::origin_too_large(),
+        Outcome::ContentTypeDenied => Rejection::content_type_denied(),
+        _ => Rejection::internal(),
     }
 }
 

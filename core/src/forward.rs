@@ -292,7 +292,17 @@ impl Forward {
     /// longer passes the source's origin policy.
     pub fn fallback(&self, kind: FallbackKind, target: &str) -> Option<Forward> {
         let image = self.source.fallback(kind)?;
-        let origin = image.url_for(target).ok()?;
+        self.fallback_to(kind, image.url_for(target).ok()?)
+    }
+
+    /// [`Forward::fallback`] with the request's gateway params already taken
+    /// ([`crate::fallback::gateway_params`]).
+    pub fn fallback_with_params(&self, kind: FallbackKind, params: &str) -> Option<Forward> {
+        let image = self.source.fallback(kind)?;
+        self.fallback_to(kind, image.url_with_params(params).ok()?)
+    }
+
+    fn fallback_to(&self, kind: FallbackKind, origin: OriginUrl) -> Option<Forward> {
         check_origin_policy(&self.source, &origin).ok()?;
         Some(Forward {
             source: Arc::clone(&self.source),
@@ -303,6 +313,40 @@ impl Forward {
             redirects: 0,
             fallback: Some(kind),
         })
+    }
+
+    /// Resumes the forward of a fallback image from state a runtime kept when it took the
+    /// fallback (the Envoy filter's fallback state): the source by name, the fallback URL, which
+    /// fallback, and the `expires` cap. The URL is checked against the source's current origin
+    /// policy.
+    ///
+    /// Returns `None` when the source is gone, or the URL no longer parses or passes.
+    pub fn resume_fallback(
+        sources: &Sources,
+        source: &str,
+        url: &str,
+        kind: FallbackKind,
+        max_age: Option<u64>,
+    ) -> Option<Forward> {
+        let source = sources.by_name(source)?;
+        let origin = parse_origin(url).ok()?;
+        check_origin_policy(source, &origin).ok()?;
+        Some(Forward {
+            source: Arc::clone(source),
+            limits: *sources.limits(),
+            origin,
+            auth_origin: OnceLock::new(),
+            max_age,
+            redirects: 0,
+            fallback: Some(kind),
+        })
+    }
+
+    /// This forward, as the fetch of the fallback image of `kind`: a runtime that resumes a
+    /// redirect hop of the image from state without the kind (the Envoy filter's hop state).
+    pub fn into_fallback(mut self, kind: FallbackKind) -> Forward {
+        self.fallback = Some(kind);
+        self
     }
 
     /// Which fallback image this forward fetches; `None` for the client's own origin URL.
