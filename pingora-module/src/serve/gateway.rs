@@ -371,10 +371,11 @@ impl ProxyHttp for Gateway {
         // A new attempt: the previous one's connection (if any) is not this request's any more.
         deadline::origin_socket(None);
         let remaining = ctx.remaining(live.upstream.timeout);
-        let target = session.req_header().raw_path();
+        // The client's target, for a fallback image's params: read only where one may be taken.
+        let target = || session.req_header().raw_path();
         if remaining.is_zero() {
             return Err(ctx.fail_or_fallback(
-                target,
+                target(),
                 Rejection::origin_timeout(),
                 "origin deadline passed".to_owned(),
             ));
@@ -408,13 +409,13 @@ impl ProxyHttp for Gateway {
                 }
                 Err((rejection, why)) => {
                     let context = format!("origin {}: {why}", origin.host);
-                    return Err(ctx.fail_or_fallback(target, rejection, context));
+                    return Err(ctx.fail_or_fallback(target(), rejection, context));
                 }
             }
         }
         let Some(addr) = ctx.candidates.get(ctx.candidate).copied() else {
             return Err(ctx.fail_or_fallback(
-                target,
+                target(),
                 Rejection::origin_error(),
                 "no origin address left to try".to_owned(),
             ));
@@ -509,10 +510,10 @@ impl ProxyHttp for Gateway {
         if upstream_response.status.is_informational() {
             return Ok(());
         }
-        let target = session.req_header().raw_path();
+        let target = || session.req_header().raw_path();
         if ctx.past_deadline() {
             return Err(ctx.fail_or_fallback(
-                target,
+                target(),
                 Rejection::origin_timeout(),
                 "origin deadline passed".to_owned(),
             ));
@@ -540,16 +541,16 @@ impl ProxyHttp for Gateway {
                 }
                 Err(rejection) => {
                     let context = format!("origin redirect refused: {}", rejection.reason());
-                    Err(ctx.fail_or_fallback(target, rejection, context))
+                    Err(ctx.fail_or_fallback(target(), rejection, context))
                 }
             };
         }
         let edits = if forward.fallback_kind().is_some() {
-            Self::fallback_edits(ctx, target, upstream_response, &head)?
+            Self::fallback_edits(ctx, target(), upstream_response, &head)?
         } else {
             if forward.source().has_fallbacks() {
                 let why = fallback::Why::Answer(head.status());
-                if let Some(err) = fallback::on_failure(ctx, target, why) {
+                if let Some(err) = fallback::on_failure(ctx, target(), why) {
                     return Err(err);
                 }
             }
@@ -560,7 +561,7 @@ impl ProxyHttp for Gateway {
                 Ok(edits) => edits,
                 Err(rejection) => {
                     let context = format!("origin response refused: {}", rejection.reason());
-                    return Err(ctx.fail_or_fallback(target, rejection, context));
+                    return Err(ctx.fail_or_fallback(target(), rejection, context));
                 }
             }
         };
