@@ -780,3 +780,56 @@ fn a_stored_fallback_never_outlives_cache_ttl_error() {
     assert!(missing[1].header_values("if-none-match").is_empty());
     assert_eq!(fetches(&origin, "/fresh/600/64").len(), 2);
 }
+
+/// A stored fallback image is re-checked on every hit like any stored answer: once a reload no
+/// longer allows the image's host (the image setting gone with it), the entry is refused
+/// without any origin fetch.
+#[test]
+fn a_stored_fallback_is_refused_at_once_when_a_reload_narrows_the_policy() {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let (http, alt) = (origin.http, origin.http_alt);
+    let source = |image: bool| {
+        let image = if image {
+            format!("    image_missing: http://{alt}/image/fallback.png\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{}  - name: fallback
+    hosts: [fallback.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    allowed_origin_hosts: ['127.0.0.1:{}'{}]
+{image}",
+            config(""),
+            http.port(),
+            if image.is_empty() {
+                String::new()
+            } else {
+                format!(", '127.0.0.1:{}'", alt.port())
+            },
+        )
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &source(true), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let target = signed(&format!("http://{http}/status/404"), &[]);
+    let fetch = || request(serve.listen(), "GET", "fallback.test", &target, &[]);
+    let first = fetch();
+    assert_eq!(
+        (first.status, first.header("x-ixproxy-fallback")),
+        (404, Some("missing"))
+    );
+    let hit = fetch();
+    assert_eq!((hit.status, status_of(&hit)), (404, Some("ixproxy; hit")));
+    let fetched = origin.requests().len();
+
+    reload(&serve, &source(false), 0);
+    let refused = fetch();
+    assert_eq!(refused.status, 403, "{}", refused.body_text());
+    assert_eq!(refused.header("x-ixproxy-fallback"), None);
+    assert_eq!(
+        origin.requests().len(),
+        fetched,
+        "no origin fetch for a refused hit"
+    );
+}
