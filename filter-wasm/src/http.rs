@@ -11,6 +11,10 @@
 //! limit, a `Location` it cannot take) reaches this filter as a 3xx response and becomes the
 //! core's answer for it.
 //!
+//! Fallback images ([`crate::fallback`]): a failed answer of a source with an image is marked
+//! for Envoy's custom response filter, which recreates the request; the filter sends that one
+//! to the image and serves its answer with the original status, counting the original outcome.
+//!
 //! Counting: exactly one outcome per client request. A rejection is counted when the filter
 //! answers it; a forwarded request when its answer ends (the last body byte passed on, or a
 //! response without body), or as the core's outcome for Envoy's own reply or for a stream that

@@ -24,6 +24,10 @@
 //!   The core's response edits (the header allowlist, the policy `Cache-Control`) are applied
 //!   in `upstream_response_filter`, before the cache stores the answer; `response_filter`, which
 //!   runs for hits too, caps `Cache-Control` at this URL's `expires` and adds `Cache-Status`.
+//! - A source's fallback image (see [`super::fallback`]) replaces an origin 404/410/5xx or a
+//!   failure of the fetch through the redirect mechanism: the phase that sees it (or
+//!   `fail_to_connect` / `error_while_proxy` for a transport failure) ends the attempt with a
+//!   retryable error and swaps the forward for the image's.
 //! - `fail_to_proxy` answers failures with the core's rejection while no header went out (a
 //!   Pingora error becomes the core's [`ixproxy_core::Failure`] in [`super::failure`]);
 //!   `logging` counts the request's one outcome and logs.
