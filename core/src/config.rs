@@ -18,6 +18,7 @@ use crate::cors::Cors;
 use crate::identity::{OriginHeader, OriginUserAgent};
 use crate::secret::Secret;
 
+mod fallbacks;
 mod hosts;
 mod imgix;
 mod operating;
@@ -278,6 +279,18 @@ pub struct RawSource {
     /// Fixed headers sent with the origin auth headers (name to secret value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_headers: Option<BTreeMap<String, SecretRef>>,
+    /// Fallback image URL served when the origin answers 404 or 410 (SPEC §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_missing: Option<String>,
+    /// Append the request's gateway params to `image_missing`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_missing_append_qs: bool,
+    /// Fallback image URL served on any other origin failure (SPEC §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_error: Option<String>,
+    /// Append the request's gateway params to `image_error`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_error_append_qs: bool,
 }
 
 /// `cors:` (serde layer): the word `off`, or `{allow_origin: ...}`.
@@ -365,6 +378,11 @@ pub struct RawPluginConfig {
     /// as its downstream address), so the filter need not fill that log property.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client_ip_by_envoy: bool,
+    /// Whether Envoy's bootstrap has the custom response filter that takes the filter's
+    /// fallback hops ([`crate::fallback::FALLBACK_HOP_HEADER`]); without it the filter serves no
+    /// fallback image and answers as if the source had none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback_redirects: bool,
 }
 
 /// Validated upstream settings.
@@ -529,6 +547,10 @@ pub struct Source {
     /// Fixed origin request headers, sent only where the origin auth headers go
     /// ([`crate::Forward::may_receive_auth`]).
     pub origin_headers: Vec<OriginHeader>,
+    /// `image_missing` (SPEC §15).
+    pub image_missing: Option<crate::fallback::FallbackImage>,
+    /// `image_error` (SPEC §15).
+    pub image_error: Option<crate::fallback::FallbackImage>,
 }
 
 impl Source {
@@ -549,6 +571,20 @@ impl Source {
     /// the source's origin auth headers (`origin_auth.hosts`).
     pub fn origin_auth_host_allowed(&self, host: &str, port: u16) -> bool {
         self.origin_auth_hosts.iter().any(|p| p.matches(host, port))
+    }
+
+    /// The source's fallback image of `kind`, if it has one.
+    pub fn fallback(&self, kind: crate::FallbackKind) -> Option<&crate::fallback::FallbackImage> {
+        match kind {
+            crate::FallbackKind::Missing => self.image_missing.as_ref(),
+            crate::FallbackKind::Error => self.image_error.as_ref(),
+        }
+    }
+
+    /// Whether the source has any fallback image: the one check a runtime makes on the paths
+    /// where a fallback could apply, so a source without them pays nothing more.
+    pub fn has_fallbacks(&self) -> bool {
+        self.image_missing.is_some() || self.image_error.is_some()
     }
 }
 
@@ -615,6 +651,8 @@ pub struct PluginConfig {
     pub cached: bool,
     /// Whether Envoy logs the client address itself ([`RawPluginConfig::client_ip_by_envoy`]).
     pub client_ip_by_envoy: bool,
+    /// Whether fallback images can be served ([`RawPluginConfig::fallback_redirects`]).
+    pub fallback_redirects: bool,
 }
 
 /// The validated whole config.
@@ -711,6 +749,7 @@ impl RawPluginConfig {
             access_log: self.access_log.unwrap_or_default(),
             cached: self.cached,
             client_ip_by_envoy: self.client_ip_by_envoy,
+            fallback_redirects: self.fallback_redirects,
         })
     }
 }

@@ -10,11 +10,14 @@ use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_all
 use crate::auth::AuthHeaders;
 use crate::config::{Limits, Source, Sources};
 use crate::cors::Cors;
+use crate::fallback::{FallbackKind, FALLBACK_HEADER};
 use crate::identity::{OriginHeader, OriginUserAgent, USER_AGENT};
 use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
 use crate::request::is_forwarded_client_header;
-use crate::response::{response_edits, status_has_body, OriginHead, ResponseEdits};
+use crate::response::{
+    policy_cache_control, response_edits, status_has_body, OriginHead, ResponseEdits,
+};
 
 /// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
 /// `Location` its redirect machinery cannot take).
@@ -41,6 +44,8 @@ pub struct Forward {
     redirects: u32,
     /// The `Content-Disposition` a signed `dl`/`dl64` asks for (see [`crate::disposition`]).
     content_disposition: Option<String>,
+    /// Set on the forward of a fallback image ([`Forward::fallback`]): which one.
+    fallback: Option<FallbackKind>,
 }
 
 impl Forward {
@@ -59,6 +64,7 @@ impl Forward {
             max_age,
             redirects: 0,
             content_disposition: None,
+            fallback: None,
         }
     }
 
@@ -84,6 +90,7 @@ impl Forward {
             max_age,
             redirects,
             content_disposition: None,
+            fallback: None,
         })
     }
 
@@ -228,6 +235,7 @@ impl Forward {
             max_age: self.max_age,
             redirects: self.redirects + 1,
             content_disposition: self.content_disposition.clone(),
+            fallback: self.fallback,
         })
     }
 
@@ -328,6 +336,132 @@ impl Forward {
         ))
     }
 
+    /// The forward of the source's fallback image of `kind` for this request (SPEC §15), whose
+    /// raw target is `target` (for `*_append_qs`): fetched like an origin URL (same policy,
+    /// limits, `expires` cap; origin auth only when its host is in `origin_auth.hosts`; its own
+    /// redirect hops). `None` when the source has no such image, or when the image's URL no
+    /// longer passes the source's origin policy.
+    pub fn fallback(&self, kind: FallbackKind, target: &str) -> Option<Forward> {
+        let image = self.source.fallback(kind)?;
+        self.fallback_to(kind, image.url_for(target).ok()?)
+    }
+
+    /// [`Forward::fallback`] with the request's gateway params already taken
+    /// ([`crate::fallback::gateway_params`]).
+    pub fn fallback_with_params(&self, kind: FallbackKind, params: &str) -> Option<Forward> {
+        let image = self.source.fallback(kind)?;
+        self.fallback_to(kind, image.url_with_params(params).ok()?)
+    }
+
+    fn fallback_to(&self, kind: FallbackKind, origin: OriginUrl) -> Option<Forward> {
+        check_origin_policy(&self.source, &origin).ok()?;
+        Some(Forward {
+            source: Arc::clone(&self.source),
+            limits: self.limits,
+            origin,
+            auth_origin: OnceLock::new(),
+            max_age: self.max_age,
+            redirects: 0,
+            // The image answers with the failure's status: no download is asked of it.
+            content_disposition: None,
+            fallback: Some(kind),
+        })
+    }
+
+    /// Resumes the forward of a fallback image from state a runtime kept when it took the
+    /// fallback (the Envoy filter's fallback state): the source by name, the fallback URL, which
+    /// fallback, and the `expires` cap. The URL is checked against the source's current origin
+    /// policy.
+    ///
+    /// Returns `None` when the source is gone, or the URL no longer parses or passes.
+    pub fn resume_fallback(
+        sources: &Sources,
+        source: &str,
+        url: &str,
+        kind: FallbackKind,
+        max_age: Option<u64>,
+    ) -> Option<Forward> {
+        let source = sources.by_name(source)?;
+        let origin = parse_origin(url).ok()?;
+        check_origin_policy(source, &origin).ok()?;
+        Some(Forward {
+            source: Arc::clone(source),
+            limits: *sources.limits(),
+            origin,
+            auth_origin: OnceLock::new(),
+            max_age,
+            redirects: 0,
+            // The image answers with the failure's status: no download is asked of it.
+            content_disposition: None,
+            fallback: Some(kind),
+        })
+    }
+
+    /// This forward, as the fetch of the fallback image of `kind`: a runtime that resumes a
+    /// redirect hop of the image from state without the kind (the Envoy filter's hop state).
+    pub fn into_fallback(mut self, kind: FallbackKind) -> Forward {
+        self.fallback = Some(kind);
+        self
+    }
+
+    /// Which fallback image this forward fetches; `None` for the client's own origin URL.
+    pub fn fallback_kind(&self) -> Option<FallbackKind> {
+        self.fallback
+    }
+
+    /// Checks the answer of a fallback image ([`Forward::fallback`]) and returns the edits that
+    /// make it the client's answer with `status` (what the client would have got without the
+    /// fallback): any 2xx but 206, passing [`Forward::check_response`] as if the origin had
+    /// answered `status` (size, one strict `Content-Type`, `allowed_content_types`); then
+    /// `Cache-Control: public, max-age=<cache_ttl_error>` (capped by `expires`), no validator,
+    /// range or `Expires` header of the image (a cache must not revalidate or extend it), and
+    /// [`FALLBACK_HEADER`].
+    ///
+    /// # Errors
+    /// 502 [`crate::Outcome::BadOriginResponse`] for another status; as
+    /// [`Forward::check_response`]. Either way the client gets the original answer.
+    pub fn check_fallback_response(
+        &self,
+        head: &OriginHead,
+        status: u16,
+    ) -> Result<ResponseEdits, Rejection> {
+        let kind = self.fallback.unwrap_or(FallbackKind::Error);
+        if !(200..300).contains(&head.status()) || head.status() == 206 {
+            return Err(Rejection::bad_origin_response(format_args!(
+                "fallback image answered {}",
+                head.status()
+            )));
+        }
+        let mut served = head.clone();
+        served.set_status(status);
+        let mut edits = self.check_response(&served)?;
+        for name in [
+            "etag",
+            "last-modified",
+            "expires",
+            "content-range",
+            "accept-ranges",
+        ] {
+            if !edits.remove.iter().any(|r| r == name) {
+                edits.remove.push(name.to_owned());
+            }
+        }
+        // The policy of an error answer (`public, max-age=<cache_ttl_error>`), whatever status
+        // the runtime serves it with and whatever the image's own `Cache-Control` says.
+        let policy = policy_cache_control(&self.source.cache_ttl, 500, None);
+        edits.set.retain(|(name, _)| *name != "cache-control");
+        edits.set.push((
+            "cache-control",
+            match self.max_age {
+                Some(max_age) => crate::expires::cap_cache_control(Some(&policy), max_age),
+                None => policy.clone(),
+            },
+        ));
+        edits.policy_cache_control = Some(policy);
+        edits.set.push((FALLBACK_HEADER, kind.as_str().to_owned()));
+        Ok(edits)
+    }
+
     /// Whether the body received so far (`bytes`) is over `upstream.max_body_bytes`; the
     /// runtime then aborts the transfer and counts [`Rejection::origin_too_large`].
     pub fn body_over_limit(&self, bytes: u64) -> bool {
@@ -343,6 +477,7 @@ impl fmt::Debug for Forward {
             .field("auth_origin", &self.auth_origin())
             .field("max_age", &self.max_age)
             .field("redirects", &self.redirects)
+            .field("fallback", &self.fallback)
             .finish()
     }
 }
@@ -356,6 +491,7 @@ impl PartialEq for Forward {
             && self.max_age == other.max_age
             && self.redirects == other.redirects
             && self.content_disposition == other.content_disposition
+            && self.fallback == other.fallback
     }
 }
 

@@ -325,6 +325,18 @@ impl Rejection {
         Rejection::fixed(500, Outcome::Internal, INTERNAL_ERROR)
     }
 
+    /// The Envoy filter's answer when the origin answered `status` (404, 410 or a 5xx), its
+    /// fallback image failed too, and the origin's own answer is gone (Envoy replaced it to
+    /// fetch the image): that status with a fixed reason, counted as the origin's answer
+    /// (`forwarded`). The native gateway fetches the origin URL again instead.
+    pub fn fallback_failed(status: u16) -> Rejection {
+        Rejection::with_reason(
+            status,
+            Outcome::Forwarded,
+            format!("the origin answered {status} and its fallback image failed"),
+        )
+    }
+
     /// HTTP status to answer with.
     pub fn status(&self) -> u16 {
         self.status

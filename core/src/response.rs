@@ -250,6 +250,12 @@ impl OriginHead {
         }
     }
 
+    /// Replaces the status: the head as served with another status (a fallback image's
+    /// answer served with the original answer's status).
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
     /// The origin's status.
     pub fn status(&self) -> u16 {
         self.status

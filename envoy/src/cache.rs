@@ -40,16 +40,7 @@ mod tests {
     use ixproxy_core::envoy::{FORWARDED_PROTO, UPSTREAM_ROOT_ID};
 
     use crate::clusters::{PLAIN_CLUSTER, TLS_CLUSTER};
-    use crate::testing::{cluster, generate_ok, hcm, CONFIG};
-
-    fn filter_names(bootstrap: &serde_yaml::Value) -> Vec<String> {
-        hcm(bootstrap)["http_filters"]
-            .as_sequence()
-            .expect("filters")
-            .iter()
-            .filter_map(|f| f["name"].as_str().map(str::to_owned))
-            .collect()
-    }
+    use crate::testing::{cluster, filter_names, generate_ok, hcm, CONFIG};
 
     #[test]
     fn the_cache_sits_before_the_router_and_the_upstream_role_moves_to_the_clusters() {

@@ -220,6 +220,10 @@ fn render(
         access_log: raw.access_log,
         cached: config.cache.is_some(),
         client_ip_by_envoy: config.operating.trusted_proxies.is_empty(),
+        fallback_redirects: raw
+            .sources
+            .iter()
+            .any(|s| s.image_missing.is_some() || s.image_error.is_some()),
     })
     .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
     // A warning about an `{env: NAME}` secret's value would be about the placeholder.
@@ -291,6 +295,7 @@ fn render(
             .tls
             .as_ref()
             .map(|tls| listener_tls::absolute(tls, config_dir)),
+        fallbacks: plugin.fallback_redirects,
     });
     let yaml = serde_yaml::to_string(&bootstrap)
         .map_err(|e| EnvoyConfigError::Serialize(e.to_string()))?;
@@ -404,6 +409,9 @@ struct Parts {
     trusted_proxies: Vec<ixproxy_core::addr::IpNet>,
     /// `tls:`, its files made absolute.
     tls: Option<ixproxy_core::config::Tls>,
+    /// Some source has a fallback image: the custom response filter takes the filter's
+    /// fallback hops (see [`crate::listener`]).
+    fallbacks: bool,
 }
 
 fn bootstrap(p: &Parts) -> Value {
@@ -491,6 +499,16 @@ mod testing {
     pub(crate) fn hcm(bootstrap: &Value) -> &Value {
         &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"]
+    }
+
+    /// The names of the listener's HTTP filters, in order.
+    pub(crate) fn filter_names(bootstrap: &Value) -> Vec<String> {
+        hcm(bootstrap)["http_filters"]
+            .as_sequence()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str().map(str::to_owned))
+            .collect()
     }
 
     pub(crate) fn wasm_config(bootstrap: &Value) -> &Value {

@@ -5,6 +5,7 @@ use ixproxy_core::config::Limits;
 use ixproxy_core::envoy::{
     ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, LOCATION_HEADER, UPSTREAM_HEADER,
 };
+use ixproxy_core::fallback::{FALLBACK_AUTHORITY, FALLBACK_HOP_HEADER};
 use ixproxy_core::response::FOLLOWED_REDIRECTS;
 use serde_yaml::Value;
 
@@ -105,7 +106,11 @@ fn http_connection_manager(p: &Parts) -> Value {
                     ],
                 }],
             },
-            "http_filters" => vec![
+            "http_filters" => p
+                .fallbacks
+                .then(fallback_filter)
+                .into_iter()
+                .chain([
                 wasm_filter(p),
                 map! {
                     "name" => "envoy.filters.http.dynamic_forward_proxy",
@@ -116,8 +121,7 @@ fn http_connection_manager(p: &Parts) -> Value {
                     ),
                 },
                 private_origin_filter(),
-            ]
-            .into_iter()
+            ])
             // Last before the router: Envoy's cache fetches misses on a side channel that the
             // filters after it never see (see `cache`).
             .chain(p.cache.as_ref().map(cache_filter))
@@ -125,6 +129,62 @@ fn http_connection_manager(p: &Parts) -> Value {
             .collect::<Vec<_>>(),
         },
     )
+}
+
+/// Envoy's custom response filter, first in the chain so that it sees each response after the
+/// ixproxy filter (filters encode in reverse order): a response the filter marked with
+/// [`FALLBACK_HOP_HEADER`] (the origin's 404/5xx or a failure, for a source with a fallback
+/// image) is replaced by a new request for [`FALLBACK_AUTHORITY`], recreated from the same
+/// request (a GET, as the filter chain runs it again). The filter recognises that request by its
+/// fallback state and sends it to the fallback image's URL. Envoy takes one such replacement per
+/// request.
+fn fallback_filter() -> Value {
+    map! {
+        "name" => "envoy.filters.http.custom_response",
+        "typed_config" => typed(
+            "envoy.extensions.filters.http.custom_response.v3.CustomResponse",
+            map! {
+                "custom_response_matcher" => map! {
+                    "matcher_list" => map! {
+                        "matchers" => vec![map! {
+                            "predicate" => map! {
+                                "single_predicate" => map! {
+                                    "input" => map! {
+                                        "name" => "fallback_hop",
+                                        "typed_config" => typed(
+                                            "envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
+                                            map! { "header_name" => FALLBACK_HOP_HEADER },
+                                        ),
+                                    },
+                                    "value_match" => map! { "exact" => "1" },
+                                },
+                            },
+                            "on_match" => map! {
+                                "action" => map! {
+                                    "name" => "fallback_image",
+                                    "typed_config" => typed(
+                                        "envoy.extensions.http.custom_response.redirect_policy.v3.RedirectPolicy",
+                                        map! {
+                                            "uri" => format!("http://{FALLBACK_AUTHORITY}/"),
+                                            // Envoy finds no route for a recreated request
+                                            // without it (the routes removed it, see `route`).
+                                            "request_headers_to_add" => vec![map! {
+                                                "header" => map! {
+                                                    "key" => FORWARDED_PROTO,
+                                                    "value" => "http",
+                                                },
+                                                "append_action" => "OVERWRITE_IF_EXISTS_OR_ADD",
+                                            }],
+                                        },
+                                    ),
+                                },
+                            },
+                        }],
+                    },
+                },
+            },
+        ),
+    }
 }
 
 /// The router; the filter's upstream role is its upstream filter, unless the cache is on: then
@@ -380,5 +440,43 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(max_request_headers_kb(&limits), 8192, "envoy's maximum");
+    }
+
+    #[test]
+    fn a_fallback_image_installs_the_custom_response_filter_before_the_ixproxy_filter() {
+        let names = crate::testing::filter_names;
+        let plugin = |bootstrap: &Value, at: usize| -> String {
+            hcm(bootstrap)["http_filters"][at]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .expect("plugin json")
+                .to_owned()
+        };
+        let (_, without) = generate_ok(CONFIG);
+        assert!(!names(&without)
+            .iter()
+            .any(|n| n.contains("custom_response")));
+        assert!(!plugin(&without, 0).contains("fallback_redirects"));
+
+        let yaml = format!("{CONFIG}    image_missing: http://127.0.0.1:8/missing.png\n");
+        let (_, with) = generate_ok(&yaml);
+        let names = names(&with);
+        assert_eq!(names[0], "envoy.filters.http.custom_response", "{names:?}");
+        assert_eq!(names[1], "envoy.filters.http.wasm", "{names:?}");
+        assert!(plugin(&with, 1).contains("\"fallback_redirects\":true"));
+        let matcher = &hcm(&with)["http_filters"][0]["typed_config"]["custom_response_matcher"]
+            ["matcher_list"]["matchers"][0];
+        assert_eq!(
+            matcher["predicate"]["single_predicate"]["input"]["typed_config"]["header_name"],
+            FALLBACK_HOP_HEADER
+        );
+        let policy = &matcher["on_match"]["action"]["typed_config"];
+        assert_eq!(
+            policy["uri"],
+            format!("http://{FALLBACK_AUTHORITY}/").as_str()
+        );
+        assert_eq!(
+            policy["request_headers_to_add"][0]["header"]["key"],
+            FORWARDED_PROTO
+        );
     }
 }

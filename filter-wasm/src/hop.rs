@@ -98,26 +98,12 @@ impl Hop {
             self.request_origin.as_deref().unwrap_or_default(),
             self.content_disposition.as_deref().unwrap_or_default(),
         ];
-        let mut out = Self::MAGIC.to_vec();
-        for field in fields {
-            out.extend_from_slice(field.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(field.as_bytes());
-        }
-        out
+        encode_fields(Self::MAGIC, fields)
     }
 
     /// Parses [`Hop::encode`]'s output; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Hop> {
-        let mut rest = bytes.strip_prefix(Self::MAGIC)?;
-        let mut fields: Vec<String> = Vec::with_capacity(9);
-        while !rest.is_empty() {
-            let colon = rest.iter().position(|&b| b == b':')?;
-            let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
-            let value = rest.get(colon + 1..colon + 1 + len)?;
-            fields.push(String::from_utf8(value.to_vec()).ok()?);
-            rest = &rest[colon + 1 + len..];
-        }
+        let fields = decode_fields(Self::MAGIC, bytes)?;
         let [slot, started, redirects, max_age, source, auth_origin, origin_url, request_origin, content_disposition]: [String; 9] =
             fields.try_into().ok()?;
         let present = |value: String| (!value.is_empty()).then_some(value);
@@ -156,6 +142,36 @@ impl Hop {
         forward.set_content_disposition(self.content_disposition.clone());
         Some(forward)
     }
+}
+
+/// `magic`, then each field as its length in decimal, `:` and its bytes: no field can break
+/// the framing (the hop state, the fallback state).
+pub(crate) fn encode_fields<S: AsRef<str>>(
+    magic: &[u8],
+    fields: impl IntoIterator<Item = S>,
+) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    for field in fields {
+        let field = field.as_ref();
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+/// The fields of [`encode_fields`]'s output; `None` for anything else.
+pub(crate) fn decode_fields(magic: &[u8], bytes: &[u8]) -> Option<Vec<String>> {
+    let mut rest = bytes.strip_prefix(magic)?;
+    let mut fields: Vec<String> = Vec::with_capacity(8);
+    while !rest.is_empty() {
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let value = rest.get(colon + 1..colon + 1 + len)?;
+        fields.push(String::from_utf8(value.to_vec()).ok()?);
+        rest = &rest[colon + 1 + len..];
+    }
+    Some(fields)
 }
 
 /// Request header that sets Envoy's per-try timeout for one attempt (read and removed by the

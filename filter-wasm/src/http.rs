@@ -11,6 +11,10 @@
 //! limit, a `Location` it cannot take) reaches this filter as a 3xx response and becomes the
 //! core's answer for it.
 //!
+//! Fallback images ([`crate::fallback`]): a failed answer of a source with an image is marked
+//! for Envoy's custom response filter, which recreates the request; the filter sends that one
+//! to the image and serves its answer with the original status, counting the original outcome.
+//!
 //! Counting: exactly one outcome per client request. A rejection is counted when the filter
 //! answers it; a forwarded request when its answer ends (the last body byte passed on, or a
 //! response without body), or as the core's outcome for Envoy's own reply or for a stream that
@@ -32,17 +36,20 @@ use ixproxy_core::envoy::{
     is_cache_hit, local_reply_outcome, response_upstream_address, UPSTREAM_ADDRESS_HEADER,
     VIA_UPSTREAM,
 };
+use ixproxy_core::fallback::{gateway_params, original_rejection, FALLBACK_DROPPED_CLIENT_HEADERS};
 use ixproxy_core::metrics::NO_SOURCE_LABEL;
 use ixproxy_core::request::{check_request_body, check_request_headers};
 use ixproxy_core::response::{is_followed_redirect, OriginHead};
 use ixproxy_core::{
-    decide_attributed, Attribution, Decision, Forward, Outcome, Rejection, RequestInfo, Sources,
+    decide_attributed, Attribution, Decision, FallbackKind, Forward, Outcome, Rejection,
+    RequestInfo, Sources,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Bytes, MapType};
 
 use crate::edits::{self, HeaderEdit};
+use crate::fallback::{self, FallbackState, Taken};
 use crate::headers;
 use crate::hop::{self, Hop};
 use crate::inflight::{self, Full, SharedData};
@@ -94,6 +101,19 @@ pub struct FilterHttp {
     /// The client's `Origin`, kept only for a source with a CORS list (handed to a redirect
     /// hop's stream through the hop state: the recreated request no longer carries it).
     request_origin: Option<String>,
+    /// Whether Envoy's bootstrap takes fallback hops ([`fallback`]): otherwise no fallback
+    /// image is served and nothing of this is looked at.
+    fallbacks: bool,
+    /// The request's gateway params, for a source with a fallback image.
+    fallback_params: Option<String>,
+    /// On the stream Envoy recreated for a fallback image: the fallback taken.
+    fallback_taken: Option<Taken>,
+    /// This stream's answer was handed to a fallback image's stream: that stream counts the
+    /// request.
+    handed_to_fallback: bool,
+    /// The client request is a HEAD (kept for the fallback image's request, which Envoy
+    /// recreates as a GET).
+    head: bool,
 }
 
 impl FilterHttp {
@@ -106,6 +126,7 @@ impl FilterHttp {
         access_log: bool,
         log_client_ip: bool,
         cached: bool,
+        fallbacks: bool,
     ) -> Self {
         FilterHttp {
             sources,
@@ -125,6 +146,11 @@ impl FilterHttp {
             spare_random: None,
             delivered: false,
             request_origin: None,
+            fallbacks,
+            fallback_params: None,
+            fallback_taken: None,
+            handed_to_fallback: false,
+            head: false,
         }
     }
 
@@ -380,11 +406,266 @@ impl FilterHttp {
             &Self::value_of(&headers, ":authority"),
             &Self::value_of(&headers, ":path"),
         );
-        self.unwritten = Some((headers, Vec::new()));
-        match previous.redirect(&location) {
-            Ok(next) => self.send(next, now, hop.started_ms, Some(left_ms)),
-            Err(rejection) => self.reject(&rejection),
+        if self.fallbacks {
+            self.head = headers::value(&headers, ":method") == Some(b"HEAD".as_slice());
         }
+        self.unwritten = Some((headers, Vec::new()));
+        // Once a fallback was taken, every later hop is the fallback image's.
+        if self.fallbacks {
+            if let Some(FallbackState::Taken(taken)) = Self::stored_fallback() {
+                self.fallback_taken = Some(taken);
+            }
+        }
+        match previous.redirect(&location) {
+            Ok(next) => {
+                let next = match &self.fallback_taken {
+                    Some(taken) => next.into_fallback(taken.kind),
+                    None => next,
+                };
+                self.send(next, now, hop.started_ms, Some(left_ms))
+            }
+            Err(rejection) => match self.fallback_taken.is_some() {
+                true => self.fallback_failed(),
+                false => self.fallback_or_reject(&rejection),
+            },
+        }
+    }
+
+    /// Keeps the request's gateway params for a fallback image that appends them: in this
+    /// stream, and in the fallback state for a redirect hop's stream.
+    fn keep_fallback_params(&mut self, forward: &Forward, target: &str) {
+        let appends = [FallbackKind::Missing, FallbackKind::Error]
+            .into_iter()
+            .filter_map(|kind| forward.source().fallback(kind))
+            .any(|image| image.append_qs);
+        let params = if appends {
+            gateway_params(target)
+        } else {
+            String::new()
+        };
+        if !params.is_empty() {
+            let state = FallbackState::Params(params.clone()).encode();
+            if let Err(status) =
+                hostcalls::set_property(vec![fallback::FALLBACK_PROPERTY], Some(&state))
+            {
+                log::warn!("ixproxy: cannot store the fallback params: {status:?}");
+            }
+        }
+        self.fallback_params = Some(params);
+    }
+
+    /// The address Envoy reports it connected to (`upstream.address`) and, with the cache, the
+    /// one the upstream role stored with the response (`fields`): only what the checks of a
+    /// response of a source that does (`allow_private`) or does not allow private origins need.
+    fn upstream_addresses(
+        &self,
+        allow_private: bool,
+        fields: &[(String, Bytes)],
+    ) -> (Option<String>, Option<String>) {
+        let property = (self.cached || !allow_private)
+            .then(|| Self::property(&["upstream", "address"]))
+            .flatten();
+        let stored = self
+            .cached
+            .then(|| headers::value(fields, UPSTREAM_ADDRESS_HEADER))
+            .flatten()
+            .map(|value| String::from_utf8_lossy(value).into_owned());
+        (property, stored)
+    }
+
+    /// The response head as the core reads it, from the fields read with [`headers::read`].
+    fn response_head(fields: &[(String, Bytes)]) -> OriginHead {
+        let status = headers::text(fields, ":status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        OriginHead::of(
+            status,
+            fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        )
+    }
+
+    /// The fallback state stored for this downstream request, if any.
+    fn stored_fallback() -> Option<FallbackState> {
+        hostcalls::get_property(vec![fallback::FALLBACK_PROPERTY])
+            .ok()
+            .flatten()
+            .and_then(|state| FallbackState::decode(&state))
+    }
+
+    /// Takes the source's fallback image for this request's failure (`status` what the client
+    /// would get, `outcome` the gateway's own outcome, `None` when the origin answered): stores
+    /// the fallback state and marks the response for Envoy's custom response filter. `false`
+    /// when there is no fallback to take (none configured or allowed, or a host call failed):
+    /// the request goes on as without one.
+    fn take_fallback(
+        &mut self,
+        kind: Option<FallbackKind>,
+        status: u16,
+        outcome: Option<Outcome>,
+    ) -> bool {
+        if !self.fallbacks || self.fallback_taken.is_some() {
+            return false;
+        }
+        let (Some(kind), Some(forward)) = (kind, self.forward.as_ref()) else {
+            return false;
+        };
+        if !forward.source().has_fallbacks() {
+            return false;
+        }
+        let params = match self.fallback_params.take() {
+            Some(params) => params,
+            // A redirect hop's stream: the params the first stream stored.
+            None => match Self::stored_fallback() {
+                Some(FallbackState::Params(params)) => params,
+                _ => String::new(),
+            },
+        };
+        let Some(image) = forward.fallback_with_params(kind, &params) else {
+            return false;
+        };
+        let state = FallbackState::Taken(Taken {
+            source: forward.source_name().to_owned(),
+            url: image.origin().to_url_string(),
+            kind,
+            status,
+            outcome,
+            max_age: forward.max_age(),
+            head: self.head,
+        });
+        if let Err(status) =
+            hostcalls::set_property(vec![fallback::FALLBACK_PROPERTY], Some(&state.encode()))
+        {
+            log::error!("ixproxy: cannot store the fallback state: {status:?}");
+            return false;
+        }
+        // Envoy's custom response filter serves the image with the status of the response it
+        // replaces: the client's status, also where the filter refuses an origin's 200.
+        let status_text = status.to_string();
+        for (name, value) in [
+            (":status", status_text.as_str()),
+            (fallback::FALLBACK_HOP_HEADER, "1"),
+        ] {
+            if let Err(status) =
+                hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
+            {
+                log::error!("ixproxy: cannot mark the response for its fallback: {status:?}");
+                return false;
+            }
+        }
+        self.handed_to_fallback = true;
+        self.done = true;
+        true
+    }
+
+    /// [`Self::reject`], unless the rejection takes the source's fallback image.
+    fn fallback_or_reject(&mut self, rejection: &Rejection) -> Action {
+        let kind = FallbackKind::of_rejection(rejection);
+        if self.take_fallback(kind, rejection.status(), Some(rejection.outcome())) {
+            return Action::Continue;
+        }
+        self.reject(rejection)
+    }
+
+    /// The fallback image failed too: the original answer. The gateway's own is answered again;
+    /// an origin's answer is gone (Envoy replaced it), so its status is answered with a fixed
+    /// reason ([`Rejection::fallback_failed`]).
+    fn fallback_failed(&mut self) -> Action {
+        let rejection = match &self.fallback_taken {
+            Some(Taken {
+                outcome: Some(outcome),
+                ..
+            }) => original_rejection(*outcome),
+            Some(taken) => Rejection::fallback_failed(taken.status),
+            None => Rejection::internal(),
+        };
+        self.reject(&rejection)
+    }
+
+    /// The stream Envoy recreated for a fallback image: sent to the image's URL like an origin
+    /// URL (its own `upstream.timeout`; no in-flight slot: the replaced stream gave its back).
+    fn fallback_stream(
+        &mut self,
+        sources: &Sources,
+        taken: Taken,
+        headers: Vec<(String, Bytes)>,
+    ) -> Action {
+        self.source_label = ixproxy_core::metrics::label(&taken.source);
+        let Some(forward) = Forward::resume_fallback(
+            sources,
+            &taken.source,
+            &taken.url,
+            taken.kind,
+            taken.max_age,
+        ) else {
+            self.fallback_taken = Some(taken);
+            self.unwritten = Some((headers, Vec::new()));
+            return self.fallback_failed();
+        };
+        self.fallback_taken = Some(taken);
+        let (now, now_ms) = match Self::now() {
+            Ok(v) => v,
+            Err(e) => return self.internal_error(&e),
+        };
+        // The client's range and validators name the original object, not the image.
+        let mut pending: Vec<HeaderEdit> = FALLBACK_DROPPED_CLIENT_HEADERS
+            .iter()
+            .filter(|name| headers::value(&headers, name).is_some())
+            .map(|name| HeaderEdit::Remove((*name).into()))
+            .collect();
+        if self.fallback_taken.as_ref().is_some_and(|t| t.head) {
+            pending.push(HeaderEdit::Set(":method".into(), "HEAD".into()));
+        }
+        self.unwritten = Some((headers, pending));
+        self.send(forward, now, now_ms, Some(self.timeout_ms))
+    }
+
+    /// The response of a fallback image's stream: served with the original status when the
+    /// core's checks pass, else the original answer.
+    fn fallback_response(&mut self, end_of_stream: bool) -> Action {
+        let Some(forward) = self.forward.as_ref() else {
+            return Action::Continue;
+        };
+        let details = Self::property(&["response", "code_details"]).unwrap_or_default();
+        if details != VIA_UPSTREAM && !is_cache_hit(&details) {
+            return self.fallback_failed();
+        }
+        let fields = match headers::read(MapType::HttpResponseHeaders) {
+            Ok(fields) => fields,
+            Err(e) => return self.internal_error(&e),
+        };
+        let (property, stored) = self.upstream_addresses(forward.allow_private(), &fields);
+        let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
+        if (self.cached && upstream.is_none() && !is_cache_hit(&details))
+            || forward.check_upstream_address(upstream).is_err()
+        {
+            return self.fallback_failed();
+        }
+        let head = Self::response_head(&fields);
+        let Some(taken) = self.fallback_taken.as_ref() else {
+            return self.fallback_failed();
+        };
+        let (served_status, outcome) = (taken.status, taken.outcome);
+        let Ok(response_edits) = forward.check_fallback_response(&head, served_status) else {
+            return self.fallback_failed();
+        };
+        let mut header_edits = edits::response_header_edits(response_edits);
+        header_edits.push(HeaderEdit::Set(
+            ":status".into(),
+            served_status.to_string().into(),
+        ));
+        if let Err(e) = headers::write(MapType::HttpResponseHeaders, Some(fields), &header_edits) {
+            return self.internal_error(&e);
+        }
+        // The original failure's outcome, counted once; an origin's answer is `forwarded`
+        // once the image reached the client whole, as any answer.
+        if let Some(outcome) = outcome {
+            self.count(outcome);
+        }
+        if end_of_stream {
+            self.delivered = true;
+            self.count(Outcome::Forwarded);
+        }
+        Action::Continue
     }
 }
 
@@ -414,6 +695,16 @@ impl HttpContext for FilterHttp {
         let may_be_hop = headers::value(&headers, hop::LOCATION_HEADER).is_some();
         if let Some(state) = may_be_hop.then(Self::stored_hop).flatten() {
             return self.follow(&sources, &state, headers);
+        }
+        // The request Envoy's custom response filter recreated for a fallback image carries the
+        // reserved authority; the fallback state (which clients cannot set) decides.
+        if self.fallbacks
+            && headers::value(&headers, ":authority")
+                == Some(fallback::FALLBACK_AUTHORITY.as_bytes())
+        {
+            if let Some(FallbackState::Taken(taken)) = Self::stored_fallback() {
+                return self.fallback_stream(&sources, taken, headers);
+            }
         }
         // The routing markers are the filter's to set: a client-sent one must not make Envoy's
         // own reply to this request (the bootstrap recognises RBAC refusals by the marker) or
@@ -467,6 +758,10 @@ impl HttpContext for FilterHttp {
                     Ok(Err(Full)) => return self.reject(&Rejection::overloaded()),
                     Err(e) => return self.internal_error(&e),
                 }
+                if self.fallbacks && forward.source().has_fallbacks() {
+                    self.head = method == "HEAD";
+                    self.keep_fallback_params(&forward, &target);
+                }
                 self.send(*forward, now, now_ms, None)
             }
         }
@@ -476,6 +771,9 @@ impl HttpContext for FilterHttp {
         if self.done {
             return Action::Continue;
         }
+        if self.fallback_taken.is_some() {
+            return self.fallback_response(end_of_stream);
+        }
         let Some(forward) = self.forward.as_ref() else {
             return Action::Continue;
         };
@@ -484,8 +782,15 @@ impl HttpContext for FilterHttp {
             // Envoy's own reply on a forwarded request (an unreachable or slow origin, the RBAC
             // filter refusing a private address): its status and body come from the generated
             // bootstrap; its outcome from the core's mapping.
+            let outcome = local_reply_outcome(&details);
+            if self.fallbacks {
+                let status = original_rejection(outcome).status();
+                if self.take_fallback(FallbackKind::of_outcome(outcome), status, Some(outcome)) {
+                    return Action::Continue;
+                }
+            }
             self.done = true;
-            self.count(local_reply_outcome(&details));
+            self.count(outcome);
             return Action::Continue;
         }
         // A cache hit is the origin's answer as stored: it gets every check and edit below, with
@@ -500,14 +805,7 @@ impl HttpContext for FilterHttp {
         // neither, and is spared the host call. Only with the cache does the upstream role
         // store it (and remove an origin-sent one): without, that header is the origin's and
         // never counts.
-        let property = (self.cached || !forward.allow_private())
-            .then(|| Self::property(&["upstream", "address"]))
-            .flatten();
-        let stored = self
-            .cached
-            .then(|| headers::value(&fields, UPSTREAM_ADDRESS_HEADER))
-            .flatten()
-            .map(|value| String::from_utf8_lossy(value).into_owned());
+        let (property, stored) = self.upstream_addresses(forward.allow_private(), &fields);
         let upstream = response_upstream_address(property.as_deref(), stored.as_deref());
         if self.cached && upstream.is_none() && !is_cache_hit(&details) {
             // No origin answered: Envoy's cache passes its own reply to a failed fill on as if
@@ -515,7 +813,7 @@ impl HttpContext for FilterHttp {
             let rejection = cache_fill_failure(&details)
                 .rejection()
                 .unwrap_or_else(Rejection::origin_error);
-            return self.reject(&rejection);
+            return self.fallback_or_reject(&rejection);
         }
         // The RBAC filter already refused private addresses before connecting; this second
         // line keeps any response of such an address from the client.
@@ -527,20 +825,24 @@ impl HttpContext for FilterHttp {
             self.log_property(LOG_CACHE, result.as_str());
         }
         let status_value = result.map(|result| result.cache_status());
-        let status = headers::text(&fields, ":status")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let head = OriginHead::of(
-            status,
-            fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-        );
+        let head = Self::response_head(&fields);
+        let status = head.status();
         if let (true, Some(location)) = (is_followed_redirect(status), head.location()) {
             let rejection = forward.unfollowed_redirect(location);
-            return self.reject(&rejection);
+            return self.fallback_or_reject(&rejection);
         }
+        if self.fallbacks
+            && forward.source().has_fallbacks()
+            && self.take_fallback(FallbackKind::of_status(status), status, None)
+        {
+            return Action::Continue;
+        }
+        let Some(forward) = self.forward.as_ref() else {
+            return Action::Continue;
+        };
         let response_edits = match forward.check_response(&head) {
             Ok(edits) => edits,
-            Err(rejection) => return self.reject(&rejection),
+            Err(rejection) => return self.fallback_or_reject(&rejection),
         };
         let mut header_edits = edits::response_header_edits(response_edits);
         // The gateway's own headers (CORS, dl): Envoy's cache stored the head before this
@@ -610,6 +912,13 @@ impl HttpContext for FilterHttp {
         } else {
             Self::property(&["response", "code_details"]).unwrap_or_default()
         };
+        if self.handed_to_fallback {
+            // Envoy replaced this stream's answer with the fallback image's stream, which counts
+            // the request; that stream takes no in-flight slot, so this one gives its back.
+            self.release_slot();
+            self.leave_inflight();
+            return;
+        }
         if handed_over_to_redirect(&details) {
             // The recreated stream continues this client request and holds its slot (and its
             // place in the in-flight gauge) now.

@@ -20,6 +20,7 @@
 //! (contexts, metrics, secrets from the Wasm VM environment) is in the other modules.
 
 pub mod edits;
+pub mod fallback;
 mod headers;
 pub mod hop;
 pub mod inflight;

@@ -11,6 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use crate::fallback;
 use crate::hop;
 use crate::http::FilterHttp;
 use crate::inflight;
@@ -34,6 +35,8 @@ pub struct FilterRoot {
     /// Whether the filter fills the client address log property (Envoy's own operator logs it
     /// when no trusted proxy is configured).
     log_client_ip: bool,
+    /// Whether Envoy's bootstrap takes fallback hops.
+    fallbacks: bool,
 }
 
 impl Context for FilterRoot {}
@@ -59,6 +62,7 @@ impl RootContext for FilterRoot {
                 access_log,
                 cached,
                 client_ip_by_envoy,
+                fallback_redirects,
             }) => {
                 if let Err(e) = inflight::init(&inflight::SharedData, &sources) {
                     log::error!("ixproxy: cannot create the in-flight counters: {e}");
@@ -72,6 +76,10 @@ impl RootContext for FilterRoot {
                 self.access_log = access_log != AccessLogFormat::Off;
                 self.log_client_ip = self.access_log && !client_ip_by_envoy;
                 self.cached = cached;
+                self.fallbacks = fallback_redirects;
+                if fallback_redirects {
+                    declare(fallback::FALLBACK_PROPERTY);
+                }
                 true
             }
             Err(message) => {
@@ -93,6 +101,7 @@ impl RootContext for FilterRoot {
             self.access_log,
             self.log_client_ip,
             self.cached,
+            self.fallbacks,
         )))
     }
 
@@ -105,6 +114,16 @@ impl RootContext for FilterRoot {
 /// so they survive Envoy's internal redirects. Without it (a host lacking `declare_property`)
 /// the hop state lives only as long as one filter chain: a redirect hop then looks like a
 /// client request and is refused, never let through unchecked.
+/// Declares `name` as filter state the filter writes for the downstream request.
+fn declare(name: &str) {
+    if let Err(status) = hostcalls::call_foreign_function(
+        "declare_property",
+        Some(&hop::declare_property_args(name)),
+    ) {
+        log::warn!("ixproxy: cannot declare the property {name}: {status:?}");
+    }
+}
+
 fn declare_properties() {
     if let Err(status) = hostcalls::call_foreign_function(
         "declare_property",

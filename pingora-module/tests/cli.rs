@@ -518,3 +518,30 @@ fn healthcheck_refuses_a_port_zero_admin_listen_and_bad_arguments() {
     let (out, _) = healthcheck(&["--admin", "127.0.0.1:1", "--path", "healthz"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn check_names_the_fallback_image_fields() {
+    let cases = [
+        (
+            "    image_missing: https://elsewhere.example.net/m.png\n",
+            "sources[0].image_missing",
+        ),
+        ("    image_error: not-a-url\n", "sources[0].image_error"),
+        (
+            "    image_error_append_qs: true\n",
+            "sources[0].image_error_append_qs",
+        ),
+    ];
+    for (i, (extra, field)) in cases.iter().enumerate() {
+        let out = check_yaml(&format!("fallback-{i}"), &format!("{VALID}{extra}"));
+        assert_eq!(out.status.code(), Some(1), "must be refused: {extra}");
+        let err = stderr(&out);
+        assert!(err.contains(field), "error must name {field}: {err}");
+    }
+    let valid = format!(
+        "{VALID}    image_missing: https://cdn.example.com/missing.png\n    \
+         image_missing_append_qs: true\n    image_error: https://img.example.org/error.png\n"
+    );
+    let out = check_yaml("fallback-valid", &valid);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -810,3 +810,125 @@ fn disabling_a_source_on_reload_refuses_its_hits_and_enabling_serves_them_again(
         "assets once, other once"
     );
 }
+
+/// A fallback image stored for a missing origin object (SPEC §15) is fresh for
+/// `cache_ttl_error` only, whatever the image's own `Cache-Control` and validators say: hits
+/// while it is fresh (still re-checked and still marked as a fallback), then a new origin
+/// fetch, never a revalidation with the image's validators.
+#[test]
+fn a_stored_fallback_never_outlives_cache_ttl_error() {
+    const TTL_ERROR: u64 = 2;
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    // The image says max-age=600 and carries an ETag and a Last-Modified.
+    let yaml = format!(
+        "{}  - name: fallback
+    hosts: [fallback.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    cache_ttl: 600
+    cache_ttl_error: {TTL_ERROR}
+    image_missing: http://{}/fresh/600/64?fallback
+",
+        config(""),
+        origin.http
+    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &yaml, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let target = signed(&format!("http://{}/status/404", origin.http), &[]);
+    let fetch = || request(serve.listen(), "GET", "fallback.test", &target, &[]);
+    let is_fallback = |r: &RawResponse| {
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("x-ixproxy-fallback"), Some("missing"));
+        assert_eq!(r.body, pattern(64), "the image's body");
+        assert_eq!(r.header("x-ixproxy-stored-origin"), None);
+        assert_eq!(r.header("etag"), None, "no validator of the image");
+    };
+
+    let first = fetch();
+    let filled = Instant::now();
+    is_fallback(&first);
+    assert_eq!(status_of(&first), Some("ixproxy; fwd=miss"));
+    assert_eq!(max_age(&first), TTL_ERROR);
+    let hit = fetch();
+    is_fallback(&hit);
+    assert_eq!(status_of(&hit), Some("ixproxy; hit"), "stored while fresh");
+    assert_eq!(fetches(&origin, "/fresh/600/64").len(), 1);
+
+    // Every 100 ms for at most TTL_ERROR + 3 s: a hit only while the entry can be fresh.
+    let fresh_until = Duration::from_secs(TTL_ERROR) + Duration::from_millis(250);
+    let next = loop {
+        let sent = filled.elapsed();
+        let r = fetch();
+        is_fallback(&r);
+        if status_of(&r) != Some("ixproxy; hit") {
+            break r;
+        }
+        assert!(sent < fresh_until, "a hit {sent:?} after the fill");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        matches!(
+            status_of(&next),
+            Some("ixproxy; fwd=stale" | "ixproxy; fwd=miss")
+        ),
+        "{:?}",
+        status_of(&next)
+    );
+    let missing = fetches(&origin, "/status/404");
+    assert_eq!(missing.len(), 2, "the origin is asked again");
+    assert!(missing[1].header_values("if-none-match").is_empty());
+    assert_eq!(fetches(&origin, "/fresh/600/64").len(), 2);
+}
+
+/// A stored fallback image is re-checked on every hit like any stored answer: once a reload no
+/// longer allows the image's host (the image setting gone with it), the entry is refused
+/// without any origin fetch.
+#[test]
+fn a_stored_fallback_is_refused_at_once_when_a_reload_narrows_the_policy() {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let (http, alt) = (origin.http, origin.http_alt);
+    let source = |image: bool| {
+        let image = if image {
+            format!("    image_missing: http://{alt}/image/fallback.png\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{}  - name: fallback
+    hosts: [fallback.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    allowed_origin_hosts: ['127.0.0.1:{}'{}]
+{image}",
+            config(""),
+            http.port(),
+            if image.is_empty() {
+                String::new()
+            } else {
+                format!(", '127.0.0.1:{}'", alt.port())
+            },
+        )
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &source(true), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let target = signed(&format!("http://{http}/status/404"), &[]);
+    let fetch = || request(serve.listen(), "GET", "fallback.test", &target, &[]);
+    let first = fetch();
+    assert_eq!(
+        (first.status, first.header("x-ixproxy-fallback")),
+        (404, Some("missing"))
+    );
+    let hit = fetch();
+    assert_eq!((hit.status, status_of(&hit)), (404, Some("ixproxy; hit")));
+    let fetched = origin.requests().len();
+
+    reload(&serve, &source(false), 0);
+    let refused = fetch();
+    assert_eq!(refused.status, 403, "{}", refused.body_text());
+    assert_eq!(refused.header("x-ixproxy-fallback"), None);
+    assert_eq!(
+        origin.requests().len(),
+        fetched,
+        "no origin fetch for a refused hit"
+    );
+}

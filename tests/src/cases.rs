@@ -20,6 +20,10 @@ pub struct Case {
     pub request: RequestSpec,
     /// What the client and the origin must see.
     pub expect: Expect,
+    /// The runtimes (`envoy`, `pingora`) the case holds for, when it states a documented
+    /// difference between them; empty = every runtime.
+    #[serde(default)]
+    pub runtimes: Vec<String>,
 }
 
 /// The client request of a case. Exactly one of `sign` and `target` is set.
@@ -414,6 +418,7 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                     body: None,
                 },
                 expect: no_origin(status, outcome),
+                runtimes: Vec::new(),
             };
             let rehomed = v.origin_url.as_deref().and_then(|u| {
                 let url = rehome(u)?;
@@ -462,6 +467,7 @@ pub fn vector_cases(vectors: &[Vector], now: i64) -> Vec<Case> {
                             body: None,
                         },
                         expect,
+                        runtimes: Vec::new(),
                     }
                 }
             }

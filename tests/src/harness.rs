@@ -136,6 +136,8 @@ impl Harness {
             ("h.main", "hSourceToken888"),
             ("i.main", "iSourceToken999"),
             ("j.main", "jSourceToken000"),
+            ("k.main", "kSourceToken111"),
+            ("l.main", "lSourceToken222"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -217,7 +219,28 @@ impl Harness {
         let mut j = source("j", &["j.test"], &[token("j.main")]);
         j["enabled"] = json!(false);
 
-        let mut sources = vec![a, b, c, d, e, f, r, o, m, g, h, i, j];
+        // Fallback images (SPEC §15), served by the recording origin. `k`: both images, only
+        // `image/` answers, `a`'s origin auth for 127.0.0.1 (the images' host too). `l`: the
+        // missing image with the request's params appended, an error image that fails itself
+        // (a 500), origin auth only for localhost (so never for its 127.0.0.1 images).
+        let http = origin.http;
+        let mut k = source("k", &["k.test"], &[token("k.main")]);
+        k["allowed_content_types"] = json!(["image/"]);
+        k["cache_ttl_error"] = json!(30);
+        k["origin_auth"] = a["origin_auth"].clone();
+        k["origin_auth"]["hosts"] = json!(["127.0.0.1"]);
+        k["image_missing"] = json!(format!("http://{http}/image/missing.png"));
+        k["image_error"] = json!(format!("http://{http}/image/error.png"));
+        let mut l = source("l", &["l.test"], &[token("l.main")]);
+        l["allowed_origin_hosts"] = json!(["127.0.0.1", "localhost"]);
+        l["cache_ttl_error"] = json!(30);
+        l["origin_auth"] = a["origin_auth"].clone();
+        l["origin_auth"]["hosts"] = json!(["localhost"]);
+        l["image_missing"] = json!(format!("http://{http}/image/m.png?v=1"));
+        l["image_missing_append_qs"] = json!(true);
+        l["image_error"] = json!(format!("http://{http}/status/500"));
+
+        let mut sources = vec![a, b, c, d, e, f, r, o, m, g, h, i, j, k, l];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();
         vector_hosts.sort_unstable();
         vector_hosts.dedup();
@@ -260,7 +283,8 @@ impl Harness {
         };
         let mut auth = BTreeMap::new();
         auth.insert("a".to_owned(), expected.clone());
-        auth.insert("f".to_owned(), expected);
+        auth.insert("f".to_owned(), expected.clone());
+        auth.insert("k".to_owned(), expected);
 
         Ok(Harness {
             loopback_alias,

@@ -162,6 +162,7 @@ pub fn run_suite_over<G: Gateway>(protocol: Protocol) -> Result<Report, HarnessE
             cases.len()
         );
     }
+    cases.retain(|case| case.runtimes.is_empty() || case.runtimes.iter().any(|r| r == G::NAME));
     if protocol == Protocol::H2c {
         cases.retain(|case| match h2_skip_reason(case) {
             Some(why) => {

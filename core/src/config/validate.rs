@@ -349,12 +349,13 @@ pub(super) fn sources(
 }
 
 fn source(
-    raw: RawSource,
+    mut raw: RawSource,
     hosts: Vec<String>,
     secrets: &dyn SecretResolver,
     path: &str,
 ) -> Result<Source, ConfigError> {
     let cache_ttl = cache_ttl(&raw, path)?;
+    let fallbacks = super::fallbacks::RawFallbacks::take(&mut raw);
     let tokens_path = format!("{path}.secure_url_tokens");
     if raw.secure_url_tokens.is_empty() {
         return Err(error(tokens_path, "must list at least one token"));
@@ -434,7 +435,7 @@ fn source(
         ),
         None => None,
     };
-    Ok(Source {
+    let source = Source {
         position: 0,
         cache_ttl,
         label: crate::metrics::label(&raw.name),
@@ -451,7 +452,10 @@ fn source(
         cors: extras.cors,
         origin_user_agent: extras.origin_user_agent,
         origin_headers: extras.origin_headers,
-    })
+        image_missing: None,
+        image_error: None,
+    };
+    fallbacks.validate(source, path)
 }
 
 /// The host patterns of a list at `path` (`…allowed_origin_hosts`, `…origin_auth.hosts`).

@@ -24,6 +24,10 @@
 //!   The core's response edits (the header allowlist, the policy `Cache-Control`) are applied
 //!   in `upstream_response_filter`, before the cache stores the answer; `response_filter`, which
 //!   runs for hits too, caps `Cache-Control` at this URL's `expires` and adds `Cache-Status`.
+//! - A source's fallback image (see [`super::fallback`]) replaces an origin 404/410/5xx or a
+//!   failure of the fetch through the redirect mechanism: the phase that sees it (or
+//!   `fail_to_connect` / `error_while_proxy` for a transport failure) ends the attempt with a
+//!   retryable error and swaps the forward for the image's.
 //! - `fail_to_proxy` answers failures with the core's rejection while no header went out (a
 //!   Pingora error becomes the core's [`ixproxy_core::Failure`] in [`super::failure`]);
 //!   `logging` counts the request's one outcome and logs.
@@ -43,8 +47,9 @@ use ixproxy_core::access_log::{self, AccessRecord, REQUEST_ID_HEADER};
 use ixproxy_core::addr::IpNet;
 use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS, STORED_ORIGIN_HEADER};
 use ixproxy_core::config::AccessLogFormat;
+use ixproxy_core::fallback::FALLBACK_DROPPED_CLIENT_HEADERS;
 use ixproxy_core::request::{check_request_body, check_request_headers};
-use ixproxy_core::response::is_followed_redirect;
+use ixproxy_core::response::{is_followed_redirect, OriginHead, ResponseEdits};
 use ixproxy_core::{decide_attributed, Attribution, Decision, Outcome, Rejection, RequestInfo};
 use log::{debug, warn};
 use pingora::cache::{
@@ -53,12 +58,13 @@ use pingora::cache::{
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorType, Result};
 use rand::RngCore as _;
 
 use super::cache::{self, ResponseCache, HEAD_BYPASS};
 use super::deadline::{self, OriginSocket};
 use super::failure;
+use super::fallback;
 use super::http::{
     apply_response_edits, gateway_response_headers, has_request_body, header_totals, origin_head,
     request_host, respond, rewrite_upstream_request,
@@ -104,6 +110,38 @@ impl Gateway {
             .iter()
             .filter_map(|v| v.to_str().ok());
         Some(access_log::client_ip(peer, forwarded, trusted_proxies))
+    }
+
+    /// The edits that make a fallback image's answer the client's (see [`super::fallback`]):
+    /// the core's checks, then the original answer's status on `resp`, and the original's
+    /// outcome counted. A fallback that fails them gives the original answer (the error).
+    fn fallback_edits(
+        ctx: &mut RequestCtx,
+        target: &[u8],
+        resp: &mut ResponseHeader,
+        head: &OriginHead,
+    ) -> Result<ResponseEdits> {
+        let Some((status, outcome)) = fallback::original(ctx) else {
+            return Err(ctx.fail(Rejection::internal(), "fallback without state".to_owned()));
+        };
+        let checked = ctx
+            .decided("upstream_response_filter")?
+            .check_fallback_response(head, status);
+        match checked {
+            Ok(edits) => {
+                fallback::served(ctx);
+                resp.set_status(status)?;
+                resp.set_reason_phrase(None)?;
+                if outcome.is_some() {
+                    ctx.outcome = outcome;
+                }
+                Ok(edits)
+            }
+            Err(rejection) => {
+                let context = format!("fallback image refused: {}", rejection.reason());
+                Err(ctx.fail_or_fallback(target, rejection, context))
+            }
+        }
     }
 
     /// The config generation of this request (taken when its context was made).
@@ -322,7 +360,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         ctx.following_redirect = false;
@@ -337,8 +375,11 @@ impl ProxyHttp for Gateway {
         // A new attempt: the previous one's connection (if any) is not this request's any more.
         deadline::origin_socket(None);
         let remaining = ctx.remaining(live.upstream.timeout);
+        // The client's target, for a fallback image's params: read only where one may be taken.
+        let target = || session.req_header().raw_path();
         if remaining.is_zero() {
-            return Err(ctx.fail(
+            return Err(ctx.fail_or_fallback(
+                target(),
                 Rejection::origin_timeout(),
                 "origin deadline passed".to_owned(),
             ));
@@ -372,12 +413,13 @@ impl ProxyHttp for Gateway {
                 }
                 Err((rejection, why)) => {
                     let context = format!("origin {}: {why}", origin.host);
-                    return Err(ctx.fail(rejection, context));
+                    return Err(ctx.fail_or_fallback(target(), rejection, context));
                 }
             }
         }
         let Some(addr) = ctx.candidates.get(ctx.candidate).copied() else {
-            return Err(ctx.fail(
+            return Err(ctx.fail_or_fallback(
+                target(),
                 Rejection::origin_error(),
                 "no origin address left to try".to_owned(),
             ));
@@ -416,7 +458,7 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
@@ -425,6 +467,13 @@ impl ProxyHttp for Gateway {
         if ctx.candidate + 1 < ctx.candidates.len() {
             ctx.candidate += 1;
             e.set_retry(true);
+        } else if !e.retry() && ctx.may_fall_back() {
+            if let Some(rejection) = ctx.classify(&e) {
+                let why = fallback::Why::Failed(rejection);
+                if let Some(err) = fallback::on_failure(ctx, session.req_header().raw_path(), why) {
+                    return err;
+                }
+            }
         }
         e
     }
@@ -446,7 +495,14 @@ impl ProxyHttp for Gateway {
         let cached = ctx.cache_used;
         let (forward, request_id) = ctx.decided_with_id("upstream_request_filter")?;
         let auth = forward.auth_headers(unix_now(), &random);
-        rewrite_upstream_request(upstream_request, forward, auth, cached, request_id)
+        let is_fallback = forward.fallback_kind().is_some();
+        rewrite_upstream_request(upstream_request, forward, auth, cached, request_id)?;
+        if is_fallback {
+            for name in FALLBACK_DROPPED_CLIENT_HEADERS {
+                upstream_request.remove_header(name);
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -458,8 +514,10 @@ impl ProxyHttp for Gateway {
         if upstream_response.status.is_informational() {
             return Ok(());
         }
+        let target = || session.req_header().raw_path();
         if ctx.past_deadline() {
-            return Err(ctx.fail(
+            return Err(ctx.fail_or_fallback(
+                target(),
                 Rejection::origin_timeout(),
                 "origin deadline passed".to_owned(),
             ));
@@ -487,17 +545,31 @@ impl ProxyHttp for Gateway {
                 }
                 Err(rejection) => {
                     let context = format!("origin redirect refused: {}", rejection.reason());
-                    Err(ctx.fail(rejection, context))
+                    Err(ctx.fail_or_fallback(target(), rejection, context))
                 }
             };
         }
-        let edits = match forward.check_response(&head) {
-            Ok(edits) => edits,
-            Err(rejection) => {
-                let context = format!("origin response refused: {}", rejection.reason());
-                return Err(ctx.fail(rejection, context));
+        let edits = if forward.fallback_kind().is_some() {
+            Self::fallback_edits(ctx, target(), upstream_response, &head)?
+        } else {
+            if forward.source().has_fallbacks() {
+                let why = fallback::Why::Answer(head.status());
+                if let Some(err) = fallback::on_failure(ctx, target(), why) {
+                    return Err(err);
+                }
+            }
+            match ctx
+                .decided("upstream_response_filter")?
+                .check_response(&head)
+            {
+                Ok(edits) => edits,
+                Err(rejection) => {
+                    let context = format!("origin response refused: {}", rejection.reason());
+                    return Err(ctx.fail_or_fallback(target(), rejection, context));
+                }
             }
         };
+        let forward = ctx.decided("upstream_response_filter")?;
         // The stored head carries the uncapped value; each response gets its own URL's cap in
         // `response_filter` (two URLs for one origin object share the entry).
         let edits = cache_rules::storage_edits(edits);
@@ -610,7 +682,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
@@ -624,6 +696,20 @@ impl ProxyHttp for Gateway {
         } else {
             e.retry.decide_reuse(client_reused);
         }
+        // A transport failure before any header went out (the phases' own refusals are
+        // recorded in `ctx.failure` and took their fallback there).
+        if !e.retry()
+            && session.response_written().is_none()
+            && ctx.failure.is_none()
+            && ctx.may_fall_back()
+        {
+            if let Some(rejection) = ctx.classify(&e) {
+                let why = fallback::Why::Failed(rejection);
+                if let Some(err) = fallback::on_failure(ctx, session.req_header().raw_path(), why) {
+                    return err;
+                }
+            }
+        }
         e
     }
 
@@ -635,14 +721,7 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         // The origin is done with; writing the answer must not be cut by the backstop.
         deadline::disarm();
-        let failure = ctx.failure.clone().or_else(|| {
-            // A read that timed out on the clamped budget, or any error after the deadline.
-            if ctx.past_deadline() && *e.esource() == ErrorSource::Upstream {
-                Some(Rejection::origin_timeout())
-            } else {
-                failure::answer(e, ctx.header_done)
-            }
-        });
+        let failure = ctx.failure.clone().or_else(|| ctx.classify(e));
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,
@@ -713,7 +792,13 @@ impl ProxyHttp for Gateway {
             source: ctx.attribution.source().map(|s| s.name.as_str()),
             outcome,
             status,
-            origin: ctx.forward.as_ref().map(|f| f.origin()),
+            // A fallback served: the client's own origin URL, not the image's.
+            origin: ctx
+                .fallback
+                .as_ref()
+                .and_then(|f| f.original())
+                .or(ctx.forward.as_deref())
+                .map(|f| f.origin()),
             bytes_sent,
             duration_us: access_log::micros(arrived.elapsed()),
             upstream_us: ctx.upstream_latency.map(access_log::micros),

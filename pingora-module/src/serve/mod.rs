@@ -17,6 +17,7 @@ mod client;
 mod deadline;
 mod demo;
 mod failure;
+mod fallback;
 mod gateway;
 mod http;
 mod inflight;
@@ -333,7 +334,9 @@ fn prepare(
 /// limits are the core's `max_redirects` and the checked address list; this only keeps
 /// Pingora's own retry cap (16 by default) from cutting them short.
 fn max_attempts(max_redirects: u32) -> usize {
-    (max_redirects as usize + 1) * (resolve::MAX_CANDIDATES + 1)
+    // Three fetches at most, each with its hops and addresses: the origin URL, its fallback
+    // image, and the origin URL again when the fallback failed (see `fallback`).
+    3 * (max_redirects as usize + 1) * (resolve::MAX_CANDIDATES + 1)
 }
 
 #[cfg(test)]

@@ -67,6 +67,9 @@ pub struct RequestCtx {
     /// A cache hit the source's current policy refuses: answered as that origin answer would
     /// be, without an origin fetch.
     pub(super) hit_refused: Option<Rejection>,
+    /// The fallback image in progress or served (see [`super::fallback`]); `None` until a
+    /// failure takes one.
+    pub(super) fallback: Option<Box<super::fallback::FallbackState>>,
 }
 
 impl RequestCtx {
@@ -87,6 +90,46 @@ impl RequestCtx {
         err.set_retry(false);
         self.failure = Some(failure);
         err
+    }
+
+    /// [`Self::fail`], unless the source's fallback image takes over (see
+    /// [`super::fallback::on_failure`]; `target` is the client's raw request target): then the
+    /// error that ends this attempt for the fallback's.
+    pub(super) fn fail_or_fallback(
+        &mut self,
+        target: &[u8],
+        failure: Rejection,
+        context: String,
+    ) -> Box<Error> {
+        if self.may_fall_back() {
+            let why = super::fallback::Why::Failed(failure.clone());
+            if let Some(err) = super::fallback::on_failure(self, target, why) {
+                return err;
+            }
+        }
+        self.fail(failure, context)
+    }
+
+    /// Whether a failure of this request could take a fallback image: its source has one, or
+    /// one is in progress. The one check a source without fallbacks pays, on failures only.
+    pub(super) fn may_fall_back(&self) -> bool {
+        self.fallback.is_some()
+            || self
+                .forward
+                .as_ref()
+                .is_some_and(|f| f.source().has_fallbacks())
+    }
+
+    /// The gateway's answer to a proxy error the phases did not classify: a timeout once the
+    /// origin-header deadline passed, else the core's reading of the error (see
+    /// [`super::failure::answer`]); `None` when the client is gone.
+    pub(super) fn classify(&self, e: &Error) -> Option<Rejection> {
+        // A read that timed out on the clamped budget, or any error after the deadline.
+        if self.past_deadline() && *e.esource() == pingora::ErrorSource::Upstream {
+            Some(Rejection::origin_timeout())
+        } else {
+            super::failure::answer(e, self.header_done)
+        }
     }
 
     /// The forward decision of this request, which every origin phase needs; an internal
