@@ -619,6 +619,32 @@ impl FilterHttp {
         self.send(forward, now, now_ms, Some(self.timeout_ms))
     }
 
+    /// Adds the gateway's own response headers (CORS, `dl`) for an answer with `status` whose
+    /// header is `fields` (their `Vary` is merged in list mode).
+    fn push_gateway_edits(
+        header_edits: &mut Vec<HeaderEdit>,
+        forward: &Forward,
+        request_origin: Option<&str>,
+        status: u16,
+        fields: &[(String, Bytes)],
+    ) {
+        let vary = forward.cors().needs_request_origin().then(|| {
+            let values: Vec<String> = fields
+                .iter()
+                .filter(|(name, _)| name == VARY)
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+                .collect();
+            values.join(", ")
+        });
+        edits::push_gateway_response_edits(
+            header_edits,
+            forward,
+            request_origin,
+            status,
+            vary.as_deref().filter(|v| !v.is_empty()),
+        );
+    }
+
     /// The response of a fallback image's stream: served with the original status when the
     /// core's checks pass, else the original answer.
     fn fallback_response(&mut self, end_of_stream: bool) -> Action {
@@ -653,6 +679,14 @@ impl FilterHttp {
             ":status".into(),
             served_status.to_string().into(),
         ));
+        // A fallback is a forwarded answer to the page that asked: the same CORS headers.
+        Self::push_gateway_edits(
+            &mut header_edits,
+            forward,
+            self.request_origin.as_deref(),
+            served_status,
+            &fields,
+        );
         if let Err(e) = headers::write(MapType::HttpResponseHeaders, Some(fields), &header_edits) {
             return self.internal_error(&e);
         }
@@ -847,20 +881,12 @@ impl HttpContext for FilterHttp {
         let mut header_edits = edits::response_header_edits(response_edits);
         // The gateway's own headers (CORS, dl): Envoy's cache stored the head before this
         // filter's encode path, so a hit gets them here too and the cache never holds them.
-        let vary = forward.cors().needs_request_origin().then(|| {
-            let values: Vec<String> = fields
-                .iter()
-                .filter(|(name, _)| name == VARY)
-                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-                .collect();
-            values.join(", ")
-        });
-        edits::push_gateway_response_edits(
+        Self::push_gateway_edits(
             &mut header_edits,
             forward,
             self.request_origin.as_deref(),
             status,
-            vary.as_deref().filter(|v| !v.is_empty()),
+            &fields,
         );
         if let Some(value) = status_value {
             header_edits.push(HeaderEdit::Set(CACHE_STATUS.into(), value.into()));
