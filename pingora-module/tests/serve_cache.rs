@@ -818,22 +818,8 @@ fn disabling_a_source_on_reload_refuses_its_hits_and_enabling_serves_them_again(
 #[test]
 fn a_stored_fallback_never_outlives_cache_ttl_error() {
     const TTL_ERROR: u64 = 2;
-    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
     // The image says max-age=600 and carries an ETag and a Last-Modified.
-    let yaml = format!(
-        "{}  - name: fallback
-    hosts: [fallback.test]
-    secure_url_tokens: [{TOKEN}]
-    allow_private_origins: true
-    cache_ttl: 600
-    cache_ttl_error: {TTL_ERROR}
-    image_missing: http://{}/fresh/600/64?fallback
-",
-        config(""),
-        origin.http
-    );
-    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
-    let serve = ServeProcess::start_temp(bin, &yaml, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let (serve, origin) = start_fallbacks(TTL_ERROR);
     let target = signed(&format!("http://{}/status/404", origin.http), &[]);
     let fetch = || request(serve.listen(), "GET", "fallback.test", &target, &[]);
     let is_fallback = |r: &RawResponse| {
@@ -930,5 +916,138 @@ fn a_stored_fallback_is_refused_at_once_when_a_reload_narrows_the_policy() {
         origin.requests().len(),
         fetched,
         "no origin fetch for a refused hit"
+    );
+}
+
+/// `cache_ttl_error` of the fallback tests' source, except where a test waits for it.
+const FALLBACK_TTL_ERROR: u64 = 30;
+
+/// The gateway on [`config`] plus a source `fallback` (host `fallback.test`) with both images:
+/// `image_missing` 64 pattern bytes, `image_error` 32, each fresh for 600 s with validators.
+fn start_fallbacks(ttl_error: u64) -> (ServeProcess, RecordingOrigin) {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let yaml = format!(
+        "{}  - name: fallback
+    hosts: [fallback.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    cache_ttl_error: {ttl_error}
+    image_missing: http://{http}/fresh/600/64?missing
+    image_error: http://{http}/fresh/600/32?error
+",
+        config(""),
+        http = origin.http
+    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &yaml, &[]).unwrap_or_else(|e| panic!("{e}"));
+    (serve, origin)
+}
+
+/// A fallback image of `len` pattern bytes served for a failure whose status was `status`:
+/// the failure's status, `cache_ttl_error`, the gateway's CORS headers, none of the image's
+/// validators.
+fn assert_fallback(r: &RawResponse, kind: &str, status: u16, len: usize) {
+    assert_eq!(r.status, status, "{}", r.body_text());
+    assert_eq!(r.header("x-ixproxy-fallback"), Some(kind));
+    assert_eq!(r.body, pattern(len), "the image's body");
+    assert_eq!(
+        r.header("cache-control"),
+        Some(format!("public, max-age={FALLBACK_TTL_ERROR}").as_str())
+    );
+    assert_eq!(r.header_values("access-control-allow-origin"), ["*"]);
+    assert_eq!(
+        r.header("cross-origin-resource-policy"),
+        Some("cross-origin")
+    );
+    assert_eq!(r.header("timing-allow-origin"), Some("*"));
+    assert_eq!(r.header("etag"), None, "no validator of the image");
+    assert_eq!(r.header("last-modified"), None);
+}
+
+/// An origin 5xx with its error image is never stored natively: each request fetches the
+/// origin URL and then the image (the image's fetch is a hop of the request, not a cache
+/// lookup of its own URL).
+#[test]
+fn an_origin_errors_fallback_is_served_and_never_stored() {
+    let (serve, origin) = start_fallbacks(FALLBACK_TTL_ERROR);
+    let target = signed(&format!("http://{}/status/500", origin.http), &[]);
+    for _ in 0..2 {
+        let r = request(serve.listen(), "GET", "fallback.test", &target, &[]);
+        assert_fallback(&r, "error", 500, 32);
+        assert_eq!(status_of(&r), Some("ixproxy; fwd=miss"));
+    }
+    assert_eq!(fetches(&origin, "/status/500").len(), 2, "never stored");
+    assert_eq!(fetches(&origin, "/fresh/600/32").len(), 2);
+}
+
+/// The image's URL signed and requested as an origin URL is the image's own answer (its 200,
+/// its `Cache-Control` and validators, no fallback marker), stored under its own key: the
+/// fallback made of it is stored under the missing object's key only.
+#[test]
+fn the_fallback_images_own_url_is_its_own_answer() {
+    let (serve, origin) = start_fallbacks(FALLBACK_TTL_ERROR);
+    let missing = signed(&format!("http://{}/status/404", origin.http), &[]);
+    let image = signed(&format!("http://{}/fresh/600/64?missing", origin.http), &[]);
+    let fetch = |target: &str| request(serve.listen(), "GET", "fallback.test", target, &[]);
+    assert_fallback(&fetch(&missing), "missing", 404, 64);
+    for expected in ["ixproxy; fwd=miss", "ixproxy; hit"] {
+        let direct = fetch(&image);
+        assert_eq!(direct.status, 200);
+        assert_eq!(direct.header("x-ixproxy-fallback"), None);
+        assert_eq!(direct.body, pattern(64));
+        assert_eq!(max_age(&direct), 600);
+        assert!(direct.header("etag").is_some());
+        assert_eq!(status_of(&direct), Some(expected));
+    }
+    let hit = fetch(&missing);
+    assert_fallback(&hit, "missing", 404, 64);
+    assert_eq!(status_of(&hit), Some("ixproxy; hit"));
+    assert_eq!(fetches(&origin, "/status/404").len(), 1);
+    assert_eq!(
+        fetches(&origin, "/fresh/600/64").len(),
+        2,
+        "fallback, then own"
+    );
+}
+
+/// A HEAD on a missing object gets the fallback's head and no body. A HEAD stores nothing:
+/// each sends a HEAD for the origin URL and one for the image, as on Envoy 1.40; once a GET
+/// stored the fallback, a HEAD is a hit of it.
+#[test]
+fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
+    let (serve, origin) = start_fallbacks(FALLBACK_TTL_ERROR);
+    let target = signed(&format!("http://{}/status/404", origin.http), &[]);
+    let head = || {
+        let r = request(serve.listen(), "HEAD", "fallback.test", &target, &[]);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("x-ixproxy-fallback"), Some("missing"));
+        assert_eq!(
+            r.header("cache-control"),
+            Some(format!("public, max-age={FALLBACK_TTL_ERROR}").as_str())
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(r.header("etag"), None);
+        assert!(r.body.is_empty());
+        r
+    };
+    let seen = || -> Vec<String> {
+        origin
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect()
+    };
+    let (head_of, head_image) = ("HEAD /status/404", "HEAD /fresh/600/64?missing");
+    for _ in 0..2 {
+        assert_eq!(status_of(&head()), Some("ixproxy; fwd=miss"));
+    }
+    assert_eq!(seen(), [head_of, head_image, head_of, head_image]);
+    let get = request(serve.listen(), "GET", "fallback.test", &target, &[]);
+    assert_fallback(&get, "missing", 404, 64);
+    assert_eq!(status_of(&head()), Some("ixproxy; hit"));
+    let fetched = seen();
+    assert_eq!(
+        fetched[4..],
+        ["GET /status/404", "GET /fresh/600/64?missing"]
     );
 }

@@ -9,7 +9,8 @@
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::harness::{loopback_alias, DeadPort, SilentPort};
@@ -17,6 +18,7 @@ use ixproxy_conformance::scripted::{head_header, request_path, OriginConn, Scrip
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::cache::{CacheResult, CACHE_STATUS};
 use ixproxy_core::envoy::{ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER};
+use ixproxy_core::fallback::FALLBACK_HEADER;
 use ixproxy_core::sign::{sign_url, SignOptions};
 use ixproxy_core::Rejection;
 
@@ -118,6 +120,15 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Envoy for one loopback source with `cache:`; `edit` changes the bootstrap first.
 fn start(source_extra: &str, edit: impl FnOnce(&mut serde_yaml::Value)) -> Setup {
     let origin = ScriptedOrigin::start(serve).unwrap_or_else(|e| panic!("{e}"));
+    start_on(origin, source_extra, edit)
+}
+
+/// [`start`] in front of a given origin.
+fn start_on(
+    origin: ScriptedOrigin,
+    source_extra: &str,
+    edit: impl FnOnce(&mut serde_yaml::Value),
+) -> Setup {
     let dir = tempfile::Builder::new()
         .prefix("ixproxy-envoy-cache-")
         .tempdir()
@@ -521,5 +532,226 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
         s.origin.heads("/fresh/cors.png").len(),
         1,
         "one origin fetch"
+    );
+}
+
+/// Whether `/missing/appears.png` exists yet on [`serve_fallbacks`]' origin (set by
+/// `a_missing_objects_fallback_is_stored_for_cache_ttl_error_only` alone).
+static APPEARED: AtomicBool = AtomicBool::new(false);
+
+/// The body of [`serve_fallbacks`]' fallback images.
+const IMAGE_BODY: &str = "the fallback image";
+
+/// `cache_ttl_error` of [`start_fallbacks`]' source.
+const TTL_ERROR: u64 = 2;
+
+/// The origin of the fallback tests. `/missing/...` answers 404 (`/missing/appears.png` a 200
+/// once [`APPEARED`]), `/broken/...` 500, both `max-age=3600` (the policy's `cache_ttl_error`
+/// wins); `/image/...` is a fallback image: a 200 fresh for 600 s with validators. Every answer
+/// carries a CORS header of its own, which never reaches a client.
+fn serve_fallbacks(mut conn: OriginConn) {
+    let Some(head) = conn.read_head() else {
+        return;
+    };
+    let path = request_path(&head).to_owned();
+    let (status, headers, body) = if path.starts_with("/image/") {
+        (
+            "200 OK",
+            format!(
+                "etag: {ETAG}\r\nlast-modified: {}\r\ncache-control: max-age=600\r\n",
+                http_date(now() - 3600)
+            ),
+            IMAGE_BODY.to_owned(),
+        )
+    } else if path == "/missing/appears.png" && APPEARED.load(Ordering::SeqCst) {
+        (
+            "200 OK",
+            "cache-control: max-age=600\r\n".to_owned(),
+            format!("body of {path}"),
+        )
+    } else if path.starts_with("/missing/") {
+        (
+            "404 Not Found",
+            "cache-control: max-age=3600\r\n".to_owned(),
+            "no such object".to_owned(),
+        )
+    } else {
+        (
+            "500 Internal Server Error",
+            "cache-control: max-age=3600\r\n".to_owned(),
+            "broken".to_owned(),
+        )
+    };
+    // A HEAD gets the head a GET would.
+    let sent_body = if head.starts_with("HEAD ") { "" } else { &body };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ndate: {}\r\ncontent-type: image/png\r\n{headers}\
+         access-control-allow-origin: https://origin.example\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{sent_body}",
+        http_date(now()),
+        body.len()
+    );
+    conn.send(reply.as_bytes());
+}
+
+/// Envoy with the cache for a source with both fallback images on [`serve_fallbacks`]' origin.
+fn start_fallbacks() -> Setup {
+    let origin = ScriptedOrigin::start(serve_fallbacks).unwrap_or_else(|e| panic!("{e}"));
+    let images = format!(
+        "{PRIVATE}    cache_ttl_error: {TTL_ERROR}\n    image_missing: {}\n    image_error: {}\n",
+        origin.url("/image/missing.png"),
+        origin.url("/image/error.png")
+    );
+    start_on(origin, &images, |_| {})
+}
+
+/// A fallback image served for a failure whose status was `status`: the image's body under the
+/// failure's status, `cache_ttl_error` and the gateway's CORS headers, none of the image's
+/// validators nor the origin's CORS header.
+fn assert_fallback(response: &RawResponse, kind: &str, status: u16) {
+    assert_eq!(response.status, status, "{response:?}");
+    assert_eq!(response.header(FALLBACK_HEADER), Some(kind), "{response:?}");
+    assert_eq!(response.body_text(), IMAGE_BODY, "{response:?}");
+    assert_eq!(
+        response.header("cache-control"),
+        Some(format!("public, max-age={TTL_ERROR}").as_str()),
+        "{response:?}"
+    );
+    assert_eq!(response.header("content-type"), Some("image/png"));
+    assert_eq!(response.header_values("access-control-allow-origin"), ["*"]);
+    assert_eq!(
+        response.header("cross-origin-resource-policy"),
+        Some("cross-origin")
+    );
+    assert_eq!(response.header("timing-allow-origin"), Some("*"));
+    for absent in ["etag", "last-modified", "age", UPSTREAM_ADDRESS_HEADER] {
+        assert_eq!(response.header(absent), None, "{absent}: {response:?}");
+    }
+}
+
+/// On Envoy the origin's 404 is stored under the request's key for `cache_ttl_error` (the
+/// policy's `max-age`, not the origin's 3600) and the image's 200 under the image URL's own key
+/// (its 600 s): within the TTL neither is fetched again. Once the 404 is stale the origin URL is
+/// fetched again, whatever the image's freshness, so an object that appeared is served.
+#[test]
+fn a_missing_objects_fallback_is_stored_for_cache_ttl_error_only() {
+    let s = start_fallbacks();
+    let url = s.origin.url("/missing/appears.png");
+    let first = get(&s, &url, &[]);
+    let filled = Instant::now();
+    assert_fallback(&first, "missing", 404);
+    let second = get(&s, &url, &[]);
+    assert_fallback(&second, "missing", 404);
+    assert_eq!(s.origin.heads("/missing/appears.png").len(), 1, "stored");
+    assert_eq!(s.origin.heads("/image/missing.png").len(), 1, "stored");
+
+    APPEARED.store(true, Ordering::SeqCst);
+    // Every 100 ms for at most TTL_ERROR + 3 s: the fallback only while the 404 can be fresh.
+    let fresh_until = Duration::from_secs(TTL_ERROR) + Duration::from_millis(1000);
+    let mut appeared = None;
+    let mut requests = 2;
+    for _ in 0..50 {
+        let sent = filled.elapsed();
+        let r = get(&s, &url, &[]);
+        requests += 1;
+        if r.header(FALLBACK_HEADER).is_none() {
+            appeared = Some(r);
+            break;
+        }
+        assert_fallback(&r, "missing", 404);
+        assert!(sent < fresh_until, "a fallback {sent:?} after the fill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let appeared = appeared.expect("the origin is asked again after cache_ttl_error");
+    assert_eq!(appeared.status, 200, "{appeared:?}");
+    assert_eq!(appeared.body_text(), "body of /missing/appears.png");
+    assert_eq!(s.origin.heads("/missing/appears.png").len(), 2);
+    assert_eq!(s.origin.heads("/image/missing.png").len(), 1);
+    // An origin 404 with its image is `forwarded`, hit or not.
+    assert_eq!(outcome_count(&s.envoy, "forwarded"), requests.to_string());
+}
+
+/// An origin 500 is never stored (Envoy's cache stores no 500): each request fetches the origin
+/// URL and gets the error image, whose own 200 is a hit under the image URL's key after the
+/// first.
+#[test]
+fn an_origin_errors_fallback_is_served_and_the_error_never_stored() {
+    let s = start_fallbacks();
+    let url = s.origin.url("/broken/a.png");
+    for _ in 0..2 {
+        assert_fallback(&get(&s, &url, &[]), "error", 500);
+    }
+    assert_eq!(s.origin.heads("/broken/a.png").len(), 2, "never stored");
+    assert_eq!(s.origin.heads("/image/error.png").len(), 1);
+    assert_eq!(outcome_count(&s.envoy, "forwarded"), "2");
+}
+
+/// The image's URL signed and requested as an origin URL is the image's own answer (its 200,
+/// its `Cache-Control`, its validators, no fallback marker), before and after it served as a
+/// fallback: Envoy stored the image's answer, never the fallback made of it.
+#[test]
+fn the_fallback_images_own_url_is_its_own_answer() {
+    let s = start_fallbacks();
+    let image = s.origin.url("/image/missing.png");
+    let missing = s.origin.url("/missing/own.png");
+    assert_fallback(&get(&s, &missing, &[]), "missing", 404);
+    for _ in 0..2 {
+        let direct = get(&s, &image, &[]);
+        assert_eq!(direct.status, 200, "{direct:?}");
+        assert_eq!(direct.header(FALLBACK_HEADER), None, "{direct:?}");
+        assert_eq!(direct.body_text(), IMAGE_BODY);
+        assert_eq!(direct.header("cache-control"), Some("max-age=600"));
+        assert_eq!(direct.header("etag"), Some(ETAG));
+        assert_eq!(direct.header(CACHE_STATUS), Some(HIT), "{direct:?}");
+    }
+    assert_fallback(&get(&s, &missing, &[]), "missing", 404);
+    assert_eq!(s.origin.heads("/image/missing.png").len(), 1);
+    assert_eq!(s.origin.heads("/missing/own.png").len(), 1);
+}
+
+/// A HEAD on a missing object gets the fallback's head and no body. Envoy 1.40's cache
+/// neither looks a HEAD up nor stores its answer while no GET filled the entries: each HEAD
+/// sends a HEAD for the origin URL and one for the image; once a GET stored both, a HEAD is
+/// answered from them.
+#[test]
+fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
+    let s = start_fallbacks();
+    let url = s.origin.url("/missing/head.png");
+    let mut head = RawRequest::get(
+        "localhost",
+        &sign_url("tok", &url, &[], &SignOptions::default()),
+    );
+    head.method = "HEAD".to_owned();
+    let send_head = || {
+        let r = send(s.envoy.addr(), &head, TIMEOUT).expect("answered");
+        assert_eq!(r.status, 404, "{r:?}");
+        assert_eq!(r.header(FALLBACK_HEADER), Some("missing"), "{r:?}");
+        assert_eq!(
+            r.header("cache-control"),
+            Some(format!("public, max-age={TTL_ERROR}").as_str())
+        );
+        assert_eq!(r.header("content-type"), Some("image/png"));
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(r.header("etag"), None);
+        assert!(r.body.is_empty(), "{r:?}");
+    };
+    let seen = || -> Vec<String> {
+        s.origin
+            .heads("/")
+            .iter()
+            .map(|h| h.split(" HTTP/").next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    send_head();
+    send_head();
+    let (head_of, head_image) = ("HEAD /missing/head.png", "HEAD /image/missing.png");
+    assert_eq!(seen(), [head_of, head_image, head_of, head_image]);
+    assert_fallback(&get(&s, &url, &[]), "missing", 404);
+    send_head();
+    let fetched = seen();
+    assert_eq!(
+        fetched[4..],
+        ["GET /missing/head.png", "GET /image/missing.png"],
+        "a HEAD from the stored entries"
     );
 }
