@@ -6,10 +6,9 @@ use crate::cache::CacheResult;
 use crate::config::{CacheTtl, CacheTtlBehavior};
 use crate::failure::Failure;
 use crate::metrics;
-use crate::outcome::Outcome;
-#[cfg(doc)]
-use crate::outcome::Rejection;
+use crate::outcome::{Outcome, Rejection};
 use crate::request::HeaderTotals;
+use crate::response::{check_head, is_followed_redirect, policy_cache_control, OriginHead};
 
 /// Request header the filter sets on every forward (`tls` or `plain`), overwriting anything a
 /// client sent; the routes strip it before the request leaves Envoy.
@@ -248,44 +247,107 @@ pub const ORIGIN_REQUEST_REMOVED: [&str; 6] = [
     "x-envoy-internal",
 ];
 
-/// Request header the filter sets on every forward to the source's cache TTL settings
-/// ([`encode_cache_ttl`]), for its upstream role: that role sees the origin's response before
-/// Envoy's cache stores it and replaces its `Cache-Control` with the §12 policy value
-/// ([`crate::response::policy_cache_control`], uncapped), so the cache keeps the policy's
-/// freshness. Set only with the cache (its presence is how the upstream role knows the cache is
-/// on). A client-sent one never survives (not on the forwarded allowlist); the upstream role
-/// removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
+/// Request header the filter sets on every forward to what its upstream role needs to judge a
+/// cache fill ([`CacheFill`], [`CacheFill::encode`]): that role sees the origin's response
+/// before Envoy's cache stores it and replaces its `Cache-Control` with what the cache may keep
+/// ([`CacheFill::stored_cache_control`]). Set only with the cache (its presence is how the
+/// upstream role knows the cache is on). A client-sent one never survives (not on the forwarded
+/// allowlist); the upstream role removes it from the origin request ([`ORIGIN_REQUEST_REMOVED`]).
 pub const CACHE_TTL_HEADER: &str = "x-ixproxy-cache-ttl";
 
-/// [`CACHE_TTL_HEADER`]'s value: `<behavior> <cache_ttl> <cache_ttl_error>`, behavior as in the
-/// config (`respect_origin`, `override_origin`, `enforce_minimum`).
-pub fn encode_cache_ttl(ttl: &CacheTtl) -> String {
-    let behavior = match ttl.behavior {
-        CacheTtlBehavior::RespectOrigin => "respect_origin",
-        CacheTtlBehavior::OverrideOrigin => "override_origin",
-        CacheTtlBehavior::EnforceMinimum => "enforce_minimum",
-    };
-    format!("{behavior} {} {}", ttl.ttl, ttl.error_ttl)
+/// What the filter's upstream role needs, with Envoy's cache, to say how long the cache may keep
+/// an origin answer: the source's cache TTL settings and the checks that refuse a response head
+/// whatever it says (`upstream.max_body_bytes`, `allowed_content_types`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheFill {
+    /// The source's `cache_ttl_behavior`, `cache_ttl` and `cache_ttl_error`.
+    pub ttl: CacheTtl,
+    /// `upstream.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// The source's `allowed_content_types` (`None` = any).
+    pub allowed_content_types: Option<Vec<String>>,
 }
 
-/// Reads an [`encode_cache_ttl`] value; `None` for anything else (the upstream role then leaves
-/// the origin's `Cache-Control` alone, and the main filter still applies the policy for the
-/// client).
-pub fn decode_cache_ttl(value: &str) -> Option<CacheTtl> {
-    let mut fields = value.split(' ');
-    let behavior = match fields.next()? {
-        "respect_origin" => CacheTtlBehavior::RespectOrigin,
-        "override_origin" => CacheTtlBehavior::OverrideOrigin,
-        "enforce_minimum" => CacheTtlBehavior::EnforceMinimum,
-        _ => return None,
-    };
-    let ttl = fields.next()?.parse().ok()?;
-    let error_ttl = fields.next()?.parse().ok()?;
-    fields.next().is_none().then_some(CacheTtl {
-        behavior,
-        ttl,
-        error_ttl,
-    })
+impl CacheFill {
+    /// [`CACHE_TTL_HEADER`]'s value: `<behavior> <cache_ttl> <cache_ttl_error> <max_body_bytes>`,
+    /// behavior as in the config (`respect_origin`, `override_origin`, `enforce_minimum`), then
+    /// for a source with `allowed_content_types` a fifth field, its entries joined with `,`
+    /// (validated tokens: never a space or a comma).
+    pub fn encode(
+        ttl: &CacheTtl,
+        max_body_bytes: u64,
+        allowed_content_types: Option<&[String]>,
+    ) -> String {
+        let behavior = match ttl.behavior {
+            CacheTtlBehavior::RespectOrigin => "respect_origin",
+            CacheTtlBehavior::OverrideOrigin => "override_origin",
+            CacheTtlBehavior::EnforceMinimum => "enforce_minimum",
+        };
+        let mut value = format!("{behavior} {} {} {max_body_bytes}", ttl.ttl, ttl.error_ttl);
+        if let Some(types) = allowed_content_types {
+            value.push(' ');
+            value.push_str(&types.join(","));
+        }
+        value
+    }
+
+    /// Reads a [`CacheFill::encode`] value; `None` for anything else (the upstream role then
+    /// leaves the origin's `Cache-Control` alone, and the main filter still applies the policy
+    /// and the checks for the client).
+    pub fn decode(value: &str) -> Option<CacheFill> {
+        let mut fields = value.split(' ');
+        let behavior = match fields.next()? {
+            "respect_origin" => CacheTtlBehavior::RespectOrigin,
+            "override_origin" => CacheTtlBehavior::OverrideOrigin,
+            "enforce_minimum" => CacheTtlBehavior::EnforceMinimum,
+            _ => return None,
+        };
+        let ttl = fields.next()?.parse().ok()?;
+        let error_ttl = fields.next()?.parse().ok()?;
+        let max_body_bytes = fields.next()?.parse().ok()?;
+        let allowed_content_types = fields.next().map(|types| {
+            types
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        fields.next().is_none().then_some(CacheFill {
+            ttl: CacheTtl {
+                behavior,
+                ttl,
+                error_ttl,
+            },
+            max_body_bytes,
+            allowed_content_types,
+        })
+    }
+
+    /// The `Cache-Control` Envoy's cache stores an origin answer `head` under: the §12 policy
+    /// value (uncapped); for an answer the gateway refuses whatever it says (a redirect, which
+    /// the cache's side channel never follows; a head [`check_head`] refuses), the policy value
+    /// of the failure the client gets (`cache_ttl_error`). So neither that refusal nor a
+    /// fallback image served for it outlives `cache_ttl_error` (SPEC §15): a soft 404 (an HTML
+    /// page with a 200) is asked for again once that has passed.
+    pub fn stored_cache_control(&self, head: &OriginHead) -> String {
+        let status = head.status();
+        let refused = if is_followed_redirect(status) {
+            Some(Rejection::bad_redirect(
+                crate::forward::UNFOLLOWABLE_LOCATION,
+            ))
+        } else {
+            check_head(
+                head,
+                self.max_body_bytes,
+                self.allowed_content_types.as_deref(),
+            )
+            .err()
+        };
+        match refused {
+            Some(rejection) => policy_cache_control(&self.ttl, rejection.status(), None),
+            None => policy_cache_control(&self.ttl, status, head.cache_control().as_deref()),
+        }
+    }
 }
 
 /// The address a forwarded response came from: Envoy's `upstream.address` when the router
@@ -593,31 +655,103 @@ mod tests {
     }
 
     #[test]
-    fn cache_ttl_settings_round_trip_through_their_header() {
+    fn cache_fill_settings_round_trip_through_their_header() {
+        let types = vec!["image/".to_owned(), "application/pdf".to_owned()];
         for behavior in [
             CacheTtlBehavior::RespectOrigin,
             CacheTtlBehavior::OverrideOrigin,
             CacheTtlBehavior::EnforceMinimum,
         ] {
-            let ttl = CacheTtl {
-                behavior,
-                ttl: 31_536_000,
-                error_ttl: 300,
-            };
-            assert_eq!(decode_cache_ttl(&encode_cache_ttl(&ttl)), Some(ttl));
+            for allowed in [None, Some(types.clone()), Some(Vec::new())] {
+                let fill = CacheFill {
+                    ttl: CacheTtl {
+                        behavior,
+                        ttl: 31_536_000,
+                        error_ttl: 300,
+                    },
+                    max_body_bytes: 1 << 20,
+                    allowed_content_types: allowed,
+                };
+                let value = CacheFill::encode(
+                    &fill.ttl,
+                    fill.max_body_bytes,
+                    fill.allowed_content_types.as_deref(),
+                );
+                assert_eq!(CacheFill::decode(&value), Some(fill), "{value}");
+            }
         }
         assert_eq!(
-            encode_cache_ttl(&CacheTtl::default()),
-            "respect_origin 31536000 300"
+            CacheFill::encode(&CacheTtl::default(), 100, None),
+            "respect_origin 31536000 300 100"
+        );
+        assert_eq!(
+            CacheFill::encode(&CacheTtl::default(), 100, Some(&types)),
+            "respect_origin 31536000 300 100 image/,application/pdf"
         );
         for bad in [
             "",
             "respect_origin",
-            "sometimes 1 2",
-            "override_origin 1 x",
-            "override_origin 1 2 3",
+            "sometimes 1 2 3",
+            "override_origin 1 x 3",
+            "override_origin 1 2",
+            "override_origin 1 2 x",
+            "override_origin 1 2 3 image/ extra",
         ] {
-            assert_eq!(decode_cache_ttl(bad), None, "{bad}");
+            assert_eq!(CacheFill::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_an_answer_the_gateway_refuses_for_cache_ttl_error_only() {
+        let fill = |allowed: Option<&[&str]>| CacheFill {
+            ttl: CacheTtl {
+                behavior: CacheTtlBehavior::RespectOrigin,
+                ttl: 1000,
+                error_ttl: 30,
+            },
+            max_body_bytes: 100,
+            allowed_content_types: allowed.map(|a| a.iter().map(|t| (*t).to_owned()).collect()),
+        };
+        let head = |status: u16, fields: &[(&str, &str)]| {
+            OriginHead::of(status, fields.iter().map(|(n, v)| (*n, v.as_bytes())))
+        };
+        let error = "public, max-age=30";
+        let images = fill(Some(&["image/"]));
+        let png = [
+            ("content-type", "image/png"),
+            ("cache-control", "max-age=600"),
+        ];
+        assert_eq!(images.stored_cache_control(&head(200, &png)), "max-age=600");
+        assert_eq!(images.stored_cache_control(&head(404, &png)), error);
+        let html = [
+            ("content-type", "text/html"),
+            ("cache-control", "max-age=600"),
+        ];
+        assert_eq!(images.stored_cache_control(&head(200, &html)), error);
+        assert_eq!(
+            fill(None).stored_cache_control(&head(200, &html)),
+            "max-age=600"
+        );
+        assert_eq!(images.stored_cache_control(&head(404, &html)), error);
+        let two_types = [("content-type", "image/png"), ("content-type", "image/gif")];
+        assert_eq!(
+            fill(None).stored_cache_control(&head(200, &two_types)),
+            error
+        );
+        let large = [("content-type", "image/png"), ("content-length", "101")];
+        assert_eq!(fill(None).stored_cache_control(&head(200, &large)), error);
+        let fits = [("content-type", "image/png"), ("content-length", "100")];
+        assert_eq!(
+            fill(None).stored_cache_control(&head(200, &fits)),
+            "public, max-age=1000"
+        );
+        for status in crate::response::FOLLOWED_REDIRECTS {
+            let moved = [("location", "/x"), ("cache-control", "max-age=600")];
+            assert_eq!(
+                fill(None).stored_cache_control(&head(status, &moved)),
+                error,
+                "{status}"
+            );
         }
     }
 

@@ -16,7 +16,7 @@ use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
 use crate::request::is_forwarded_client_header;
 use crate::response::{
-    policy_cache_control, response_edits, status_has_body, OriginHead, ResponseEdits,
+    check_head, policy_cache_control, response_edits, OriginHead, ResponseEdits,
 };
 
 /// Reason detail of the 502 for a redirect the core would follow but the runtime did not (a
@@ -310,24 +310,11 @@ impl Forward {
     /// several or unparsable `Content-Type` values, or 403
     /// [`crate::Outcome::ContentTypeDenied`].
     pub fn check_response(&self, head: &OriginHead) -> Result<ResponseEdits, Rejection> {
-        if head
-            .content_length()
-            .is_some_and(|len| len > self.limits.max_body_bytes)
-        {
-            return Err(Rejection::origin_too_large());
-        }
-        let media_type = head.media_type().map_err(Rejection::bad_origin_response)?;
-        if let (true, Some(allowed)) = (
-            status_has_body(head.status()),
-            self.source.allowed_content_types.as_ref(),
-        ) {
-            let admitted = media_type
-                .as_ref()
-                .is_some_and(|t| allowed.iter().any(|entry| t.allowed_by(entry)));
-            if !admitted {
-                return Err(Rejection::content_type_denied());
-            }
-        }
+        let media_type = check_head(
+            head,
+            self.limits.max_body_bytes,
+            self.source.allowed_content_types.as_deref(),
+        )?;
         Ok(response_edits(
             head,
             media_type.as_ref(),
@@ -460,6 +447,12 @@ impl Forward {
         edits.policy_cache_control = Some(policy);
         edits.set.push((FALLBACK_HEADER, kind.as_str().to_owned()));
         Ok(edits)
+    }
+
+    /// `upstream.max_body_bytes` (what the Envoy filter passes its upstream role with the
+    /// cache, see [`crate::envoy::CacheFill`]).
+    pub fn max_body_bytes(&self) -> u64 {
+        self.limits.max_body_bytes
     }
 
     /// Whether the body received so far (`bytes`) is over `upstream.max_body_bytes`; the

@@ -333,6 +333,38 @@ pub fn policy_cache_control(ttl: &CacheTtl, status: u16, origin: Option<&str>) -
     }
 }
 
+/// The checks of an origin response head that refuse it whatever else it says (the first
+/// part of [`crate::Forward::check_response`]): a declared `Content-Length` over
+/// `max_body_bytes`, a `Content-Type` that is not one media type, or, on a status with a body,
+/// a media type outside `allowed_content_types` (`None` = any). Returns the parsed media type.
+///
+/// # Errors
+/// The rejection the client gets for the head (`origin_too_large`, `bad_origin_response`,
+/// `content_type_denied`).
+pub fn check_head(
+    head: &OriginHead,
+    max_body_bytes: u64,
+    allowed_content_types: Option<&[String]>,
+) -> Result<Option<MediaType>, crate::outcome::Rejection> {
+    use crate::outcome::Rejection;
+    if head
+        .content_length()
+        .is_some_and(|len| len > max_body_bytes)
+    {
+        return Err(Rejection::origin_too_large());
+    }
+    let media_type = head.media_type().map_err(Rejection::bad_origin_response)?;
+    if let (true, Some(allowed)) = (status_has_body(head.status()), allowed_content_types) {
+        let admitted = media_type
+            .as_ref()
+            .is_some_and(|t| allowed.iter().any(|entry| t.allowed_by(entry)));
+        if !admitted {
+            return Err(Rejection::content_type_denied());
+        }
+    }
+    Ok(media_type)
+}
+
 /// The `max-age` seconds of a `Cache-Control` value, if it has a readable one.
 pub fn max_age_of(cache_control: &str) -> Option<u64> {
     cache_control.split(',').find_map(|directive| {

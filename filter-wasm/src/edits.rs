@@ -11,7 +11,7 @@ use ixproxy_core::identity::{OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT, USER_AG
 use ixproxy_core::response::ResponseEdits;
 use ixproxy_core::{Forward, Rejection};
 
-use ixproxy_core::envoy::{encode_cache_ttl, CACHE_TTL_HEADER};
+use ixproxy_core::envoy::{CacheFill, CACHE_TTL_HEADER};
 pub use ixproxy_core::envoy::{ALLOW_PRIVATE_HEADER, FORWARDED_PROTO, UPSTREAM_HEADER};
 /// [`UPSTREAM_HEADER`] value routed to the TLS dynamic-forward-proxy cluster.
 pub const UPSTREAM_TLS: &str = "tls";
@@ -118,12 +118,17 @@ pub fn forward_request_edits<'a>(
     if forward.allow_private() {
         edits.push(HeaderEdit::Set(ALLOW_PRIVATE_HEADER.into(), "1".into()));
     }
-    // For the upstream role, which stores the policy Cache-Control for Envoy's cache; without
+    // For the upstream role, which says how long Envoy's cache keeps the answer; without
     // the cache there is nothing to store, and the role has nothing to remove either.
     if cached {
         edits.push(HeaderEdit::Set(
             CACHE_TTL_HEADER.into(),
-            encode_cache_ttl(&forward.source().cache_ttl).into(),
+            CacheFill::encode(
+                &forward.source().cache_ttl,
+                forward.max_body_bytes(),
+                forward.source().allowed_content_types.as_deref(),
+            )
+            .into(),
         ));
     }
     // The source's User-Agent replaces the client's (removed above) on every origin request.
@@ -512,8 +517,13 @@ mod tests {
                 &set("x-imgix-origin-secret", "hs"),
             ]
         );
-        // With the cache, the source's default cache TTL settings go to the upstream role.
-        assert!(cached.contains(&set(CACHE_TTL_HEADER, "respect_origin 31536000 300")));
+        // With the cache, the source's default cache TTL settings and the response limits go
+        // to the upstream role.
+        let fill = format!(
+            "respect_origin 31536000 300 {}",
+            ixproxy_core::config::DEFAULT_MAX_BODY_BYTES
+        );
+        assert!(cached.contains(&set(CACHE_TTL_HEADER, &fill)));
         // Removals come first, so the origin auth header the filter sets survives.
         let last_remove = edits
             .iter()

@@ -17,15 +17,17 @@
 //!   origin-sent one removed first), which the cache stores with the entry and the main filter
 //!   checks for misses and hits alike; and it replaces the origin's `Cache-Control` with the
 //!   source's policy value (README: Cache TTL policy, uncapped), so that is what the cache stores
-//!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]).
+//!   and judges freshness by (the settings come from the main filter in [`CACHE_TTL_HEADER`]);
+//!   an answer the main filter refuses whatever it says is kept for `cache_ttl_error` only
+//!   ([`CacheFill::stored_cache_control`]).
 //!
 //! Without the cache (no [`CACHE_TTL_HEADER`] on the origin request) only a redirect needs the
 //! response side: any other response costs one host call (its status) and no edit, and the
 //! request side normally finds nothing to remove. Each removal is its own host call: Envoy makes
 //! a single edit far more cheaply than it rewrites a whole map (bench/NOTES.md).
 
-use ixproxy_core::envoy::decode_cache_ttl;
-use ixproxy_core::response::{is_followed_redirect, policy_cache_control, OriginHead};
+use ixproxy_core::envoy::CacheFill;
+use ixproxy_core::response::{is_followed_redirect, OriginHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Bytes, MapType};
@@ -62,8 +64,9 @@ pub struct LocationFilter {
     /// The attempt's request header as read (the redirect base is made from it only for a
     /// redirect).
     request: Option<Vec<(String, Bytes)>>,
-    /// The source's cache TTL settings, from the main filter ([`CACHE_TTL_HEADER`]).
-    ttl: Option<ixproxy_core::config::CacheTtl>,
+    /// The source's cache TTL settings and response checks, from the main filter
+    /// ([`CACHE_TTL_HEADER`]).
+    fill: Option<CacheFill>,
     /// Whether the cache is on: the main filter sent [`CACHE_TTL_HEADER`].
     cached: bool,
 }
@@ -99,7 +102,7 @@ impl HttpContext for LocationFilter {
         self.cached = fields
             .as_deref()
             .is_none_or(|f| headers::value(f, CACHE_TTL_HEADER).is_some());
-        self.ttl = value(CACHE_TTL_HEADER).and_then(decode_cache_ttl);
+        self.fill = value(CACHE_TTL_HEADER).and_then(CacheFill::decode);
         // Present by name, whatever its value's bytes; when the header could not be read, every
         // one is removed as if present.
         let present = |name: &str| {
@@ -153,12 +156,12 @@ impl HttpContext for LocationFilter {
             None => HeaderEdit::Remove(UPSTREAM_ADDRESS_HEADER.into()),
         });
         // A 304 refreshes a stored entry with the headers it carries: under `respect_origin` its
-        // own Cache-Control (or none) is the origin's word, otherwise the policy's. A redirect
-        // never reaches a client or the cache.
-        let refresh_keeps_origin = status == 304 && ttl_respects_origin(self.ttl.as_ref());
-        if let (Some(ttl), false, false) =
-            (self.ttl, refresh_keeps_origin, is_followed_redirect(status))
-        {
+        // own Cache-Control (or none) is the origin's word, otherwise the policy's. An answer
+        // the main filter refuses (a redirect, which the cache's channel never follows, a
+        // refused content type or size) is kept as the failure it becomes (`cache_ttl_error`).
+        let refresh_keeps_origin =
+            status == 304 && ttl_respects_origin(self.fill.as_ref().map(|f| &f.ttl));
+        if let (Some(fill), false) = (self.fill.as_ref(), refresh_keeps_origin) {
             let head = OriginHead::of(
                 status,
                 fields
@@ -166,8 +169,8 @@ impl HttpContext for LocationFilter {
                     .flatten()
                     .map(|(n, v)| (n.as_str(), v.as_slice())),
             );
-            let policy = policy_cache_control(&ttl, status, head.cache_control().as_deref());
-            edits.push(HeaderEdit::Set("cache-control".into(), policy.into()));
+            let stored = fill.stored_cache_control(&head);
+            edits.push(HeaderEdit::Set("cache-control".into(), stored.into()));
         }
         if is_followed_redirect(status) {
             let base = self.base();

@@ -9,7 +9,7 @@
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
@@ -535,9 +535,23 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
     );
 }
 
-/// Whether `/missing/appears.png` exists yet on [`serve_fallbacks`]' origin (set by
-/// `a_missing_objects_fallback_is_stored_for_cache_ttl_error_only` alone).
-static APPEARED: AtomicBool = AtomicBool::new(false);
+/// The paths [`serve_fallbacks`]' origin answers with an image now (a test "fixes" its object).
+static FIXED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn fix(path: &str) {
+    FIXED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(path.to_owned());
+}
+
+fn is_fixed(path: &str) -> bool {
+    FIXED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .any(|p| p == path)
+}
 
 /// The body of [`serve_fallbacks`]' fallback images.
 const IMAGE_BODY: &str = "the fallback image";
@@ -545,9 +559,10 @@ const IMAGE_BODY: &str = "the fallback image";
 /// `cache_ttl_error` of [`start_fallbacks`]' source.
 const TTL_ERROR: u64 = 2;
 
-/// The origin of the fallback tests. `/missing/...` answers 404 (`/missing/appears.png` a 200
-/// once [`APPEARED`]), `/broken/...` 500, both `max-age=3600` (the policy's `cache_ttl_error`
-/// wins); `/image/...` is a fallback image: a 200 fresh for 600 s with validators. Every answer
+/// The origin of the fallback tests. `/missing/...` answers 404, `/broken/...` 500, both
+/// `max-age=3600` (the policy's `cache_ttl_error` wins); `/soft/...` a 200 HTML page (a soft
+/// 404) and `/moved/...` a 301, both `max-age=600`; `/image/...` is a fallback image: a 200
+/// fresh for 600 s with validators. A [`fix`]ed path is an image fresh for 600 s. Every answer
 /// carries a CORS header of its own, which never reaches a client.
 fn serve_fallbacks(mut conn: OriginConn) {
     let Some(head) = conn.read_head() else {
@@ -563,11 +578,23 @@ fn serve_fallbacks(mut conn: OriginConn) {
             ),
             IMAGE_BODY.to_owned(),
         )
-    } else if path == "/missing/appears.png" && APPEARED.load(Ordering::SeqCst) {
+    } else if is_fixed(&path) {
         (
             "200 OK",
             "cache-control: max-age=600\r\n".to_owned(),
             format!("body of {path}"),
+        )
+    } else if path.starts_with("/soft/") {
+        (
+            "200 OK",
+            "cache-control: max-age=600\r\n".to_owned(),
+            "soft".to_owned(),
+        )
+    } else if path.starts_with("/moved/") {
+        (
+            "301 Moved Permanently",
+            "location: /image/moved.png\r\ncache-control: max-age=600\r\n".to_owned(),
+            String::new(),
         )
     } else if path.starts_with("/missing/") {
         (
@@ -582,10 +609,15 @@ fn serve_fallbacks(mut conn: OriginConn) {
             "broken".to_owned(),
         )
     };
+    let ct = if path.starts_with("/soft/") && !is_fixed(&path) {
+        "text/html"
+    } else {
+        "image/png"
+    };
     // A HEAD gets the head a GET would.
     let sent_body = if head.starts_with("HEAD ") { "" } else { &body };
     let reply = format!(
-        "HTTP/1.1 {status}\r\ndate: {}\r\ncontent-type: image/png\r\n{headers}\
+        "HTTP/1.1 {status}\r\ndate: {}\r\ncontent-type: {ct}\r\n{headers}\
          access-control-allow-origin: https://origin.example\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{sent_body}",
         http_date(now()),
@@ -598,7 +630,8 @@ fn serve_fallbacks(mut conn: OriginConn) {
 fn start_fallbacks() -> Setup {
     let origin = ScriptedOrigin::start(serve_fallbacks).unwrap_or_else(|e| panic!("{e}"));
     let images = format!(
-        "{PRIVATE}    cache_ttl_error: {TTL_ERROR}\n    image_missing: {}\n    image_error: {}\n",
+        "{PRIVATE}    cache_ttl_error: {TTL_ERROR}\n    allowed_content_types: [image/]\n    \
+         image_missing: {}\n    image_error: {}\n",
         origin.url("/image/missing.png"),
         origin.url("/image/error.png")
     );
@@ -629,6 +662,30 @@ fn assert_fallback(response: &RawResponse, kind: &str, status: u16) {
     }
 }
 
+/// Requests `url` every 100 ms (at most 50 times) until the answer is no longer `kind`'s
+/// fallback with `status`, asserting that no fallback came later than `TTL_ERROR` + 1 s after
+/// `filled` (the fill); returns that answer and the number of requests made.
+fn until_refetched(
+    s: &Setup,
+    url: &str,
+    filled: Instant,
+    kind: &str,
+    status: u16,
+) -> (RawResponse, usize) {
+    let fresh_until = Duration::from_secs(TTL_ERROR) + Duration::from_millis(1000);
+    for polled in 1..=50 {
+        let sent = filled.elapsed();
+        let r = get(s, url, &[]);
+        if r.header(FALLBACK_HEADER).is_none() {
+            return (r, polled);
+        }
+        assert_fallback(&r, kind, status);
+        assert!(sent < fresh_until, "a fallback {sent:?} after the fill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url}: the origin is not asked again after cache_ttl_error");
+}
+
 /// On Envoy the origin's 404 is stored under the request's key for `cache_ttl_error` (the
 /// policy's `max-age`, not the origin's 3600) and the image's 200 under the image URL's own key
 /// (its 600 s): within the TTL neither is fetched again. Once the 404 is stale the origin URL is
@@ -645,30 +702,17 @@ fn a_missing_objects_fallback_is_stored_for_cache_ttl_error_only() {
     assert_eq!(s.origin.heads("/missing/appears.png").len(), 1, "stored");
     assert_eq!(s.origin.heads("/image/missing.png").len(), 1, "stored");
 
-    APPEARED.store(true, Ordering::SeqCst);
-    // Every 100 ms for at most TTL_ERROR + 3 s: the fallback only while the 404 can be fresh.
-    let fresh_until = Duration::from_secs(TTL_ERROR) + Duration::from_millis(1000);
-    let mut appeared = None;
-    let mut requests = 2;
-    for _ in 0..50 {
-        let sent = filled.elapsed();
-        let r = get(&s, &url, &[]);
-        requests += 1;
-        if r.header(FALLBACK_HEADER).is_none() {
-            appeared = Some(r);
-            break;
-        }
-        assert_fallback(&r, "missing", 404);
-        assert!(sent < fresh_until, "a fallback {sent:?} after the fill");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let appeared = appeared.expect("the origin is asked again after cache_ttl_error");
+    fix("/missing/appears.png");
+    let (appeared, polled) = until_refetched(&s, &url, filled, "missing", 404);
     assert_eq!(appeared.status, 200, "{appeared:?}");
     assert_eq!(appeared.body_text(), "body of /missing/appears.png");
     assert_eq!(s.origin.heads("/missing/appears.png").len(), 2);
     assert_eq!(s.origin.heads("/image/missing.png").len(), 1);
     // An origin 404 with its image is `forwarded`, hit or not.
-    assert_eq!(outcome_count(&s.envoy, "forwarded"), requests.to_string());
+    assert_eq!(
+        outcome_count(&s.envoy, "forwarded"),
+        (2 + polled).to_string()
+    );
 }
 
 /// An origin 500 is never stored (Envoy's cache stores no 500): each request fetches the origin
@@ -754,4 +798,31 @@ fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
         ["GET /missing/head.png", "GET /image/missing.png"],
         "a HEAD from the stored entries"
     );
+}
+
+/// An origin answer the gateway refuses whatever it says gets the error image: a soft 404 (an
+/// HTML page with a 200, outside `allowed_content_types`) a 403, a redirect (never followed on
+/// the cache's channel) a 502. Envoy keeps it for `cache_ttl_error` only, not the origin's
+/// `max-age=600` (the upstream role stores it under the failure's policy value), so once the
+/// origin serves the image it is served.
+#[test]
+fn a_refused_answers_fallback_is_stored_for_cache_ttl_error_only() {
+    let s = start_fallbacks();
+    let cases = [("/soft/a.png", 403), ("/moved/a.png", 502)];
+    let filled = Instant::now();
+    for (path, status) in cases {
+        let url = s.origin.url(path);
+        assert_fallback(&get(&s, &url, &[]), "error", status);
+        assert_fallback(&get(&s, &url, &[]), "error", status);
+        assert_eq!(s.origin.heads(path).len(), 1, "{path}: stored");
+        fix(path);
+    }
+    for (path, status) in cases {
+        let (fixed, _) = until_refetched(&s, &s.origin.url(path), filled, "error", status);
+        assert_eq!(fixed.status, 200, "{path}: {fixed:?}");
+        assert_eq!(fixed.body_text(), format!("body of {path}"));
+        assert_eq!(s.origin.heads(path).len(), 2, "{path}");
+    }
+    assert_eq!(s.origin.heads("/image/error.png").len(), 1);
+    assert!(s.origin.heads("/image/moved.png").is_empty());
 }
