@@ -286,7 +286,12 @@ impl CacheFill {
         let mut value = format!("{behavior} {} {} {max_body_bytes}", ttl.ttl, ttl.error_ttl);
         if let Some(types) = allowed_content_types {
             value.push(' ');
-            value.push_str(&types.join(","));
+            for (k, entry) in types.iter().enumerate() {
+                if k > 0 {
+                    value.push(',');
+                }
+                value.push_str(entry);
+            }
         }
         value
     }

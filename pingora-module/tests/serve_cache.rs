@@ -922,8 +922,9 @@ fn a_stored_fallback_is_refused_at_once_when_a_reload_narrows_the_policy() {
 /// `cache_ttl_error` of the fallback tests' source, except where a test waits for it.
 const FALLBACK_TTL_ERROR: u64 = 30;
 
-/// The gateway on [`config`] plus a source `fallback` (host `fallback.test`) with both images:
-/// `image_missing` 64 pattern bytes, `image_error` 32, each fresh for 600 s with validators.
+/// The gateway on [`config`] plus a source `fallback` (host `fallback.test`, `text/plain` only)
+/// with both images: `image_missing` 64 pattern bytes, `image_error` 32, each fresh for 600 s
+/// with validators.
 fn start_fallbacks(ttl_error: u64) -> (ServeProcess, RecordingOrigin) {
     let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
     let yaml = format!(
@@ -931,6 +932,7 @@ fn start_fallbacks(ttl_error: u64) -> (ServeProcess, RecordingOrigin) {
     hosts: [fallback.test]
     secure_url_tokens: [{TOKEN}]
     allow_private_origins: true
+    allowed_content_types: [text/plain]
     cache_ttl_error: {ttl_error}
     image_missing: http://{http}/fresh/600/64?missing
     image_error: http://{http}/fresh/600/32?error
@@ -964,20 +966,24 @@ fn assert_fallback(r: &RawResponse, kind: &str, status: u16, len: usize) {
     assert_eq!(r.header("last-modified"), None);
 }
 
-/// An origin 5xx with its error image is never stored natively: each request fetches the
-/// origin URL and then the image (the image's fetch is a hop of the request, not a cache
-/// lookup of its own URL).
+/// An error image is never stored natively (only what is served is stored, and a 5xx or a
+/// 403 is not): for an origin 5xx and for an answer the gateway refuses (a soft 404: an HTML
+/// page with a 200, outside `allowed_content_types`, a 403) each request fetches the origin URL
+/// and then the image (the image's fetch is a hop of the request, not a cache lookup of its
+/// own URL). On Envoy the refused answer is kept for `cache_ttl_error` (`envoy_cache.rs`).
 #[test]
-fn an_origin_errors_fallback_is_served_and_never_stored() {
+fn an_error_images_answer_is_never_stored() {
     let (serve, origin) = start_fallbacks(FALLBACK_TTL_ERROR);
-    let target = signed(&format!("http://{}/status/500", origin.http), &[]);
-    for _ in 0..2 {
-        let r = request(serve.listen(), "GET", "fallback.test", &target, &[]);
-        assert_fallback(&r, "error", 500, 32);
-        assert_eq!(status_of(&r), Some("ixproxy; fwd=miss"));
+    for (path, status) in [("/status/500", 500), ("/ct?v=text/html", 403)] {
+        let target = signed(&format!("http://{}{path}", origin.http), &[]);
+        for _ in 0..2 {
+            let r = request(serve.listen(), "GET", "fallback.test", &target, &[]);
+            assert_fallback(&r, "error", status, 32);
+            assert_eq!(status_of(&r), Some("ixproxy; fwd=miss"));
+        }
+        assert_eq!(fetches(&origin, path).len(), 2, "{path}: never stored");
     }
-    assert_eq!(fetches(&origin, "/status/500").len(), 2, "never stored");
-    assert_eq!(fetches(&origin, "/fresh/600/32").len(), 2);
+    assert_eq!(fetches(&origin, "/fresh/600/32").len(), 4);
 }
 
 /// The image's URL signed and requested as an origin URL is the image's own answer (its 200,
