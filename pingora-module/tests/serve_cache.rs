@@ -6,7 +6,9 @@
 //! refreshes it); purge makes the next request a miss; a Range on a cached object is a 206 from
 //! the cache; a HEAD never stores a body; answers over `max_object_bytes` are streamed, never
 //! stored; the process's memory stays within `max_bytes` plus a stated overhead after twice
-//! `max_bytes` of distinct objects went through.
+//! `max_bytes` of distinct objects went through; a fallback image is stored under the request's
+//! key for `cache_ttl_error` only, an error image's answer never, the image's own URL is its
+//! own answer, and a HEAD stores nothing (README: Fallback images).
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! still needs a valid signature and an unexpired URL and gets its own `expires` cap and the
 //! inert response headers, a stale entry is revalidated and a 304 refreshes it, and the address
 //! stored with an entry is checked on hits. Envoy's cache has no purge API (nothing to test).
+//! Fallback images with the cache (README: Fallback images, Envoy cache): what is stored under
+//! which key and for how long, the image's own URL, a HEAD, an answer the gateway refuses.
 //!
 //! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
@@ -538,6 +540,7 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
 /// The paths [`serve_fallbacks`]' origin answers with an image now (a test "fixes" its object).
 static FIXED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Makes `path` an image on [`serve_fallbacks`]' origin from now on.
 fn fix(path: &str) {
     FIXED
         .lock()
@@ -545,6 +548,7 @@ fn fix(path: &str) {
         .push(path.to_owned());
 }
 
+/// Whether `path` was [`fix`]ed.
 fn is_fixed(path: &str) -> bool {
     FIXED
         .lock()
@@ -556,8 +560,12 @@ fn is_fixed(path: &str) -> bool {
 /// The body of [`serve_fallbacks`]' fallback images.
 const IMAGE_BODY: &str = "the fallback image";
 
-/// `cache_ttl_error` of [`start_fallbacks`]' source.
+/// `cache_ttl_error` of [`start_fallbacks`]' source for a test that waits for it to pass.
 const TTL_ERROR: u64 = 2;
+
+/// `cache_ttl_error` of [`start_fallbacks`]' source for a test that must never see it pass
+/// (a slow machine must not turn a hit into a second origin fetch).
+const LONG_TTL_ERROR: u64 = 60;
 
 /// The origin of the fallback tests. `/missing/...` answers 404, `/broken/...` 500, both
 /// `max-age=3600` (the policy's `cache_ttl_error` wins); `/soft/...` a 200 HTML page (a soft
@@ -626,11 +634,12 @@ fn serve_fallbacks(mut conn: OriginConn) {
     conn.send(reply.as_bytes());
 }
 
-/// Envoy with the cache for a source with both fallback images on [`serve_fallbacks`]' origin.
-fn start_fallbacks() -> Setup {
+/// Envoy with the cache for a source with both fallback images on [`serve_fallbacks`]' origin
+/// (images only, `cache_ttl_error` `ttl_error`).
+fn start_fallbacks(ttl_error: u64) -> Setup {
     let origin = ScriptedOrigin::start(serve_fallbacks).unwrap_or_else(|e| panic!("{e}"));
     let images = format!(
-        "{PRIVATE}    cache_ttl_error: {TTL_ERROR}\n    allowed_content_types: [image/]\n    \
+        "{PRIVATE}    cache_ttl_error: {ttl_error}\n    allowed_content_types: [image/]\n    \
          image_missing: {}\n    image_error: {}\n",
         origin.url("/image/missing.png"),
         origin.url("/image/error.png")
@@ -639,15 +648,15 @@ fn start_fallbacks() -> Setup {
 }
 
 /// A fallback image served for a failure whose status was `status`: the image's body under the
-/// failure's status, `cache_ttl_error` and the gateway's CORS headers, none of the image's
-/// validators nor the origin's CORS header.
-fn assert_fallback(response: &RawResponse, kind: &str, status: u16) {
+/// failure's status, `cache_ttl_error` (`ttl_error`) and the gateway's CORS headers, none of
+/// the image's validators nor the origin's CORS header.
+fn assert_fallback(response: &RawResponse, kind: &str, status: u16, ttl_error: u64) {
     assert_eq!(response.status, status, "{response:?}");
     assert_eq!(response.header(FALLBACK_HEADER), Some(kind), "{response:?}");
     assert_eq!(response.body_text(), IMAGE_BODY, "{response:?}");
     assert_eq!(
         response.header("cache-control"),
-        Some(format!("public, max-age={TTL_ERROR}").as_str()),
+        Some(format!("public, max-age={ttl_error}").as_str()),
         "{response:?}"
     );
     assert_eq!(response.header("content-type"), Some("image/png"));
@@ -679,7 +688,7 @@ fn until_refetched(
         if r.header(FALLBACK_HEADER).is_none() {
             return (r, polled);
         }
-        assert_fallback(&r, kind, status);
+        assert_fallback(&r, kind, status, TTL_ERROR);
         assert!(sent < fresh_until, "a fallback {sent:?} after the fill");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -692,13 +701,13 @@ fn until_refetched(
 /// fetched again, whatever the image's freshness, so an object that appeared is served.
 #[test]
 fn a_missing_objects_fallback_is_stored_for_cache_ttl_error_only() {
-    let s = start_fallbacks();
+    let s = start_fallbacks(TTL_ERROR);
     let url = s.origin.url("/missing/appears.png");
     let first = get(&s, &url, &[]);
     let filled = Instant::now();
-    assert_fallback(&first, "missing", 404);
+    assert_fallback(&first, "missing", 404, TTL_ERROR);
     let second = get(&s, &url, &[]);
-    assert_fallback(&second, "missing", 404);
+    assert_fallback(&second, "missing", 404, TTL_ERROR);
     assert_eq!(s.origin.heads("/missing/appears.png").len(), 1, "stored");
     assert_eq!(s.origin.heads("/image/missing.png").len(), 1, "stored");
 
@@ -720,10 +729,10 @@ fn a_missing_objects_fallback_is_stored_for_cache_ttl_error_only() {
 /// first.
 #[test]
 fn an_origin_errors_fallback_is_served_and_the_error_never_stored() {
-    let s = start_fallbacks();
+    let s = start_fallbacks(LONG_TTL_ERROR);
     let url = s.origin.url("/broken/a.png");
     for _ in 0..2 {
-        assert_fallback(&get(&s, &url, &[]), "error", 500);
+        assert_fallback(&get(&s, &url, &[]), "error", 500, LONG_TTL_ERROR);
     }
     assert_eq!(s.origin.heads("/broken/a.png").len(), 2, "never stored");
     assert_eq!(s.origin.heads("/image/error.png").len(), 1);
@@ -735,10 +744,10 @@ fn an_origin_errors_fallback_is_served_and_the_error_never_stored() {
 /// fallback: Envoy stored the image's answer, never the fallback made of it.
 #[test]
 fn the_fallback_images_own_url_is_its_own_answer() {
-    let s = start_fallbacks();
+    let s = start_fallbacks(LONG_TTL_ERROR);
     let image = s.origin.url("/image/missing.png");
     let missing = s.origin.url("/missing/own.png");
-    assert_fallback(&get(&s, &missing, &[]), "missing", 404);
+    assert_fallback(&get(&s, &missing, &[]), "missing", 404, LONG_TTL_ERROR);
     for _ in 0..2 {
         let direct = get(&s, &image, &[]);
         assert_eq!(direct.status, 200, "{direct:?}");
@@ -748,7 +757,7 @@ fn the_fallback_images_own_url_is_its_own_answer() {
         assert_eq!(direct.header("etag"), Some(ETAG));
         assert_eq!(direct.header(CACHE_STATUS), Some(HIT), "{direct:?}");
     }
-    assert_fallback(&get(&s, &missing, &[]), "missing", 404);
+    assert_fallback(&get(&s, &missing, &[]), "missing", 404, LONG_TTL_ERROR);
     assert_eq!(s.origin.heads("/image/missing.png").len(), 1);
     assert_eq!(s.origin.heads("/missing/own.png").len(), 1);
 }
@@ -759,7 +768,7 @@ fn the_fallback_images_own_url_is_its_own_answer() {
 /// answered from them.
 #[test]
 fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
-    let s = start_fallbacks();
+    let s = start_fallbacks(LONG_TTL_ERROR);
     let url = s.origin.url("/missing/head.png");
     let mut head = RawRequest::get(
         "localhost",
@@ -772,7 +781,7 @@ fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
         assert_eq!(r.header(FALLBACK_HEADER), Some("missing"), "{r:?}");
         assert_eq!(
             r.header("cache-control"),
-            Some(format!("public, max-age={TTL_ERROR}").as_str())
+            Some(format!("public, max-age={LONG_TTL_ERROR}").as_str())
         );
         assert_eq!(r.header("content-type"), Some("image/png"));
         assert_eq!(r.header("access-control-allow-origin"), Some("*"));
@@ -790,7 +799,7 @@ fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
     send_head();
     let (head_of, head_image) = ("HEAD /missing/head.png", "HEAD /image/missing.png");
     assert_eq!(seen(), [head_of, head_image, head_of, head_image]);
-    assert_fallback(&get(&s, &url, &[]), "missing", 404);
+    assert_fallback(&get(&s, &url, &[]), "missing", 404, LONG_TTL_ERROR);
     send_head();
     let fetched = seen();
     assert_eq!(
@@ -807,13 +816,13 @@ fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
 /// origin serves the image it is served.
 #[test]
 fn a_refused_answers_fallback_is_stored_for_cache_ttl_error_only() {
-    let s = start_fallbacks();
+    let s = start_fallbacks(TTL_ERROR);
     let cases = [("/soft/a.png", 403), ("/moved/a.png", 502)];
     let filled = Instant::now();
     for (path, status) in cases {
         let url = s.origin.url(path);
-        assert_fallback(&get(&s, &url, &[]), "error", status);
-        assert_fallback(&get(&s, &url, &[]), "error", status);
+        assert_fallback(&get(&s, &url, &[]), "error", status, TTL_ERROR);
+        assert_fallback(&get(&s, &url, &[]), "error", status, TTL_ERROR);
         assert_eq!(s.origin.heads(path).len(), 1, "{path}: stored");
         fix(path);
     }
