@@ -10,6 +10,7 @@ use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_all
 use crate::auth::AuthHeaders;
 use crate::config::{Limits, Source, Sources};
 use crate::cors::Cors;
+use crate::gateway_headers::{gateway_headers, GatewayHeaders};
 use crate::identity::{OriginHeader, OriginUserAgent, USER_AGENT};
 use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
@@ -170,6 +171,25 @@ impl Forward {
     /// The source's CORS setting, for the headers of each response ([`Cors::headers`]).
     pub fn cors(&self) -> &Cors {
         &self.source.cors
+    }
+
+    /// The headers the gateway sets on a response of `status` to this request (its client's
+    /// `Origin` is `request_origin`, read only when [`Cors::needs_request_origin`]; `origin_vary`
+    /// the response's own `Vary` fields joined, `None` for a fallback image): see
+    /// [`crate::gateway_headers::gateway_headers`].
+    pub fn gateway_headers<'a>(
+        &'a self,
+        request_origin: Option<&'a str>,
+        status: u16,
+        origin_vary: Option<&'a str>,
+    ) -> GatewayHeaders<'a> {
+        gateway_headers(
+            &self.source.cors,
+            self.content_disposition(),
+            request_origin,
+            status,
+            origin_vary,
+        )
     }
 
     /// The `User-Agent` every attempt of this forward sends, or `None` when the source

@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod expires;
 pub mod failure;
 pub mod forward;
+pub mod gateway_headers;
 mod hex;
 pub mod identity;
 pub mod limits;
