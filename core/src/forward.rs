@@ -10,7 +10,7 @@ use crate::addr::{is_denied_ip, resolved_addresses_allowed, upstream_address_all
 use crate::auth::AuthHeaders;
 use crate::config::{Limits, Source, Sources};
 use crate::cors::Cors;
-use crate::gateway_headers::{gateway_headers, GatewayHeaders};
+use crate::gateway_headers::{gateway_headers, GatewayHeaderName, GatewayValue};
 use crate::identity::{OriginHeader, OriginUserAgent, USER_AGENT};
 use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
@@ -173,22 +173,27 @@ impl Forward {
         &self.source.cors
     }
 
-    /// The headers the gateway sets on a response of `status` to this request (its client's
-    /// `Origin` is `request_origin`, read only when [`Cors::needs_request_origin`]; `origin_vary`
-    /// the response's own `Vary` fields joined, `None` for a fallback image): see
-    /// [`crate::gateway_headers::gateway_headers`].
-    pub fn gateway_headers<'a>(
+    /// Hands `put` each header the gateway sets on a response of `status` to this request (its
+    /// client's `Origin` is `request_origin`, read only when [`Cors::needs_request_origin`];
+    /// `origin_vary` the response's own `Vary` fields joined, `None` for a fallback image): see
+    /// [`gateway_headers`].
+    ///
+    /// # Errors
+    /// `put`'s first error.
+    pub fn gateway_headers<'a, E>(
         &'a self,
         request_origin: Option<&'a str>,
         status: u16,
         origin_vary: Option<&'a str>,
-    ) -> GatewayHeaders<'a> {
+        put: impl FnMut(GatewayHeaderName, GatewayValue<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
         gateway_headers(
             &self.source.cors,
             self.content_disposition(),
             request_origin,
             status,
             origin_vary,
+            put,
         )
     }
 

@@ -3,9 +3,10 @@
 //! context only applies these plans.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 
 use ixproxy_core::auth::AuthHeaders;
-use ixproxy_core::gateway_headers::GatewayValue;
+use ixproxy_core::gateway_headers::{GatewayHeaderName, GatewayValue};
 use ixproxy_core::identity::{
     OriginHeader, OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT, USER_AGENT,
 };
@@ -178,14 +179,17 @@ pub fn push_gateway_response_edits(
     status: u16,
     vary: Option<&str>,
 ) {
-    for wanted in forward.gateway_headers(request_origin, status, vary) {
-        let value: Text = match wanted.value {
-            GatewayValue::Static(value) => Text::Borrowed(value),
-            GatewayValue::RequestOrigin(value) => value.to_owned().into(),
-            GatewayValue::Text(value) => value.into_owned().into(),
+    let put = |name: GatewayHeaderName, value: GatewayValue<'_>| {
+        let value: Text = match (value.as_static(), value) {
+            (Some(constant), _) => Text::Borrowed(constant),
+            (None, GatewayValue::Text(text)) => text.into_owned().into(),
+            (None, other) => other.as_str().to_owned().into(),
         };
-        edits.push(HeaderEdit::Set(wanted.name.as_str().into(), value));
-    }
+        edits.push(HeaderEdit::Set(name.as_str().into(), value));
+        Ok::<(), Infallible>(())
+    };
+    // `put` cannot fail.
+    let Ok(()) = forward.gateway_headers(request_origin, status, vary, put);
 }
 
 /// The routing markers the filter sets ([`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`]) found

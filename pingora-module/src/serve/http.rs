@@ -151,6 +151,7 @@ const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static(cors::TIMING_ALL
 const RESOURCE_POLICY: HeaderName = HeaderName::from_static(cors::RESOURCE_POLICY);
 const ANY_ORIGIN: HeaderValue = HeaderValue::from_static(cors::ANY_ORIGIN);
 const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static(cors::CROSS_ORIGIN);
+const VARY_ORIGIN: HeaderValue = HeaderValue::from_static(cors::VARY_ORIGIN);
 
 /// A header value from configuration or the core (copied).
 fn header_value(value: &str) -> Result<HeaderValue> {
@@ -180,18 +181,18 @@ pub fn gateway_response_headers(
         None
     };
     let request_origin = sent.and_then(|v| v.to_str().ok());
-    for wanted in forward.gateway_headers(request_origin, status.as_u16(), vary) {
-        let name = match wanted.name {
+    forward.gateway_headers(request_origin, status.as_u16(), vary, |name, value| {
+        let name = match name {
             GatewayHeaderName::AllowOrigin => header::ACCESS_CONTROL_ALLOW_ORIGIN,
             GatewayHeaderName::TimingAllowOrigin => TIMING_ALLOW_ORIGIN,
             GatewayHeaderName::ResourcePolicy => RESOURCE_POLICY,
             GatewayHeaderName::Vary => header::VARY,
             GatewayHeaderName::ContentDisposition => header::CONTENT_DISPOSITION,
         };
-        let value = match wanted.value {
-            GatewayValue::Static(cors::ANY_ORIGIN) => ANY_ORIGIN,
-            GatewayValue::Static(cors::CROSS_ORIGIN) => CROSS_ORIGIN,
-            GatewayValue::Static(other) => header_value(other)?,
+        let value = match value {
+            GatewayValue::AnyOrigin => ANY_ORIGIN,
+            GatewayValue::CrossOrigin => CROSS_ORIGIN,
+            GatewayValue::VaryOrigin => VARY_ORIGIN,
             GatewayValue::RequestOrigin(origin) => match sent {
                 Some(sent) => sent.clone(),
                 None => header_value(origin)?,
@@ -199,9 +200,8 @@ pub fn gateway_response_headers(
             GatewayValue::Text(Cow::Owned(text)) => owned_value(text)?,
             GatewayValue::Text(Cow::Borrowed(text)) => header_value(text)?,
         };
-        put(name, value)?;
-    }
-    Ok(())
+        put(name, value)
+    })
 }
 
 /// The parsed name of a header the core sets (the origin auth headers, the response edits): a
@@ -274,7 +274,13 @@ pub fn apply_response_edits(
     }
     if let Some((forward, req)) = gateway {
         gateway_response_headers(forward, req, resp.status, vary.as_deref(), |name, value| {
-            headers.insert(name, value);
+            // Only Vary can be there already (the origin's; the others are off the allowlist):
+            // appending the rest spares the search for fields to replace.
+            if name == header::VARY {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
             Ok(())
         })?;
     }
