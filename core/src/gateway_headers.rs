@@ -30,6 +30,15 @@ pub enum GatewayHeaderName {
 }
 
 impl GatewayHeaderName {
+    /// Every one, in the order a response gets them.
+    const ALL: [GatewayHeaderName; 5] = [
+        GatewayHeaderName::AllowOrigin,
+        GatewayHeaderName::TimingAllowOrigin,
+        GatewayHeaderName::ResourcePolicy,
+        GatewayHeaderName::Vary,
+        GatewayHeaderName::ContentDisposition,
+    ];
+
     /// The lower-case header name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -112,29 +121,34 @@ pub fn gateway_headers<'a, E>(
     mut put: impl FnMut(GatewayHeaderName, GatewayValue<'a>) -> Result<(), E>,
 ) -> Result<(), E> {
     let wanted = cors.headers(request_origin);
-    if let Some(allow) = wanted.allow_origin {
-        let value = || match cors {
+    let allow = || {
+        wanted.allow_origin.map(|sent| match cors {
             Cors::Any => GatewayValue::AnyOrigin,
-            _ => GatewayValue::RequestOrigin(allow),
+            _ => GatewayValue::RequestOrigin(sent),
+        })
+    };
+    // One call of `put`, which a runtime's translation is then inlined into.
+    for name in GatewayHeaderName::ALL {
+        let value = match name {
+            GatewayHeaderName::AllowOrigin | GatewayHeaderName::TimingAllowOrigin => allow(),
+            GatewayHeaderName::ResourcePolicy => {
+                wanted.resource_policy.then_some(GatewayValue::CrossOrigin)
+            }
+            GatewayHeaderName::Vary => {
+                wanted
+                    .vary_origin
+                    .then(|| match cors::vary_with_origin(origin_vary) {
+                        Some(merged) => GatewayValue::Text(Cow::Owned(merged)),
+                        None => GatewayValue::VaryOrigin,
+                    })
+            }
+            GatewayHeaderName::ContentDisposition => content_disposition
+                .filter(|_| (200..300).contains(&status))
+                .map(|d| GatewayValue::Text(Cow::Borrowed(d))),
         };
-        put(GatewayHeaderName::AllowOrigin, value())?;
-        put(GatewayHeaderName::TimingAllowOrigin, value())?;
-    }
-    if wanted.resource_policy {
-        put(GatewayHeaderName::ResourcePolicy, GatewayValue::CrossOrigin)?;
-    }
-    if wanted.vary_origin {
-        let value = match cors::vary_with_origin(origin_vary) {
-            Some(merged) => GatewayValue::Text(Cow::Owned(merged)),
-            None => GatewayValue::VaryOrigin,
-        };
-        put(GatewayHeaderName::Vary, value)?;
-    }
-    if let (Some(disposition), true) = (content_disposition, (200..300).contains(&status)) {
-        put(
-            GatewayHeaderName::ContentDisposition,
-            GatewayValue::Text(Cow::Borrowed(disposition)),
-        )?;
+        if let Some(value) = value {
+            put(name, value)?;
+        }
     }
     Ok(())
 }
