@@ -131,19 +131,33 @@ pub fn normalize_web_origin(value: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// The response's `Vary` once `Origin` joins it (`existing`: the response's `Vary` fields
-/// joined), or `None` when it is already there (or `*`, which already varies on everything).
+/// The response's `Vary` in list mode, from `existing` (the response's `Vary` fields joined):
+/// each of its members once, trimmed and joined with `, ` (the runtimes hand over repeated
+/// fields differently, Envoy already joined with a bare `,`), then `Origin` unless a member is
+/// `Origin` or `*` (which already varies on everything). `None` when `existing` has no member:
+/// the value is `Origin` alone ([`VARY_ORIGIN`]).
 pub fn vary_with_origin(existing: Option<&str>) -> Option<String> {
-    match existing.map(str::trim) {
-        None | Some("") => Some(VARY_ORIGIN.to_owned()),
-        Some(value) => {
-            let covered = value
-                .split(',')
-                .map(str::trim)
-                .any(|v| v == "*" || v.eq_ignore_ascii_case(VARY_ORIGIN));
-            (!covered).then(|| format!("{value}, {VARY_ORIGIN}"))
+    let mut members = existing
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .peekable();
+    members.peek()?;
+    let mut out = String::new();
+    let mut covered = false;
+    for member in members {
+        covered |= member == "*" || member.eq_ignore_ascii_case(VARY_ORIGIN);
+        if !out.is_empty() {
+            out.push_str(", ");
         }
+        out.push_str(member);
     }
+    if !covered {
+        out.push_str(", ");
+        out.push_str(VARY_ORIGIN);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -229,13 +243,16 @@ mod tests {
 
     #[test]
     fn origin_joins_vary_once() {
-        assert_eq!(vary_with_origin(None).as_deref(), Some("Origin"));
-        assert_eq!(vary_with_origin(Some("")).as_deref(), Some("Origin"));
+        assert_eq!(vary_with_origin(None), None);
+        assert_eq!(vary_with_origin(Some(" , ")), None);
         assert_eq!(
             vary_with_origin(Some("Accept-Encoding")).as_deref(),
             Some("Accept-Encoding, Origin")
         );
-        assert_eq!(vary_with_origin(Some("accept, origin")), None);
-        assert_eq!(vary_with_origin(Some("*")), None);
+        assert_eq!(
+            vary_with_origin(Some("accept,origin")).as_deref(),
+            Some("accept, origin")
+        );
+        assert_eq!(vary_with_origin(Some("*")).as_deref(), Some("*"));
     }
 }

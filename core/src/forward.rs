@@ -11,6 +11,7 @@ use crate::auth::AuthHeaders;
 use crate::config::{Limits, Source, Sources};
 use crate::cors::Cors;
 use crate::fallback::{FallbackKind, FALLBACK_HEADER};
+use crate::gateway_headers::{gateway_headers, GatewayHeaderName, GatewayValue};
 use crate::identity::{OriginHeader, OriginUserAgent, USER_AGENT};
 use crate::origin::{parse_origin, OriginUrl};
 use crate::outcome::Rejection;
@@ -177,6 +178,30 @@ impl Forward {
     /// The source's CORS setting, for the headers of each response ([`Cors::headers`]).
     pub fn cors(&self) -> &Cors {
         &self.source.cors
+    }
+
+    /// Hands `put` each header the gateway sets on a response of `status` to this request (its
+    /// client's `Origin` is `request_origin`, read only when [`Cors::needs_request_origin`];
+    /// `origin_vary` the response's own `Vary` fields joined, `None` for a fallback image): see
+    /// [`gateway_headers`].
+    ///
+    /// # Errors
+    /// `put`'s first error.
+    pub fn gateway_headers<'a, E>(
+        &'a self,
+        request_origin: Option<&'a str>,
+        status: u16,
+        origin_vary: Option<&'a str>,
+        put: impl FnMut(GatewayHeaderName, GatewayValue<'a>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        gateway_headers(
+            &self.source.cors,
+            self.content_disposition(),
+            request_origin,
+            status,
+            origin_vary,
+            put,
+        )
     }
 
     /// The `User-Agent` every attempt of this forward sends, or `None` when the source

@@ -2,6 +2,7 @@
 //! deliverability"): the `User-Agent` of every origin request (`origin_user_agent`) and the
 //! source's fixed `origin_headers`, which go only where the origin auth headers go (§11).
 
+use crate::request::FORWARDED_CLIENT_HEADERS;
 use crate::secret::Secret;
 
 /// `User-Agent`.
@@ -105,12 +106,20 @@ pub fn origin_header_name(name: &str) -> Result<String, String> {
         return Err(format!("`{name}` is not a header name"));
     }
     let lower = name.to_ascii_lowercase();
+    // A name the gateway forwards from the client (Accept, Range, ...) would replace the
+    // client's value, and on Envoy a redirect hop keeps the first attempt's edited request, so
+    // the secret would follow the hop as "the client's header" outside origin_auth.hosts.
+    let forwarded = FORWARDED_CLIENT_HEADERS
+        .contains(&lower.as_str())
+        .then_some("a client header the gateway forwards; it would replace the client's");
     let refused = REFUSED_NAMES
         .iter()
         .find(|(n, _)| *n == lower)
-        .or_else(|| REFUSED_PREFIXES.iter().find(|(p, _)| lower.starts_with(p)));
+        .or_else(|| REFUSED_PREFIXES.iter().find(|(p, _)| lower.starts_with(p)))
+        .map(|(_, why)| *why)
+        .or(forwarded);
     match refused {
-        Some((_, why)) => Err(format!("`{name}` cannot be set here ({why})")),
+        Some(why) => Err(format!("`{name}` cannot be set here ({why})")),
         None => Ok(lower),
     }
 }
@@ -188,6 +197,13 @@ mod tests {
             ("x-key:", "not a header name"),
             ("X-Ixproxy-Upstream", "routing"),
             ("x-envoy-upstream-rq-timeout-ms", "envoy"),
+            ("Accept", "client header the gateway forwards"),
+            ("accept-encoding", "client header the gateway forwards"),
+            ("Accept-Language", "client header the gateway forwards"),
+            ("Range", "client header the gateway forwards"),
+            ("If-None-Match", "client header the gateway forwards"),
+            ("If-Modified-Since", "client header the gateway forwards"),
+            ("X-Request-ID", "request's id"),
         ] {
             let err = origin_header_name(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");

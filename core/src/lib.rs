@@ -26,6 +26,7 @@ pub mod expires;
 pub mod failure;
 pub mod fallback;
 pub mod forward;
+pub mod gateway_headers;
 mod hex;
 pub mod identity;
 pub mod limits;

@@ -3,11 +3,13 @@
 //! context only applies these plans.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 
 use ixproxy_core::auth::AuthHeaders;
-use ixproxy_core::cors;
-use ixproxy_core::disposition::CONTENT_DISPOSITION;
-use ixproxy_core::identity::{OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT, USER_AGENT};
+use ixproxy_core::gateway_headers::{GatewayHeaderName, GatewayValue};
+use ixproxy_core::identity::{
+    OriginHeader, OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT, USER_AGENT,
+};
 use ixproxy_core::response::ResponseEdits;
 use ixproxy_core::{Forward, Rejection};
 
@@ -140,12 +142,10 @@ pub fn forward_request_edits<'a>(
     if let Some(value) = user_agent {
         edits.push(HeaderEdit::Set(USER_AGENT.into(), value));
     }
-    edits.extend(forward.origin_headers().iter().map(|fixed| {
-        HeaderEdit::Set(
-            fixed.name.clone().into(),
-            fixed.value.expose().to_owned().into(),
-        )
-    }));
+    edits.extend(origin_header_edits(
+        &forward.source().origin_headers,
+        forward.origin_headers(),
+    ));
     edits.extend(
         auth.iter()
             .map(|(name, value)| HeaderEdit::Set(name.into(), value.to_owned().into())),
@@ -153,11 +153,30 @@ pub fn forward_request_edits<'a>(
     edits
 }
 
-/// Appends to `edits` the headers the gateway adds to a forwarded response (a hit too): the
-/// source's CORS headers for a request that sent `request_origin`
-/// ([`ixproxy_core::cors::Cors::headers`]), `Vary`
-/// with `Origin` in list mode (`vary`: the response's own), and `Content-Disposition` for a
-/// signed `dl` on a 2xx. The default (`*`) costs no allocation.
+/// The edits for the source's `origin_headers` (`configured`) on one attempt that sends `sent`
+/// of them ([`Forward::origin_headers`]): each one sent is set; each one not sent is removed.
+/// A redirect hop's request is Envoy's copy of the first attempt's edited one, so a configured
+/// value still in it would otherwise reach a hop outside `origin_auth.hosts` whenever its name
+/// passes the forwarded-header rule (validation refuses such names; this holds regardless).
+fn origin_header_edits<'a>(
+    configured: &'a [OriginHeader],
+    sent: &'a [OriginHeader],
+) -> impl Iterator<Item = HeaderEdit> + 'a {
+    configured.iter().map(move |fixed| {
+        let name: Text = fixed.name.clone().into();
+        if sent.iter().any(|s| s.name == fixed.name) {
+            HeaderEdit::Set(name, fixed.value.expose().to_owned().into())
+        } else {
+            HeaderEdit::Remove(name)
+        }
+    })
+}
+
+/// Appends to `edits` the headers the gateway sets on a forwarded response (a hit too), as the
+/// core decides them ([`Forward::gateway_headers`]: CORS for a request that sent
+/// `request_origin`, `Vary` in list mode from `vary`, the response's own `Vary` fields joined,
+/// and `Content-Disposition` for a signed `dl`), each replacing every field of its name. The
+/// default (`*`) costs no allocation.
 pub fn push_gateway_response_edits(
     edits: &mut Vec<HeaderEdit>,
     forward: &Forward,
@@ -165,39 +184,17 @@ pub fn push_gateway_response_edits(
     status: u16,
     vary: Option<&str>,
 ) {
-    let wanted = forward.cors().headers(request_origin);
-    if let Some(allow) = wanted.allow_origin {
-        let value = |allow: &str| -> Text {
-            if allow == cors::ANY_ORIGIN {
-                Text::Borrowed(cors::ANY_ORIGIN)
-            } else {
-                allow.to_owned().into()
-            }
+    let put = |name: GatewayHeaderName, value: GatewayValue<'_>| {
+        let value: Text = match (value.as_static(), value) {
+            (Some(constant), _) => Text::Borrowed(constant),
+            (None, GatewayValue::Text(text)) => text.into_owned().into(),
+            (None, other) => other.as_str().to_owned().into(),
         };
-        edits.push(HeaderEdit::Set(cors::ALLOW_ORIGIN.into(), value(allow)));
-        edits.push(HeaderEdit::Set(
-            cors::TIMING_ALLOW_ORIGIN.into(),
-            value(allow),
-        ));
-    }
-    if wanted.resource_policy {
-        edits.push(HeaderEdit::Set(
-            cors::RESOURCE_POLICY.into(),
-            cors::CROSS_ORIGIN.into(),
-        ));
-    }
-    if wanted.vary_origin {
-        if let Some(merged) = cors::vary_with_origin(vary) {
-            edits.push(HeaderEdit::Set(cors::VARY.into(), merged.into()));
-        }
-    }
-    if let (Some(disposition), true) = (forward.content_disposition(), (200..300).contains(&status))
-    {
-        edits.push(HeaderEdit::Set(
-            CONTENT_DISPOSITION.into(),
-            disposition.to_owned().into(),
-        ));
-    }
+        edits.push(HeaderEdit::Set(name.as_str().into(), value));
+        Ok::<(), Infallible>(())
+    };
+    // `put` cannot fail.
+    let Ok(()) = forward.gateway_headers(request_origin, status, vary, put);
 }
 
 /// The routing markers the filter sets ([`UPSTREAM_HEADER`], [`ALLOW_PRIVATE_HEADER`]) found
@@ -351,7 +348,10 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{forward, NOW};
     use super::*;
+    use ixproxy_core::cors;
+    use ixproxy_core::disposition::CONTENT_DISPOSITION;
     use ixproxy_core::response::OriginHead;
+    use ixproxy_core::secret::Secret;
     use ixproxy_core::Outcome;
 
     fn set(name: &str, value: &str) -> HeaderEdit {
@@ -420,7 +420,13 @@ mod tests {
         assert!(edits.contains(&set("x-api-key", "k3y")));
         let other = decided("https://p.example/a.jpg");
         let edits = forward_request_edits(&other, &AuthHeaders::default(), ["user-agent"], false);
-        assert!(!edits.iter().any(|e| e.name() == "x-api-key"));
+        assert!(
+            !edits
+                .iter()
+                .any(|e| matches!(e, HeaderEdit::Set(n, _) if n == "x-api-key")),
+            "never set for a host outside origin_auth.hosts"
+        );
+        assert!(edits.contains(&HeaderEdit::Remove("x-api-key".into())));
         // A listed Origin is echoed with Vary; another gets Vary alone.
         let mut out = Vec::new();
         push_gateway_response_edits(
@@ -439,6 +445,11 @@ mod tests {
                 set("vary", "Accept, Origin"),
             ]
         );
+        // The origin's Vary is kept when it already names Origin.
+        let mut out = Vec::new();
+        let origin_vary = Some("Origin, Accept-Encoding");
+        push_gateway_response_edits(&mut out, &f, None, 200, origin_vary);
+        assert_eq!(out.last(), Some(&set("vary", "Origin, Accept-Encoding")));
         let mut out = Vec::new();
         push_gateway_response_edits(&mut out, &f, Some("https://evil.example"), 200, None);
         assert_eq!(
@@ -448,6 +459,32 @@ mod tests {
                 set("vary", "Origin")
             ]
         );
+    }
+
+    #[test]
+    fn a_hop_keeps_no_origin_header_it_may_not_receive() {
+        // Whatever its name (validation refuses forwarded client header names; this does not
+        // rely on it), a configured value left in the hop's copy of the first request goes.
+        let configured = [
+            OriginHeader {
+                name: "accept-language".into(),
+                value: Secret::new("s3cret"),
+            },
+            OriginHeader {
+                name: "x-api-key".into(),
+                value: Secret::new("k3y"),
+            },
+        ];
+        let first_request = vec![
+            ("accept-language".to_owned(), b"s3cret".to_vec()),
+            ("x-api-key".to_owned(), b"k3y".to_vec()),
+            ("accept".to_owned(), b"image/webp".to_vec()),
+        ];
+        let hop: Vec<HeaderEdit> = origin_header_edits(&configured, &[]).collect();
+        let sent = edited(first_request.clone(), &hop);
+        assert_eq!(sent, [("accept".to_owned(), b"image/webp".to_vec())]);
+        let same: Vec<HeaderEdit> = origin_header_edits(&configured, &configured).collect();
+        assert_eq!(edited(first_request.clone(), &same), first_request);
     }
 
     #[test]

@@ -773,6 +773,26 @@ fn cors_and_dl_are_added_per_response_and_never_stored() {
         Some("cross-origin")
     );
     assert_eq!(fetches(&origin, "/fresh/600/10").len(), 2);
+    // With the cache on, as without it (conformance): the origin's Vary members stay, Origin
+    // once (such an answer is never stored).
+    for (query, vary) in [
+        ("v=Origin%2C%20Accept-Encoding", "Origin, Accept-Encoding"),
+        ("v=Accept-Encoding", "Accept-Encoding, Origin"),
+    ] {
+        let varied = format!("http://{}/vary?{query}", origin.http);
+        let answer = request(
+            serve.listen(),
+            "GET",
+            "pages.test",
+            &signed(&varied, &[]),
+            &[("Origin", "http://app.test")],
+        );
+        assert_eq!(answer.header_values("vary"), [vary], "{query}");
+        assert_eq!(
+            answer.header("access-control-allow-origin"),
+            Some("http://app.test")
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - `/redirect/<code>?to=<location>`: that status with `Location` = everything after `to=`.
 //! - `/image/...`: 200 `image/png`, body `image <path-and-query>`.
 //! - `/cc/<value>`: 200 with `Cache-Control: max-age=<value>`.
+//! - `/vary?v=<value>[&v=...]`: 200 with one `Vary` field per `v` (percent-decoded).
 //! - `/bytes/<n>`: 200 with [`pattern`]`(n)` streamed chunked; `/bytes-cl/<n>` the same with a
 //!   `Content-Length`.
 //! - `/reset/<n>`: declares `2n` bytes, sends `n`, then drops the connection;
@@ -38,7 +39,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{
     HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
-    LOCATION, SET_COOKIE,
+    LOCATION, SET_COOKIE, VARY,
 };
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -521,6 +522,15 @@ async fn respond(req: &Recorded) -> Response<Scripted> {
         for value in query.split('&').filter_map(|kv| kv.strip_prefix("v=")) {
             let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
             header(&mut response, CONTENT_TYPE, &value);
+        }
+        return response;
+    }
+    if path == "/vary" {
+        // One Vary field per `v=` (percent-decoded), on an asset-like 200.
+        let mut response = text(StatusCode::OK, "varied");
+        for value in query.split('&').filter_map(|kv| kv.strip_prefix("v=")) {
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            header(&mut response, VARY, &value);
         }
         return response;
     }

@@ -265,6 +265,11 @@ mod tests {
                 "hop-by-hop",
             ),
             (
+                "    allowed_origin_hosts: [c]\n    origin_headers: {Accept-Language: k}\n",
+                "sources[0].origin_headers.Accept-Language",
+                "a client header the gateway forwards",
+            ),
+            (
                 "    allowed_origin_hosts: [c]\n    origin_headers: {Host: k}\n",
                 "sources[0].origin_headers.Host",
                 "host",

@@ -4,11 +4,14 @@
 //! edits of the origin's response head). No decision is made here: each function carries out a
 //! rule of the core.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use ixproxy_core::access_log::REQUEST_ID_HEADER;
 use ixproxy_core::auth::{self, AuthHeaders};
 use ixproxy_core::cors;
+use ixproxy_core::gateway_headers::{GatewayHeaderName, GatewayValue};
 use ixproxy_core::identity::{OriginUserAgent, DEFAULT_ORIGIN_USER_AGENT};
 use ixproxy_core::request::{HeaderTotals, FORWARDED_CLIENT_HEADERS};
 use ixproxy_core::response::{OriginHead, ResponseEdits};
@@ -148,6 +151,7 @@ const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static(cors::TIMING_ALL
 const RESOURCE_POLICY: HeaderName = HeaderName::from_static(cors::RESOURCE_POLICY);
 const ANY_ORIGIN: HeaderValue = HeaderValue::from_static(cors::ANY_ORIGIN);
 const CROSS_ORIGIN: HeaderValue = HeaderValue::from_static(cors::CROSS_ORIGIN);
+const VARY_ORIGIN: HeaderValue = HeaderValue::from_static(cors::VARY_ORIGIN);
 
 /// A header value from configuration or the core (copied).
 fn header_value(value: &str) -> Result<HeaderValue> {
@@ -155,11 +159,12 @@ fn header_value(value: &str) -> Result<HeaderValue> {
         .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header value", e))
 }
 
-/// The headers the gateway adds to a forwarded response for this request (never stored by the
-/// cache), each handed to `put`: the source's CORS headers ([`ixproxy_core::cors`]), `Vary`
-/// with `Origin` in list mode (`vary`: the response's own `Vary`, read by the caller only when
-/// [`ixproxy_core::cors::Cors::needs_request_origin`]), and `Content-Disposition` for a signed
-/// `dl` on a 2xx. The default (three CORS headers) is all constants: no allocation, no parse.
+/// Writes the gateway's own headers for this response ([`Forward::gateway_headers`]: CORS,
+/// `Vary` in list mode, `Content-Disposition` for a signed `dl`), each handed to `put`, which
+/// replaces every field of that name (`vary`: the response's own `Vary` fields joined, read by
+/// the caller only when [`ixproxy_core::cors::Cors::needs_request_origin`]). Never stored by
+/// the cache. Names are constants; `*` and `cross-origin` are constant values, and a listed
+/// `Origin` is the client's own header value: the default allocates nothing and parses nothing.
 ///
 /// # Errors
 /// A header value the HTTP types refuse (not produced by the core), or `put`'s error.
@@ -170,34 +175,33 @@ pub fn gateway_response_headers(
     vary: Option<&str>,
     mut put: impl FnMut(HeaderName, HeaderValue) -> Result<()>,
 ) -> Result<()> {
-    let cors = forward.cors();
-    let sent = if cors.needs_request_origin() {
+    let sent = if forward.cors().needs_request_origin() {
         req.headers.get(header::ORIGIN)
     } else {
         None
     };
-    let wanted = cors.headers(sent.and_then(|v| v.to_str().ok()));
-    if let Some(allow) = wanted.allow_origin {
-        let value = match sent {
-            // The listed Origin is echoed as the client sent it.
-            Some(sent) if allow != cors::ANY_ORIGIN => sent.clone(),
-            _ => ANY_ORIGIN,
+    let request_origin = sent.and_then(|v| v.to_str().ok());
+    forward.gateway_headers(request_origin, status.as_u16(), vary, |name, value| {
+        let name = match name {
+            GatewayHeaderName::AllowOrigin => header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            GatewayHeaderName::TimingAllowOrigin => TIMING_ALLOW_ORIGIN,
+            GatewayHeaderName::ResourcePolicy => RESOURCE_POLICY,
+            GatewayHeaderName::Vary => header::VARY,
+            GatewayHeaderName::ContentDisposition => header::CONTENT_DISPOSITION,
         };
-        put(header::ACCESS_CONTROL_ALLOW_ORIGIN, value.clone())?;
-        put(TIMING_ALLOW_ORIGIN, value)?;
-    }
-    if wanted.resource_policy {
-        put(RESOURCE_POLICY, CROSS_ORIGIN)?;
-    }
-    if wanted.vary_origin {
-        if let Some(merged) = cors::vary_with_origin(vary) {
-            put(header::VARY, owned_value(merged)?)?;
-        }
-    }
-    if let (Some(disposition), true) = (forward.content_disposition(), status.is_success()) {
-        put(header::CONTENT_DISPOSITION, header_value(disposition)?)?;
-    }
-    Ok(())
+        let value = match value {
+            GatewayValue::AnyOrigin => ANY_ORIGIN,
+            GatewayValue::CrossOrigin => CROSS_ORIGIN,
+            GatewayValue::VaryOrigin => VARY_ORIGIN,
+            GatewayValue::RequestOrigin(origin) => match sent {
+                Some(sent) => sent.clone(),
+                None => header_value(origin)?,
+            },
+            GatewayValue::Text(Cow::Owned(text)) => owned_value(text)?,
+            GatewayValue::Text(Cow::Borrowed(text)) => header_value(text)?,
+        };
+        put(name, value)
+    })
 }
 
 /// The parsed name of a header the core sets (the origin auth headers, the response edits): a
@@ -252,17 +256,15 @@ pub fn apply_response_edits(
     gateway: Option<(&Forward, &RequestHeader)>,
 ) -> Result<()> {
     // The gateway's headers other than Vary are never on the origin allowlist (the edits
-    // remove the origin's); only a Vary that gains Origin replaces the origin's.
-    let merged_vary = gateway.is_some_and(|(f, _)| f.cors().needs_request_origin());
-    let vary = merged_vary
-        .then(|| super::cache::joined(resp, header::VARY))
-        .flatten();
+    // remove the origin's); a Vary it sets holds the origin's and replaces its fields.
+    let vary = gateway
+        .filter(|(f, _)| f.cors().needs_request_origin())
+        .and_then(|_| super::cache::joined(resp, header::VARY));
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + edits.set.len() + 3);
     for (name, value) in &resp.headers {
         let name_str = name.as_str();
         let edited = edits.remove.iter().any(|removed| removed == name_str)
-            || edits.set.iter().any(|(set, _)| *set == name_str)
-            || (merged_vary && *name == header::VARY);
+            || edits.set.iter().any(|(set, _)| *set == name_str);
         if !edited {
             headers.append(name.clone(), value.clone());
         }
@@ -272,7 +274,13 @@ pub fn apply_response_edits(
     }
     if let Some((forward, req)) = gateway {
         gateway_response_headers(forward, req, resp.status, vary.as_deref(), |name, value| {
-            headers.append(name, value);
+            // Only Vary can be there already (the origin's; the others are off the allowlist):
+            // appending the rest spares the search for fields to replace.
+            if name == header::VARY {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
             Ok(())
         })?;
     }
@@ -311,6 +319,11 @@ mod tests {
     origin_auth: {basic_auth: {username: u, password: p}, request_handshake: hs}
     allowed_origin_hosts: [o.example]
 ";
+        forward_in(yaml, url)
+    }
+
+    /// The core's forward for `url` signed with token `t` for `gw.example.com` under `yaml`.
+    fn forward_in(yaml: &str, url: &str) -> Forward {
         let sources = RawConfig::from_yaml(yaml)
             .and_then(|raw| raw.validate(&MapSecrets::new()))
             .expect("valid")
@@ -448,24 +461,9 @@ mod tests {
     secure_url_tokens: [t]
     origin_auth: {hosts: [o.example]}
     origin_user_agent: forward
-    origin_headers: {X-Api-Key: k3y, Accept: image/png}
+    origin_headers: {X-Api-Key: k3y}
 ";
-        let sources = RawConfig::from_yaml(yaml)
-            .and_then(|raw| raw.validate(&MapSecrets::new()))
-            .expect("valid")
-            .sources;
-        let forward = |url: &str| {
-            let target = sign_url("t", url, &[], &SignOptions::default());
-            let info = RequestInfo {
-                method: "GET",
-                host: "gw.example.com",
-                target: &target,
-            };
-            match ixproxy_core::decide(&sources, &info, NOW) {
-                Decision::Forward(f) => *f,
-                Decision::Reject(r) => panic!("{url}: {r:?}"),
-            }
-        };
+        let forward = |url: &str| forward_in(yaml, url);
         let client = req_with(&[("User-Agent", "browser/1"), ("Accept", "image/webp")]);
         let mut req = client.clone();
         let f = forward("https://o.example/a.png");
@@ -474,14 +472,52 @@ mod tests {
         assert_eq!(req.headers["user-agent"], "browser/1", "forwarded");
         assert_eq!(req.headers["x-api-key"], "k3y");
         assert!(req.headers["x-api-key"].is_sensitive());
-        let accept: Vec<_> = req.headers.get_all("accept").iter().collect();
-        assert_eq!(accept, ["image/png"], "the source's replaces the client's");
+        assert_eq!(req.headers["accept"], "image/webp");
         let mut req = client;
         let f = forward("https://elsewhere.example/a.png");
         rewrite_upstream_request(&mut req, &f, AuthHeaders::default(), false, "id")
             .expect("rewrite");
         assert!(req.headers.get("x-api-key").is_none());
         assert_eq!(req.headers["accept"], "image/webp");
+    }
+
+    #[test]
+    fn in_list_mode_the_origins_vary_reaches_the_client() {
+        let yaml = "sources:
+  - name: assets
+    hosts: [gw.example.com]
+    secure_url_tokens: [t]
+    cors: {allow_origin: [https://app.example]}
+";
+        let f = forward_in(yaml, "https://o.example/a.png");
+        let req = req_with(&[("Origin", "https://app.example")]);
+        let no_edits = || ResponseEdits {
+            remove: Vec::new(),
+            set: Vec::new(),
+            policy_cache_control: None,
+        };
+        for (origin_vary, expected) in [
+            (&["Origin, Accept-Encoding"][..], "Origin, Accept-Encoding"),
+            (
+                &["Accept-Encoding", "origin"][..],
+                "Accept-Encoding, origin",
+            ),
+            (&["Accept-Encoding"][..], "Accept-Encoding, Origin"),
+            (&["*"][..], "*"),
+            (&[][..], "Origin"),
+        ] {
+            let mut resp = ResponseHeader::build(200, None).expect("resp");
+            for value in origin_vary {
+                resp.append_header("Vary", *value).expect("h");
+            }
+            apply_response_edits(&mut resp, no_edits(), Some((&f, &req))).expect("rewrite");
+            let sent: Vec<_> = resp.headers.get_all("vary").iter().collect();
+            assert_eq!(sent, [expected], "{origin_vary:?}");
+            assert_eq!(
+                resp.headers["access-control-allow-origin"],
+                "https://app.example"
+            );
+        }
     }
 
     #[test]
