@@ -238,13 +238,16 @@ pub const UPSTREAM_ADDRESS_HEADER: &str = "x-ixproxy-upstream-address";
 /// Request headers the filter's upstream role removes from every origin request. The routes'
 /// `request_headers_to_remove` do not apply to the cache's side channel (Envoy 1.40), and that
 /// channel adds `x-envoy-internal` and an `x-forwarded-for` of its own.
-pub const ORIGIN_REQUEST_REMOVED: [&str; 6] = [
+pub const ORIGIN_REQUEST_REMOVED: [&str; 7] = [
     FORWARDED_PROTO,
     UPSTREAM_HEADER,
     ALLOW_PRIVATE_HEADER,
     CACHE_TTL_HEADER,
     "x-forwarded-for",
     "x-envoy-internal",
+    // Set on a request the filter gives its own per-hop timeout (a redirect hop, a fallback
+    // image) even with the router's `suppress_envoy_headers`.
+    "x-envoy-expected-rq-timeout-ms",
 ];
 
 /// Request header the filter sets on every forward to what its upstream role needs to judge a

@@ -1165,6 +1165,14 @@ fn check_invariants(r: &Recorded, problems: &mut Vec<String>) {
                 "client X-Imgix header reached the origin: {name}: {value}"
             ));
         }
+        // The gateways' own plumbing (Envoy's x-envoy-* headers, the filter's markers) is
+        // nothing an origin may see: it tells the origin about the gateway and, on a redirect
+        // hop or a fallback, about the request before it.
+        if name.starts_with("x-envoy-") || name.starts_with("x-ixproxy-") {
+            problems.push(format!(
+                "gateway-internal header reached the origin: {name}: {value}"
+            ));
+        }
     }
 }
 
@@ -1511,11 +1519,16 @@ mod tests {
                     format!("10.0.0.1, {CLIENT_MARKER}"),
                 ),
                 ("x-imgix-origin-secret".to_owned(), "ok".to_owned()),
+                (
+                    "x-envoy-expected-rq-timeout-ms".to_owned(),
+                    "3000".to_owned(),
+                ),
+                ("x-ixproxy-cache-ttl".to_owned(), "30".to_owned()),
             ],
         };
         let mut problems = Vec::new();
         check_invariants(&r, &mut problems);
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 
     /// A gateway that is only an admin listener serving `ixproxy_requests_total` from counts the
