@@ -562,7 +562,8 @@ mod tests {
                 assert!(
                     [
                         "a.new", "a.old", "b.main", "c.main", "d.main", "e.main", "f.main",
-                        "r.main", "o.main", "m.main", "g.main", "h.main", "i.main", "j.main"
+                        "r.main", "o.main", "m.main", "g.main", "h.main", "i.main", "j.main",
+                        "k.main", "l.main"
                     ]
                     .contains(&sign.token.as_str()),
                     "{}: unknown token {}",
