@@ -326,12 +326,21 @@ fn server_threads_is_reported_at_start() {
         .find(|l| l.starts_with("ixproxy: gateway on"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.ends_with(", 3 threads"), "{line}");
-    // Pingora names each worker thread of a service after it.
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.pid())).expect("tasks");
-    let workers = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "gateway")
-        .count();
+    // Pingora names each worker thread of a service after it. The line above is printed before
+    // the service's runtime has spawned them all: polled every 20 ms for at most 5 s.
+    let count_workers = || {
+        std::fs::read_dir(format!("/proc/{}/task", serve.pid()))
+            .expect("tasks")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "gateway")
+            .count()
+    };
+    let started = Instant::now();
+    let mut workers = count_workers();
+    while workers < 3 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        workers = count_workers();
+    }
     assert_eq!(workers, 3, "gateway worker threads");
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
