@@ -182,8 +182,8 @@ impl Forward {
 
     /// Hands `put` each header the gateway sets on a response of `status` to this request (its
     /// client's `Origin` is `request_origin`, read only when [`Cors::needs_request_origin`];
-    /// `origin_vary` the response's own `Vary` fields joined, `None` for a fallback image): see
-    /// [`gateway_headers`].
+    /// `origin_vary` the response's own `Vary` fields joined, `None` when it has none; for a
+    /// fallback image, the image's own): see [`gateway_headers`].
     ///
     /// # Errors
     /// `put`'s first error.
@@ -419,6 +419,21 @@ impl Forward {
     /// Which fallback image this forward fetches; `None` for the client's own origin URL.
     pub fn fallback_kind(&self) -> Option<FallbackKind> {
         self.fallback
+    }
+
+    /// Whether a cache keyed on the request (its source and origin URL, never its params: SPEC
+    /// §13) may store this forward's answer under that key. Not when this is a fallback image
+    /// the source appends the request's params to (`*_append_qs`): its answer depends on what
+    /// the key leaves out, so one request's variant would be served to requests with other
+    /// params (a request without params included: its image is the bare URL's).
+    pub fn storable_under_request_key(&self) -> bool {
+        match self.fallback {
+            None => true,
+            Some(kind) => !self
+                .source
+                .fallback(kind)
+                .is_some_and(|image| image.append_qs),
+        }
     }
 
     /// Checks the answer of a fallback image ([`Forward::fallback`]) and returns the edits that

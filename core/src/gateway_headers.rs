@@ -100,10 +100,11 @@ impl GatewayValue<'_> {
 ///   request's `Origin` as sent when listed, neither otherwise; `cors: off`, neither.
 /// - `Cross-Origin-Resource-Policy: cross-origin` unless `cors: off`.
 /// - In list mode, whatever the `Origin`, `Vary` holding `Origin` and every member of
-///   `origin_vary` (the response's own `Vary` fields joined; `None` for a response that has
-///   none, such as a fallback image), see [`cors::vary_with_origin`]: a shared cache must not
-///   give one page's answer to another, nor lose the origin's own variance. Only then is the
-///   response's own `Vary` replaced ([`Cors::needs_request_origin`]).
+///   `origin_vary` (the response's own `Vary` fields joined, `None` when it has none; for a
+///   fallback image, the image's own allowlisted `Vary`), see [`cors::vary_with_origin`]: a
+///   shared cache must not give one page's answer to another, nor lose the origin's own
+///   variance. Only then is the response's own `Vary` replaced
+///   ([`Cors::needs_request_origin`]).
 /// - `Content-Disposition` on a 2xx only (an error page is no download).
 ///
 /// Handed over one by one rather than returned as a list: the default's three constants then

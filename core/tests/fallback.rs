@@ -179,6 +179,33 @@ fn the_fallback_forward_is_fetched_like_an_origin_url() {
     assert!(without.fallback(FallbackKind::Error, &target).is_none());
 }
 
+/// A cache keyed on the origin URL (never the params) stores the client's own answer and a
+/// fallback image whose URL is the same for every params variant, never an image the request's
+/// params are appended to (nor one of its redirect hops): another variant would get it.
+#[test]
+fn a_fallback_with_appended_params_is_not_stored_under_the_request_key() {
+    let extra = "    image_missing: https://cdn.example.com/missing.png\n    \
+                 image_error: https://fallback.example.net/error.png?v=1\n    \
+                 image_error_append_qs: true\n";
+    for params in [&[("w", "100")][..], &[]] {
+        let original = forward(extra, params);
+        let target = target_of(params);
+        assert!(original.storable_under_request_key());
+        let missing = original
+            .fallback(FallbackKind::Missing, &target)
+            .expect("missing fallback");
+        assert!(missing.storable_under_request_key(), "no append_qs");
+        let error = original
+            .fallback(FallbackKind::Error, &target)
+            .expect("error fallback");
+        assert!(!error.storable_under_request_key(), "{params:?}");
+        let hop = error
+            .redirect("https://cdn.example.com/moved.png")
+            .expect("allowed hop");
+        assert!(!hop.storable_under_request_key(), "a hop of the image");
+    }
+}
+
 #[test]
 fn a_fallback_answer_is_served_with_the_original_status_and_the_error_ttl() {
     let extra = "    image_missing: https://cdn.example.com/missing.png\n";

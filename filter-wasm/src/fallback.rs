@@ -46,6 +46,9 @@ pub struct Taken {
     /// The client request is a HEAD: so is the image's (Envoy recreates the request as a GET,
     /// and would then send the image's body to a HEAD).
     pub head: bool,
+    /// The client's `Origin` when the source's CORS list needs it: the recreated request no
+    /// longer has it (the first attempt removed it before the origin fetch).
+    pub request_origin: Option<String>,
 }
 
 impl FallbackState {
@@ -64,6 +67,11 @@ impl FallbackState {
                 t.outcome.map(|o| o.as_str().to_owned()).unwrap_or_default(),
                 t.max_age.map(|a| a.to_string()).unwrap_or_default(),
                 if t.head { "1" } else { "0" }.into(),
+                // `o` + the value, so that an empty `Origin` stays apart from none.
+                t.request_origin
+                    .as_ref()
+                    .map(|origin| format!("o{origin}"))
+                    .unwrap_or_default(),
             ],
         };
         encode_fields(Self::MAGIC, fields)
@@ -78,8 +86,8 @@ impl FallbackState {
                 Some(FallbackState::Params(params))
             }
             Some("t") => {
-                let [_, source, url, kind, status, outcome, max_age, head]: [String; 8] =
-                    fields.try_into().ok()?;
+                let [_, source, url, kind, status, outcome, max_age, head, request_origin]: [String;
+                    9] = fields.try_into().ok()?;
                 Some(FallbackState::Taken(Taken {
                     source,
                     url,
@@ -104,6 +112,11 @@ impl FallbackState {
                         "0" => false,
                         _ => return None,
                     },
+                    request_origin: match request_origin.strip_prefix('o') {
+                        Some(origin) => Some(origin.to_owned()),
+                        None if request_origin.is_empty() => None,
+                        None => return None,
+                    },
                 }))
             }
             _ => None,
@@ -125,6 +138,7 @@ mod tests {
             outcome: None,
             max_age: Some(60),
             head: false,
+            request_origin: Some("https://app.example:8443".into()),
         });
         assert_eq!(FallbackState::decode(&taken.encode()), Some(taken.clone()));
         let failed = FallbackState::Taken(Taken {
@@ -135,8 +149,23 @@ mod tests {
             outcome: Some(Outcome::OriginError),
             max_age: None,
             head: true,
+            request_origin: None,
         });
         assert_eq!(FallbackState::decode(&failed.encode()), Some(failed));
+        let empty_origin = FallbackState::Taken(Taken {
+            source: "s".into(),
+            url: "http://127.0.0.1:8/e.png".into(),
+            kind: FallbackKind::Error,
+            status: 502,
+            outcome: None,
+            max_age: None,
+            head: false,
+            request_origin: Some(String::new()),
+        });
+        assert_eq!(
+            FallbackState::decode(&empty_origin.encode()),
+            Some(empty_origin)
+        );
         let params = FallbackState::Params("w=1&fm=png".into());
         assert_eq!(
             FallbackState::decode(&params.encode()),
@@ -152,9 +181,11 @@ mod tests {
             b"ixhop31:p0:",
             &encoded[..encoded.len() - 1],
             &[encoded.as_slice(), b"1:x"].concat(),
-            b"ixfb11:t1:s1:u7:unknown3:4040:0:1:0",
-            b"ixfb11:t1:s1:u7:missing3:4048:not-one0:1:0",
-            b"ixfb11:t1:s1:u7:missing3:4040:0:1:x",
+            b"ixfb11:t1:s1:u7:unknown3:4040:0:1:00:",
+            b"ixfb11:t1:s1:u7:missing3:4048:not-one0:1:00:",
+            b"ixfb11:t1:s1:u7:missing3:4040:0:1:x0:",
+            b"ixfb11:t1:s1:u7:missing3:4040:0:1:01:x",
+            b"ixfb11:t1:s1:u7:missing3:4040:0:1:0",
         ] {
             assert_eq!(FallbackState::decode(bad), None, "{bad:?}");
         }

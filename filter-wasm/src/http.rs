@@ -387,8 +387,16 @@ impl FilterHttp {
         self.source_label = ixproxy_core::metrics::label(&hop.source);
         self.in_flight = true;
         self.request_origin = hop.request_origin.clone();
+        // Once a fallback was taken, every later hop is the fallback image's, and any failure
+        // of it gives the original answer (SPEC §15).
+        if self.fallbacks {
+            if let Some(FallbackState::Taken(taken)) = Self::stored_fallback() {
+                self.fallback_taken = Some(taken);
+            }
+        }
         let Some(previous) = hop.forward(sources) else {
-            return self.internal_error("hop state of an unknown source");
+            log::error!("ixproxy: hop state of an unknown source");
+            return self.hop_failed(headers, &Rejection::internal());
         };
         let (now, now_ms) = match Self::now() {
             Ok(v) => v,
@@ -396,7 +404,7 @@ impl FilterHttp {
         };
         // One `upstream.timeout` for the request and all its hops, as on the native gateway.
         let Some(left_ms) = hop::remaining_ms(hop.started_ms, now_ms, self.timeout_ms) else {
-            return self.reject(&Rejection::origin_timeout());
+            return self.hop_failed(headers, &Rejection::origin_timeout());
         };
         let location = hop::hop_location(
             headers::value(&headers, hop::LOCATION_HEADER)
@@ -410,12 +418,6 @@ impl FilterHttp {
             self.head = headers::value(&headers, ":method") == Some(b"HEAD".as_slice());
         }
         self.unwritten = Some((headers, Vec::new()));
-        // Once a fallback was taken, every later hop is the fallback image's.
-        if self.fallbacks {
-            if let Some(FallbackState::Taken(taken)) = Self::stored_fallback() {
-                self.fallback_taken = Some(taken);
-            }
-        }
         match previous.redirect(&location) {
             Ok(next) => {
                 let next = match &self.fallback_taken {
@@ -429,6 +431,16 @@ impl FilterHttp {
                 false => self.fallback_or_reject(&rejection),
             },
         }
+    }
+
+    /// A redirect hop that cannot be sent (`headers` its request's): `rejection`, or the
+    /// original answer when the hop is the fallback image's.
+    fn hop_failed(&mut self, headers: Vec<(String, Bytes)>, rejection: &Rejection) -> Action {
+        if self.fallback_taken.is_some() {
+            self.unwritten = Some((headers, Vec::new()));
+            return self.fallback_failed();
+        }
+        self.reject(rejection)
     }
 
     /// Keeps the request's gateway params for a fallback image that appends them: in this
@@ -531,6 +543,7 @@ impl FilterHttp {
             outcome,
             max_age: forward.max_age(),
             head: self.head,
+            request_origin: self.request_origin.clone(),
         });
         if let Err(status) =
             hostcalls::set_property(vec![fallback::FALLBACK_PROPERTY], Some(&state.encode()))
@@ -590,6 +603,8 @@ impl FilterHttp {
         headers: Vec<(String, Bytes)>,
     ) -> Action {
         self.source_label = ixproxy_core::metrics::label(&taken.source);
+        // The recreated request lost the client's `Origin` (removed before the first fetch).
+        self.request_origin = taken.request_origin.clone();
         let Some(forward) = Forward::resume_fallback(
             sources,
             &taken.source,

@@ -8,7 +8,8 @@
 //! stored; the process's memory stays within `max_bytes` plus a stated overhead after twice
 //! `max_bytes` of distinct objects went through; a fallback image is stored under the request's
 //! key for `cache_ttl_error` only, an error image's answer never, the image's own URL is its
-//! own answer, and a HEAD stores nothing (README: Fallback images).
+//! own answer, an image with the request's params appended is never stored, a refused hit takes
+//! the error image, and a HEAD stores nothing (README: Fallback images).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -1078,4 +1079,104 @@ fn a_head_on_a_missing_object_gets_the_fallbacks_head() {
         fetched[4..],
         ["GET /status/404", "GET /fresh/600/64?missing"]
     );
+}
+
+/// The gateway on [`config`] plus a source `extra` (host `extra.test`, `cache_ttl_error` 30)
+/// with `settings` (indented source lines) appended.
+fn extra_source(origin: &RecordingOrigin, settings: &str) -> String {
+    format!(
+        "{}  - name: extra
+    hosts: [extra.test]
+    secure_url_tokens: [{TOKEN}]
+    allow_private_origins: true
+    allowed_origin_hosts: ['127.0.0.1:{}']
+    cache_ttl_error: 30
+{settings}",
+        config(""),
+        origin.http.port()
+    )
+}
+
+/// With `image_missing_append_qs` the image depends on the request's params, which the cache
+/// key leaves out (SPEC §13): its answer is never stored under the missing object's key, so
+/// two requests differing only in `w` each get their own image, and the first variant again
+/// gets its own (no variant wins the entry).
+#[test]
+fn a_fallback_with_the_requests_params_is_not_stored_under_the_shared_key() {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let yaml = extra_source(
+        &origin,
+        &format!(
+            "    image_missing: http://{}/image/m.png\n    image_missing_append_qs: true\n",
+            origin.http
+        ),
+    );
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &yaml, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{}/status/404", origin.http);
+    for w in ["100", "800", "100"] {
+        let target = signed(&url, &[("w", w.to_owned())]);
+        let r = request(serve.listen(), "GET", "extra.test", &target, &[]);
+        assert_eq!(r.status, 404, "{}", r.body_text());
+        assert_eq!(r.header("x-ixproxy-fallback"), Some("missing"));
+        assert_eq!(r.body_text(), format!("image /image/m.png?w={w}"), "w={w}");
+        assert_ne!(status_of(&r), Some("ixproxy; hit"), "w={w}");
+        assert_eq!(max_age(&r), 30);
+    }
+    let images: Vec<String> = fetches(&origin, "/image/m.png")
+        .into_iter()
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "/image/m.png?w=100",
+            "/image/m.png?w=800",
+            "/image/m.png?w=100"
+        ]
+    );
+    assert_eq!(fetches(&origin, "/status/404").len(), 3);
+}
+
+/// A stored answer a reload's policy now refuses is an origin failure like that origin answer
+/// would be: it takes the source's error image (with the refusal's status and outcome), as
+/// without the cache and on Envoy, and the refused entry's URL is not fetched again.
+#[test]
+fn a_refused_hit_takes_the_error_image() {
+    let origin = RecordingOrigin::start().unwrap_or_else(|e| panic!("{e}"));
+    let yaml = |types: &str| {
+        extra_source(
+            &origin,
+            &format!(
+                "    allowed_content_types: [{types}]\n    image_error: http://{}/fresh/600/32?error\n",
+                origin.http
+            ),
+        )
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let serve = ServeProcess::start_temp(bin, &yaml("text/plain, image/png"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let target = signed(&format!("http://{}/image/refit.png", origin.http), &[]);
+    let fetch = || request(serve.listen(), "GET", "extra.test", &target, &[]);
+    for expected in ["ixproxy; fwd=miss", "ixproxy; hit"] {
+        let r = fetch();
+        assert_eq!((r.status, status_of(&r)), (200, Some(expected)));
+        assert_eq!(r.header("x-ixproxy-fallback"), None);
+    }
+
+    reload(&serve, &yaml("text/plain"), 0);
+    let refused = fetch();
+    assert_eq!(refused.status, 403, "{}", refused.body_text());
+    assert_eq!(refused.header("x-ixproxy-fallback"), Some("error"));
+    assert_eq!(refused.body, pattern(32), "the error image's body");
+    assert_eq!(refused.header("cache-control"), Some("public, max-age=30"));
+    assert_eq!(refused.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        serve
+            .settled_outcome_count("content_type_denied", 1, TIMEOUT)
+            .expect("metric"),
+        1
+    );
+    assert_eq!(fetches(&origin, "/image/refit.png").len(), 1, "never again");
+    assert_eq!(fetches(&origin, "/fresh/600/32").len(), 1);
 }

@@ -222,7 +222,8 @@ impl Harness {
         // Fallback images (SPEC §15), served by the recording origin. `k`: both images, only
         // `image/` answers, `a`'s origin auth for 127.0.0.1 (the images' host too). `l`: the
         // missing image with the request's params appended, an error image that fails itself
-        // (a 500), origin auth only for localhost (so never for its 127.0.0.1 images).
+        // (a 500), origin auth only for localhost (so never for its 127.0.0.1 images), and a
+        // CORS list (the fallback's answer gets the listed page's origin too).
         let http = origin.http;
         let mut k = source("k", &["k.test"], &[token("k.main")]);
         k["allowed_content_types"] = json!(["image/"]);
@@ -239,6 +240,7 @@ impl Harness {
         l["image_missing"] = json!(format!("http://{http}/image/m.png?v=1"));
         l["image_missing_append_qs"] = json!(true);
         l["image_error"] = json!(format!("http://{http}/status/500"));
+        l["cors"] = json!({"allow_origin": ["http://app.test"]});
 
         let mut sources = vec![a, b, c, d, e, f, r, o, m, g, h, i, j, k, l];
         let mut vector_hosts: Vec<&str> = vectors.iter().map(|v| v.host.as_str()).collect();

@@ -110,6 +110,14 @@ fn start(ctx: &mut RequestCtx, target: &[u8], why: Why) -> Option<Box<Error>> {
     Some(new_attempt(ctx, "fetching the fallback image"))
 }
 
+/// A failure found before any origin fetch (a cache hit the current policy refuses):
+/// the request's forward becomes the fallback image's, fetched by the proxy loop as the
+/// request's first attempt. `false` when no fallback is taken (the request is answered with
+/// `rejection`).
+pub(super) fn instead_of(ctx: &mut RequestCtx, target: &[u8], rejection: &Rejection) -> bool {
+    ctx.fallback.is_none() && start(ctx, target, Why::Failed(rejection.clone())).is_some()
+}
+
 /// The fallback failed: the original answer.
 fn fallback_failed(ctx: &mut RequestCtx) -> Box<Error> {
     let Some(state) = ctx.fallback.as_deref_mut() else {

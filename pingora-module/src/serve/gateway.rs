@@ -309,8 +309,19 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &Session,
         resp: &ResponseHeader,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
+        // The key holds no params: an image they were appended to is not stored (the core's
+        // rule, README: Fallback images).
+        if ctx
+            .forward
+            .as_deref()
+            .is_some_and(|forward| !forward.storable_under_request_key())
+        {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                "fallback-params",
+            )));
+        }
         Ok(cache::cacheability(resp, SystemTime::now()))
     }
 
@@ -333,9 +344,15 @@ impl ProxyHttp for Gateway {
         // The origin is needed (no cache, a miss, a stale entry): one in-flight slot for this
         // request's origin fetch, every redirect hop included. A hit never takes one.
         if let Some(rejection) = ctx.hit_refused.take() {
-            ctx.outcome = Some(rejection.outcome());
-            respond(session, &rejection, &ctx.request_id).await?;
-            return Ok(false);
+            // Refused like an origin answer, so it takes the source's error image like one: the
+            // image is then fetched as this request's origin URL.
+            let fell_back = ctx.may_fall_back()
+                && fallback::instead_of(ctx, session.req_header().raw_path(), &rejection);
+            if !fell_back {
+                ctx.outcome = Some(rejection.outcome());
+                respond(session, &rejection, &ctx.request_id).await?;
+                return Ok(false);
+            }
         }
         let Some(forward) = ctx.forward.as_ref() else {
             return Ok(true);
