@@ -545,3 +545,48 @@ fn check_names_the_fallback_image_fields() {
     let out = check_yaml("fallback-valid", &valid);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn check_names_the_imgix_source_settings() {
+    let cases = [
+        ("    cors: on\n", "sources[0].cors"),
+        (
+            "    cors: {allow_origin: [\"https://app.example.com/path\"]}\n",
+            "sources[0].cors.allow_origin[0]",
+        ),
+        (
+            "    cors: {allow_origin: []}\n",
+            "sources[0].cors.allow_origin",
+        ),
+        (
+            "    origin_user_agent: \"bad\\nagent\"\n",
+            "sources[0].origin_user_agent",
+        ),
+        (
+            "    origin_headers: {Authorization: hunter2}\n",
+            "sources[0].origin_headers.Authorization",
+        ),
+        (
+            "    origin_headers: {X-Imgix-Foo: x}\n",
+            "sources[0].origin_headers.X-Imgix-Foo",
+        ),
+        (
+            "    origin_headers: {Accept: x}\n",
+            "sources[0].origin_headers.Accept",
+        ),
+        ("    enabled: maybe\n", "sources[0].enabled"),
+    ];
+    for (i, (extra, field)) in cases.iter().enumerate() {
+        let out = check_yaml(&format!("imgix-{i}"), &format!("{VALID}{extra}"));
+        assert_eq!(out.status.code(), Some(1), "must be refused: {extra}");
+        let err = stderr(&out);
+        assert!(err.contains(field), "error must name {field}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    let valid = format!(
+        "{VALID}    enabled: false\n    cors: {{allow_origin: [\"https://app.example.com\"]}}\n    \
+         origin_user_agent: forward\n    origin_headers: {{X-Api-Key: hunter2}}\n"
+    );
+    let out = check_yaml("imgix-valid", &valid);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
