@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{Source, Sources};
-use crate::disposition::content_disposition;
+use crate::disposition::{content_disposition, may_ask_download};
 use crate::expires::{check_target_expires, ExpiresError};
 use crate::forward::{check_origin_policy, Forward};
 use crate::origin::decode_origin;
@@ -129,8 +129,8 @@ fn decide_inner(
     let origin = decode_origin(signed.path).map_err(Rejection::bad_origin_url)?;
     check_origin_policy(source, &origin)?;
     let mut forward = Forward::new(source, *sources.limits(), origin, max_age);
-    // Only a signed query can ask for a download.
-    if !signed.query.is_empty() {
+    // Only a signed query can ask for a download, and most never do.
+    if may_ask_download(signed.query) {
         let path = forward.origin().path_and_query.as_str();
         let disposition = content_disposition(signed.params(), path);
         forward.set_content_disposition(disposition);
