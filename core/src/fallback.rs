@@ -53,6 +53,13 @@ impl FallbackKind {
         }
     }
 
+    /// The kind whose [`FallbackKind::as_str`] is `label` (state a runtime kept across streams).
+    pub fn from_label(label: &str) -> Option<FallbackKind> {
+        [FallbackKind::Missing, FallbackKind::Error]
+            .into_iter()
+            .find(|kind| kind.as_str() == label)
+    }
+
     /// The fallback for an origin answer with `status`: 404 and 410 are missing, every 5xx an
     /// error; any other status (2xx, 3xx, other 4xx) passes as the origin's answer.
     pub fn of_status(status: u16) -> Option<FallbackKind> {
@@ -181,6 +188,10 @@ mod tests {
         }
         assert_eq!(FallbackKind::Missing.as_str(), "missing");
         assert_eq!(FallbackKind::Error.as_str(), "error");
+        for kind in [FallbackKind::Missing, FallbackKind::Error] {
+            assert_eq!(FallbackKind::from_label(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FallbackKind::from_label("Missing"), None);
     }
 
     #[test]

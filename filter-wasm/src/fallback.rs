@@ -91,11 +91,7 @@ impl FallbackState {
                 Some(FallbackState::Taken(Taken {
                     source,
                     url,
-                    kind: match kind.as_str() {
-                        "missing" => FallbackKind::Missing,
-                        "error" => FallbackKind::Error,
-                        _ => return None,
-                    },
+                    kind: FallbackKind::from_label(&kind)?,
                     status: status.parse().ok()?,
                     outcome: if outcome.is_empty() {
                         None
