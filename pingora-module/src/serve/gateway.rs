@@ -484,12 +484,9 @@ impl ProxyHttp for Gateway {
         if ctx.candidate + 1 < ctx.candidates.len() {
             ctx.candidate += 1;
             e.set_retry(true);
-        } else if !e.retry() && ctx.may_fall_back() {
-            if let Some(rejection) = ctx.classify(&e) {
-                let why = fallback::Why::Failed(rejection);
-                if let Some(err) = fallback::on_failure(ctx, session.req_header().raw_path(), why) {
-                    return err;
-                }
+        } else if !e.retry() {
+            if let Some(err) = ctx.fallback_for_error(&e, session.req_header().raw_path()) {
+                return err;
             }
         }
         e
@@ -715,16 +712,9 @@ impl ProxyHttp for Gateway {
         }
         // A transport failure before any header went out (the phases' own refusals are
         // recorded in `ctx.failure` and took their fallback there).
-        if !e.retry()
-            && session.response_written().is_none()
-            && ctx.failure.is_none()
-            && ctx.may_fall_back()
-        {
-            if let Some(rejection) = ctx.classify(&e) {
-                let why = fallback::Why::Failed(rejection);
-                if let Some(err) = fallback::on_failure(ctx, session.req_header().raw_path(), why) {
-                    return err;
-                }
+        if !e.retry() && session.response_written().is_none() && ctx.failure.is_none() {
+            if let Some(err) = ctx.fallback_for_error(&e, session.req_header().raw_path()) {
+                return err;
             }
         }
         e

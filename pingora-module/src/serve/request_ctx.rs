@@ -110,6 +110,17 @@ impl RequestCtx {
         self.fail(failure, context)
     }
 
+    /// The fallback for a proxy error Pingora reports (a failed connect, a transport error)
+    /// once it is not retried: the error to end the attempt with when the request takes its
+    /// fallback image (or gives the original answer after one), `None` to keep `e`.
+    pub(super) fn fallback_for_error(&mut self, e: &Error, target: &[u8]) -> Option<Box<Error>> {
+        if !self.may_fall_back() {
+            return None;
+        }
+        let why = super::fallback::Why::Failed(self.classify(e)?);
+        super::fallback::on_failure(self, target, why)
+    }
+
     /// Whether a failure of this request could take a fallback image: its source has one, or
     /// one is in progress. The one check a source without fallbacks pays, on failures only.
     pub(super) fn may_fall_back(&self) -> bool {
