@@ -66,7 +66,7 @@ impl Cors {
                 vary_origin: false,
             },
             Cors::List(list) => CorsHeaders {
-                allow_origin: request_origin.filter(|o| list.iter().any(|l| same_origin(l, o))),
+                allow_origin: request_origin.filter(|o| is_listed(list, o)),
                 resource_policy: true,
                 vary_origin: true,
             },
@@ -79,11 +79,12 @@ impl Cors {
     }
 }
 
-/// Whether a request's `Origin` value names the listed web origin: scheme and host compared
-/// case-insensitively, a default port written or not.
-fn same_origin(listed: &str, sent: &str) -> bool {
+/// Whether a request's `Origin` value names one of the listed web origins (normalized by
+/// [`normalize_web_origin`]): scheme and host compared case-insensitively, a default port
+/// written or not. The sent value is normalized once, whatever the list's length.
+fn is_listed(list: &[String], sent: &str) -> bool {
     match normalize_web_origin(sent.trim()) {
-        Ok(sent) => sent == listed,
+        Ok(sent) => list.contains(&sent),
         Err(_) => false,
     }
 }
