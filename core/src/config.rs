@@ -25,6 +25,7 @@ mod operating;
 mod purge;
 mod reload;
 mod secrets;
+mod tiers;
 mod validate;
 mod warnings;
 
@@ -35,6 +36,10 @@ pub use operating::{
 pub use purge::MIN_PURGE_API_KEY_CHARS;
 pub use reload::{restart_required, ReloadResult};
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
+pub use tiers::{
+    disk_block_bytes, DiskTier, PeerAddr, Peers, RawCacheDisk, RawCachePeers,
+    DISK_ENTRY_OVERHEAD_BYTES, MIN_DISK_BLOCKS,
+};
 pub use validate::{
     parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_CACHE_MAX_OBJECT_BYTES, DEFAULT_CACHE_TTL, DEFAULT_CACHE_TTL_ERROR,
@@ -175,6 +180,12 @@ pub struct RawCache {
     /// Larger responses are streamed, never cached (default 8 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_object_bytes: Option<u64>,
+    /// The second tier on disk (SPEC §16); absent = memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<RawCacheDisk>,
+    /// The instances a purge is also applied on (SPEC §16); absent = this one only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<RawCachePeers>,
 }
 
 /// `limits:` (serde layer): bounds on what a client may send.
@@ -432,12 +443,17 @@ impl Default for CacheTtl {
 }
 
 /// The validated response cache settings (present only when the cache is on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheLimits {
     /// Bodies held in memory, all sources together (at least 1).
     pub max_bytes: u64,
-    /// Larger responses are streamed, never cached.
+    /// Larger responses are streamed, never cached. With a disk tier it may exceed
+    /// `max_bytes`: such objects are stored on disk only.
     pub max_object_bytes: u64,
+    /// The second tier on disk; `None` = memory only.
+    pub disk: Option<DiskTier>,
+    /// The instances a purge is also applied on; `None` = this one only.
+    pub peers: Option<Peers>,
 }
 
 /// Validated client connection limits (`limits:` fields the listeners apply).

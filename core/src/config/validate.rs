@@ -166,13 +166,25 @@ pub(super) fn cache(raw: Option<&RawCache>) -> Result<Option<CacheLimits>, Confi
     };
     let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
     if max_bytes == 0 {
+        for (set, field) in [
+            (raw.disk.is_some(), "cache.disk"),
+            (raw.peers.is_some(), "cache.peers"),
+        ] {
+            if set {
+                return Err(error(
+                    field,
+                    "needs the memory tier (cache.max_bytes is 0: no cache)",
+                ));
+            }
+        }
         return Ok(None);
     }
     let max_object_bytes = match raw.max_object_bytes {
         Some(0) => return Err(error("cache.max_object_bytes", "must be greater than zero")),
         other => other.unwrap_or(DEFAULT_CACHE_MAX_OBJECT_BYTES),
     };
-    if max_object_bytes > max_bytes {
+    // With a disk tier, an object too large for memory is stored on disk only.
+    if max_object_bytes > max_bytes && raw.disk.is_none() {
         return Err(error(
             "cache.max_object_bytes",
             format!("larger than cache.max_bytes ({max_bytes})"),
@@ -181,6 +193,8 @@ pub(super) fn cache(raw: Option<&RawCache>) -> Result<Option<CacheLimits>, Confi
     Ok(Some(CacheLimits {
         max_bytes,
         max_object_bytes,
+        disk: super::tiers::disk(raw.disk.as_ref(), max_object_bytes)?,
+        peers: super::tiers::peers(raw.peers.as_ref())?,
     }))
 }
 

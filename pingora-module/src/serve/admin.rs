@@ -314,6 +314,8 @@ mod tests {
             ixproxy_core::config::CacheLimits {
                 max_bytes: 1 << 20,
                 max_object_bytes: 1 << 16,
+                disk: None,
+                peers: None,
             },
             std::time::Duration::from_secs(1),
             metrics.cache_bytes(),
