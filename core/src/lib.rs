@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod expires;
 pub mod failure;
 pub mod fallback;
+pub mod fleet;
 pub mod forward;
 pub mod gateway_headers;
 mod hex;

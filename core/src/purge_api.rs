@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cache::purge_keys;
+use crate::fleet::FleetReport;
 use crate::origin::decode_origin;
 use crate::secret::Secret;
 use crate::Sources;
@@ -171,6 +172,7 @@ fn title(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        502 => "Bad Gateway",
         _ => "Error",
     }
 }
@@ -383,6 +385,50 @@ pub fn purged_answer(
         "jsonapi": jsonapi(),
         "meta": { "source": target.source, "origin_url": target.origin_url, "purged": purged },
     }))
+}
+
+/// The answer of a purge applied here and forwarded to `cache.peers` ([`crate::fleet`]): with
+/// every peer confirmed, [`purged_answer`] (200) whose `meta` also holds `peers: {confirmed:
+/// [{peer, purged}], failed: []}`; with a peer failed, 502 and a JSON:API error document (an
+/// error document holds no `data`) with the same `meta`, so a client that retries on failure
+/// purges again (harmless) and one that reads `meta` sees which instance may still serve it.
+pub fn fleet_answer(
+    id: &str,
+    request: &PurgeRequest,
+    target: &PurgeTarget,
+    purged: usize,
+    report: &FleetReport,
+) -> (u16, Vec<u8>) {
+    let meta = json!({
+        "source": target.source,
+        "origin_url": target.origin_url,
+        "purged": purged,
+        "peers": report.json(),
+    });
+    let status = report.status();
+    let value = if status == 200 {
+        json!({
+            "data": {
+                "type": "purges",
+                "id": id,
+                "attributes": { "url": request.url, "sub_image": request.sub_image },
+            },
+            "jsonapi": jsonapi(),
+            "meta": meta,
+        })
+    } else {
+        json!({
+            "errors": [{
+                "id": id,
+                "status": status.to_string(),
+                "title": title(status),
+                "detail": report.failure_summary(),
+            }],
+            "jsonapi": jsonapi(),
+            "meta": meta,
+        })
+    };
+    (status, document(value))
 }
 
 /// The metric label of an answered purge (beside [`PurgeApiError::LABELS`]).
@@ -663,6 +709,49 @@ mod tests {
                 (400, "bad_url"),
                 (404, "unknown_source")
             ]
+        );
+    }
+
+    #[test]
+    fn a_fleet_purge_answers_with_its_peers_and_502_when_one_failed() {
+        use crate::fleet::{FleetReport, PeerResult};
+        let request = PurgeRequest {
+            url: "https://assets.test/https%3A%2F%2Fo.test%2Fa.png".to_owned(),
+            sub_image: false,
+        };
+        let target = resolve(&sources(), &request.url).expect("target");
+        let mut report = FleetReport {
+            peers: vec![
+                ("10.0.0.7:9901".into(), PeerResult::Confirmed(1)),
+                ("10.0.0.6:9901".into(), PeerResult::Myself),
+            ],
+        };
+        let (status, body) = fleet_answer("i", &request, &target, 1, &report);
+        let ok: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(status, 200);
+        // imgix's resource as without peers, `meta` gaining `peers`.
+        let mut alone: Value =
+            serde_json::from_slice(&purged_answer("i", &request, &target, 1)).expect("json");
+        alone["meta"]["peers"] =
+            json!({"confirmed": [{"peer": "10.0.0.7:9901", "purged": 1}], "failed": []});
+        assert_eq!(ok, alone);
+
+        report
+            .peers
+            .push(("10.0.0.8:9901".into(), PeerResult::Failed("refused".into())));
+        let (status, body) = fleet_answer("i", &request, &target, 1, &report);
+        let failed: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(status, 502);
+        assert!(
+            failed.get("data").is_none(),
+            "JSON:API: errors without data"
+        );
+        assert_eq!(failed["errors"][0]["status"], "502");
+        assert_eq!(failed["errors"][0]["title"], "Bad Gateway");
+        assert_eq!(failed["meta"]["purged"], 1);
+        assert_eq!(
+            failed["meta"]["peers"]["failed"],
+            json!([{"peer": "10.0.0.8:9901", "error": "refused"}])
         );
     }
 }

@@ -4,8 +4,8 @@
 //! Everything the request path reads per request is reloadable: the sources (hosts, tokens,
 //! origin auth and every secret), the request and response limits carried by [`Sources`]
 //! (`max_request_*`, `max_redirects`, `max_body_bytes`, `max_inflight_per_source`) and
-//! `upstream` (timeouts, `ca_file`), and the purge API's keys (`purge_api_keys`, read per
-//! admin request). What the process fixed when it started (sockets, worker
+//! `upstream` (timeouts, `ca_file`), the purge API's keys (`purge_api_keys`, read per
+//! admin request) and the fleet a purge reaches (`cache.peers`). What the process fixed when it started (sockets, worker
 //! threads, the cache's memory, the listener's protocol and connection handling, the shutdown
 //! timings) is not: [`restart_required`] names each such field that differs, and the runtime
 //! keeps its running value.
@@ -40,7 +40,8 @@ impl ReloadResult {
 /// a restart (or `ixproxy serve -u`), in config order; empty when the whole new config applies.
 ///
 /// The runtime keeps the running value of each. `tls` counts only when HTTPS is switched on or
-/// off (new certificate files are reloaded); `cache` when it is switched or resized.
+/// off (new certificate files are reloaded); `cache` when it is switched or resized (not when
+/// only `cache.peers` changed).
 pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
     let (old_op, new_op) = (&running.operating, &new.operating);
     let (old_client, new_client) = (&running.client, &new.client);
@@ -67,7 +68,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
             "limits.max_connections_per_client",
             old_client.max_connections_per_client != new_client.max_connections_per_client,
         ),
-        ("cache", running.cache != new.cache),
+        ("cache", storage(&running.cache) != storage(&new.cache)),
         ("server.threads", old_op.threads != new_op.threads),
         (
             "server.grace_period",
@@ -79,6 +80,14 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(field, changed)| changed.then_some(field))
     .collect()
+}
+
+/// The part of `cache:` the process fixes at start: everything but `cache.peers`, which is read
+/// at each purge (a static list can grow with the fleet without a restart).
+fn storage(cache: &Option<super::CacheLimits>) -> Option<super::CacheLimits> {
+    cache
+        .clone()
+        .map(|c| super::CacheLimits { peers: None, ..c })
 }
 
 #[cfg(test)]
@@ -141,6 +150,19 @@ mod tests {
         let other_files = config("tls: {cert_file: /c2, key_file: /k2}\n");
         assert!(restart_required(&on, &other_files).is_empty());
         assert_eq!(restart_required(&on, &config("")), ["tls"]);
+    }
+
+    #[test]
+    fn peers_reload_the_cache_s_storage_needs_a_restart() {
+        let running = config("cache: {max_bytes: 1000, max_object_bytes: 100}\n");
+        let peers = config(
+            "cache: {max_bytes: 1000, max_object_bytes: 100, peers: {static: ['127.0.0.1:9']}}\n",
+        );
+        assert!(restart_required(&running, &peers).is_empty());
+        let resized = config(
+            "cache: {max_bytes: 2000, max_object_bytes: 100, peers: {static: ['127.0.0.1:9']}}\n",
+        );
+        assert_eq!(restart_required(&peers, &resized), ["cache"]);
     }
 
     #[test]
