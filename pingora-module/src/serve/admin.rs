@@ -1,18 +1,22 @@
 //! The admin listener: `/healthz` (alive), `/readyz` (serving, or draining), `/metrics` for
 //! Prometheus, with the response cache on, `POST /cache/purge?url=…`, and with
 //! `purge_api_keys`, imgix's purge API (`POST /api/v1/purge`, [`ixproxy_core::purge_api`]).
+//! With `cache.peers`, both purges are also forwarded to every peer ([`super::fleet`]), which
+//! applies them through `POST /cache/purge/peer` ([`ixproxy_core::fleet`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
-use ixproxy_core::cache::parse_purge;
+use ixproxy_core::cache::{parse_purge, PurgeError};
+use ixproxy_core::fleet::{self as fleet_rules, PeerPurge};
 use ixproxy_core::purge_api::{self, PurgeApiError};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use super::cache::ResponseCache;
+use super::fleet::{Fleet, SystemResolver};
 use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
 
@@ -51,17 +55,21 @@ pub struct AdminApp {
     /// The reloadable config whose current generation holds the purge API's keys and the
     /// sources its URLs name; `None`: no purge API.
     purge_api: Option<LiveConfig>,
+    /// This instance's side of purges across `cache.peers`.
+    fleet: Fleet,
 }
 
 impl AdminApp {
     /// An admin app exposing `metrics` and `readiness` and, when the cache is on, purges through
     /// `purger`.
     pub fn new(metrics: Metrics, purger: Option<Purger>, readiness: Readiness) -> Self {
+        let fleet = Fleet::new(metrics.clone(), Arc::new(SystemResolver));
         AdminApp {
             metrics,
             purger,
             readiness,
             purge_api: None,
+            fleet,
         }
     }
 
@@ -77,7 +85,13 @@ impl AdminApp {
     async fn purge_api(&self, session: &mut ServerSession, live: &Live) -> Response<Vec<u8>> {
         let id = purge_api::answer_id(rand::random());
         let (status, body, label, extra) = match self.purge_api_result(session, live, &id).await {
-            Ok(body) => (StatusCode::OK, body, purge_api::PURGED_LABEL, None),
+            // 502 when a peer failed: purged here all the same.
+            Ok((status, body)) => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+                purge_api::PURGED_LABEL,
+                None,
+            ),
             Err(e) => (
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
                 e.answer(&id),
@@ -100,13 +114,14 @@ impl AdminApp {
     }
 
     /// Admits the request before its body is read (an unread body then closes the
-    /// connection), reads the body within the core's bounds, and purges what its URL names.
+    /// connection), reads the body within the core's bounds, purges what its URL names, and
+    /// with `cache.peers` forwards the purge of those entries to the fleet.
     async fn purge_api_result(
         &self,
         session: &mut ServerSession,
         live: &Live,
         id: &str,
-    ) -> Result<Vec<u8>, PurgeApiError> {
+    ) -> Result<(u16, Vec<u8>), PurgeApiError> {
         let req = session.req_header();
         let content_length = req
             .headers
@@ -139,18 +154,36 @@ impl AdminApp {
         let purged = self.purger.as_ref().map_or(0, |p| {
             p.cache.purge([target.source.as_str()], &target.origin_url)
         });
-        Ok(purge_api::purged_answer(id, &request, &target, purged))
+        let Some(peers) = live.peers.as_ref() else {
+            return Ok((200, purge_api::purged_answer(id, &request, &target, purged)));
+        };
+        // Forwarded as the entries it names, never with the key (peers trust each other).
+        let forwarded = PeerPurge {
+            url: target.origin_url.clone(),
+            source: Some(target.source.clone()),
+        };
+        let report = self.fleet.purge(peers, &forwarded).await;
+        Ok(purge_api::fleet_answer(
+            id, &request, &target, purged, &report,
+        ))
     }
 
-    /// The response for a request: `/healthz` → 200 `ok`, `/readyz` → 200 `ready` while
-    /// serving, 503 `draining` once a drain started, `/metrics` → 200 Prometheus text
-    /// exposition, `POST /cache/purge?url=<percent-encoded origin URL>` → 200 `purged N` (the
-    /// entries removed, every source; 405 for another method, 400 for a bad URL, 404 with the
-    /// cache off), anything else → 404.
-    pub fn respond(&self, method: &str, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
-        if let Some(purge) = parse_purge(method, path, query) {
-            return self.purge(purge);
+    /// A request other than imgix's purge API: a forwarded purge (applied here only), a purge
+    /// (here, then on `cache.peers`), or [`Self::respond`]'s.
+    async fn route(&self, method: &str, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        if let Some(purge) = fleet_rules::parse_peer_purge(method, path, query) {
+            return self.peer_purge(purge);
         }
+        if let Some(purge) = parse_purge(method, path, query) {
+            return self.purge(purge).await;
+        }
+        self.respond(method, path, query)
+    }
+
+    /// The response for a request that is no purge: `/healthz` → 200 `ok`, `/readyz` → 200
+    /// `ready` while serving, 503 `draining` once a drain started, `/metrics` → 200 Prometheus
+    /// text exposition, anything else → 404.
+    pub fn respond(&self, _method: &str, path: &str, _query: Option<&str>) -> Response<Vec<u8>> {
         let (status, content_type, body) = match path {
             "/healthz" => (
                 StatusCode::OK,
@@ -181,39 +214,85 @@ impl AdminApp {
         reply(status, content_type, body)
     }
 
-    fn purge(&self, purge: Result<String, ixproxy_core::cache::PurgeError>) -> Response<Vec<u8>> {
-        let text = "text/plain; charset=utf-8";
+    /// `POST /cache/purge?url=<percent-encoded origin URL>` → 200 `purged N` (the entries
+    /// removed, every source; 405 for another method, 400 for a bad URL, 404 with the cache
+    /// off). With `cache.peers`, the purge is then forwarded to every peer and the answer
+    /// lists them ([`fleet_rules::FleetReport::text`]): 200 when all confirmed, 502 when one
+    /// failed (applied here all the same).
+    async fn purge(&self, purge: Result<String, PurgeError>) -> Response<Vec<u8>> {
         let Some(purger) = self.purger.as_ref() else {
+            return no_cache();
+        };
+        let url = match purge {
+            Ok(url) => url,
+            Err(e) => return purge_refused(&e),
+        };
+        let live = purger.live.current();
+        let purged = purger
+            .cache
+            .purge(live.sources.iter().map(|s| s.name.as_str()), &url);
+        let Some(peers) = live.peers.as_ref() else {
             return reply(
-                StatusCode::NOT_FOUND,
-                text,
-                b"no cache configured\n".to_vec(),
+                StatusCode::OK,
+                TEXT,
+                format!("purged {purged}\n").into_bytes(),
             );
         };
-        match purge {
-            Ok(url) => {
-                let live = purger.live.current();
-                let purged = purger
-                    .cache
-                    .purge(live.sources.iter().map(|s| s.name.as_str()), &url);
-                reply(
-                    StatusCode::OK,
-                    text,
-                    format!("purged {purged}\n").into_bytes(),
-                )
-            }
-            Err(e) => {
-                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-                let mut response = reply(status, text, format!("{e}\n").into_bytes());
-                if status == StatusCode::METHOD_NOT_ALLOWED {
-                    response
-                        .headers_mut()
-                        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-                }
-                response
-            }
-        }
+        let report = self
+            .fleet
+            .purge(peers, &PeerPurge { url, source: None })
+            .await;
+        let status = StatusCode::from_u16(report.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        reply(status, TEXT, report.text(purged).into_bytes())
     }
+
+    /// `POST /cache/purge/peer?url=…[&source=…]`, a purge another instance forwarded: applied
+    /// here only (never forwarded again, whatever `cache.peers` says), answered with the
+    /// entries removed and this instance's id ([`fleet_rules::peer_answer`]). Refusals as for
+    /// `/cache/purge`.
+    fn peer_purge(&self, purge: Result<PeerPurge, PurgeError>) -> Response<Vec<u8>> {
+        let Some(purger) = self.purger.as_ref() else {
+            return no_cache();
+        };
+        let purge = match purge {
+            Ok(purge) => purge,
+            Err(e) => return purge_refused(&e),
+        };
+        let purged = match purge.source.as_deref() {
+            Some(source) => purger.cache.purge([source], &purge.url),
+            None => {
+                let live = purger.live.current();
+                let sources = live.sources.iter().map(|s| s.name.as_str());
+                purger.cache.purge(sources, &purge.url)
+            }
+        };
+        let body = fleet_rules::peer_answer(purged, self.fleet.instance());
+        reply(StatusCode::OK, TEXT, body.into_bytes())
+    }
+}
+
+/// The `Content-Type` of the plain admin answers.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A purge with the cache off: 404.
+fn no_cache() -> Response<Vec<u8>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        TEXT,
+        b"no cache configured\n".to_vec(),
+    )
+}
+
+/// A refused purge: its status and reason, `Allow: POST` on a 405.
+fn purge_refused(e: &PurgeError) -> Response<Vec<u8>> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = reply(status, TEXT, format!("{e}\n").into_bytes());
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    }
+    response
 }
 
 /// A plain admin response with its `Content-Type` and `Content-Length`.
@@ -259,7 +338,7 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
         let query = req.uri.query().map(str::to_owned);
-        self.respond(&method, &path, query.as_deref())
+        self.route(&method, &path, query.as_deref()).await
     }
 }
 
@@ -267,8 +346,8 @@ impl ServeHttp for AdminApp {
 mod tests {
     use super::*;
 
-    #[test]
-    fn healthz_metrics_and_not_found() {
+    #[tokio::test]
+    async fn healthz_metrics_and_not_found() {
         let metrics = Metrics::new().expect("metrics");
         metrics.count("-", ixproxy_core::Outcome::UnknownHost);
         let readiness = Readiness::default();
@@ -303,12 +382,19 @@ mod tests {
             app.respond("GET", "/", None).status(),
             StatusCode::NOT_FOUND
         );
-        let off = app.respond("POST", "/cache/purge", Some("url=https%3A%2F%2Fo.test%2F"));
-        assert_eq!(off.status(), StatusCode::NOT_FOUND, "no cache");
+        for path in ["/cache/purge", "/cache/purge/peer"] {
+            let off = app
+                .route("POST", path, Some("url=https%3A%2F%2Fo.test%2F"))
+                .await;
+            assert_eq!(
+                (off.status(), off.body().as_slice()),
+                (StatusCode::NOT_FOUND, &b"no cache configured\n"[..])
+            );
+        }
     }
 
-    #[test]
-    fn purge_on_the_admin_listener() {
+    #[tokio::test]
+    async fn purge_on_the_admin_listener() {
         let metrics = Metrics::new().expect("metrics");
         let cache = ResponseCache::new(
             ixproxy_core::config::CacheLimits {
@@ -326,8 +412,17 @@ mod tests {
         )
         .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
         .expect("valid");
-        let live =
-            super::super::live::Live::build(config.sources, config.upstream, None).expect("live");
+        // A peer nothing listens on: a purge reports it, a forwarded purge never asks it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a released loopback port");
+        let peers = ixproxy_core::config::Peers::Static(vec![ixproxy_core::config::PeerAddr {
+            host: closed.ip().to_string(),
+            port: closed.port(),
+        }]);
+        let live = super::super::live::Live::build(config.sources, config.upstream, None)
+            .expect("live")
+            .with_peers(Some(peers));
         let app = AdminApp::new(
             metrics,
             Some(Purger {
@@ -337,15 +432,30 @@ mod tests {
             Readiness::default(),
         );
         let query = Some("url=https%3A%2F%2Fo.test%2Fa.png");
-        let ok = app.respond("POST", "/cache/purge", query);
+        let ok = app.route("POST", "/cache/purge", query).await;
+        let text = String::from_utf8(ok.body().clone()).expect("utf-8");
+        assert_eq!(ok.status(), StatusCode::BAD_GATEWAY, "{text}");
         assert_eq!(
-            (ok.status(), ok.body().as_slice()),
-            (StatusCode::OK, &b"purged 0\n"[..])
+            text,
+            format!(
+                "purged 0\npeers confirmed 0 failed 1\npeer {closed} failed: connection refused\n"
+            )
         );
-        let get = app.respond("GET", "/cache/purge", query);
-        assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(get.headers()[header::ALLOW], "POST");
-        let bad = app.respond("POST", "/cache/purge", Some("url=ftp%3A%2F%2Fx"));
-        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let forwarded = app.route("POST", "/cache/purge/peer", query).await;
+        assert_eq!(
+            (forwarded.status(), forwarded.body().as_slice()),
+            (
+                StatusCode::OK,
+                fleet_rules::peer_answer(0, app.fleet.instance()).as_bytes()
+            ),
+            "applied here only"
+        );
+        for path in ["/cache/purge", "/cache/purge/peer"] {
+            let get = app.route("GET", path, query).await;
+            assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+            assert_eq!(get.headers()[header::ALLOW], "POST");
+            let bad = app.route("POST", path, Some("url=ftp%3A%2F%2Fx")).await;
+            assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        }
     }
 }

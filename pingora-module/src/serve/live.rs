@@ -1,6 +1,7 @@
 //! The part of the config a reload replaces (README: Operating): sources, tokens and secrets,
 //! the request limits, the upstream settings with their trust anchors and resolver, and the
-//! in-flight counters, the access log format, the trusted proxies and the purge API's keys.
+//! in-flight counters, the access log format, the trusted proxies, the purge API's keys and the
+//! fleet a purge reaches (`cache.peers`).
 //!
 //! Each request takes one snapshot ([`LiveConfig::current`]) when its context is created and
 //! uses it to its end, so a reload never changes the rules under a request in flight; every
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use ixproxy_core::addr::IpNet;
-use ixproxy_core::config::{AccessLogFormat, Upstream};
+use ixproxy_core::config::{AccessLogFormat, Peers, Upstream};
 use ixproxy_core::{Secret, Sources};
 use parking_lot::RwLock;
 use pingora::protocols::tls::CaType;
@@ -40,6 +41,9 @@ pub struct Live {
     pub series: SeriesTable,
     /// The keys imgix's purge API admits (see [`Live::with_purge_api_keys`]; none until set).
     pub purge_api_keys: Vec<Secret>,
+    /// `cache.peers`, the fleet a purge is forwarded to (see [`Live::with_peers`]; none until
+    /// set).
+    pub peers: Option<Peers>,
 }
 
 impl Live {
@@ -75,6 +79,7 @@ impl Live {
             trusted_proxies: Vec::new(),
             series: SeriesTable::default(),
             purge_api_keys: Vec::new(),
+            peers: None,
         })
     }
 
@@ -88,6 +93,12 @@ impl Live {
     /// The generation admitting `keys` to imgix's purge API (`purge_api_keys`).
     pub fn with_purge_api_keys(mut self, keys: Vec<Secret>) -> Self {
         self.purge_api_keys = keys;
+        self
+    }
+
+    /// The generation forwarding purges to `peers` (`cache.peers`, read at each purge).
+    pub fn with_peers(mut self, peers: Option<Peers>) -> Self {
+        self.peers = peers;
         self
     }
 

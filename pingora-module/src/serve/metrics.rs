@@ -34,6 +34,7 @@ pub struct Metrics {
     cache_bytes: IntGauge,
     config_reloads: IntCounterVec,
     purge_api_requests: IntCounterVec,
+    purge_peer_requests: IntCounterVec,
 }
 
 /// Why the metrics could not be set up (only a programming error can cause it).
@@ -122,6 +123,7 @@ impl Metrics {
         registry.register(Box::new(cache_bytes.clone()))?;
         let config_reloads = reload_counter(&registry)?;
         let purge_api_requests = purge_api_counter(&registry)?;
+        let purge_peer_requests = purge_peer_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
         for result in CacheResult::ALL {
@@ -139,6 +141,7 @@ impl Metrics {
             cache_bytes,
             config_reloads,
             purge_api_requests,
+            purge_peer_requests,
         })
     }
 
@@ -146,6 +149,12 @@ impl Metrics {
     /// refusal's, [`ixproxy_core::purge_api::PurgeApiError::label`]).
     pub fn count_purge_api(&self, result: &str) {
         self.purge_api_requests.with_label_values(&[result]).inc();
+    }
+
+    /// Counts one peer of a purge forwarded to `cache.peers` by its result
+    /// ([`ixproxy_core::fleet::PeerResult::label`]).
+    pub fn count_purge_peer(&self, result: &str) {
+        self.purge_peer_requests.with_label_values(&[result]).inc();
     }
 
     /// Counts one SIGHUP reload by its result (`ixproxy_config_reloads_total{result}`).
@@ -299,6 +308,24 @@ fn purge_api_counter(registry: &Registry) -> Result<IntCounterVec, MetricsError>
     )?;
     registry.register(Box::new(requests.clone()))?;
     for result in std::iter::once(PURGED_LABEL).chain(PurgeApiError::LABELS) {
+        requests.with_label_values(&[result]);
+    }
+    Ok(requests)
+}
+
+/// Registers `ixproxy_purge_peer_requests_total{result}`, every result at zero.
+fn purge_peer_counter(registry: &Registry) -> Result<IntCounterVec, MetricsError> {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "ixproxy_purge_peer_requests_total",
+            "Peers a purge was forwarded to (cache.peers), by result: confirmed, failed \
+             (unresolved, unreachable, refused or unreadable), or self (this instance's own \
+             address in the peer list).",
+        ),
+        &["result"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    for result in ixproxy_core::fleet::PeerResult::LABELS {
         requests.with_label_values(&[result]);
     }
     Ok(requests)

@@ -18,6 +18,7 @@ mod deadline;
 mod demo;
 mod failure;
 mod fallback;
+mod fleet;
 mod gateway;
 mod http;
 mod inflight;
@@ -183,7 +184,8 @@ fn prepare(
                 config.operating.trusted_proxies.clone(),
             )
             .with_series(metrics.series(&config.sources))
-            .with_purge_api_keys(config.purge_api_keys.clone()),
+            .with_purge_api_keys(config.purge_api_keys.clone())
+            .with_peers(config.cache.as_ref().and_then(|c| c.peers.clone())),
     );
     if config.listen == config.admin_listen && config.listen.port() != 0 {
         return Err(format!(

@@ -105,7 +105,8 @@ impl Reloader {
             new.operating.access_log,
             new.operating.trusted_proxies.clone(),
         )
-        .with_purge_api_keys(new.purge_api_keys.clone());
+        .with_purge_api_keys(new.purge_api_keys.clone())
+        .with_peers(new.cache.as_ref().and_then(|c| c.peers.clone()));
         if new.operating.access_log != AccessLogFormat::Off {
             // Started once per process; a no-op when it runs already.
             super::access::start(self.metrics.access_log_dropped())

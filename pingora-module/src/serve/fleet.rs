@@ -1,0 +1,368 @@
+//! Purge across the fleet (README: Caching, *Purge across the fleet*): the I/O of
+//! [`ixproxy_core::fleet`]. A purge applied here is forwarded to every peer of `cache.peers`
+//! at once, each on its own connection within [`PEER_TIMEOUT`], and each answer is read by the
+//! core's rules; names are resolved off the runtime's threads (tokio's `lookup_host`, the
+//! system resolver, as a headless Service is meant to be looked up).
+//!
+//! Only the admin listener runs this: nothing here is on the request path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ixproxy_core::config::{PeerAddr, Peers};
+use ixproxy_core::fleet::{
+    self, FleetReport, PeerPurge, PeerReply, PeerResult, MAX_ANSWER_BYTES, PEER_TIMEOUT,
+    RESOLVE_TIMEOUT,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::metrics::Metrics;
+
+/// Looks up a peer's name (an abstraction so tests need no DNS).
+#[async_trait]
+pub trait PeerResolver: Send + Sync {
+    /// Every address `host` resolves to, with `port`.
+    ///
+    /// # Errors
+    /// Why the name does not resolve, as the answer reports it.
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String>;
+}
+
+/// The system resolver (`getaddrinfo` on tokio's blocking pool, so `/etc/hosts`, the search
+/// domains of `resolv.conf` and the cluster DNS apply as for any program in the pod).
+pub struct SystemResolver;
+
+#[async_trait]
+impl PeerResolver for SystemResolver {
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        tokio::net::lookup_host((host, port))
+            .await
+            .map(Iterator::collect)
+            .map_err(|e| format!("cannot resolve {host}: {e}"))
+    }
+}
+
+/// This instance's side of fleet purges: its instance id (drawn at start, sent back by every
+/// peer so that this instance recognises itself), the resolver and the peer counter.
+pub struct Fleet {
+    instance: String,
+    resolver: Arc<dyn PeerResolver>,
+    metrics: Metrics,
+}
+
+/// One peer to ask: where, or what already decided its result.
+enum Pending {
+    Asked(JoinHandle<Result<PeerReply, String>>),
+    Done(PeerResult),
+}
+
+impl Fleet {
+    /// The fleet side of an instance counting into `metrics`, resolving with `resolver`.
+    pub fn new(metrics: Metrics, resolver: Arc<dyn PeerResolver>) -> Self {
+        Fleet {
+            instance: fleet::instance_id(rand::random()),
+            resolver,
+            metrics,
+        }
+    }
+
+    /// This instance's id (what it answers a forwarded purge with).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Forwards `purge` (already applied here) to every peer of `peers` at once and waits for
+    /// all of them: at most [`RESOLVE_TIMEOUT`] for a `dns` name, then [`PEER_TIMEOUT`] for
+    /// the peers (a static name is resolved within its peer's time). Each peer is counted in
+    /// `ixproxy_purge_peer_requests_total{result}`.
+    pub async fn purge(&self, peers: &Peers, purge: &PeerPurge) -> FleetReport {
+        let mut asked: Vec<(String, Pending)> = Vec::new();
+        match peers {
+            Peers::Static(list) => {
+                for peer in list {
+                    let label = peer.to_string();
+                    let pending = self.ask(&label, peer, purge);
+                    asked.push((label, pending));
+                }
+            }
+            Peers::Dns(name) => {
+                let resolved = tokio::time::timeout(
+                    RESOLVE_TIMEOUT,
+                    self.resolver.resolve(&name.host, name.port),
+                )
+                .await
+                .unwrap_or_else(|_| Err(fleet::resolve_timed_out()));
+                match resolved {
+                    Ok(addrs) => {
+                        let (peers, left) = fleet::dns_peers(addrs);
+                        for addr in peers {
+                            let label = addr.to_string();
+                            let target = Target::Addr(addr);
+                            let pending = Pending::Asked(self.spawn(target, &label, purge));
+                            asked.push((label, pending));
+                        }
+                        for addr in left {
+                            let failed = PeerResult::Failed(fleet::not_asked());
+                            asked.push((addr.to_string(), Pending::Done(failed)));
+                        }
+                    }
+                    Err(e) => asked.push((name.to_string(), Pending::Done(PeerResult::Failed(e)))),
+                }
+            }
+        }
+        let mut report = FleetReport::default();
+        for (label, pending) in asked {
+            let result = match pending {
+                Pending::Done(result) => result,
+                Pending::Asked(task) => {
+                    let reply = task
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the request task failed: {e}")));
+                    PeerResult::of(reply, &self.instance)
+                }
+            };
+            self.metrics.count_purge_peer(result.label());
+            report.peers.push((label, result));
+        }
+        report
+    }
+
+    fn ask(&self, label: &str, peer: &PeerAddr, purge: &PeerPurge) -> Pending {
+        let target = match fleet::literal(peer) {
+            Some(addr) => Target::Addr(addr),
+            None => Target::Name(peer.clone(), Arc::clone(&self.resolver)),
+        };
+        Pending::Asked(self.spawn(target, label, purge))
+    }
+
+    fn spawn(
+        &self,
+        target: Target,
+        label: &str,
+        purge: &PeerPurge,
+    ) -> JoinHandle<Result<PeerReply, String>> {
+        let request = fleet::peer_request(purge, label);
+        tokio::spawn(async move {
+            tokio::time::timeout(PEER_TIMEOUT, exchange(target, request))
+                .await
+                .unwrap_or_else(|_| Err(fleet::timed_out()))
+        })
+    }
+}
+
+/// Where a peer is: an address, or a static entry's name (its first address is the peer).
+enum Target {
+    Addr(SocketAddr),
+    Name(PeerAddr, Arc<dyn PeerResolver>),
+}
+
+/// Connects, sends `request`, reads the answer until the core can read it.
+async fn exchange(target: Target, request: Vec<u8>) -> Result<PeerReply, String> {
+    let addr = match target {
+        Target::Addr(addr) => addr,
+        Target::Name(peer, resolver) => resolver
+            .resolve(&peer.host, peer.port)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", peer.host))?,
+    };
+    let io = |e: std::io::Error| e.kind().to_string();
+    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+    stream.write_all(&request).await.map_err(io)?;
+    let mut answer = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(reply) = fleet::read_peer_answer(&answer) {
+            return reply;
+        }
+        let n = stream.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Err("the connection closed before a whole answer".to_owned());
+        }
+        answer.extend_from_slice(&buf[..n]);
+        // The core refuses an answer over its bound; this only stops a peer that keeps
+        // sending after a head the core cannot read yet.
+        if answer.len() > 2 * MAX_ANSWER_BYTES {
+            return Err(format!("answer over {MAX_ANSWER_BYTES} bytes"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tokio::net::TcpListener;
+
+    /// Answers whatever `resolve` was given, for any name.
+    struct Fixed(Vec<SocketAddr>);
+
+    #[async_trait]
+    impl PeerResolver for Fixed {
+        async fn resolve(&self, _host: &str, _port: u16) -> Result<Vec<SocketAddr>, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A peer that answers one forwarded purge with `instance` (after reading its head), or
+    /// never answers when `instance` is `None`; returns its address and the request it read.
+    async fn peer(instance: Option<String>) -> (SocketAddr, JoinHandle<String>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let Some(instance) = instance else {
+                // Holds the connection past the peer timeout.
+                tokio::time::sleep(PEER_TIMEOUT * 2).await;
+                return String::from_utf8_lossy(&head).into_owned();
+            };
+            let body = fleet::peer_answer(1, &instance);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (addr, task)
+    }
+
+    /// A loopback address nothing listens on (bound, then released).
+    async fn closed() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        listener.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn a_dns_answer_is_asked_at_once_self_is_no_peer_and_failures_are_reported() {
+        let metrics = Metrics::new().expect("metrics");
+        let (other, _) = peer(Some("someone-else".to_owned())).await;
+        let (stalled, stalled_task) = peer(None).await;
+        let refused = closed().await;
+        // This instance's own admin listener, in the DNS answer like every replica's; it
+        // answers with the id drawn in `new`.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let own = listener.local_addr().expect("addr");
+        let fleet = Fleet::new(
+            metrics.clone(),
+            Arc::new(Fixed(vec![stalled, refused, other, own, other])),
+        );
+        let instance = fleet.instance().to_owned();
+        let myself = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 512];
+            let _ = stream.read(&mut buf).await;
+            let body = fleet::peer_answer(0, &instance);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.expect("write");
+        });
+        let name = PeerAddr {
+            host: "ixproxy-headless".to_owned(),
+            port: 9901,
+        };
+        let purge = PeerPurge {
+            url: "https://o.test/a.png".to_owned(),
+            source: Some("assets".to_owned()),
+        };
+        let started = std::time::Instant::now();
+        let report = fleet.purge(&Peers::Dns(name), &purge).await;
+        let took = started.elapsed();
+        myself.await.expect("self answered");
+
+        let mut expected = vec![
+            (other.to_string(), PeerResult::Confirmed(1)),
+            (own.to_string(), PeerResult::Myself),
+            (
+                refused.to_string(),
+                PeerResult::Failed("connection refused".into()),
+            ),
+            (stalled.to_string(), PeerResult::Failed(fleet::timed_out())),
+        ];
+        expected.sort_by_key(|(peer, _)| peer.parse::<SocketAddr>().expect("addr"));
+        assert_eq!(report.peers, expected, "one entry per distinct address");
+        // Concurrent: the stalled peer's timeout is the whole wait.
+        assert!(
+            took >= PEER_TIMEOUT && took < PEER_TIMEOUT + RESOLVE_TIMEOUT,
+            "{took:?}"
+        );
+        stalled_task.abort();
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        for line in [
+            "ixproxy_purge_peer_requests_total{result=\"confirmed\"} 1",
+            "ixproxy_purge_peer_requests_total{result=\"failed\"} 2",
+            "ixproxy_purge_peer_requests_total{result=\"self\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_static_peer_gets_the_forwarded_request_and_a_dead_name_is_reported() {
+        struct Unknown;
+        #[async_trait]
+        impl PeerResolver for Unknown {
+            async fn resolve(&self, host: &str, _port: u16) -> Result<Vec<SocketAddr>, String> {
+                Err(format!("cannot resolve {host}: not found"))
+            }
+        }
+        let fleet = Fleet::new(Metrics::new().expect("metrics"), Arc::new(Unknown));
+        let (addr, task) = peer(Some("p".to_owned())).await;
+        let list = vec![
+            PeerAddr {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            PeerAddr {
+                host: "gone".to_owned(),
+                port: 9901,
+            },
+        ];
+        let purge = PeerPurge {
+            url: "https://o.test/a.png".to_owned(),
+            source: None,
+        };
+        let report = fleet.purge(&Peers::Static(list), &purge).await;
+        assert_eq!(
+            report.peers,
+            vec![
+                (addr.to_string(), PeerResult::Confirmed(1)),
+                (
+                    "gone:9901".to_owned(),
+                    PeerResult::Failed("cannot resolve gone: not found".into())
+                ),
+            ]
+        );
+        let head = task.await.expect("peer");
+        let expected =
+            String::from_utf8(fleet::peer_request(&purge, &addr.to_string())).expect("utf-8");
+        assert_eq!(head, expected);
+
+        let dns = Peers::Dns(PeerAddr {
+            host: "gone".to_owned(),
+            port: 9901,
+        });
+        let report = fleet.purge(&dns, &purge).await;
+        assert_eq!(report.status(), 502, "an unresolved fleet is reported");
+        assert_eq!(report.failed().count(), 1);
+    }
+}
