@@ -123,6 +123,11 @@ pub const PURGE_API_WARNING: &str = "not rendered into the Envoy bootstrap: only
     has imgix's purge API (Envoy's admin listener is Envoy's own and its cache has no purge); the \
     keys are not read";
 
+/// Said by `ixproxy envoy-config` when `cache.peers` is set: purges reach the fleet through the
+/// native gateway's admin listener only.
+pub const PEERS_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
+    forwards a purge to its peers (Envoy's cache has no purge)";
+
 /// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
 /// by `ixproxy envoy-config` whenever `cache:` is on.
 pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched through the cache \
@@ -254,6 +259,12 @@ fn render(
         warnings.push(ConfigWarning {
             path: "purge_api_keys".to_owned(),
             message: PURGE_API_WARNING.to_owned(),
+        });
+    }
+    if config.cache.as_ref().is_some_and(|c| c.peers.is_some()) {
+        warnings.push(ConfigWarning {
+            path: "cache.peers".to_owned(),
+            message: PEERS_WARNING.to_owned(),
         });
     }
     let env_keys = secrets.names.into_inner();
@@ -672,6 +683,23 @@ mod tests {
         )
         .expect("generates");
         assert!(!without.warnings.iter().any(|w| w.path == "cache"));
+        assert!(!generated.warnings.iter().any(|w| w.path == "cache.peers"));
+        let peers = generate_with(
+            &format!(
+                "{CONFIG}cache: {{max_bytes: 1048576, max_object_bytes: 65536, peers: {{dns: \
+                 ixproxy-headless.ixproxy.svc.cluster.local:9901}}}}\n"
+            ),
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        assert!(peers
+            .warnings
+            .iter()
+            .any(|w| w.path == "cache.peers" && w.message == PEERS_WARNING));
         let native = generate_with(
             &format!(
                 "limits: {{max_connections_per_client: 5}}\ntls:\n  cert_file: /c\n  \
