@@ -24,7 +24,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use serde_json::{json, Value};
 
 use crate::cache::{parse_purge, PurgeError, PURGE_PATH};
-use crate::config::PeerAddr;
+use crate::config::{Config, ConfigWarning, PeerAddr, Peers};
 
 /// The admin path of a forwarded purge: `POST /cache/purge/peer?url=<percent-encoded origin
 /// URL>[&source=<percent-encoded source name>]`, applied on the instance that receives it and
@@ -386,6 +386,32 @@ impl FleetReport {
     }
 }
 
+/// The warning for `cache.peers` with an `admin_listen` on loopback while a peer may be on
+/// another host (a name, or an address that is not loopback): such a peer's forwarded purges
+/// cannot reach this instance.
+pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
+    let admin = config.admin_listen;
+    let Some(peers) = config.cache.as_ref().and_then(|c| c.peers.as_ref()) else {
+        return Vec::new();
+    };
+    let elsewhere = |p: &PeerAddr| !literal(p).is_some_and(|a| a.ip().to_canonical().is_loopback());
+    let remote = match peers {
+        Peers::Dns(_) => true,
+        Peers::Static(list) => list.iter().any(elsewhere),
+    };
+    if !admin.ip().to_canonical().is_loopback() || !remote {
+        return Vec::new();
+    }
+    vec![ConfigWarning {
+        path: "cache.peers".into(),
+        message: format!(
+            "admin_listen {admin} is a loopback address: peers on other hosts cannot forward \
+             their purges to this instance (listen on an address the fleet reaches, and let \
+             only the fleet reach it)"
+        ),
+    }]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,5 +605,33 @@ mod tests {
         };
         assert_eq!(alone.status(), 200);
         assert_eq!(alone.text(0), "purged 0\npeers confirmed 0 failed 0\n");
+    }
+
+    #[test]
+    fn peers_elsewhere_with_a_loopback_admin_listener_are_warned_about() {
+        use crate::config::{MapSecrets, RawConfig};
+        let paths = |admin: &str, peers: &str| -> Vec<String> {
+            let config = RawConfig::from_yaml(&format!(
+                "admin_listen: '{admin}'\ncache: {{peers: {peers}}}\nsources: [{{name: a, \
+                 hosts: [a.test], secure_url_tokens: [0123456789abcdef]}}]\n"
+            ))
+            .and_then(|raw| raw.validate(&MapSecrets::new()))
+            .expect("valid");
+            warnings(&config).into_iter().map(|w| w.path).collect()
+        };
+        assert_eq!(
+            paths("127.0.0.1:9901", "{dns: 'h.svc:9901'}"),
+            ["cache.peers"]
+        );
+        assert_eq!(
+            paths("127.0.0.1:9901", "{static: ['127.0.0.2:1', 'peer-2:9901']}"),
+            ["cache.peers"]
+        );
+        assert_eq!(
+            paths("127.0.0.1:9901", "{static: ['10.0.0.7:9901']}"),
+            ["cache.peers"]
+        );
+        assert!(paths("127.0.0.1:9901", "{static: ['127.0.0.2:1', '[::1]:2']}").is_empty());
+        assert!(paths("0.0.0.0:9901", "{dns: 'h.svc:9901'}").is_empty());
     }
 }

@@ -32,7 +32,8 @@ impl fmt::Display for ConfigWarning {
 /// loopback address, then every `secure_url_tokens` entry shorter than [`MIN_TOKEN_CHARS`]
 /// characters (counted, never shown), `origin_headers` that no host receives (an empty
 /// `origin_auth.hosts`), then those about `purge_api_keys`
-/// ([`super::purge`]). Empty when there is nothing to say.
+/// ([`super::purge`]), then `cache.peers` others cannot reach this instance from
+/// ([`crate::fleet::warnings`]). Empty when there is nothing to say.
 pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
     let mut out = Vec::new();
     let admin = config.admin_listen;
@@ -67,6 +68,7 @@ pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
         }
     }
     out.extend(super::purge::warnings(config));
+    out.extend(crate::fleet::warnings(config));
     out
 }
 
