@@ -24,7 +24,7 @@ if ! "$root/.venv/bin/envoy" --version 2>/dev/null | grep -q '1\.40\.0'; then
 fi
 export IXPROXY_ENVOY="$root/.venv/bin/envoy"
 # imgix's own purge client (imgix-management-js, from the committed lock file; about a second)
-# for pingora-module/tests/serve_purge_api.rs.
+# for pingora-module/tests/serve_purge_api.rs and serve_fleet_purge.rs.
 apt_need node nodejs
 # curl drives TLS (SNI, `--resolve`) and HTTP/2 as a user would in the serve_tls and envoy_tls
 # tests.

@@ -12,6 +12,10 @@ use ixproxy_conformance::{ServeProcess, Signal};
 use ixproxy_core::sign::{sign_url, SignOptions};
 use serde_json::Value;
 
+#[path = "imgix-client/runner.rs"]
+mod imgix_client;
+use imgix_client::imgix_management_js_purge;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "tok-fleet-purge-0123";
 const KEY: &str = "ak_fleet-0123456789abcdef";
@@ -129,12 +133,20 @@ fn purge(serve: &ServeProcess, url: &str) -> RawResponse {
     )
 }
 
+/// The gateway URL imgix's clients purge for `url`.
+fn gateway_url(url: &str) -> String {
+    let path = signed(url);
+    format!(
+        "https://assets.test{}",
+        path.split('?').next().unwrap_or_default()
+    )
+}
+
 /// imgix's purge API on `serve` for the gateway URL of `url`, its answer as JSON.
 fn purge_api(serve: &ServeProcess, url: &str) -> (u16, Value) {
-    let path = signed(url);
-    let path = path.split('?').next().unwrap_or_default();
     let body = format!(
-        r#"{{"data":{{"attributes":{{"url":"https://assets.test{path}"}},"type":"purges"}}}}"#
+        r#"{{"data":{{"attributes":{{"url":"{}"}},"type":"purges"}}}}"#,
+        gateway_url(url)
     );
     let headers = vec![
         ("Authorization".to_owned(), format!("Bearer {KEY}")),
@@ -222,6 +234,17 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
     );
     assert_eq!(peer_counts(&fleet[2]), (0, 0, 0));
 
+    // imgix's own client reads the 200 with `meta.peers` as its resource.
+    let js = imgix_management_js_purge(fleet[2].admin(), KEY, &gateway_url(&url), TIMEOUT);
+    assert_eq!(js["status"], 200, "{js}");
+    assert_eq!(js["body"]["data"]["type"], "purges", "{js}");
+    assert_eq!(
+        js["body"]["meta"]["peers"]["confirmed"][1]["peer"],
+        admins[1].as_str()
+    );
+    each_answers(&fleet, &url, "ixproxy; fwd=miss");
+    assert_eq!(origin.requests().len(), 12);
+
     // The third stops: a purge still applies on the first two and reports it failed (502).
     let third = fleet.pop().expect("three");
     let _ = third.stop(Signal::SIGINT).unwrap_or_else(|e| panic!("{e}"));
@@ -249,7 +272,20 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
         admins[0].as_str()
     );
     each_answers(&fleet, &url, "ixproxy; fwd=miss");
-    assert_eq!(peer_counts(&fleet[0]), (3, 1, 2));
+    // imgix's own client sees the 502 as a failed purge, the error document in hand.
+    let js = imgix_management_js_purge(fleet[0].admin(), KEY, &gateway_url(&url), TIMEOUT);
+    assert_eq!(js["status"], 502, "{js}");
+    assert_eq!(js["error"]["errors"][0]["status"], "502", "{js}");
+    assert_eq!(
+        js["error"]["meta"]["peers"]["failed"][0]["peer"],
+        admins[2].as_str()
+    );
+    assert_eq!(
+        cache_status(&fleet[1], &url),
+        "ixproxy; fwd=miss",
+        "purged all the same"
+    );
+    assert_eq!(peer_counts(&fleet[0]), (4, 2, 3));
     assert_eq!(
         fleet[1]
             .metric("ixproxy_purge_api_requests_total{result=\"purged\"}")

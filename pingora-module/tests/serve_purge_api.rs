@@ -22,7 +22,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
@@ -30,6 +29,10 @@ use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::ServeProcess;
 use ixproxy_core::sign::{sign_url, SignOptions};
 use serde_json::Value;
+
+#[path = "imgix-client/runner.rs"]
+mod imgix_client;
+use imgix_client::imgix_management_js_purge;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "tok-purge-api-0123";
@@ -367,42 +370,9 @@ fn a_trickled_body_is_cut_off_and_keys_reload_on_sighup() {
     assert_eq!(gone.status, 404, "{}", gone.body_text());
 }
 
-/// Runs imgix-management-js's purge of `url` with `key` against the admin listener (see
-/// `tests/imgix-client/purge.cjs`) and returns what it printed: `{"status": 200, "body": …}` or
-/// `{"status": N, "error": …}`. Waits at most [`TIMEOUT`].
-fn imgix_management_js_purge(serve: &ServeProcess, key: &str, url: &str) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/imgix-client");
-    assert!(
-        dir.join("node_modules/imgix-management-js").is_dir(),
-        "imgix's client is not installed: run `npm ci` in {} (scripts/test-all.sh does)",
-        dir.display()
-    );
-    let mut child = Command::new("node")
-        .arg(dir.join("purge.cjs"))
-        .args([&serve.admin().to_string(), key, url])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("node: {e}"));
-    let deadline = Instant::now() + TIMEOUT;
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("imgix-management-js did not finish within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("node: {e}"));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+/// imgix-management-js's purge of `url` with `key` on `serve` ([`imgix_management_js_purge`]).
+fn management_js_purge(serve: &ServeProcess, key: &str, url: &str) -> Value {
+    imgix_management_js_purge(serve.admin(), key, url, TIMEOUT)
 }
 
 #[test]
@@ -420,12 +390,12 @@ fn imgix_s_own_management_client_purges_and_reads_the_answers() {
         path.split('?').next().unwrap_or_default()
     );
 
-    let refused = imgix_management_js_purge(&serve, "ak_not-a-key", &purge_url);
+    let refused = management_js_purge(&serve, "ak_not-a-key", &purge_url);
     assert_eq!(refused["status"], 401, "{refused}");
     assert_eq!(refused["error"]["errors"][0]["status"], "401", "{refused}");
     assert_eq!(cache_status(&serve, &url, &[("w", "30")]), "ixproxy; hit");
 
-    let purged = imgix_management_js_purge(&serve, KEY, &purge_url);
+    let purged = management_js_purge(&serve, KEY, &purge_url);
     assert_eq!(purged["status"], 200, "{purged}");
     let data = &purged["body"]["data"];
     assert_eq!(
@@ -439,7 +409,7 @@ fn imgix_s_own_management_client_purges_and_reads_the_answers() {
         "ixproxy; fwd=miss"
     );
 
-    let unknown = imgix_management_js_purge(&serve, KEY, "https://nobody.test/x");
+    let unknown = management_js_purge(&serve, KEY, "https://nobody.test/x");
     assert_eq!(unknown["status"], 404, "{unknown}");
     assert_eq!(
         unknown["error"]["errors"][0]["source"]["pointer"],
