@@ -177,13 +177,13 @@ impl AdminApp {
         if let Some(purge) = parse_purge(method, path, query) {
             return self.purge(purge).await;
         }
-        self.respond(method, path, query)
+        self.respond(path)
     }
 
     /// The response for a request that is no purge: `/healthz` → 200 `ok`, `/readyz` → 200
     /// `ready` while serving, 503 `draining` once a drain started, `/metrics` → 200 Prometheus
     /// text exposition, anything else → 404.
-    pub fn respond(&self, _method: &str, path: &str, _query: Option<&str>) -> Response<Vec<u8>> {
+    pub fn respond(&self, path: &str) -> Response<Vec<u8>> {
         let (status, content_type, body) = match path {
             "/healthz" => (
                 StatusCode::OK,
@@ -352,25 +352,25 @@ mod tests {
         metrics.count("-", ixproxy_core::Outcome::UnknownHost);
         let readiness = Readiness::default();
         let app = AdminApp::new(metrics, None, readiness.clone());
-        let ok = app.respond("GET", "/healthz", None);
+        let ok = app.respond("/healthz");
         assert_eq!(
             (ok.status(), ok.body().as_slice()),
             (StatusCode::OK, &b"ok\n"[..])
         );
-        let ready = app.respond("GET", "/readyz", None);
+        let ready = app.respond("/readyz");
         assert_eq!(
             (ready.status(), ready.body().as_slice()),
             (StatusCode::OK, &b"ready\n"[..])
         );
         readiness.drain();
-        let draining = app.respond("GET", "/readyz", None);
+        let draining = app.respond("/readyz");
         assert_eq!(
             (draining.status(), draining.body().as_slice()),
             (StatusCode::SERVICE_UNAVAILABLE, &b"draining\n"[..])
         );
-        let alive = app.respond("GET", "/healthz", None);
+        let alive = app.respond("/healthz");
         assert_eq!(alive.status(), StatusCode::OK, "draining is still alive");
-        let m = app.respond("GET", "/metrics", None);
+        let m = app.respond("/metrics");
         assert_eq!(m.status(), StatusCode::OK);
         let text = String::from_utf8(m.body().clone()).expect("utf-8");
         assert!(text.contains("ixproxy_requests_total{outcome=\"unknown_host\",source=\"-\"} 1"));
@@ -378,10 +378,7 @@ mod tests {
             m.headers()[header::CONTENT_LENGTH],
             m.body().len().to_string().as_str()
         );
-        assert_eq!(
-            app.respond("GET", "/", None).status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(app.respond("/").status(), StatusCode::NOT_FOUND);
         for path in ["/cache/purge", "/cache/purge/peer"] {
             let off = app
                 .route("POST", path, Some("url=https%3A%2F%2Fo.test%2F"))
