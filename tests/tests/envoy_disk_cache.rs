@@ -20,6 +20,7 @@ use ixproxy_conformance::scripted::{http_date, request_path, OriginConn, Scripte
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::cache::{CacheResult, CACHE_STATUS};
 use ixproxy_core::sign::{sign_url, SignOptions};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -153,7 +154,8 @@ impl Setup {
             .collect()
     }
 
-    /// Requests `path` (a miss) and returns the one entry file that appears for it.
+    /// Requests `path`, asserting a miss with the origin's body, and returns the one entry file
+    /// that appears for it.
     fn fill(&self, path: &str) -> PathBuf {
         let before = self.files();
         let response = self.get(path);
@@ -215,8 +217,15 @@ fn the_generated_bootstrap_validates() {
 #[test]
 fn an_entry_is_stored_on_disk_survives_a_restart_and_a_purge_makes_it_a_miss() {
     let mut s = Setup::start();
-    // The bound reached Envoy's store.
-    assert_eq!(s.gauge("size_limit_bytes"), Some(DISK_BYTES));
+    // The bound reached Envoy's store (its gauges are set once the store is up, which may be
+    // just after Envoy reports ready).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut limit = s.gauge("size_limit_bytes");
+    while limit != Some(DISK_BYTES) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        limit = s.gauge("size_limit_bytes");
+    }
+    assert_eq!(limit, Some(DISK_BYTES));
     let file = s.fill("/fresh/a.png");
     let other = s.fill("/fresh/b.png");
     let stored = s.get("/fresh/a.png");
@@ -234,8 +243,8 @@ fn an_entry_is_stored_on_disk_survives_a_restart_and_a_purge_makes_it_a_miss() {
     assert!(ok, "{out}");
     assert!(out.ends_with("1 file(s) removed\n"), "{out}");
     assert!(!file.exists() && other.exists(), "{out}");
-    let purged = s.get("/fresh/a.png");
-    assert_eq!(purged.header(CACHE_STATUS), Some(miss()), "{purged:?}");
+    // A miss, stored again.
+    s.fill("/fresh/a.png");
     assert_eq!(s.origin.heads("/fresh/a.png").len(), 2);
     let kept = s.get("/fresh/b.png");
     assert_eq!(kept.header(CACHE_STATUS), Some(hit()), "{kept:?}");
@@ -246,6 +255,10 @@ fn an_entry_is_stored_on_disk_survives_a_restart_and_a_purge_makes_it_a_miss() {
 
 #[test]
 fn a_damaged_entry_is_served_or_crashes_envoy_unless_swept() {
+    // The crash below leaves no core file (a plain `core_pattern` would write it into this
+    // directory): Envoy inherits the limit when it is started.
+    let (_, hard) = getrlimit(Resource::RLIMIT_CORE).expect("core limit");
+    setrlimit(Resource::RLIMIT_CORE, 0, hard).expect("no core files");
     let s = Setup::start();
     // Bytes changed in place (the last byte of the body): served as they are, a hit.
     let changed = s.fill("/fresh/changed.png");
@@ -264,13 +277,8 @@ fn a_damaged_entry_is_served_or_crashes_envoy_unless_swept() {
     assert!(ok, "{out}");
     assert!(out.ends_with("1 file(s) removed\n"), "{out}");
     assert!(!cut.exists() && changed.exists(), "{out}");
-    let refetched = s.get("/fresh/cut.png");
-    assert_eq!(
-        refetched.header(CACHE_STATUS),
-        Some(miss()),
-        "{refetched:?}"
-    );
-    assert_eq!(refetched.body_text(), body_of("/fresh/cut.png"));
+    // A miss, stored again (waited for, so that the next fill sees only its own file).
+    s.fill("/fresh/cut.png");
 
     // Truncated and requested: Envoy 1.40 crashes.
     let crash = s.fill("/fresh/crash.png");
