@@ -605,4 +605,60 @@ mod tests {
         assert!(dir.path().join("notes.txt").exists());
         assert!(purge(&dir.path().join("missing"), Target::Damaged).is_err());
     }
+
+    proptest::proptest! {
+        /// Any bytes behind a block that declares them as the header: an answer, never a panic.
+        #[test]
+        fn any_header_bytes_are_read_without_panic(
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..256)
+        ) {
+            let mut file = MAGIC.to_vec();
+            file.extend_from_slice(&(header.len() as u32).to_be_bytes());
+            file.extend_from_slice(&[0; 12]);
+            file.extend_from_slice(&header);
+            let _ = read(&file);
+        }
+
+        /// A well-formed entry with any one byte changed: an answer, never a panic.
+        #[test]
+        fn any_changed_byte_is_read_without_panic(at in 0usize..200, byte in proptest::num::u8::ANY) {
+            let mut file = entry_file(2, "o.example:8443", "/a/b.png", "w=1", b"body bytes");
+            let at = at % file.len();
+            file[at] = byte;
+            let _ = read(&file);
+        }
+
+        /// An entry stored for an origin URL (its key as the filter sets it: the normalised
+        /// authority and path) is read back as naming exactly that URL.
+        #[test]
+        fn a_written_key_names_its_url(
+            https in proptest::bool::ANY,
+            host in "[a-z][a-z0-9]{0,10}\\.example",
+            port in proptest::option::of(1u16..),
+            path in "(/[a-zA-Z0-9._-]{1,8}){1,3}",
+            query in proptest::option::of("[a-z]=[0-9]{1,4}"),
+        ) {
+            let scheme = if https { "https" } else { "http" };
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            let url = origin(&format!("{scheme}://{host}{port}{path}{query}"));
+            let file = entry_file(
+                if https { 2 } else { 1 },
+                &url.authority(),
+                &url.path_and_query,
+                "",
+                b"x",
+            );
+            let Entry::Key(key) = read(&file) else {
+                panic!("not read back: {:?}", read(&file));
+            };
+            proptest::prop_assert!(key.names(&url));
+            proptest::prop_assert_eq!(
+                key.url(),
+                format!("{scheme}://{}{}", url.authority(), url.path_and_query)
+            );
+            let other = origin(&format!("{scheme}://{host}{port}{path}/other{query}"));
+            proptest::prop_assert!(!key.names(&other));
+        }
+    }
 }
