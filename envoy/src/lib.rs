@@ -135,7 +135,7 @@ evicted)";
 /// `ixproxy envoy-config` whenever it is set.
 pub const DISK_CACHE_WARNING: &str = "on envoy 1.40 cache.disk renders envoy's file-system \
 cache store in place of the memory store (one cache filter holds one store; cache.max_bytes is \
-not used): the directory must exist and be writable by envoy (else nothing is stored), its \
+not used, envoy evicts files under cache.disk.max_bytes): the directory must exist and be writable by envoy (else nothing is stored), its \
 entries carry no checksum (bytes changed in a file are served as they are, and a truncated file \
 crashes envoy when it is requested: run `ixproxy envoy-cache-purge --damaged` on the directory \
 before envoy starts), and envoy has no purge API (`ixproxy envoy-cache-purge --url` removes a \
