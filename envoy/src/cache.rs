@@ -8,23 +8,39 @@
 //! every request, hits included), and the filter's upstream role moves to the clusters' own
 //! `http_filters`, which the side channel runs as well.
 
-use ixproxy_core::config::CacheLimits;
+use ixproxy_core::config::{CacheLimits, DiskTier};
 use serde_yaml::Value;
 
 use crate::typed;
 
-/// The cache filter entry: Envoy's in-memory store (`SimpleHttpCacheConfig`, which has no
-/// fields: no total size bound and no eviction in Envoy 1.40), objects up to `max_object_bytes`.
+/// The file-system store's type (README: Caching, Envoy, `cache.disk` on Envoy).
+pub(crate) const FILE_SYSTEM_STORE: &str =
+    "envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig";
+
+/// Threads of the file-system store's file manager: Envoy's workers hand every disk read and
+/// write to them, so a few let several hits and fills use the disk at once without a thread
+/// per core.
+const FILE_THREADS: u32 = 4;
+
+/// The cache filter entry, objects up to `max_object_bytes`: Envoy's in-memory store
+/// (`SimpleHttpCacheConfig`, which has no fields: no total size bound and no eviction in Envoy
+/// 1.40), or with `cache.disk` its file-system store instead. One cache filter holds one store,
+/// and a second filter after it never sees the first one's misses (they are fetched on its own
+/// channel, see the module doc), so a disk tier replaces the memory store on Envoy.
 pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
+    let store = match &limits.disk {
+        None => typed(
+            "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
+            serde_yaml::Mapping::new().into(),
+        ),
+        Some(disk) => file_system_store(disk),
+    };
     map! {
         "name" => "envoy.filters.http.cache",
         "typed_config" => typed(
             "envoy.extensions.filters.http.cache.v3.CacheConfig",
             map! {
-                "typed_config" => typed(
-                    "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
-                    serde_yaml::Mapping::new().into(),
-                ),
+                "typed_config" => store,
                 // A uint32 in Envoy; larger values mean "no limit of the filter's own".
                 "max_body_bytes" => u32::try_from(limits.max_object_bytes).unwrap_or(0),
                 // The ixproxy filter never forwards a client's Cache-Control or Pragma; this
@@ -33,6 +49,24 @@ pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
             },
         ),
     }
+}
+
+/// Envoy 1.40's file-system store on `disk.path`, bounded by `disk.max_bytes` (the sum of its
+/// files' sizes, headers included; Envoy's eviction thread brings it back under the bound
+/// after an insert passes it). Its files are `cache-<hash>` under `cache_path`, each written to
+/// an anonymous file and linked under its name once complete
+/// ([`crate::cache_files`] reads them).
+fn file_system_store(disk: &DiskTier) -> Value {
+    typed(
+        FILE_SYSTEM_STORE,
+        map! {
+            "manager_config" => map! {
+                "thread_pool" => map! { "thread_count" => FILE_THREADS },
+            },
+            "cache_path" => disk.path.as_str(),
+            "max_cache_size_bytes" => disk.max_bytes,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -98,6 +132,59 @@ mod tests {
                 .expect("removed");
             assert!(!removed.iter().any(|h| h == FORWARDED_PROTO), "{removed:?}");
         }
+    }
+
+    #[test]
+    fn a_disk_tier_renders_the_file_system_store_in_place_of_the_memory_store() {
+        let (_, bootstrap) = generate_ok(&format!(
+            "{CONFIG}cache: {{max_bytes: 1000000, max_object_bytes: 4096, \
+             disk: {{path: /var/cache/ixproxy, max_bytes: 40000000}}}}\n"
+        ));
+        // One cache filter, where the memory one sits.
+        let names = filter_names(&bootstrap);
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| *n == "envoy.filters.http.cache")
+                .count(),
+            1,
+            "{names:?}"
+        );
+        let cache = &hcm(&bootstrap)["http_filters"][3]["typed_config"];
+        assert_eq!(
+            hcm(&bootstrap)["http_filters"][3]["name"],
+            "envoy.filters.http.cache"
+        );
+        let store = &cache["typed_config"];
+        assert_eq!(
+            store["@type"],
+            format!("type.googleapis.com/{}", super::FILE_SYSTEM_STORE)
+        );
+        assert_eq!(store["cache_path"], "/var/cache/ixproxy");
+        assert_eq!(store["max_cache_size_bytes"], 40_000_000u64);
+        assert_eq!(
+            store["manager_config"]["thread_pool"]["thread_count"],
+            super::FILE_THREADS
+        );
+        // The per-object bound and the request rule stay the filter's, as without a disk.
+        assert_eq!(cache["max_body_bytes"], 4096);
+        assert_eq!(cache["ignore_request_cache_control_header"], true);
+        // Nothing else: an unknown or not-implemented field would fail Envoy's validation.
+        let fields: Vec<&str> = store
+            .as_mapping()
+            .expect("store")
+            .keys()
+            .filter_map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "@type",
+                "manager_config",
+                "cache_path",
+                "max_cache_size_bytes"
+            ]
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ macro_rules! map {
 mod access_log;
 mod bounds;
 mod cache;
+pub mod cache_files;
 mod clusters;
 mod listener;
 mod listener_tls;
@@ -134,6 +135,16 @@ pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched throu
 filter's own channel: an origin redirect there is a 502, upstream.timeout and body_timeout do not \
 apply, concurrent misses each fetch the origin, and max_bytes is not enforced (nothing is \
 evicted)";
+
+/// What `cache.disk` is on Envoy 1.40 (README, *Caching*, *`cache.disk` on Envoy*): said by
+/// `ixproxy envoy-config` whenever it is set.
+pub const DISK_CACHE_WARNING: &str = "on envoy 1.40 cache.disk renders envoy's file-system \
+cache store in place of the memory store (one cache filter holds one store; cache.max_bytes is \
+not used, envoy evicts files under cache.disk.max_bytes): the directory must exist and be writable by envoy (else nothing is stored), its \
+entries carry no checksum (bytes changed in a file are served as they are, and a truncated file \
+crashes envoy when it is requested: run `ixproxy envoy-cache-purge --damaged` on the directory \
+before envoy starts), and envoy has no purge API (`ixproxy envoy-cache-purge --url` removes a \
+URL's files)";
 
 /// Said by `ixproxy envoy-config` when `limits.client_write_timeout` is shorter than
 /// `upstream.body_timeout`: on Envoy one stream idle timer bounds both (see the route's
@@ -240,6 +251,12 @@ fn render(
         warnings.push(ConfigWarning {
             path: "cache".to_owned(),
             message: CACHE_WARNING.to_owned(),
+        });
+    }
+    if config.cache.as_ref().is_some_and(|c| c.disk.is_some()) {
+        warnings.push(ConfigWarning {
+            path: "cache.disk".to_owned(),
+            message: DISK_CACHE_WARNING.to_owned(),
         });
     }
     if config.client.write_timeout < config.upstream.body_timeout {
@@ -705,6 +722,30 @@ mod tests {
             .map(|w| w.message.as_str())
             .collect();
         assert_eq!(named, [PEERS_WARNING]);
+        assert!(!generated.warnings.iter().any(|w| w.path == "cache.disk"));
+        let disk = generate_with(
+            &format!(
+                "{CONFIG}cache: {{max_bytes: 1048576, max_object_bytes: 65536, \
+                 disk: {{path: /var/cache/ixproxy, max_bytes: 41943040}}}}\n"
+            ),
+            Path::new("."),
+            Path::new("/x.wasm"),
+            &Options {
+                allow_literal_secrets: true,
+            },
+        )
+        .expect("generates");
+        let paths: Vec<&str> = disk
+            .warnings
+            .iter()
+            .filter(|w| w.path.starts_with("cache"))
+            .map(|w| w.path.as_str())
+            .collect();
+        assert_eq!(paths, ["cache", "cache.disk"]);
+        assert!(disk
+            .warnings
+            .iter()
+            .any(|w| w.path == "cache.disk" && w.message == DISK_CACHE_WARNING));
         let native = generate_with(
             &format!(
                 "limits: {{max_connections_per_client: 5}}\ntls:\n  cert_file: /c\n  \

@@ -1,5 +1,6 @@
-//! The `check`, `sign`, `verify`, `verify-origin`, `envoy-config` and `healthcheck` subcommands
-//! (README: Command line); the bootstrap itself is rendered by the `ixproxy-envoy-config` crate.
+//! The `check`, `sign`, `verify`, `verify-origin`, `envoy-config`, `envoy-cache-purge` and
+//! `healthcheck` subcommands (README: Command line); the bootstrap itself is rendered, and Envoy's
+//! cache files read, by the `ixproxy-envoy-config` crate.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -41,6 +42,22 @@ pub struct EnvoyConfigArgs {
     /// (default: refuse them; write `{env: NAME}` instead).
     #[arg(long)]
     pub allow_literal_secrets: bool,
+}
+
+/// `ixproxy envoy-cache-purge --cache-path DIR (--url URL | --damaged)`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "damaged"])))]
+pub struct EnvoyCachePurgeArgs {
+    /// The directory of Envoy's file-system cache (`cache.disk.path`).
+    #[arg(long)]
+    pub cache_path: PathBuf,
+    /// The origin URL whose entries are removed, as signed (not percent-encoded as a whole).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Remove the entry files whose sizes do not add up (truncated or extended), on which
+    /// Envoy 1.40 sends a cut answer or crashes.
+    #[arg(long)]
+    pub damaged: bool,
 }
 
 /// `ixproxy healthcheck`: one `GET` on the admin listener, for container and orchestrator probes
@@ -303,6 +320,49 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Removes the entry files of Envoy's file-system cache that `--url` or `--damaged` names:
+/// one line per file removed on stdout, then a count; files not judged and failures on stderr.
+/// Exit 1 when the directory cannot be listed, the URL is not an origin URL or a file could not
+/// be removed.
+pub fn envoy_cache_purge(args: &EnvoyCachePurgeArgs) -> ExitCode {
+    use ixproxy_envoy_config::cache_files::{purge, Target};
+    let origin = match args.url.as_deref().map(ixproxy_core::origin::parse_origin) {
+        Some(Ok(origin)) => Some(origin),
+        Some(Err(e)) => {
+            eprintln!("error: --url: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    let target = origin.as_ref().map_or(Target::Damaged, Target::Url);
+    let purged = match purge(&args.cache_path, target) {
+        Ok(purged) => purged,
+        Err(e) => {
+            eprintln!("error: cannot list {}: {e}", args.cache_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for found in &purged.removed {
+        println!("removed {}: {}", found.path.display(), found.what);
+    }
+    for found in &purged.skipped {
+        eprintln!("skipped {}: {}", found.path.display(), found.what);
+    }
+    for found in &purged.failed {
+        eprintln!(
+            "error: cannot remove {}: {}",
+            found.path.display(),
+            found.what
+        );
+    }
+    println!("{} file(s) removed", purged.removed.len());
+    if purged.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -34,6 +34,9 @@ enum Command {
     VerifyOrigin(cli::VerifyOriginArgs),
     /// Print a complete Envoy bootstrap running the ixproxy Wasm filter for the same config.
     EnvoyConfig(cli::EnvoyConfigArgs),
+    /// Remove a URL's entries (or the damaged ones) from Envoy's file-system cache directory
+    /// (`cache.disk` on Envoy, which has no purge API).
+    EnvoyCachePurge(cli::EnvoyCachePurgeArgs),
     /// GET /healthz (or --path) on the admin listener: exit 0 on 200, 1 otherwise with the
     /// reason (for container HEALTHCHECKs and probes).
     Healthcheck(cli::HealthcheckArgs),
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
         Command::EnvoyConfig(args) => cli::envoy_config(&args),
+        Command::EnvoyCachePurge(args) => cli::envoy_cache_purge(&args),
         Command::Check(args) => cli::check(&args),
         Command::Sign(args) => cli::sign(&args),
         Command::Verify(args) => cli::verify_target(&args),

@@ -29,6 +29,25 @@ pub fn head_header(head: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The RFC 9110 IMF-fixdate of `unix` seconds, for an origin's `Date` (Envoy's cache computes
+/// an answer's age from it and stores nothing fresh without one).
+pub fn http_date(unix: u64) -> String {
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let (year, month, day) = ixproxy_core::access_log::civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        months[(month - 1) as usize],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// One connection accepted by a [`ScriptedOrigin`].
 pub struct OriginConn {
     /// The write side of the connection.
@@ -204,5 +223,12 @@ mod tests {
         assert_eq!(origin.connections(), 1);
         assert!(origin.heads("/two").is_empty());
         assert_eq!(origin.url("/a"), format!("http://{}/a", origin.addr));
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(http_date(951_825_599), "Tue, 29 Feb 2000 11:59:59 GMT");
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::harness::{loopback_alias, DeadPort, SilentPort};
-use ixproxy_conformance::scripted::{head_header, request_path, OriginConn, ScriptedOrigin};
+use ixproxy_conformance::scripted::{
+    head_header, http_date, request_path, OriginConn, ScriptedOrigin,
+};
 use ixproxy_conformance::{EnvoyGateway, Gateway};
 use ixproxy_core::cache::{CacheResult, CACHE_STATUS};
 use ixproxy_core::envoy::{ORIGIN_REQUEST_REMOVED, UPSTREAM_ADDRESS_HEADER};
@@ -39,31 +41,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn http_date(unix: u64) -> String {
-    // RFC 9110 IMF-fixdate from unix seconds (civil-from-days, proleptic Gregorian).
-    let (days, secs) = (unix / 86_400, unix % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        months[(month - 1) as usize],
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 /// The origin: `/fresh/...` is fresh for 600 s; `/stale/...` arrives already stale (its `Date`
