@@ -199,6 +199,48 @@ impl CacheResult {
     }
 }
 
+/// Where the answer of a request that went through the cache came from: the
+/// `ixproxy_cache_requests_total{tier}` label (README: Caching, Disk tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheTier {
+    /// The memory tier held the stored answer.
+    Memory,
+    /// The disk tier held it (the memory tier did not).
+    Disk,
+    /// No stored answer was used: the body came from the origin (a miss, a replaced entry,
+    /// an uncacheable answer, a bypass).
+    None,
+}
+
+impl CacheTier {
+    /// The tiers that hold stored answers (the `ixproxy_cache_bytes{tier}` labels).
+    pub const STORES: [CacheTier; 2] = [CacheTier::Memory, CacheTier::Disk];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Disk => "disk",
+            CacheTier::None => "none",
+        }
+    }
+}
+
+impl CacheResult {
+    /// The tiers a request with this result can report: a stored answer's tier when one was
+    /// served (a hit, a revalidated entry), else [`CacheTier::None`]. The
+    /// `ixproxy_cache_requests_total{result,tier}` series are these pairs.
+    pub fn tiers(self) -> &'static [CacheTier] {
+        match self {
+            CacheResult::Hit | CacheResult::Revalidated => &CacheTier::STORES,
+            CacheResult::Miss
+            | CacheResult::Expired
+            | CacheResult::Uncacheable
+            | CacheResult::Bypass => &[CacheTier::None],
+        }
+    }
+}
+
 /// The admin path of a purge.
 pub const PURGE_PATH: &str = "/cache/purge";
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ixproxy_core::cache::CacheResult;
+use ixproxy_core::cache::{CacheResult, CacheTier};
 use ixproxy_core::config::ReloadResult;
 use ixproxy_core::metrics::{
     BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
@@ -31,7 +31,7 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     upstream_latency: Histogram,
     cache_requests: IntCounterVec,
-    cache_bytes: IntGauge,
+    cache_bytes: IntGaugeVec,
     config_reloads: IntCounterVec,
     purge_api_requests: IntCounterVec,
 }
@@ -43,8 +43,8 @@ pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
     /// Creates and registers `ixproxy_requests_total{outcome}` (every label at zero),
-    /// `ixproxy_upstream_latency_seconds`, `ixproxy_cache_requests_total{result}` (every label
-    /// at zero) and `ixproxy_cache_bytes`.
+    /// `ixproxy_upstream_latency_seconds`, `ixproxy_cache_requests_total{result,tier}` (every
+    /// pair the core names at zero) and `ixproxy_cache_bytes{tier}`.
     ///
     /// # Errors
     /// A [`MetricsError`] when a metric definition is invalid.
@@ -101,14 +101,18 @@ impl Metrics {
             Opts::new(
                 "ixproxy_cache_requests_total",
                 "Requests that went through the response cache, by what the cache did \
-                 (hit, miss, revalidated, expired, uncacheable, bypass).",
+                 (hit, miss, revalidated, expired, uncacheable, bypass) and the tier the answer \
+                 came from (memory, disk; none: from the origin).",
             ),
-            &["result"],
+            &["result", "tier"],
         )?;
-        let cache_bytes = IntGauge::new(
-            "ixproxy_cache_bytes",
-            "Bytes the response cache holds: bodies, stored headers and a fixed overhead per \
-             entry.",
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "ixproxy_cache_bytes",
+                "Bytes the response cache holds, by tier: memory (bodies, stored headers and a \
+                 fixed overhead per entry), disk (the space the disk tier's files take).",
+            ),
+            &["tier"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
@@ -125,7 +129,12 @@ impl Metrics {
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
         for result in CacheResult::ALL {
-            cache_requests.with_label_values(&[result.as_str()]);
+            for tier in result.tiers() {
+                cache_requests.with_label_values(&[result.as_str(), tier.as_str()]);
+            }
+        }
+        for tier in CacheTier::STORES {
+            cache_bytes.with_label_values(&[tier.as_str()]);
         }
         Ok(Metrics {
             registry,
@@ -156,15 +165,22 @@ impl Metrics {
     }
 
     /// Counts what the response cache did for one request.
-    pub fn count_cache(&self, result: CacheResult) {
+    pub fn count_cache(&self, result: CacheResult, tier: CacheTier) {
         self.cache_requests
-            .with_label_values(&[result.as_str()])
+            .with_label_values(&[result.as_str(), tier.as_str()])
             .inc();
     }
 
-    /// The `ixproxy_cache_bytes` gauge, which the cache's store keeps current.
+    /// The `ixproxy_cache_bytes{tier="memory"}` gauge, which the memory store keeps current.
     pub fn cache_bytes(&self) -> IntGauge {
-        self.cache_bytes.clone()
+        self.cache_bytes
+            .with_label_values(&[CacheTier::Memory.as_str()])
+    }
+
+    /// The `ixproxy_cache_bytes{tier="disk"}` gauge, which the disk tier keeps current.
+    pub fn cache_disk_bytes(&self) -> IntGauge {
+        self.cache_bytes
+            .with_label_values(&[CacheTier::Disk.as_str()])
     }
 
     /// Shows every outcome of every source of `sources` (and of no source) at zero, and each
@@ -348,7 +364,7 @@ mod tests {
         web_a.count_token(1);
         let fetch = web_a.inflight();
         metrics.observe_upstream_latency(Duration::from_millis(30));
-        metrics.count_cache(CacheResult::Hit);
+        metrics.count_cache(CacheResult::Hit, CacheTier::Disk);
         metrics.cache_bytes().set(1234);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for label in Outcome::ALL.map(Outcome::as_str) {
@@ -377,9 +393,18 @@ mod tests {
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         assert!(text.contains("ixproxy_upstream_inflight{source=\"web_a\"} 0"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_count 1"));
-        assert!(text.contains("ixproxy_cache_requests_total{result=\"hit\"} 1"));
-        assert!(text.contains("ixproxy_cache_requests_total{result=\"bypass\"} 0"));
-        assert!(text.contains("ixproxy_cache_bytes 1234"));
+        for line in [
+            "ixproxy_cache_requests_total{result=\"hit\",tier=\"disk\"} 1",
+            "ixproxy_cache_requests_total{result=\"hit\",tier=\"memory\"} 0",
+            "ixproxy_cache_requests_total{result=\"revalidated\",tier=\"disk\"} 0",
+            "ixproxy_cache_requests_total{result=\"bypass\",tier=\"none\"} 0",
+            "ixproxy_cache_requests_total{result=\"miss\",tier=\"none\"} 0",
+            "ixproxy_cache_bytes{tier=\"memory\"} 1234",
+            "ixproxy_cache_bytes{tier=\"disk\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("result=\"miss\",tier=\"memory\""));
         assert!(text.contains("ixproxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("ixproxy_config_reloads_total{result=\"ok\"} 0"));
         metrics.count_reload(ReloadResult::Error);
