@@ -261,7 +261,13 @@ impl DiskStore {
         self.cache.storage_writer(key).force().insert(entry);
     }
 
-    /// Removes an entry (a tombstone that survives a restart).
+    /// Whether the tier holds an entry of `key` (its index does; the entry itself is read and
+    /// checked only by [`DiskStore::get`]).
+    pub fn contains(&self, key: u128) -> bool {
+        self.cache.storage().may_contains(&key)
+    }
+
+    /// Removes entries (tombstones that survive a restart).
     pub fn remove(&'static self, keys: &[u128]) {
         if keys.is_empty() {
             return;
@@ -373,7 +379,10 @@ fn wait_for_lock(
             Ok(lock) => match DiskStore::open(tier, lock) {
                 Ok(store) => {
                     on_open(install(store, path, bytes_gauge));
-                    log::warn!("disk tier: {} open", path.display());
+                    log::warn!(
+                        "disk tier: {} opened (its previous holder left)",
+                        path.display()
+                    );
                     return;
                 }
                 Err(e) => {

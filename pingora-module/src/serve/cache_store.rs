@@ -147,19 +147,27 @@ impl MemoryStore {
         self.inner.lock().entries.len()
     }
 
-    /// Removes the entries of these keys (primary keys, see [`CacheKey::new`]); a fill in
-    /// progress when this runs is not stored. Returns how many entries were removed.
+    /// Removes the entries of these keys (primary keys, see [`CacheKey::new`]) from both
+    /// tiers; a fill in progress when this runs is not stored. Returns how many entries were
+    /// removed (on disk: that the tier's index held the key).
     pub fn purge_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> usize {
         let hashes: Vec<HashBinary> = keys
             .into_iter()
             .map(|key| CacheKey::new(key, "").combined_bin())
             .collect();
+        let disk = self.disk.get();
         let mut inner = self.inner.lock();
         inner.purges += 1;
-        let removed = hashes.iter().filter(|hash| inner.remove(hash)).count();
+        let removed = hashes
+            .iter()
+            .filter(|hash| {
+                let on_disk = disk.is_some_and(|disk| disk.contains(disk_key(hash)));
+                inner.remove(hash) || on_disk
+            })
+            .count();
         // Under the lock: a fill that passed its epoch check has queued its disk write
         // already, so the tombstone is newer than it.
-        if let Some(disk) = self.disk.get() {
+        if let Some(disk) = disk {
             disk.remove(&hashes.iter().map(disk_key).collect::<Vec<_>>());
         }
         self.report(&inner);
