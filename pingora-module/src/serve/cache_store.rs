@@ -229,7 +229,7 @@ impl MemoryStore {
 impl MemoryStore {
     /// The disk tier's entry of `hash`, checked (its head must read and say the body's length),
     /// promoted into memory unless a purge runs meanwhile.
-    async fn from_disk(
+    async fn look_on_disk(
         &self,
         disk: &'static DiskStore,
         hash: HashBinary,
@@ -301,7 +301,7 @@ impl Storage for MemoryStore {
             Some((meta, body)) => (meta, body, false),
             None => match self.disk.get() {
                 None => return Ok(None),
-                Some(disk) => match self.from_disk(disk, key.combined_bin()).await {
+                Some(disk) => match self.look_on_disk(disk, key.combined_bin()).await {
                     Some((meta, body)) => (meta, body, true),
                     None => return Ok(None),
                 },
