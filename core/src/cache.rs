@@ -352,6 +352,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_answer_served_names_its_tier_and_the_rest_none() {
+        for result in CacheResult::ALL {
+            let tiers = result.tiers();
+            let served_stored = matches!(result, CacheResult::Hit | CacheResult::Revalidated);
+            assert_eq!(tiers == CacheTier::STORES, served_stored, "{result:?}");
+            assert_eq!(tiers == [CacheTier::None], !served_stored, "{result:?}");
+        }
+        let labels = [CacheTier::Memory, CacheTier::Disk, CacheTier::None].map(CacheTier::as_str);
+        assert_eq!(labels, ["memory", "disk", "none"]);
+    }
+
+    #[test]
     fn the_key_is_the_source_and_the_decoded_origin_url_only() {
         let plain = forward("a.test", "https://o.example/a.png?v=1", &[]);
         let other_params = forward(

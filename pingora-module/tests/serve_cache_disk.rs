@@ -72,6 +72,30 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The upgrade socket of the processes started with [`Fixture::start_upgradable`].
+    fn sock(&self) -> String {
+        self.work
+            .path()
+            .join("upgrade.sock")
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    /// A process with an upgrade socket (an upgrade can take its sockets over).
+    fn start_upgradable(&self, config: &str) -> ServeProcess {
+        let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+        let sock = self.sock();
+        ServeProcess::start_with_args(
+            bin,
+            config,
+            &["--upgrade-sock", &sock],
+            &[],
+            self.work.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.origin.http)
     }
@@ -351,4 +375,93 @@ fn a_second_process_on_the_directory_waits_for_it_and_damages_nothing() {
         );
         assert_eq!(r.body_text(), format!("asset {path}"));
     }
+}
+
+#[test]
+fn a_304_refresh_reaches_the_disk_tier_and_survives_a_restart() {
+    let fixture = Fixture::new();
+    let serve = fixture.start();
+    // Fresh for 3 s, larger than the memory tier: on disk only.
+    let url = fixture.url("/fresh/3/200000?refresh");
+    assert_eq!(cache_status(&get(&serve, &url)), Some("ixproxy; fwd=miss"));
+    // Hits from disk until it is stale; then the origin's 304 refreshes it (every 20 ms, at
+    // most 10 s).
+    let mut refreshed = false;
+    for _ in 0..500 {
+        let r = get(&serve, &url);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, pattern(200_000));
+        if cache_status(&r) == Some("ixproxy; fwd=stale") {
+            refreshed = true;
+            break;
+        }
+        assert_eq!(cache_status(&r), Some("ixproxy; hit"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refreshed, "never revalidated");
+    eventually("the revalidation is counted on the disk tier", || {
+        requests(&serve, "revalidated", "disk") == 1
+    });
+    stop(serve);
+    // The refreshed freshness was written to disk: fresh after the restart.
+    let serve = fixture.start();
+    let r = get(&serve, &url);
+    assert_eq!((r.status, cache_status(&r)), (200, Some("ixproxy; hit")));
+    assert_eq!(r.body, pattern(200_000));
+    assert_eq!(
+        fixture.fetched("/fresh/3/200000?refresh"),
+        2,
+        "one fill, one 304"
+    );
+}
+
+#[test]
+fn an_upgrade_hands_the_tier_over_once_the_old_process_has_left() {
+    let fixture = Fixture::new();
+    let old_config = config(&fixture.tier());
+    let old = fixture.start_upgradable(&old_config);
+    let before = "/asset/stored-before-the-upgrade";
+    fill(&fixture, &old, &fixture.url(before), before.as_bytes());
+    let new_config = old_config.replacen(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n",
+        &format!("listen: {}\nadmin_listen: {}\n", old.listen(), old.admin()),
+        1,
+    );
+    let starting = {
+        let fixture_dir = fixture.work.path().to_path_buf();
+        let sock = fixture.sock();
+        let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy")).to_path_buf();
+        std::thread::spawn(move || {
+            ServeProcess::start_with_args(
+                &bin,
+                &new_config,
+                &["-u", "--upgrade-sock", &sock],
+                &[],
+                &fixture_dir,
+            )
+            .map_err(|e| e.to_string())
+        })
+    };
+    eventually("the new process waits on the upgrade socket", || {
+        Path::new(&fixture.sock()).exists()
+    });
+    old.signal(Signal::SIGQUIT).expect("SIGQUIT");
+    let mut old = old;
+    let new = starting
+        .join()
+        .expect("start thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The old process drains and closes the tier; the new one then opens it.
+    let exit = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("the old process did not exit:\n{}", old.log_tail()));
+    assert!(exit.success(), "{exit}");
+    eventually("the new process opens the tier", || {
+        new.log().contains("opened (its previous holder left)")
+    });
+    let r = get(&new, &fixture.url(before));
+    assert_eq!((r.status, cache_status(&r)), (200, Some("ixproxy; hit")));
+    assert_eq!(r.body_text(), format!("asset {before}"));
+    assert_eq!(fixture.fetched(before), 1);
 }
