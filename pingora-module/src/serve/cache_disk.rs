@@ -431,6 +431,40 @@ fn space_taken(path: &Path) -> u64 {
         .sum()
 }
 
+/// What `ixproxy check` can tell of a disk tier without opening it (a running `serve` may hold
+/// it): its directory, or the nearest existing one above it, is a directory this process can
+/// write in (a probe file is created and removed).
+///
+/// # Errors
+/// A message naming `cache.disk.path` and what is wrong.
+pub fn check(tier: &DiskTier) -> Result<(), String> {
+    let path = Path::new(&tier.path);
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let fail = |what: String| Err(format!("cache.disk.path: {}: {what}", tier.path));
+    if !existing.is_dir() {
+        return fail(format!("{} is not a directory", existing.display()));
+    }
+    let probe = existing.join(format!(".ixproxy-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if existing == path => fail(format!("cannot write in it: {e}")),
+        Err(e) => fail(format!(
+            "cannot be created: cannot write in {}: {e}",
+            existing.display()
+        )),
+    }
+}
+
 /// Closes the tier if it is open (its queued writes and tombstones are flushed), at exit.
 pub fn close() {
     if let Some(store) = opened() {
@@ -497,6 +531,23 @@ mod tests {
         assert!(DiskEntry::decode(&mut &zeros[..]).is_err());
         let noise: Vec<u8> = (0u8..=255).cycle().take(4096).collect();
         assert!(DiskEntry::decode(&mut &noise[..]).is_err());
+    }
+
+    #[test]
+    fn check_names_a_directory_that_cannot_be_made_or_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tier = |path: &Path| DiskTier {
+            path: path.display().to_string(),
+            max_bytes: 1 << 30,
+            block_bytes: 4 << 20,
+        };
+        check(&tier(&dir.path().join("new/tier"))).expect("creatable");
+        assert!(!dir.path().join("new").exists(), "check creates nothing");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("file");
+        let err = check(&tier(&file.join("tier"))).expect_err("under a file");
+        assert!(err.starts_with("cache.disk.path: "), "{err}");
+        assert!(err.contains("is not a directory"), "{err}");
     }
 
     #[test]

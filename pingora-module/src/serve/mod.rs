@@ -46,6 +46,7 @@ use pingora::services::listening::Service;
 
 use crate::secrets::{load_config, NativeSecrets};
 
+pub use cache_disk::check as check_disk;
 pub use tls::check as check_tls;
 
 /// Runtime shutdown timeout after the grace period, in seconds: what is still running then is
