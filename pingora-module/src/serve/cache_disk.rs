@@ -292,6 +292,10 @@ impl DiskStore {
 
     /// The entry of `key`, whole and checked, or `None` (a miss, a damaged entry, an I/O error).
     pub async fn get(&'static self, key: u128) -> Option<DiskEntry> {
+        // The index is in memory: a key the tier never held costs no task and no I/O.
+        if !self.contains(key) {
+            return None;
+        }
         let load = self
             .runtime
             .spawn(async move { self.cache.storage().load(&key).await });
