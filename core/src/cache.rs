@@ -213,6 +213,9 @@ pub enum CacheTier {
 }
 
 impl CacheTier {
+    /// Every tier, in label order.
+    pub const ALL: [CacheTier; 3] = [CacheTier::Memory, CacheTier::Disk, CacheTier::None];
+
     /// The tiers that hold stored answers (the `ixproxy_cache_bytes{tier}` labels).
     pub const STORES: [CacheTier; 2] = [CacheTier::Memory, CacheTier::Disk];
 
@@ -359,7 +362,7 @@ mod tests {
             assert_eq!(tiers == CacheTier::STORES, served_stored, "{result:?}");
             assert_eq!(tiers == [CacheTier::None], !served_stored, "{result:?}");
         }
-        let labels = [CacheTier::Memory, CacheTier::Disk, CacheTier::None].map(CacheTier::as_str);
+        let labels = CacheTier::ALL.map(CacheTier::as_str);
         assert_eq!(labels, ["memory", "disk", "none"]);
     }
 

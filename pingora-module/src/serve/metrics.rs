@@ -6,6 +6,7 @@
 //! The registry is private to the gateway (not the process-global default) so tests and the
 //! admin listener see exactly the series documented here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ixproxy_core::cache::{CacheResult, CacheTier};
@@ -20,6 +21,14 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// How many [`CacheTier`]s there are.
+const TIERS: usize = CacheTier::ALL.len();
+
+/// The place of a (result, tier) pair in `Metrics::cache_counters`.
+fn cache_slot(result: CacheResult, tier: CacheTier) -> usize {
+    result as usize * TIERS + tier as usize
+}
+
 /// The gateway's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +40,9 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     upstream_latency: Histogram,
     cache_requests: IntCounterVec,
+    /// The `cache_requests` series of each (result, tier) pair the core names, resolved once
+    /// ([`cache_slot`]): counting a request hashes no label.
+    cache_counters: Arc<[Option<IntCounter>]>,
     cache_bytes: IntGaugeVec,
     config_reloads: IntCounterVec,
     purge_api_requests: IntCounterVec,
@@ -128,9 +140,11 @@ impl Metrics {
         let purge_api_requests = purge_api_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
+        let mut cache_counters = vec![None; CacheResult::ALL.len() * TIERS];
         for result in CacheResult::ALL {
             for tier in result.tiers() {
-                cache_requests.with_label_values(&[result.as_str(), tier.as_str()]);
+                cache_counters[cache_slot(result, *tier)] =
+                    Some(cache_requests.with_label_values(&[result.as_str(), tier.as_str()]));
             }
         }
         for tier in CacheTier::STORES {
@@ -145,6 +159,7 @@ impl Metrics {
             access_log_dropped,
             upstream_latency,
             cache_requests,
+            cache_counters: cache_counters.into(),
             cache_bytes,
             config_reloads,
             purge_api_requests,
@@ -166,9 +181,14 @@ impl Metrics {
 
     /// Counts what the response cache did for one request.
     pub fn count_cache(&self, result: CacheResult, tier: CacheTier) {
-        self.cache_requests
-            .with_label_values(&[result.as_str(), tier.as_str()])
-            .inc();
+        match self.cache_counters.get(cache_slot(result, tier)) {
+            Some(Some(counter)) => counter.inc(),
+            // A pair the core does not name: counted all the same.
+            _ => self
+                .cache_requests
+                .with_label_values(&[result.as_str(), tier.as_str()])
+                .inc(),
+        }
     }
 
     /// The `ixproxy_cache_bytes{tier="memory"}` gauge, which the memory store keeps current.
