@@ -155,9 +155,9 @@ fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        // Each blocking thread reads one whole entry at a time (counted in
-        // tests/deploy_memory.rs).
-        .max_blocking_threads(8)
+        // Each blocking thread reads (or writes) one whole entry at a time; a read holds the
+        // entry twice until it is decoded (counted in tests/deploy_memory.rs).
+        .max_blocking_threads(4)
         .thread_name("ixproxy-disk")
         .enable_all()
         .build()?;
