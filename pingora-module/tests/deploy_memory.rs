@@ -205,3 +205,30 @@ fn sizes_are_read_as_kubernetes_and_systemd_mean_them() {
     assert_eq!(systemd_size("256M"), 256 * MIB);
     assert_eq!(systemd_size("1G"), 1024 * MIB);
 }
+
+#[test]
+fn a_disk_tier_adds_its_buffers_and_reads_in_blocks() {
+    let yaml = |disk: &str| {
+        format!(
+            "limits: {{max_inflight_per_source: 4}}\ncache: {{max_bytes: 67108864, \
+             max_object_bytes: 8388608{disk}}}\nsources:\n  - {{name: a, hosts: [a.test], \
+             secure_url_tokens: [t0123456789abcdef]}}\n"
+        )
+    };
+    let without = config(&yaml(""), "memory only");
+    let with = config(
+        &yaml(", disk: {path: /var/cache/ixproxy, max_bytes: 10737418240}"),
+        "with a disk tier",
+    );
+    let block = with
+        .cache
+        .as_ref()
+        .and_then(|c| c.disk.as_ref())
+        .expect("disk")
+        .block_bytes;
+    assert_eq!(block, 9 * MIB, "8 MiB objects and their heads");
+    let (a, _) = worst_case(&without, "memory only");
+    let (b, terms) = worst_case(&with, "with a disk tier");
+    assert_eq!(b - a, 11 * block, "{terms}");
+    assert!(terms.contains("disk tier 99 MiB"), "{terms}");
+}
