@@ -199,6 +199,51 @@ impl CacheResult {
     }
 }
 
+/// Where the answer of a request that went through the cache came from: the
+/// `ixproxy_cache_requests_total{tier}` label (README: Caching, Disk tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheTier {
+    /// The memory tier held the stored answer.
+    Memory,
+    /// The disk tier held it (the memory tier did not).
+    Disk,
+    /// No stored answer was used: the body came from the origin (a miss, a replaced entry,
+    /// an uncacheable answer, a bypass).
+    None,
+}
+
+impl CacheTier {
+    /// Every tier, in label order.
+    pub const ALL: [CacheTier; 3] = [CacheTier::Memory, CacheTier::Disk, CacheTier::None];
+
+    /// The tiers that hold stored answers (the `ixproxy_cache_bytes{tier}` labels).
+    pub const STORES: [CacheTier; 2] = [CacheTier::Memory, CacheTier::Disk];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTier::Memory => "memory",
+            CacheTier::Disk => "disk",
+            CacheTier::None => "none",
+        }
+    }
+}
+
+impl CacheResult {
+    /// The tiers a request with this result can report: a stored answer's tier when one was
+    /// served (a hit, a revalidated entry), else [`CacheTier::None`]. The
+    /// `ixproxy_cache_requests_total{result,tier}` series are these pairs.
+    pub fn tiers(self) -> &'static [CacheTier] {
+        match self {
+            CacheResult::Hit | CacheResult::Revalidated => &CacheTier::STORES,
+            CacheResult::Miss
+            | CacheResult::Expired
+            | CacheResult::Uncacheable
+            | CacheResult::Bypass => &[CacheTier::None],
+        }
+    }
+}
+
 /// The admin path of a purge.
 pub const PURGE_PATH: &str = "/cache/purge";
 
@@ -307,6 +352,18 @@ mod tests {
             Decision::Forward(f) => *f,
             Decision::Reject(r) => panic!("{url}: {r:?}"),
         }
+    }
+
+    #[test]
+    fn a_stored_answer_served_names_its_tier_and_the_rest_none() {
+        for result in CacheResult::ALL {
+            let tiers = result.tiers();
+            let served_stored = matches!(result, CacheResult::Hit | CacheResult::Revalidated);
+            assert_eq!(tiers == CacheTier::STORES, served_stored, "{result:?}");
+            assert_eq!(tiers == [CacheTier::None], !served_stored, "{result:?}");
+        }
+        let labels = CacheTier::ALL.map(CacheTier::as_str);
+        assert_eq!(labels, ["memory", "disk", "none"]);
     }
 
     #[test]

@@ -166,14 +166,18 @@ pub fn print_warnings(warnings: &[ConfigWarning]) {
     }
 }
 
-/// Validates a config file and reads its TLS certificates and keys; prints a summary (and the config's warnings on stderr; they do not
-/// change the exit code) or the error naming the field.
+/// Validates a config file, reads its TLS certificates and keys and checks that the disk
+/// tier's directory can be made and written; prints a summary (and the config's warnings on
+/// stderr; they do not change the exit code) or the error naming the field.
 pub fn check(args: &CheckArgs) -> ExitCode {
     // The TLS files are read as `ixproxy serve` reads them: a certificate that would stop the
     // start (or a reload) is an error here too, naming its field.
     let loaded = load_config(&args.config).and_then(|config| {
         if let Some(tls) = &config.operating.tls {
             crate::serve::check_tls(tls)?;
+        }
+        if let Some(disk) = config.cache.as_ref().and_then(|c| c.disk.as_ref()) {
+            crate::serve::check_disk(disk)?;
         }
         Ok(config)
     });

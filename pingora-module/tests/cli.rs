@@ -242,6 +242,28 @@ fn check_accepts_a_valid_config() {
 }
 
 #[test]
+fn check_names_a_disk_tier_directory_that_cannot_be_made() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    let with_disk = |path: &std::path::Path| {
+        format!(
+            "{VALID}cache: {{max_bytes: 1048576, disk: {{path: '{}', max_bytes: 1073741824}}}}\n",
+            path.display()
+        )
+    };
+    let out = check_yaml("disk-ok", &with_disk(&dir.path().join("tier")));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = check_yaml("disk-bad", &with_disk(&file.join("tier")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: cache.disk.path: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn check_names_the_field_of_each_invalid_config() {
     let long = "x".repeat(257);
     let cases = [

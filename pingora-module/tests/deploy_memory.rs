@@ -1,14 +1,16 @@
 //! The shipped deployment files leave clients no way past the memory limit they set (README:
 //! Limits): for each deployment with a memory limit, read from the files themselves,
 //!
-//! limit ≥ base + `cache.max_bytes` + cache fills in flight + `max_connections` × the cost of
-//! one connection,
+//! limit ≥ base + `cache.max_bytes` + cache fills in flight + the disk tier's buffers +
+//! `max_connections` × the cost of one connection,
 //!
 //! where a fill in flight holds up to `cache.max_object_bytes` outside `max_bytes` and at most
 //! `max_inflight_per_source` of them run per source (so with the cache on that limit must be
-//! set), and the cost of a connection is the larger measured figure of the README (before and
-//! after its first request; TLS when the config serves HTTPS). Fails naming the file and the
-//! numbers when a change to any of them breaks the inequality.
+//! set), the disk tier (`cache.disk`) buffers [`DISK_BUFFER_BLOCKS`] blocks for writing and
+//! reads up to [`DISK_READS`] whole entries at once (each held twice while it is decoded), and
+//! the cost of a connection is the larger measured figure of the README (before and after its
+//! first request; TLS when the config serves HTTPS). Fails naming the file and the numbers when
+//! a change to any of them breaks the inequality.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,14 @@ const BASE_BYTES: u64 = 48 * MIB;
 const CONNECTION_BYTES: u64 = 32 * 1024;
 /// The same over TLS (measured 27 to 32 KB, rustls' state included), doubled.
 const TLS_CONNECTION_BYTES: u64 = 64 * 1024;
+
+/// What the disk tier buffers for writing, in blocks (`cache.disk` block size: one
+/// `max_object_bytes` entry and its head): foyer's two write buffers of its one flusher and the
+/// bound of its write queue (pingora-module/src/serve/cache_disk.rs sets all three).
+const DISK_BUFFER_BLOCKS: u64 = 3;
+/// Disk reads in flight at once: the disk tier's blocking threads. Each holds its entry twice
+/// (the read buffer and the decoded entry) until it is decoded: two blocks.
+const DISK_READS: u64 = 4;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -114,12 +124,21 @@ fn worst_case(config: &Config, what: &str) -> (u64, String) {
             )
         }
     };
-    let total = BASE_BYTES + cache + fills + connections;
+    let disk = config
+        .cache
+        .as_ref()
+        .and_then(|cache| cache.disk.as_ref())
+        .map_or(0, |disk| {
+            (DISK_BUFFER_BLOCKS + 2 * DISK_READS) * disk.block_bytes
+        });
+    let total = BASE_BYTES + cache + fills + disk + connections;
     let terms = format!(
-        "base {} MiB + cache {} MiB + fills {} MiB + {} connections × {} B = {} MiB",
+        "base {} MiB + cache {} MiB + fills {} MiB + disk tier {} MiB + {} connections × {} B \
+         = {} MiB",
         BASE_BYTES / MIB,
         cache / MIB,
         fills / MIB,
+        disk / MIB,
         config.client.max_connections,
         per_connection,
         total / MIB
@@ -185,4 +204,31 @@ fn sizes_are_read_as_kubernetes_and_systemd_mean_them() {
     assert_eq!(quantity("268435456"), 256 * MIB);
     assert_eq!(systemd_size("256M"), 256 * MIB);
     assert_eq!(systemd_size("1G"), 1024 * MIB);
+}
+
+#[test]
+fn a_disk_tier_adds_its_buffers_and_reads_in_blocks() {
+    let yaml = |disk: &str| {
+        format!(
+            "limits: {{max_inflight_per_source: 4}}\ncache: {{max_bytes: 67108864, \
+             max_object_bytes: 8388608{disk}}}\nsources:\n  - {{name: a, hosts: [a.test], \
+             secure_url_tokens: [t0123456789abcdef]}}\n"
+        )
+    };
+    let without = config(&yaml(""), "memory only");
+    let with = config(
+        &yaml(", disk: {path: /var/cache/ixproxy, max_bytes: 10737418240}"),
+        "with a disk tier",
+    );
+    let block = with
+        .cache
+        .as_ref()
+        .and_then(|c| c.disk.as_ref())
+        .expect("disk")
+        .block_bytes;
+    assert_eq!(block, 9 * MIB, "8 MiB objects and their heads");
+    let (a, _) = worst_case(&without, "memory only");
+    let (b, terms) = worst_case(&with, "with a disk tier");
+    assert_eq!(b - a, 11 * block, "{terms}");
+    assert!(terms.contains("disk tier 99 MiB"), "{terms}");
 }

@@ -134,9 +134,15 @@ fn metric(serve: &ServeProcess, sample: &str) -> u64 {
 }
 
 fn cache_metric(serve: &ServeProcess, result: &str) -> u64 {
+    // No disk tier here: a stored answer served comes from memory, anything else from the
+    // origin.
+    let tier = match result {
+        "hit" | "revalidated" => "memory",
+        _ => "none",
+    };
     metric(
         serve,
-        &format!("ixproxy_cache_requests_total{{result=\"{result}\"}}"),
+        &format!("ixproxy_cache_requests_total{{result=\"{result}\",tier=\"{tier}\"}}"),
     )
 }
 
@@ -562,10 +568,10 @@ fn memory_stays_within_max_bytes_after_six_times_that_much() {
     pass(4 + 2 * per_pass);
     let objects = 3 * per_pass;
     let after = rss(serve.pid());
-    let held = metric(&serve, "ixproxy_cache_bytes");
+    let held = metric(&serve, "ixproxy_cache_bytes{tier=\"memory\"}");
     eprintln!(
         "rss before {before} filled {filled} (+{}) after {after} (+{}), \
-         ixproxy_cache_bytes {held}, max_bytes {MAX_BYTES}",
+         ixproxy_cache_bytes{{tier=\"memory\"}} {held}, max_bytes {MAX_BYTES}",
         filled.saturating_sub(before),
         after.saturating_sub(before)
     );

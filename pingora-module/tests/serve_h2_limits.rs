@@ -219,7 +219,9 @@ fn zero_window_streams_on_cache_fills_are_reset_and_memory_stays_bounded() {
         "RSS grew by {grown} KiB under the attack (bound {BOUND_KIB} KiB)"
     );
     // No fill completed behind a reset stream (nothing stored), and others are served.
-    let stored = serve.metric("ixproxy_cache_bytes").expect("metrics");
+    let stored = serve
+        .metric("ixproxy_cache_bytes{tier=\"memory\"}")
+        .expect("metrics");
     assert!(
         stored < OBJECT as u64,
         "{stored} bytes stored behind reset streams"

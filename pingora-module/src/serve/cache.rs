@@ -7,16 +7,17 @@
 use std::time::{Duration, SystemTime};
 
 use http::header;
-use ixproxy_core::cache::{self as rules, CacheResult};
+use ixproxy_core::cache::{self as rules, CacheResult, CacheTier};
 use ixproxy_core::config::CacheLimits;
 use ixproxy_core::Forward;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, HttpCache, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use prometheus::IntGauge;
 
-use super::cache_store::MemoryStore;
+use super::cache_disk;
+use super::cache_store::{self, MemoryStore};
 
 /// Why a `HEAD` that found nothing fresh leaves the cache (it goes to the origin as a `HEAD`).
 pub const HEAD_BYPASS: &str = "head";
@@ -27,6 +28,8 @@ pub struct ResponseCache {
     store: &'static MemoryStore,
     lock: &'static CacheKeyLockImpl,
     max_object_bytes: usize,
+    /// A disk tier is configured (open or not yet).
+    disk: bool,
 }
 
 impl ResponseCache {
@@ -43,6 +46,35 @@ impl ResponseCache {
             store,
             lock,
             max_object_bytes: usize::try_from(limits.max_object_bytes).unwrap_or(usize::MAX),
+            disk: limits.disk.is_some(),
+        }
+    }
+
+    /// Opens the disk tier of `limits` (if any) under the memory store: now, or in the
+    /// background when another process holds its directory ([`cache_disk::start`]). Its size
+    /// goes to `disk_bytes`.
+    ///
+    /// # Errors
+    /// The tier's directory cannot be created or opened.
+    pub fn start_disk(
+        &self,
+        limits: &CacheLimits,
+        disk_bytes: IntGauge,
+    ) -> Result<(), cache_disk::OpenError> {
+        let Some(tier) = &limits.disk else {
+            return Ok(());
+        };
+        let store = self.store;
+        cache_disk::start(tier, disk_bytes, move |disk| store.attach_disk(disk))
+    }
+
+    /// The tier a request's answer came from, given its result: for a stored answer served,
+    /// memory unless the hit came from the disk tier.
+    pub fn tier_of(&self, result: CacheResult, cache: &mut HttpCache) -> CacheTier {
+        match result.tiers() {
+            [tier] => *tier,
+            _ if self.disk && cache_store::served_from_disk(cache.hit_handler()) => CacheTier::Disk,
+            _ => CacheTier::Memory,
         }
     }
 

@@ -11,12 +11,17 @@
 //! weight of an entry is its body, its serialised header and metadata and a fixed
 //! [`ENTRY_OVERHEAD`], and each operation takes one short mutex (no body copy under it).
 //!
+//! With a disk tier ([`super::cache_disk`]) every stored fill is also written to disk, a fill
+//! too large for memory goes to disk only, and a memory miss looks on disk: an entry found
+//! there is served (and promoted into memory). A purge and a 304 refresh reach both tiers.
+//!
 //! Streaming partial writes are not offered: a fill is stored when it completes, so
 //! concurrent misses wait on the cache lock and then hit, and a response that turns out larger
 //! than `max_object_bytes` mid-stream is simply not stored (the client still gets all of it).
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -30,6 +35,8 @@ use pingora::cache::{
 };
 use pingora::{Error, ErrorType, Result};
 use prometheus::IntGauge;
+
+use super::cache_disk::{DiskEntry, DiskStore};
 
 /// Bytes counted for each entry besides its body and serialised metadata: the hash map slot
 /// and key, the LRU index node, the body's shared allocation header.
@@ -100,6 +107,13 @@ pub struct MemoryStore {
     max_bytes: usize,
     max_object_bytes: usize,
     bytes_gauge: IntGauge,
+    /// The disk tier, once it is open (never without `cache.disk`).
+    disk: OnceLock<&'static DiskStore>,
+}
+
+/// The disk key of a cache key hash.
+fn disk_key(hash: &HashBinary) -> u128 {
+    u128::from_be_bytes(*hash)
 }
 
 impl MemoryStore {
@@ -111,7 +125,13 @@ impl MemoryStore {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             max_object_bytes: usize::try_from(max_object_bytes).unwrap_or(usize::MAX),
             bytes_gauge,
+            disk: OnceLock::new(),
         }
+    }
+
+    /// Adds the disk tier under this store (once; later calls change nothing).
+    pub fn attach_disk(&self, disk: &'static DiskStore) {
+        let _ = self.disk.set(disk);
     }
 
     /// The weight of everything stored.
@@ -127,15 +147,29 @@ impl MemoryStore {
         self.inner.lock().entries.len()
     }
 
-    /// Removes the entries of these keys (primary keys, see [`CacheKey::new`]); a fill in
-    /// progress when this runs is not stored. Returns how many entries were removed.
+    /// Removes the entries of these keys (primary keys, see [`CacheKey::new`]) from both
+    /// tiers; a fill in progress when this runs is not stored. Returns how many entries were
+    /// removed (on disk: that the tier's index held the key).
     pub fn purge_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> usize {
+        let hashes: Vec<HashBinary> = keys
+            .into_iter()
+            .map(|key| CacheKey::new(key, "").combined_bin())
+            .collect();
+        let disk = self.disk.get();
         let mut inner = self.inner.lock();
         inner.purges += 1;
-        let removed = keys
-            .into_iter()
-            .filter(|key| inner.remove(&CacheKey::new(*key, "").combined_bin()))
+        let removed = hashes
+            .iter()
+            .filter(|hash| {
+                let on_disk = disk.is_some_and(|disk| disk.contains(disk_key(hash)));
+                inner.remove(hash) || on_disk
+            })
             .count();
+        // Under the lock: a fill that passed its epoch check has queued its disk write
+        // already, so the tombstone is newer than it.
+        if let Some(disk) = disk {
+            disk.remove(&hashes.iter().map(disk_key).collect::<Vec<_>>());
+        }
         self.report(&inner);
         removed
     }
@@ -145,11 +179,32 @@ impl MemoryStore {
             .set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
     }
 
-    /// Stores a completed fill (unless a purge ran since it started, or it is over a bound).
-    fn insert(&self, key: HashBinary, meta: (Vec<u8>, Vec<u8>), body: Bytes, epoch: u64) -> usize {
+    /// Stores a completed fill (unless a purge ran since it started, or it is over a bound); with
+    /// `to_disk`, writes it to the disk tier too (there even when it is too large for memory).
+    fn insert(
+        &self,
+        key: HashBinary,
+        meta: (Vec<u8>, Vec<u8>),
+        body: Bytes,
+        epoch: u64,
+        to_disk: bool,
+    ) -> usize {
         let weight = weight_of(&meta, &body);
         let mut inner = self.inner.lock();
-        if inner.purges != epoch || body.len() > self.max_object_bytes || weight > self.max_bytes {
+        if inner.purges != epoch || body.len() > self.max_object_bytes {
+            return 0;
+        }
+        if let (true, Some(disk)) = (to_disk, self.disk.get()) {
+            disk.insert(
+                disk_key(&key),
+                DiskEntry {
+                    meta_internal: meta.0.clone(),
+                    meta_header: meta.1.clone(),
+                    body: body.clone(),
+                },
+            );
+        }
+        if weight > self.max_bytes {
             return 0;
         }
         inner.remove(&key);
@@ -171,6 +226,58 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The disk tier's entry of `hash`, checked (its head must read and say the body's length),
+    /// promoted into memory unless a purge runs meanwhile.
+    async fn look_on_disk(
+        &self,
+        disk: &'static DiskStore,
+        hash: HashBinary,
+    ) -> Option<((Vec<u8>, Vec<u8>), Bytes)> {
+        let epoch = self.inner.lock().purges;
+        let entry = disk.get(disk_key(&hash)).await?;
+        let meta = (entry.meta_internal, entry.meta_header);
+        let stored_length = CacheMeta::deserialize(&meta.0, &meta.1)
+            .ok()?
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if stored_length != Some(entry.body.len()) {
+            log::warn!("disk tier: an entry's length does not match its head (served as a miss)");
+            return None;
+        }
+        self.insert(hash, meta.clone(), entry.body.clone(), epoch, false);
+        Some((meta, entry.body))
+    }
+
+    /// A 304 refresh of an entry held on disk only; whether it was there to refresh.
+    async fn refresh_on_disk(
+        &self,
+        disk: &'static DiskStore,
+        hash: HashBinary,
+        meta: (Vec<u8>, Vec<u8>),
+        epoch: u64,
+    ) -> bool {
+        let Some(mut entry) = disk.get(disk_key(&hash)).await else {
+            return false;
+        };
+        (entry.meta_internal, entry.meta_header) = meta;
+        let inner = self.inner.lock();
+        if inner.purges != epoch {
+            return false;
+        }
+        disk.insert(disk_key(&hash), entry);
+        true
+    }
+}
+
+/// Whether a hit is served from the disk tier (it was not in memory when it was looked up).
+pub fn served_from_disk(hit: &HitHandler) -> bool {
+    hit.as_any()
+        .downcast_ref::<BodyHit>()
+        .is_some_and(|hit| hit.from_disk)
+}
+
 #[async_trait]
 impl Storage for MemoryStore {
     async fn lookup(
@@ -190,8 +297,15 @@ impl Storage for MemoryStore {
                 (entry.meta.clone(), entry.body.clone())
             })
         };
-        let Some((meta, body)) = found else {
-            return Ok(None);
+        let (meta, body, from_disk) = match found {
+            Some((meta, body)) => (meta, body, false),
+            None => match self.disk.get() {
+                None => return Ok(None),
+                Some(disk) => match self.look_on_disk(disk, key.combined_bin()).await {
+                    Some((meta, body)) => (meta, body, true),
+                    None => return Ok(None),
+                },
+            },
         };
         let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
         let end = body.len();
@@ -202,6 +316,7 @@ impl Storage for MemoryStore {
                 start: 0,
                 end,
                 done: false,
+                from_disk,
             }),
         )))
     }
@@ -239,9 +354,13 @@ impl Storage for MemoryStore {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
+        let hash = target.key().combined_bin();
         let mut inner = self.inner.lock();
         inner.purges += 1;
-        let removed = inner.remove(&target.key().combined_bin());
+        let removed = inner.remove(&hash);
+        if let Some(disk) = self.disk.get() {
+            disk.remove(&[disk_key(&hash)]);
+        }
         self.report(&inner);
         Ok(if removed {
             PurgeOutcome::Purged(None)
@@ -257,16 +376,35 @@ impl Storage for MemoryStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let meta = meta.serialize()?;
+        let hash = key.combined_bin();
+        let epoch = {
+            let inner = self.inner.lock();
+            (!inner.entries.contains_key(&hash)).then_some(inner.purges)
+        };
+        if let (Some(epoch), Some(disk)) = (epoch, self.disk.get()) {
+            // Only on disk (too large for memory): refreshed there.
+            return Ok(self.refresh_on_disk(disk, hash, meta, epoch).await);
+        }
         let mut inner = self.inner.lock();
         let Inner { entries, bytes, .. } = &mut *inner;
         // Evicted or purged while it was being revalidated: nothing to refresh.
-        let Some(entry) = entries.get_mut(&key.combined_bin()) else {
+        let Some(entry) = entries.get_mut(&hash) else {
             return Ok(false);
         };
         let weight = weight_of(&meta, &entry.body);
         *bytes = *bytes - entry.weight + weight;
         entry.weight = weight;
         entry.meta = meta;
+        if let Some(disk) = self.disk.get() {
+            disk.insert(
+                disk_key(&key.combined_bin()),
+                DiskEntry {
+                    meta_internal: entry.meta.0.clone(),
+                    meta_header: entry.meta.1.clone(),
+                    body: entry.body.clone(),
+                },
+            );
+        }
         self.report(&inner);
         Ok(true)
     }
@@ -286,6 +424,8 @@ struct BodyHit {
     start: usize,
     end: usize,
     done: bool,
+    /// Looked up on disk (the memory tier did not hold it).
+    from_disk: bool,
 }
 
 #[async_trait]
@@ -385,7 +525,7 @@ impl HandleMiss for Fill {
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
         let meta = meta.serialize()?;
         Ok(MissFinishType::Created(
-            self.store.insert(self.key, meta, body, self.epoch),
+            self.store.insert(self.key, meta, body, self.epoch, true),
         ))
     }
 }

@@ -45,7 +45,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue};
 use ixproxy_core::access_log::{self, AccessRecord, REQUEST_ID_HEADER};
 use ixproxy_core::addr::IpNet;
-use ixproxy_core::cache::{self as cache_rules, CacheResult, CACHE_STATUS, STORED_ORIGIN_HEADER};
+use ixproxy_core::cache::{
+    self as cache_rules, CacheResult, CacheTier, CACHE_STATUS, STORED_ORIGIN_HEADER,
+};
 use ixproxy_core::config::AccessLogFormat;
 use ixproxy_core::fallback::FALLBACK_DROPPED_CLIENT_HEADERS;
 use ixproxy_core::request::{check_request_body, check_request_headers};
@@ -653,6 +655,10 @@ impl ProxyHttp for Gateway {
         if ctx.cache_used {
             if let Some(result) = cache::result_of(session.cache.phase()) {
                 ctx.cache_result = Some(result);
+                ctx.cache_tier = self
+                    .cache
+                    .as_ref()
+                    .map(|cache| cache.tier_of(result, &mut session.cache));
                 resp.insert_header(CACHE_STATUS, result.cache_status())?;
             }
         }
@@ -777,8 +783,10 @@ impl ProxyHttp for Gateway {
         }
         if ctx.cache_used {
             // A lookup whose origin fetch failed before any header went out counts as a miss.
-            self.metrics
-                .count_cache(ctx.cache_result.unwrap_or(CacheResult::Miss));
+            self.metrics.count_cache(
+                ctx.cache_result.unwrap_or(CacheResult::Miss),
+                ctx.cache_tier.unwrap_or(CacheTier::None),
+            );
         }
         if live.access_log == AccessLogFormat::Off {
             return;

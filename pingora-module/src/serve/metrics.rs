@@ -6,9 +6,10 @@
 //! The registry is private to the gateway (not the process-global default) so tests and the
 //! admin listener see exactly the series documented here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ixproxy_core::cache::CacheResult;
+use ixproxy_core::cache::{CacheResult, CacheTier};
 use ixproxy_core::config::ReloadResult;
 use ixproxy_core::metrics::{
     BUILD_INFO, REQUESTS_TOTAL, RESPONSE_BYTES_TOTAL, TOKEN_VERIFICATIONS_TOTAL, UPSTREAM_INFLIGHT,
@@ -19,6 +20,14 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// How many [`CacheTier`]s there are.
+const TIERS: usize = CacheTier::ALL.len();
+
+/// The place of a (result, tier) pair in `Metrics::cache_counters`.
+fn cache_slot(result: CacheResult, tier: CacheTier) -> usize {
+    result as usize * TIERS + tier as usize
+}
 
 /// The gateway's metrics.
 #[derive(Clone)]
@@ -31,7 +40,10 @@ pub struct Metrics {
     access_log_dropped: IntCounter,
     upstream_latency: Histogram,
     cache_requests: IntCounterVec,
-    cache_bytes: IntGauge,
+    /// The `cache_requests` series of each (result, tier) pair the core names, resolved once
+    /// ([`cache_slot`]): counting a request hashes no label.
+    cache_counters: Arc<[Option<IntCounter>]>,
+    cache_bytes: IntGaugeVec,
     config_reloads: IntCounterVec,
     purge_api_requests: IntCounterVec,
     purge_peer_requests: IntCounterVec,
@@ -44,8 +56,8 @@ pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
     /// Creates and registers `ixproxy_requests_total{outcome}` (every label at zero),
-    /// `ixproxy_upstream_latency_seconds`, `ixproxy_cache_requests_total{result}` (every label
-    /// at zero) and `ixproxy_cache_bytes`.
+    /// `ixproxy_upstream_latency_seconds`, `ixproxy_cache_requests_total{result,tier}` (every
+    /// pair the core names at zero) and `ixproxy_cache_bytes{tier}`.
     ///
     /// # Errors
     /// A [`MetricsError`] when a metric definition is invalid.
@@ -102,14 +114,18 @@ impl Metrics {
             Opts::new(
                 "ixproxy_cache_requests_total",
                 "Requests that went through the response cache, by what the cache did \
-                 (hit, miss, revalidated, expired, uncacheable, bypass).",
+                 (hit, miss, revalidated, expired, uncacheable, bypass) and the tier the answer \
+                 came from (memory, disk; none: from the origin).",
             ),
-            &["result"],
+            &["result", "tier"],
         )?;
-        let cache_bytes = IntGauge::new(
-            "ixproxy_cache_bytes",
-            "Bytes the response cache holds: bodies, stored headers and a fixed overhead per \
-             entry.",
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "ixproxy_cache_bytes",
+                "Bytes the response cache holds, by tier: memory (bodies, stored headers and a \
+                 fixed overhead per entry), disk (the space the disk tier's files take).",
+            ),
+            &["tier"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
@@ -126,8 +142,15 @@ impl Metrics {
         let purge_peer_requests = purge_peer_counter(&registry)?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
+        let mut cache_counters = vec![None; CacheResult::ALL.len() * TIERS];
         for result in CacheResult::ALL {
-            cache_requests.with_label_values(&[result.as_str()]);
+            for tier in result.tiers() {
+                cache_counters[cache_slot(result, *tier)] =
+                    Some(cache_requests.with_label_values(&[result.as_str(), tier.as_str()]));
+            }
+        }
+        for tier in CacheTier::STORES {
+            cache_bytes.with_label_values(&[tier.as_str()]);
         }
         Ok(Metrics {
             registry,
@@ -138,6 +161,7 @@ impl Metrics {
             access_log_dropped,
             upstream_latency,
             cache_requests,
+            cache_counters: cache_counters.into(),
             cache_bytes,
             config_reloads,
             purge_api_requests,
@@ -165,15 +189,27 @@ impl Metrics {
     }
 
     /// Counts what the response cache did for one request.
-    pub fn count_cache(&self, result: CacheResult) {
-        self.cache_requests
-            .with_label_values(&[result.as_str()])
-            .inc();
+    pub fn count_cache(&self, result: CacheResult, tier: CacheTier) {
+        match self.cache_counters.get(cache_slot(result, tier)) {
+            Some(Some(counter)) => counter.inc(),
+            // A pair the core does not name: counted all the same.
+            _ => self
+                .cache_requests
+                .with_label_values(&[result.as_str(), tier.as_str()])
+                .inc(),
+        }
     }
 
-    /// The `ixproxy_cache_bytes` gauge, which the cache's store keeps current.
+    /// The `ixproxy_cache_bytes{tier="memory"}` gauge, which the memory store keeps current.
     pub fn cache_bytes(&self) -> IntGauge {
-        self.cache_bytes.clone()
+        self.cache_bytes
+            .with_label_values(&[CacheTier::Memory.as_str()])
+    }
+
+    /// The `ixproxy_cache_bytes{tier="disk"}` gauge, which the disk tier keeps current.
+    pub fn cache_disk_bytes(&self) -> IntGauge {
+        self.cache_bytes
+            .with_label_values(&[CacheTier::Disk.as_str()])
     }
 
     /// Shows every outcome of every source of `sources` (and of no source) at zero, and each
@@ -375,7 +411,7 @@ mod tests {
         web_a.count_token(1);
         let fetch = web_a.inflight();
         metrics.observe_upstream_latency(Duration::from_millis(30));
-        metrics.count_cache(CacheResult::Hit);
+        metrics.count_cache(CacheResult::Hit, CacheTier::Disk);
         metrics.cache_bytes().set(1234);
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for label in Outcome::ALL.map(Outcome::as_str) {
@@ -404,9 +440,18 @@ mod tests {
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         assert!(text.contains("ixproxy_upstream_inflight{source=\"web_a\"} 0"));
         assert!(text.contains("ixproxy_upstream_latency_seconds_count 1"));
-        assert!(text.contains("ixproxy_cache_requests_total{result=\"hit\"} 1"));
-        assert!(text.contains("ixproxy_cache_requests_total{result=\"bypass\"} 0"));
-        assert!(text.contains("ixproxy_cache_bytes 1234"));
+        for line in [
+            "ixproxy_cache_requests_total{result=\"hit\",tier=\"disk\"} 1",
+            "ixproxy_cache_requests_total{result=\"hit\",tier=\"memory\"} 0",
+            "ixproxy_cache_requests_total{result=\"revalidated\",tier=\"disk\"} 0",
+            "ixproxy_cache_requests_total{result=\"bypass\",tier=\"none\"} 0",
+            "ixproxy_cache_requests_total{result=\"miss\",tier=\"none\"} 0",
+            "ixproxy_cache_bytes{tier=\"memory\"} 1234",
+            "ixproxy_cache_bytes{tier=\"disk\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(!text.contains("result=\"miss\",tier=\"memory\""));
         assert!(text.contains("ixproxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("ixproxy_config_reloads_total{result=\"ok\"} 0"));
         metrics.count_reload(ReloadResult::Error);

@@ -12,6 +12,7 @@ mod access;
 mod admin;
 mod announce;
 mod cache;
+mod cache_disk;
 mod cache_store;
 mod client;
 mod deadline;
@@ -46,6 +47,7 @@ use pingora::services::listening::Service;
 
 use crate::secrets::{load_config, NativeSecrets};
 
+pub use cache_disk::check as check_disk;
 pub use tls::check as check_tls;
 
 /// Runtime shutdown timeout after the grace period, in seconds: what is still running then is
@@ -89,6 +91,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 )),
             });
             access::flush();
+            cache_disk::close();
             // Only in a directory that passes the check: elsewhere the file may not be ours.
             if upgrade::check_private(&args.upgrade_sock).is_ok() {
                 remove_stale_socket(&args.upgrade_sock);
@@ -251,13 +254,19 @@ fn prepare(
     } = config;
     // A fill holds its key's lock at most until its origin header and one body pause are due;
     // requests waiting on it then compete again.
-    let cache = cache.map(|limits| {
-        cache::ResponseCache::new(
-            limits,
-            upstream.timeout + upstream.body_timeout,
-            metrics.cache_bytes(),
-        )
-    });
+    let cache = cache
+        .map(|limits| {
+            let cache = cache::ResponseCache::new(
+                limits.clone(),
+                upstream.timeout + upstream.body_timeout,
+                metrics.cache_bytes(),
+            );
+            cache
+                .start_disk(&limits, metrics.cache_disk_bytes())
+                .map(|()| cache)
+        })
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let purger = cache.map(|cache| admin::Purger {
         cache,
         live: live.clone(),

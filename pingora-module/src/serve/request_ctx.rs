@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ixproxy_core::cache::CacheResult;
+use ixproxy_core::cache::{CacheResult, CacheTier};
 use ixproxy_core::{Attribution, Forward, Outcome, Rejection};
 use pingora::{Error, ErrorType, Result};
 
@@ -60,6 +60,8 @@ pub struct RequestCtx {
     pub(super) cache_used: bool,
     /// What the cache did, once the response header went out.
     pub(super) cache_result: Option<CacheResult>,
+    /// Where the cache's answer came from, with `cache_result`.
+    pub(super) cache_tier: Option<CacheTier>,
     /// The client failed (a write timed out, it went away) while Pingora kept a cache fill
     /// going: the fill ends at the next origin body chunk. Atomic because Pingora reports it
     /// through a hook that only sees `&ctx`.

@@ -133,7 +133,7 @@ impl ServeProcess {
     }
 
     /// The value of one Prometheus sample on `/metrics`, named exactly as printed (e.g.
-    /// `ixproxy_requests_total{outcome="forwarded"}` or `ixproxy_cache_bytes`).
+    /// `ixproxy_requests_total{outcome="forwarded"}` or `ixproxy_cache_bytes{tier="memory"}`).
     ///
     /// # Errors
     /// The admin listener does not answer, or the sample is not there.
