@@ -43,6 +43,27 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// never silently skipped.
 pub const MAX_PEERS: usize = 256;
 
+/// The most purges one instance fans out at once. Each holds up to [`MAX_PEERS`] connections
+/// for up to `RESOLVE_TIMEOUT + PEER_TIMEOUT`; a purge beyond this is refused before it is
+/// applied anywhere ([`busy_text`], 503 with `Retry-After`), so that whoever reaches the admin
+/// listener cannot make it hold an unbounded number of sockets (at most
+/// `MAX_PURGES_IN_FLIGHT * MAX_PEERS` peer connections, whatever arrives).
+pub const MAX_PURGES_IN_FLIGHT: usize = 4;
+
+/// The status of a purge refused because [`MAX_PURGES_IN_FLIGHT`] are under way: nothing was
+/// purged, retrying later is the answer.
+pub const BUSY_STATUS: u16 = 503;
+
+/// The `Retry-After` (seconds) of a refused purge: the longest a purge in flight keeps its
+/// place (`RESOLVE_TIMEOUT + PEER_TIMEOUT`).
+pub const RETRY_AFTER: &str = "3";
+
+/// The body of `/cache/purge`'s 503 when [`MAX_PURGES_IN_FLIGHT`] are under way.
+pub fn busy_text() -> String {
+    // The imgix API's refusal states the same rule in its `detail`.
+    format!("{}\n", crate::purge_api::PurgeApiError::Busy)
+}
+
 /// The largest peer answer read (the answer is two short lines and a small head).
 pub const MAX_ANSWER_BYTES: usize = 4096;
 
@@ -248,9 +269,9 @@ pub fn not_asked() -> String {
     format!("not asked: the name resolves to more than {MAX_PEERS} addresses")
 }
 
-/// The failure of a peer that did not answer within [`PEER_TIMEOUT`].
-pub fn timed_out() -> String {
-    format!("no answer within {} seconds", PEER_TIMEOUT.as_secs_f32())
+/// The failure of a peer that did not answer within `timeout` ([`PEER_TIMEOUT`]).
+pub fn timed_out(timeout: Duration) -> String {
+    format!("no answer within {} seconds", timeout.as_secs_f32())
 }
 
 /// The failure of `cache.peers.dns` that did not resolve within [`RESOLVE_TIMEOUT`].
@@ -269,22 +290,18 @@ pub enum PeerResult {
     /// The peer could not be resolved, reached or read, or refused: why.
     Failed(String),
     /// The address is this instance's own (a DNS answer lists every replica): not a peer,
-    /// neither confirmed nor failed.
+    /// neither confirmed nor failed, but listed (a fleet where only `self` answers, e.g.
+    /// `dns` naming a Service that reaches one random pod, shows as such).
     Myself,
+    /// The peer answered with the instance id of the peer named here, asked earlier in the
+    /// same purge: one instance reachable at two addresses (a name and its IP, a pod's A and
+    /// AAAA). Counted once, as that peer's result.
+    Same(String),
 }
 
 impl PeerResult {
     /// Every `ixproxy_purge_peer_requests_total{result}` label.
-    pub const LABELS: [&'static str; 3] = ["confirmed", "failed", "self"];
-
-    /// The outcome of a peer's reply (or the failure to get one) for the instance `own`.
-    pub fn of(reply: Result<PeerReply, String>, own: &str) -> PeerResult {
-        match reply {
-            Ok(reply) if reply.instance == own => PeerResult::Myself,
-            Ok(reply) => PeerResult::Confirmed(reply.purged),
-            Err(e) => PeerResult::Failed(e),
-        }
-    }
+    pub const LABELS: [&'static str; 4] = ["confirmed", "failed", "self", "same"];
 
     /// The metric label.
     pub fn label(&self) -> &'static str {
@@ -292,6 +309,7 @@ impl PeerResult {
             PeerResult::Confirmed(_) => Self::LABELS[0],
             PeerResult::Failed(_) => Self::LABELS[1],
             PeerResult::Myself => Self::LABELS[2],
+            PeerResult::Same(_) => Self::LABELS[3],
         }
     }
 }
@@ -305,6 +323,32 @@ pub struct FleetReport {
 }
 
 impl FleetReport {
+    /// The report of the answers of one purge (each peer asked, in order, and its reply or
+    /// why there is none) for the instance `own`: an answer with `own`'s id is
+    /// [`PeerResult::Myself`]; one with the id of an earlier answer is [`PeerResult::Same`]
+    /// as that peer.
+    pub fn of(answers: Vec<(String, Result<PeerReply, String>)>, own: &str) -> FleetReport {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let peers = answers
+            .into_iter()
+            .map(|(peer, answer)| {
+                let result = match answer {
+                    Err(e) => PeerResult::Failed(e),
+                    Ok(reply) if reply.instance == own => PeerResult::Myself,
+                    Ok(reply) => match seen.iter().find(|(id, _)| *id == reply.instance) {
+                        Some((_, first)) => PeerResult::Same(first.clone()),
+                        None => {
+                            seen.push((reply.instance, peer.clone()));
+                            PeerResult::Confirmed(reply.purged)
+                        }
+                    },
+                };
+                (peer, result)
+            })
+            .collect();
+        FleetReport { peers }
+    }
+
     /// The peers that confirmed, with the entries each removed.
     pub fn confirmed(&self) -> impl Iterator<Item = (&str, usize)> {
         self.peers.iter().filter_map(|(peer, r)| match r {
@@ -333,12 +377,15 @@ impl FleetReport {
     }
 
     /// The body of `/cache/purge`'s answer: the first line as without peers (`purged N`, the
-    /// entries removed here), a summary, then one line per peer:
+    /// entries removed here), a summary, then one line per peer asked, this instance's own
+    /// address and a second address of an instance included:
     ///
     /// ```text
     /// purged 1
     /// peers confirmed 1 failed 1
+    /// peer 10.0.0.6:9901 self
     /// peer 10.0.0.7:9901 confirmed purged 1
+    /// peer [fd00::7]:9901 same instance as 10.0.0.7:9901
     /// peer 10.0.0.8:9901 failed: connection refused
     /// ```
     pub fn text(&self, purged: usize) -> String {
@@ -353,14 +400,17 @@ impl FleetReport {
                     text.push_str(&format!("peer {peer} confirmed purged {n}\n"));
                 }
                 PeerResult::Failed(e) => text.push_str(&format!("peer {peer} failed: {e}\n")),
-                PeerResult::Myself => {}
+                PeerResult::Myself => text.push_str(&format!("peer {peer} self\n")),
+                PeerResult::Same(first) => {
+                    text.push_str(&format!("peer {peer} same instance as {first}\n"));
+                }
             }
         }
         text
     }
 
     /// The JSON of the report, for imgix's purge API's `meta.peers`: `{confirmed: [{peer,
-    /// purged}], failed: [{peer, error}]}`.
+    /// purged}], failed: [{peer, error}], self: [peer], same: [{peer, same_as}]}`.
     pub fn json(&self) -> Value {
         let confirmed: Vec<Value> = self
             .confirmed()
@@ -370,7 +420,21 @@ impl FleetReport {
             .failed()
             .map(|(peer, error)| json!({ "peer": peer, "error": error }))
             .collect();
-        json!({ "confirmed": confirmed, "failed": failed })
+        let myself: Vec<&str> = self
+            .peers
+            .iter()
+            .filter(|(_, r)| *r == PeerResult::Myself)
+            .map(|(peer, _)| peer.as_str())
+            .collect();
+        let same: Vec<Value> = self
+            .peers
+            .iter()
+            .filter_map(|(peer, r)| match r {
+                PeerResult::Same(first) => Some(json!({ "peer": peer, "same_as": first })),
+                _ => None,
+            })
+            .collect();
+        json!({ "confirmed": confirmed, "failed": failed, "self": myself, "same": same })
     }
 
     /// One line for the 502's `detail`: how many peers failed out of how many asked.
@@ -532,21 +596,67 @@ mod tests {
         assert_eq!(read_peer_answer(huge), Some(Err(too_large())));
     }
 
+    fn reply(purged: usize, instance: &str) -> Result<PeerReply, String> {
+        Ok(PeerReply {
+            purged,
+            instance: instance.to_owned(),
+        })
+    }
+
     #[test]
-    fn an_answer_with_the_own_instance_id_is_self() {
-        let reply = |instance: &str| {
-            Ok(PeerReply {
-                purged: 1,
-                instance: instance.to_owned(),
-            })
-        };
-        assert_eq!(PeerResult::of(reply("me"), "me"), PeerResult::Myself);
-        assert_eq!(PeerResult::of(reply("you"), "me"), PeerResult::Confirmed(1));
+    fn an_answer_with_the_own_instance_id_is_self_and_a_known_id_is_the_same_instance() {
+        let report = FleetReport::of(
+            vec![
+                ("10.0.0.6:9901".into(), reply(1, "me")),
+                ("peer-7:9901".into(), reply(1, "you")),
+                ("10.0.0.8:9901".into(), Err("connection refused".into())),
+                ("10.0.0.7:9901".into(), reply(0, "you")),
+                ("[::1]:9901".into(), reply(0, "me")),
+                ("10.0.0.9:9901".into(), reply(2, "other")),
+            ],
+            "me",
+        );
         assert_eq!(
-            PeerResult::of(Err("connection refused".into()), "me").label(),
-            "failed"
+            report.peers,
+            vec![
+                ("10.0.0.6:9901".into(), PeerResult::Myself),
+                ("peer-7:9901".into(), PeerResult::Confirmed(1)),
+                (
+                    "10.0.0.8:9901".into(),
+                    PeerResult::Failed("connection refused".into())
+                ),
+                (
+                    "10.0.0.7:9901".into(),
+                    PeerResult::Same("peer-7:9901".into())
+                ),
+                ("[::1]:9901".into(), PeerResult::Myself),
+                ("10.0.0.9:9901".into(), PeerResult::Confirmed(2)),
+            ]
+        );
+        // One instance at two addresses is one confirmation, not two.
+        assert_eq!(report.confirmed().count(), 2);
+        let labels: Vec<&str> = report.peers.iter().map(|(_, r)| r.label()).collect();
+        assert_eq!(
+            labels,
+            ["self", "confirmed", "failed", "same", "self", "confirmed"]
         );
         assert_eq!(instance_id([0xab; 16]), "ab".repeat(16));
+    }
+
+    #[test]
+    fn a_purge_beyond_the_bound_is_told_when_to_retry() {
+        let retry: u64 = RETRY_AFTER.parse().expect("seconds");
+        assert_eq!(retry, (RESOLVE_TIMEOUT + PEER_TIMEOUT).as_secs());
+        assert_eq!(BUSY_STATUS, 503);
+        assert_eq!(
+            busy_text(),
+            "not purged: 4 purges are being forwarded to the fleet already; retry in 3 \
+             seconds\n"
+        );
+        assert_eq!(
+            timed_out(Duration::from_millis(250)),
+            "no answer within 0.25 seconds"
+        );
     }
 
     #[test]
@@ -574,11 +684,15 @@ mod tests {
     }
 
     #[test]
-    fn the_report_lists_confirmed_and_failed_peers_and_never_self() {
+    fn the_report_lists_every_peer_and_self_is_neither_confirmed_nor_failed() {
         let report = FleetReport {
             peers: vec![
                 ("10.0.0.6:9901".into(), PeerResult::Myself),
                 ("10.0.0.7:9901".into(), PeerResult::Confirmed(1)),
+                (
+                    "[fd00::7]:9901".into(),
+                    PeerResult::Same("10.0.0.7:9901".into()),
+                ),
                 (
                     "10.0.0.8:9901".into(),
                     PeerResult::Failed("connection refused".into()),
@@ -588,23 +702,31 @@ mod tests {
         assert_eq!(report.status(), 502);
         assert_eq!(
             report.text(2),
-            "purged 2\npeers confirmed 1 failed 1\npeer 10.0.0.7:9901 confirmed purged 1\npeer \
+            "purged 2\npeers confirmed 1 failed 1\npeer 10.0.0.6:9901 self\npeer 10.0.0.7:9901 \
+             confirmed purged 1\npeer [fd00::7]:9901 same instance as 10.0.0.7:9901\npeer \
              10.0.0.8:9901 failed: connection refused\n"
         );
         assert_eq!(
             report.json(),
             json!({"confirmed": [{"peer": "10.0.0.7:9901", "purged": 1}],
-                   "failed": [{"peer": "10.0.0.8:9901", "error": "connection refused"}]})
+                   "failed": [{"peer": "10.0.0.8:9901", "error": "connection refused"}],
+                   "self": ["10.0.0.6:9901"],
+                   "same": [{"peer": "[fd00::7]:9901", "same_as": "10.0.0.7:9901"}]})
         );
         assert_eq!(
             report.failure_summary(),
             "purged on this instance; 1 of 2 peers failed (10.0.0.8:9901: connection refused)"
         );
+        // Only itself answering is a success (200), shown as such.
         let alone = FleetReport {
             peers: vec![("10.0.0.6:9901".into(), PeerResult::Myself)],
         };
         assert_eq!(alone.status(), 200);
-        assert_eq!(alone.text(0), "purged 0\npeers confirmed 0 failed 0\n");
+        assert_eq!(
+            alone.text(0),
+            "purged 0\npeers confirmed 0 failed 0\npeer 10.0.0.6:9901 self\n"
+        );
+        assert_eq!(alone.json()["self"], json!(["10.0.0.6:9901"]));
     }
 
     #[test]

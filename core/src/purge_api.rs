@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cache::purge_keys;
-use crate::fleet::FleetReport;
+use crate::fleet::{FleetReport, BUSY_STATUS, MAX_PURGES_IN_FLIGHT, RETRY_AFTER};
 use crate::origin::decode_origin;
 use crate::secret::Secret;
 use crate::Sources;
@@ -79,11 +79,18 @@ pub enum PurgeApiError {
     /// a resource that does not exist).
     #[error("data.attributes.url: its host is not one of a source's hosts")]
     UnknownSource,
+    /// With `cache.peers`, [`MAX_PURGES_IN_FLIGHT`] purges are being forwarded already: not
+    /// purged anywhere (→ 503 with `Retry-After`, [`crate::fleet::busy_text`]'s rule).
+    #[error(
+        "not purged: {MAX_PURGES_IN_FLIGHT} purges are being forwarded to the fleet already; \
+         retry in {RETRY_AFTER} seconds"
+    )]
+    Busy,
 }
 
 impl PurgeApiError {
     /// Every metric label of a refusal, in variant order.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "method",
         "unauthorized",
         "too_large",
@@ -91,6 +98,7 @@ impl PurgeApiError {
         "bad_document",
         "bad_url",
         "unknown_source",
+        "busy",
     ];
 
     /// The HTTP status of the refusal.
@@ -102,6 +110,7 @@ impl PurgeApiError {
             PurgeApiError::Timeout => 408,
             PurgeApiError::BadDocument(_) | PurgeApiError::BadUrl(_) => 400,
             PurgeApiError::UnknownSource => 404,
+            PurgeApiError::Busy => BUSY_STATUS,
         }
     }
 
@@ -111,6 +120,7 @@ impl PurgeApiError {
         match self {
             PurgeApiError::Unauthorized => Some(("www-authenticate", WWW_AUTHENTICATE)),
             PurgeApiError::Method => Some(("allow", ALLOW)),
+            PurgeApiError::Busy => Some(("retry-after", RETRY_AFTER)),
             _ => None,
         }
     }
@@ -125,6 +135,7 @@ impl PurgeApiError {
             PurgeApiError::BadDocument(_) => 4,
             PurgeApiError::BadUrl(_) => 5,
             PurgeApiError::UnknownSource => 6,
+            PurgeApiError::Busy => 7,
         };
         Self::LABELS[i]
     }
@@ -173,6 +184,7 @@ fn title(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Payload Too Large",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -688,6 +700,7 @@ mod tests {
             PurgeApiError::BadDocument(String::new()),
             PurgeApiError::BadUrl(String::new()),
             PurgeApiError::UnknownSource,
+            PurgeApiError::Busy,
         ]
         .iter()
         .map(|e| (e.status(), e.label()))
@@ -698,6 +711,14 @@ mod tests {
         );
         assert_eq!(PurgeApiError::Method.header(), Some(("allow", "POST")));
         assert_eq!(PurgeApiError::TooLarge.header(), None);
+        assert_eq!(PurgeApiError::Busy.header(), Some(("retry-after", "3")));
+        let busy: Value = serde_json::from_slice(&PurgeApiError::Busy.answer("i")).expect("json");
+        assert_eq!(busy["errors"][0]["title"], "Service Unavailable");
+        assert_eq!(
+            format!("{}\n", busy["errors"][0]["detail"].as_str().unwrap_or("")),
+            crate::fleet::busy_text(),
+            "one rule for both purges"
+        );
         assert_eq!(
             statuses,
             [
@@ -707,7 +728,8 @@ mod tests {
                 (408, "timeout"),
                 (400, "bad_document"),
                 (400, "bad_url"),
-                (404, "unknown_source")
+                (404, "unknown_source"),
+                (503, "busy")
             ]
         );
     }
@@ -732,8 +754,8 @@ mod tests {
         // imgix's resource as without peers, `meta` gaining `peers`.
         let mut alone: Value =
             serde_json::from_slice(&purged_answer("i", &request, &target, 1)).expect("json");
-        alone["meta"]["peers"] =
-            json!({"confirmed": [{"peer": "10.0.0.7:9901", "purged": 1}], "failed": []});
+        alone["meta"]["peers"] = json!({"confirmed": [{"peer": "10.0.0.7:9901", "purged": 1}],
+                "failed": [], "self": ["10.0.0.6:9901"], "same": []});
         assert_eq!(ok, alone);
 
         report

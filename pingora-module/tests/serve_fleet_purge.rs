@@ -185,15 +185,15 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
     let admins: Vec<String> = fleet.iter().map(|s| s.admin().to_string()).collect();
 
     // `/cache/purge` on the first: the first line as without peers, then the two others
-    // confirmed; itself, in its own list, is neither.
+    // confirmed; itself, in its own list, is listed as such, neither confirmed nor failed.
     let answer = purge(&fleet[0], &url);
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     assert_eq!(
         answer.body_text(),
         format!(
-            "purged 1\npeers confirmed 2 failed 0\npeer {} confirmed purged 1\npeer {} \
-             confirmed purged 1\n",
-            admins[1], admins[2]
+            "purged 1\npeers confirmed 2 failed 0\npeer {} self\npeer {} confirmed purged \
+             1\npeer {} confirmed purged 1\n",
+            admins[0], admins[1], admins[2]
         )
     );
     each_answers(&fleet, &url, "ixproxy; fwd=miss");
@@ -224,6 +224,10 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
         [(admins[0].as_str(), 1), (admins[2].as_str(), 1)]
     );
     assert_eq!(json["meta"]["peers"]["failed"], serde_json::json!([]));
+    assert_eq!(
+        json["meta"]["peers"]["self"],
+        serde_json::json!([admins[1]])
+    );
     each_answers(&fleet, &url, "ixproxy; fwd=miss");
     assert_eq!(origin.requests().len(), 9);
     assert_eq!(peer_counts(&fleet[1]), (2, 0, 1));
@@ -253,10 +257,18 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
     assert_eq!(
         answer.body_text(),
         format!(
-            "purged 1\npeers confirmed 1 failed 1\npeer {} confirmed purged 1\npeer {} failed: \
-             connection refused\n",
-            admins[1], admins[2]
+            "purged 1\npeers confirmed 1 failed 1\npeer {} self\npeer {} confirmed purged \
+             1\npeer {} failed: connection refused\n",
+            admins[0], admins[1], admins[2]
         )
+    );
+    // The operator's log names the peer and why, one line per failed peer.
+    let warning = format!("fleet purge: peer {} failed: connection refused", admins[2]);
+    assert_eq!(
+        fleet[0].log().matches(&warning).count(),
+        1,
+        "{}",
+        fleet[0].log_tail()
     );
     each_answers(&fleet, &url, "ixproxy; fwd=miss");
     let (status, json) = purge_api(&fleet[1], &url);
@@ -344,4 +356,36 @@ fn the_peer_path_purges_here_only_and_anyone_with_the_admin_listener_could_alrea
         other.body_text()
     );
     assert_eq!(cache_status(&fleet[1], &url), "ixproxy; hit");
+}
+
+#[test]
+fn a_process_without_a_cache_forwards_no_purge_whatever_a_reload_says() {
+    // A would-be peer: anything forwarded to it shows up as a connection.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    peer.set_nonblocking(true).expect("nonblocking");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ixproxy"));
+    let no_cache = config("").replace(
+        "cache:\n  max_bytes: 1048576\n  max_object_bytes: 65536\n",
+        "",
+    );
+    assert!(!no_cache.contains("cache:"), "{no_cache}");
+    let serve = ServeProcess::start_temp(bin, &no_cache, &[]).unwrap_or_else(|e| panic!("{e}"));
+    // The cache needs a restart: the reload keeps it off, and applies the rest.
+    let peers = format!(
+        "  peers: {{static: ['{}']}}\n",
+        peer.local_addr().expect("addr")
+    );
+    std::fs::write(serve.config_path(), config(&peers)).expect("config");
+    serve.signal(Signal::SIGHUP).expect("SIGHUP");
+    await_sample(&serve, "ixproxy_config_reloads_total{result=\"ok\"}", 1);
+    let url = "http://127.0.0.1:9/a.png";
+    let (status, json) = purge_api(&serve, url);
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["meta"]["purged"], 0);
+    assert!(json["meta"].get("peers").is_none(), "{json}");
+    assert!(
+        matches!(peer.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing forwarded"
+    );
+    assert_eq!(peer_counts(&serve), (0, 0, 0));
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::fleet::MAX_PEERS;
 
 /// `cache.disk:` (serde layer): the second, on-disk tier of the response cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,13 +136,33 @@ pub(super) fn peers(raw: Option<&RawCachePeers>) -> Result<Option<Peers>, Config
         (None, None) => Err(error("cache.peers", "set dns or static")),
         (Some(name), None) => peer_addr(name, "cache.peers.dns").map(|a| Some(Peers::Dns(a))),
         (None, Some([])) => Err(error("cache.peers.static", "must not be empty")),
-        (None, Some(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| peer_addr(entry, &format!("cache.peers.static[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|list| Some(Peers::Static(list))),
+        (None, Some(list)) if list.len() > MAX_PEERS => Err(error(
+            "cache.peers.static",
+            format!(
+                "{} entries: at most {MAX_PEERS} (a purge asks them all at once)",
+                list.len()
+            ),
+        )),
+        (None, Some(list)) => static_peers(list).map(|list| Some(Peers::Static(list))),
     }
+}
+
+/// Each entry of `cache.peers.static`, none twice (a peer listed twice would be asked twice
+/// and counted as two confirmations).
+fn static_peers(list: &[String]) -> Result<Vec<PeerAddr>, ConfigError> {
+    let mut peers: Vec<PeerAddr> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let path = format!("cache.peers.static[{i}]");
+        let peer = peer_addr(entry, &path)?;
+        if let Some(first) = peers.iter().position(|p| *p == peer) {
+            return Err(error(
+                path,
+                format!("`{entry}` is cache.peers.static[{first}] again"),
+            ));
+        }
+        peers.push(peer);
+    }
+    Ok(peers)
 }
 
 /// `host:port`, `[v6]:port` or `v4:port`; a host name is checked for its characters only (it
@@ -296,6 +317,26 @@ mod tests {
             err("{peers: {static: ['a..b:1']}}").0,
             "cache.peers.static[0]"
         );
+        // The same peer twice, however written (an IP's spelling, a name's case).
+        let (path, message) =
+            err("{peers: {static: ['127.0.0.1:9901', 'peer-2:9901', '[::1]:1', 'Peer-2:9901']}}");
+        assert_eq!(path, "cache.peers.static[3]");
+        assert_eq!(message, "`Peer-2:9901` is cache.peers.static[1] again");
+        assert_eq!(
+            err("{peers: {static: ['[::1]:1', '[0:0::1]:1']}}").0,
+            "cache.peers.static[1]"
+        );
+        // A purge asks every entry at once: the list is bounded as a DNS answer is.
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("'127.0.{}.{}:9901'", i / 250, i % 250 + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        validate(&format!("{{peers: {{static: [{}]}}}}", list(MAX_PEERS))).expect("at the bound");
+        let (path, message) = err(&format!("{{peers: {{static: [{}]}}}}", list(MAX_PEERS + 1)));
+        assert_eq!(path, "cache.peers.static");
+        assert!(message.contains("at most 256"), "{message}");
         assert_eq!(
             err("{max_bytes: 0, peers: {static: ['127.0.0.1:9901']}}").0,
             "cache.peers",

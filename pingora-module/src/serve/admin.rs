@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
 use ixproxy_core::cache::{parse_purge, PurgeError};
+use ixproxy_core::config::Peers;
 use ixproxy_core::fleet::{self as fleet_rules, PeerPurge};
 use ixproxy_core::purge_api::{self, PurgeApiError};
 use pingora::apps::http_app::ServeHttp;
@@ -150,11 +151,17 @@ impl AdminApp {
             .map_err(|_| PurgeApiError::Timeout)??;
         let request = purge_api::parse_document(&body)?;
         let target = purge_api::resolve(&live.sources, &request.url)?;
+        let peers = self.peers(live);
+        // Refused before it is applied anywhere: a retry then purges everywhere.
+        let admitted = match peers {
+            Some(_) => Some(self.fleet.admit().ok_or(PurgeApiError::Busy)?),
+            None => None,
+        };
         // Without a cache nothing is stored, so nothing stale can be served: the purge holds.
         let purged = self.purger.as_ref().map_or(0, |p| {
             p.cache.purge([target.source.as_str()], &target.origin_url)
         });
-        let Some(peers) = live.peers.as_ref() else {
+        let (Some(peers), Some(admitted)) = (peers, admitted) else {
             return Ok((200, purge_api::purged_answer(id, &request, &target, purged)));
         };
         // Forwarded as the entries it names, never with the key (peers trust each other).
@@ -162,10 +169,17 @@ impl AdminApp {
             url: target.origin_url.clone(),
             source: Some(target.source.clone()),
         };
-        let report = self.fleet.purge(peers, &forwarded).await;
+        let report = self.fleet.purge(admitted, peers, &forwarded).await;
         Ok(purge_api::fleet_answer(
             id, &request, &target, purged, &report,
         ))
+    }
+
+    /// The fleet a purge of `live` is forwarded to: its `cache.peers` while this process runs a
+    /// cache. A reload may set `cache.peers` on a process started without a cache (the cache
+    /// needs a restart): such a process purges nothing and forwards nothing.
+    fn peers<'a>(&self, live: &'a Live) -> Option<&'a Peers> {
+        self.purger.as_ref().and(live.peers.as_ref())
     }
 
     /// A request other than imgix's purge API: a forwarded purge (applied here only), a purge
@@ -218,7 +232,8 @@ impl AdminApp {
     /// removed, every source; 405 for another method, 400 for a bad URL, 404 with the cache
     /// off). With `cache.peers`, the purge is then forwarded to every peer and the answer
     /// lists them ([`fleet_rules::FleetReport::text`]): 200 when all confirmed, 502 when one
-    /// failed (applied here all the same).
+    /// failed (applied here all the same), 503 with `Retry-After` and nothing purged when
+    /// [`fleet_rules::MAX_PURGES_IN_FLIGHT`] are being forwarded already.
     async fn purge(&self, purge: Result<String, PurgeError>) -> Response<Vec<u8>> {
         let Some(purger) = self.purger.as_ref() else {
             return no_cache();
@@ -228,10 +243,17 @@ impl AdminApp {
             Err(e) => return purge_refused(&e),
         };
         let live = purger.live.current();
+        let admitted = match self.peers(&live) {
+            Some(peers) => match self.fleet.admit() {
+                Some(admitted) => Some((peers, admitted)),
+                None => return busy(),
+            },
+            None => None,
+        };
         let purged = purger
             .cache
             .purge(live.sources.iter().map(|s| s.name.as_str()), &url);
-        let Some(peers) = live.peers.as_ref() else {
+        let Some((peers, admitted)) = admitted else {
             return reply(
                 StatusCode::OK,
                 TEXT,
@@ -240,7 +262,7 @@ impl AdminApp {
         };
         let report = self
             .fleet
-            .purge(peers, &PeerPurge { url, source: None })
+            .purge(admitted, peers, &PeerPurge { url, source: None })
             .await;
         let status = StatusCode::from_u16(report.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         reply(status, TEXT, report.text(purged).into_bytes())
@@ -281,6 +303,19 @@ fn no_cache() -> Response<Vec<u8>> {
         TEXT,
         b"no cache configured\n".to_vec(),
     )
+}
+
+/// A purge refused because [`fleet_rules::MAX_PURGES_IN_FLIGHT`] are being forwarded: 503,
+/// `Retry-After`, nothing purged.
+fn busy() -> Response<Vec<u8>> {
+    let status =
+        StatusCode::from_u16(fleet_rules::BUSY_STATUS).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = reply(status, TEXT, fleet_rules::busy_text().into_bytes());
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static(fleet_rules::RETRY_AFTER),
+    );
+    response
 }
 
 /// A refused purge: its status and reason, `Allow: POST` on a 405.
@@ -390,9 +425,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn purge_on_the_admin_listener() {
-        let metrics = Metrics::new().expect("metrics");
+    /// An app with the cache on, serving the sources of `sources` (YAML), its fleet the one
+    /// static peer `peer`.
+    fn app_with_peer(metrics: Metrics, sources: &str, peer: std::net::SocketAddr) -> AdminApp {
         let cache = ResponseCache::new(
             ixproxy_core::config::CacheLimits {
                 max_bytes: 1 << 20,
@@ -403,30 +438,38 @@ mod tests {
             std::time::Duration::from_secs(1),
             metrics.cache_bytes(),
         );
-        let config = ixproxy_core::config::RawConfig::from_yaml(
-            "sources:\n  - {name: a, hosts: [a.test], secure_url_tokens: [t]}\n  - {name: b, \
-             hosts: [b.test], secure_url_tokens: [t]}\n",
-        )
-        .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
-        .expect("valid");
-        // A peer nothing listens on: a purge reports it, a forwarded purge never asks it.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a released loopback port");
-        let peers = ixproxy_core::config::Peers::Static(vec![ixproxy_core::config::PeerAddr {
-            host: closed.ip().to_string(),
-            port: closed.port(),
+        let config = ixproxy_core::config::RawConfig::from_yaml(sources)
+            .and_then(|raw| raw.validate(&ixproxy_core::config::MapSecrets::new()))
+            .expect("valid");
+        let peers = Peers::Static(vec![ixproxy_core::config::PeerAddr {
+            host: peer.ip().to_string(),
+            port: peer.port(),
         }]);
         let live = super::super::live::Live::build(config.sources, config.upstream, None)
             .expect("live")
             .with_peers(Some(peers));
-        let app = AdminApp::new(
+        AdminApp::new(
             metrics,
             Some(Purger {
                 cache,
                 live: LiveConfig::new(live),
             }),
             Readiness::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn purge_on_the_admin_listener() {
+        let metrics = Metrics::new().expect("metrics");
+        // A peer nothing listens on: a purge reports it, a forwarded purge never asks it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a released loopback port");
+        let app = app_with_peer(
+            metrics,
+            "sources:\n  - {name: a, hosts: [a.test], secure_url_tokens: [t]}\n  - {name: b, \
+             hosts: [b.test], secure_url_tokens: [t]}\n",
+            closed,
         );
         let query = Some("url=https%3A%2F%2Fo.test%2Fa.png");
         let ok = app.route("POST", "/cache/purge", query).await;
@@ -454,5 +497,43 @@ mod tests {
             let bad = app.route("POST", path, Some("url=ftp%3A%2F%2Fx")).await;
             assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[tokio::test]
+    async fn purges_beyond_those_in_flight_are_refused_with_retry_after() {
+        let metrics = Metrics::new().expect("metrics");
+        // A peer that never accepts: the kernel completes the connection, nobody answers,
+        // so each purge holds its connection until the peer timeout.
+        let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut app = app_with_peer(
+            metrics.clone(),
+            "sources:\n  - {name: a, hosts: [a.test], secure_url_tokens: [t]}\n",
+            stalled.local_addr().expect("addr"),
+        );
+        let timeout = std::time::Duration::from_millis(150);
+        app.fleet = Fleet::new(metrics, Arc::new(SystemResolver)).with_peer_timeout(timeout);
+        let query = Some("url=https%3A%2F%2Fo.test%2Fa.png");
+        let purge = || app.route("POST", "/cache/purge", query);
+        // Polled in order: the first four take the places before the fifth is polled.
+        let (a, b, c, d, fifth) = tokio::join!(purge(), purge(), purge(), purge(), purge());
+        for forwarded in [a, b, c, d] {
+            let text = String::from_utf8(forwarded.body().clone()).expect("utf-8");
+            assert_eq!(forwarded.status(), StatusCode::BAD_GATEWAY, "{text}");
+            assert!(
+                text.ends_with("failed: no answer within 0.15 seconds\n"),
+                "{text}"
+            );
+        }
+        assert_eq!(fifth.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(fifth.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(
+            fifth.body().as_slice(),
+            fleet_rules::busy_text().as_bytes(),
+            "nothing purged, not even here"
+        );
+        // The places are free again once the purges answered.
+        let again = purge().await;
+        assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
+        drop(stalled);
     }
 }

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ixproxy_core::config::{PeerAddr, Peers};
@@ -15,9 +16,11 @@ use ixproxy_core::fleet::{
     self, FleetReport, PeerPurge, PeerReply, PeerResult, MAX_ANSWER_BYTES, PEER_TIMEOUT,
     RESOLVE_TIMEOUT,
 };
+use log::warn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinSet;
 
 use super::metrics::Metrics;
 
@@ -46,17 +49,19 @@ impl PeerResolver for SystemResolver {
 }
 
 /// This instance's side of fleet purges: its instance id (drawn at start, sent back by every
-/// peer so that this instance recognises itself), the resolver and the peer counter.
+/// peer so that this instance recognises itself), the resolver, the peer counter and the
+/// bound on purges in flight ([`fleet::MAX_PURGES_IN_FLIGHT`]).
 pub struct Fleet {
     instance: String,
     resolver: Arc<dyn PeerResolver>,
     metrics: Metrics,
+    in_flight: Semaphore,
+    peer_timeout: Duration,
 }
 
-/// One peer to ask: where, or what already decided its result.
-enum Pending {
-    Asked(JoinHandle<Result<PeerReply, String>>),
-    Done(PeerResult),
+/// A purge's place among the [`fleet::MAX_PURGES_IN_FLIGHT`] (see [`Fleet::admit`]).
+pub struct Admitted<'a> {
+    _place: SemaphorePermit<'a>,
 }
 
 impl Fleet {
@@ -66,7 +71,17 @@ impl Fleet {
             instance: fleet::instance_id(rand::random()),
             resolver,
             metrics,
+            in_flight: Semaphore::new(fleet::MAX_PURGES_IN_FLIGHT),
+            peer_timeout: PEER_TIMEOUT,
         }
+    }
+
+    /// The same with a peer timeout other than [`PEER_TIMEOUT`], so that tests of a stalled
+    /// peer take milliseconds.
+    #[cfg(test)]
+    pub fn with_peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
+        self
     }
 
     /// This instance's id (what it answers a forwarded purge with).
@@ -74,18 +89,48 @@ impl Fleet {
         &self.instance
     }
 
+    /// A place for one purge to fan out, taken before the purge is applied anywhere; `None`
+    /// when [`fleet::MAX_PURGES_IN_FLIGHT`] are under way (the purge is refused with 503 and
+    /// `Retry-After`). The place is held until the purge's answer is built.
+    pub fn admit(&self) -> Option<Admitted<'_>> {
+        self.in_flight
+            .try_acquire()
+            .ok()
+            .map(|place| Admitted { _place: place })
+    }
+
     /// Forwards `purge` (already applied here) to every peer of `peers` at once and waits for
-    /// all of them: at most [`RESOLVE_TIMEOUT`] for a `dns` name, then [`PEER_TIMEOUT`] for
+    /// all of them: at most [`RESOLVE_TIMEOUT`] for a `dns` name, then the peer timeout for
     /// the peers (a static name is resolved within its peer's time). Each peer is counted in
-    /// `ixproxy_purge_peer_requests_total{result}`.
-    pub async fn purge(&self, peers: &Peers, purge: &PeerPurge) -> FleetReport {
-        let mut asked: Vec<(String, Pending)> = Vec::new();
+    /// `ixproxy_purge_peer_requests_total{result}`, and each failed peer logged on one line.
+    /// Dropping the future (the caller hung up) closes every connection it opened.
+    pub async fn purge(
+        &self,
+        _admitted: Admitted<'_>,
+        peers: &Peers,
+        purge: &PeerPurge,
+    ) -> FleetReport {
+        let mut answers: Vec<(String, Result<PeerReply, String>)> = Vec::new();
+        let mut asking = JoinSet::new();
+        let mut ask = |label: String, target: Target, answers: &mut Vec<_>| {
+            let request = fleet::peer_request(purge, &label);
+            let (index, timeout) = (answers.len(), self.peer_timeout);
+            asking.spawn(async move {
+                let answer = tokio::time::timeout(timeout, exchange(target, request))
+                    .await
+                    .unwrap_or_else(|_| Err(fleet::timed_out(timeout)));
+                (index, answer)
+            });
+            answers.push((label, Err("the request task failed".to_owned())));
+        };
         match peers {
             Peers::Static(list) => {
                 for peer in list {
-                    let label = peer.to_string();
-                    let pending = self.ask(&label, peer, purge);
-                    asked.push((label, pending));
+                    let target = match fleet::literal(peer) {
+                        Some(addr) => Target::Addr(addr),
+                        None => Target::Name(peer.clone(), Arc::clone(&self.resolver)),
+                    };
+                    ask(peer.to_string(), target, &mut answers);
                 }
             }
             Peers::Dns(name) => {
@@ -99,61 +144,37 @@ impl Fleet {
                     Ok(addrs) => {
                         let (peers, left) = fleet::dns_peers(addrs);
                         for addr in peers {
-                            let label = addr.to_string();
-                            let target = Target::Addr(addr);
-                            let pending = Pending::Asked(self.spawn(target, &label, purge));
-                            asked.push((label, pending));
+                            ask(addr.to_string(), Target::Addr(addr), &mut answers);
                         }
                         for addr in left {
-                            let failed = PeerResult::Failed(fleet::not_asked());
-                            asked.push((addr.to_string(), Pending::Done(failed)));
+                            answers.push((addr.to_string(), Err(fleet::not_asked())));
                         }
                     }
-                    Err(e) => asked.push((name.to_string(), Pending::Done(PeerResult::Failed(e)))),
+                    Err(e) => answers.push((name.to_string(), Err(e))),
                 }
             }
         }
-        let mut report = FleetReport::default();
-        for (label, pending) in asked {
-            let result = match pending {
-                Pending::Done(result) => result,
-                Pending::Asked(task) => {
-                    let reply = task
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the request task failed: {e}")));
-                    PeerResult::of(reply, &self.instance)
+        // Every task ends within its timeout; a task that panicked keeps its placeholder.
+        while let Some(done) = asking.join_next().await {
+            if let Ok((index, answer)) = done {
+                if let Some(slot) = answers.get_mut(index) {
+                    slot.1 = answer;
                 }
-            };
+            }
+        }
+        let report = FleetReport::of(answers, &self.instance);
+        for (peer, result) in &report.peers {
             self.metrics.count_purge_peer(result.label());
-            report.peers.push((label, result));
+            if let PeerResult::Failed(e) = result {
+                warn!("fleet purge: peer {peer} failed: {e}");
+            }
         }
         report
     }
-
-    fn ask(&self, label: &str, peer: &PeerAddr, purge: &PeerPurge) -> Pending {
-        let target = match fleet::literal(peer) {
-            Some(addr) => Target::Addr(addr),
-            None => Target::Name(peer.clone(), Arc::clone(&self.resolver)),
-        };
-        Pending::Asked(self.spawn(target, label, purge))
-    }
-
-    fn spawn(
-        &self,
-        target: Target,
-        label: &str,
-        purge: &PeerPurge,
-    ) -> JoinHandle<Result<PeerReply, String>> {
-        let request = fleet::peer_request(purge, label);
-        tokio::spawn(async move {
-            tokio::time::timeout(PEER_TIMEOUT, exchange(target, request))
-                .await
-                .unwrap_or_else(|_| Err(fleet::timed_out()))
-        })
-    }
 }
 
-/// Where a peer is: an address, or a static entry's name (its first address is the peer).
+/// Where a peer is: an address, or a static entry's name (each of its addresses is tried in
+/// turn until one accepts the connection).
 enum Target {
     Addr(SocketAddr),
     Name(PeerAddr, Arc<dyn PeerResolver>),
@@ -161,17 +182,27 @@ enum Target {
 
 /// Connects, sends `request`, reads the answer until the core can read it.
 async fn exchange(target: Target, request: Vec<u8>) -> Result<PeerReply, String> {
-    let addr = match target {
-        Target::Addr(addr) => addr,
-        Target::Name(peer, resolver) => resolver
-            .resolve(&peer.host, peer.port)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("{} resolves to no address", peer.host))?,
-    };
     let io = |e: std::io::Error| e.kind().to_string();
-    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+    let mut stream = match target {
+        Target::Addr(addr) => TcpStream::connect(addr).await.map_err(io)?,
+        Target::Name(peer, resolver) => {
+            // A name with an AAAA and an A record reaches a peer listening on one family
+            // only through the other address.
+            let addrs = resolver.resolve(&peer.host, peer.port).await?;
+            let mut refused = format!("{} resolves to no address", peer.host);
+            let mut connected = None;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        connected = Some(stream);
+                        break;
+                    }
+                    Err(e) => refused = format!("{addr}: {}", io(e)),
+                }
+            }
+            connected.ok_or(refused)?
+        }
+    };
     stream.write_all(&request).await.map_err(io)?;
     let mut answer = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
@@ -197,6 +228,10 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
     use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    /// The peer timeout of these tests: a stalled peer costs this, not [`PEER_TIMEOUT`].
+    const TIMEOUT: Duration = Duration::from_millis(200);
 
     /// Answers whatever `resolve` was given, for any name.
     struct Fixed(Vec<SocketAddr>);
@@ -225,8 +260,8 @@ mod tests {
                 head.extend_from_slice(&buf[..n]);
             }
             let Some(instance) = instance else {
-                // Holds the connection past the peer timeout.
-                tokio::time::sleep(PEER_TIMEOUT * 2).await;
+                // Holds the connection past the peer timeout (the test aborts it).
+                tokio::time::sleep(TIMEOUT * 50).await;
                 return String::from_utf8_lossy(&head).into_owned();
             };
             let body = fleet::peer_answer(1, &instance);
@@ -249,9 +284,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dns_answer_is_asked_at_once_self_is_no_peer_and_failures_are_reported() {
+    async fn a_dns_answer_is_asked_at_once_self_and_a_second_address_are_no_peers_and_failures_are_reported(
+    ) {
         let metrics = Metrics::new().expect("metrics");
         let (other, _) = peer(Some("someone-else".to_owned())).await;
+        // The same instance at a second address (a pod's A and AAAA records).
+        let (other_again, _) = peer(Some("someone-else".to_owned())).await;
         let (stalled, stalled_task) = peer(None).await;
         let refused = closed().await;
         // This instance's own admin listener, in the DNS answer like every replica's; it
@@ -262,8 +300,16 @@ mod tests {
         let own = listener.local_addr().expect("addr");
         let fleet = Fleet::new(
             metrics.clone(),
-            Arc::new(Fixed(vec![stalled, refused, other, own, other])),
-        );
+            Arc::new(Fixed(vec![
+                stalled,
+                refused,
+                other,
+                own,
+                other_again,
+                other,
+            ])),
+        )
+        .with_peer_timeout(TIMEOUT);
         let instance = fleet.instance().to_owned();
         let myself = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
@@ -285,32 +331,44 @@ mod tests {
             source: Some("assets".to_owned()),
         };
         let started = std::time::Instant::now();
-        let report = fleet.purge(&Peers::Dns(name), &purge).await;
+        let report = fleet
+            .purge(fleet.admit().expect("free"), &Peers::Dns(name), &purge)
+            .await;
         let took = started.elapsed();
         myself.await.expect("self answered");
 
+        // Asked in address order: the first of the two addresses confirms, the second is
+        // the same instance.
+        let (first, second) = (other.min(other_again), other.max(other_again));
         let mut expected = vec![
-            (other.to_string(), PeerResult::Confirmed(1)),
+            (first.to_string(), PeerResult::Confirmed(1)),
+            (second.to_string(), PeerResult::Same(first.to_string())),
             (own.to_string(), PeerResult::Myself),
             (
                 refused.to_string(),
                 PeerResult::Failed("connection refused".into()),
             ),
-            (stalled.to_string(), PeerResult::Failed(fleet::timed_out())),
+            (
+                stalled.to_string(),
+                PeerResult::Failed(fleet::timed_out(TIMEOUT)),
+            ),
         ];
         expected.sort_by_key(|(peer, _)| peer.parse::<SocketAddr>().expect("addr"));
         assert_eq!(report.peers, expected, "one entry per distinct address");
-        // Concurrent: the stalled peer's timeout is the whole wait.
-        assert!(
-            took >= PEER_TIMEOUT && took < PEER_TIMEOUT + RESOLVE_TIMEOUT,
-            "{took:?}"
+        assert_eq!(
+            report.confirmed().count(),
+            1,
+            "one instance, one confirmation"
         );
+        // Concurrent: the stalled peer's timeout is the whole wait.
+        assert!(took >= TIMEOUT && took < TIMEOUT * 4, "{took:?}");
         stalled_task.abort();
         let text = String::from_utf8(metrics.render()).expect("utf-8");
         for line in [
             "ixproxy_purge_peer_requests_total{result=\"confirmed\"} 1",
             "ixproxy_purge_peer_requests_total{result=\"failed\"} 2",
             "ixproxy_purge_peer_requests_total{result=\"self\"} 1",
+            "ixproxy_purge_peer_requests_total{result=\"same\"} 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
@@ -341,7 +399,9 @@ mod tests {
             url: "https://o.test/a.png".to_owned(),
             source: None,
         };
-        let report = fleet.purge(&Peers::Static(list), &purge).await;
+        let report = fleet
+            .purge(fleet.admit().expect("free"), &Peers::Static(list), &purge)
+            .await;
         assert_eq!(
             report.peers,
             vec![
@@ -361,8 +421,58 @@ mod tests {
             host: "gone".to_owned(),
             port: 9901,
         });
-        let report = fleet.purge(&dns, &purge).await;
+        let report = fleet
+            .purge(fleet.admit().expect("free"), &dns, &purge)
+            .await;
         assert_eq!(report.status(), 502, "an unresolved fleet is reported");
         assert_eq!(report.failed().count(), 1);
+    }
+
+    /// The report of a purge to the static peer `peer-a:9901`, which resolves to `addrs`.
+    async fn purge_peer_a(addrs: Vec<SocketAddr>) -> Vec<(String, PeerResult)> {
+        let fleet = Fleet::new(Metrics::new().expect("metrics"), Arc::new(Fixed(addrs)))
+            .with_peer_timeout(TIMEOUT);
+        let peers = Peers::Static(vec![PeerAddr {
+            host: "peer-a".to_owned(),
+            port: 9901,
+        }]);
+        let purge = PeerPurge {
+            url: "https://o.test/a.png".to_owned(),
+            source: None,
+        };
+        let admitted = fleet.admit().expect("free");
+        fleet.purge(admitted, &peers, &purge).await.peers
+    }
+
+    #[tokio::test]
+    async fn a_static_name_is_asked_at_each_of_its_addresses_in_turn() {
+        let refused = closed().await;
+        let (reached, task) = peer(Some("p".to_owned())).await;
+        // The first address refuses (a peer listening on the other family): the second is
+        // the peer.
+        assert_eq!(
+            purge_peer_a(vec![refused, reached]).await,
+            vec![("peer-a:9901".to_owned(), PeerResult::Confirmed(1))]
+        );
+        task.await.expect("asked");
+        // None accepts: the failure names the last address tried.
+        assert_eq!(
+            purge_peer_a(vec![refused, refused]).await,
+            vec![(
+                "peer-a:9901".to_owned(),
+                PeerResult::Failed(format!("{refused}: connection refused"))
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn purges_in_flight_are_bounded() {
+        let fleet = Fleet::new(Metrics::new().expect("metrics"), Arc::new(Fixed(vec![])));
+        let places: Vec<Admitted<'_>> = (0..fleet::MAX_PURGES_IN_FLIGHT)
+            .map(|_| fleet.admit().expect("a free place"))
+            .collect();
+        assert!(fleet.admit().is_none(), "one more is refused");
+        drop(places);
+        assert!(fleet.admit().is_some(), "a finished purge frees its place");
     }
 }

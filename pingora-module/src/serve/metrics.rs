@@ -355,8 +355,9 @@ fn purge_peer_counter(registry: &Registry) -> Result<IntCounterVec, MetricsError
         Opts::new(
             "ixproxy_purge_peer_requests_total",
             "Peers a purge was forwarded to (cache.peers), by result: confirmed, failed \
-             (unresolved, unreachable, refused or unreadable), or self (this instance's own \
-             address in the peer list).",
+             (unresolved, unreachable, refused or unreadable), self (this instance's own \
+             address in the peer list), or same (a second address of an instance already \
+             asked).",
         ),
         &["result"],
     )?;
