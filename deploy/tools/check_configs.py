@@ -18,7 +18,7 @@
   they differ only in the `replicas` cluster's endpoints; the Kubernetes one lists the
   StatefulSet's pods ixproxy-0 .. ixproxy-(maxReplicas - 1) by their stable names on the
   headless Service, at the gateway port, health-checked at the admin port on the readiness
-  probe's path; in both, a replica that turns /readyz 503 leaves the ring before its
+  probe's path; in both, a replica that turns /readyz 503 leaves the hash table before its
   server.grace_period ends (interval x unhealthy_threshold + timeout);
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
@@ -241,11 +241,11 @@ def replicas_cluster(bootstrap):
 
 def drain_problem(name, cluster, grace):
     """A replica answers /readyz 503 for server.grace_period before closing its listener: the
-    front's checks must take it off the ring within that time."""
+    front's checks must take it off the hash table within that time."""
     check = cluster["health_checks"][0]
     took = seconds(check["interval"]) * check["unhealthy_threshold"] + seconds(check["timeout"])
     if took >= grace:
-        return (f"{name}: a draining replica leaves the ring after {took} s, not within "
+        return (f"{name}: a draining replica leaves the hash table after {took} s, not within "
                 f"server.grace_period {grace} s")
     return None
 

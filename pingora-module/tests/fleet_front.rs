@@ -9,14 +9,14 @@
 //! `ixproxy-N:8080`/`9901`, and its connections to them from 127.0.0.2, the one address the
 //! replicas' `trusted_proxies` lists.
 //!
-//! Each of [`URLS`] origin URLs is requested [`VARIANTS`] times, each time signed with other
+//! Each of [`URLS`] (or `IXPROXY_FLEET_URLS`) origin URLs is requested [`VARIANTS`] times, each time signed with other
 //! gateway params (so another path query and signature, the same cache key), one after the
 //! other as a client would: each URL is fetched from the origin once, every request for it is
 //! served by the same replica (found by its `X-Request-ID` in the replicas' access logs), all
 //! three replicas serve, and each names the client (the address the front appended), neither
 //! the front nor a forged `X-Forwarded-For` entry. Then a replica is killed: its URLs are fetched once more, by the replicas
 //! that take its share over, and an object of a live replica is fetched again only if it moved
-//! (a few do: Envoy's ring gives the survivors more points). The same requests through the
+//! (with Maglev almost none do). The same requests through the
 //! front with a random replica per request instead (the shipped file with its hash removed)
 //! fetch each URL several times: the check that the first part can fail. With `--nocapture`
 //! it prints the figures of the README.
@@ -35,8 +35,9 @@ use serde_yaml::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "tok-fleet";
-/// Distinct origin URLs per run: with an even ring, the chance that one of three replicas gets
-/// none of them is 3 × (2/3)^36, about 1e-6.
+/// Distinct origin URLs per run: with even shares, the chance that one of three replicas gets
+/// none of them is 3 × (2/3)^36, about 1e-6. `IXPROXY_FLEET_URLS` raises it for the figures
+/// (bench/fleet.sh).
 const URLS: usize = 36;
 /// Requests per URL, each signed with other params.
 const VARIANTS: usize = 3;
@@ -45,6 +46,14 @@ const VARIANTS: usize = 3;
 const LOG_WAIT: Duration = Duration::from_secs(5);
 /// The address the front connects to the replicas from, and the only one they trust.
 const FRONT_SOURCE: &str = "127.0.0.2";
+
+/// [`URLS`], or more from `IXPROXY_FLEET_URLS`.
+fn urls() -> usize {
+    std::env::var("IXPROXY_FLEET_URLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(URLS, |n: usize| n.max(URLS))
+}
 
 fn replica_config() -> String {
     format!(
@@ -112,7 +121,7 @@ impl Fleet {
 }
 
 /// Waits (bounded by [`TIMEOUT`]) until `front` counts `count` healthy replicas in
-/// `/clusters`: a replica joins the ring once it passed a health check, and Envoy may report
+/// `/clusters`: a replica takes its share once it passed a health check, and Envoy may report
 /// ready before the first check of every replica.
 fn await_healthy(front: &EnvoyGateway, count: usize) {
     let admin = front.admin_addr();
@@ -154,9 +163,9 @@ fn replicas_cluster(bootstrap: &mut Value) -> &mut Value {
 
 /// Points the shipped front at `replicas` on loopback: listeners and admin on port 0, the
 /// `replicas` cluster's endpoints at their gateway addresses and admin ports (health checks),
-/// in the shipped order, each keeping its `hostname` (its place on the ring), connected from
-/// [`FRONT_SOURCE`]. The cluster stays STRICT_DNS (Envoy keys the ring on hostnames only for
-/// DNS clusters); an IP literal resolves to itself.
+/// in the shipped order, each keeping its `hostname` (what its share is keyed on), connected
+/// from [`FRONT_SOURCE`]. The cluster stays STRICT_DNS (Envoy hashes on hostnames only for DNS
+/// clusters); an IP literal resolves to itself.
 fn local_addresses(bootstrap: &mut Value, replicas: &[ServeProcess]) {
     bootstrap["admin"]["address"]["socket_address"] = socket_address("127.0.0.1", 0);
     let listeners = bootstrap["static_resources"]["listeners"]
@@ -186,7 +195,7 @@ fn random(bootstrap: &mut Value) {
     let cluster = replicas_cluster(bootstrap);
     cluster["lb_policy"] = Value::from("RANDOM");
     let mapping = cluster.as_mapping_mut().expect("cluster");
-    mapping.remove("ring_hash_lb_config");
+    mapping.remove("maglev_lb_config");
     let common = mapping
         .get_mut("common_lb_config")
         .and_then(Value::as_mapping_mut)
@@ -236,7 +245,7 @@ fn get(front: SocketAddr, origin: SocketAddr, run: &str, i: usize, variant: usiz
 /// one object one after the other.
 fn run_all(front: SocketAddr, fleet: &Fleet, run: &str) -> Vec<String> {
     let mut ids = Vec::new();
-    for i in 0..URLS {
+    for i in 0..urls() {
         for variant in 0..VARIANTS {
             ids.push(get(front, fleet.origin.http, run, i, variant));
         }
@@ -247,7 +256,7 @@ fn run_all(front: SocketAddr, fleet: &Fleet, run: &str) -> Vec<String> {
 /// Origin fetches per object of `run`.
 fn origin_fetches(fleet: &Fleet, run: &str) -> Vec<usize> {
     let requests = fleet.origin.requests();
-    (0..URLS)
+    (0..urls())
         .map(|i| {
             let target = format!("/fresh/600/{}?run={run}", 1000 + i);
             requests.iter().filter(|r| r.target == target).count()
@@ -311,8 +320,8 @@ fn figure(policy: &str, fetches: &[usize], served: &BTreeMap<String, (usize, ser
     }
     println!(
         "| {policy} | {} URLs x {VARIANTS} | {total} | {:.2} (max {}) | {} / {} / {} |",
-        URLS,
-        total as f64 / URLS as f64,
+        urls(),
+        total as f64 / urls() as f64,
         fetches.iter().max().copied().unwrap_or(0),
         per_replica[0],
         per_replica[1],
@@ -334,19 +343,19 @@ fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas
         let served = served_by(&fleet, &ids);
         figure("random (no hash)", &fetches, &served);
         assert!(
-            fetches.iter().sum::<usize>() > URLS,
+            fetches.iter().sum::<usize>() > urls(),
             "without the hash each URL was fetched once ({fetches:?}): the check below could not fail"
         );
     }
 
     let front = fleet.front(|_| {});
-    let ids = run_all(front.addr(), &fleet, "ring");
-    let fetches = origin_fetches(&fleet, "ring");
+    let ids = run_all(front.addr(), &fleet, "hash");
+    let fetches = origin_fetches(&fleet, "hash");
     let served = served_by(&fleet, &ids);
-    figure("ring hash (deploy/front)", &fetches, &served);
-    assert_eq!(fetches, vec![1; URLS], "origin fetches per URL");
-    let owner: Vec<usize> = (0..URLS)
-        .map(|i| replica_of(&served, "ring", i, VARIANTS))
+    figure("maglev (deploy/front)", &fetches, &served);
+    assert_eq!(fetches, vec![1; urls()], "origin fetches per URL");
+    let owner: Vec<usize> = (0..urls())
+        .map(|i| replica_of(&served, "hash", i, VARIANTS))
         .collect();
     for replica in 0..3 {
         assert!(
@@ -369,8 +378,8 @@ fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas
     );
 
     // A replica dies: its objects go to the others and are fetched once more there; an object
-    // of a live replica is fetched again exactly when it moved (Envoy's ring gives the
-    // survivors more points when one leaves, so a few of theirs change hands too).
+    // of a live replica is fetched again exactly when it moved (Maglev refills its table, a
+    // few entries of the survivors can change hands; ring hash moves more).
     let dead = owner[0];
     let killed = &mut fleet.replicas[dead];
     killed
@@ -381,14 +390,14 @@ fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas
         .unwrap_or_else(|e| panic!("replica {dead}: {e}"))
         .expect("the killed replica exits");
     let mut ids = Vec::new();
-    for i in 0..URLS {
-        ids.push(get(front.addr(), fleet.origin.http, "ring", i, VARIANTS));
+    for i in 0..urls() {
+        ids.push(get(front.addr(), fleet.origin.http, "hash", i, VARIANTS));
     }
-    let after = origin_fetches(&fleet, "ring");
+    let after = origin_fetches(&fleet, "hash");
     let served = served_by(&fleet, &ids);
     let mut moved_live = 0;
-    for i in 0..URLS {
-        let id = format!("ring-{i}-{VARIANTS}");
+    for i in 0..urls() {
+        let id = format!("hash-{i}-{VARIANTS}");
         let (now, line) = &served[&id];
         assert_ne!(*now, dead, "{id} served by the dead replica");
         if *now == owner[i] {
@@ -404,13 +413,14 @@ fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas
         }
     }
     let of_dead = owner.iter().filter(|&&r| r == dead).count();
-    let live = URLS - of_dead;
+    let live = urls() - of_dead;
     println!(
         "replica {dead} killed: its {of_dead} URLs fetched once more by the others; \
          {moved_live} of the other {live} moved between live replicas"
     );
+    // Maglev moves about 0.1 % of them (bench/fleet_churn.py), ring hash about 13 %.
     assert!(
-        moved_live * 2 < live,
+        moved_live * 10 <= live,
         "{moved_live} of {live} objects of live replicas moved"
     );
     drop(front);
