@@ -4,14 +4,16 @@ consistent-hashing front (deploy/front/envoy-front.yaml), with its MAGLEV and wi
 (README: Caching, "One fetch per object across replicas"). Every URL that changes replica is
 fetched from the origin once more, so this is what a restart, a crash or a scaling step costs.
 
-    python3 bench/fleet_churn.py                 # 4 replicas, 3000 URLs, about 20 s
+    python3 bench/fleet_churn.py                 # 4 replicas, 3000 URLs, about 30 s
     python3 bench/fleet_churn.py --replicas 6 --urls 5000
 
-The replicas are tiny HTTP servers that answer with their own name (the hash does not depend
-on what serves); Envoy 1.40 (IXPROXY_ENVOY, default .venv/bin/envoy) runs the shipped file with
-only its addresses changed, everything on 127.0.0.1 with OS-assigned ports. For each policy:
-the URLs per replica, then one replica stopped (the others' URLs that moved), then started again
-(URLs not back on their first replica, and URLs that moved between the replicas that stayed).
+Needs python3 with PyYAML (Debian: python3-yaml; deploy/validate.sh puts it in .venv, so
+`.venv/bin/python bench/fleet_churn.py` works too). The replicas are tiny HTTP servers that
+answer with their own name (the hash does not depend on what serves); Envoy 1.40
+(IXPROXY_ENVOY, default .venv/bin/envoy) runs the shipped file with only its addresses
+changed, everything on 127.0.0.1 with OS-assigned ports. For each policy: the URLs per
+replica, then one replica stopped (the others' URLs that moved), then started again (URLs not
+back on their first replica, and URLs that moved between the replicas that stayed).
 """
 
 import argparse
