@@ -19,7 +19,9 @@
   StatefulSet's pods ixproxy-0 .. ixproxy-(maxReplicas - 1) by their stable names on the
   headless Service, at the gateway port, health-checked at the admin port on the readiness
   probe's path; in both, a replica that turns /readyz 503 leaves the hash table before its
-  server.grace_period ends (interval x unhealthy_threshold + timeout);
+  server.grace_period ends (interval x unhealthy_threshold + timeout), and idle connections to
+  a replica end before its limits.client_idle_timeout (the Kubernetes ConfigMap's, and for the
+  standalone front the Docker config's);
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
 - the image's runtime conditions, as far as they can be had without a container engine (as
@@ -239,15 +241,26 @@ def replicas_cluster(bootstrap):
     return next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "replicas")
 
 
-def drain_problem(name, cluster, grace):
+def timing_problems(name, cluster, config_text):
     """A replica answers /readyz 503 for server.grace_period before closing its listener: the
-    front's checks must take it off the hash table within that time."""
+    front's checks must take it off the hash table within that time. And the front closes an
+    idle connection to a replica before the replica's client_idle_timeout does."""
+    problems = []
+    config = yaml.safe_load(config_text) or {}
+    grace = grace_period(config_text)
     check = cluster["health_checks"][0]
     took = seconds(check["interval"]) * check["unhealthy_threshold"] + seconds(check["timeout"])
     if took >= grace:
-        return (f"{name}: a draining replica leaves the hash table after {took} s, not within "
-                f"server.grace_period {grace} s")
-    return None
+        problems.append(f"{name}: a draining replica leaves the hash table after {took} s, not "
+                        f"within server.grace_period {grace} s")
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    idle = seconds(options["common_http_protocol_options"]["idle_timeout"])
+    replica_idle = seconds((config.get("limits") or {}).get("client_idle_timeout", "30s"))
+    if idle >= replica_idle:
+        problems.append(f"{name}: idle connections to a replica last {idle} s, the replica's "
+                        f"client_idle_timeout {replica_idle} s")
+    return problems
 
 
 def check_front(envoy):
@@ -292,14 +305,11 @@ def check_front(envoy):
     if check_path != probe:
         problems.append(f"the front checks {check_path}, the replicas are ready on {probe}")
     config_text = next(iter(documents(k8s / "configmap.yaml")["ConfigMap"]["data"].values()))
-    for label, bootstrap, grace in [
-        ("kubernetes/front.yaml", embedded, grace_period(config_text)),
-        ("front/envoy-front.yaml", standalone,
-         grace_period((DEPLOY / "docker/ixproxy.yaml").read_text())),
+    for label, bootstrap, replica_config in [
+        ("kubernetes/front.yaml", embedded, config_text),
+        ("front/envoy-front.yaml", standalone, (DEPLOY / "docker/ixproxy.yaml").read_text()),
     ]:
-        problem = drain_problem(label, replicas_cluster(bootstrap), grace)
-        if problem:
-            problems.append(problem)
+        problems += timing_problems(label, replicas_cluster(bootstrap), replica_config)
     report("front: Kubernetes and standalone fronts agree with the StatefulSet", "; ".join(problems))
 
 
