@@ -272,8 +272,12 @@ def check_front(envoy):
     envoy_validate(envoy, "front/envoy-front.yaml", standalone_text)
     envoy_validate(envoy, "kubernetes/front.yaml (envoy.yaml)", embedded_text)
 
-    standalone = yaml.safe_load(standalone_text)
-    embedded = yaml.safe_load(embedded_text)
+    try:
+        standalone = yaml.safe_load(standalone_text)
+        embedded = yaml.safe_load(embedded_text)
+    except yaml.YAMLError as e:
+        report("front: Kubernetes and standalone fronts agree with the StatefulSet", str(e))
+        return
     problems = []
     endpoints = replicas_cluster(embedded).pop("load_assignment")
     replicas_cluster(standalone).pop("load_assignment")

@@ -17,6 +17,8 @@
 //! the front appended), neither the front nor a forged `X-Forwarded-For` entry. Then a replica
 //! is killed: its URLs are fetched once more, by the replicas that take its share over, and an
 //! object of a live replica is fetched again only if it moved (with Maglev almost none do).
+//! Then another one drains (SIGTERM): the front's health checks take it off while it still
+//! accepts, within its grace period.
 //! First, the same requests through the front with a random replica per request (the shipped
 //! file with its hash removed) fetch URLs several times: the check that the rest can fail.
 //! With `--nocapture` it prints the figures of the README (bench/fleet.sh).
@@ -44,6 +46,9 @@ const VARIANTS: usize = 3;
 /// How long the replicas' access logs may take to show every request (written in batches
 /// within ~50 ms).
 const LOG_WAIT: Duration = Duration::from_secs(5);
+/// The replicas' `server.grace_period` (the default): how long a draining replica keeps
+/// accepting after SIGTERM.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// The address the front connects to the replicas from, and the only one they trust.
 const FRONT_SOURCE: &str = "127.0.0.2";
 
@@ -330,7 +335,7 @@ fn figure(policy: &str, fetches: &[usize], served: &BTreeMap<String, (usize, ser
 }
 
 #[test]
-fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas_share() {
+fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_leaving_replicas_share() {
     let mut fleet = Fleet::start();
     println!("| front | requests | origin fetches | per URL | requests per replica |");
     println!("| --- | --- | --- | --- | --- |");
@@ -423,5 +428,22 @@ fn the_front_sends_each_origin_url_to_one_replica_and_moves_only_a_dead_replicas
         moved_live * 10 <= live,
         "{moved_live} of {live} objects of live replicas moved"
     );
+
+    // A replica drains (SIGTERM): it answers /readyz 503 and keeps serving for its
+    // server.grace_period (5 s) before it closes its listener; the front's health checks
+    // must take it off before that, so no request meets a closed listener.
+    let draining = (0..3).find(|&r| r != dead).expect("a live replica");
+    let drained = std::time::Instant::now();
+    fleet.replicas[draining]
+        .signal(Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("SIGTERM replica {draining}: {e}"));
+    await_healthy(&front, 1);
+    let took = drained.elapsed();
+    assert!(
+        took < DRAIN_GRACE
+            && std::net::TcpStream::connect(fleet.replicas[draining].listen()).is_ok(),
+        "the draining replica left the front after {took:?}, its grace period is {DRAIN_GRACE:?}"
+    );
+    println!("replica {draining} draining: off the front after {took:?}");
     drop(front);
 }
