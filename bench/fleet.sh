@@ -20,4 +20,4 @@ if ! out=$(cargo test --locked -q -p ixproxy --test fleet_front -- --nocapture 2
   printf '%s\n' "$out" >&2
   exit 1
 fi
-printf '%s\n' "$out" | grep -E '^\| |killed'
+printf '%s\n' "$out" | grep -E '^\| |killed|draining'
