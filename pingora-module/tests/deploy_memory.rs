@@ -148,9 +148,9 @@ fn worst_case(config: &Config, what: &str) -> (u64, String) {
 
 #[test]
 fn the_kubernetes_memory_limit_holds_the_configmaps_worst_case() {
-    let deployment: serde_yaml::Value =
-        serde_yaml::from_str(&read(&deploy().join("kubernetes/deployment.yaml"))).expect("yaml");
-    let containers = deployment["spec"]["template"]["spec"]["containers"]
+    let statefulset: serde_yaml::Value =
+        serde_yaml::from_str(&read(&deploy().join("kubernetes/statefulset.yaml"))).expect("yaml");
+    let containers = statefulset["spec"]["template"]["spec"]["containers"]
         .as_sequence()
         .expect("containers");
     let gateway = containers
@@ -171,7 +171,7 @@ fn the_kubernetes_memory_limit_holds_the_configmaps_worst_case() {
     let (worst, terms) = worst_case(&config, "kubernetes/configmap.yaml");
     assert!(
         worst <= limit,
-        "kubernetes/deployment.yaml memory limit {} MiB < {terms}",
+        "kubernetes/statefulset.yaml memory limit {} MiB < {terms}",
         limit / MIB
     );
 }

@@ -125,6 +125,18 @@ impl EnvoyGateway {
         EnvoyGateway::run(text.as_bytes(), env, work_dir)
     }
 
+    /// Runs Envoy on a bootstrap of the caller's own (not `ixproxy envoy-config`'s, e.g. the
+    /// consistent-hashing front of deploy/front/) and returns once `/ready` answers 200 and
+    /// its listener accepts connections. The listener reported is the first whose name does
+    /// not mention admin or metrics; its address and the admin's may be port 0.
+    ///
+    /// # Errors
+    /// A missing Envoy binary, an Envoy that exits or is not ready within
+    /// [`super::START_TIMEOUT`].
+    pub fn start_bootstrap(text: &[u8], work_dir: &Path) -> Result<Self, HarnessError> {
+        EnvoyGateway::run(text, &[], work_dir)
+    }
+
     /// Runs Envoy on the bootstrap `text` and waits until its listener accepts connections.
     fn run(text: &[u8], env: &[(String, String)], work_dir: &Path) -> Result<Self, HarnessError> {
         let envoy = require(
