@@ -8,6 +8,8 @@
 //! every request, hits included), and the filter's upstream role moves to the clusters' own
 //! `http_filters`, which the side channel runs as well.
 
+use std::path::Path;
+
 use ixproxy_core::config::{CacheLimits, DiskTier};
 use serde_yaml::Value;
 
@@ -49,6 +51,20 @@ pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
             },
         ),
     }
+}
+
+/// `limits` with a relative `cache.disk.path` made absolute against `config_dir`, as the TLS
+/// files and `upstream.ca_file` are: Envoy would take it relative to its own working directory,
+/// which is rarely where the config was written.
+pub(crate) fn absolute(mut limits: CacheLimits, config_dir: &Path) -> CacheLimits {
+    if let Some(disk) = &mut limits.disk {
+        let joined = config_dir.join(&disk.path);
+        disk.path = std::path::absolute(&joined)
+            .unwrap_or(joined)
+            .to_string_lossy()
+            .into_owned();
+    }
+    limits
 }
 
 /// Envoy 1.40's file-system store on `disk.path`, bounded by `disk.max_bytes` (the sum of its
@@ -184,6 +200,37 @@ mod tests {
                 "cache_path",
                 "max_cache_size_bytes"
             ]
+        );
+    }
+
+    #[test]
+    fn a_relative_disk_path_is_made_absolute_against_the_config_directory() {
+        let yaml = format!(
+            "{CONFIG}cache: {{max_bytes: 1000000, max_object_bytes: 4096, \
+             disk: {{path: cache/envoy, max_bytes: 40000000}}}}\n"
+        );
+        let store = |dir: &str| {
+            let generated = crate::generate_with(
+                &yaml,
+                std::path::Path::new(dir),
+                std::path::Path::new("/x.wasm"),
+                &crate::Options {
+                    allow_literal_secrets: true,
+                },
+            )
+            .expect("generates");
+            let bootstrap: serde_yaml::Value =
+                serde_yaml::from_str(&generated.bootstrap).expect("yaml");
+            hcm(&bootstrap)["http_filters"][3]["typed_config"]["typed_config"]["cache_path"]
+                .as_str()
+                .expect("cache_path")
+                .to_owned()
+        };
+        assert_eq!(store("/etc/ixproxy"), "/etc/ixproxy/cache/envoy");
+        let relative = store(".");
+        assert!(
+            std::path::Path::new(&relative).is_absolute() && relative.ends_with("/cache/envoy"),
+            "{relative}"
         );
     }
 

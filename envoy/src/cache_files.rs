@@ -17,14 +17,19 @@
 //! crashes Envoy 1.40 when it is served): see [`Target::Damaged`].
 //!
 //! Every file is read as untrusted input: at most the fixed block and a bounded header, every
-//! length checked, never following a symbolic link; a file that cannot be read as an entry is
-//! reported and left alone (unless damaged ones are asked for), never a panic.
+//! length checked, never following a symbolic link nor opening anything but a regular file; a
+//! file that cannot be read as an entry is reported and left alone, never a panic. Only what
+//! crashes Envoy 1.40 is removed as damaged: a file in a format it does not know (another Envoy
+//! version's) is reported, so that a sweep after an upgrade does not empty the cache.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 
 use ixproxy_core::origin::{OriginUrl, Scheme};
 
@@ -102,9 +107,21 @@ pub enum Damage {
         expected: u64,
         /// The file's length.
         actual: u64,
+        /// The key, when the file still holds its whole header and that parses: a truncated
+        /// file usually keeps it (it is at the start), so a purge by URL can still find it.
+        key: Option<EntryKey>,
     },
     /// The header is not a `CacheFileHeader` with a key.
     Header(&'static str),
+}
+
+impl Damage {
+    /// Whether Envoy 1.40 crashes serving such a file: these are what `--damaged` removes. The
+    /// others are files in a format this tool does not read (another Envoy version's, or not
+    /// Envoy's): reported, never removed.
+    pub fn crashes_envoy(&self) -> bool {
+        matches!(self, Damage::NoBlock | Damage::Length { .. })
+    }
 }
 
 impl fmt::Display for Damage {
@@ -112,9 +129,9 @@ impl fmt::Display for Damage {
         match self {
             Damage::NoBlock => write!(f, "shorter than the {FIXED_BLOCK}-byte block"),
             Damage::Magic => write!(f, "not an envoy 1.40 cache file (no CACH0000)"),
-            Damage::Length { expected, actual } => {
-                write!(f, "{actual} bytes where its block says {expected}")
-            }
+            Damage::Length {
+                expected, actual, ..
+            } => write!(f, "{actual} bytes where its block says {expected}"),
             Damage::Header(why) => write!(f, "header: {why}"),
         }
     }
@@ -145,26 +162,41 @@ pub fn read_entry(file: &mut impl Read, len: u64) -> std::io::Result<Entry> {
         Ok(sizes) => sizes,
         Err(damage) => return Ok(Entry::Damaged(damage)),
     };
+    let holds_header = FIXED_BLOCK as u64 + u64::from(header_bytes) <= len;
     if expected != u128::from(len) {
+        let key = if holds_header && header_bytes <= MAX_HEADER_BYTES {
+            read_header(file, header_bytes)?.ok()
+        } else {
+            None
+        };
         return Ok(Entry::Damaged(Damage::Length {
             expected: u64::try_from(expected).unwrap_or(u64::MAX),
             actual: len,
+            key,
         }));
     }
     if header_bytes > MAX_HEADER_BYTES {
         return Ok(Entry::Unread(header_bytes));
     }
+    Ok(match read_header(file, header_bytes)? {
+        Ok(key) => Entry::Key(key),
+        Err(why) => Entry::Damaged(Damage::Header(why)),
+    })
+}
+
+/// Reads the `header_bytes` after the block and the key in them.
+fn read_header(
+    file: &mut impl Read,
+    header_bytes: u32,
+) -> std::io::Result<Result<EntryKey, &'static str>> {
     let mut header = Vec::new();
     file.take(u64::from(header_bytes))
         .read_to_end(&mut header)?;
     if header.len() != header_bytes as usize {
         // The file shrank while it was read (Envoy replaced or evicted it).
-        return Ok(Entry::Damaged(Damage::Header("shorter than its size")));
+        return Ok(Err("shorter than its size"));
     }
-    Ok(match parse_header(&header) {
-        Ok(key) => Entry::Key(key),
-        Err(why) => Entry::Damaged(Damage::Header(why)),
-    })
+    Ok(parse_header(&header))
 }
 
 /// The header size and the whole file's length a block gives (in `u128`: the sum of a u64 and
@@ -299,14 +331,16 @@ fn parse_key(bytes: &[u8]) -> Result<EntryKey, &'static str> {
 /// What a scan of the directory removes.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// The entries stored for this origin URL (every `Vary` variant too).
+    /// The entries stored for this origin URL (every `Vary` variant too), damaged ones
+    /// included when their key can still be read.
     Url(&'a OriginUrl),
-    /// The damaged entry files ([`Damage`]): the ones Envoy 1.40 would serve wrongly or crash
-    /// on as far as their sizes show (bytes changed in place cannot be told from the file).
+    /// The damaged entry files that crash Envoy 1.40 when served ([`Damage::crashes_envoy`]:
+    /// their sizes do not add up). Bytes changed in place cannot be told from the file; a file
+    /// in a format this tool does not read is reported, not removed.
     Damaged,
 }
 
-/// One file the scan removed, or could not judge.
+/// One file the scan removed, left alone or failed on.
 #[derive(Debug)]
 pub struct Found {
     /// The file.
@@ -320,34 +354,60 @@ pub struct Found {
 pub struct Purged {
     /// The files removed.
     pub removed: Vec<Found>,
-    /// Entry files that were not judged: unreadable, a header too large to read, or damaged
-    /// while only a URL was purged.
+    /// Entry files left alone because they could not be judged: a format this tool does not
+    /// read (not `CACH0000`, a header that does not parse), a header too large to read, or
+    /// (purging a URL) a damaged file whose key cannot be read. Purging a URL, any of them may
+    /// be that URL's.
     pub skipped: Vec<Found>,
-    /// Files that matched but could not be removed.
+    /// Directory entries that could not be listed, files that could not be read, and files
+    /// that matched but could not be removed.
     pub failed: Vec<Found>,
 }
 
 /// Scans `dir`, an Envoy 1.40 file-system cache's `cache_path`, and unlinks each entry file
-/// `target` names. Only regular files named `cache-*` are considered; nothing is followed
-/// through a symbolic link. A file that disappears during the scan (Envoy evicted or replaced
-/// it) is passed over.
+/// `target` names. Only regular files named `cache-*` are opened (the directory entry's type
+/// is checked before the open, and the open neither follows a symbolic link nor takes a
+/// terminal); a file that disappears during the scan (Envoy evicted or replaced it) is passed
+/// over.
 ///
 /// # Errors
 /// `dir` cannot be listed.
 pub fn purge(dir: &Path, target: Target<'_>) -> std::io::Result<Purged> {
     let mut purged = Purged::default();
     for dirent in std::fs::read_dir(dir)? {
-        let Ok(dirent) = dirent else { continue };
+        let dirent = match dirent {
+            Ok(dirent) => dirent,
+            Err(e) => {
+                purged.failed.push(Found {
+                    path: dir.to_owned(),
+                    what: format!("cannot list: {e}"),
+                });
+                continue;
+            }
+        };
         let name = dirent.file_name();
         if !name.to_str().is_some_and(|n| n.starts_with(FILE_PREFIX)) {
             continue;
         }
         let path = dirent.path();
+        // The entry's own type (not followed): links, FIFOs and device nodes are never opened.
+        match dirent.file_type() {
+            Ok(kind) if kind.is_file() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                purged.failed.push(Found {
+                    path,
+                    what: format!("unreadable: {e}"),
+                });
+                continue;
+            }
+        }
         let entry = match open_entry(&path) {
             Ok(Some(entry)) => entry,
             Ok(None) => continue,
             Err(e) => {
-                purged.skipped.push(Found {
+                purged.failed.push(Found {
                     path,
                     what: format!("unreadable: {e}"),
                 });
@@ -356,16 +416,24 @@ pub fn purge(dir: &Path, target: Target<'_>) -> std::io::Result<Purged> {
         };
         let chosen = match (&entry, target) {
             (Entry::Key(key), Target::Url(origin)) => key.names(origin).then(|| key.url()),
-            (Entry::Damaged(damage), Target::Damaged) => Some(format!("damaged: {damage}")),
-            (Entry::Key(_), Target::Damaged) => None,
-            (Entry::Damaged(damage), Target::Url(_)) => {
+            (
+                Entry::Damaged(damage @ Damage::Length { key: Some(key), .. }),
+                Target::Url(origin),
+            ) => key
+                .names(origin)
+                .then(|| format!("{} (damaged: {damage})", key.url())),
+            (Entry::Damaged(damage), Target::Damaged) if damage.crashes_envoy() => {
+                Some(format!("damaged: {damage}"))
+            }
+            (Entry::Key(_) | Entry::Unread(_), Target::Damaged) => None,
+            (Entry::Damaged(damage), _) => {
                 purged.skipped.push(Found {
                     path,
                     what: format!("damaged: {damage}"),
                 });
                 continue;
             }
-            (Entry::Unread(size), _) => {
+            (Entry::Unread(size), Target::Url(_)) => {
                 purged.skipped.push(Found {
                     path,
                     what: format!("a {size}-byte header, not read"),
@@ -379,7 +447,7 @@ pub fn purge(dir: &Path, target: Target<'_>) -> std::io::Result<Purged> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => purged.failed.push(Found {
                 path,
-                what: format!("{what}: {e}"),
+                what: format!("cannot remove ({what}): {e}"),
             }),
         }
     }
@@ -388,16 +456,19 @@ pub fn purge(dir: &Path, target: Target<'_>) -> std::io::Result<Purged> {
 
 /// Opens and reads one entry file; `None` when it is gone or not a regular file.
 fn open_entry(path: &Path) -> std::io::Result<Option<Entry>> {
-    // O_NOFOLLOW: a link planted in the directory is never read through; O_NONBLOCK: a FIFO
-    // does not block the open (it is then passed over as not a regular file).
+    // The directory entry was a regular file, but it can be replaced before the open:
+    // O_NOFOLLOW, a link planted in its place is not read through; O_NONBLOCK, a FIFO does not
+    // block the open; O_NOCTTY, a terminal does not become this process's (anything that is not
+    // a regular file is then passed over).
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(flags.bits())
         .open(path);
     let mut file: File = match file {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => return Ok(None),
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
@@ -405,6 +476,23 @@ fn open_entry(path: &Path) -> std::io::Result<Option<Entry>> {
         return Ok(None);
     }
     read_entry(&mut file, meta.len()).map(Some)
+}
+
+/// `text` with every control character, backslash and bidirectional or invisible formatting
+/// character escaped (`\n`, `\u{202e}`), for printing names and keys read from untrusted
+/// files on a terminal or in a log.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || c == '\\' || hidden {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -491,14 +579,25 @@ mod tests {
     fn a_file_whose_sizes_do_not_add_up_is_damaged() {
         let file = entry_file(1, "h", "/p", "", b"0123456789");
         assert!(matches!(read(&file), Entry::Key(_)));
+        let Entry::Key(key) = read(&file) else {
+            panic!("key");
+        };
         let cut = &file[..file.len() - 3];
+        // The header is whole: the key is still read, so a purge by URL finds the file.
         assert_eq!(
             read(cut),
             Entry::Damaged(Damage::Length {
                 expected: file.len() as u64,
-                actual: cut.len() as u64
+                actual: cut.len() as u64,
+                key: Some(key),
             })
         );
+        // Cut inside the header: no key.
+        let in_header = &file[..FIXED_BLOCK + 4];
+        assert!(matches!(
+            read(in_header),
+            Entry::Damaged(Damage::Length { key: None, .. })
+        ));
         let mut longer = file.clone();
         longer.push(0);
         assert!(matches!(
@@ -569,41 +668,111 @@ mod tests {
         assert_eq!(entry, Entry::Unread(MAX_HEADER_BYTES + 1));
     }
 
+    /// The names of `found`'s files, sorted.
+    fn names(found: &[Found]) -> Vec<String> {
+        let mut names: Vec<String> = found
+            .iter()
+            .filter_map(|f| f.path.file_name()?.to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn purge_unlinks_the_urls_entries_and_leaves_the_rest() {
         let dir = tempfile::tempdir().expect("temp dir");
         let write = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes);
         write("cache-1", &entry_file(1, "o.test", "/a.png", "", b"a")).expect("write");
         write("cache-2", &entry_file(1, "o.test", "/b.png", "", b"b")).expect("write");
+        // Truncated in its body: the key is whole, it is the URL's.
         let damaged = entry_file(1, "o.test", "/a.png", "", b"aaaa");
         write("cache-3", &damaged[..damaged.len() - 1]).expect("write");
+        // Truncated inside its header: whose it is cannot be told.
+        write("cache-5", &damaged[..FIXED_BLOCK + 3]).expect("write");
+        // Another URL's truncated file: not this purge's business.
+        let other = entry_file(1, "o.test", "/b.png", "", b"bbbb");
+        write("cache-6", &other[..other.len() - 1]).expect("write");
         write("notes.txt", b"not an entry").expect("write");
         std::os::unix::fs::symlink(dir.path().join("cache-1"), dir.path().join("cache-4"))
             .expect("symlink");
+        // A FIFO would block an open without O_NONBLOCK; it is never opened.
+        nix::unistd::mkfifo(
+            &dir.path().join("cache-7"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("fifo");
 
         let url = origin("http://o.test/a.png");
         let purged = purge(dir.path(), Target::Url(&url)).expect("scan");
-        let names = |found: &[Found]| -> Vec<String> {
-            let mut names: Vec<String> = found
-                .iter()
-                .filter_map(|f| f.path.file_name()?.to_str().map(str::to_owned))
-                .collect();
-            names.sort();
-            names
+        assert_eq!(names(&purged.removed), ["cache-1", "cache-3"]);
+        let what = |name: &str| {
+            let found = purged.removed.iter().find(|f| f.path.ends_with(name));
+            found.map(|f| f.what.clone()).unwrap_or_default()
         };
-        assert_eq!(names(&purged.removed), ["cache-1"]);
-        assert_eq!(purged.removed[0].what, "http://o.test/a.png");
-        assert_eq!(names(&purged.skipped), ["cache-3"], "damaged, not judged");
-        assert!(purged.failed.is_empty());
+        assert_eq!(what("cache-1"), "http://o.test/a.png");
+        let damaged = what("cache-3");
+        assert!(
+            damaged.starts_with("http://o.test/a.png (damaged: "),
+            "{damaged}"
+        );
+        assert_eq!(names(&purged.skipped), ["cache-5"], "not judged");
+        assert!(purged.failed.is_empty(), "{:?}", purged.failed);
         assert!(dir.path().join("cache-2").exists());
+        assert!(dir.path().join("cache-6").exists());
         // The link was neither read nor removed.
         assert!(dir.path().join("cache-4").symlink_metadata().is_ok());
 
         let swept = purge(dir.path(), Target::Damaged).expect("scan");
-        assert_eq!(names(&swept.removed), ["cache-3"]);
+        assert_eq!(names(&swept.removed), ["cache-5", "cache-6"]);
+        assert!(swept.skipped.is_empty(), "{:?}", swept.skipped);
         assert!(dir.path().join("cache-2").exists());
         assert!(dir.path().join("notes.txt").exists());
+        assert!(dir.path().join("cache-7").exists());
         assert!(purge(&dir.path().join("missing"), Target::Damaged).is_err());
+    }
+
+    #[test]
+    fn a_sweep_removes_only_what_crashes_envoy_and_reports_an_unknown_format() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes);
+        let good = entry_file(1, "o.test", "/a.png", "", b"abcd");
+        write("cache-good", &good).expect("write");
+        write("cache-short", &good[..10]).expect("write");
+        write("cache-cut", &good[..good.len() - 2]).expect("write");
+        // Another format version, as an Envoy upgrade could write: whole, and left alone.
+        let mut version = good.clone();
+        version[4..8].copy_from_slice(b"0001");
+        write("cache-version", &version).expect("write");
+        // A header this tool cannot parse, sizes right.
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&2u32.to_be_bytes());
+        header.extend_from_slice(&[0; 12]);
+        header.extend_from_slice(&[0x08, 0x01]);
+        write("cache-header", &header).expect("write");
+
+        let swept = purge(dir.path(), Target::Damaged).expect("scan");
+        assert_eq!(names(&swept.removed), ["cache-cut", "cache-short"]);
+        assert_eq!(names(&swept.skipped), ["cache-header", "cache-version"]);
+        for kept in ["cache-good", "cache-version", "cache-header"] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
+        // Purging a URL, a file it cannot read may be that URL's: reported.
+        let url = origin("http://o.test/a.png");
+        let purged = purge(dir.path(), Target::Url(&url)).expect("scan");
+        assert_eq!(names(&purged.removed), ["cache-good"]);
+        assert_eq!(names(&purged.skipped), ["cache-header", "cache-version"]);
+    }
+
+    #[test]
+    fn names_and_keys_are_printed_escaped() {
+        assert_eq!(
+            escaped("/c/cache-1\x1b[2J\n\u{202e}gnp.exe\\"),
+            "/c/cache-1\\u{1b}[2J\\n\\u{202e}gnp.exe\\\\"
+        );
+        assert_eq!(
+            escaped("http://h/caf\u{e9}.png?a=b c"),
+            "http://h/caf\u{e9}.png?a=b c"
+        );
     }
 
     proptest::proptest! {

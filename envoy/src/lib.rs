@@ -129,22 +129,38 @@ pub const PURGE_API_WARNING: &str = "not rendered into the Envoy bootstrap: only
 pub const PEERS_WARNING: &str = "not rendered into the Envoy bootstrap: only ixproxy serve \
     forwards a purge to its peers (Envoy's cache has no purge)";
 
+/// The part of [`CACHE_WARNING`] that holds with either store.
+macro_rules! cache_channel_warning {
+    () => {
+        "on envoy 1.40 a cacheable miss is fetched through the cache filter's own channel: an \
+         origin redirect there is a 502, upstream.timeout and body_timeout do not apply, \
+         concurrent misses each fetch the origin"
+    };
+}
+
 /// What Envoy 1.40's HTTP cache changes for a cacheable miss (README, *Caching*, *Envoy*): said
-/// by `ixproxy envoy-config` whenever `cache:` is on.
-pub const CACHE_WARNING: &str = "on envoy 1.40 a cacheable miss is fetched through the cache \
-filter's own channel: an origin redirect there is a 502, upstream.timeout and body_timeout do not \
-apply, concurrent misses each fetch the origin, and max_bytes is not enforced (nothing is \
-evicted)";
+/// by `ixproxy envoy-config` whenever `cache:` is on without `cache.disk`.
+pub const CACHE_WARNING: &str = concat!(
+    cache_channel_warning!(),
+    ", and max_bytes is not enforced (nothing is evicted)"
+);
+
+/// [`CACHE_WARNING`] with `cache.disk`, whose store evicts (see [`DISK_CACHE_WARNING`]).
+pub const DISK_CACHE_CHANNEL_WARNING: &str = cache_channel_warning!();
 
 /// What `cache.disk` is on Envoy 1.40 (README, *Caching*, *`cache.disk` on Envoy*): said by
 /// `ixproxy envoy-config` whenever it is set.
 pub const DISK_CACHE_WARNING: &str = "on envoy 1.40 cache.disk renders envoy's file-system \
 cache store in place of the memory store (one cache filter holds one store; cache.max_bytes is \
-not used, envoy evicts files under cache.disk.max_bytes): the directory must exist and be writable by envoy (else nothing is stored), its \
-entries carry no checksum (bytes changed in a file are served as they are, and a truncated file \
-crashes envoy when it is requested: run `ixproxy envoy-cache-purge --damaged` on the directory \
-before envoy starts), and envoy has no purge API (`ixproxy envoy-cache-purge --url` removes a \
-URL's files)";
+not used, envoy evicts the files least recently accessed or changed, as the filesystem records it, \
+under cache.disk.max_bytes: not true LRU on relatime or noatime mounts): the directory must exist, be \
+writable by envoy and be on a filesystem with O_TMPFILE (ext4, xfs, btrfs, tmpfs) BEFORE envoy \
+starts (else nothing is stored until envoy restarts), its entries carry no checksum (bytes \
+changed in a file are served as they are, and a truncated file crashes envoy when it is \
+requested: run `ixproxy envoy-cache-purge --damaged` on the directory before envoy starts), and \
+envoy has no purge API (`ixproxy envoy-cache-purge --url` removes a URL's files; a fill or a \
+304 refresh in flight can store it again: re-run at least upstream.timeout plus \
+upstream.body_timeout later, which envoy's cache channel does not apply)";
 
 /// Said by `ixproxy envoy-config` when `limits.client_write_timeout` is shorter than
 /// `upstream.body_timeout`: on Envoy one stream idle timer bounds both (see the route's
@@ -247,17 +263,22 @@ fn render(
         .into_iter()
         .filter(|w| !deferred.contains(&w.path))
         .collect();
-    if config.cache.is_some() {
-        warnings.push(ConfigWarning {
+    match config.cache.as_ref().map(|c| c.disk.is_some()) {
+        None => {}
+        Some(false) => warnings.push(ConfigWarning {
             path: "cache".to_owned(),
             message: CACHE_WARNING.to_owned(),
-        });
-    }
-    if config.cache.as_ref().is_some_and(|c| c.disk.is_some()) {
-        warnings.push(ConfigWarning {
-            path: "cache.disk".to_owned(),
-            message: DISK_CACHE_WARNING.to_owned(),
-        });
+        }),
+        Some(true) => warnings.extend([
+            ConfigWarning {
+                path: "cache".to_owned(),
+                message: DISK_CACHE_CHANNEL_WARNING.to_owned(),
+            },
+            ConfigWarning {
+                path: "cache.disk".to_owned(),
+                message: DISK_CACHE_WARNING.to_owned(),
+            },
+        ]),
     }
     if config.client.write_timeout < config.upstream.body_timeout {
         warnings.push(ConfigWarning {
@@ -313,7 +334,7 @@ fn render(
         timeout: plugin.timeout,
         body_timeout: config.upstream.body_timeout,
         client: config.client,
-        cache: config.cache,
+        cache: config.cache.map(|cache| cache::absolute(cache, config_dir)),
         plugin_json,
         env_keys,
         wasm_path,
@@ -742,10 +763,16 @@ mod tests {
             .map(|w| w.path.as_str())
             .collect();
         assert_eq!(paths, ["cache", "cache.disk"]);
-        assert!(disk
+        let messages: Vec<&str> = disk
             .warnings
             .iter()
-            .any(|w| w.path == "cache.disk" && w.message == DISK_CACHE_WARNING));
+            .filter(|w| w.path.starts_with("cache"))
+            .map(|w| w.message.as_str())
+            .collect();
+        // The file-system store evicts: the memory store's "nothing is evicted" does not apply.
+        assert_eq!(messages, [DISK_CACHE_CHANNEL_WARNING, DISK_CACHE_WARNING]);
+        assert!(!DISK_CACHE_CHANNEL_WARNING.contains("max_bytes"));
+        assert!(CACHE_WARNING.starts_with(DISK_CACHE_CHANNEL_WARNING));
         let native = generate_with(
             &format!(
                 "limits: {{max_connections_per_client: 5}}\ntls:\n  cert_file: /c\n  \

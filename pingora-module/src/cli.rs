@@ -55,7 +55,7 @@ pub struct EnvoyCachePurgeArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Remove the entry files whose sizes do not add up (truncated or extended), on which
-    /// Envoy 1.40 sends a cut answer or crashes.
+    /// Envoy 1.40 crashes; files in a format it does not read are reported, not removed.
     #[arg(long)]
     pub damaged: bool,
 }
@@ -328,11 +328,13 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> ExitCode {
 }
 
 /// Removes the entry files of Envoy's file-system cache that `--url` or `--damaged` names:
-/// one line per file removed on stdout, then a count; files not judged and failures on stderr.
-/// Exit 1 when the directory cannot be listed, the URL is not an origin URL or a file could not
-/// be removed.
+/// one line per file removed on stdout, then a count (and, with `--url`, how many files were
+/// not judged); files not judged and failures on stderr. Names and keys read from the files
+/// are printed escaped. Exit 1 when the directory or a file cannot be listed or read, the URL
+/// is not an origin URL, a file could not be removed, or (with `--url`) a file was not judged:
+/// it may have been that URL's.
 pub fn envoy_cache_purge(args: &EnvoyCachePurgeArgs) -> ExitCode {
-    use ixproxy_envoy_config::cache_files::{purge, Target};
+    use ixproxy_envoy_config::cache_files::{escaped, purge, Found, Target};
     let origin = match args.url.as_deref().map(ixproxy_core::origin::parse_origin) {
         Some(Ok(origin)) => Some(origin),
         Some(Err(e)) => {
@@ -342,28 +344,34 @@ pub fn envoy_cache_purge(args: &EnvoyCachePurgeArgs) -> ExitCode {
         None => None,
     };
     let target = origin.as_ref().map_or(Target::Damaged, Target::Url);
+    let shown = |found: &Found| (escaped(&found.path.to_string_lossy()), escaped(&found.what));
     let purged = match purge(&args.cache_path, target) {
         Ok(purged) => purged,
         Err(e) => {
-            eprintln!("error: cannot list {}: {e}", args.cache_path.display());
+            let dir = escaped(&args.cache_path.to_string_lossy());
+            eprintln!("error: cannot list {dir}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    for found in &purged.removed {
-        println!("removed {}: {}", found.path.display(), found.what);
+    for (path, what) in purged.removed.iter().map(shown) {
+        println!("removed {path}: {what}");
     }
-    for found in &purged.skipped {
-        eprintln!("skipped {}: {}", found.path.display(), found.what);
+    for (path, what) in purged.skipped.iter().map(shown) {
+        eprintln!("skipped {path}: {what}");
     }
-    for found in &purged.failed {
-        eprintln!(
-            "error: cannot remove {}: {}",
-            found.path.display(),
-            found.what
-        );
+    for (path, what) in purged.failed.iter().map(shown) {
+        eprintln!("error: {path}: {what}");
     }
-    println!("{} file(s) removed", purged.removed.len());
-    if purged.failed.is_empty() {
+    let removed = purged.removed.len();
+    // A file not judged may be the URL's: the purge is then not known to be complete.
+    let incomplete = origin.is_some() && !purged.skipped.is_empty();
+    if incomplete {
+        let skipped = purged.skipped.len();
+        println!("{removed} file(s) removed, {skipped} not judged (may be the URL's)");
+    } else {
+        println!("{removed} file(s) removed");
+    }
+    if purged.failed.is_empty() && !incomplete {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,7 +4,8 @@
 //! restarts without the origin being asked again, and `ixproxy envoy-cache-purge --url` makes
 //! the next request for that URL (only) a miss. What 1.40 does with a damaged entry, as the
 //! README says it: bytes changed in place are served, a truncated entry crashes Envoy, and
-//! `ixproxy envoy-cache-purge --damaged` removes the truncated file so that it is a miss.
+//! `ixproxy envoy-cache-purge --damaged` (or `--url`, the key being whole) removes the truncated
+//! file so that it is a miss.
 //!
 //! Uses the prebuilt `target/debug/ixproxy` and `target/wasm32-wasip1/release/ixproxy_filter.wasm`
 //! (or `IXPROXY_BIN`, `IXPROXY_WASM`, `IXPROXY_ENVOY`).
@@ -157,10 +158,15 @@ impl Setup {
     /// Requests `path`, asserting a miss with the origin's body, and returns the one entry file
     /// that appears for it.
     fn fill(&self, path: &str) -> PathBuf {
+        self.fill_as(path, path)
+    }
+
+    /// [`Setup::fill`] for a `path` the origin receives as `wire` (percent-encoded).
+    fn fill_as(&self, path: &str, wire: &str) -> PathBuf {
         let before = self.files();
         let response = self.get(path);
         assert_eq!(response.header(CACHE_STATUS), Some(miss()), "{response:?}");
-        assert_eq!(response.body_text(), body_of(path));
+        assert_eq!(response.body_text(), body_of(wire));
         let deadline = Instant::now() + FILE_WAIT;
         loop {
             let new: Vec<PathBuf> = self.files().difference(&before).cloned().collect();
@@ -248,6 +254,24 @@ fn an_entry_is_stored_on_disk_survives_a_restart_and_a_purge_makes_it_a_miss() {
     assert_eq!(s.origin.heads("/fresh/a.png").len(), 2);
     let kept = s.get("/fresh/b.png");
     assert_eq!(kept.header(CACHE_STATUS), Some(hit()), "{kept:?}");
+    // A query, a space and non-ASCII: the URL as signed names the file Envoy stored under the
+    // percent-encoded form the origin is asked for.
+    let odd = "/fresh/caf\u{e9} menu.png?w=1&t=a b";
+    let wire = "/fresh/caf%C3%A9%20menu.png?w=1&t=a%20b";
+    let odd_file = s.fill_as(odd, wire);
+    let stored = s.get(odd);
+    assert_eq!(stored.header(CACHE_STATUS), Some(hit()), "{stored:?}");
+    let (ok, out) = s.purge(&["--url", &s.origin.url(odd)]);
+    assert!(ok, "{out}");
+    let line = format!(
+        "removed {}: {}\n1 file(s) removed\n",
+        odd_file.display(),
+        s.origin.url(wire)
+    );
+    assert_eq!(out, line);
+    assert!(!odd_file.exists());
+    s.fill_as(odd, wire);
+    assert_eq!(s.origin.heads(wire).len(), 2);
     // A URL with nothing stored: nothing removed, not an error.
     let (ok, out) = s.purge(&["--url", &s.origin.url("/fresh/never.png")]);
     assert!(ok && out.ends_with("0 file(s) removed\n"), "{out}");
@@ -255,8 +279,10 @@ fn an_entry_is_stored_on_disk_survives_a_restart_and_a_purge_makes_it_a_miss() {
 
 #[test]
 fn a_damaged_entry_is_served_or_crashes_envoy_unless_swept() {
-    // The crash below leaves no core file (a plain `core_pattern` would write it into this
-    // directory): Envoy inherits the limit when it is started.
+    // The crash below must leave no core file: with a plain `core_pattern` (`core`) it would
+    // land in Envoy's working directory, which is this test's (the `tests` package directory,
+    // not the temporary one), so the limit is 0 (Envoy inherits it when it is started). A piped
+    // `core_pattern` hands the crash to the system's collector whatever the limit.
     let (_, hard) = getrlimit(Resource::RLIMIT_CORE).expect("core limit");
     setrlimit(Resource::RLIMIT_CORE, 0, hard).expect("no core files");
     let s = Setup::start();
@@ -278,7 +304,26 @@ fn a_damaged_entry_is_served_or_crashes_envoy_unless_swept() {
     assert!(out.ends_with("1 file(s) removed\n"), "{out}");
     assert!(!cut.exists() && changed.exists(), "{out}");
     // A miss, stored again (waited for, so that the next fill sees only its own file).
+    let cut = s.fill("/fresh/cut.png");
+    // Truncated, then purged by URL: its key is at the start, so it is still found.
+    truncate(&cut, 16);
+    let (ok, out) = s.purge(&["--url", &s.origin.url("/fresh/cut.png")]);
+    assert!(ok && out.ends_with("1 file(s) removed\n"), "{out}");
+    assert!(!cut.exists(), "{out}");
     s.fill("/fresh/cut.png");
+    // Cut inside its header, whose URL it is cannot be told: a purge by URL says so and fails.
+    let head_only = s.cache.join("cache-head-only");
+    let bytes = std::fs::read(&changed).expect("read entry");
+    std::fs::write(&head_only, &bytes[..30]).expect("write entry");
+    let (ok, out) = s.purge(&["--url", &s.origin.url("/fresh/other.png")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.ends_with("0 file(s) removed, 1 not judged (may be the URL's)\n"),
+        "{out}"
+    );
+    let (ok, out) = s.purge(&["--damaged"]);
+    assert!(ok && out.ends_with("1 file(s) removed\n"), "{out}");
+    assert!(!head_only.exists(), "{out}");
 
     // Truncated and requested: Envoy 1.40 crashes.
     let crash = s.fill("/fresh/crash.png");
