@@ -20,6 +20,10 @@
 //! - One process at a time: the directory is locked (`ixproxy.lock`). A process that finds it
 //!   locked (the old process of a `serve -u` upgrade, still draining) runs on its memory tier
 //!   and opens the tier when the lock comes free.
+//! - Writes are best effort: foyer drops a write when its queue (one block) or its write buffer
+//!   is full; the entry then stays in memory only (or, too large for memory, is not stored).
+//!   Each drop is counted (`ixproxy_cache_disk_writes_dropped_total`) and logged at most every
+//!   10 s.
 //! - foyer runs on its own runtime, kept for the life of the process: Pingora's runtimes stop
 //!   service by service at shutdown, the tier must outlive them to be closed last.
 
@@ -37,8 +41,11 @@ use foyer::{
     Spawner,
 };
 use ixproxy_core::config::{DiskTier, DISK_ENTRY_OVERHEAD_BYTES};
+use mixtrics::metrics::{BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec};
+use mixtrics::metrics::{CounterOps, CounterVecOps, RegistryOps};
+use mixtrics::registry::noop::NoopMetricsRegistry;
 use parking_lot::Mutex;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The format version byte that starts every disk entry; an entry of another version is a miss.
@@ -271,6 +278,86 @@ fn budget_spent() {
     }
 }
 
+/// foyer's metrics, of which only its dropped writes are taken: `foyer_storage_inner_op_total`
+/// with `op` `buffer_overflow` (the flusher's buffer was full) or `channel_overflow` (its queue
+/// was); everything else is discarded.
+#[derive(Debug)]
+struct DroppedWrites(IntCounter);
+
+impl RegistryOps for DroppedWrites {
+    fn register_counter_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedCounterVec {
+        if name == "foyer_storage_inner_op_total" {
+            Box::new(DroppedWritesVec(self.0.clone()))
+        } else {
+            NoopMetricsRegistry.register_counter_vec(name, desc, label_names)
+        }
+    }
+
+    fn register_gauge_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedGaugeVec {
+        NoopMetricsRegistry.register_gauge_vec(name, desc, label_names)
+    }
+
+    fn register_histogram_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedHistogramVec {
+        NoopMetricsRegistry.register_histogram_vec(name, desc, label_names)
+    }
+
+    fn register_histogram_vec_with_buckets(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+        buckets: Vec<f64>,
+    ) -> BoxedHistogramVec {
+        NoopMetricsRegistry.register_histogram_vec_with_buckets(name, desc, label_names, buckets)
+    }
+}
+
+#[derive(Debug)]
+struct DroppedWritesVec(IntCounter);
+
+impl CounterVecOps for DroppedWritesVec {
+    fn counter(&self, labels: &[std::borrow::Cow<'static, str>]) -> BoxedCounter {
+        match labels.get(1).map(AsRef::as_ref) {
+            Some("buffer_overflow" | "channel_overflow") => {
+                Box::new(DroppedWritesCounter(self.0.clone()))
+            }
+            _ => NoopMetricsRegistry.counter(labels),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DroppedWritesCounter(IntCounter);
+
+impl CounterOps for DroppedWritesCounter {
+    fn increase(&self, val: u64) {
+        self.0.inc_by(val);
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if rate_limited(&LAST, Duration::from_secs(10)) {
+            log::warn!(
+                "disk tier: writes dropped (foyer's write queue or buffer was full; the entries \
+                 stay in memory only), {} so far (logged at most every 10 s)",
+                self.0.get()
+            );
+        }
+    }
+}
+
 /// Removes foyer's files numbered `partitions` and above: blocks of a larger capacity the
 /// tier had in an earlier run (`cache.disk.max_bytes` shrank), which foyer no longer opens.
 fn remove_files_past(dir: &Path, partitions: usize) {
@@ -362,7 +449,7 @@ pub fn lock_dir(path: &Path) -> Result<File, OpenError> {
 }
 
 impl DiskStore {
-    fn open(tier: &DiskTier, lock: File) -> Result<DiskStore, OpenError> {
+    fn open(tier: &DiskTier, lock: File, dropped: IntCounter) -> Result<DiskStore, OpenError> {
         let rt = runtime().map_err(|e| OpenError::Io {
             path: tier.path.clone(),
             error: format!("cannot start the disk runtime: {e}"),
@@ -379,6 +466,7 @@ impl DiskStore {
             .map_err(foyer_error)?;
         let builder = HybridCacheBuilder::new()
             .with_name("ixproxy")
+            .with_metrics_registry(Box::new(DroppedWrites(dropped)))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(false)
             // foyer's memory tier stays empty: entries go to disk only (`storage_writer`).
@@ -546,19 +634,25 @@ pub fn opened() -> Option<&'static DiskStore> {
 /// Opens the tier for the process: at once when its directory is free; when another process
 /// holds it (an upgrade's old process, draining), in the background as soon as it comes free
 /// (for at most [`LOCK_RETRY_FOR`]), the process running on its memory tier until then.
-/// `on_open` runs once the tier is open. `bytes_gauge` is kept at the space its files take.
+/// `on_open` runs once the tier is open. `bytes_gauge` is kept at the space its files take,
+/// `dropped_writes` counts the writes foyer drops.
 ///
 /// # Errors
 /// The directory cannot be created or locked for another reason, or foyer refuses to open it.
 pub fn start(
     tier: &DiskTier,
     bytes_gauge: IntGauge,
+    dropped_writes: IntCounter,
     on_open: impl FnOnce(&'static DiskStore) + Send + 'static,
 ) -> Result<(), OpenError> {
     let path = PathBuf::from(&tier.path);
     match lock_dir(&path) {
         Ok(lock) => {
-            let store = install(DiskStore::open(tier, lock)?, tier, bytes_gauge);
+            let store = install(
+                DiskStore::open(tier, lock, dropped_writes)?,
+                tier,
+                bytes_gauge,
+            );
             on_open(store);
             Ok(())
         }
@@ -572,7 +666,7 @@ pub fn start(
             let dir = path.display().to_string();
             std::thread::Builder::new()
                 .name("ixproxy-disk-lock".to_owned())
-                .spawn(move || wait_for_lock(&tier, &path, bytes_gauge, on_open))
+                .spawn(move || wait_for_lock(&tier, &path, bytes_gauge, dropped_writes, on_open))
                 .map(|_| ())
                 .map_err(|e| OpenError::Io {
                     path: dir,
@@ -587,6 +681,7 @@ fn wait_for_lock(
     tier: &DiskTier,
     path: &Path,
     bytes_gauge: IntGauge,
+    dropped_writes: IntCounter,
     on_open: impl FnOnce(&'static DiskStore),
 ) {
     let since = Instant::now();
@@ -600,7 +695,7 @@ fn wait_for_lock(
                 if wipe {
                     remove_all_files(path);
                 }
-                match DiskStore::open(tier, lock) {
+                match DiskStore::open(tier, lock, dropped_writes.clone()) {
                     Ok(store) => {
                         let store = install(store, tier, bytes_gauge);
                         // Purges that came while it opened are applied before it serves; the
@@ -695,18 +790,7 @@ fn space_taken(path: &Path) -> u64 {
 /// A message naming `cache.disk.path` and what is wrong.
 pub fn check(tier: &DiskTier) -> Result<(), String> {
     let path = Path::new(&tier.path);
-    let existing = path
-        .ancestors()
-        // A relative path's last ancestor is "": the working directory.
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .find(|p| p.exists())
-        .unwrap_or_else(|| Path::new("."));
+    let existing = nearest_existing(path);
     let fail = |what: String| Err(format!("cache.disk.path: {}: {what}", tier.path));
     if !existing.is_dir() {
         return fail(format!("{} is not a directory", existing.display()));
@@ -727,6 +811,21 @@ pub fn check(tier: &DiskTier) -> Result<(), String> {
             existing.display()
         )),
     }
+}
+
+/// `path` or the nearest of its ancestors that exists (a relative path's last ancestor is "":
+/// the working directory).
+fn nearest_existing(path: &Path) -> &Path {
+    path.ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("."))
 }
 
 /// Closes the tier if it is open (its queued writes and tombstones are flushed), at exit.
@@ -812,6 +911,14 @@ mod tests {
         let err = check(&tier(&file.join("tier"))).expect_err("under a file");
         assert!(err.starts_with("cache.disk.path: "), "{err}");
         assert!(err.contains("is not a directory"), "{err}");
+        // Relative: checked in the working directory, not in "/".
+        let relative = Path::new("no-such-dir-ixproxy/tier");
+        assert_eq!(nearest_existing(relative), Path::new("."));
+        check(&tier(relative)).expect("creatable in the working directory");
+        assert!(
+            !Path::new("no-such-dir-ixproxy").exists(),
+            "check creates nothing"
+        );
     }
 
     #[test]
@@ -829,13 +936,19 @@ mod tests {
 
     /// A tier on `dir` (its directory lock is left to the caller: a stand-in file).
     fn open_on(dir: &Path, lock: &Path) -> &'static DiskStore {
+        open_counting(dir, lock, IntCounter::new("d", "d").expect("counter"))
+    }
+
+    fn open_counting(dir: &Path, lock: &Path, dropped: IntCounter) -> &'static DiskStore {
         let tier = DiskTier {
             path: dir.display().to_string(),
             max_bytes: 32 * 1024 * 1024 + 33 * 4096,
             block_bytes: 4 << 20,
         };
         let lock = File::create(lock).expect("lock stand-in");
-        Box::leak(Box::new(DiskStore::open(&tier, lock).expect("open")))
+        Box::leak(Box::new(
+            DiskStore::open(&tier, lock, dropped).expect("open"),
+        ))
     }
 
     #[test]
@@ -902,6 +1015,34 @@ mod tests {
         assert!(rt.block_on(store.get(1)).is_none());
         drop(held);
         assert!(store.reads.lock().len() <= 1, "dead reads are forgotten");
+        store.close();
+    }
+
+    #[test]
+    fn writes_dropped_under_a_burst_are_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rt = runtime().expect("runtime");
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let store = open_counting(
+            &dir.path().join("tier"),
+            &dir.path().join("lock"),
+            dropped.clone(),
+        );
+        // Six entries of most of a block at once: the queue holds one block.
+        let keys: Vec<u128> = (0..6).collect();
+        for key in &keys {
+            store.insert(
+                *key,
+                DiskEntry {
+                    body: Bytes::from(vec![1u8; 3 << 20]),
+                    ..entry()
+                },
+            );
+        }
+        rt.block_on(store.cache.storage().wait());
+        let missing = keys.iter().filter(|k| !store.contains(**k)).count() as u64;
+        assert!(dropped.get() > 0, "a burst past the queue drops writes");
+        assert_eq!(dropped.get(), missing, "each dropped write counted once");
         store.close();
     }
 }
