@@ -1045,4 +1045,25 @@ mod tests {
         assert_eq!(dropped.get(), missing, "each dropped write counted once");
         store.close();
     }
+
+    #[test]
+    fn block_files_past_a_shrunk_capacity_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tier");
+        let files = || std::fs::read_dir(&path).expect("dir").count();
+        let tier = |max_bytes: u64| DiskTier {
+            path: path.display().to_string(),
+            max_bytes,
+            block_bytes: 4 << 20,
+        };
+        let counter = || IntCounter::new("d", "d").expect("counter");
+        let lock = |name: &str| File::create(dir.path().join(name)).expect("lock");
+        let big = DiskStore::open(&tier(64 << 20), lock("a"), counter()).expect("open");
+        assert_eq!(files(), 1 + 15, "the tombstone log and 15 blocks");
+        big.close();
+        let small =
+            DiskStore::open(&tier((32 << 20) + 33 * 4096), lock("b"), counter()).expect("open");
+        assert_eq!(files(), 1 + 8, "the blocks past 8 are gone");
+        small.close();
+    }
 }
