@@ -692,4 +692,26 @@ mod tests {
             .await;
         assert!(matches!(updated, Ok(false)));
     }
+
+    #[tokio::test]
+    async fn a_promotion_from_disk_never_replaces_a_newer_entry_in_memory() {
+        let s = store(1 << 20, 1 << 20);
+        fill(s, "a", b"newer").await;
+        let hash = CacheKey::new("a", "").combined_bin();
+        let epoch = s.inner.lock().purges;
+        let older = meta("a").serialize().expect("meta");
+        // What a lookup read from disk before the fill above was stored.
+        let promoted = s.insert(
+            hash,
+            older.clone(),
+            Bytes::from_static(b"older"),
+            epoch,
+            true,
+        );
+        assert_eq!(promoted, 0);
+        assert_eq!(read(s, "a", None).await.as_deref(), Some(&b"newer"[..]));
+        // With nothing in memory, the entry read from disk is kept.
+        let hash_b = CacheKey::new("b", "").combined_bin();
+        assert!(s.insert(hash_b, older, Bytes::from_static(b"older"), epoch, true) > 0);
+    }
 }
