@@ -37,8 +37,8 @@ pub use purge::MIN_PURGE_API_KEY_CHARS;
 pub use reload::{restart_required, ReloadResult};
 pub use secrets::{DeferredSecrets, MapSecrets, DEFERRED_PLACEHOLDER};
 pub use tiers::{
-    disk_block_bytes, DiskTier, PeerAddr, Peers, RawCacheDisk, RawCachePeers,
-    DISK_ENTRY_OVERHEAD_BYTES, MIN_DISK_BLOCKS,
+    disk_block_bytes, disk_blocks, disk_tombstone_bytes, DiskTier, PeerAddr, Peers, RawCacheDisk,
+    RawCachePeers, DISK_ENTRY_OVERHEAD_BYTES, MIN_DISK_BLOCKS,
 };
 pub use validate::{
     parse_duration, DEFAULT_ADMIN_LISTEN, DEFAULT_BODY_TIMEOUT, DEFAULT_CACHE_MAX_BYTES,

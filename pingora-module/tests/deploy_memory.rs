@@ -6,9 +6,9 @@
 //!
 //! where a fill in flight holds up to `cache.max_object_bytes` outside `max_bytes` and at most
 //! `max_inflight_per_source` of them run per source (so with the cache on that limit must be
-//! set), the disk tier (`cache.disk`) buffers [`DISK_BUFFER_BLOCKS`] blocks for writing and
-//! reads up to [`DISK_READS`] whole entries at once (each held twice while it is decoded), and
-//! the cost of a connection is the larger measured figure of the README (before and after its
+//! set), the disk tier (`cache.disk`) holds what `cache_disk_memory.rs` says (its writes, and
+//! the budget of bytes disk hits hold, twice: a read in flight holds its buffer and the decoded
+//! entry), and the cost of a connection is the larger measured figure of the README (before and after its
 //! first request; TLS when the config serves HTTPS). Fails naming the file and the numbers when
 //! a change to any of them breaks the inequality.
 
@@ -30,13 +30,9 @@ const CONNECTION_BYTES: u64 = 32 * 1024;
 /// The same over TLS (measured 27 to 32 KB, rustls' state included), doubled.
 const TLS_CONNECTION_BYTES: u64 = 64 * 1024;
 
-/// What the disk tier buffers for writing, in blocks (`cache.disk` block size: one
-/// `max_object_bytes` entry and its head): foyer's two write buffers of its one flusher and the
-/// bound of its write queue (pingora-module/src/serve/cache_disk.rs sets all three).
-const DISK_BUFFER_BLOCKS: u64 = 3;
-/// Disk reads in flight at once: the disk tier's blocking threads. Each holds its entry twice
-/// (the read buffer and the decoded entry) until it is decoded: two blocks.
-const DISK_READS: u64 = 4;
+/// The figures the disk tier is built with (the same file).
+#[path = "../src/serve/cache_disk_memory.rs"]
+mod disk_memory;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -128,9 +124,7 @@ fn worst_case(config: &Config, what: &str) -> (u64, String) {
         .cache
         .as_ref()
         .and_then(|cache| cache.disk.as_ref())
-        .map_or(0, |disk| {
-            (DISK_BUFFER_BLOCKS + 2 * DISK_READS) * disk.block_bytes
-        });
+        .map_or(0, |disk| disk_memory::memory_bytes(disk.block_bytes));
     let total = BASE_BYTES + cache + fills + disk + connections;
     let terms = format!(
         "base {} MiB + cache {} MiB + fills {} MiB + disk tier {} MiB + {} connections × {} B \
@@ -229,6 +223,8 @@ fn a_disk_tier_adds_its_buffers_and_reads_in_blocks() {
     assert_eq!(block, 9 * MIB, "8 MiB objects and their heads");
     let (a, _) = worst_case(&without, "memory only");
     let (b, terms) = worst_case(&with, "with a disk tier");
-    assert_eq!(b - a, 11 * block, "{terms}");
-    assert!(terms.contains("disk tier 99 MiB"), "{terms}");
+    let blocks = disk_memory::WRITE_BLOCKS + 2 * disk_memory::HELD_BLOCKS;
+    assert_eq!(blocks, 13, "writes 5 blocks, held reads 4 blocks twice");
+    assert_eq!(b - a, blocks * block, "{terms}");
+    assert!(terms.contains("disk tier 117 MiB"), "{terms}");
 }

@@ -8,6 +8,9 @@
 //! memory until the first one leaves, then opens the tier without damaging it; the metrics
 //! say which tier answered.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,10 +26,22 @@ const TOKEN: &str = "tok-disk";
 const MEMORY_BYTES: u64 = 64 * 1024;
 /// Larger than the memory tier (such answers go to disk only).
 const MAX_OBJECT_BYTES: u64 = 256 * 1024;
-/// The smallest tier the config accepts for that object size: 8 blocks of 4 MiB.
-const DISK_BYTES: u64 = 32 * 1024 * 1024;
+/// The smallest tier the config accepts for that object size: 8 blocks of 4 MiB and the
+/// tombstone log (33 pages).
+const DISK_BYTES: u64 = 32 * 1024 * 1024 + 33 * 4096;
+
+/// Answers near the block size: 6 MB bodies in the 7 MiB blocks of a 6 MiB
+/// `max_object_bytes` (so four disk hits spend the budget of four blocks).
+const BIG_BODY: usize = 6_000_000;
+const BIG_OBJECT_BYTES: u64 = 6 * 1024 * 1024;
+/// Eight blocks of 7 MiB and the tombstone log.
+const BIG_DISK_BYTES: u64 = 64 * 1024 * 1024;
 
 fn config(dir: &Path) -> String {
+    config_sized(dir, MAX_OBJECT_BYTES, DISK_BYTES)
+}
+
+fn config_sized(dir: &Path, max_object_bytes: u64, disk_bytes: u64) -> String {
     format!(
         "listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -36,8 +51,8 @@ upstream:
   timeout: 8s
 cache:
   max_bytes: {MEMORY_BYTES}
-  max_object_bytes: {MAX_OBJECT_BYTES}
-  disk: {{path: '{}', max_bytes: {DISK_BYTES}}}
+  max_object_bytes: {max_object_bytes}
+  disk: {{path: '{}', max_bytes: {disk_bytes}}}
 sources:
   - name: assets
     hosts: [assets.test]
@@ -67,9 +82,12 @@ impl Fixture {
     }
 
     fn start(&self) -> ServeProcess {
+        self.start_with(&config(&self.tier()))
+    }
+
+    fn start_with(&self, config: &str) -> ServeProcess {
         let bin = Path::new(env!("CARGO_BIN_EXE_ixproxy"));
-        ServeProcess::start(bin, &config(&self.tier()), &[], self.work.path())
-            .unwrap_or_else(|e| panic!("{e}"))
+        ServeProcess::start(bin, config, &[], self.work.path()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The upgrade socket of the processes started with [`Fixture::start_upgradable`].
@@ -142,6 +160,59 @@ fn get(serve: &ServeProcess, url: &str) -> RawResponse {
         TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// A client that sends its request and reads only the response head, with a receive buffer of
+/// a few kB: the hit serving it stays in flight until the stream is dropped. Returns the
+/// response's `Cache-Status` and the stream.
+fn stalled_get(serve: &ServeProcess, url: &str) -> (String, TcpStream) {
+    use nix::sys::socket::{
+        connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let SocketAddr::V4(addr) = serve.listen() else {
+        panic!("an IPv4 listener");
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    // Before connecting: the window the client offers stays that small.
+    setsockopt(&fd, sockopt::RcvBuf, &4096).expect("SO_RCVBUF");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(addr)).expect("connect");
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let target = sign_url(TOKEN, url, &[], &SignOptions::default());
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: assets.test\r\n\r\n").expect("send");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(head.len() < 64 * 1024, "no response head");
+        let n = stream.read(&mut buf).expect("read the head");
+        assert_ne!(n, 0, "closed before the head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .lines()
+        .find_map(|l| l.strip_prefix("cache-status: "))
+        .unwrap_or("none")
+        .trim()
+        .to_owned();
+    (status, stream)
+}
+
+/// The resident memory of a process (`VmRSS`), in bytes.
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+        .expect("VmRSS")
+        * 1024
 }
 
 fn cache_status(r: &RawResponse) -> Option<&str> {
@@ -337,11 +408,13 @@ fn overwritten_or_truncated_entries_are_misses_that_refetch() {
 }
 
 #[test]
-fn a_second_process_on_the_directory_waits_for_it_and_damages_nothing() {
+fn a_second_process_on_the_directory_waits_for_it_keeps_its_purges_and_damages_nothing() {
     let fixture = Fixture::new();
     let first = fixture.start();
     let early = "/asset/written-by-the-first-process";
     fill(&fixture, &first, &fixture.url(early), early.as_bytes());
+    let purged = "/asset/purged-while-locked-out";
+    fill(&fixture, &first, &fixture.url(purged), purged.as_bytes());
     // The second process finds the directory locked: it serves from memory only.
     let second = fixture.start();
     eventually("the second process says the directory is in use", || {
@@ -356,17 +429,28 @@ fn a_second_process_on_the_directory_waits_for_it_and_damages_nothing() {
         Some("ixproxy; fwd=miss"),
         "no disk tier yet in the second process"
     );
-    assert!(fixture.find(meanwhile.as_bytes()).is_none(), "not written");
+    // A purge while the tier is not open yet: kept, and applied when it opens.
+    assert_eq!(purge(&second, &fixture.url(purged)), "purged 0\n");
     // Once the first one has stopped, the second opens the tier.
     stop(first);
     eventually("the second process opens the tier", || {
         second.log().contains("opened (its previous holder left)")
     });
+    let r = get(&second, &fixture.url(purged));
+    assert_eq!(
+        cache_status(&r),
+        Some("ixproxy; fwd=miss"),
+        "purged on disk"
+    );
+    assert_eq!(fixture.fetched(purged), 2);
     let late = "/asset/written-by-the-second-process";
     fill(&fixture, &second, &fixture.url(late), late.as_bytes());
     stop(second);
     let third = fixture.start();
-    for path in [early, late] {
+    // What the second process stored while it was locked out stayed in its memory.
+    let r = get(&third, &fixture.url(meanwhile));
+    assert_eq!(cache_status(&r), Some("ixproxy; fwd=miss"), "not written");
+    for path in [early, late, purged] {
         let r = get(&third, &fixture.url(path));
         assert_eq!(
             (r.status, cache_status(&r)),
@@ -464,4 +548,58 @@ fn an_upgrade_hands_the_tier_over_once_the_old_process_has_left() {
     assert_eq!((r.status, cache_status(&r)), (200, Some("ixproxy; hit")));
     assert_eq!(r.body_text(), format!("asset {before}"));
     assert_eq!(fixture.fetched(before), 1);
+}
+
+#[test]
+fn disk_hits_of_one_key_share_one_copy_and_a_budget_bounds_what_hits_hold() {
+    let fixture = Fixture::new();
+    let serve = fixture.start_with(&config_sized(
+        &fixture.tier(),
+        BIG_OBJECT_BYTES,
+        BIG_DISK_BYTES,
+    ));
+    let paths: Vec<String> = (0..5)
+        .map(|i| format!("/fresh/3600/{BIG_BODY}?held={i}"))
+        .collect();
+    // Five answers far larger than the memory tier: on disk only.
+    for path in &paths {
+        let r = get(&serve, &fixture.url(path));
+        assert_eq!(cache_status(&r), Some("ixproxy; fwd=miss"), "{path}");
+        // Stored (a write dropped under the burst is filled again).
+        eventually("a hit from disk", || {
+            cache_status(&get(&serve, &fixture.url(path))) == Some("ixproxy; hit")
+        });
+    }
+    let before = rss(serve.pid());
+    // Twelve clients stalled on one key: one read, one copy of the body.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let (status, stream) = stalled_get(&serve, &fixture.url(&paths[0]));
+        assert_eq!(status, "ixproxy; hit");
+        held.push(stream);
+    }
+    let grown = rss(serve.pid()).saturating_sub(before);
+    assert!(
+        grown < 6 * BIG_BODY,
+        "{grown} bytes more for twelve hits of one {BIG_BODY}-byte answer"
+    );
+    // Three more keys: with the first, four reads of most of a block each.
+    for path in &paths[1..4] {
+        let (status, stream) = stalled_get(&serve, &fixture.url(path));
+        assert_eq!(status, "ixproxy; hit", "{path}");
+        held.push(stream);
+    }
+    // The budget of four blocks is spent: the fifth key is a miss, answered by the origin.
+    let r = get(&serve, &fixture.url(&paths[4]));
+    assert_eq!(
+        (r.status, cache_status(&r)),
+        (200, Some("ixproxy; fwd=miss"))
+    );
+    assert_eq!(r.body.len(), BIG_BODY);
+    assert!(fixture.fetched(&paths[4]) >= 2);
+    // Once those hits are gone, so is what they held.
+    drop(held);
+    eventually("a hit from disk again", || {
+        cache_status(&get(&serve, &fixture.url(&paths[4]))) == Some("ixproxy; hit")
+    });
 }

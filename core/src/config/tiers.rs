@@ -60,6 +60,36 @@ pub fn disk_block_bytes(max_object_bytes: u64) -> u64 {
     needed.div_ceil(MIB).saturating_mul(MIB).max(4 * MIB)
 }
 
+/// The page the disk tier's store works in (foyer's `PAGE`): its capacity is a whole number
+/// of pages, and its tombstone log has one 16-byte slot per page of the capacity.
+const DISK_PAGE_BYTES: u64 = 4096;
+
+/// The share of a disk tier of `max_bytes` its store keeps for its tombstone log (foyer 0.22:
+/// one 16-byte slot per 4 KiB page of the capacity, in whole pages): what is left is blocks.
+#[must_use]
+pub fn disk_tombstone_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / DISK_PAGE_BYTES).div_ceil(DISK_PAGE_BYTES / 16) * DISK_PAGE_BYTES
+}
+
+/// How many blocks of `block_bytes` a disk tier of `max_bytes` gets: its whole pages less the
+/// tombstone log ([`disk_tombstone_bytes`]), in whole blocks.
+#[must_use]
+pub fn disk_blocks(max_bytes: u64, block_bytes: u64) -> u64 {
+    let pages = max_bytes / DISK_PAGE_BYTES * DISK_PAGE_BYTES;
+    pages.saturating_sub(disk_tombstone_bytes(max_bytes)) / block_bytes.max(1)
+}
+
+/// The smallest `max_bytes` that gives [`MIN_DISK_BLOCKS`] blocks of `block_bytes`.
+fn least_disk_bytes(block_bytes: u64) -> u64 {
+    let blocks = block_bytes.saturating_mul(MIN_DISK_BLOCKS);
+    // The tombstone share grows with the total: a few rounds reach the fixed point.
+    let mut least = blocks;
+    for _ in 0..4 {
+        least = blocks.saturating_add(disk_tombstone_bytes(least));
+    }
+    least
+}
+
 /// A peer's admin listener, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddr {
@@ -110,13 +140,13 @@ pub(super) fn disk(
         ));
     };
     let block_bytes = disk_block_bytes(max_object_bytes);
-    let least = block_bytes.saturating_mul(MIN_DISK_BLOCKS);
-    if max_bytes < least {
+    if disk_blocks(max_bytes, block_bytes) < MIN_DISK_BLOCKS {
+        let least = least_disk_bytes(block_bytes);
         return Err(error(
             "cache.disk.max_bytes",
             format!(
                 "must be at least {least} ({MIN_DISK_BLOCKS} blocks of {block_bytes} bytes, \
-                 a block holding one cache.max_object_bytes object)"
+                 a block holding one cache.max_object_bytes object, and the tombstone log)"
             ),
         ));
     }
@@ -240,6 +270,12 @@ mod tests {
             "object + overhead, whole MiB"
         );
         assert_eq!(disk_block_bytes(u64::MAX), u64::MAX, "saturates");
+        // What foyer 0.22 gets from 32 MiB in 4 MiB blocks: 8192 slots of tombstones in 32
+        // pages, then 7 blocks (the 8th does not fit).
+        assert_eq!(disk_tombstone_bytes(32 << 20), 32 * 4096);
+        assert_eq!(disk_blocks(32 << 20, 4 << 20), 7);
+        assert_eq!(disk_blocks((32 << 20) + 33 * 4096, 4 << 20), 8);
+        assert_eq!(disk_blocks(0, 0), 0);
     }
 
     #[test]
@@ -252,7 +288,19 @@ mod tests {
         assert_eq!(err("{disk: {path: /d}}").0, "cache.disk.max_bytes");
         let (path, message) = err("{max_object_bytes: 1048576, disk: {path: /d, max_bytes: 1000}}");
         assert_eq!(path, "cache.disk.max_bytes");
-        assert!(message.contains("at least 33554432"), "{message}");
+        // 8 blocks of 4 MiB and 33 pages of tombstones.
+        assert!(message.contains("at least 33689600"), "{message}");
+        for max_bytes in [33_554_432, 33_689_599] {
+            let (_, message) = err(&format!(
+                "{{max_object_bytes: 1048576, disk: {{path: /d, max_bytes: {max_bytes}}}}}"
+            ));
+            assert!(
+                message.contains("at least 33689600"),
+                "{max_bytes}: {message}"
+            );
+        }
+        validate("{max_object_bytes: 1048576, disk: {path: /d, max_bytes: 33689600}}")
+            .expect("the least accepted");
         assert_eq!(
             err("{disk: {path: /d, max_bytes: 1073741824, size: 1}}").0,
             "cache.disk.size"

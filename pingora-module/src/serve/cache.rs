@@ -14,7 +14,7 @@ use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheMeta, CachePhase, HttpCache, NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
 use super::cache_disk;
 use super::cache_store::{self, MemoryStore};
@@ -52,7 +52,7 @@ impl ResponseCache {
 
     /// Opens the disk tier of `limits` (if any) under the memory store: now, or in the
     /// background when another process holds its directory ([`cache_disk::start`]). Its size
-    /// goes to `disk_bytes`.
+    /// goes to `disk_bytes`, the writes it drops are counted in `dropped_writes`.
     ///
     /// # Errors
     /// The tier's directory cannot be created or opened.
@@ -60,12 +60,15 @@ impl ResponseCache {
         &self,
         limits: &CacheLimits,
         disk_bytes: IntGauge,
+        dropped_writes: IntCounter,
     ) -> Result<(), cache_disk::OpenError> {
         let Some(tier) = &limits.disk else {
             return Ok(());
         };
         let store = self.store;
-        cache_disk::start(tier, disk_bytes, move |disk| store.attach_disk(disk))
+        cache_disk::start(tier, disk_bytes, dropped_writes, move |disk| {
+            store.attach_disk(disk);
+        })
     }
 
     /// The tier a request's answer came from, given its result: for a stored answer served,

@@ -8,18 +8,30 @@
 //! - A lookup reads and checks the whole entry (foyer's checksums, then this module's own
 //!   format and the stored length) before it answers: a damaged, truncated or unreadable entry
 //!   is a miss, never a partial answer.
-//! - A purge writes a tombstone (foyer's tombstone log), so it survives a restart.
+//! - A purge writes a tombstone (foyer's tombstone log), so it survives a restart, for the
+//!   keys the tier holds only: the log is a ring of one slot per 4 KiB of `cache.disk.max_bytes`
+//!   ([`tombstone_slots`]), and a tombstone older than the ring is forgotten at the next start.
+//!   A purge that arrives while the directory is still locked by another process is kept
+//!   ([`MAX_PENDING_PURGES`] keys) and applied when the tier opens.
+//! - A disk hit holds the entry it read until the hit finishes. Hits of one key share one read
+//!   (one copy), and what all disk hits hold at once is bounded by [`HELD_BLOCKS`] blocks: when
+//!   that budget is spent, a lookup on disk is a miss (the request goes to the origin, bounded
+//!   as every origin answer is) rather than a wait.
 //! - One process at a time: the directory is locked (`ixproxy.lock`). A process that finds it
 //!   locked (the old process of a `serve -u` upgrade, still draining) runs on its memory tier
 //!   and opens the tier when the lock comes free.
+//! - Writes are best effort: foyer drops a write when its queue (one block) or its write buffer
+//!   is full; the entry then stays in memory only (or, too large for memory, is not stored).
+//!   Each drop is counted (`ixproxy_cache_disk_writes_dropped_total`) and logged at most every
+//!   10 s.
 //! - foyer runs on its own runtime, kept for the life of the process: Pingora's runtimes stop
 //!   service by service at shutdown, the tier must outlive them to be closed last.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,8 +41,12 @@ use foyer::{
     Spawner,
 };
 use ixproxy_core::config::{DiskTier, DISK_ENTRY_OVERHEAD_BYTES};
+use mixtrics::metrics::{BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec};
+use mixtrics::metrics::{CounterOps, CounterVecOps, RegistryOps};
+use mixtrics::registry::noop::NoopMetricsRegistry;
 use parking_lot::Mutex;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The format version byte that starts every disk entry; an entry of another version is a miss.
 pub const FORMAT_VERSION: u8 = 1;
@@ -41,6 +57,28 @@ pub const LOCK_FILE: &str = "ixproxy.lock";
 /// How long a process that finds the directory locked keeps trying (the old process of an
 /// upgrade holds it until it has drained and closed the tier).
 pub const LOCK_RETRY_FOR: Duration = Duration::from_secs(600);
+
+#[path = "cache_disk_memory.rs"]
+mod memory;
+pub use memory::{memory_bytes, HELD_BLOCKS};
+
+/// The most purged keys kept while another process holds the directory; past it the whole tier
+/// is emptied when it opens (a purge is never lost).
+pub const MAX_PENDING_PURGES: usize = 65_536;
+
+/// The unit of the held-bytes budget (a tokio semaphore counts permits in `u32`).
+const BUDGET_UNIT: u64 = 4096;
+
+/// The prefix of foyer's files in the tier's directory (`FsDevice`, one file per partition:
+/// the tombstone log, then each block).
+const FOYER_FILE_PREFIX: &str = "foyer-storage-direct-fs-";
+
+/// How many purges the tombstone log of a tier of `max_bytes` remembers across a restart
+/// (foyer 0.22: one slot per 4 KiB page of the capacity).
+#[must_use]
+pub fn tombstone_slots(max_bytes: u64) -> u64 {
+    max_bytes / 4096
+}
 
 /// How often the locked directory is tried again, and how often the tier's size is sampled.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
@@ -139,13 +177,211 @@ pub struct DiskStore {
     runtime: tokio::runtime::Handle,
     /// Keys purged while a write of theirs may still wait for the flusher (foyer answers a
     /// lookup from its write queue before the device): such a queued entry is not served.
-    purged: Mutex<HashSet<u128>>,
+    /// Counted per purge: a key purged twice stays here until both purges are flushed.
+    purged: Mutex<HashMap<u128, u32>>,
+    /// The reads in flight or held by hits, per key: hits of one key share one.
+    reads: Mutex<HashMap<u128, Weak<SharedRead>>>,
+    /// The budget of bytes disk hits hold ([`HELD_BLOCKS`], in [`BUDGET_UNIT`]s).
+    budget: Arc<Semaphore>,
+    /// One block in [`BUDGET_UNIT`]s.
+    block_units: u32,
     /// Kept open: the lock lasts as long as the file stays open.
     _lock: File,
 }
 
+/// One read of a key's entry, shared by the hits that want it while any of them holds it.
+struct SharedRead {
+    store: &'static DiskStore,
+    key: u128,
+    entry: tokio::sync::OnceCell<Option<(DiskEntry, OwnedSemaphorePermit)>>,
+}
+
+impl Drop for SharedRead {
+    fn drop(&mut self) {
+        // A newer read of the key may have taken the slot: only a dead one is removed.
+        let mut reads = self.store.reads.lock();
+        if reads.get(&self.key).is_some_and(|r| r.strong_count() == 0) {
+            reads.remove(&self.key);
+        }
+    }
+}
+
+/// An entry read from disk, whole and checked, held (and counted in the tier's budget) until
+/// the last hit sharing it is dropped.
+#[derive(Clone)]
+pub struct DiskHit(Arc<SharedRead>);
+
+impl DiskHit {
+    /// The entry.
+    pub fn entry(&self) -> &DiskEntry {
+        // A `DiskHit` is only made of a read that found its entry.
+        match self.0.entry.get() {
+            Some(Some((entry, _))) => entry,
+            _ => unreachable!("a DiskHit holds an entry"),
+        }
+    }
+}
+
 /// The tier for the process, once it is open.
 static OPENED: OnceLock<&'static DiskStore> = OnceLock::new();
+
+/// Purges that arrived while the directory was locked by another process.
+#[derive(Default)]
+struct Pending {
+    /// The tier is configured and waits for its directory.
+    waiting: bool,
+    keys: HashSet<u128>,
+    /// More than [`MAX_PENDING_PURGES`] keys were purged: the tier is emptied when it opens.
+    wipe: bool,
+}
+
+static PENDING: std::sync::LazyLock<Mutex<Pending>> = std::sync::LazyLock::new(Mutex::default);
+
+/// For a purge while no tier is attached to the memory store: keeps the keys when the tier
+/// waits for its directory (they are removed when it opens), or answers the tier when it has
+/// just opened (so the caller removes them itself).
+pub fn purge_unattached(keys: &[u128]) -> Option<&'static DiskStore> {
+    let mut pending = PENDING.lock();
+    if !pending.waiting {
+        return opened();
+    }
+    if !pending.wipe {
+        pending.keys.extend(keys.iter().copied());
+        if pending.keys.len() > MAX_PENDING_PURGES {
+            pending.wipe = true;
+            pending.keys = HashSet::new();
+        }
+    }
+    None
+}
+
+/// Logs at most once per `every` for one `last` clock (seconds since the process's first log).
+fn rate_limited(last: &std::sync::atomic::AtomicU64, every: Duration) -> bool {
+    use std::sync::atomic::Ordering;
+    static START: OnceLock<Instant> = OnceLock::new();
+    // Never 0, which means "never logged".
+    let now = START.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let before = last.load(Ordering::Relaxed);
+    (before == 0 || now >= before + every.as_secs())
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+fn budget_spent() {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if rate_limited(&LAST, Duration::from_secs(10)) {
+        log::warn!(
+            "disk tier: the bytes disk hits may hold ({HELD_BLOCKS} blocks) are in use; \
+             lookups on disk are misses until hits finish (logged at most every 10 s)"
+        );
+    }
+}
+
+/// foyer's metrics, of which only its dropped writes are taken: `foyer_storage_inner_op_total`
+/// with `op` `buffer_overflow` (the flusher's buffer was full) or `channel_overflow` (its queue
+/// was); everything else is discarded.
+#[derive(Debug)]
+struct DroppedWrites(IntCounter);
+
+impl RegistryOps for DroppedWrites {
+    fn register_counter_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedCounterVec {
+        if name == "foyer_storage_inner_op_total" {
+            Box::new(DroppedWritesVec(self.0.clone()))
+        } else {
+            NoopMetricsRegistry.register_counter_vec(name, desc, label_names)
+        }
+    }
+
+    fn register_gauge_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedGaugeVec {
+        NoopMetricsRegistry.register_gauge_vec(name, desc, label_names)
+    }
+
+    fn register_histogram_vec(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+    ) -> BoxedHistogramVec {
+        NoopMetricsRegistry.register_histogram_vec(name, desc, label_names)
+    }
+
+    fn register_histogram_vec_with_buckets(
+        &self,
+        name: std::borrow::Cow<'static, str>,
+        desc: std::borrow::Cow<'static, str>,
+        label_names: &'static [&'static str],
+        buckets: Vec<f64>,
+    ) -> BoxedHistogramVec {
+        NoopMetricsRegistry.register_histogram_vec_with_buckets(name, desc, label_names, buckets)
+    }
+}
+
+#[derive(Debug)]
+struct DroppedWritesVec(IntCounter);
+
+impl CounterVecOps for DroppedWritesVec {
+    fn counter(&self, labels: &[std::borrow::Cow<'static, str>]) -> BoxedCounter {
+        match labels.get(1).map(AsRef::as_ref) {
+            Some("buffer_overflow" | "channel_overflow") => {
+                Box::new(DroppedWritesCounter(self.0.clone()))
+            }
+            _ => NoopMetricsRegistry.counter(labels),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DroppedWritesCounter(IntCounter);
+
+impl CounterOps for DroppedWritesCounter {
+    fn increase(&self, val: u64) {
+        self.0.inc_by(val);
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if rate_limited(&LAST, Duration::from_secs(10)) {
+            log::warn!(
+                "disk tier: writes dropped (foyer's write queue or buffer was full; the entries \
+                 stay in memory only), {} so far (logged at most every 10 s)",
+                self.0.get()
+            );
+        }
+    }
+}
+
+/// Removes foyer's files numbered `partitions` and above: blocks of a larger capacity the
+/// tier had in an earlier run (`cache.disk.max_bytes` shrank), which foyer no longer opens.
+fn remove_files_past(dir: &Path, partitions: usize) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FOYER_FILE_PREFIX))
+            .and_then(|n| n.parse::<usize>().ok());
+        if number.is_some_and(|n| n >= partitions) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                log::warn!(
+                    "disk tier: cannot remove {} (past the tier's capacity): {e}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// Removes every foyer file of the tier (it is not open: its lock is held by this process).
+fn remove_all_files(dir: &Path) {
+    remove_files_past(dir, 0);
+}
 
 /// The runtime foyer's flushers, reclaimers, reads and writes run on (one per process).
 fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
@@ -155,8 +391,8 @@ fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        // Each blocking thread reads (or writes) one whole entry at a time; a read holds the
-        // entry twice until it is decoded (counted in tests/deploy_memory.rs).
+        // Each blocking thread reads (or writes) one whole entry at a time; what reads hold is
+        // bounded by the held-bytes budget ([`HELD_BLOCKS`]), these threads bound the I/O.
         .max_blocking_threads(4)
         .thread_name("ixproxy-disk")
         .enable_all()
@@ -213,7 +449,7 @@ pub fn lock_dir(path: &Path) -> Result<File, OpenError> {
 }
 
 impl DiskStore {
-    fn open(tier: &DiskTier, lock: File) -> Result<DiskStore, OpenError> {
+    fn open(tier: &DiskTier, lock: File, dropped: IntCounter) -> Result<DiskStore, OpenError> {
         let rt = runtime().map_err(|e| OpenError::Io {
             path: tier.path.clone(),
             error: format!("cannot start the disk runtime: {e}"),
@@ -230,16 +466,17 @@ impl DiskStore {
             .map_err(foyer_error)?;
         let builder = HybridCacheBuilder::new()
             .with_name("ixproxy")
+            .with_metrics_registry(Box::new(DroppedWrites(dropped)))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(false)
             // foyer's memory tier stays empty: entries go to disk only (`storage_writer`).
             .memory(1)
             .storage()
             .with_io_engine_config(PsyncIoEngineConfig::new())
-            // What foyer buffers in memory (counted in tests/deploy_memory.rs): two write
-            // buffers of one block each (an entry must fit in one) for its one flusher, and
-            // entries waiting for it bounded by one block more (a write past that is dropped:
-            // the entry stays in memory only).
+            // What foyer buffers in memory (`memory::WRITE_BLOCKS`): two write buffers of one block
+            // each (an entry must fit in one) for its one flusher, and entries waiting for it
+            // bounded by one block more (a write past that is dropped: the entry stays in
+            // memory only).
             .with_engine_config(
                 BlockEngineConfig::new(device)
                     .with_block_size(block)
@@ -250,16 +487,24 @@ impl DiskStore {
             .with_recover_mode(RecoverMode::Quiet)
             .with_spawner(Spawner::from(rt.handle().clone()));
         let cache = rt.block_on(builder.build()).map_err(foyer_error)?;
+        remove_files_past(Path::new(&tier.path), cache.storage().device().partitions());
+        let block_units = u32::try_from(tier.block_bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        let budget = (block_units as usize).saturating_mul(HELD_BLOCKS as usize);
         Ok(DiskStore {
             cache,
             runtime: rt.handle().clone(),
             purged: Mutex::default(),
+            reads: Mutex::default(),
+            budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            block_units,
             _lock: lock,
         })
     }
 
     /// Writes an entry (best effort: foyer drops it when its write queue is full).
     pub fn insert(&self, key: u128, entry: DiskEntry) {
+        // A hit from now on reads the new entry, not one held from before.
+        self.reads.lock().remove(&key);
         self.cache.storage_writer(key).force().insert(entry);
     }
 
@@ -269,40 +514,93 @@ impl DiskStore {
         self.cache.storage().may_contains(&key)
     }
 
-    /// Removes entries (tombstones that survive a restart).
-    pub fn remove(&'static self, keys: &[u128]) {
+    /// Removes the entries of those keys the tier holds (written or queued), with tombstones
+    /// that survive a restart; returns the keys removed. A key the tier does not hold writes no
+    /// tombstone: the log is a ring ([`tombstone_slots`]), purges of absent keys would push
+    /// real ones out of it.
+    pub fn remove(&'static self, keys: &[u128]) -> Vec<u128> {
+        let keys: Vec<u128> = keys.iter().copied().filter(|k| self.contains(*k)).collect();
         if keys.is_empty() {
-            return;
+            return keys;
         }
-        self.purged.lock().extend(keys.iter().copied());
-        for key in keys {
-            self.cache.remove(key);
+        {
+            let mut purged = self.purged.lock();
+            let mut reads = self.reads.lock();
+            for key in &keys {
+                *purged.entry(*key).or_default() += 1;
+                reads.remove(key);
+                self.cache.remove(key);
+            }
         }
-        let keys = keys.to_vec();
+        let queued = keys.clone();
         // Once the flusher has written what was queued before the purge, nothing purged is
         // left in the write queue (the tombstones are newer than any queued write).
         self.runtime.spawn(async move {
             self.cache.storage().wait().await;
             let mut purged = self.purged.lock();
-            for key in &keys {
-                purged.remove(key);
+            for key in &queued {
+                if let Some(n) = purged.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        purged.remove(key);
+                    }
+                }
             }
         });
+        keys
     }
 
-    /// The entry of `key`, whole and checked, or `None` (a miss, a damaged entry, an I/O error).
-    pub async fn get(&'static self, key: u128) -> Option<DiskEntry> {
+    /// The entry of `key`, whole and checked, or `None` (a miss, a damaged entry, an I/O error,
+    /// or the held-bytes budget spent). Concurrent hits of a key share one read and one copy.
+    pub async fn get(&'static self, key: u128) -> Option<DiskHit> {
         // The index is in memory: a key the tier never held costs no task and no I/O.
         if !self.contains(key) {
             return None;
         }
+        let shared = {
+            let mut reads = self.reads.lock();
+            match reads.get(&key).and_then(Weak::upgrade) {
+                Some(shared) => shared,
+                None => {
+                    let shared = Arc::new(SharedRead {
+                        store: self,
+                        key,
+                        entry: tokio::sync::OnceCell::new(),
+                    });
+                    reads.insert(key, Arc::downgrade(&shared));
+                    shared
+                }
+            }
+        };
+        shared.entry.get_or_init(|| self.read(key)).await;
+        matches!(shared.entry.get(), Some(Some(_))).then_some(DiskHit(shared))
+    }
+
+    /// Reads `key`'s entry within the held-bytes budget.
+    async fn read(&'static self, key: u128) -> Option<(DiskEntry, OwnedSemaphorePermit)> {
+        let Ok(mut permit) = self.budget.clone().try_acquire_many_owned(self.block_units) else {
+            budget_spent();
+            return None;
+        };
+        let entry = self.load(key).await?;
+        // Keep what the entry weighs; the rest of the block goes back to the budget.
+        let keep = (entry.estimated_size() as u64)
+            .div_ceil(BUDGET_UNIT)
+            .clamp(1, u64::from(self.block_units)) as usize;
+        if let Some(rest) = permit.split(permit.num_permits().saturating_sub(keep)) {
+            drop(rest);
+        }
+        Some((entry, permit))
+    }
+
+    async fn load(&'static self, key: u128) -> Option<DiskEntry> {
         let load = self
             .runtime
             .spawn(async move { self.cache.storage().load(&key).await });
         match load.await {
             Ok(Ok(Load::Entry { value, .. })) => Some(value),
             Ok(Ok(Load::Piece { piece, .. })) => {
-                (!self.purged.lock().contains(&key)).then(|| piece.value().clone())
+                (!self.purged.lock().contains_key(&key)).then(|| piece.value().clone())
             }
             Ok(Ok(Load::Miss | Load::Throttled)) => None,
             Ok(Err(e)) => {
@@ -336,23 +634,30 @@ pub fn opened() -> Option<&'static DiskStore> {
 /// Opens the tier for the process: at once when its directory is free; when another process
 /// holds it (an upgrade's old process, draining), in the background as soon as it comes free
 /// (for at most [`LOCK_RETRY_FOR`]), the process running on its memory tier until then.
-/// `on_open` runs once the tier is open. `bytes_gauge` is kept at the space its files take.
+/// `on_open` runs once the tier is open. `bytes_gauge` is kept at the space its files take,
+/// `dropped_writes` counts the writes foyer drops.
 ///
 /// # Errors
 /// The directory cannot be created or locked for another reason, or foyer refuses to open it.
 pub fn start(
     tier: &DiskTier,
     bytes_gauge: IntGauge,
+    dropped_writes: IntCounter,
     on_open: impl FnOnce(&'static DiskStore) + Send + 'static,
 ) -> Result<(), OpenError> {
     let path = PathBuf::from(&tier.path);
     match lock_dir(&path) {
         Ok(lock) => {
-            let store = install(DiskStore::open(tier, lock)?, &path, bytes_gauge);
+            let store = install(
+                DiskStore::open(tier, lock, dropped_writes)?,
+                tier,
+                bytes_gauge,
+            );
             on_open(store);
             Ok(())
         }
         Err(OpenError::Locked(dir)) => {
+            PENDING.lock().waiting = true;
             log::warn!(
                 "disk tier: {dir} is in use by another process (the old process of an \
                  upgrade?); serving from memory only until it is free"
@@ -361,7 +666,7 @@ pub fn start(
             let dir = path.display().to_string();
             std::thread::Builder::new()
                 .name("ixproxy-disk-lock".to_owned())
-                .spawn(move || wait_for_lock(&tier, &path, bytes_gauge, on_open))
+                .spawn(move || wait_for_lock(&tier, &path, bytes_gauge, dropped_writes, on_open))
                 .map(|_| ())
                 .map_err(|e| OpenError::Io {
                     path: dir,
@@ -376,33 +681,61 @@ fn wait_for_lock(
     tier: &DiskTier,
     path: &Path,
     bytes_gauge: IntGauge,
+    dropped_writes: IntCounter,
     on_open: impl FnOnce(&'static DiskStore),
 ) {
     let since = Instant::now();
+    let stop_waiting = || *PENDING.lock() = Pending::default();
     while since.elapsed() < LOCK_RETRY_FOR {
         std::thread::sleep(RETRY_EVERY);
         match lock_dir(path) {
-            Ok(lock) => match DiskStore::open(tier, lock) {
-                Ok(store) => {
-                    on_open(install(store, path, bytes_gauge));
-                    log::warn!(
-                        "disk tier: {} opened (its previous holder left)",
-                        path.display()
-                    );
-                    return;
+            Ok(lock) => {
+                // Too many purges to keep: whatever the tier holds may be purged.
+                let wipe = std::mem::take(&mut PENDING.lock().wipe);
+                if wipe {
+                    remove_all_files(path);
                 }
-                Err(e) => {
-                    log::error!("disk tier: {e}; serving from memory only");
-                    return;
+                match DiskStore::open(tier, lock, dropped_writes.clone()) {
+                    Ok(store) => {
+                        let store = install(store, tier, bytes_gauge);
+                        // Purges that came while it opened are applied before it serves; the
+                        // lock is held until it is attached, so none falls between.
+                        let mut pending = PENDING.lock();
+                        let keys: Vec<u128> = pending.keys.drain().collect();
+                        store.remove(&keys);
+                        if pending.wipe {
+                            let cleared = store.runtime.block_on(store.cache.clear());
+                            if let Err(e) = cleared {
+                                log::error!("disk tier: cannot empty it after a purge: {e}");
+                                *pending = Pending::default();
+                                return;
+                            }
+                        }
+                        on_open(store);
+                        *pending = Pending::default();
+                        drop(pending);
+                        log::warn!(
+                            "disk tier: {} opened (its previous holder left)",
+                            path.display()
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        stop_waiting();
+                        log::error!("disk tier: {e}; serving from memory only");
+                        return;
+                    }
                 }
-            },
+            }
             Err(OpenError::Locked(_)) => {}
             Err(e) => {
+                stop_waiting();
                 log::error!("disk tier: {e}; serving from memory only");
                 return;
             }
         }
     }
+    stop_waiting();
     log::error!(
         "disk tier: {} stayed locked for {} s; serving from memory only",
         path.display(),
@@ -410,10 +743,24 @@ fn wait_for_lock(
     );
 }
 
-fn install(store: DiskStore, path: &Path, bytes_gauge: IntGauge) -> &'static DiskStore {
+fn install(store: DiskStore, tier: &DiskTier, bytes_gauge: IntGauge) -> &'static DiskStore {
     let store: &'static DiskStore = Box::leak(Box::new(store));
     let _ = OPENED.set(store);
-    let path = path.to_path_buf();
+    log::info!(
+        "disk tier: {} open: {} blocks of {} bytes, at most {} bytes in memory, {} purges \
+         remembered across a restart",
+        tier.path,
+        store
+            .cache
+            .storage()
+            .device()
+            .partitions()
+            .saturating_sub(1),
+        tier.block_bytes,
+        memory_bytes(tier.block_bytes),
+        tombstone_slots(tier.max_bytes)
+    );
+    let path = PathBuf::from(&tier.path);
     store.runtime.spawn(async move {
         loop {
             bytes_gauge.set(i64::try_from(space_taken(&path)).unwrap_or(i64::MAX));
@@ -443,10 +790,7 @@ fn space_taken(path: &Path) -> u64 {
 /// A message naming `cache.disk.path` and what is wrong.
 pub fn check(tier: &DiskTier) -> Result<(), String> {
     let path = Path::new(&tier.path);
-    let existing = path
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| Path::new("/"));
+    let existing = nearest_existing(path);
     let fail = |what: String| Err(format!("cache.disk.path: {}: {what}", tier.path));
     if !existing.is_dir() {
         return fail(format!("{} is not a directory", existing.display()));
@@ -467,6 +811,21 @@ pub fn check(tier: &DiskTier) -> Result<(), String> {
             existing.display()
         )),
     }
+}
+
+/// `path` or the nearest of its ancestors that exists (a relative path's last ancestor is "":
+/// the working directory).
+fn nearest_existing(path: &Path) -> &Path {
+    path.ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("."))
 }
 
 /// Closes the tier if it is open (its queued writes and tombstones are flushed), at exit.
@@ -552,6 +911,14 @@ mod tests {
         let err = check(&tier(&file.join("tier"))).expect_err("under a file");
         assert!(err.starts_with("cache.disk.path: "), "{err}");
         assert!(err.contains("is not a directory"), "{err}");
+        // Relative: checked in the working directory, not in "/".
+        let relative = Path::new("no-such-dir-ixproxy/tier");
+        assert_eq!(nearest_existing(relative), Path::new("."));
+        check(&tier(relative)).expect("creatable in the working directory");
+        assert!(
+            !Path::new("no-such-dir-ixproxy").exists(),
+            "check creates nothing"
+        );
     }
 
     #[test]
@@ -565,5 +932,138 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").expect("file");
         assert!(matches!(lock_dir(&file), Err(OpenError::Io { .. })));
+    }
+
+    /// A tier on `dir` (its directory lock is left to the caller: a stand-in file).
+    fn open_on(dir: &Path, lock: &Path) -> &'static DiskStore {
+        open_counting(dir, lock, IntCounter::new("d", "d").expect("counter"))
+    }
+
+    fn open_counting(dir: &Path, lock: &Path, dropped: IntCounter) -> &'static DiskStore {
+        let tier = DiskTier {
+            path: dir.display().to_string(),
+            max_bytes: 32 * 1024 * 1024 + 33 * 4096,
+            block_bytes: 4 << 20,
+        };
+        let lock = File::create(lock).expect("lock stand-in");
+        Box::leak(Box::new(
+            DiskStore::open(&tier, lock, dropped).expect("open"),
+        ))
+    }
+
+    #[test]
+    fn purges_of_absent_keys_write_no_tombstone_and_a_purge_survives_many_of_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tier = dir.path().join("tier");
+        let rt = runtime().expect("runtime");
+        let store = open_on(&tier, &dir.path().join("a"));
+        assert_eq!(
+            store.cache.storage().device().partitions(),
+            1 + 8,
+            "8 blocks"
+        );
+        store.insert(1, entry());
+        store.insert(2, entry());
+        rt.block_on(store.cache.storage().wait());
+        assert_eq!(store.remove(&[1, 3]), vec![1], "only what the tier holds");
+        // More purges of absent keys than the tombstone log has slots.
+        let absent: Vec<u128> = (1000..1000 + 9000).collect();
+        assert!(absent.len() as u64 > tombstone_slots(32 << 20));
+        assert!(store.remove(&absent).is_empty());
+        store.close();
+        let store = open_on(&tier, &dir.path().join("b"));
+        assert!(rt.block_on(store.get(1)).is_none(), "the purge stayed");
+        let kept = rt.block_on(store.get(2)).expect("kept");
+        assert_eq!(kept.entry(), &entry());
+        store.close();
+    }
+
+    #[test]
+    fn hits_of_a_key_share_one_read_and_the_budget_bounds_reads() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rt = runtime().expect("runtime");
+        let store = open_on(&dir.path().join("tier"), &dir.path().join("lock"));
+        let keys: Vec<u128> = (0..=HELD_BLOCKS as u128).collect();
+        let big = |key: u128| DiskEntry {
+            body: Bytes::from(vec![key as u8; 3 << 20]),
+            ..entry()
+        };
+        for key in &keys {
+            store.insert(*key, big(*key));
+            rt.block_on(store.cache.storage().wait());
+        }
+        let first = rt.block_on(store.get(0)).expect("hit");
+        let second = rt.block_on(store.get(0)).expect("hit");
+        assert!(
+            Arc::ptr_eq(&first.0, &second.0),
+            "one read, one copy for both hits"
+        );
+        let held: Vec<DiskHit> = keys[1..HELD_BLOCKS as usize]
+            .iter()
+            .map(|k| rt.block_on(store.get(*k)).expect("within the budget"))
+            .collect();
+        let last = keys[HELD_BLOCKS as usize];
+        assert!(
+            rt.block_on(store.get(last)).is_none(),
+            "the budget is spent"
+        );
+        drop((first, second));
+        let hit = rt.block_on(store.get(last)).expect("the budget is back");
+        assert_eq!(hit.entry(), &big(last));
+        // A purge: the next lookup does not share the held read.
+        store.remove(&[1]);
+        assert!(rt.block_on(store.get(1)).is_none());
+        drop(held);
+        assert!(store.reads.lock().len() <= 1, "dead reads are forgotten");
+        store.close();
+    }
+
+    #[test]
+    fn writes_dropped_under_a_burst_are_counted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let rt = runtime().expect("runtime");
+        let dropped = IntCounter::new("d", "d").expect("counter");
+        let store = open_counting(
+            &dir.path().join("tier"),
+            &dir.path().join("lock"),
+            dropped.clone(),
+        );
+        // Six entries of most of a block at once: the queue holds one block.
+        let keys: Vec<u128> = (0..6).collect();
+        for key in &keys {
+            store.insert(
+                *key,
+                DiskEntry {
+                    body: Bytes::from(vec![1u8; 3 << 20]),
+                    ..entry()
+                },
+            );
+        }
+        rt.block_on(store.cache.storage().wait());
+        let missing = keys.iter().filter(|k| !store.contains(**k)).count() as u64;
+        assert!(dropped.get() > 0, "a burst past the queue drops writes");
+        assert_eq!(dropped.get(), missing, "each dropped write counted once");
+        store.close();
+    }
+
+    #[test]
+    fn block_files_past_a_shrunk_capacity_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tier");
+        let files = || std::fs::read_dir(&path).expect("dir").count();
+        let tier = |max_bytes: u64| DiskTier {
+            path: path.display().to_string(),
+            max_bytes,
+            block_bytes: 4 << 20,
+        };
+        let counter = || IntCounter::new("d", "d").expect("counter");
+        let lock = |name: &str| File::create(dir.path().join(name)).expect("lock");
+        let big = DiskStore::open(&tier(64 << 20), lock("a"), counter()).expect("open");
+        assert_eq!(files(), 1 + 15, "the tombstone log and 15 blocks");
+        big.close();
+        let small =
+            DiskStore::open(&tier((32 << 20) + 33 * 4096), lock("b"), counter()).expect("open");
+        assert_eq!(files(), 1 + 8, "the blocks past 8 are gone");
+        small.close();
     }
 }

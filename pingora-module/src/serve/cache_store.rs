@@ -36,7 +36,7 @@ use pingora::cache::{
 use pingora::{Error, ErrorType, Result};
 use prometheus::IntGauge;
 
-use super::cache_disk::{DiskEntry, DiskStore};
+use super::cache_disk::{self, DiskEntry, DiskHit, DiskStore};
 
 /// Bytes counted for each entry besides its body and serialised metadata: the hash map slot
 /// and key, the LRU index node, the body's shared allocation header.
@@ -155,23 +155,27 @@ impl MemoryStore {
             .into_iter()
             .map(|key| CacheKey::new(key, "").combined_bin())
             .collect();
-        let disk = self.disk.get();
         let mut inner = self.inner.lock();
         inner.purges += 1;
-        let removed = hashes
-            .iter()
-            .filter(|hash| {
-                let on_disk = disk.is_some_and(|disk| disk.contains(disk_key(hash)));
-                inner.remove(hash) || on_disk
-            })
-            .count();
         // Under the lock: a fill that passed its epoch check has queued its disk write
         // already, so the tombstone is newer than it.
-        if let Some(disk) = disk {
-            disk.remove(&hashes.iter().map(disk_key).collect::<Vec<_>>());
-        }
+        let on_disk = self.purge_disk(&hashes);
+        let removed = hashes
+            .iter()
+            .filter(|hash| inner.remove(hash) || on_disk.contains(&disk_key(hash)))
+            .count();
         self.report(&inner);
         removed
+    }
+
+    /// Purges these keys on disk: in the attached tier, or kept for a tier still waiting for
+    /// its directory. Returns the keys the tier held.
+    fn purge_disk(&self, hashes: &[HashBinary]) -> Vec<u128> {
+        let keys: Vec<u128> = hashes.iter().map(disk_key).collect();
+        match self.disk.get().copied() {
+            Some(disk) => disk.remove(&keys),
+            None => cache_disk::purge_unattached(&keys).map_or_else(Vec::new, |d| d.remove(&keys)),
+        }
     }
 
     fn report(&self, inner: &Inner) {
@@ -179,22 +183,27 @@ impl MemoryStore {
             .set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
     }
 
-    /// Stores a completed fill (unless a purge ran since it started, or it is over a bound); with
-    /// `to_disk`, writes it to the disk tier too (there even when it is too large for memory).
+    /// Stores a completed fill (unless a purge ran since it started, or it is over a bound) and
+    /// writes it to the disk tier too (there even when it is too large for memory); or, with
+    /// `promotion`, keeps an entry read from disk in memory, unless memory has one of the key
+    /// already (stored since the lookup: newer).
     fn insert(
         &self,
         key: HashBinary,
         meta: (Vec<u8>, Vec<u8>),
         body: Bytes,
         epoch: u64,
-        to_disk: bool,
+        promotion: bool,
     ) -> usize {
         let weight = weight_of(&meta, &body);
         let mut inner = self.inner.lock();
-        if inner.purges != epoch || body.len() > self.max_object_bytes {
+        if inner.purges != epoch
+            || body.len() > self.max_object_bytes
+            || (promotion && inner.entries.contains_key(&key))
+        {
             return 0;
         }
-        if let (true, Some(disk)) = (to_disk, self.disk.get()) {
+        if let (false, Some(disk)) = (promotion, self.disk.get()) {
             disk.insert(
                 disk_key(&key),
                 DiskEntry {
@@ -228,17 +237,18 @@ impl MemoryStore {
 
 impl MemoryStore {
     /// The disk tier's entry of `hash`, checked (its head must read and say the body's length),
-    /// promoted into memory unless a purge runs meanwhile.
+    /// promoted into memory unless a purge runs meanwhile. The [`DiskHit`] holds the read (and
+    /// its share of the tier's held-bytes budget) until the hit finishes.
     async fn look_on_disk(
         &self,
         disk: &'static DiskStore,
         hash: HashBinary,
-    ) -> Option<((Vec<u8>, Vec<u8>), Bytes)> {
+    ) -> Option<(CacheMeta, DiskHit)> {
         let epoch = self.inner.lock().purges;
-        let entry = disk.get(disk_key(&hash)).await?;
-        let meta = (entry.meta_internal, entry.meta_header);
-        let stored_length = CacheMeta::deserialize(&meta.0, &meta.1)
-            .ok()?
+        let hit = disk.get(disk_key(&hash)).await?;
+        let entry = hit.entry();
+        let meta = CacheMeta::deserialize(&entry.meta_internal, &entry.meta_header).ok()?;
+        let stored_length = meta
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -246,8 +256,9 @@ impl MemoryStore {
             log::warn!("disk tier: an entry's length does not match its head (served as a miss)");
             return None;
         }
-        self.insert(hash, meta.clone(), entry.body.clone(), epoch, false);
-        Some((meta, entry.body))
+        let stored = (entry.meta_internal.clone(), entry.meta_header.clone());
+        self.insert(hash, stored, entry.body.clone(), epoch, true);
+        Some((meta, hit))
     }
 
     /// A 304 refresh of an entry held on disk only; whether it was there to refresh.
@@ -258,10 +269,15 @@ impl MemoryStore {
         meta: (Vec<u8>, Vec<u8>),
         epoch: u64,
     ) -> bool {
-        let Some(mut entry) = disk.get(disk_key(&hash)).await else {
+        // Shares the read of the hit being revalidated (no second copy of the body).
+        let Some(hit) = disk.get(disk_key(&hash)).await else {
             return false;
         };
-        (entry.meta_internal, entry.meta_header) = meta;
+        let entry = DiskEntry {
+            meta_internal: meta.0,
+            meta_header: meta.1,
+            body: hit.entry().body.clone(),
+        };
         let inner = self.inner.lock();
         if inner.purges != epoch {
             return false;
@@ -275,7 +291,7 @@ impl MemoryStore {
 pub fn served_from_disk(hit: &HitHandler) -> bool {
     hit.as_any()
         .downcast_ref::<BodyHit>()
-        .is_some_and(|hit| hit.from_disk)
+        .is_some_and(|hit| hit.disk_hit.is_some())
 }
 
 #[async_trait]
@@ -297,17 +313,16 @@ impl Storage for MemoryStore {
                 (entry.meta.clone(), entry.body.clone())
             })
         };
-        let (meta, body, from_disk) = match found {
-            Some((meta, body)) => (meta, body, false),
+        let (meta, body, disk_hit) = match found {
+            Some((meta, body)) => (CacheMeta::deserialize(&meta.0, &meta.1)?, body, None),
             None => match self.disk.get() {
                 None => return Ok(None),
                 Some(disk) => match self.look_on_disk(disk, key.combined_bin()).await {
-                    Some((meta, body)) => (meta, body, true),
+                    Some((meta, hit)) => (meta, hit.entry().body.clone(), Some(hit)),
                     None => return Ok(None),
                 },
             },
         };
-        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
         let end = body.len();
         Ok(Some((
             meta,
@@ -316,7 +331,7 @@ impl Storage for MemoryStore {
                 start: 0,
                 end,
                 done: false,
-                from_disk,
+                disk_hit,
             }),
         )))
     }
@@ -358,9 +373,7 @@ impl Storage for MemoryStore {
         let mut inner = self.inner.lock();
         inner.purges += 1;
         let removed = inner.remove(&hash);
-        if let Some(disk) = self.disk.get() {
-            disk.remove(&[disk_key(&hash)]);
-        }
+        self.purge_disk(&[hash]);
         self.report(&inner);
         Ok(if removed {
             PurgeOutcome::Purged(None)
@@ -424,8 +437,9 @@ struct BodyHit {
     start: usize,
     end: usize,
     done: bool,
-    /// Looked up on disk (the memory tier did not hold it).
-    from_disk: bool,
+    /// Looked up on disk (the memory tier did not hold it): the read, held (and counted in the
+    /// tier's budget) until the hit finishes.
+    disk_hit: Option<DiskHit>,
 }
 
 #[async_trait]
@@ -525,7 +539,7 @@ impl HandleMiss for Fill {
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
         let meta = meta.serialize()?;
         Ok(MissFinishType::Created(
-            self.store.insert(self.key, meta, body, self.epoch, true),
+            self.store.insert(self.key, meta, body, self.epoch, false),
         ))
     }
 }
@@ -677,5 +691,27 @@ mod tests {
             .update_meta(&CacheKey::new("a", ""), &meta("a"), &span)
             .await;
         assert!(matches!(updated, Ok(false)));
+    }
+
+    #[tokio::test]
+    async fn a_promotion_from_disk_never_replaces_a_newer_entry_in_memory() {
+        let s = store(1 << 20, 1 << 20);
+        fill(s, "a", b"newer").await;
+        let hash = CacheKey::new("a", "").combined_bin();
+        let epoch = s.inner.lock().purges;
+        let older = meta("a").serialize().expect("meta");
+        // What a lookup read from disk before the fill above was stored.
+        let promoted = s.insert(
+            hash,
+            older.clone(),
+            Bytes::from_static(b"older"),
+            epoch,
+            true,
+        );
+        assert_eq!(promoted, 0);
+        assert_eq!(read(s, "a", None).await.as_deref(), Some(&b"newer"[..]));
+        // With nothing in memory, the entry read from disk is kept.
+        let hash_b = CacheKey::new("b", "").combined_bin();
+        assert!(s.insert(hash_b, older, Bytes::from_static(b"older"), epoch, true) > 0);
     }
 }

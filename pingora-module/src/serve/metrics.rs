@@ -47,6 +47,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     purge_api_requests: IntCounterVec,
     purge_peer_requests: IntCounterVec,
+    cache_disk_writes_dropped: IntCounter,
 }
 
 /// Why the metrics could not be set up (only a programming error can cause it).
@@ -140,6 +141,12 @@ impl Metrics {
         let config_reloads = reload_counter(&registry)?;
         let purge_api_requests = purge_api_counter(&registry)?;
         let purge_peer_requests = purge_peer_counter(&registry)?;
+        let cache_disk_writes_dropped = IntCounter::new(
+            "ixproxy_cache_disk_writes_dropped_total",
+            "Writes to the disk tier dropped because its write queue or buffer was full (the \
+             entry stays in memory only).",
+        )?;
+        registry.register(Box::new(cache_disk_writes_dropped.clone()))?;
         // Every cache result at zero, so dashboards see all series at once (the request
         // series of each source start at zero in `series`).
         let mut cache_counters = vec![None; CacheResult::ALL.len() * TIERS];
@@ -166,6 +173,7 @@ impl Metrics {
             config_reloads,
             purge_api_requests,
             purge_peer_requests,
+            cache_disk_writes_dropped,
         })
     }
 
@@ -243,6 +251,11 @@ impl Metrics {
         self.requests
             .with_label_values(&[source, outcome.as_str()])
             .inc();
+    }
+
+    /// `ixproxy_cache_disk_writes_dropped_total`, which the disk tier counts.
+    pub fn cache_disk_writes_dropped(&self) -> IntCounter {
+        self.cache_disk_writes_dropped.clone()
     }
 
     /// The counter of access log lines dropped.

@@ -262,7 +262,11 @@ fn prepare(
                 metrics.cache_bytes(),
             );
             cache
-                .start_disk(&limits, metrics.cache_disk_bytes())
+                .start_disk(
+                    &limits,
+                    metrics.cache_disk_bytes(),
+                    metrics.cache_disk_writes_dropped(),
+                )
                 .map(|()| cache)
         })
         .transpose()
