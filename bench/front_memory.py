@@ -95,13 +95,14 @@ def main():
                     sys.exit("front_memory: Envoy did not start")
                 time.sleep(0.05)
             admin = int(admin_path.read_text().strip().rsplit(":", 1)[1])
-            port = None
-            while port is None and time.monotonic() < deadline:
-                text = admin_get(admin, "/listeners")
-                for line in text.splitlines():
-                    if line.startswith("front::"):
-                        port = int(line.rsplit(":", 1)[1])
+            ports = {}
+            while len(ports) < 2 and time.monotonic() < deadline:
+                for line in admin_get(admin, "/listeners").splitlines():
+                    name, _, address = line.partition("::")
+                    if address:
+                        ports[name] = int(address.rsplit(":", 1)[1])
                 time.sleep(0.05)
+            port = ports["front"]
             time.sleep(1)
             before = rss_mib(proc.pid)
             peak = before
@@ -123,12 +124,21 @@ def main():
             while time.monotonic() < hold:
                 peak = max(peak, rss_mib(proc.pid))
                 time.sleep(0.1)
+            # What the kubelet's readiness probe gets while the client holds every slot.
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", ports["metrics"], timeout=5)
+                conn.request("GET", "/ready")
+                probe = conn.getresponse().status
+                conn.close()
+            except OSError as e:
+                probe = f"failed: {e}"
             stats = admin_get(admin, "/stats?filter=(overload|downstream_cx_active|"
                                      "downstream_cx_overload|global_cx|cx_overload)")
             print(f"front_memory: {args.connections} connections, unfinished heads of "
                   f"{head_kib} KiB, --concurrency {args.concurrency}")
             print(f"  RSS before {before:.0f} MiB, peak {peak:.0f} MiB; "
-                  f"{refused} connections refused while opening; Envoy's counters:")
+                  f"{refused} connections refused while opening; /ready on the metrics "
+                  f"listener meanwhile: {probe}; Envoy's counters:")
             for line in stats.splitlines():
                 if line.startswith(("http.front.", "listener.127.0.0.1_0.downstream", "overload.")) \
                         and not line.endswith(": 0") and "refresh_interval_delay" not in line:

@@ -385,9 +385,10 @@ def edge_problems(bootstrap):
 
 
 def memory_problems(bootstrap, container):
-    """Connections bounded, and the heap monitor with its actions at most 5/8 of the front
-    container's memory limit (the rest: Envoy's code, stacks, freed pages not yet returned and
-    what arrives between two readings; bench/front_memory.py measured 490 MiB for 320 MiB)."""
+    """Connections bounded (the probes' listener outside the bound), and the heap monitor with
+    its actions at most 5/8 of the front container's memory limit (the rest: Envoy's code,
+    stacks, freed pages not yet returned and what arrives between two readings;
+    bench/front_memory.py measured 490 MiB for 320 MiB)."""
     problems = []
     overload = bootstrap.get("overload_manager") or {}
     monitors = {m["name"]: m["typed_config"] for m in overload.get("resource_monitors") or []}
@@ -401,6 +402,10 @@ def memory_problems(bootstrap, container):
     elif int(heap) * 8 > limit * 5:
         problems.append(f"fixed_heap max_heap_size_bytes {heap} is above 5/8 of the container's "
                         f"memory limit {limit}")
+    metrics = next(l for l in bootstrap["static_resources"]["listeners"] if l["name"] == "metrics")
+    if not metrics.get("ignore_global_conn_limit"):
+        problems.append("the metrics listener counts against the connection limit: a client "
+                        "holding every connection fails the kubelet's probes")
     triggered = {a["name"] for a in overload.get("actions") or []
                  if any(t["name"] == "envoy.resource_monitors.fixed_heap" for t in a["triggers"])}
     for action in ["shrink_heap", "reset_high_memory_stream", "stop_accepting_requests"]:
