@@ -25,9 +25,11 @@
   standalone front the Docker config's); the hash (MAGLEV on the replicas' host names, `:path`
   without its query, no panic mode, health checks at least every interval, a replica gone
   from DNS gone from the table); the replicas' configs count no connections per client
-  (every connection comes from the front) and their header limits fit max_request_headers_kb;
+  (every connection comes from the front) and their header limits fit max_request_headers_kb,
+  and the Kubernetes ones trust the front's X-Forwarded-For (trusted_proxies);
   the edge timeouts and HTTP/2 limits are the gateway's own Envoy listener's
-  (envoy/envoy.yaml); the overload manager bounds connections and the heap, below the front
+  (envoy/envoy.yaml); the overload manager bounds connections (the probes' metrics listener
+  outside the bound) and the heap, below the front
   container's memory limit;
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
@@ -357,8 +359,11 @@ def hash_problems(bootstrap):
     if not cluster.get("ignore_health_on_host_removal"):
         problems.append("ignore_health_on_host_removal must be true")
     check = cluster["health_checks"][0]
-    if seconds(check.get("no_traffic_interval", "60s")) > seconds(check["interval"]):
-        problems.append("no_traffic_interval is above interval: checks slow down when idle")
+    for key, default in [("no_traffic_interval", "60s"), ("unhealthy_interval", "0s"),
+                         ("no_traffic_healthy_interval", "0s")]:
+        if seconds(check.get(key, default)) > seconds(check["interval"]):
+            problems.append(f"{key} is above interval: checks slow down (a replica's return, "
+                            f"or when idle)")
     routes = listener_hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
     expected = [{"header": {"header_name": ":path", "regex_rewrite": {
         "pattern": {"regex": "\\?.*$"}, "substitution": ""}}}]
@@ -468,6 +473,10 @@ def check_front(envoy):
         problems += replica_problems(label, bootstrap, replica_config)
     # The two are equal but for the endpoints (checked above): the rest is checked once.
     problems += hash_problems(standalone) + edge_problems(standalone)
+    # The Kubernetes replicas sit behind the front only (NetworkPolicy): their access log must
+    # believe it. (The Docker config also serves without a front, trusting no one.)
+    if not (yaml.safe_load(config_text) or {}).get("trusted_proxies"):
+        problems.append("configmap.yaml: trusted_proxies must list the front's addresses")
     problems += memory_problems(standalone, front_docs["Deployment"]["spec"]["template"]["spec"][
         "containers"][0])
     report("front: Kubernetes and standalone fronts agree with the StatefulSet", "; ".join(problems))
