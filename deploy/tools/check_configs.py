@@ -29,8 +29,7 @@
   and the Kubernetes ones trust the front's X-Forwarded-For (trusted_proxies);
   the edge timeouts and HTTP/2 limits are the gateway's own Envoy listener's
   (envoy/envoy.yaml); the overload manager bounds connections (the probes' metrics listener
-  outside the bound) and the heap, below the front
-  container's memory limit;
+  outside the bound) and the heap, below the front container's memory limit;
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
 - the image's runtime conditions, as far as they can be had without a container engine (as
