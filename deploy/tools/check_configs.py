@@ -10,9 +10,10 @@
   directory the StatefulSet mounts it at; the config is mounted where the container's `-c`
   points; terminationGracePeriodSeconds covers preStop + 2 x server.grace_period + shutdown;
   `cache.disk.path` is the mount of a volume claim template asking for more than
-  `cache.disk.max_bytes`; `cache.peers.dns` is the headless Service the StatefulSet names
-  (clusterIP None, not-ready pods published) at the admin port; the autoscaler scales the
-  StatefulSet;
+  `cache.disk.max_bytes`, mounted writable, its files the pod's group (fsGroup);
+  `cache.peers.dns` is the headless Service the StatefulSet names (clusterIP None, not-ready
+  pods published) at the admin port; the autoscaler scales the StatefulSet; the NetworkPolicy
+  lets the front reach the gateway and admin ports and the other replicas the admin port;
 - the consistent-hashing front (deploy/front/envoy-front.yaml and the Envoy config in
   deploy/kubernetes/front.yaml): `envoy --mode validate` accepts both with no deprecated field;
   they differ only in the `replicas` cluster's endpoints; the Kubernetes one lists the
@@ -21,7 +22,14 @@
   probe's path; in both, a replica that turns /readyz 503 leaves the hash table before its
   server.grace_period ends (interval x unhealthy_threshold + timeout), and idle connections to
   a replica end before its limits.client_idle_timeout (the Kubernetes ConfigMap's, and for the
-  standalone front the Docker config's);
+  standalone front the Docker config's); the hash (MAGLEV on the replicas' host names, `:path`
+  without its query, no panic mode, health checks at least every interval, a replica gone
+  from DNS gone from the table); the replicas' configs count no connections per client
+  (every connection comes from the front) and their header limits fit max_request_headers_kb,
+  and the Kubernetes ones trust the front's X-Forwarded-For (trusted_proxies);
+  the edge timeouts and HTTP/2 limits are the gateway's own Envoy listener's
+  (envoy/envoy.yaml); the overload manager bounds connections (the probes' metrics listener
+  outside the bound) and the heap, below the front container's memory limit;
 - systemd: TimeoutStopSec covers 2 x server.grace_period + shutdown, and each credential the config
   names is loaded by the unit (LoadCredential=);
 - the image's runtime conditions, as far as they can be had without a container engine (as
@@ -187,11 +195,18 @@ def check_tiers(statefulset, container, mounts, config_text):
                       if path == disk["path"] and n in claims), None)
         if claim is None:
             problems.append(f"cache.disk.path {disk['path']} is not a volume claim template's mount")
+        elif any(m["name"] == claim["metadata"]["name"] and m.get("readOnly")
+                 for m in container["volumeMounts"]):
+            problems.append(f"cache.disk.path {disk['path']} is mounted readOnly")
         else:
             size = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
             if size <= disk["max_bytes"]:
                 problems.append(f"volume {claim['metadata']['name']} ({size} bytes) is not above "
                                 f"cache.disk.max_bytes {disk['max_bytes']}")
+        # The volume is root's when created: only fsGroup lets UID 65532 write it.
+        security = statefulset["spec"]["template"]["spec"].get("securityContext") or {}
+        if security.get("fsGroup") is None:
+            problems.append("no fsGroup: the disk tier's volume is not writable by the pod's user")
     headless = documents(k8s / "service.yaml")["Service"]
     namespace = statefulset["metadata"]["namespace"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -211,6 +226,47 @@ def check_tiers(statefulset, container, mounts, config_text):
     target = hpa["spec"]["scaleTargetRef"]
     if (target["kind"], target["name"]) != ("StatefulSet", statefulset["metadata"]["name"]):
         problems.append(f"the autoscaler scales {target['kind']}/{target['name']}")
+    problems += network_policy_problems(statefulset, ports, labels)
+    return problems
+
+
+def admits(policy, peer_labels, port_name, port_number):
+    """Whether one of the policy's ingress rules lets pods of this namespace labelled
+    `peer_labels` reach `port_name` (or its number)."""
+    for rule in policy["spec"].get("ingress") or []:
+        peers = rule.get("from")
+        peer_ok = peers is None or any(
+            "namespaceSelector" not in peer and "ipBlock" not in peer and all(
+                peer_labels.get(k) == v
+                for k, v in (peer.get("podSelector") or {}).get("matchLabels", {}).items())
+            for peer in peers)
+        ports = rule.get("ports")
+        port_ok = ports is None or any(p.get("port") in (port_name, port_number) for p in ports)
+        if peer_ok and port_ok:
+            return True
+    return False
+
+
+def network_policy_problems(statefulset, ports, labels):
+    """The replicas' NetworkPolicy: it selects them and lets the front reach the gateway port
+    and the admin port (its health checks), and the other replicas the admin port (fleet
+    purge)."""
+    k8s = DEPLOY / "kubernetes"
+    policies = [d for d in yaml.safe_load_all((k8s / "networkpolicy.yaml").read_text())
+                if d and d["kind"] == "NetworkPolicy"]
+    policy = next((p for p in policies if all(
+        labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())),
+        None)
+    if policy is None:
+        return ["networkpolicy.yaml: no NetworkPolicy selects the StatefulSet's pods"]
+    front = documents(k8s / "front.yaml")["Deployment"]
+    front_labels = front["spec"]["template"]["metadata"]["labels"]
+    problems = []
+    for who, peer_labels, port in [("the front", front_labels, "http"),
+                                   ("the front", front_labels, "admin"),
+                                   ("the other replicas", labels, "admin")]:
+        if not admits(policy, peer_labels, port, ports[port]):
+            problems.append(f"networkpolicy.yaml: {who} cannot reach the replicas' {port} port")
     return problems
 
 
@@ -260,6 +316,105 @@ def timing_problems(name, cluster, config_text):
     if idle >= replica_idle:
         problems.append(f"{name}: idle connections to a replica last {idle} s, the replica's "
                         f"client_idle_timeout {replica_idle} s")
+    return problems
+
+
+def replica_problems(name, bootstrap, config_text):
+    """What the replicas behind a front must not count or refuse: connections per client
+    (all come from the front's address, so a per-client limit refuses everyone at once) and
+    heads the front lets through (the replica answers its own 431 or 414)."""
+    problems = []
+    limits = (yaml.safe_load(config_text) or {}).get("limits") or {}
+    if limits.get("max_connections_per_client", 0) != 0:
+        problems.append(f"{name}: the replicas' limits.max_connections_per_client must be 0 "
+                        f"behind a front (every connection comes from its address)")
+    replica_head = (limits.get("max_request_header_bytes", 32768)
+                    + limits.get("max_request_target_bytes", 8192))
+    headers_kb = listener_hcm(bootstrap)["max_request_headers_kb"]
+    if not replica_head <= headers_kb * 1024 <= replica_head + 2048:
+        problems.append(f"{name}: max_request_headers_kb {headers_kb} is not the replicas' "
+                        f"header and target limits ({replica_head} bytes) plus at most 2 KiB")
+    return problems
+
+
+def listener_hcm(bootstrap, name="front"):
+    """The connection manager of the listener `name`."""
+    listener = next(l for l in bootstrap["static_resources"]["listeners"] if l["name"] == name)
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def hash_problems(bootstrap):
+    """One origin URL, one replica: MAGLEV on the replicas' names, the path without its query,
+    no panic mode, checks that never slow down, removed replicas off the table at once."""
+    problems = []
+    cluster = replicas_cluster(bootstrap)
+    if cluster.get("lb_policy") != "MAGLEV":
+        problems.append(f"lb_policy is {cluster.get('lb_policy')}, not MAGLEV")
+    common = cluster.get("common_lb_config") or {}
+    if not (common.get("consistent_hashing_lb_config") or {}).get("use_hostname_for_hashing"):
+        problems.append("use_hostname_for_hashing is off: a replica's new IP would move its share")
+    if (common.get("healthy_panic_threshold") or {}).get("value") != 0:
+        problems.append("healthy_panic_threshold must be 0 (no requests to unhealthy replicas)")
+    if not cluster.get("ignore_health_on_host_removal"):
+        problems.append("ignore_health_on_host_removal must be true")
+    check = cluster["health_checks"][0]
+    for key, default in [("no_traffic_interval", "60s"), ("unhealthy_interval", "0s"),
+                         ("no_traffic_healthy_interval", "0s")]:
+        if seconds(check.get(key, default)) > seconds(check["interval"]):
+            problems.append(f"{key} is above interval: checks slow down (a replica's return, "
+                            f"or when idle)")
+    routes = listener_hcm(bootstrap)["route_config"]["virtual_hosts"][0]["routes"]
+    expected = [{"header": {"header_name": ":path", "regex_rewrite": {
+        "pattern": {"regex": "\\?.*$"}, "substitution": ""}}}]
+    if any(r["route"].get("hash_policy") != expected for r in routes):
+        problems.append("every route must hash on :path with its query removed (regex \\?.*$)")
+    return problems
+
+
+def edge_problems(bootstrap):
+    """The front's client-side timeouts and HTTP/2 limits are those of the gateway's own Envoy
+    listener (envoy/envoy.yaml), so the front holds a slow or idle client no longer."""
+    gateway = yaml.safe_load((DEPLOY.parent / "envoy/envoy.yaml").read_text())
+    ours, theirs = listener_hcm(bootstrap), listener_hcm(gateway, "ixproxy")
+    problems = []
+    for key in ["request_headers_timeout", "stream_idle_timeout", "stream_flush_timeout"]:
+        if key not in ours or seconds(ours[key]) > seconds(theirs[key]):
+            problems.append(f"{key} {ours.get(key)} is above envoy/envoy.yaml's {theirs[key]}")
+    idle = ours.get("common_http_protocol_options", {}).get("idle_timeout")
+    if idle is None or seconds(idle) > seconds(theirs["common_http_protocol_options"]["idle_timeout"]):
+        problems.append(f"idle_timeout {idle} is above envoy/envoy.yaml's")
+    if ours.get("http2_protocol_options") != theirs["http2_protocol_options"]:
+        problems.append("http2_protocol_options differ from envoy/envoy.yaml's")
+    return problems
+
+
+def memory_problems(bootstrap, container):
+    """Connections bounded (the probes' listener outside the bound), and the heap monitor with
+    its actions at most 5/8 of the front container's memory limit (the rest: Envoy's code,
+    stacks, freed pages not yet returned and what arrives between two readings;
+    bench/front_memory.py measured 490 MiB for 320 MiB)."""
+    problems = []
+    overload = bootstrap.get("overload_manager") or {}
+    monitors = {m["name"]: m["typed_config"] for m in overload.get("resource_monitors") or []}
+    if "max_active_downstream_connections" not in monitors.get(
+            "envoy.resource_monitors.global_downstream_max_connections", {}):
+        problems.append("no global_downstream_max_connections monitor")
+    heap = monitors.get("envoy.resource_monitors.fixed_heap", {}).get("max_heap_size_bytes")
+    limit = quantity_bytes(container["resources"]["limits"]["memory"])
+    if heap is None:
+        problems.append("no fixed_heap monitor")
+    elif int(heap) * 8 > limit * 5:
+        problems.append(f"fixed_heap max_heap_size_bytes {heap} is above 5/8 of the container's "
+                        f"memory limit {limit}")
+    metrics = next(l for l in bootstrap["static_resources"]["listeners"] if l["name"] == "metrics")
+    if not metrics.get("ignore_global_conn_limit"):
+        problems.append("the metrics listener counts against the connection limit: a client "
+                        "holding every connection fails the kubelet's probes")
+    triggered = {a["name"] for a in overload.get("actions") or []
+                 if any(t["name"] == "envoy.resource_monitors.fixed_heap" for t in a["triggers"])}
+    for action in ["shrink_heap", "reset_high_memory_stream", "stop_accepting_requests"]:
+        if f"envoy.overload_actions.{action}" not in triggered:
+            problems.append(f"no {action} on the heap monitor")
     return problems
 
 
@@ -314,6 +469,15 @@ def check_front(envoy):
         ("front/envoy-front.yaml", standalone, (DEPLOY / "docker/ixproxy.yaml").read_text()),
     ]:
         problems += timing_problems(label, replicas_cluster(bootstrap), replica_config)
+        problems += replica_problems(label, bootstrap, replica_config)
+    # The two are equal but for the endpoints (checked above): the rest is checked once.
+    problems += hash_problems(standalone) + edge_problems(standalone)
+    # The Kubernetes replicas sit behind the front only (NetworkPolicy): their access log must
+    # believe it. (The Docker config also serves without a front, trusting no one.)
+    if not (yaml.safe_load(config_text) or {}).get("trusted_proxies"):
+        problems.append("configmap.yaml: trusted_proxies must list the front's addresses")
+    problems += memory_problems(standalone, front_docs["Deployment"]["spec"]["template"]["spec"][
+        "containers"][0])
     report("front: Kubernetes and standalone fronts agree with the StatefulSet", "; ".join(problems))
 
 

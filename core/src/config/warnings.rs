@@ -31,7 +31,8 @@ impl fmt::Display for ConfigWarning {
 /// The warnings for a validated config, in field order: an `admin_listen` that is not a
 /// loopback address, then every `secure_url_tokens` entry shorter than [`MIN_TOKEN_CHARS`]
 /// characters (counted, never shown), `origin_headers` that no host receives (an empty
-/// `origin_auth.hosts`), then those about `purge_api_keys`
+/// `origin_auth.hosts`), a per-client connection limit behind `trusted_proxies` (every
+/// connection from a proxy comes from its address), then those about `purge_api_keys`
 /// ([`super::purge`]), then `cache.peers` others cannot reach this instance from
 /// ([`crate::fleet::warnings`]). Empty when there is nothing to say.
 pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
@@ -66,6 +67,16 @@ pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
                 message: "origin_auth.hosts is empty: these headers go to no origin".into(),
             });
         }
+    }
+    let per_client = config.client.max_connections_per_client;
+    if per_client > 0 && !config.operating.trusted_proxies.is_empty() {
+        out.push(ConfigWarning {
+            path: "limits.max_connections_per_client".into(),
+            message: format!(
+                "{per_client} with trusted_proxies set: behind a proxy every connection comes \
+                 from its address, so the limit counts the proxy's connections, not a client's"
+            ),
+        });
     }
     out.extend(super::purge::warnings(config));
     out.extend(crate::fleet::warnings(config));
@@ -155,5 +166,26 @@ mod tests {
             "sources:\n  - {{{source}, origin_headers: {{X-Api-Key: k}}, origin_auth: {{hosts: [o.test]}}}}\n"
         ));
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_per_client_limit_behind_trusted_proxies_is_named() {
+        let sources =
+            "sources: [{name: a, hosts: [a.test], secure_url_tokens: [0123456789abcdef]}]\n";
+        let limits = "limits: {max_connections_per_client: 8}\n";
+        let proxies = "trusted_proxies: [10.0.0.0/8]\n";
+        let found = warnings_for(&format!("{limits}{proxies}{sources}"));
+        assert_eq!(paths(&found), ["limits.max_connections_per_client"]);
+        assert!(found[0]
+            .message
+            .contains("every connection comes from its address"));
+        // Either alone is fine: a limit without a proxy, a proxy without a limit.
+        assert_eq!(warnings_for(&format!("{limits}{sources}")), []);
+        assert_eq!(
+            warnings_for(&format!(
+                "limits: {{max_connections_per_client: 0}}\n{proxies}{sources}"
+            )),
+            []
+        );
     }
 }
