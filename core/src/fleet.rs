@@ -54,6 +54,15 @@ pub const MAX_PURGES_IN_FLIGHT: usize = 4;
 /// purged, retrying later is the answer.
 pub const BUSY_STATUS: u16 = 503;
 
+/// The status of a purge applied here and on every peer asked (or with no peers).
+pub const PURGED_STATUS: u16 = 200;
+
+/// The answer of `/cache/purge` without `cache.peers`: [`PURGED_STATUS`] and `purged N`, the
+/// entries removed (the first line of [`FleetReport::text`] too).
+pub fn purge_answer(purged: usize) -> (u16, String) {
+    (PURGED_STATUS, format!("purged {purged}\n"))
+}
+
 /// The `Retry-After` (seconds) of a refused purge: the longest a purge in flight keeps its
 /// place (`RESOLVE_TIMEOUT + PEER_TIMEOUT`).
 pub const RETRY_AFTER: &str = "3";
@@ -174,7 +183,7 @@ pub struct PeerReply {
 /// the peer's reason), an answer over [`MAX_ANSWER_BYTES`], or one that is not a peer answer.
 pub fn read_peer_answer(bytes: &[u8]) -> Option<Result<PeerReply, String>> {
     let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (bytes.len() >= MAX_ANSWER_BYTES).then(|| Err(too_large()));
+        return (bytes.len() >= MAX_ANSWER_BYTES).then(|| Err(answer_too_large()));
     };
     let (head, body) = (&bytes[..head_end], &bytes[head_end + 4..]);
     let Ok(head) = std::str::from_utf8(head) else {
@@ -202,7 +211,7 @@ pub fn read_peer_answer(bytes: &[u8]) -> Option<Result<PeerReply, String>> {
         return Some(Err(unreadable()));
     };
     if head_end + 4 + length > MAX_ANSWER_BYTES {
-        return Some(Err(too_large()));
+        return Some(Err(answer_too_large()));
     }
     let body = body.get(..length)?;
     let text = String::from_utf8_lossy(body);
@@ -227,7 +236,8 @@ pub fn read_peer_answer(bytes: &[u8]) -> Option<Result<PeerReply, String>> {
     })
 }
 
-fn too_large() -> String {
+/// The failure of a peer whose answer exceeds [`MAX_ANSWER_BYTES`].
+pub fn answer_too_large() -> String {
     format!("answer over {MAX_ANSWER_BYTES} bytes")
 }
 
@@ -272,6 +282,40 @@ pub fn not_asked() -> String {
 /// The failure of a peer that did not answer within `timeout` ([`PEER_TIMEOUT`]).
 pub fn timed_out(timeout: Duration) -> String {
     format!("no answer within {} seconds", timeout.as_secs_f32())
+}
+
+/// The failure of a peer whose name (`cache.peers.dns`, or a `static` entry) does not resolve:
+/// the resolver's `error`.
+pub fn not_resolved(host: &str, error: impl std::fmt::Display) -> String {
+    format!("cannot resolve {host}: {error}")
+}
+
+/// The failure of a `static` peer whose name resolves to no address.
+pub fn no_address(host: &str) -> String {
+    format!("{host} resolves to no address")
+}
+
+/// The failure of a peer that could not be connected to, written to or read from: the kind of
+/// the I/O error (`connection refused`), never the OS's text (it varies by system).
+pub fn io_failed(kind: std::io::ErrorKind) -> String {
+    kind.to_string()
+}
+
+/// The failure of one address of a `static` peer's name, the last one tried: [`io_failed`]
+/// preceded by the address.
+pub fn address_failed(addr: SocketAddr, kind: std::io::ErrorKind) -> String {
+    format!("{addr}: {}", io_failed(kind))
+}
+
+/// The failure of a peer that closed the connection before its answer was whole.
+pub fn closed_early() -> String {
+    "the connection closed before a whole answer".to_owned()
+}
+
+/// The failure of a peer whose request task ended without an answer (it panicked): kept in
+/// the answer so that the peer is listed, never dropped.
+pub fn task_failed() -> String {
+    "the request task failed".to_owned()
 }
 
 /// The failure of `cache.peers.dns` that did not resolve within [`RESOLVE_TIMEOUT`].
@@ -372,7 +416,7 @@ impl FleetReport {
         if self.failed().next().is_some() {
             502
         } else {
-            200
+            PURGED_STATUS
         }
     }
 
@@ -389,11 +433,12 @@ impl FleetReport {
     /// peer 10.0.0.8:9901 failed: connection refused
     /// ```
     pub fn text(&self, purged: usize) -> String {
-        let mut text = format!(
-            "purged {purged}\npeers confirmed {} failed {}\n",
+        let (_, mut text) = purge_answer(purged);
+        text.push_str(&format!(
+            "peers confirmed {} failed {}\n",
             self.confirmed().count(),
             self.failed().count()
-        );
+        ));
         for (peer, result) in &self.peers {
             match result {
                 PeerResult::Confirmed(n) => {
@@ -591,9 +636,9 @@ mod tests {
             Some(Err(unreadable()))
         );
         let endless = vec![b'x'; MAX_ANSWER_BYTES];
-        assert_eq!(read_peer_answer(&endless), Some(Err(too_large())));
+        assert_eq!(read_peer_answer(&endless), Some(Err(answer_too_large())));
         let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n";
-        assert_eq!(read_peer_answer(huge), Some(Err(too_large())));
+        assert_eq!(read_peer_answer(huge), Some(Err(answer_too_large())));
     }
 
     fn reply(purged: usize, instance: &str) -> Result<PeerReply, String> {
@@ -657,6 +702,45 @@ mod tests {
             timed_out(Duration::from_millis(250)),
             "no answer within 0.25 seconds"
         );
+    }
+
+    #[test]
+    fn a_purge_without_peers_answers_the_first_line_of_one_with_peers() {
+        let (status, text) = purge_answer(3);
+        assert_eq!((status, text.as_str()), (200, "purged 3\n"));
+        let report = FleetReport {
+            peers: vec![("10.0.0.7:9901".into(), PeerResult::Confirmed(1))],
+        };
+        assert_eq!(report.status(), status);
+        assert!(report.text(3).starts_with(&text), "{}", report.text(3));
+    }
+
+    #[test]
+    fn each_failure_names_what_failed_and_the_io_error_by_kind() {
+        use std::io::ErrorKind;
+        let addr: SocketAddr = "[::1]:9901".parse().expect("addr");
+        assert_eq!(
+            not_resolved("peer-1", "no such host"),
+            "cannot resolve peer-1: no such host"
+        );
+        assert_eq!(no_address("peer-1"), "peer-1 resolves to no address");
+        assert_eq!(
+            io_failed(ErrorKind::ConnectionRefused),
+            "connection refused"
+        );
+        assert_eq!(
+            address_failed(addr, ErrorKind::ConnectionRefused),
+            "[::1]:9901: connection refused"
+        );
+        assert_eq!(
+            closed_early(),
+            "the connection closed before a whole answer"
+        );
+        assert_eq!(task_failed(), "the request task failed");
+        assert_eq!(answer_too_large(), "answer over 4096 bytes");
+        // `closed_early` is for a peer that hangs up while the core still waits for more.
+        let half = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npurged";
+        assert_eq!(read_peer_answer(half), None);
     }
 
     #[test]

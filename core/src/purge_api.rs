@@ -379,31 +379,43 @@ pub fn resolve(sources: &Sources, url: &str) -> Result<PurgeTarget, PurgeApiErro
     })
 }
 
-/// The 200 answer: imgix's JSON:API purge resource (`data: {type: "purges", id, attributes:
-/// {url, sub_image}}`, `jsonapi: {version: "1.0"}`), with the source and the number of entries
-/// removed in `meta` (JSON:API's place for what is not part of the resource).
+/// The answer of a purge without `cache.peers`: [`fleet::PURGED_STATUS`](crate::fleet::PURGED_STATUS) and imgix's JSON:API purge
+/// resource (`data: {type: "purges", id, attributes: {url, sub_image}}`, `jsonapi: {version:
+/// "1.0"}`), with the source and the number of entries removed in `meta` (JSON:API's place for
+/// what is not part of the resource).
 pub fn purged_answer(
     id: &str,
     request: &PurgeRequest,
     target: &PurgeTarget,
     purged: usize,
-) -> Vec<u8> {
-    document(json!({
+) -> (u16, Vec<u8>) {
+    let meta =
+        json!({ "source": target.source, "origin_url": target.origin_url, "purged": purged });
+    (
+        crate::fleet::PURGED_STATUS,
+        document(resource(id, request, meta)),
+    )
+}
+
+/// imgix's purge resource with `meta`.
+fn resource(id: &str, request: &PurgeRequest, meta: Value) -> Value {
+    json!({
         "data": {
             "type": "purges",
             "id": id,
             "attributes": { "url": request.url, "sub_image": request.sub_image },
         },
         "jsonapi": jsonapi(),
-        "meta": { "source": target.source, "origin_url": target.origin_url, "purged": purged },
-    }))
+        "meta": meta,
+    })
 }
 
 /// The answer of a purge applied here and forwarded to `cache.peers` ([`crate::fleet`]): with
-/// every peer confirmed, [`purged_answer`] (200) whose `meta` also holds `peers: {confirmed:
-/// [{peer, purged}], failed: []}`; with a peer failed, 502 and a JSON:API error document (an
-/// error document holds no `data`) with the same `meta`, so a client that retries on failure
-/// purges again (harmless) and one that reads `meta` sees which instance may still serve it.
+/// every peer confirmed, [`purged_answer`] ([`fleet::PURGED_STATUS`](crate::fleet::PURGED_STATUS)) whose `meta` also holds `peers:
+/// {confirmed: [{peer, purged}], failed: []}`; with a peer failed, 502 and a JSON:API error
+/// document (an error document holds no `data`) with the same `meta`, so a client that retries
+/// on failure purges again (harmless) and one that reads `meta` sees which instance may still
+/// serve it.
 pub fn fleet_answer(
     id: &str,
     request: &PurgeRequest,
@@ -418,16 +430,8 @@ pub fn fleet_answer(
         "peers": report.json(),
     });
     let status = report.status();
-    let value = if status == 200 {
-        json!({
-            "data": {
-                "type": "purges",
-                "id": id,
-                "attributes": { "url": request.url, "sub_image": request.sub_image },
-            },
-            "jsonapi": jsonapi(),
-            "meta": meta,
-        })
+    let value = if status == crate::fleet::PURGED_STATUS {
+        resource(id, request, meta)
     } else {
         json!({
             "errors": [{
@@ -662,8 +666,9 @@ mod tests {
         let target = resolve(&sources(), &request.url).expect("target");
         let id = answer_id([0xab; 12]);
         assert_eq!(id, "abababababababababababab");
-        let ok: Value =
-            serde_json::from_slice(&purged_answer(&id, &request, &target, 1)).expect("json");
+        let (status, body) = purged_answer(&id, &request, &target, 1);
+        assert_eq!(status, 200);
+        let ok: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             ok,
             json!({"data": {"type": "purges", "id": id, "attributes": {"url": request.url,
@@ -752,8 +757,12 @@ mod tests {
         let ok: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(status, 200);
         // imgix's resource as without peers, `meta` gaining `peers`.
-        let mut alone: Value =
-            serde_json::from_slice(&purged_answer("i", &request, &target, 1)).expect("json");
+        let (alone_status, alone) = purged_answer("i", &request, &target, 1);
+        assert_eq!(
+            alone_status, status,
+            "the same success with or without peers"
+        );
+        let mut alone: Value = serde_json::from_slice(&alone).expect("json");
         alone["meta"]["peers"] = json!({"confirmed": [{"peer": "10.0.0.7:9901", "purged": 1}],
                 "failed": [], "self": ["10.0.0.6:9901"], "same": []});
         assert_eq!(ok, alone);

@@ -162,7 +162,7 @@ impl AdminApp {
             p.cache.purge([target.source.as_str()], &target.origin_url)
         });
         let (Some(peers), Some(admitted)) = (peers, admitted) else {
-            return Ok((200, purge_api::purged_answer(id, &request, &target, purged)));
+            return Ok(purge_api::purged_answer(id, &request, &target, purged));
         };
         // Forwarded as the entries it names, never with the key (peers trust each other).
         let forwarded = PeerPurge {
@@ -254,11 +254,9 @@ impl AdminApp {
             .cache
             .purge(live.sources.iter().map(|s| s.name.as_str()), &url);
         let Some((peers, admitted)) = admitted else {
-            return reply(
-                StatusCode::OK,
-                TEXT,
-                format!("purged {purged}\n").into_bytes(),
-            );
+            let (status, text) = fleet_rules::purge_answer(purged);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return reply(status, TEXT, text.into_bytes());
         };
         let report = self
             .fleet

@@ -44,7 +44,7 @@ impl PeerResolver for SystemResolver {
         tokio::net::lookup_host((host, port))
             .await
             .map(Iterator::collect)
-            .map_err(|e| format!("cannot resolve {host}: {e}"))
+            .map_err(|e| fleet::not_resolved(host, e))
     }
 }
 
@@ -121,7 +121,7 @@ impl Fleet {
                     .unwrap_or_else(|_| Err(fleet::timed_out(timeout)));
                 (index, answer)
             });
-            answers.push((label, Err("the request task failed".to_owned())));
+            answers.push((label, Err(fleet::task_failed())));
         };
         match peers {
             Peers::Static(list) => {
@@ -182,14 +182,14 @@ enum Target {
 
 /// Connects, sends `request`, reads the answer until the core can read it.
 async fn exchange(target: Target, request: Vec<u8>) -> Result<PeerReply, String> {
-    let io = |e: std::io::Error| e.kind().to_string();
+    let io = |e: std::io::Error| fleet::io_failed(e.kind());
     let mut stream = match target {
         Target::Addr(addr) => TcpStream::connect(addr).await.map_err(io)?,
         Target::Name(peer, resolver) => {
             // A name with an AAAA and an A record reaches a peer listening on one family
             // only through the other address.
             let addrs = resolver.resolve(&peer.host, peer.port).await?;
-            let mut refused = format!("{} resolves to no address", peer.host);
+            let mut refused = fleet::no_address(&peer.host);
             let mut connected = None;
             for addr in addrs {
                 match TcpStream::connect(addr).await {
@@ -197,7 +197,7 @@ async fn exchange(target: Target, request: Vec<u8>) -> Result<PeerReply, String>
                         connected = Some(stream);
                         break;
                     }
-                    Err(e) => refused = format!("{addr}: {}", io(e)),
+                    Err(e) => refused = fleet::address_failed(addr, e.kind()),
                 }
             }
             connected.ok_or(refused)?
@@ -212,13 +212,13 @@ async fn exchange(target: Target, request: Vec<u8>) -> Result<PeerReply, String>
         }
         let n = stream.read(&mut buf).await.map_err(io)?;
         if n == 0 {
-            return Err("the connection closed before a whole answer".to_owned());
+            return Err(fleet::closed_early());
         }
         answer.extend_from_slice(&buf[..n]);
         // The core refuses an answer over its bound; this only stops a peer that keeps
         // sending after a head the core cannot read yet.
         if answer.len() > 2 * MAX_ANSWER_BYTES {
-            return Err(format!("answer over {MAX_ANSWER_BYTES} bytes"));
+            return Err(fleet::answer_too_large());
         }
     }
 }
