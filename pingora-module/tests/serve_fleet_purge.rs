@@ -4,7 +4,7 @@
 //! listeners' ports are the OS's: each process starts without peers, and the list is written
 //! once all three are known and applied by SIGHUP (`cache.peers` reloads without a restart).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::origin::RecordingOrigin;
@@ -263,7 +263,12 @@ fn a_purge_on_one_instance_empties_all_three_and_lists_its_peers() {
         )
     );
     // The operator's log names the peer and why, one line per failed peer.
+    // The line can reach the log file just after the answer: polled, within a bound.
     let warning = format!("fleet purge: peer {} failed: connection refused", admins[2]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet[0].log().matches(&warning).count() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         fleet[0].log().matches(&warning).count(),
         1,
