@@ -230,7 +230,7 @@ fn a_disk_tier_adds_its_buffers_and_reads_in_blocks_and_its_index() {
     assert_eq!(blocks, 13, "writes 5 blocks, held reads 4 blocks twice");
     // foyer's index: one entry per 4 KiB page of the capacity at most.
     let index = disk_memory::index_bytes(10 << 30);
-    assert_eq!(index, (10 << 30) / 4096 * 160, "{terms}");
+    assert_eq!(index, (10 << 30) / 4096 * 192, "{terms}");
     assert_eq!(b - a, blocks * block + index, "{terms}");
-    assert!(terms.contains("disk tier 517 MiB"), "{terms}");
+    assert!(terms.contains("disk tier 597 MiB"), "{terms}");
 }

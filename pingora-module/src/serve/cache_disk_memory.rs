@@ -18,13 +18,13 @@ pub const WRITE_BLOCKS: u64 = 5;
 /// at most `max_bytes / 4096` entries.
 pub const MIN_ENTRY_BYTES: u64 = 4096;
 
-/// What one stored entry costs in memory, for foyer's index (64 `HashMap<u64, Index>` shards:
-/// 40 bytes and a control byte per bucket, up to 16/7 buckets per entry right after a shard
-/// doubles, 94 bytes) and what the allocator keeps of the tables it outgrew. Measured: the
-/// process's RSS grew by 117 to 152 bytes per entry while a 1040 MiB tier was filled with
-/// 4 KiB entries (160 000, 240 000, and full with 261 094 after writing twice its capacity);
-/// taken with room to spare.
-pub const INDEX_BYTES_PER_ENTRY: u64 = 160;
+/// What one stored entry costs in memory, for foyer's index: 64 `HashMap<u64, Index>` shards
+/// of 40 bytes and a control byte per bucket, up to 16/7 buckets per entry right after a shard
+/// doubles (94 bytes), and as much again for the tables outgrown on the way there, should the
+/// allocator keep them all (188 bytes). Measured: the process's RSS grew by 87 to 157 bytes per
+/// entry while a 1040 MiB tier was filled with 4 KiB entries (200 000 to 240 000 of them, across
+/// the shards' doubling at 229 376; and 117 bytes full, after writing twice its capacity).
+pub const INDEX_BYTES_PER_ENTRY: u64 = 192;
 
 /// The most foyer's index of a tier of `max_bytes` holds: one entry per [`MIN_ENTRY_BYTES`].
 #[must_use]
