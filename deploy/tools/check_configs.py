@@ -9,7 +9,8 @@
 - Kubernetes: every secret file the config names is a key of the Secret and lies in the
   directory the StatefulSet mounts it at; the config is mounted where the container's `-c`
   points; terminationGracePeriodSeconds covers preStop + 2 x server.grace_period + shutdown;
-  `cache.disk.path` is the mount of a volume claim template asking for more than
+  `cache.disk.path` is a directory inside (not the root of: root's and readable by everyone,
+  while ixproxy creates its own 0700) the mount of a volume claim template asking for more than
   `cache.disk.max_bytes`, mounted writable, its files the pod's group (fsGroup);
   `cache.peers.dns` is the headless Service the StatefulSet names (clusterIP None, not-ready
   pods published) at the admin port; the autoscaler scales the StatefulSet; the NetworkPolicy
@@ -191,10 +192,13 @@ def check_tiers(statefulset, container, mounts, config_text):
         claims = {
             c["metadata"]["name"]: c for c in statefulset["spec"].get("volumeClaimTemplates", [])
         }
+        inside = lambda mount: disk["path"].startswith(mount.rstrip("/") + "/")
         claim = next((claims[n] for n, path in mounts.items()
-                      if path == disk["path"] and n in claims), None)
+                      if inside(path) and n in claims), None)
         if claim is None:
-            problems.append(f"cache.disk.path {disk['path']} is not a volume claim template's mount")
+            problems.append(f"cache.disk.path {disk['path']} is not a directory inside a volume "
+                            "claim template's mount (the mount's root is readable by everyone; "
+                            "ixproxy creates the directory 0700)")
         elif any(m["name"] == claim["metadata"]["name"] and m.get("readOnly")
                  for m in container["volumeMounts"]):
             problems.append(f"cache.disk.path {disk['path']} is mounted readOnly")

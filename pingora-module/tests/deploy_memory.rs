@@ -1,16 +1,17 @@
 //! The shipped deployment files leave clients no way past the memory limit they set (README:
 //! Limits): for each deployment with a memory limit, read from the files themselves,
 //!
-//! limit ≥ base + `cache.max_bytes` + cache fills in flight + the disk tier's buffers +
-//! `max_connections` × the cost of one connection,
+//! limit ≥ base + `cache.max_bytes` + cache fills in flight + the disk tier's buffers and
+//! index + `max_connections` × the cost of one connection,
 //!
 //! where a fill in flight holds up to `cache.max_object_bytes` outside `max_bytes` and at most
 //! `max_inflight_per_source` of them run per source (so with the cache on that limit must be
-//! set), the disk tier (`cache.disk`) holds what `cache_disk_memory.rs` says (its writes, and
-//! the budget of bytes disk hits hold, twice: a read in flight holds its buffer and the decoded
-//! entry), and the cost of a connection is the larger measured figure of the README (before and after its
-//! first request; TLS when the config serves HTTPS). Fails naming the file and the numbers when
-//! a change to any of them breaks the inequality.
+//! set), the disk tier (`cache.disk`) holds what `cache_disk_memory.rs` says (its writes, the
+//! budget of bytes disk hits hold, twice: a read in flight holds its buffer and the decoded
+//! entry, and foyer's index of up to `cache.disk.max_bytes / 4096` entries), and the cost of a
+//! connection is the larger measured figure of the README (before and after its first
+//! request; TLS when the config serves HTTPS). Fails naming the file and the numbers when a
+//! change to any of them breaks the inequality.
 
 use std::path::{Path, PathBuf};
 
@@ -124,7 +125,9 @@ fn worst_case(config: &Config, what: &str) -> (u64, String) {
         .cache
         .as_ref()
         .and_then(|cache| cache.disk.as_ref())
-        .map_or(0, |disk| disk_memory::memory_bytes(disk.block_bytes));
+        .map_or(0, |disk| {
+            disk_memory::memory_bytes(disk.block_bytes, disk.max_bytes)
+        });
     let total = BASE_BYTES + cache + fills + disk + connections;
     let terms = format!(
         "base {} MiB + cache {} MiB + fills {} MiB + disk tier {} MiB + {} connections × {} B \
@@ -201,7 +204,7 @@ fn sizes_are_read_as_kubernetes_and_systemd_mean_them() {
 }
 
 #[test]
-fn a_disk_tier_adds_its_buffers_and_reads_in_blocks() {
+fn a_disk_tier_adds_its_buffers_and_reads_in_blocks_and_its_index() {
     let yaml = |disk: &str| {
         format!(
             "limits: {{max_inflight_per_source: 4}}\ncache: {{max_bytes: 67108864, \
@@ -225,6 +228,9 @@ fn a_disk_tier_adds_its_buffers_and_reads_in_blocks() {
     let (b, terms) = worst_case(&with, "with a disk tier");
     let blocks = disk_memory::WRITE_BLOCKS + 2 * disk_memory::HELD_BLOCKS;
     assert_eq!(blocks, 13, "writes 5 blocks, held reads 4 blocks twice");
-    assert_eq!(b - a, blocks * block, "{terms}");
-    assert!(terms.contains("disk tier 117 MiB"), "{terms}");
+    // foyer's index: one entry per 4 KiB page of the capacity at most.
+    let index = disk_memory::index_bytes(10 << 30);
+    assert_eq!(index, (10 << 30) / 4096 * 192, "{terms}");
+    assert_eq!(b - a, blocks * block + index, "{terms}");
+    assert!(terms.contains("disk tier 597 MiB"), "{terms}");
 }

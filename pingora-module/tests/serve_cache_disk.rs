@@ -6,7 +6,8 @@
 //! after a restart; bytes overwritten in the tier's files, or a file cut short, make a miss
 //! that refetches (never a damaged answer); a second process on the same directory serves from
 //! memory until the first one leaves, then opens the tier without damaging it; the metrics
-//! say which tier answered.
+//! say which tier answered; twice the tier written stays within `cache.disk.max_bytes`, the
+//! oldest entries gone and the newest kept; imgix's purge API removes an entry held on disk.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -602,4 +603,124 @@ fn disk_hits_of_one_key_share_one_copy_and_a_budget_bounds_what_hits_hold() {
     eventually("a hit from disk again", || {
         cache_status(&get(&serve, &fixture.url(&paths[4]))) == Some("ixproxy; hit")
     });
+}
+
+/// The space the tier's files take on disk (whole allocated blocks, as `du` counts them).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .expect("tier directory")
+        .map(|e| e.expect("entry").metadata().expect("metadata"))
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn twice_the_tier_written_stays_within_max_bytes_and_keeps_the_newest() {
+    let fixture = Fixture::new();
+    // 1 MB answers, on disk only (the memory tier is 64 KiB), in 4 MiB blocks: 4 per block.
+    let serve = fixture.start_with(&config_sized(&fixture.tier(), 1 << 20, DISK_BYTES));
+    let path = |n: usize| format!("/fresh/3600/1000000?n{n}");
+    let count = (2 * DISK_BYTES / 1_000_000) as usize;
+    for n in 0..count {
+        let r = get(&serve, &fixture.url(&path(n)));
+        assert_eq!(
+            (r.status, cache_status(&r)),
+            (200, Some("ixproxy; fwd=miss"))
+        );
+        let taken = allocated(&fixture.tier());
+        assert!(taken <= DISK_BYTES, "{taken} bytes after {n} answers");
+    }
+    assert_eq!(
+        serve
+            .metric("ixproxy_cache_disk_writes_dropped_total")
+            .unwrap_or_else(|e| panic!("{e}")),
+        0,
+        "one fill at a time drops no write: every answer was written"
+    );
+    // Sampled every 2 s: once it counts most of the tier, it is still within it.
+    eventually("the tier's size is sampled after the writes", || {
+        serve
+            .metric("ixproxy_cache_bytes{tier=\"disk\"}")
+            .unwrap_or(0)
+            >= DISK_BYTES / 2
+    });
+    let sampled = serve
+        .metric("ixproxy_cache_bytes{tier=\"disk\"}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(sampled <= DISK_BYTES, "{sampled}");
+    // The newest are hits from disk; then the oldest, whose blocks were reclaimed, are misses.
+    let hits = requests(&serve, "hit", "disk");
+    for n in count - 3..count {
+        let r = get(&serve, &fixture.url(&path(n)));
+        assert_eq!(
+            (r.status, cache_status(&r)),
+            (200, Some("ixproxy; hit")),
+            "{n}"
+        );
+        assert_eq!(r.body.len(), 1_000_000);
+    }
+    eventually("counted as disk hits", || {
+        requests(&serve, "hit", "disk") == hits + 3
+    });
+    for n in 0..4 {
+        let r = get(&serve, &fixture.url(&path(n)));
+        assert_eq!(cache_status(&r), Some("ixproxy; fwd=miss"), "{n}");
+        assert_eq!(fixture.fetched(&path(n)), 2, "{n}");
+    }
+    let taken = allocated(&fixture.tier());
+    assert!(taken <= DISK_BYTES, "{taken}");
+}
+
+#[test]
+fn imgix_s_purge_api_removes_an_entry_held_only_on_disk() {
+    const KEY: &str = "ak_disk-purge-0123456789";
+    let fixture = Fixture::new();
+    let serve = fixture.start_with(&format!(
+        "purge_api_keys: [{KEY}]\n{}",
+        config(&fixture.tier())
+    ));
+    // Larger than the memory tier: on disk only.
+    let url = fixture.url("/fresh/3600/200000?purged-by-api");
+    let before = allocated(&fixture.tier());
+    let r = get(&serve, &url);
+    assert_eq!(cache_status(&r), Some("ixproxy; fwd=miss"));
+    eventually("the entry is written to disk", || {
+        allocated(&fixture.tier()) >= before + 200_000
+    });
+    let r = get(&serve, &url);
+    assert_eq!((r.status, cache_status(&r)), (200, Some("ixproxy; hit")));
+    // What imgix's client sends: the signed path (without its query) on the source's host.
+    let signed = sign_url(TOKEN, &url, &[], &SignOptions::default());
+    let path = signed.split('?').next().unwrap_or_default();
+    let body = format!(
+        r#"{{"data":{{"attributes":{{"url":"https://assets.test{path}"}},"type":"purges"}}}}"#
+    );
+    let req = RawRequest {
+        method: "POST".to_owned(),
+        target: "/api/v1/purge".to_owned(),
+        host: "api.imgix.com".to_owned(),
+        headers: vec![
+            ("Authorization".to_owned(), format!("Bearer {KEY}")),
+            (
+                "Content-Type".to_owned(),
+                "application/vnd.api+json".to_owned(),
+            ),
+            ("Content-Length".to_owned(), body.len().to_string()),
+        ],
+        body: body.into_bytes(),
+    };
+    let response = send(serve.admin(), &req, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let json: serde_json::Value = serde_json::from_slice(&response.body).expect("json");
+    assert_eq!(json["meta"]["purged"], 1, "{json}");
+    let r = get(&serve, &url);
+    assert_eq!(
+        cache_status(&r),
+        Some("ixproxy; fwd=miss"),
+        "purged from disk"
+    );
+    assert_eq!(r.body, pattern(200_000));
+    assert_eq!(fixture.fetched("/fresh/3600/200000?purged-by-api"), 2);
 }

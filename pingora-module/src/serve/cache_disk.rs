@@ -424,17 +424,40 @@ pub enum OpenError {
     },
 }
 
-/// Creates the directory if missing and takes its lock (without waiting).
+/// How the tier's directory is named in the errors of [`super::upgrade::check_private_dir`].
+/// Its group may write it when that group is the process's own: Kubernetes' `fsGroup` makes a
+/// volume (and, when it walks it again, what is in it) writable by the pod's group.
+const PRIVATE_DIR: super::upgrade::PrivateDir<'static> = super::upgrade::PrivateDir {
+    dir: "the directory",
+    path: "the path",
+    harm: "read the cached answers or plant answers of their own",
+    hint: "use a directory only ixproxy's user owns and can write (one that does not exist \
+           yet is created 0700)",
+    own_group: true,
+};
+
+/// Creates the directory if missing (0700, and so is any missing directory above it: cached
+/// answers may have been fetched with the origin's credentials), checks that it is private to
+/// this process's user, and takes its lock (without waiting).
 ///
 /// # Errors
 /// [`OpenError::Locked`] when another process holds it, [`OpenError::Io`] when the directory
-/// or the lock file cannot be created.
+/// or the lock file cannot be created, or the directory is not private.
 pub fn lock_dir(path: &Path) -> Result<File, OpenError> {
+    use std::os::unix::fs::DirBuilderExt;
     let io = |e: std::io::Error| OpenError::Io {
         path: path.display().to_string(),
         error: e.to_string(),
     };
-    std::fs::create_dir_all(path).map_err(io)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io)?;
+    super::upgrade::check_private_dir(path, &PRIVATE_DIR).map_err(|error| OpenError::Io {
+        path: path.display().to_string(),
+        error,
+    })?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -757,7 +780,7 @@ fn install(store: DiskStore, tier: &DiskTier, bytes_gauge: IntGauge) -> &'static
             .partitions()
             .saturating_sub(1),
         tier.block_bytes,
-        memory_bytes(tier.block_bytes),
+        memory_bytes(tier.block_bytes, tier.max_bytes),
         tombstone_slots(tier.max_bytes)
     );
     let path = PathBuf::from(&tier.path);
@@ -783,8 +806,9 @@ fn space_taken(path: &Path) -> u64 {
 }
 
 /// What `ixproxy check` can tell of a disk tier without opening it (a running `serve` may hold
-/// it): its directory, or the nearest existing one above it, is a directory this process can
-/// write in (a probe file is created and removed).
+/// it): its directory, or the nearest existing one above it, is a directory private to this
+/// process's user (as `serve` checks it) that it can write in (a probe file is created and
+/// removed).
 ///
 /// # Errors
 /// A message naming `cache.disk.path` and what is wrong.
@@ -795,6 +819,7 @@ pub fn check(tier: &DiskTier) -> Result<(), String> {
     if !existing.is_dir() {
         return fail(format!("{} is not a directory", existing.display()));
     }
+    super::upgrade::check_private_dir(existing, &PRIVATE_DIR).or_else(fail)?;
     let probe = existing.join(format!(".ixproxy-check-{}", std::process::id()));
     match std::fs::OpenOptions::new()
         .write(true)
@@ -919,6 +944,56 @@ mod tests {
             !Path::new("no-such-dir-ixproxy").exists(),
             "check creates nothing"
         );
+    }
+
+    #[test]
+    fn the_directory_is_made_0700_and_one_other_users_can_write_is_refused() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("new/tier");
+        let tier = DiskTier {
+            path: path.display().to_string(),
+            max_bytes: 1 << 30,
+            block_bytes: 4 << 20,
+        };
+        let mode = |p: &Path| std::fs::metadata(p).expect("made").mode() & 0o7777;
+        drop(lock_dir(&path).expect("created and locked"));
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(
+            mode(&dir.path().join("new")),
+            0o700,
+            "and what was missing above"
+        );
+        check(&tier).expect("private");
+        let chmod = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        let refused = |what: &str| {
+            let prefix = format!("cache.disk.path: {}: ", path.display());
+            let err = check(&tier).expect_err(what);
+            assert!(err.starts_with(&prefix), "{what}: {err}");
+            assert!(err.contains("writable by other users"), "{what}: {err}");
+            let err = lock_dir(&path).expect_err(what).to_string();
+            assert!(err.starts_with(&prefix), "{what}: {err}");
+            assert!(err.contains("writable by other users"), "{what}: {err}");
+        };
+        chmod(&path, 0o777);
+        refused("world-writable");
+        // Its group's, when that group is the process's own (fsGroup): no other user's.
+        chmod(&path, 0o2770);
+        drop(lock_dir(&path).expect("the process's own group"));
+        if nix::unistd::geteuid().is_root() {
+            let nogroup = nix::unistd::Gid::from_raw(65534);
+            nix::unistd::chown(&path, None, Some(nogroup)).expect("chown");
+            refused("writable by another group");
+            nix::unistd::chown(&path, None, Some(nix::unistd::getegid())).expect("chown");
+        }
+        // A directory above it others can write (no sticky bit) could have it replaced.
+        chmod(&path, 0o700);
+        chmod(&dir.path().join("new"), 0o777);
+        let err = check(&tier).expect_err("an open parent");
+        assert!(err.contains("could replace the directory"), "{err}");
+        assert!(lock_dir(&path).is_err());
     }
 
     #[test]

@@ -37,74 +37,109 @@ pub const DEFAULT_UPGRADE_SOCK: &str = "/run/ixproxy/upgrade.sock";
 /// # Errors
 /// A message naming the directory and what is wrong with it.
 pub fn check_private(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        format!(
-            "the upgrade socket's directory {} cannot be used: {e}",
-            dir.display()
-        )
-    })?;
+    check_private_dir(
+        dir,
+        &PrivateDir {
+            dir: "the upgrade socket's directory",
+            path: "the upgrade socket's path",
+            harm: "take the listening sockets",
+            hint: "use a directory only ixproxy's user owns and can write (--upgrade-sock \
+                   /run/ixproxy/upgrade.sock with systemd's RuntimeDirectory=ixproxy)",
+            own_group: false,
+        },
+    )
+}
+
+/// How [`check_private_dir`] names a directory and what is at stake, in its errors.
+pub struct PrivateDir<'a> {
+    /// The directory ("the upgrade socket's directory").
+    pub dir: &'a str,
+    /// A directory on the way to it ("the upgrade socket's path").
+    pub path: &'a str,
+    /// What another user could do there ("take the listening sockets").
+    pub harm: &'a str,
+    /// What to use instead.
+    pub hint: &'a str,
+    /// Whether a directory its group may write is accepted when that group is the process's
+    /// own effective group (a Kubernetes volume under `fsGroup`): no other user's group.
+    pub own_group: bool,
+}
+
+/// Whether `dir` is private to this process's user: it exists, belongs to this process's
+/// effective user or to root, no other user can write to it, and no directory above it can be
+/// replaced by another user (one they own or can write without the sticky bit, or their
+/// symbolic link on the way).
+///
+/// # Errors
+/// A message naming the directory (as `names` says) and what is wrong with it.
+pub fn check_private_dir(dir: &Path, names: &PrivateDir<'_>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("{} {} cannot be used: {e}", names.dir, dir.display()))?;
     if !meta.is_dir() {
         return Err(format!(
-            "the upgrade socket's directory {} is not a directory",
+            "{} {} is not a directory",
+            names.dir,
             dir.display()
         ));
     }
     let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
     if meta.uid() != euid && meta.uid() != 0 {
         return Err(format!(
-            "the upgrade socket's directory {} belongs to uid {}, not to ixproxy's user (uid \
-             {euid}) or root; that user could take the listening sockets; use a directory \
-             ixproxy's user owns (--upgrade-sock /run/ixproxy/upgrade.sock with systemd's \
-             RuntimeDirectory=ixproxy)",
+            "{} {} belongs to uid {}, not to ixproxy's user (uid {euid}) or root; that user \
+             could {}; {}",
+            names.dir,
             dir.display(),
-            meta.uid()
+            meta.uid(),
+            names.harm,
+            names.hint
         ));
     }
-    if meta.mode() & 0o022 != 0 {
+    // Writable by its group, when that group is the process's own: no one else's.
+    let group_ok = |m: &std::fs::Metadata| names.own_group && m.gid() == egid;
+    let writable_by_others =
+        |m: &std::fs::Metadata| m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && !group_ok(m));
+    if writable_by_others(&meta) {
         return Err(format!(
-            "the upgrade socket's directory {} is writable by other users, who could take the \
-             listening sockets; use a directory only ixproxy's user can write (--upgrade-sock \
-             /run/ixproxy/upgrade.sock with systemd's RuntimeDirectory=ixproxy)",
-            dir.display()
+            "{} {} is writable by other users, who could {}; {}",
+            names.dir,
+            dir.display(),
+            names.harm,
+            names.hint
         ));
     }
     // The path up to it: another user's symbolic link could later point elsewhere, and a
     // directory another user owns or can write (without the sticky bit, as on /tmp) could have
-    // the socket's directory replaced.
+    // the directory replaced.
     for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-        let link = std::fs::symlink_metadata(ancestor).map_err(|e| {
-            format!(
-                "the upgrade socket's path {} cannot be used: {e}",
-                ancestor.display()
-            )
-        })?;
+        let link = std::fs::symlink_metadata(ancestor)
+            .map_err(|e| format!("{} {} cannot be used: {e}", names.path, ancestor.display()))?;
         let theirs = |uid: u32| uid != euid && uid != 0;
         if link.file_type().is_symlink() && theirs(link.uid()) {
             return Err(format!(
-                "the upgrade socket's path {} is a symbolic link of uid {}, who could point it \
-                 elsewhere and take the listening sockets",
+                "{} {} is a symbolic link of uid {}, who could point it elsewhere and {}",
+                names.path,
                 ancestor.display(),
-                link.uid()
+                link.uid(),
+                names.harm
             ));
         }
-        let target = std::fs::metadata(ancestor).map_err(|e| {
-            format!(
-                "the upgrade socket's path {} cannot be used: {e}",
-                ancestor.display()
-            )
-        })?;
-        let open_to_others = target.mode() & 0o022 != 0 && target.mode() & 0o1000 == 0;
+        let target = std::fs::metadata(ancestor)
+            .map_err(|e| format!("{} {} cannot be used: {e}", names.path, ancestor.display()))?;
+        let open_to_others = writable_by_others(&target) && target.mode() & 0o1000 == 0;
         if theirs(target.uid()) || open_to_others {
             return Err(format!(
-                "the upgrade socket's path {} belongs to uid {} or is writable by other users, \
-                 who could replace the directory and take the listening sockets",
+                "{} {} belongs to uid {} or is writable by other users, who could replace the \
+                 directory and {}",
+                names.path,
                 ancestor.display(),
-                target.uid()
+                target.uid(),
+                names.harm
             ));
         }
     }
