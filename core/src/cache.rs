@@ -289,15 +289,13 @@ pub fn parse_purge(
     Some(purge_url(method, query))
 }
 
-fn purge_url(method: &str, query: Option<&str>) -> Result<String, PurgeError> {
+/// The admin purge's `url` (as [`parse_purge`] reads it once the path matched), also read
+/// by a peer's forwarded purge.
+pub(crate) fn purge_url(method: &str, query: Option<&str>) -> Result<String, PurgeError> {
     if method != "POST" {
         return Err(PurgeError::Method);
     }
-    let mut urls = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("url="));
-    let (Some(raw), None) = (urls.next(), urls.next()) else {
+    let Ok(Some(raw)) = one_param(query, "url=") else {
         return Err(PurgeError::MissingUrl);
     };
     let decoded = percent_decode_str(raw)
@@ -306,6 +304,19 @@ fn purge_url(method: &str, query: Option<&str>) -> Result<String, PurgeError> {
     parse_origin(&decoded)
         .map(|origin| origin.to_url_string())
         .map_err(|e| PurgeError::BadUrl(e.to_string()))
+}
+
+/// The raw value of the one `prefix` (`name=`) parameter of an admin query: `Ok(None)` when
+/// absent, `Err(())` when given more than once.
+pub(crate) fn one_param<'a>(query: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ()> {
+    let mut values = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix(prefix));
+    match (values.next(), values.next()) {
+        (value, None) => Ok(value),
+        _ => Err(()),
+    }
 }
 
 /// The keys a purge of `url` (from [`parse_purge`]) removes: its entry under every source.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
-use crate::cache::{parse_purge, PurgeError, PURGE_PATH};
+use crate::cache::{one_param, purge_url, PurgeError};
 use crate::config::{Config, ConfigWarning, PeerAddr, Peers};
 
 /// The admin path of a forwarded purge: `POST /cache/purge/peer?url=<percent-encoded origin
@@ -126,7 +126,7 @@ pub fn peer_request(purge: &PeerPurge, host: &str) -> Vec<u8> {
 /// Reads a forwarded purge (the peer side): `None` when `path` is not [`PEER_PATH`].
 ///
 /// # Errors
-/// As [`parse_purge`] for the method and `url`; [`PurgeError::BadUrl`] for a repeated `source`
+/// As [`crate::cache::parse_purge`] for the method and `url`; [`PurgeError::BadUrl`] for a repeated `source`
 /// or one that is not UTF-8 once decoded.
 pub fn parse_peer_purge(
     method: &str,
@@ -141,22 +141,16 @@ pub fn parse_peer_purge(
 
 fn peer_purge(method: &str, query: Option<&str>) -> Result<PeerPurge, PurgeError> {
     // The `url` rules are the purge's own (other parameters are ignored there).
-    let url = parse_purge(method, PURGE_PATH, query).unwrap_or(Err(PurgeError::MissingUrl))?;
-    let mut sources = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("source="));
-    let source = match (sources.next(), sources.next()) {
-        (None, _) => None,
-        (Some(raw), None) => Some(
+    let url = purge_url(method, query)?;
+    let source = match one_param(query, "source=") {
+        Ok(None) => None,
+        Ok(Some(raw)) => Some(
             percent_decode_str(raw)
                 .decode_utf8()
                 .map_err(|_| PurgeError::BadUrl("source: not utf-8 after decoding".to_owned()))?
                 .into_owned(),
         ),
-        (Some(_), Some(_)) => {
-            return Err(PurgeError::BadUrl("source: given twice".to_owned()));
-        }
+        Err(()) => return Err(PurgeError::BadUrl("source: given twice".to_owned())),
     };
     Ok(PeerPurge { url, source })
 }
@@ -524,6 +518,7 @@ pub fn warnings(config: &Config) -> Vec<ConfigWarning> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{parse_purge, PURGE_PATH};
 
     fn purge(source: Option<&str>) -> PeerPurge {
         PeerPurge {

@@ -17,7 +17,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use super::cache::ResponseCache;
-use super::fleet::{Fleet, SystemResolver};
+use super::fleet::{Admitted, Fleet, SystemResolver};
 use super::live::{Live, LiveConfig};
 use super::metrics::Metrics;
 
@@ -151,17 +151,12 @@ impl AdminApp {
             .map_err(|_| PurgeApiError::Timeout)??;
         let request = purge_api::parse_document(&body)?;
         let target = purge_api::resolve(&live.sources, &request.url)?;
-        let peers = self.peers(live);
-        // Refused before it is applied anywhere: a retry then purges everywhere.
-        let admitted = match peers {
-            Some(_) => Some(self.fleet.admit().ok_or(PurgeApiError::Busy)?),
-            None => None,
-        };
+        let admitted = self.admit(live).map_err(|Busy| PurgeApiError::Busy)?;
         // Without a cache nothing is stored, so nothing stale can be served: the purge holds.
         let purged = self.purger.as_ref().map_or(0, |p| {
             p.cache.purge([target.source.as_str()], &target.origin_url)
         });
-        let (Some(peers), Some(admitted)) = (peers, admitted) else {
+        let Some((peers, admitted)) = admitted else {
             return Ok(purge_api::purged_answer(id, &request, &target, purged));
         };
         // Forwarded as the entries it names, never with the key (peers trust each other).
@@ -180,6 +175,15 @@ impl AdminApp {
     /// needs a restart): such a process purges nothing and forwards nothing.
     fn peers<'a>(&self, live: &'a Live) -> Option<&'a Peers> {
         self.purger.as_ref().and(live.peers.as_ref())
+    }
+
+    /// A purge's place among the fleet purges in flight, taken before it is applied anywhere
+    /// (so a refused purge is retried everywhere): `None` without peers to forward to.
+    fn admit<'a>(&'a self, live: &'a Live) -> Result<Option<(&'a Peers, Admitted<'a>)>, Busy> {
+        match self.peers(live) {
+            Some(peers) => self.fleet.admit().map(|a| Some((peers, a))).ok_or(Busy),
+            None => Ok(None),
+        }
     }
 
     /// A request other than imgix's purge API: a forwarded purge (applied here only), a purge
@@ -243,12 +247,8 @@ impl AdminApp {
             Err(e) => return purge_refused(&e),
         };
         let live = purger.live.current();
-        let admitted = match self.peers(&live) {
-            Some(peers) => match self.fleet.admit() {
-                Some(admitted) => Some((peers, admitted)),
-                None => return busy(),
-            },
-            None => None,
+        let Ok(admitted) = self.admit(&live) else {
+            return busy();
         };
         let purged = purger
             .cache
@@ -290,6 +290,9 @@ impl AdminApp {
         reply(StatusCode::OK, TEXT, body.into_bytes())
     }
 }
+
+/// Every place among the fleet purges in flight is taken ([`fleet_rules::MAX_PURGES_IN_FLIGHT`]).
+struct Busy;
 
 /// The `Content-Type` of the plain admin answers.
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -427,7 +430,7 @@ mod tests {
     /// static peer `peer`.
     fn app_with_peer(metrics: Metrics, sources: &str, peer: std::net::SocketAddr) -> AdminApp {
         let cache = ResponseCache::new(
-            ixproxy_core::config::CacheLimits {
+            &ixproxy_core::config::CacheLimits {
                 max_bytes: 1 << 20,
                 max_object_bytes: 1 << 16,
                 disk: None,
