@@ -58,11 +58,7 @@ pub(crate) fn cache_filter(limits: &CacheLimits) -> Value {
 /// which is rarely where the config was written.
 pub(crate) fn absolute(mut limits: CacheLimits, config_dir: &Path) -> CacheLimits {
     if let Some(disk) = &mut limits.disk {
-        let joined = config_dir.join(&disk.path);
-        disk.path = std::path::absolute(&joined)
-            .unwrap_or(joined)
-            .to_string_lossy()
-            .into_owned();
+        disk.path = crate::absolute_in(config_dir, &disk.path);
     }
     limits
 }

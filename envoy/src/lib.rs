@@ -488,6 +488,16 @@ fn bootstrap(p: &Parts) -> Value {
 }
 
 /// Envoy's JSON form of a duration (`3s`, `0.500000000s`).
+/// `file` made absolute against `config_dir`, where the generator resolves every relative path
+/// of the config (Envoy would take it relative to its own working directory).
+fn absolute_in(config_dir: &Path, file: &str) -> String {
+    let joined = config_dir.join(file);
+    std::path::absolute(&joined)
+        .unwrap_or(joined)
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())

@@ -25,13 +25,7 @@ use crate::{duration, strings, typed};
 /// `tls` with every file made absolute against `config_dir` (where the generator resolves
 /// relative paths, as for `upstream.ca_file`).
 pub(crate) fn absolute(tls: &Tls, config_dir: &Path) -> Tls {
-    let resolve = |file: &str| {
-        let joined = config_dir.join(file);
-        std::path::absolute(&joined)
-            .unwrap_or(joined)
-            .to_string_lossy()
-            .into_owned()
-    };
+    let resolve = |file: &str| crate::absolute_in(config_dir, file);
     let mut tls = tls.clone();
     for entry in &mut tls.certificates {
         entry.files.cert_file = resolve(&entry.files.cert_file);

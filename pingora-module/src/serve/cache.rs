@@ -35,7 +35,7 @@ pub struct ResponseCache {
 impl ResponseCache {
     /// A cache bounded by `limits`, reporting its size in `bytes_gauge`. A fill holds the key's
     /// lock for at most `lock_age` (then waiting requests compete again).
-    pub fn new(limits: CacheLimits, lock_age: Duration, bytes_gauge: IntGauge) -> Self {
+    pub fn new(limits: &CacheLimits, lock_age: Duration, bytes_gauge: IntGauge) -> Self {
         let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new(
             limits.max_bytes,
             limits.max_object_bytes,

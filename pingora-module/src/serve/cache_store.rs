@@ -390,13 +390,15 @@ impl Storage for MemoryStore {
     ) -> Result<bool> {
         let meta = meta.serialize()?;
         let hash = key.combined_bin();
-        let epoch = {
-            let inner = self.inner.lock();
-            (!inner.entries.contains_key(&hash)).then_some(inner.purges)
-        };
-        if let (Some(epoch), Some(disk)) = (epoch, self.disk.get()) {
-            // Only on disk (too large for memory): refreshed there.
-            return Ok(self.refresh_on_disk(disk, hash, meta, epoch).await);
+        if let Some(disk) = self.disk.get() {
+            let epoch = {
+                let inner = self.inner.lock();
+                (!inner.entries.contains_key(&hash)).then_some(inner.purges)
+            };
+            if let Some(epoch) = epoch {
+                // Only on disk (too large for memory): refreshed there.
+                return Ok(self.refresh_on_disk(disk, hash, meta, epoch).await);
+            }
         }
         let mut inner = self.inner.lock();
         let Inner { entries, bytes, .. } = &mut *inner;
@@ -410,7 +412,7 @@ impl Storage for MemoryStore {
         entry.meta = meta;
         if let Some(disk) = self.disk.get() {
             disk.insert(
-                disk_key(&key.combined_bin()),
+                disk_key(&hash),
                 DiskEntry {
                     meta_internal: entry.meta.0.clone(),
                     meta_header: entry.meta.1.clone(),

@@ -257,7 +257,7 @@ fn prepare(
     let cache = cache
         .map(|limits| {
             let cache = cache::ResponseCache::new(
-                limits.clone(),
+                &limits,
                 upstream.timeout + upstream.body_timeout,
                 metrics.cache_bytes(),
             );
