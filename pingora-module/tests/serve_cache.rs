@@ -20,7 +20,7 @@ use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::gateway::resident_kib;
 use ixproxy_conformance::origin::{pattern, Recorded, RecordingOrigin};
 use ixproxy_conformance::ServeProcess;
-use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::sign::{encode_uri_component, sign_url, SignOptions};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "tok-cache";
@@ -437,16 +437,7 @@ fn purge_makes_the_next_request_a_miss() {
     let url = format!("http://{}/fresh/600/10?purged", origin.http);
     assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; fwd=miss"));
     assert_eq!(status_of(&get(&serve, &url)), Some("ixproxy; hit"));
-    let encoded: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let encoded = encode_uri_component(&url);
     let purge_target = format!("/cache/purge?url={encoded}");
     let refused = request(serve.admin(), "GET", "admin", &purge_target, &[]);
     assert_eq!(refused.status, 405);

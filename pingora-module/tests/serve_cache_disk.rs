@@ -18,7 +18,7 @@ use std::time::Duration;
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::origin::{pattern, RecordingOrigin};
 use ixproxy_conformance::ServeProcess;
-use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::sign::{encode_uri_component, sign_url, SignOptions};
 use nix::sys::signal::Signal;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -254,16 +254,7 @@ fn fill(fixture: &Fixture, serve: &ServeProcess, url: &str, marker: &[u8]) -> Ra
 }
 
 fn purge(serve: &ServeProcess, url: &str) -> String {
-    let encoded: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let encoded = encode_uri_component(url);
     let mut req = RawRequest::get("admin", &format!("/cache/purge?url={encoded}"));
     req.method = "POST".to_owned();
     send(serve.admin(), &req, TIMEOUT)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ixproxy_conformance::client::{send, RawRequest, RawResponse};
 use ixproxy_conformance::origin::RecordingOrigin;
 use ixproxy_conformance::{ServeProcess, Signal};
-use ixproxy_core::sign::{sign_url, SignOptions};
+use ixproxy_core::sign::{encode_uri_component, sign_url, SignOptions};
 use serde_json::Value;
 
 #[path = "imgix-client/runner.rs"]
@@ -92,18 +92,6 @@ fn each_answers(fleet: &[ServeProcess], url: &str, expected: &str) {
     }
 }
 
-fn encoded(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn post(
     serve: &ServeProcess,
     target: &str,
@@ -127,7 +115,7 @@ fn post(
 fn purge(serve: &ServeProcess, url: &str) -> RawResponse {
     post(
         serve,
-        &format!("/cache/purge?url={}", encoded(url)),
+        &format!("/cache/purge?url={}", encode_uri_component(url)),
         Vec::new(),
         b"",
     )
@@ -320,7 +308,10 @@ fn the_peer_path_purges_here_only_and_anyone_with_the_admin_listener_could_alrea
     // asks no one.
     let answer = post(
         &fleet[0],
-        &format!("/cache/purge/peer?url={}&source=assets", encoded(&url)),
+        &format!(
+            "/cache/purge/peer?url={}&source=assets",
+            encode_uri_component(&url)
+        ),
         Vec::new(),
         b"",
     );
@@ -351,7 +342,10 @@ fn the_peer_path_purges_here_only_and_anyone_with_the_admin_listener_could_alrea
     // Another source's name purges nothing of this one's.
     let other = post(
         &fleet[1],
-        &format!("/cache/purge/peer?url={}&source=elsewhere", encoded(&url)),
+        &format!(
+            "/cache/purge/peer?url={}&source=elsewhere",
+            encode_uri_component(&url)
+        ),
         Vec::new(),
         b"",
     );
